@@ -1,0 +1,233 @@
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use tokio::sync::Notify;
+use tower_service::Service;
+use tracing::Instrument;
+
+use super::message::Message;
+use crate::BoxError;
+use crate::error::ServicePanicked;
+use crate::semaphore::Semaphore;
+
+/// The queue shared by a service's clones, its response futures and its workers.
+#[derive(Debug)]
+pub(super) struct Queue<Req, Resp> {
+    items: Mutex<VecDeque<Message<Req, Resp>>>,
+    depth: AtomicUsize,
+    pub(super) slots: Arc<Semaphore>,
+    pub(super) busy: AtomicUsize,
+    pub(super) workers: usize,
+    next_id: AtomicU64,
+    closed: AtomicBool,
+    notify: Notify,
+}
+
+impl<Req, Resp> Queue<Req, Resp> {
+    pub(super) fn new(workers: usize, capacity: usize) -> Self {
+        Self {
+            items: Mutex::new(VecDeque::with_capacity(capacity)),
+            depth: AtomicUsize::new(0),
+            slots: Arc::new(Semaphore::new(capacity)),
+            busy: AtomicUsize::new(0),
+            workers,
+            next_id: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            notify: Notify::new(),
+        }
+    }
+
+    pub(super) fn depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Message<Req, Resp>>> {
+        // Critical sections are single VecDeque operations: a poisoned lock
+        // still guards a consistent queue.
+        self.items.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn push(&self, message: Message<Req, Resp>) {
+        {
+            let mut items = self.lock();
+            items.push_back(message);
+            self.depth.store(items.len(), Ordering::Relaxed);
+        }
+        self.notify.notify_one();
+    }
+
+    fn pop(&self) -> Option<Message<Req, Resp>> {
+        let mut items = self.lock();
+        let message = items.pop_front();
+        self.depth.store(items.len(), Ordering::Relaxed);
+        message
+    }
+
+    /// Takes a queued request out before any worker starts it.
+    pub(super) fn remove(&self, id: u64) {
+        let removed = {
+            let mut items = self.lock();
+            let removed = items
+                .iter()
+                .position(|m| m.id == id)
+                .and_then(|at| items.remove(at));
+            self.depth.store(items.len(), Ordering::Relaxed);
+            removed
+        };
+        // Dropped outside the lock: it frees the slot, which wakes a producer.
+        drop(removed);
+    }
+
+    /// No more producers: workers drain what is queued, then stop.
+    pub(super) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    async fn next(&self) -> Option<Message<Req, Resp>> {
+        loop {
+            // Registered before looking, so a push or close in between still wakes us.
+            let mut notified = pin!(self.notify.notified());
+            notified.as_mut().enable();
+            if let Some(message) = self.pop() {
+                return Some(message);
+            }
+            if self.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Counts a worker as busy for as long as it lives.
+struct Busy<'a>(&'a AtomicUsize);
+
+impl<'a> Busy<'a> {
+    fn enter(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One worker: takes requests in order and drives each to completion.
+pub(super) async fn run<S, Req>(queue: Arc<Queue<Req, S::Response>>, template: S)
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+{
+    let mut service = template.clone();
+    while let Some(message) = queue.next().await {
+        let Message {
+            request,
+            mut reply,
+            span,
+            _slot,
+            ..
+        } = message;
+        // Running now, so the slot goes to the next producer.
+        drop(_slot);
+        if reply.is_closed() {
+            // The caller gave up while the request was queued.
+            continue;
+        }
+        let _busy = Busy::enter(&queue.busy);
+        let outcome = async {
+            tokio::select! {
+                biased;
+                () = reply.closed() => None,
+                result = serve(&mut service, request) => Some(result),
+            }
+        }
+        .instrument(span)
+        .await;
+        match outcome {
+            Some(Ok(response)) => {
+                let _ = reply.send(Ok(response));
+            }
+            Some(Err(error)) => {
+                // The service may be broken (tower: an error from poll_ready
+                // is final; a panic may leave it anywhere): start afresh.
+                service = template.clone();
+                let _ = reply.send(Err(error));
+            }
+            None => tracing::debug!("caller dropped a running request; cancelled"),
+        }
+    }
+}
+
+async fn serve<S, Req>(service: &mut S, request: Req) -> Result<S::Response, BoxError>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    let ready = poll_fn(|cx| {
+        match catch_unwind(AssertUnwindSafe(|| service.poll_ready(cx))) {
+            Ok(poll) => poll.map_err(|e| Inner::Error(e.into())),
+            Err(_) => Poll::Ready(Err(Inner::Panicked)),
+        }
+    })
+    .await;
+    let future = ready
+        .and_then(|()| {
+            catch_unwind(AssertUnwindSafe(|| service.call(request))).map_err(|_| Inner::Panicked)
+        })
+        .map_err(Inner::into_error)?;
+    CatchUnwind { future }.await
+}
+
+enum Inner {
+    Error(BoxError),
+    Panicked,
+}
+
+impl Inner {
+    fn into_error(self) -> BoxError {
+        match self {
+            Inner::Error(e) => e,
+            Inner::Panicked => {
+                tracing::debug!("inner service panicked; answering with an error");
+                ServicePanicked::new().into()
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Turns a panic inside the inner future into a `ServicePanicked` error.
+    struct CatchUnwind<F> {
+        #[pin]
+        future: F,
+    }
+}
+
+impl<F, T, E> Future for CatchUnwind<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let future = self.project().future;
+        match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+            Ok(poll) => poll.map(|r| r.map_err(Into::into)),
+            Err(_) => Poll::Ready(Err(Inner::Panicked.into_error())),
+        }
+    }
+}

@@ -1,0 +1,116 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tower_service::Service;
+
+use super::{ConcurrencyLimitHandle, ResponseFuture};
+use crate::BoxError;
+use crate::error::{NotReady, Overloaded};
+use crate::semaphore::{Acquire, Permit, Semaphore};
+
+/// Holds a permit from a shared limit for each call in flight.
+///
+/// Built by [`ConcurrencyLimitLayer`](super::ConcurrencyLimitLayer).
+#[derive(Debug)]
+pub struct ConcurrencyLimit<S> {
+    inner: S,
+    acquire: Acquire,
+    permit: Option<Permit>,
+    fail_fast: bool,
+    shed: bool,
+}
+
+impl<S> ConcurrencyLimit<S> {
+    pub(super) fn from_shared(inner: S, semaphore: Arc<Semaphore>, fail_fast: bool) -> Self {
+        Self {
+            inner,
+            acquire: Acquire::new(semaphore),
+            permit: None,
+            fail_fast,
+            shed: false,
+        }
+    }
+
+    /// A live view of the shared limit.
+    pub fn handle(&self) -> ConcurrencyLimitHandle {
+        ConcurrencyLimitHandle {
+            semaphore: self.acquire.semaphore().clone(),
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the limit, returning the inner service (and any held permit).
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, Req> Service<Req> for ConcurrencyLimit<S>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.permit.is_none() {
+            if self.fail_fast {
+                match self.acquire.try_acquire() {
+                    Some(permit) => self.permit = Some(permit),
+                    None => {
+                        // Like tower's LoadShed: stay ready and answer the
+                        // call with an error, since an error from poll_ready
+                        // would mean this service is broken for good.
+                        self.shed = true;
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+            } else {
+                match self.acquire.poll_acquire(cx) {
+                    Poll::Ready(permit) => self.permit = Some(permit),
+                    Poll::Pending => {
+                        tracing::trace!(waiting = self.acquire.semaphore().waiting(), "waiting for a permit");
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
+        self.shed = false;
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        match self.permit.take() {
+            Some(permit) => ResponseFuture::called(self.inner.call(req), permit),
+            None if std::mem::take(&mut self.shed) => {
+                tracing::debug!(limit = self.acquire.semaphore().limit(), "concurrency limit reached; shed");
+                ResponseFuture::refused(Overloaded::new())
+            }
+            None => ResponseFuture::refused(NotReady::new()),
+        }
+    }
+}
+
+impl<S: Clone> Clone for ConcurrencyLimit<S> {
+    /// The clone shares the limit but holds no permit of its own.
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            acquire: self.acquire.clone(),
+            permit: None,
+            fail_fast: self.fail_fast,
+            shed: false,
+        }
+    }
+}

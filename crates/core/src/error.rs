@@ -1,0 +1,205 @@
+//! The refusals our layers return, each a small type a caller can downcast.
+//!
+//! Every service in this crate has [`BoxError`](crate::BoxError) as its error
+//! type, as tower's own layers do. When a layer refuses a request, the boxed
+//! error is one of the types below; errors from the inner service pass
+//! through untouched.
+//!
+//! ```
+//! use tower_fanout_core::error::{Overloaded, RateLimited};
+//! # fn handle(err: tower_fanout_core::BoxError) {
+//! if let Some(limited) = err.downcast_ref::<RateLimited>() {
+//!     println!("try again in {:?}", limited.retry_after());
+//! } else if err.is::<Overloaded>() {
+//!     println!("too many calls in flight");
+//! }
+//! # }
+//! ```
+
+use std::fmt;
+use std::time::Duration;
+
+macro_rules! unit_error {
+    ($(#[$doc:meta])* $name:ident, $msg:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+        pub struct $name {
+            _priv: (),
+        }
+
+        impl $name {
+            /// Creates the error.
+            pub const fn new() -> Self {
+                Self { _priv: () }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str($msg)
+            }
+        }
+
+        impl std::error::Error for $name {}
+    };
+}
+
+unit_error!(
+    /// A fail-fast concurrency limit had no free permit.
+    Overloaded,
+    "concurrency limit reached: no permit free; wait for one (drop `.fail_fast()`) or raise the limit"
+);
+
+unit_error!(
+    /// The backpressure layer's workers are gone: every service was dropped or
+    /// the runtime is shutting down.
+    Closed,
+    "backpressure queue closed: its workers have stopped"
+);
+
+unit_error!(
+    /// `call` was made without a successful `poll_ready` first.
+    ///
+    /// Tower requires `poll_ready` to return `Ready(Ok(()))` before each
+    /// `call`; use `ServiceExt::ready` or `ServiceExt::oneshot`.
+    NotReady,
+    "service called before poll_ready returned Ready(Ok); await `ServiceExt::ready` before `call`"
+);
+
+unit_error!(
+    /// The inner service panicked while handling this request.
+    ///
+    /// The backpressure layer catches the panic, answers the caller with this
+    /// error and keeps serving the other requests.
+    ServicePanicked,
+    "inner service panicked while handling the request"
+);
+
+unit_error!(
+    /// The backpressure layer needs a Tokio runtime to run its workers.
+    NoRuntime,
+    "no Tokio runtime: the backpressure layer spawns its workers on the current Tokio runtime"
+);
+
+/// A rate limit refused the request; it may be retried after [`retry_after`](Self::retry_after).
+///
+/// Returned by a fail-fast [`RateLimitLayer`](crate::rate::RateLimitLayer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimited {
+    retry_after: Duration,
+}
+
+impl RateLimited {
+    /// Creates the error with the wait after which the request would be admitted.
+    pub const fn new(retry_after: Duration) -> Self {
+        Self { retry_after }
+    }
+
+    /// How long to wait before the request would be admitted.
+    pub const fn retry_after(&self) -> Duration {
+        self.retry_after
+    }
+}
+
+impl fmt::Display for RateLimited {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "rate limited: retry after {} ms",
+            self.retry_after.as_millis()
+        )
+    }
+}
+
+impl std::error::Error for RateLimited {}
+
+/// A request's cost is larger than the rate limit's burst, so it could never be admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CostExceedsBurst {
+    cost: u32,
+    burst: u32,
+}
+
+impl CostExceedsBurst {
+    /// Creates the error.
+    pub const fn new(cost: u32, burst: u32) -> Self {
+        Self { cost, burst }
+    }
+
+    /// The tokens the request asked for.
+    pub const fn cost(&self) -> u32 {
+        self.cost
+    }
+
+    /// The most tokens the bucket can ever hold.
+    pub const fn burst(&self) -> u32 {
+        self.burst
+    }
+}
+
+impl fmt::Display for CostExceedsBurst {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "request costs {} tokens but the bucket holds at most {}; raise the burst or lower the cost",
+            self.cost, self.burst
+        )
+    }
+}
+
+impl std::error::Error for CostExceedsBurst {}
+
+/// A shedding backpressure queue was full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueFull {
+    capacity: usize,
+}
+
+impl QueueFull {
+    /// Creates the error for a queue of `capacity` slots.
+    pub const fn new(capacity: usize) -> Self {
+        Self { capacity }
+    }
+
+    /// The queue's bound.
+    pub const fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+impl fmt::Display for QueueFull {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "backpressure queue full ({} queued); retry later, wait instead of shedding, or raise the queue bound",
+            self.capacity
+        )
+    }
+}
+
+impl std::error::Error for QueueFull {}
+
+/// A layer was configured with values it cannot work with.
+///
+/// Returned by the layers' constructors, so a bad limit fails when the stack
+/// is built rather than on the first request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration: {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}

@@ -1,0 +1,76 @@
+//! Tower layers that bound the fan-out of client calls.
+//!
+//! An agent runtime that must make hundreds of calls at once needs bounds:
+//! on the calls in flight, on the calls per second, and on the requests held
+//! in memory. Each bound here is a tower [`Layer`](tower_layer::Layer) that
+//! stacks with `ServiceBuilder` over any `Service` (a hyper-util client,
+//! tonic, or a plain `service_fn`):
+//!
+//! | layer | bounds | refusal when failing fast |
+//! |---|---|---|
+//! | [`concurrency::ConcurrencyLimitLayer`] | calls in flight, shared by every clone | [`error::Overloaded`] |
+//! | [`rate::RateLimitLayer`] | tokens per period, with burst and cost per request | [`error::RateLimited`] |
+//! | [`backpressure::BackpressureLayer`] | queued requests, drained by N workers | [`error::QueueFull`] |
+//!
+//! Every layer waits by default and fails fast when asked. `poll_ready`
+//! reserves capacity, `call` consumes it, and dropping a ready service or
+//! an unfinished response future gives it back. Each layer has a handle that
+//! reads its live state with atomic loads.
+//!
+//! Errors follow tower: services return [`BoxError`], and a refusal is a
+//! small type from [`error`] to downcast.
+//!
+//! # Recommended order
+//! Outermost first: backpressure (bounded memory), rate limit (waits hold
+//! nothing downstream), concurrency limit (a permit only while the call
+//! really runs), then the client.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_fanout_core::{
+//!     backpressure::BackpressureLayer, concurrency::ConcurrencyLimitLayer, rate::RateLimitLayer,
+//! };
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), tower_fanout_core::BoxError> {
+//! let client = service_fn(|url: String| async move {
+//!     Ok::<_, std::convert::Infallible>(format!("fetched {url}"))
+//! });
+//! let svc = ServiceBuilder::new()
+//!     .layer(BackpressureLayer::new(8)?)
+//!     .layer(RateLimitLayer::builder(50, Duration::from_secs(1)).burst(10).build()?)
+//!     .layer(ConcurrencyLimitLayer::new(8)?)
+//!     .service(client);
+//!
+//! let mut calls = Vec::new();
+//! for i in 0..20 {
+//!     calls.push(tokio::spawn(svc.clone().oneshot(format!("https://example.com/{i}"))));
+//! }
+//! for call in calls {
+//!     assert!(call.await?.is_ok());
+//! }
+//! # Ok(())
+//! # }
+//! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+/// The error type of every service in this crate, as in tower.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+pub mod error;
+
+#[cfg(any(feature = "concurrency", feature = "rate"))]
+mod future;
+#[cfg(any(feature = "concurrency", feature = "backpressure"))]
+mod semaphore;
+
+#[cfg(feature = "backpressure")]
+#[cfg_attr(docsrs, doc(cfg(feature = "backpressure")))]
+pub mod backpressure;
+#[cfg(feature = "concurrency")]
+#[cfg_attr(docsrs, doc(cfg(feature = "concurrency")))]
+pub mod concurrency;
+#[cfg(feature = "rate")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rate")))]
+pub mod rate;

@@ -1,0 +1,75 @@
+//! A token-bucket rate limit: `rate` tokens per `period`, at most `burst` at once.
+//!
+//! # What it bounds
+//! Calls per unit of time, whatever the concurrency: over any interval of
+//! length `t`, requests of unit cost are admitted at most
+//! `burst + rate × t / period` times. There are no fixed windows, so no
+//! double burst at a window's edge. Use it for a downstream that publishes
+//! "N requests per minute" or bills per call.
+//!
+//! # Cost
+//! A request can cost more than one token: pass a closure from the request
+//! to its cost with [`RateLimitBuilder::cost`] (say, the number of records
+//! in a batch call, or an LLM request's token estimate). A request whose
+//! cost is larger than the burst can never be admitted and fails at once
+//! with [`CostExceedsBurst`](crate::error::CostExceedsBurst).
+//!
+//! Waiting callers book one token in `poll_ready` (the request is not known
+//! yet) and pay the rest of the cost in `call`. When the bucket is short of
+//! that rest, it goes into debt, which the following callers wait out; so a
+//! waiting limiter can run ahead of the bound by at most one request's
+//! cost minus one. A fail-fast limiter checks the full cost in `call` and
+//! never runs ahead.
+//!
+//! # Sharing
+//! The bucket is held in an `Arc` inside the layer: every service the layer
+//! wraps, and every clone, draws on the same tokens.
+//!
+//! # Where it goes
+//! Outside the concurrency limit, so that a caller waiting for a token holds
+//! no concurrency permit.
+//!
+//! # Refusals
+//! By default `poll_ready` waits for a token, and waiting callers are served
+//! in the order they arrived (each books its slot). With
+//! [`fail_fast`](RateLimitBuilder::fail_fast), a request that finds the
+//! bucket short fails with [`RateLimited`](crate::error::RateLimited), which
+//! carries the wait after which it would have been admitted.
+//!
+//! # Example
+//! ```
+//! use std::time::Duration;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_fanout_core::rate::RateLimitLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), tower_fanout_core::BoxError> {
+//! // 10 calls a second, 2 at once; a call costs its payload's length.
+//! let limit = RateLimitLayer::builder(10, Duration::from_secs(1))
+//!     .burst(2)
+//!     .build()?;
+//! let handle = limit.handle();
+//! let svc = ServiceBuilder::new()
+//!     .layer(limit)
+//!     .service(service_fn(|s: &'static str| async move { Ok::<_, std::convert::Infallible>(s.len()) }));
+//!
+//! let start = tokio::time::Instant::now();
+//! for _ in 0..4 {
+//!     svc.clone().oneshot("hello").await?;
+//! }
+//! // Two from the burst, then one every 100 ms.
+//! assert_eq!(start.elapsed(), Duration::from_millis(200));
+//! assert_eq!(handle.tokens(), 0);
+//! # Ok(())
+//! # }
+//! ```
+
+mod bucket;
+mod layer;
+mod service;
+
+pub use self::layer::{Cost, RateLimitBuilder, RateLimitHandle, RateLimitLayer, UnitCost};
+pub use self::service::RateLimit;
+
+/// The response future of [`RateLimit`]: the inner future, or a refusal.
+pub type ResponseFuture<F> = crate::future::ResponseFuture<F, ()>;

@@ -1,0 +1,214 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::time::Sleep;
+use tower_service::Service;
+
+use super::layer::{Cost, Shared};
+use super::{RateLimitHandle, ResponseFuture};
+use crate::BoxError;
+use crate::error::{CostExceedsBurst, NotReady, RateLimited};
+
+/// Takes tokens from a shared bucket for each request.
+///
+/// Built by [`RateLimitLayer`](super::RateLimitLayer).
+pub struct RateLimit<S, C> {
+    inner: S,
+    booking: Booking,
+    cost: C,
+    fail_fast: bool,
+    // Allocated on the first wait and reset in place after that.
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+/// This service's standing with the bucket; gives a booked token back when dropped.
+#[derive(Debug)]
+struct Booking {
+    shared: Arc<Shared>,
+    state: State,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Holds no token.
+    Idle,
+    /// Has booked a token (the booking ends at `end`) that arrives at `at`.
+    Waiting { end: u64, at: u64 },
+    /// May call. `booked` is the booking a waiting limiter made for one token;
+    /// a fail-fast limiter books nothing until `call`, when the cost is known.
+    Ready { booked: Option<u64> },
+}
+
+impl Booking {
+    fn give_back(&mut self) {
+        if let State::Waiting { end, .. } | State::Ready { booked: Some(end) } =
+            std::mem::replace(&mut self.state, State::Idle)
+        {
+            self.shared.bucket.give_back(end, 1);
+        }
+    }
+}
+
+impl Drop for Booking {
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}
+
+impl<S, C> RateLimit<S, C> {
+    pub(super) fn from_shared(inner: S, shared: Arc<Shared>, cost: C, fail_fast: bool) -> Self {
+        Self {
+            inner,
+            booking: Booking {
+                shared,
+                state: State::Idle,
+            },
+            cost,
+            fail_fast,
+            sleep: None,
+        }
+    }
+
+    /// A live view of the shared bucket.
+    pub fn handle(&self) -> RateLimitHandle {
+        RateLimitHandle {
+            shared: self.booking.shared.clone(),
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the limiter, returning the inner service; a booked token is given back.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    fn poll_sleep(&mut self, cx: &mut Context<'_>, until: u64) -> Poll<()> {
+        let deadline = self.booking.shared.instant(until);
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() != deadline {
+            sleep.as_mut().reset(deadline);
+        }
+        sleep.as_mut().poll(cx)
+    }
+}
+
+impl<S, C, Req> Service<Req> for RateLimit<S, C>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    C: Cost<Req>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        loop {
+            match self.booking.state {
+                State::Ready { .. } => return self.inner.poll_ready(cx).map_err(Into::into),
+                State::Idle if self.fail_fast => {
+                    self.booking.state = State::Ready { booked: None };
+                }
+                State::Idle => {
+                    let shared = &self.booking.shared;
+                    let now = shared.now();
+                    let (end, at) = shared.bucket.take_queued(now, 1);
+                    if at <= now {
+                        self.booking.state = State::Ready { booked: Some(end) };
+                    } else {
+                        tracing::debug!(
+                            tokens = 0,
+                            wait_ms = Duration::from_nanos(at - now).as_millis() as u64,
+                            "rate limited; waiting for a token"
+                        );
+                        self.booking.state = State::Waiting { end, at };
+                    }
+                }
+                State::Waiting { end, at } => {
+                    ready!(self.poll_sleep(cx, at));
+                    self.booking.state = State::Ready { booked: Some(end) };
+                }
+            }
+        }
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let State::Ready { booked } = self.booking.state else {
+            return ResponseFuture::refused(NotReady::new());
+        };
+        // The call consumes the booking: from here on nothing is given back.
+        self.booking.state = State::Idle;
+        let shared = &self.booking.shared;
+        let bucket = &shared.bucket;
+        let cost = self.cost.cost(&req);
+        if cost > bucket.burst() {
+            if let Some(end) = booked {
+                bucket.give_back(end, 1);
+            }
+            tracing::debug!(cost, burst = bucket.burst(), "request costs more than the burst");
+            return ResponseFuture::refused(CostExceedsBurst::new(cost, bucket.burst()));
+        }
+        match booked {
+            Some(end) => match cost {
+                0 => {
+                    bucket.give_back(end, 1);
+                }
+                1 => {}
+                // The rest of the cost is booked as debt that later callers wait out.
+                more => {
+                    bucket.take_queued(shared.now(), more - 1);
+                }
+            },
+            None if cost == 0 => {}
+            None => {
+                if let Err(wait) = bucket.try_take(shared.now(), cost) {
+                    let retry_after = Duration::from_nanos(wait);
+                    tracing::debug!(
+                        cost,
+                        retry_after_ms = retry_after.as_millis() as u64,
+                        "rate limited; refused"
+                    );
+                    return ResponseFuture::refused(RateLimited::new(retry_after));
+                }
+            }
+        }
+        ResponseFuture::called(self.inner.call(req), ())
+    }
+}
+
+impl<S: Clone, C: Clone> Clone for RateLimit<S, C> {
+    /// The clone shares the bucket but holds no booking of its own.
+    fn clone(&self) -> Self {
+        Self::from_shared(
+            self.inner.clone(),
+            self.booking.shared.clone(),
+            self.cost.clone(),
+            self.fail_fast,
+        )
+    }
+}
+
+impl<S: fmt::Debug, C> fmt::Debug for RateLimit<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("inner", &self.inner)
+            .field("state", &self.booking.state)
+            .field("fail_fast", &self.fail_fast)
+            .finish_non_exhaustive()
+    }
+}
