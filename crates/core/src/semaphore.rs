@@ -138,10 +138,10 @@ impl Semaphore {
                 *ticket = None;
                 return Poll::Ready(());
             }
-            if let Some(waiter) = waiters.iter_mut().find(|w| Arc::ptr_eq(&w.granted, granted)) {
-                if !waiter.waker.will_wake(cx.waker()) {
-                    waiter.waker = cx.waker().clone();
-                }
+            if let Some(waiter) = waiters.iter_mut().find(|w| Arc::ptr_eq(&w.granted, granted))
+                && !waiter.waker.will_wake(cx.waker())
+            {
+                waiter.waker = cx.waker().clone();
             }
             return Poll::Pending;
         }

@@ -1,0 +1,228 @@
+//! Contract tests for the token-bucket rate limit, on tokio's paused clock.
+#![cfg(feature = "rate")]
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_test::{assert_pending, assert_ready_ok};
+use tower::{Service, ServiceExt, service_fn};
+use tower_fanout_core::error::{CostExceedsBurst, NotReady, RateLimited};
+use tower_fanout_core::rate::RateLimitLayer;
+use tower_test::mock;
+
+/// When each request reached the inner service, and its cost.
+type Log = Arc<Mutex<Vec<(Duration, u32)>>>;
+
+/// An inner service that records each request in the [`Log`].
+fn recorder() -> (
+    Log,
+    impl Service<u32, Response = (), Error = std::io::Error, Future: Send> + Clone + Send,
+) {
+    let start = Instant::now();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let svc = service_fn({
+        let log = log.clone();
+        move |cost: u32| {
+            log.lock().unwrap().push((start.elapsed(), cost));
+            async { Ok::<_, std::io::Error>(()) }
+        }
+    });
+    (log, svc)
+}
+
+fn units_by(log: &Mutex<Vec<(Duration, u32)>>, t: Duration) -> u64 {
+    log.lock()
+        .unwrap()
+        .iter()
+        .filter(|(at, _)| *at <= t)
+        .map(|(_, cost)| u64::from(*cost))
+        .sum()
+}
+
+/// Over 10 simulated seconds a saturating caller gets burst + rate × t.
+#[tokio::test(start_paused = true)]
+async fn admits_burst_plus_rate_times_t_exactly() {
+    let (log, inner) = recorder();
+    let layer = RateLimitLayer::builder(10, Duration::from_secs(1))
+        .burst(5)
+        .build()
+        .unwrap();
+    let svc = tower::ServiceBuilder::new().layer(layer).service(inner);
+    let ten = Duration::from_secs(10);
+    let start = Instant::now();
+    while start.elapsed() <= ten {
+        svc.clone().oneshot(1).await.unwrap();
+    }
+    assert_eq!(units_by(&log, ten), 5 + 10 * 10);
+}
+
+/// Fifty callers racing for the same bucket get no more, and are served in turn.
+#[tokio::test(start_paused = true)]
+async fn many_callers_share_one_bucket() {
+    let (log, inner) = recorder();
+    let layer = RateLimitLayer::builder(20, Duration::from_secs(1))
+        .burst(10)
+        .build()
+        .unwrap();
+    let svc = tower::ServiceBuilder::new().layer(layer).service(inner);
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let svc = svc.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                svc.clone().oneshot(1).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let ten = Duration::from_secs(10);
+    assert_eq!(units_by(&log, ten), 10 + 20 * 10);
+    // 500 requests: 10 from the burst, the other 490 at 20 a second.
+    let last = log.lock().unwrap().last().unwrap().0;
+    assert_eq!(last, Duration::from_millis(490 * 50));
+}
+
+/// Each request pays its cost; over 10 s the units stay within one request of
+/// burst + rate × t.
+#[tokio::test(start_paused = true)]
+async fn costs_are_respected() {
+    let (log, inner) = recorder();
+    let layer = RateLimitLayer::builder(10, Duration::from_secs(1))
+        .burst(10)
+        .cost(|cost: &u32| *cost)
+        .build()
+        .unwrap();
+    let svc = tower::ServiceBuilder::new().layer(layer).service(inner);
+    let ten = Duration::from_secs(10);
+    let start = Instant::now();
+    while start.elapsed() <= ten {
+        svc.clone().oneshot(5).await.unwrap();
+    }
+    let units = units_by(&log, ten);
+    let bound = 10 + 10 * 10;
+    assert!(units <= bound + 4, "{units} units over the bound {bound} by more than one request");
+    assert!(units >= bound - 5, "{units} units, bound {bound}");
+    // Steady state: one 5-token request every half second.
+    let log = log.lock().unwrap();
+    let gaps: Vec<_> = log.windows(2).skip(3).map(|w| w[1].0 - w[0].0).collect();
+    assert!(gaps.iter().all(|g| *g == Duration::from_millis(500)), "{gaps:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn fail_fast_checks_the_full_cost_and_says_when() {
+    let (_log, inner) = recorder();
+    let layer = RateLimitLayer::builder(10, Duration::from_secs(1))
+        .burst(5)
+        .cost(|cost: &u32| *cost)
+        .fail_fast()
+        .build()
+        .unwrap();
+    let mut svc = tower::ServiceBuilder::new().layer(layer).service(inner);
+    svc.ready().await.unwrap().call(3).await.unwrap();
+    let err = svc.ready().await.unwrap().call(3).await.unwrap_err();
+    let limited = err.downcast_ref::<RateLimited>().expect("RateLimited");
+    // Two tokens left, one more needed: 100 ms.
+    assert_eq!(limited.retry_after(), Duration::from_millis(100));
+    assert!(err.to_string().contains("retry after 100 ms"), "{err}");
+    tokio::time::advance(limited.retry_after()).await;
+    svc.ready().await.unwrap().call(3).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn cost_above_burst_fails_at_once() {
+    for fail_fast in [false, true] {
+        let (log, inner) = recorder();
+        let builder = RateLimitLayer::builder(10, Duration::from_secs(1))
+            .burst(4)
+            .cost(|cost: &u32| *cost);
+        let layer = if fail_fast { builder.fail_fast() } else { builder }
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let mut svc = tower::ServiceBuilder::new().layer(layer).service(inner);
+        let err = svc.ready().await.unwrap().call(5).await.unwrap_err();
+        let e = err.downcast_ref::<CostExceedsBurst>().expect("CostExceedsBurst");
+        assert_eq!((e.cost(), e.burst()), (5, 4));
+        assert!(err.to_string().contains("raise the burst"), "{err}");
+        assert!(log.lock().unwrap().is_empty());
+        assert_eq!(handle.tokens(), 4, "the refused request took nothing");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn clones_share_the_bucket() {
+    let layer = RateLimitLayer::builder(1, Duration::from_secs(1))
+        .burst(2)
+        .build()
+        .unwrap();
+    let (mut a, _ha) = mock::spawn_layer::<(), (), _>(layer.clone());
+    let mut b = mock::Spawn::new(a.get_ref().clone());
+    let (mut c, _hc) = mock::spawn_layer::<(), (), _>(layer.clone());
+    assert_ready_ok!(a.poll_ready());
+    assert_ready_ok!(b.poll_ready());
+    assert_pending!(c.poll_ready());
+    assert_eq!(layer.handle().tokens(), 0);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(c.is_woken());
+    assert_ready_ok!(c.poll_ready());
+}
+
+/// A caller that gives up while waiting hands its booked slot back, so the
+/// next caller does not wait for a token nobody used.
+#[tokio::test(start_paused = true)]
+async fn dropped_waiter_gives_its_token_back() {
+    let layer = RateLimitLayer::builder(1, Duration::from_secs(1))
+        .burst(1)
+        .build()
+        .unwrap();
+    let (mut a, _ha) = mock::spawn_layer::<(), (), _>(layer.clone());
+    let (mut b, _hb) = mock::spawn_layer::<(), (), _>(layer.clone());
+    let (mut c, _hc) = mock::spawn_layer::<(), (), _>(layer.clone());
+    assert_ready_ok!(a.poll_ready());
+    assert_pending!(b.poll_ready());
+    drop(b);
+    assert_pending!(c.poll_ready());
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_ready_ok!(c.poll_ready(), "c waits one interval, not two");
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropped_ready_service_gives_its_token_back() {
+    let layer = RateLimitLayer::builder(1, Duration::from_secs(1))
+        .burst(1)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let (mut a, _ha) = mock::spawn_layer::<(), (), _>(layer.clone());
+    assert_ready_ok!(a.poll_ready());
+    assert_eq!(handle.tokens(), 0);
+    drop(a);
+    assert_eq!(handle.tokens(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn call_without_poll_ready_is_an_error() {
+    let layer = RateLimitLayer::per_second(1).unwrap();
+    let (mut svc, _h) = mock::spawn_layer::<(), (), _>(layer);
+    let err = svc.call(()).await.unwrap_err();
+    assert!(err.is::<NotReady>());
+}
+
+#[test]
+fn zero_rate_burst_or_period_is_refused() {
+    let rate = RateLimitLayer::new(0, Duration::from_secs(1)).unwrap_err();
+    assert!(rate.to_string().contains("rate"), "{rate}");
+    let burst = RateLimitLayer::builder(5, Duration::from_secs(1))
+        .burst(0)
+        .build()
+        .unwrap_err();
+    assert!(burst.to_string().contains("burst must be at least 1"), "{burst}");
+    let period = RateLimitLayer::new(5, Duration::ZERO).unwrap_err();
+    assert!(period.to_string().contains("period"), "{period}");
+}
