@@ -1,0 +1,494 @@
+//! Per-call overhead of the core layers next to their tower and governor
+//! counterparts, over a service that answers at once (issue 3).
+//!
+//! Two cases, each with every variant in one process:
+//! - `uncontended`: one task on a current-thread runtime, `ready().await`
+//!   then `call().await` in a loop;
+//! - `contended`: a 2-worker multi-thread runtime, 64 tasks each making a
+//!   fixed share of the calls through its own clone of one shared service
+//!   (tower's `RateLimit` is not `Clone`, so each task gets its own; that is
+//!   how it would be used).
+//!
+//! Criterion measures each variant in turn. Because contended figures swing
+//! several times between runs on a busy machine, the run ends with an
+//! interleaved pass: round after round, every variant makes a ~20 ms slice of
+//! calls, so the bare baseline and each layer are measured moments apart. The
+//! table printed at the end gives, per variant, ns per call and the ns it adds
+//! over the bare service, and the ratio of our added ns to the counterpart's
+//! (median of per-round ratios, with the interquartile range).
+//!
+//! Rate limits are configured so they never wait (about 10^9 tokens a second,
+//! a burst of `u32::MAX`): what is measured is the bookkeeping per call.
+//!
+//! Run: `cargo bench --bench layers -- --warm-up-time 1 --measurement-time 2`
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::convert::Infallible;
+use std::fmt::Debug;
+use std::future::{Ready, ready};
+use std::hint::black_box;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::runtime::{Builder, Runtime};
+use tower::limit::{ConcurrencyLimit, GlobalConcurrencyLimitLayer, RateLimit, rate::Rate};
+use tower::{Layer, Service, ServiceExt, buffer::Buffer, service_fn, util::ServiceFn};
+use tower_fanout::backpressure::BackpressureLayer;
+use tower_fanout::concurrency::ConcurrencyLimitLayer;
+use tower_fanout::rate::RateLimitLayer;
+
+/// Tasks in the contended case.
+const TASKS: u64 = 64;
+/// Concurrency limit for both ours and tower's: at least `TASKS`, so nobody waits.
+const LIMIT: usize = 64;
+/// Queue bound for both `Buffer` and our backpressure queue: nobody waits for a slot.
+const QUEUE: usize = 64;
+/// Length of one variant's slice in the interleaved pass.
+const SLICE: Duration = Duration::from_millis(20);
+/// Rounds of the interleaved pass.
+const ROUNDS: usize = 25;
+
+type Echo = ServiceFn<fn(u64) -> Ready<Result<u64, Infallible>>>;
+
+/// The trivial service every variant wraps.
+fn bare() -> Echo {
+    fn echo(x: u64) -> Ready<Result<u64, Infallible>> {
+        ready(Ok(x))
+    }
+    service_fn(echo as fn(u64) -> Ready<Result<u64, Infallible>>)
+}
+
+/// governor's direct limiter checked in `poll_ready`, before the call.
+///
+/// A real layer around it would also need a timer for the wait; here it never
+/// waits, so this is a lower bound of what such a layer would add.
+#[derive(Clone)]
+struct Governed<S> {
+    limiter: Arc<DefaultDirectRateLimiter>,
+    inner: S,
+}
+
+impl<S: Service<u64>> Service<u64> for Governed<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        assert!(
+            self.limiter.check().is_ok(),
+            "the bench quota never runs out"
+        );
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: u64) -> Self::Future {
+        self.inner.call(req)
+    }
+}
+
+fn governed() -> Governed<Echo> {
+    let quota = Quota::with_period(Duration::from_nanos(1))
+        .unwrap()
+        .allow_burst(NonZeroU32::MAX);
+    Governed {
+        limiter: Arc::new(RateLimiter::direct(quota)),
+        inner: bare(),
+    }
+}
+
+fn ours_rate() -> RateLimitLayer {
+    RateLimitLayer::builder(u32::MAX, Duration::from_secs(1))
+        .burst(u32::MAX)
+        .build()
+        .unwrap()
+}
+
+fn tower_rate() -> Rate {
+    Rate::new(u64::MAX, Duration::from_secs(1))
+}
+
+/// One variant in one case, with the samples criterion took of it.
+trait Variant {
+    fn name(&self) -> &'static str;
+    /// Makes `calls` calls and returns the time they took.
+    fn run(&mut self, calls: u64) -> Duration;
+    fn samples(&mut self) -> &mut Vec<(u64, Duration)>;
+}
+
+async fn drive<S>(svc: &mut S, calls: u64, first: u64)
+where
+    S: Service<u64, Response = u64>,
+    S::Error: Debug,
+{
+    for i in first..first + calls {
+        let svc = ServiceExt::<u64>::ready(&mut *svc).await.unwrap();
+        black_box(svc.call(i).await.unwrap());
+    }
+}
+
+struct Uncontended<S> {
+    name: &'static str,
+    rt: &'static Runtime,
+    svc: S,
+    samples: Vec<(u64, Duration)>,
+}
+
+impl<S> Variant for Uncontended<S>
+where
+    S: Service<u64, Response = u64>,
+    S::Error: Debug,
+{
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn run(&mut self, calls: u64) -> Duration {
+        let svc = &mut self.svc;
+        self.rt.block_on(async {
+            let start = Instant::now();
+            drive(svc, calls, 0).await;
+            start.elapsed()
+        })
+    }
+
+    fn samples(&mut self) -> &mut Vec<(u64, Duration)> {
+        &mut self.samples
+    }
+}
+
+struct Contended<F> {
+    name: &'static str,
+    rt: &'static Runtime,
+    make: F,
+    samples: Vec<(u64, Duration)>,
+}
+
+impl<F, S> Variant for Contended<F>
+where
+    F: FnMut() -> S,
+    S: Service<u64, Response = u64> + Send + 'static,
+    S::Future: Send,
+    S::Error: Debug + Send,
+{
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn run(&mut self, calls: u64) -> Duration {
+        let per_task = calls.div_ceil(TASKS).max(1);
+        // Built outside the timed part: tower's RateLimit allocates a timer.
+        let services: Vec<S> = (0..TASKS).map(|_| (self.make)()).collect();
+        let elapsed = self.rt.block_on(async move {
+            let start = Instant::now();
+            let tasks: Vec<_> = services
+                .into_iter()
+                .enumerate()
+                .map(|(t, mut svc)| {
+                    tokio::spawn(
+                        async move { drive(&mut svc, per_task, t as u64 * per_task).await },
+                    )
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+            start.elapsed()
+        });
+        // Report the time for `calls` calls, as criterion expects.
+        elapsed.mul_f64(calls as f64 / (per_task * TASKS) as f64)
+    }
+
+    fn samples(&mut self) -> &mut Vec<(u64, Duration)> {
+        &mut self.samples
+    }
+}
+
+fn uncontended_variants(rt: &'static Runtime) -> Vec<Box<dyn Variant>> {
+    fn v<S>(name: &'static str, rt: &'static Runtime, svc: S) -> Box<dyn Variant>
+    where
+        S: Service<u64, Response = u64> + 'static,
+        S::Error: Debug,
+    {
+        Box::new(Uncontended {
+            name,
+            rt,
+            svc,
+            samples: Vec::new(),
+        })
+    }
+    // Buffer and our queue spawn their workers on the runtime they start in.
+    let _guard = rt.enter();
+    vec![
+        v(BARE, rt, bare()),
+        v(
+            OURS_CONC,
+            rt,
+            ConcurrencyLimitLayer::new(LIMIT).unwrap().layer(bare()),
+        ),
+        v(TOWER_CONC, rt, ConcurrencyLimit::new(bare(), LIMIT)),
+        v(
+            TOWER_GLOBAL,
+            rt,
+            GlobalConcurrencyLimitLayer::new(LIMIT).layer(bare()),
+        ),
+        v(OURS_RATE, rt, ours_rate().layer(bare())),
+        v(TOWER_RATE, rt, RateLimit::new(bare(), tower_rate())),
+        v(GOVERNOR, rt, governed()),
+        v(
+            OURS_BP,
+            rt,
+            BackpressureLayer::with_queue(1, QUEUE)
+                .unwrap()
+                .layer(bare()),
+        ),
+        v(
+            OURS_BP4,
+            rt,
+            BackpressureLayer::with_queue(4, QUEUE)
+                .unwrap()
+                .layer(bare()),
+        ),
+        v(TOWER_BUFFER, rt, Buffer::new(bare(), QUEUE)),
+    ]
+}
+
+fn contended_variants(rt: &'static Runtime) -> Vec<Box<dyn Variant>> {
+    fn shared<S>(name: &'static str, rt: &'static Runtime, svc: S) -> Box<dyn Variant>
+    where
+        S: Service<u64, Response = u64> + Clone + Send + 'static,
+        S::Future: Send,
+        S::Error: Debug + Send,
+    {
+        Box::new(Contended {
+            name,
+            rt,
+            make: move || svc.clone(),
+            samples: Vec::new(),
+        })
+    }
+    let _guard = rt.enter();
+    vec![
+        shared(BARE, rt, bare()),
+        shared(
+            OURS_CONC,
+            rt,
+            ConcurrencyLimitLayer::new(LIMIT).unwrap().layer(bare()),
+        ),
+        shared(TOWER_CONC, rt, ConcurrencyLimit::new(bare(), LIMIT)),
+        shared(
+            TOWER_GLOBAL,
+            rt,
+            GlobalConcurrencyLimitLayer::new(LIMIT).layer(bare()),
+        ),
+        shared(OURS_RATE, rt, ours_rate().layer(bare())),
+        // Not `Clone`: one limiter per task, so this one is never contended.
+        Box::new(Contended {
+            name: TOWER_RATE,
+            rt,
+            make: || RateLimit::new(bare(), tower_rate()),
+            samples: Vec::new(),
+        }),
+        shared(GOVERNOR, rt, governed()),
+        shared(
+            OURS_BP,
+            rt,
+            BackpressureLayer::with_queue(1, QUEUE)
+                .unwrap()
+                .layer(bare()),
+        ),
+        shared(
+            OURS_BP4,
+            rt,
+            BackpressureLayer::with_queue(4, QUEUE)
+                .unwrap()
+                .layer(bare()),
+        ),
+        shared(TOWER_BUFFER, rt, Buffer::new(bare(), QUEUE)),
+    ]
+}
+
+const BARE: &str = "bare service_fn";
+const OURS_CONC: &str = "ours ConcurrencyLimit";
+const TOWER_CONC: &str = "tower ConcurrencyLimit";
+const TOWER_GLOBAL: &str = "tower GlobalConcurrencyLimit";
+const OURS_RATE: &str = "ours RateLimit";
+const TOWER_RATE: &str = "tower RateLimit";
+const GOVERNOR: &str = "governor direct check";
+const OURS_BP: &str = "ours Backpressure (1 worker)";
+const OURS_BP4: &str = "ours Backpressure (4 workers)";
+const TOWER_BUFFER: &str = "tower Buffer";
+
+/// Our layer against each counterpart, by variant name.
+const PAIRS: &[(&str, &str)] = &[
+    (OURS_CONC, TOWER_CONC),
+    (OURS_CONC, TOWER_GLOBAL),
+    (OURS_RATE, TOWER_RATE),
+    (OURS_RATE, GOVERNOR),
+    (OURS_BP, TOWER_BUFFER),
+    (OURS_BP4, TOWER_BUFFER),
+];
+
+fn measure(c: &mut Criterion, group: &str, variants: &mut [Box<dyn Variant>]) {
+    let mut g = c.benchmark_group(group);
+    for variant in variants.iter_mut() {
+        g.bench_function(variant.name(), |b| {
+            b.iter_custom(|iters| {
+                let took = variant.run(iters);
+                variant.samples().push((iters, took));
+                took
+            })
+        });
+    }
+    g.finish();
+}
+
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+fn quartiles(xs: &mut [f64]) -> (f64, f64) {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n == 0 {
+        return (f64::NAN, f64::NAN);
+    }
+    (xs[n / 4], xs[(3 * n) / 4])
+}
+
+/// ns per call over everything criterion measured (iteration-weighted mean).
+fn criterion_ns(variant: &mut Box<dyn Variant>) -> f64 {
+    let (iters, nanos) = variant
+        .samples()
+        .iter()
+        .fold((0u64, 0f64), |(i, n), (it, d)| {
+            (i + it, n + d.as_nanos() as f64)
+        });
+    if iters == 0 {
+        f64::NAN
+    } else {
+        nanos / iters as f64
+    }
+}
+
+/// Round after round, every variant makes a slice of calls; prints the table.
+fn interleaved(case: &str, variants: &mut [Box<dyn Variant>]) {
+    let min_calls = if case == "contended" {
+        TASKS * 16
+    } else {
+        1_000
+    };
+    // Size each variant's slice from a first short run (which also warms it).
+    let calls: Vec<u64> = variants
+        .iter_mut()
+        .map(|v| {
+            let probe = min_calls * 4;
+            let per_call = v.run(probe).as_nanos() as f64 / probe as f64;
+            ((SLICE.as_nanos() as f64 / per_call.max(1.0)) as u64).clamp(min_calls, 20_000_000)
+        })
+        .collect();
+    let n = variants.len();
+    let mut ns = vec![Vec::with_capacity(ROUNDS); n];
+    for round in 0..ROUNDS {
+        // Rotate the order so no variant always runs right after another.
+        for k in 0..n {
+            let i = (k + round) % n;
+            let took = variants[i].run(calls[i]);
+            ns[i].push(took.as_nanos() as f64 / calls[i] as f64);
+        }
+    }
+    let bare = variants.iter().position(|v| v.name() == BARE).unwrap();
+    let added: Vec<Vec<f64>> = (0..n)
+        .map(|i| (0..ROUNDS).map(|r| ns[i][r] - ns[bare][r]).collect())
+        .collect();
+    let crit: Vec<f64> = variants.iter_mut().map(criterion_ns).collect();
+
+    println!(
+        "\n### {case}: ns per call (interleaved: median of {ROUNDS} rounds; criterion: mean of its samples)\n"
+    );
+    println!(
+        "| variant | ns/call | added ns | added ns p25–p75 | criterion ns/call | criterion added ns |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for i in 0..n {
+        let (lo, hi) = quartiles(&mut added[i].clone());
+        println!(
+            "| {} | {:.1} | {:.1} | {:.1}–{:.1} | {:.1} | {:.1} |",
+            variants[i].name(),
+            median(&mut ns[i].clone()),
+            median(&mut added[i].clone()),
+            lo,
+            hi,
+            crit[i],
+            crit[i] - crit[bare],
+        );
+    }
+    println!("\n### {case}: ratio of added ns, ours / counterpart (goal ≤ 1.0)\n");
+    println!(
+        "| ours | counterpart | ratio (median of rounds) | p25–p75 | ratio from criterion means |"
+    );
+    println!("|---|---|---:|---:|---:|");
+    let index = |name: &str| variants.iter().position(|v| v.name() == name).unwrap();
+    for (ours, theirs) in PAIRS {
+        let (o, t) = (index(ours), index(theirs));
+        let mut ratios: Vec<f64> = (0..ROUNDS).map(|r| added[o][r] / added[t][r]).collect();
+        let (lo, hi) = quartiles(&mut ratios);
+        println!(
+            "| {ours} | {theirs} | {:.2} | {:.2}–{:.2} | {:.2} |",
+            median(&mut ratios),
+            lo,
+            hi,
+            (crit[o] - crit[bare]) / (crit[t] - crit[bare]),
+        );
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let bench_mode =
+        args.iter().any(|a| a == "--bench") && !args.iter().any(|a| a == "--test" || a == "--list");
+
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(1))
+        .sample_size(30)
+        .configure_from_args();
+
+    let single: &'static Runtime = Box::leak(Box::new(
+        Builder::new_current_thread().enable_all().build().unwrap(),
+    ));
+    let multi: &'static Runtime = Box::leak(Box::new(
+        Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap(),
+    ));
+    let mut uncontended = uncontended_variants(single);
+    let mut contended = contended_variants(multi);
+
+    measure(&mut c, "uncontended", &mut uncontended);
+    measure(&mut c, "contended", &mut contended);
+    c.final_summary();
+
+    if bench_mode {
+        println!("\n## Summary (one run; host has {} CPUs)", num_cpus());
+        interleaved("uncontended", &mut uncontended);
+        interleaved("contended", &mut contended);
+    }
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
