@@ -51,6 +51,7 @@ impl Semaphore {
     }
 
     /// Permits that can be taken now (zero while a shrink is being paid off).
+    #[cfg_attr(not(feature = "concurrency"), allow(dead_code))]
     pub(crate) fn available(&self) -> usize {
         usize::try_from(self.state.load(Ordering::Relaxed) >> 1).unwrap_or(0)
     }
@@ -219,6 +220,7 @@ fn to_state(permits: usize) -> i64 {
 /// One permit of a concurrency limit, held by a call in flight and returned
 /// to the limit when dropped.
 #[derive(Debug)]
+#[cfg_attr(not(feature = "concurrency"), allow(unreachable_pub))]
 pub struct Permit {
     semaphore: Arc<Semaphore>,
 }
@@ -251,6 +253,7 @@ impl Acquire {
         }
     }
 
+    #[cfg_attr(not(feature = "concurrency"), allow(dead_code))]
     pub(crate) fn semaphore(&self) -> &Arc<Semaphore> {
         &self.semaphore
     }
