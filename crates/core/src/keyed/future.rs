@@ -1,0 +1,253 @@
+//! The keyed limit's response future: wait for the key's token and permit, then call.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
+
+use super::map::KeyState;
+use crate::BoxError;
+use crate::error::{Overloaded, RateLimited};
+use crate::semaphore::{Acquire, Permit};
+
+pin_project! {
+    /// Waits for the key's token, then its permit, then runs the inner call
+    /// while holding the permit.
+    ///
+    /// Dropping it while it waits gives back the booked token and leaves the
+    /// permit queue; dropping it while the call runs returns the permit.
+    pub struct ResponseFuture<S, Req>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        kind: Kind<S, Req, S::Future>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<S, Req, F> {
+        Waiting { wait: Option<Box<Wait<S, Req>>> },
+        Called { #[pin] future: F, guard: Option<Guard> },
+        Refused { error: Option<BoxError> },
+    }
+}
+
+/// Held while the call runs: the permit, and the key's state so the map
+/// does not forget a key that is in use.
+#[derive(Debug)]
+struct Guard {
+    _permit: Option<Permit>,
+    _state: Arc<KeyState>,
+}
+
+struct Wait<S, Req> {
+    svc: Option<S>,
+    req: Option<Req>,
+    state: Arc<KeyState>,
+    epoch: Instant,
+    fail_fast: bool,
+    /// The end of the booked token, while it can still be given back.
+    booking: Option<u64>,
+    /// When the booked token arrives, if it was not there at once.
+    token_at: Option<u64>,
+    token_done: bool,
+    sleep: Option<Pin<Box<Sleep>>>,
+    acquire: Option<Acquire>,
+}
+
+impl<S, Req> Drop for Wait<S, Req> {
+    fn drop(&mut self) {
+        if let (Some(end), Some(bucket)) = (self.booking.take(), self.state.bucket.as_ref()) {
+            bucket.give_back(end, 1);
+        }
+    }
+}
+
+impl<S, Req> Wait<S, Req> {
+    fn now(&self) -> u64 {
+        u64::try_from(Instant::now().saturating_duration_since(self.epoch).as_nanos())
+            .unwrap_or(u64::MAX)
+    }
+
+    /// Waits for the key's token; `Err` is a fail-fast refusal.
+    fn poll_token(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if self.token_done {
+            return Poll::Ready(Ok(()));
+        }
+        let Some(bucket) = self.state.bucket.as_ref() else {
+            self.token_done = true;
+            return Poll::Ready(Ok(()));
+        };
+        if self.token_at.is_none() && self.booking.is_none() {
+            let now = self.now();
+            if self.fail_fast {
+                match bucket.try_take(now, 1) {
+                    Ok(end) => self.booking = Some(end),
+                    Err(wait) => {
+                        let retry_after = Duration::from_nanos(wait);
+                        tracing::debug!(
+                            retry_after_ms = retry_after.as_millis() as u64,
+                            "keyed rate limit; refused"
+                        );
+                        return Poll::Ready(Err(RateLimited::new(retry_after).into()));
+                    }
+                }
+            } else {
+                let (end, at) = bucket.take_queued(now, 1);
+                self.booking = Some(end);
+                if at > now {
+                    tracing::debug!(
+                        wait_ms = Duration::from_nanos(at - now).as_millis() as u64,
+                        "keyed rate limit; waiting for a token"
+                    );
+                    self.token_at = Some(at);
+                }
+            }
+        }
+        if let Some(at) = self.token_at {
+            let deadline = self.epoch + Duration::from_nanos(at);
+            let sleep = self
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            ready!(sleep.as_mut().poll(cx));
+        }
+        self.token_done = true;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Waits for the key's permit (none when the key has no concurrency limit).
+    fn poll_permit(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Permit>, BoxError>> {
+        let Some(semaphore) = self.state.semaphore.as_ref() else {
+            return Poll::Ready(Ok(None));
+        };
+        let acquire = self
+            .acquire
+            .get_or_insert_with(|| Acquire::new(semaphore.clone()));
+        if self.fail_fast {
+            return Poll::Ready(match acquire.try_acquire() {
+                Some(permit) => Ok(Some(permit)),
+                None => {
+                    tracing::debug!(limit = semaphore.limit(), "keyed concurrency limit reached; shed");
+                    Err(Overloaded::new().into())
+                }
+            });
+        }
+        match acquire.poll_acquire(cx) {
+            Poll::Ready(permit) => Poll::Ready(Ok(Some(permit))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S, Req> ResponseFuture<S, Req>
+where
+    S: Service<Req>,
+{
+    pub(super) fn new(
+        svc: S,
+        req: Req,
+        state: Arc<KeyState>,
+        epoch: Instant,
+        fail_fast: bool,
+    ) -> Self {
+        Self {
+            kind: Kind::Waiting {
+                wait: Some(Box::new(Wait {
+                    svc: Some(svc),
+                    req: Some(req),
+                    state,
+                    epoch,
+                    fail_fast,
+                    booking: None,
+                    token_at: None,
+                    token_done: false,
+                    sleep: None,
+                    acquire: None,
+                })),
+            },
+        }
+    }
+
+    pub(super) fn refused(error: impl Into<BoxError>) -> Self {
+        Self {
+            kind: Kind::Refused {
+                error: Some(error.into()),
+            },
+        }
+    }
+}
+
+impl<S, Req> Future for ResponseFuture<S, Req>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            match self.as_mut().project().kind.project() {
+                KindProj::Waiting { wait } => {
+                    let Some(w) = wait.as_mut() else {
+                        return Poll::Ready(Err("response future polled after completion".into()));
+                    };
+                    if let Err(e) = ready!(w.poll_token(cx)) {
+                        wait.take();
+                        return Poll::Ready(Err(e));
+                    }
+                    let permit = match ready!(w.poll_permit(cx)) {
+                        Ok(permit) => permit,
+                        Err(e) => {
+                            wait.take();
+                            return Poll::Ready(Err(e));
+                        }
+                    };
+                    // The call consumes the token: nothing is given back now.
+                    w.booking = None;
+                    let (svc, req) = (w.svc.take(), w.req.take());
+                    let state = w.state.clone();
+                    wait.take();
+                    let (Some(mut svc), Some(req)) = (svc, req) else {
+                        return Poll::Ready(Err("response future polled after completion".into()));
+                    };
+                    let future = svc.call(req);
+                    self.as_mut().project().kind.set(Kind::Called {
+                        future,
+                        guard: Some(Guard {
+                            _permit: permit,
+                            _state: state,
+                        }),
+                    });
+                }
+                KindProj::Called { future, guard } => {
+                    let output = ready!(future.poll(cx));
+                    // Free the permit as soon as the answer is in.
+                    guard.take();
+                    return Poll::Ready(output.map_err(Into::into));
+                }
+                KindProj::Refused { error } => {
+                    return Poll::Ready(Err(error
+                        .take()
+                        .unwrap_or_else(|| "response future polled after completion".into())));
+                }
+            }
+        }
+    }
+}
+
+impl<S, Req> fmt::Debug for ResponseFuture<S, Req>
+where
+    S: Service<Req>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}

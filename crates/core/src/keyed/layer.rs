@@ -1,0 +1,318 @@
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::map::{Keys, Resolved};
+use super::service::KeyedLimit;
+use crate::error::ConfigError;
+
+/// The limits applied to one key: concurrency, rate, both, or neither.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_fanout_core::keyed::KeyLimit;
+///
+/// // 3 in flight and 10 a second, at most 2 at once.
+/// let github = KeyLimit::new().concurrency(3).rate(10, Duration::from_secs(1)).burst(2);
+/// # let _ = github;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KeyLimit {
+    concurrency: Option<usize>,
+    rate: Option<(u32, Duration)>,
+    burst: Option<u32>,
+}
+
+impl KeyLimit {
+    /// No limit at all; add one with [`concurrency`](Self::concurrency) or [`rate`](Self::rate).
+    pub const fn new() -> Self {
+        Self {
+            concurrency: None,
+            rate: None,
+            burst: None,
+        }
+    }
+
+    /// At most `max` calls in flight for the key.
+    pub const fn concurrency(mut self, max: usize) -> Self {
+        self.concurrency = Some(max);
+        self
+    }
+
+    /// At most `rate` calls per `period` for the key (a token bucket, burst `rate` by default).
+    pub const fn rate(mut self, rate: u32, period: Duration) -> Self {
+        self.rate = Some((rate, period));
+        self
+    }
+
+    /// The most calls the key's bucket admits at once; needs [`rate`](Self::rate).
+    pub const fn burst(mut self, burst: u32) -> Self {
+        self.burst = Some(burst);
+        self
+    }
+
+    /// The concurrency limit, if any.
+    pub const fn max_in_flight(&self) -> Option<usize> {
+        self.concurrency
+    }
+
+    fn resolve(&self, what: &str) -> Result<Resolved, ConfigError> {
+        if self.concurrency == Some(0) {
+            return Err(ConfigError::new(format!(
+                "{what}: concurrency must be at least 1 (a limit of 0 admits nothing)"
+            )));
+        }
+        let rate = match (self.rate, self.burst) {
+            (None, Some(_)) => {
+                return Err(ConfigError::new(format!(
+                    "{what}: a burst needs a rate; call `.rate(n, period)` too"
+                )));
+            }
+            (None, None) => None,
+            (Some((rate, period)), burst) => {
+                if rate == 0 || period.is_zero() {
+                    return Err(ConfigError::new(format!(
+                        "{what}: rate and period must be non-zero (got {rate} per {period:?})"
+                    )));
+                }
+                let burst = burst.unwrap_or(rate);
+                if burst == 0 {
+                    return Err(ConfigError::new(format!(
+                        "{what}: burst must be at least 1 token (a bucket of 0 admits nothing)"
+                    )));
+                }
+                Some((rate, period, burst))
+            }
+        };
+        Ok(Resolved {
+            concurrency: self.concurrency,
+            rate,
+        })
+    }
+}
+
+/// Picks the key a request is limited under.
+///
+/// Implemented for closures `Fn(&Req) -> K` and for [`AuthorityKey`].
+pub trait KeyFn<Req> {
+    /// The key: a host name, a tenant id, an API route...
+    type Key: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static;
+
+    /// The key of `req`.
+    fn key(&self, req: &Req) -> Self::Key;
+}
+
+impl<F, Req, K> KeyFn<Req> for F
+where
+    F: Fn(&Req) -> K,
+    K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static,
+{
+    type Key = K;
+
+    fn key(&self, req: &Req) -> K {
+        self(req)
+    }
+}
+
+/// The default key of an [`http::Request`]: its URI authority (`host` or
+/// `host:port`), in lower case; the empty string when the URI has none.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AuthorityKey;
+
+impl<B> KeyFn<http::Request<B>> for AuthorityKey {
+    type Key = String;
+
+    fn key(&self, req: &http::Request<B>) -> String {
+        req.uri()
+            .authority()
+            .map(|a| a.as_str().to_ascii_lowercase())
+            .unwrap_or_default()
+    }
+}
+
+/// Configures a [`KeyedLimitLayer`]; made by [`KeyedLimitLayer::builder`]
+/// or [`KeyedLimitLayer::builder_with_key`].
+pub struct KeyedLimitBuilder<F, K> {
+    key_fn: F,
+    default: KeyLimit,
+    overrides: Vec<(K, KeyLimit)>,
+    max_keys: usize,
+    fail_fast: bool,
+}
+
+impl<F, K: fmt::Debug> fmt::Debug for KeyedLimitBuilder<F, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedLimitBuilder")
+            .field("default", &self.default)
+            .field("overrides", &self.overrides)
+            .field("max_keys", &self.max_keys)
+            .field("fail_fast", &self.fail_fast)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, K> KeyedLimitBuilder<F, K>
+where
+    K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static,
+{
+    /// Gives `key` its own limit instead of the default (for [`AuthorityKey`],
+    /// write the authority in lower case: `"api.github.com"`, or `"host:8443"`
+    /// when the URI carries a port).
+    pub fn limit_for(mut self, key: impl Into<K>, limit: KeyLimit) -> Self {
+        self.overrides.push((key.into(), limit));
+        self
+    }
+
+    /// How many keys are tracked at most (default 1024). When a new key
+    /// arrives and the map is full, the least recently used idle key is
+    /// forgotten; a key with calls in flight, waiters, or a bucket still
+    /// refilling is never forgotten. With no idle key, the call fails with
+    /// [`TooManyKeys`](super::TooManyKeys).
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys;
+        self
+    }
+
+    /// Refuse at once instead of waiting: [`Overloaded`](crate::error::Overloaded)
+    /// when the key has no permit free, [`RateLimited`](crate::error::RateLimited)
+    /// when its bucket is empty.
+    pub fn fail_fast(mut self) -> Self {
+        self.fail_fast = true;
+        self
+    }
+
+    /// Checks the limits and builds the layer.
+    ///
+    /// # Errors
+    /// A zero concurrency, rate, period, burst or `max_keys`, or a burst
+    /// without a rate, in the default or in any override.
+    pub fn build(self) -> Result<KeyedLimitLayer<F, K>, ConfigError> {
+        if self.max_keys == 0 {
+            return Err(ConfigError::new(
+                "keyed limit max_keys must be at least 1 (a map of 0 keys admits nothing)",
+            ));
+        }
+        let default = self.default.resolve("keyed limit default")?;
+        let mut overrides = HashMap::with_capacity(self.overrides.len());
+        for (key, limit) in self.overrides {
+            let resolved = limit.resolve(&format!("keyed limit for {key:?}"))?;
+            overrides.insert(key, resolved);
+        }
+        Ok(KeyedLimitLayer {
+            key_fn: self.key_fn,
+            keys: Arc::new(Keys::new(default, overrides, self.max_keys, self.fail_fast)),
+        })
+    }
+}
+
+/// Limits concurrency and rate separately for each key of the requests
+/// (the host, by default).
+///
+/// The per-key state is held in an `Arc` inside the layer: every service the
+/// layer wraps, and every clone, draws on the same per-key limits.
+pub struct KeyedLimitLayer<F = AuthorityKey, K = String> {
+    key_fn: F,
+    keys: Arc<Keys<K>>,
+}
+
+impl KeyedLimitLayer<AuthorityKey, String> {
+    /// Limits keyed by the URI authority of an `http::Request`, with
+    /// `default` for every host that has no override.
+    pub fn builder(default: KeyLimit) -> KeyedLimitBuilder<AuthorityKey, String> {
+        Self::builder_with_key(AuthorityKey, default)
+    }
+}
+
+impl<F, K> KeyedLimitLayer<F, K> {
+    /// Limits keyed by `key_fn` (any [`KeyFn`], such as a closure), with
+    /// `default` for every key that has no override.
+    pub fn builder_with_key(key_fn: F, default: KeyLimit) -> KeyedLimitBuilder<F, K> {
+        KeyedLimitBuilder {
+            key_fn,
+            default,
+            overrides: Vec::new(),
+            max_keys: 1024,
+            fail_fast: false,
+        }
+    }
+
+    /// A live view of the per-key state.
+    pub fn handle(&self) -> KeyedLimitHandle<K> {
+        KeyedLimitHandle {
+            keys: self.keys.clone(),
+        }
+    }
+}
+
+impl<F: Clone, K> Clone for KeyedLimitLayer<F, K> {
+    fn clone(&self) -> Self {
+        Self {
+            key_fn: self.key_fn.clone(),
+            keys: self.keys.clone(),
+        }
+    }
+}
+
+impl<F, K> fmt::Debug for KeyedLimitLayer<F, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedLimitLayer").finish_non_exhaustive()
+    }
+}
+
+impl<S, F: Clone, K> Layer<S> for KeyedLimitLayer<F, K> {
+    type Service = KeyedLimit<S, F, K>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        KeyedLimit::from_shared(inner, self.key_fn.clone(), self.keys.clone())
+    }
+}
+
+/// A live view of a keyed limit's per-key state.
+pub struct KeyedLimitHandle<K = String> {
+    pub(super) keys: Arc<Keys<K>>,
+}
+
+impl<K> Clone for KeyedLimitHandle<K> {
+    fn clone(&self) -> Self {
+        Self {
+            keys: self.keys.clone(),
+        }
+    }
+}
+
+impl<K> fmt::Debug for KeyedLimitHandle<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedLimitHandle").finish_non_exhaustive()
+    }
+}
+
+impl<K: Hash + Eq + Clone> KeyedLimitHandle<K> {
+    /// Keys tracked right now (at most `max_keys`).
+    pub fn keys(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Calls in flight for `key` (0 for an unknown key or one without a concurrency limit).
+    pub fn in_flight(&self, key: &K) -> usize {
+        self.keys.in_flight(key)
+    }
+
+    /// Tasks waiting for a permit of `key`.
+    pub fn waiting(&self, key: &K) -> usize {
+        self.keys.waiting(key)
+    }
+
+    /// Whole tokens in `key`'s bucket (`None` for an unknown key or one without a rate).
+    pub fn tokens(&self, key: &K) -> Option<u32> {
+        self.keys.tokens(key)
+    }
+
+    /// The limit `key` gets, whether or not it is tracked yet.
+    pub fn max_in_flight(&self, key: &K) -> Option<usize> {
+        self.keys.max_in_flight(key)
+    }
+}

@@ -1,0 +1,151 @@
+//! The bounded map of per-key state.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::TooManyKeys;
+use super::bucket::TokenBucket;
+use crate::semaphore::Semaphore;
+
+/// A [`KeyLimit`](super::KeyLimit) after validation.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Resolved {
+    pub(super) concurrency: Option<usize>,
+    pub(super) rate: Option<(u32, Duration, u32)>,
+}
+
+/// One key's limits.
+#[derive(Debug)]
+pub(super) struct KeyState {
+    pub(super) semaphore: Option<Arc<Semaphore>>,
+    pub(super) bucket: Option<TokenBucket>,
+    last_used: AtomicU64,
+}
+
+/// Every key's state, bounded by `max_keys`.
+#[derive(Debug)]
+pub(super) struct Keys<K> {
+    map: Mutex<HashMap<K, Arc<KeyState>>>,
+    default: Resolved,
+    overrides: HashMap<K, Resolved>,
+    max_keys: usize,
+    pub(super) fail_fast: bool,
+    // A logical clock for least-recently-used order: cheaper than reading time.
+    tick: AtomicU64,
+    epoch: Instant,
+}
+
+impl<K: Hash + Eq + Clone> Keys<K> {
+    pub(super) fn new(
+        default: Resolved,
+        overrides: HashMap<K, Resolved>,
+        max_keys: usize,
+        fail_fast: bool,
+    ) -> Self {
+        Self {
+            map: Mutex::new(HashMap::new()),
+            default,
+            overrides,
+            max_keys,
+            fail_fast,
+            tick: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Nanoseconds since the epoch, on tokio's clock.
+    pub(super) fn now(&self) -> u64 {
+        u64::try_from(Instant::now().saturating_duration_since(self.epoch).as_nanos())
+            .unwrap_or(u64::MAX)
+    }
+
+    pub(super) fn epoch(&self) -> Instant {
+        self.epoch
+    }
+
+    fn limit_of(&self, key: &K) -> Resolved {
+        self.overrides.get(key).copied().unwrap_or(self.default)
+    }
+
+    /// The state of `key`, created (and an idle key evicted) if needed.
+    pub(super) fn get(&self, key: K) -> Result<Arc<KeyState>, TooManyKeys> {
+        let tick = self.tick.fetch_add(1, Ordering::Relaxed);
+        let mut map = self.lock();
+        if let Some(state) = map.get(&key) {
+            state.last_used.store(tick, Ordering::Relaxed);
+            return Ok(state.clone());
+        }
+        if map.len() >= self.max_keys && !self.evict_one(&mut map) {
+            return Err(TooManyKeys::new(self.max_keys));
+        }
+        let limit = self.limit_of(&key);
+        let state = Arc::new(KeyState {
+            semaphore: limit.concurrency.map(|n| Arc::new(Semaphore::new(n))),
+            bucket: limit
+                .rate
+                .map(|(rate, period, burst)| TokenBucket::new(rate, period, burst)),
+            last_used: AtomicU64::new(tick),
+        });
+        map.insert(key, state.clone());
+        Ok(state)
+    }
+
+    /// Forgets the least recently used idle key. Idle: nobody but the map
+    /// holds its state (every call, waiting or in flight, holds an `Arc` of
+    /// it, and new ones are handed out only under this lock) and its bucket
+    /// is full again, so forgetting it cannot loosen the rate.
+    fn evict_one(&self, map: &mut HashMap<K, Arc<KeyState>>) -> bool {
+        let now = self.now();
+        let victim = map
+            .iter()
+            .filter(|(_, s)| {
+                Arc::strong_count(s) == 1
+                    && s.bucket.as_ref().is_none_or(|b| b.tokens(now) >= b.burst())
+            })
+            .min_by_key(|(_, s)| s.last_used.load(Ordering::Relaxed))
+            .map(|(k, _)| k.clone());
+        match victim {
+            Some(victim) => map.remove(&victim).is_some(),
+            None => false,
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn with<T>(&self, key: &K, f: impl FnOnce(&KeyState) -> T) -> Option<T> {
+        self.lock().get(key).map(|s| f(s))
+    }
+
+    pub(super) fn in_flight(&self, key: &K) -> usize {
+        self.with(key, |s| s.semaphore.as_ref().map_or(0, |s| s.in_use()))
+            .unwrap_or(0)
+    }
+
+    pub(super) fn waiting(&self, key: &K) -> usize {
+        self.with(key, |s| s.semaphore.as_ref().map_or(0, |s| s.waiting()))
+            .unwrap_or(0)
+    }
+
+    pub(super) fn tokens(&self, key: &K) -> Option<u32> {
+        let now = self.now();
+        self.with(key, |s| s.bucket.as_ref().map(|b| b.tokens(now)))
+            .flatten()
+    }
+
+    pub(super) fn max_in_flight(&self, key: &K) -> Option<usize> {
+        self.limit_of(key).concurrency
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<K, Arc<KeyState>>> {
+        // Every critical section is a lookup, an insert or a removal that
+        // cannot leave the map half-updated, so poisoning is safe to ignore.
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

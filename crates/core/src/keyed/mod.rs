@@ -1,0 +1,109 @@
+//! Per-key limits: concurrency and rate separately for each host (or any key).
+//!
+//! # What it bounds
+//! Each key (by default the URI authority of an `http::Request`, so each
+//! host) gets its own concurrency limit and token bucket: `api.github.com`
+//! can be held to 3 calls in flight while `api.stripe.com` gets 5 and every
+//! other host the default. Use it when one client calls many APIs, each with
+//! its own published limits, and one slow API must not starve the others.
+//!
+//! # Keys
+//! A key comes from the request through a [`KeyFn`]: [`AuthorityKey`] by
+//! default, or any closure `Fn(&Req) -> K`. Keys without an override get the
+//! default [`KeyLimit`]. The per-key state lives in a map bounded by
+//! [`max_keys`](KeyedLimitBuilder::max_keys): when it is full, the least
+//! recently used *idle* key is forgotten (no call waiting or in flight, its
+//! bucket full again), so the map cannot grow without end and forgetting a
+//! key never loosens its limit. If every key is busy, the call fails with
+//! [`TooManyKeys`].
+//!
+//! # Where it goes
+//! The key is known only with the request, so `poll_ready` only waits for
+//! the inner service; the response future waits for the key's token first,
+//! then for its permit, and only then calls the inner service (a ready clone
+//! of it, so the inner service must be `Clone`, as a hyper client is). A
+//! call waiting for a token holds no permit.
+//!
+//! # Refusals
+//! Waiting is the default. With [`fail_fast`](KeyedLimitBuilder::fail_fast)
+//! a key with no permit free answers [`Overloaded`](crate::error::Overloaded)
+//! and an empty bucket answers [`RateLimited`](crate::error::RateLimited).
+//!
+//! # Sharing
+//! The map is held in an `Arc` inside the layer: every service the layer
+//! wraps, and every clone, shares the per-key limits.
+//!
+//! # Example
+//! ```
+//! use std::time::Duration;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_fanout_core::keyed::{KeyLimit, KeyedLimitLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), tower_fanout_core::BoxError> {
+//! let limits = KeyedLimitLayer::builder(KeyLimit::new().concurrency(8))
+//!     .limit_for("api.github.com", KeyLimit::new().concurrency(3))
+//!     .limit_for("api.stripe.com", KeyLimit::new().concurrency(5).rate(25, Duration::from_secs(1)))
+//!     .max_keys(256)
+//!     .build()?;
+//! let handle = limits.handle();
+//! let svc = ServiceBuilder::new().layer(limits).service(service_fn(
+//!     |req: http::Request<()>| async move { Ok::<_, std::convert::Infallible>(req.uri().to_string()) },
+//! ));
+//!
+//! let req = http::Request::get("https://api.github.com/repos").body(())?;
+//! svc.clone().oneshot(req).await?;
+//! assert_eq!(handle.max_in_flight(&"api.github.com".to_string()), Some(3));
+//! assert_eq!(handle.max_in_flight(&"example.com".to_string()), Some(8));
+//! # Ok(())
+//! # }
+//! ```
+
+// Core's GCRA bucket, compiled in again here: `rate::bucket` is private to
+// the `rate` module, and the keyed limit needs the same exact math.
+#[allow(dead_code, unreachable_pub, clippy::duplicate_mod)]
+#[path = "../rate/bucket.rs"]
+mod bucket;
+mod future;
+mod layer;
+mod map;
+mod service;
+
+use std::fmt;
+
+pub use self::future::ResponseFuture;
+pub use self::layer::{
+    AuthorityKey, KeyFn, KeyLimit, KeyedLimitBuilder, KeyedLimitHandle, KeyedLimitLayer,
+};
+pub use self::service::KeyedLimit;
+
+/// Every tracked key was busy when a new key arrived, so none could be
+/// forgotten to make room for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyKeys {
+    max_keys: usize,
+}
+
+impl TooManyKeys {
+    /// Creates the error for a map of `max_keys` keys.
+    pub const fn new(max_keys: usize) -> Self {
+        Self { max_keys }
+    }
+
+    /// The map's bound.
+    pub const fn max_keys(&self) -> usize {
+        self.max_keys
+    }
+}
+
+impl fmt::Display for TooManyKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "keyed limit: all {} keys are busy, none can be forgotten; raise max_keys or bound the calls in flight",
+            self.max_keys
+        )
+    }
+}
+
+impl std::error::Error for TooManyKeys {}
