@@ -73,8 +73,12 @@ impl<S, Req> Drop for Wait<S, Req> {
 
 impl<S, Req> Wait<S, Req> {
     fn now(&self) -> u64 {
-        u64::try_from(Instant::now().saturating_duration_since(self.epoch).as_nanos())
-            .unwrap_or(u64::MAX)
+        u64::try_from(
+            Instant::now()
+                .saturating_duration_since(self.epoch)
+                .as_nanos(),
+        )
+        .unwrap_or(u64::MAX)
     }
 
     /// Waits for the key's token; `Err` is a fail-fast refusal.
@@ -135,7 +139,10 @@ impl<S, Req> Wait<S, Req> {
             return Poll::Ready(match acquire.try_acquire() {
                 Some(permit) => Ok(Some(permit)),
                 None => {
-                    tracing::debug!(limit = semaphore.limit(), "keyed concurrency limit reached; shed");
+                    tracing::debug!(
+                        limit = semaphore.limit(),
+                        "keyed concurrency limit reached; shed"
+                    );
                     Err(Overloaded::new().into())
                 }
             });

@@ -60,8 +60,12 @@ impl<K: Hash + Eq + Clone> Keys<K> {
 
     /// Nanoseconds since the epoch, on tokio's clock.
     pub(super) fn now(&self) -> u64 {
-        u64::try_from(Instant::now().saturating_duration_since(self.epoch).as_nanos())
-            .unwrap_or(u64::MAX)
+        u64::try_from(
+            Instant::now()
+                .saturating_duration_since(self.epoch)
+                .as_nanos(),
+        )
+        .unwrap_or(u64::MAX)
     }
 
     pub(super) fn epoch(&self) -> Instant {

@@ -1,0 +1,340 @@
+//! Contract tests for per-key limits, on the paused clock.
+#![cfg(feature = "keyed")]
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_test::{assert_pending, assert_ready};
+use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+use tower_fanout_core::BoxError;
+use tower_fanout_core::error::{Overloaded, RateLimited};
+use tower_fanout_core::keyed::{KeyLimit, KeyedLimitLayer, TooManyKeys};
+
+type Req = http::Request<()>;
+
+fn get(host: &str) -> Req {
+    http::Request::get(format!("http://{host}/x"))
+        .body(())
+        .unwrap()
+}
+
+/// Tracks calls in flight and the peak, per host.
+#[derive(Clone, Default)]
+struct Meter(Arc<Mutex<HashMap<String, (usize, usize)>>>);
+
+impl Meter {
+    fn enter(&self, host: &str) {
+        let mut m = self.0.lock().unwrap();
+        let e = m.entry(host.to_string()).or_default();
+        e.0 += 1;
+        e.1 = e.1.max(e.0);
+    }
+    fn leave(&self, host: &str) {
+        self.0.lock().unwrap().get_mut(host).unwrap().0 -= 1;
+    }
+    fn peak(&self, host: &str) -> usize {
+        self.0.lock().unwrap().get(host).map_or(0, |e| e.1)
+    }
+}
+
+/// A backend where each call takes 100 ms.
+fn slow_backend(
+    meter: Meter,
+) -> impl Service<Req, Response = Instant, Error = BoxError, Future: Send> + Clone {
+    service_fn(move |req: Req| {
+        let meter = meter.clone();
+        async move {
+            let host = req.uri().host().unwrap().to_string();
+            meter.enter(&host);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            meter.leave(&host);
+            Ok::<_, BoxError>(Instant::now())
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn per_key_concurrency_holds_with_overrides() {
+    let layer = KeyedLimitLayer::builder(KeyLimit::new().concurrency(1))
+        .limit_for("a.test", KeyLimit::new().concurrency(3))
+        .build()
+        .unwrap();
+    let meter = Meter::default();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(slow_backend(meter.clone()));
+    let start = Instant::now();
+    let mut calls = Vec::new();
+    for i in 0..12 {
+        let host = if i % 2 == 0 { "a.test" } else { "b.test" };
+        calls.push(tokio::spawn(svc.clone().oneshot(get(host))));
+    }
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    assert_eq!(meter.peak("a.test"), 3);
+    assert_eq!(meter.peak("b.test"), 1);
+    // b.test: 6 calls one at a time; a.test's 6 go 3 at a time alongside.
+    assert_eq!(start.elapsed(), Duration::from_millis(600));
+}
+
+#[tokio::test(start_paused = true)]
+async fn per_key_rate_waits_without_slowing_other_keys() {
+    let layer = KeyedLimitLayer::builder(KeyLimit::new())
+        .limit_for(
+            "slow.test",
+            KeyLimit::new().rate(2, Duration::from_secs(1)).burst(1),
+        )
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(service_fn(|_: Req| async {
+            Ok::<_, BoxError>(Instant::now())
+        }));
+    let start = Instant::now();
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        times.push(svc.clone().oneshot(get("slow.test")).await.unwrap() - start);
+    }
+    assert_eq!(
+        times,
+        [
+            Duration::ZERO,
+            Duration::from_millis(500),
+            Duration::from_secs(1)
+        ]
+    );
+    let fast = svc.clone().oneshot(get("fast.test")).await.unwrap();
+    assert_eq!(
+        fast - start,
+        Duration::from_secs(1),
+        "no wait for an unlimited key"
+    );
+    assert_eq!(handle.tokens(&"slow.test".to_string()), Some(0));
+    assert_eq!(handle.tokens(&"fast.test".to_string()), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropped_futures_give_back_permit_and_token() {
+    let layer = KeyedLimitLayer::builder(
+        KeyLimit::new()
+            .concurrency(1)
+            .rate(1, Duration::from_secs(1))
+            .burst(1),
+    )
+    .build()
+    .unwrap();
+    let handle = layer.handle();
+    let key = "h.test".to_string();
+    let (tx, rx) = oneshot::channel::<()>();
+    let rx = Arc::new(Mutex::new(Some(rx)));
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(service_fn(move |_: Req| {
+            let rx = rx.lock().unwrap().take();
+            async move {
+                if let Some(rx) = rx {
+                    let _ = rx.await;
+                }
+                Ok::<_, BoxError>(())
+            }
+        }));
+
+    // First call takes the only token and the only permit, and hangs.
+    let mut first = tokio_test::task::spawn(svc.clone().oneshot(get("h.test")));
+    assert_pending!(first.poll());
+    assert_eq!(handle.in_flight(&key), 1);
+    assert_eq!(handle.tokens(&key), Some(0));
+
+    // Second call books the next token (due in 1 s) and waits.
+    let mut second = tokio_test::task::spawn(svc.clone().oneshot(get("h.test")));
+    assert_pending!(second.poll());
+    drop(second);
+    // Its booking was the latest, so it is given back exactly.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(handle.tokens(&key), Some(1));
+
+    // A third call now has its token but waits for the permit.
+    let mut third = tokio_test::task::spawn(svc.clone().oneshot(get("h.test")));
+    assert_pending!(third.poll());
+    assert_eq!(handle.waiting(&key), 1);
+    drop(third);
+    assert_eq!(handle.waiting(&key), 0);
+
+    // Dropping the call in flight returns its permit.
+    drop(first);
+    assert_eq!(handle.in_flight(&key), 0);
+    drop(tx);
+}
+
+#[tokio::test(start_paused = true)]
+async fn map_evicts_idle_keys_only() {
+    let layer = KeyedLimitLayer::builder(KeyLimit::new().concurrency(1))
+        .max_keys(2)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let (tx, rx) = oneshot::channel::<()>();
+    let rx = Arc::new(Mutex::new(Some(rx)));
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(service_fn(move |req: Req| {
+            let rx = if req.uri().host() == Some("busy.test") {
+                rx.lock().unwrap().take()
+            } else {
+                None
+            };
+            async move {
+                if let Some(rx) = rx {
+                    let _ = rx.await;
+                }
+                Ok::<_, BoxError>(())
+            }
+        }));
+
+    let mut busy = tokio_test::task::spawn(svc.clone().oneshot(get("busy.test")));
+    assert_pending!(busy.poll());
+    svc.clone().oneshot(get("idle1.test")).await.unwrap();
+    assert_eq!(handle.keys(), 2);
+    // A new key pushes out the idle one, never the busy one.
+    svc.clone().oneshot(get("idle2.test")).await.unwrap();
+    assert_eq!(handle.keys(), 2);
+    assert_eq!(handle.in_flight(&"busy.test".to_string()), 1);
+
+    // With a second busy key, no key is idle: a new key is refused.
+    let (tx2, rx2) = oneshot::channel::<()>();
+    let rx2 = Arc::new(Mutex::new(Some(rx2)));
+    let hold = ServiceBuilder::new()
+        .layer(
+            KeyedLimitLayer::builder(KeyLimit::new().concurrency(1))
+                .max_keys(1)
+                .build()
+                .unwrap(),
+        )
+        .service(service_fn(move |_: Req| {
+            let rx = rx2.lock().unwrap().take();
+            async move {
+                if let Some(rx) = rx {
+                    let _ = rx.await;
+                }
+                Ok::<_, BoxError>(())
+            }
+        }));
+    let mut held = tokio_test::task::spawn(hold.clone().oneshot(get("one.test")));
+    assert_pending!(held.poll());
+    let err = hold.clone().oneshot(get("two.test")).await.unwrap_err();
+    assert_eq!(err.downcast_ref::<TooManyKeys>().unwrap().max_keys(), 1);
+    tx2.send(()).unwrap();
+    assert_ready!(held.poll()).unwrap();
+    // Once idle, the key can make room.
+    hold.clone().oneshot(get("two.test")).await.unwrap();
+
+    tx.send(()).unwrap();
+    assert_ready!(busy.poll()).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_with_a_refilling_bucket_is_not_forgotten() {
+    let layer = KeyedLimitLayer::builder(KeyLimit::new().rate(1, Duration::from_secs(10)).burst(1))
+        .max_keys(1)
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(service_fn(|_: Req| async { Ok::<_, BoxError>(()) }));
+    svc.clone().oneshot(get("a.test")).await.unwrap();
+    // Forgetting a.test now would hand it a fresh bucket: refuse instead.
+    let err = svc.clone().oneshot(get("b.test")).await.unwrap_err();
+    assert!(err.is::<TooManyKeys>());
+    tokio::time::advance(Duration::from_secs(10)).await;
+    svc.clone().oneshot(get("b.test")).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn fail_fast_refuses_with_typed_errors() {
+    let layer = KeyedLimitLayer::builder(KeyLimit::new().rate(1, Duration::from_secs(2)).burst(1))
+        .limit_for("c.test", KeyLimit::new().concurrency(1))
+        .fail_fast()
+        .build()
+        .unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let rx = Arc::new(Mutex::new(Some(rx)));
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(service_fn(move |_: Req| {
+            let rx = rx.lock().unwrap().take();
+            async move {
+                if let Some(rx) = rx {
+                    let _ = rx.await;
+                }
+                Ok::<_, BoxError>(())
+            }
+        }));
+    let mut held = tokio_test::task::spawn(svc.clone().oneshot(get("c.test")));
+    assert_pending!(held.poll());
+    let err = svc.clone().oneshot(get("c.test")).await.unwrap_err();
+    assert!(err.is::<Overloaded>());
+    tx.send(()).unwrap();
+    assert_ready!(held.poll()).unwrap();
+
+    svc.clone().oneshot(get("r.test")).await.unwrap();
+    let err = svc.clone().oneshot(get("r.test")).await.unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<RateLimited>().unwrap().retry_after(),
+        Duration::from_secs(2)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn custom_key_function() {
+    #[derive(Debug)]
+    struct Job {
+        tenant: u32,
+    }
+    let layer =
+        KeyedLimitLayer::builder_with_key(|j: &Job| j.tenant, KeyLimit::new().concurrency(2))
+            .limit_for(7u32, KeyLimit::new().concurrency(1))
+            .build()
+            .unwrap();
+    let handle = layer.handle();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(service_fn(|j: Job| async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Ok::<_, BoxError>(j.tenant)
+        }));
+    let start = Instant::now();
+    let calls: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(svc.clone().oneshot(Job { tenant: 7 })))
+        .collect();
+    for c in calls {
+        assert_eq!(c.await.unwrap().unwrap(), 7);
+    }
+    assert_eq!(start.elapsed(), Duration::from_millis(40));
+    assert_eq!(handle.max_in_flight(&7), Some(1));
+    assert_eq!(handle.max_in_flight(&8), Some(2));
+}
+
+#[test]
+fn bad_config_fails_at_build_with_a_reason() {
+    let zero = KeyedLimitLayer::builder(KeyLimit::new().concurrency(0)).build();
+    assert!(
+        zero.unwrap_err()
+            .to_string()
+            .contains("concurrency must be at least 1")
+    );
+    let burst_only = KeyedLimitLayer::builder(KeyLimit::new())
+        .limit_for("x", KeyLimit::new().burst(3))
+        .build();
+    assert!(burst_only.unwrap_err().to_string().contains("\"x\""));
+    let no_keys = KeyedLimitLayer::builder(KeyLimit::new())
+        .max_keys(0)
+        .build();
+    assert!(no_keys.unwrap_err().to_string().contains("max_keys"));
+}
