@@ -71,6 +71,9 @@ pub mod backpressure;
 #[cfg(feature = "concurrency")]
 #[cfg_attr(docsrs, doc(cfg(feature = "concurrency")))]
 pub mod concurrency;
+#[cfg(feature = "fan-out")]
+#[cfg_attr(docsrs, doc(cfg(feature = "fan-out")))]
+pub mod fan_out;
 #[cfg(feature = "rate")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rate")))]
 pub mod rate;

@@ -76,9 +76,17 @@ async fn queue_and_in_flight_never_exceed_their_bounds() {
     }
     for step in 0..60 {
         settle().await;
-        assert!(handle.queue_depth() <= 6, "step {step}: depth {}", handle.queue_depth());
+        assert!(
+            handle.queue_depth() <= 6,
+            "step {step}: depth {}",
+            handle.queue_depth()
+        );
         assert!(handle.slots_in_use() <= 6);
-        assert!(inner.seen.now() <= 2, "step {step}: {} running", inner.seen.now());
+        assert!(
+            inner.seen.now() <= 2,
+            "step {step}: {} running",
+            inner.seen.now()
+        );
         assert!(handle.in_flight() <= 2);
         if step == 0 {
             assert_eq!(handle.queue_depth(), 6, "the queue fills up");
@@ -245,14 +253,20 @@ async fn workers_stop_after_the_last_clone_is_dropped() {
     let last = svc.oneshot(8);
     assert_eq!(last.await.unwrap(), 8);
     settle().await;
-    assert_eq!(Arc::strong_count(&marker), 1, "workers exited and dropped the service");
+    assert_eq!(
+        Arc::strong_count(&marker),
+        1,
+        "workers exited and dropped the service"
+    );
 }
 
 #[test]
 fn without_a_runtime_poll_ready_says_so() {
     let mut svc = tower::ServiceBuilder::new()
         .layer(BackpressureLayer::new(1).unwrap())
-        .service(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
+        .service(service_fn(
+            |n: u32| async move { Ok::<_, std::io::Error>(n) },
+        ));
     let mut cx = Context::from_waker(std::task::Waker::noop());
     match svc.poll_ready(&mut cx) {
         Poll::Ready(Err(e)) => assert!(e.is::<NoRuntime>(), "{e}"),
@@ -263,7 +277,10 @@ fn without_a_runtime_poll_ready_says_so() {
 #[test]
 fn zero_workers_or_queue_is_refused() {
     let workers = BackpressureLayer::<u32>::new(0).unwrap_err();
-    assert!(workers.to_string().contains("at least 1 worker"), "{workers}");
+    assert!(
+        workers.to_string().contains("at least 1 worker"),
+        "{workers}"
+    );
     let queue = BackpressureLayer::<u32>::with_queue(2, 0).unwrap_err();
     assert!(queue.to_string().contains("queue bound"), "{queue}");
 }
@@ -272,7 +289,9 @@ fn zero_workers_or_queue_is_refused() {
 async fn default_queue_is_three_per_worker() {
     let svc = tower::ServiceBuilder::new()
         .layer(BackpressureLayer::new(4).unwrap())
-        .service(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
+        .service(service_fn(
+            |n: u32| async move { Ok::<_, std::io::Error>(n) },
+        ));
     assert_eq!(svc.handle().queue_capacity(), 12);
     assert_eq!(svc.handle().workers(), 4);
 }

@@ -29,7 +29,10 @@ async fn drop_ready_service_releases_permit() {
     assert_eq!(handle.in_flight(), 1);
     assert_pending!(b.poll_ready());
     drop(a);
-    assert!(b.is_woken(), "the waiter is woken when the permit comes back");
+    assert!(
+        b.is_woken(),
+        "the waiter is woken when the permit comes back"
+    );
     assert_ready_ok!(b.poll_ready());
     assert_eq!(handle.in_flight(), 1);
 }
@@ -62,7 +65,11 @@ async fn completed_call_frees_permit_before_future_is_dropped() {
     let (_, send) = inner.next_request().await.unwrap();
     send.send_response("ok");
     assert_eq!(assert_ready_ok!(fut.poll()), "ok");
-    assert_eq!(handle.in_flight(), 0, "freed on completion, future still alive");
+    assert_eq!(
+        handle.in_flight(),
+        0,
+        "freed on completion, future still alive"
+    );
 }
 
 #[tokio::test]
@@ -86,7 +93,11 @@ async fn clone_starts_without_a_permit() {
     let b = a.get_ref().clone();
     assert_eq!(layer.handle().in_flight(), 1);
     drop(b);
-    assert_eq!(layer.handle().in_flight(), 1, "the clone held nothing to give back");
+    assert_eq!(
+        layer.handle().in_flight(),
+        1,
+        "the clone held nothing to give back"
+    );
 }
 
 #[tokio::test]
@@ -137,18 +148,20 @@ async fn never_more_than_limit_in_flight_under_load() {
     let seen = Arc::new(InFlight::default());
     let layer = ConcurrencyLimitLayer::new(8).unwrap();
     let handle = layer.handle();
-    let svc = tower::ServiceBuilder::new().layer(layer).service(service_fn({
-        let seen = seen.clone();
-        move |_: u32| {
-            let guard = seen.enter();
-            async move {
-                tokio::task::yield_now().await;
-                tokio::task::yield_now().await;
-                drop(guard);
-                Ok::<_, std::io::Error>(())
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(service_fn({
+            let seen = seen.clone();
+            move |_: u32| {
+                let guard = seen.enter();
+                async move {
+                    tokio::task::yield_now().await;
+                    tokio::task::yield_now().await;
+                    drop(guard);
+                    Ok::<_, std::io::Error>(())
+                }
             }
-        }
-    }));
+        }));
     let mut tasks = Vec::new();
     for t in 0..100u32 {
         let svc = svc.clone();
@@ -177,19 +190,21 @@ async fn random_drops_leak_no_permit() {
     let seen = Arc::new(InFlight::default());
     let layer = ConcurrencyLimitLayer::new(8).unwrap();
     let handle = layer.handle();
-    let svc = tower::ServiceBuilder::new().layer(layer).service(service_fn({
-        let seen = seen.clone();
-        move |spins: u64| {
-            let guard = seen.enter();
-            async move {
-                for _ in 0..spins {
-                    tokio::task::yield_now().await;
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(service_fn({
+            let seen = seen.clone();
+            move |spins: u64| {
+                let guard = seen.enter();
+                async move {
+                    for _ in 0..spins {
+                        tokio::task::yield_now().await;
+                    }
+                    drop(guard);
+                    Ok::<_, std::io::Error>(())
                 }
-                drop(guard);
-                Ok::<_, std::io::Error>(())
             }
-        }
-    }));
+        }));
     let mut tasks = Vec::new();
     for t in 0..100u64 {
         let svc = svc.clone();

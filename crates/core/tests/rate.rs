@@ -106,12 +106,18 @@ async fn costs_are_respected() {
     }
     let units = units_by(&log, ten);
     let bound = 10 + 10 * 10;
-    assert!(units <= bound + 4, "{units} units over the bound {bound} by more than one request");
+    assert!(
+        units <= bound + 4,
+        "{units} units over the bound {bound} by more than one request"
+    );
     assert!(units >= bound - 5, "{units} units, bound {bound}");
     // Steady state: one 5-token request every half second.
     let log = log.lock().unwrap();
     let gaps: Vec<_> = log.windows(2).skip(3).map(|w| w[1].0 - w[0].0).collect();
-    assert!(gaps.iter().all(|g| *g == Duration::from_millis(500)), "{gaps:?}");
+    assert!(
+        gaps.iter().all(|g| *g == Duration::from_millis(500)),
+        "{gaps:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -141,13 +147,19 @@ async fn cost_above_burst_fails_at_once() {
         let builder = RateLimitLayer::builder(10, Duration::from_secs(1))
             .burst(4)
             .cost(|cost: &u32| *cost);
-        let layer = if fail_fast { builder.fail_fast() } else { builder }
-            .build()
-            .unwrap();
+        let layer = if fail_fast {
+            builder.fail_fast()
+        } else {
+            builder
+        }
+        .build()
+        .unwrap();
         let handle = layer.handle();
         let mut svc = tower::ServiceBuilder::new().layer(layer).service(inner);
         let err = svc.ready().await.unwrap().call(5).await.unwrap_err();
-        let e = err.downcast_ref::<CostExceedsBurst>().expect("CostExceedsBurst");
+        let e = err
+            .downcast_ref::<CostExceedsBurst>()
+            .expect("CostExceedsBurst");
         assert_eq!((e.cost(), e.burst()), (5, 4));
         assert!(err.to_string().contains("raise the burst"), "{err}");
         assert!(log.lock().unwrap().is_empty());
@@ -222,7 +234,10 @@ fn zero_rate_burst_or_period_is_refused() {
         .burst(0)
         .build()
         .unwrap_err();
-    assert!(burst.to_string().contains("burst must be at least 1"), "{burst}");
+    assert!(
+        burst.to_string().contains("burst must be at least 1"),
+        "{burst}"
+    );
     let period = RateLimitLayer::new(5, Duration::ZERO).unwrap_err();
     assert!(period.to_string().contains("period"), "{period}");
 }

@@ -176,12 +176,12 @@ where
     S: Service<Req>,
     S::Error: Into<BoxError>,
 {
-    let ready = poll_fn(|cx| {
-        match catch_unwind(AssertUnwindSafe(|| service.poll_ready(cx))) {
+    let ready = poll_fn(
+        |cx| match catch_unwind(AssertUnwindSafe(|| service.poll_ready(cx))) {
             Ok(poll) => poll.map_err(|e| Inner::Error(e.into())),
             Err(_) => Poll::Ready(Err(Inner::Panicked)),
-        }
-    })
+        },
+    )
     .await;
     let future = ready
         .and_then(|()| {

@@ -51,9 +51,9 @@
 mod layer;
 mod service;
 
-pub use crate::semaphore::Permit;
 pub use self::layer::{ConcurrencyLimitHandle, ConcurrencyLimitLayer};
 pub use self::service::ConcurrencyLimit;
+pub use crate::semaphore::Permit;
 
 /// The response future of [`ConcurrencyLimit`]: it holds the call's [`Permit`].
 pub type ResponseFuture<F> = crate::future::ResponseFuture<F, Permit>;

@@ -80,7 +80,10 @@ where
                 match self.acquire.poll_acquire(cx) {
                     Poll::Ready(permit) => self.permit = Some(permit),
                     Poll::Pending => {
-                        tracing::trace!(waiting = self.acquire.semaphore().waiting(), "waiting for a permit");
+                        tracing::trace!(
+                            waiting = self.acquire.semaphore().waiting(),
+                            "waiting for a permit"
+                        );
                         return Poll::Pending;
                     }
                 }
@@ -94,7 +97,10 @@ where
         match self.permit.take() {
             Some(permit) => ResponseFuture::called(self.inner.call(req), permit),
             None if std::mem::take(&mut self.shed) => {
-                tracing::debug!(limit = self.acquire.semaphore().limit(), "concurrency limit reached; shed");
+                tracing::debug!(
+                    limit = self.acquire.semaphore().limit(),
+                    "concurrency limit reached; shed"
+                );
                 ResponseFuture::refused(Overloaded::new())
             }
             None => ResponseFuture::refused(NotReady::new()),

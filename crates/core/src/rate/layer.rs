@@ -202,7 +202,12 @@ impl<S, C: Clone> Layer<S> for RateLimitLayer<C> {
     type Service = RateLimit<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimit::from_shared(inner, self.shared.clone(), self.cost.clone(), self.fail_fast)
+        RateLimit::from_shared(
+            inner,
+            self.shared.clone(),
+            self.cost.clone(),
+            self.fail_fast,
+        )
     }
 }
 

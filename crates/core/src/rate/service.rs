@@ -160,7 +160,11 @@ where
             if let Some(end) = booked {
                 bucket.give_back(end, 1);
             }
-            tracing::debug!(cost, burst = bucket.burst(), "request costs more than the burst");
+            tracing::debug!(
+                cost,
+                burst = bucket.burst(),
+                "request costs more than the burst"
+            );
             return ResponseFuture::refused(CostExceedsBurst::new(cost, bucket.burst()));
         }
         match booked {

@@ -1,0 +1,212 @@
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use tower_service::Service;
+
+use super::fan_out;
+use crate::BoxError;
+use crate::error::{
+    Closed, ConfigError, CostExceedsBurst, NotReady, Overloaded, QueueFull, RateLimited,
+    ServicePanicked,
+};
+
+/// One request's outcome.
+#[derive(Debug)]
+pub struct ItemResult<T> {
+    /// The request's position in the input.
+    pub index: usize,
+    /// The response, or why there is none.
+    pub result: Result<T, BoxError>,
+    /// From the start of the (last) attempt to its end, waits in the layers included.
+    pub latency: Duration,
+    /// How many times the item ran: 1, plus one per [`Batch::retry_failed`] that retried it.
+    pub attempts: u32,
+}
+
+/// Where a fan-out stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// The batch size, when the iterator knows it.
+    pub total: Option<usize>,
+    /// Requests started so far.
+    pub started: usize,
+    /// Requests finished so far.
+    pub completed: usize,
+    /// Finished with a response.
+    pub succeeded: usize,
+    /// Finished with an error.
+    pub failed: usize,
+    /// Started and not finished.
+    pub in_flight: usize,
+}
+
+impl fmt::Display for Progress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.total {
+            Some(total) => write!(f, "{}/{} done", self.completed, total)?,
+            None => write!(f, "{} done", self.completed)?,
+        }
+        write!(
+            f,
+            " ({} ok, {} failed, {} in flight)",
+            self.succeeded, self.failed, self.in_flight
+        )
+    }
+}
+
+/// Counts of a finished batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Items in the batch.
+    pub total: usize,
+    /// Items with a response.
+    pub succeeded: usize,
+    /// Items with an error.
+    pub failed: usize,
+    /// Failed items by error kind (see [`error_kind`]).
+    pub by_kind: BTreeMap<&'static str, usize>,
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} total, {} succeeded, {} failed",
+            self.total, self.succeeded, self.failed
+        )?;
+        for (kind, n) in &self.by_kind {
+            write!(f, ", {kind}: {n}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every result of a fan-out, in input order.
+#[derive(Debug)]
+pub struct Batch<T> {
+    items: Vec<ItemResult<T>>,
+    error_kind: fn(&BoxError) -> &'static str,
+}
+
+impl<T> Batch<T> {
+    pub(super) fn new(
+        items: Vec<ItemResult<T>>,
+        error_kind: fn(&BoxError) -> &'static str,
+    ) -> Self {
+        Self { items, error_kind }
+    }
+
+    /// The results, in input order.
+    pub fn items(&self) -> &[ItemResult<T>] {
+        &self.items
+    }
+
+    /// Takes the results out.
+    pub fn into_items(self) -> Vec<ItemResult<T>> {
+        self.items
+    }
+
+    /// Totals, and failures by kind.
+    pub fn summary(&self) -> Summary {
+        let mut summary = Summary {
+            total: self.items.len(),
+            ..Summary::default()
+        };
+        for item in &self.items {
+            match &item.result {
+                Ok(_) => summary.succeeded += 1,
+                Err(error) => {
+                    summary.failed += 1;
+                    *summary.by_kind.entry((self.error_kind)(error)).or_default() += 1;
+                }
+            }
+        }
+        summary
+    }
+
+    /// The input positions of the items that failed.
+    pub fn failed_indices(&self) -> Vec<usize> {
+        self.items
+            .iter()
+            .filter(|item| item.result.is_err())
+            .map(|item| item.index)
+            .collect()
+    }
+
+    /// Runs the failed items again through `service`, `concurrency` at a time,
+    /// building each request anew with `make_request(index)`; successes are
+    /// kept as they are. Returns how many items were retried.
+    ///
+    /// # Errors
+    /// A concurrency of zero.
+    pub async fn retry_failed<S, Req, F>(
+        &mut self,
+        service: S,
+        concurrency: usize,
+        make_request: F,
+    ) -> Result<usize, ConfigError>
+    where
+        F: FnMut(usize) -> Req,
+        S: Service<Req, Response = T> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        T: Send + 'static,
+        Req: Send + 'static,
+    {
+        let failed = self.failed_indices();
+        let requests: Vec<Req> = failed.iter().copied().map(make_request).collect();
+        let retried = fan_out(service, requests)
+            .concurrency(concurrency)?
+            .collect()
+            .await;
+        for outcome in retried.into_items() {
+            // `outcome.index` is the position among the retried items.
+            let Some(&index) = failed.get(outcome.index) else {
+                continue;
+            };
+            if let Some(item) = self.items.iter_mut().find(|item| item.index == index) {
+                item.result = outcome.result;
+                item.latency = outcome.latency;
+                item.attempts += 1;
+            }
+        }
+        Ok(failed.len())
+    }
+}
+
+/// Names an error for counting: the refusals of this crate's layers by
+/// their kind (`overloaded`, `rate_limited`, `queue_full`, ...), a timeout
+/// as `timeout`, an I/O error as `io`, anything else as `other`. The
+/// error's `source()` chain is searched too.
+pub fn error_kind(error: &BoxError) -> &'static str {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+    while let Some(e) = current {
+        let kind = if e.is::<Overloaded>() {
+            "overloaded"
+        } else if e.is::<RateLimited>() {
+            "rate_limited"
+        } else if e.is::<QueueFull>() {
+            "queue_full"
+        } else if e.is::<Closed>() {
+            "closed"
+        } else if e.is::<CostExceedsBurst>() {
+            "cost_exceeds_burst"
+        } else if e.is::<ServicePanicked>() {
+            "panicked"
+        } else if e.is::<NotReady>() {
+            "not_ready"
+        } else if e.is::<tokio::time::error::Elapsed>() {
+            "timeout"
+        } else if e.is::<std::io::Error>() {
+            "io"
+        } else {
+            ""
+        };
+        if !kind.is_empty() {
+            return kind;
+        }
+        current = e.source();
+    }
+    "other"
+}

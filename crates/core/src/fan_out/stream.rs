@@ -1,0 +1,192 @@
+use std::collections::HashMap;
+use std::fmt;
+use std::future::poll_fn;
+
+use tokio::task::{Id, JoinSet};
+use tokio::time::Instant;
+use tower_service::Service;
+
+use super::batch::{Batch, ItemResult, Progress};
+use super::{FanOut, ProgressFn};
+use crate::BoxError;
+use crate::error::ServicePanicked;
+
+impl<S, I, Req> FanOut<S, I>
+where
+    I: Iterator<Item = Req>,
+    S: Service<Req> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    S::Error: Into<BoxError>,
+    Req: Send + 'static,
+{
+    /// Runs the batch and yields each result as it finishes.
+    pub fn stream(self) -> Completions<S, I, S::Response> {
+        let progress = Progress {
+            total: self.total,
+            ..Progress::default()
+        };
+        Completions {
+            service: self.service,
+            requests: self.requests,
+            next_index: 0,
+            tasks: JoinSet::new(),
+            running: HashMap::new(),
+            window: self.window,
+            chunked: self.chunked,
+            exhausted: false,
+            progress,
+            on_progress: self.on_progress,
+            watch: self.watch,
+            error_kind: self.error_kind,
+        }
+    }
+
+    /// Runs the batch and returns every result, in input order.
+    pub async fn collect(self) -> Batch<S::Response> {
+        let error_kind = self.error_kind;
+        let mut stream = self.stream();
+        let mut slots: Vec<Option<ItemResult<S::Response>>> = Vec::new();
+        while let Some(item) = stream.next().await {
+            let index = item.index;
+            if slots.len() <= index {
+                slots.resize_with(index + 1, || None);
+            }
+            slots[index] = Some(item);
+        }
+        Batch::new(slots.into_iter().flatten().collect(), error_kind)
+    }
+}
+
+/// The results of a fan-out as they finish; made by [`FanOut::stream`].
+///
+/// Call [`next`](Completions::next) until it returns `None`. Dropping it
+/// aborts the requests still in flight.
+pub struct Completions<S, I, T> {
+    service: S,
+    requests: I,
+    next_index: usize,
+    tasks: JoinSet<ItemResult<T>>,
+    /// Which item a task runs and since when, to answer for it if it panics.
+    running: HashMap<Id, (usize, Instant)>,
+    window: usize,
+    chunked: bool,
+    exhausted: bool,
+    progress: Progress,
+    on_progress: Option<ProgressFn>,
+    watch: Option<tokio::sync::watch::Sender<Progress>>,
+    error_kind: fn(&BoxError) -> &'static str,
+}
+
+impl<S, I, Req> Completions<S, I, S::Response>
+where
+    I: Iterator<Item = Req>,
+    S: Service<Req> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    S::Error: Into<BoxError>,
+    Req: Send + 'static,
+{
+    /// The next finished request, or `None` when the batch is done.
+    pub async fn next(&mut self) -> Option<ItemResult<S::Response>> {
+        self.fill();
+        let item = match self.tasks.join_next_with_id().await? {
+            Ok((id, item)) => {
+                self.running.remove(&id);
+                item
+            }
+            Err(error) => {
+                let (index, started) = self
+                    .running
+                    .remove(&error.id())
+                    .unwrap_or((usize::MAX, Instant::now()));
+                ItemResult {
+                    index,
+                    result: Err(ServicePanicked::new().into()),
+                    latency: started.elapsed(),
+                    attempts: 1,
+                }
+            }
+        };
+        self.record(&item);
+        Some(item)
+    }
+
+    /// The progress so far.
+    pub fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    /// Starts requests until the window is full (or, in chunks, the chunk).
+    fn fill(&mut self) {
+        if self.chunked && !self.tasks.is_empty() {
+            return;
+        }
+        while !self.exhausted && self.tasks.len() < self.window {
+            let Some(request) = self.requests.next() else {
+                self.exhausted = true;
+                break;
+            };
+            let index = self.next_index;
+            self.next_index += 1;
+            let mut service = self.service.clone();
+            let started = Instant::now();
+            let handle = self.tasks.spawn(async move {
+                let result = call(&mut service, request).await;
+                ItemResult {
+                    index,
+                    result,
+                    latency: started.elapsed(),
+                    attempts: 1,
+                }
+            });
+            self.running.insert(handle.id(), (index, started));
+            self.progress.started += 1;
+        }
+        self.progress.in_flight = self.tasks.len();
+    }
+
+    fn record(&mut self, item: &ItemResult<S::Response>) {
+        let progress = &mut self.progress;
+        progress.completed += 1;
+        progress.in_flight = self.tasks.len();
+        match &item.result {
+            Ok(_) => progress.succeeded += 1,
+            Err(error) => {
+                progress.failed += 1;
+                tracing::debug!(
+                    index = item.index,
+                    kind = (self.error_kind)(error),
+                    "fan-out item failed"
+                );
+            }
+        }
+        if let Some(f) = &self.on_progress {
+            f(progress);
+        }
+        if let Some(watch) = &self.watch {
+            watch.send_replace(progress.clone());
+        }
+    }
+}
+
+pub(super) async fn call<S, Req>(service: &mut S, request: Req) -> Result<S::Response, BoxError>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    poll_fn(|cx| service.poll_ready(cx))
+        .await
+        .map_err(Into::into)?;
+    service.call(request).await.map_err(Into::into)
+}
+
+impl<S, I, T> fmt::Debug for Completions<S, I, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Completions")
+            .field("progress", &self.progress)
+            .field("window", &self.window)
+            .field("chunked", &self.chunked)
+            .finish_non_exhaustive()
+    }
+}
