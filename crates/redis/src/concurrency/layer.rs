@@ -1,0 +1,287 @@
+use std::fmt;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tower_fanout_core::BoxError;
+use tower_fanout_core::error::Overloaded;
+use tower_layer::Layer;
+
+use super::RedisConcurrencyLimit;
+use super::permit::{Pending, Permit};
+use crate::Error;
+use crate::fallback::{Fallback, Health};
+use crate::key::check_name;
+use crate::store::RedisStore;
+
+/// How long a permit outlives a holder that died without releasing it,
+/// unless [`RedisConcurrencyLimitBuilder::lease`] says otherwise.
+///
+/// Live holders renew every third of it, so it only matters when a process
+/// crashes: then its permits come back after at most this long.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+
+/// How often a waiting caller asks Redis again for a permit, unless
+/// [`RedisConcurrencyLimitBuilder::retry_interval`] says otherwise. Each
+/// wait is jittered between half and all of it, so that processes do not
+/// ask in step.
+pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Configures a [`RedisConcurrencyLimitLayer`]; made by [`RedisConcurrencyLimitLayer::builder`].
+#[derive(Debug, Clone)]
+pub struct RedisConcurrencyLimitBuilder {
+    store: RedisStore,
+    name: String,
+    limit: usize,
+    lease: Duration,
+    retry_interval: Duration,
+    fail_fast: bool,
+    fallback: Option<Fallback>,
+}
+
+impl RedisConcurrencyLimitBuilder {
+    /// How long a holder's permit lasts without renewal; a permit of a
+    /// process that died comes back after at most this long. Defaults to
+    /// [`DEFAULT_LEASE`]. Must be at least three times the store's timeout,
+    /// so that each renewal lands before the lease ends.
+    #[must_use]
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// How often a waiting caller asks Redis again. Defaults to
+    /// [`DEFAULT_RETRY_INTERVAL`].
+    #[must_use]
+    pub fn retry_interval(mut self, interval: Duration) -> Self {
+        self.retry_interval = interval;
+        self
+    }
+
+    /// Refuse with `tower_fanout_core::error::Overloaded` instead of
+    /// waiting when no permit is free.
+    #[must_use]
+    pub fn fail_fast(mut self) -> Self {
+        self.fail_fast = true;
+        self
+    }
+
+    /// When Redis is unreachable, refuse every request with an [`Error`]
+    /// whose [`is_unavailable`](Error::is_unavailable) is true.
+    #[must_use]
+    pub fn fail_closed(mut self) -> Self {
+        self.fallback = Some(Fallback::Closed);
+        self
+    }
+
+    /// When Redis is unreachable, go on under a local limit of `share`
+    /// (0 < share ≤ 1) of this one (at least 1 call in flight). With `n`
+    /// processes sharing the limit, `1 / n` keeps the total within it.
+    #[must_use]
+    pub fn fail_open(mut self, share: f64) -> Self {
+        self.fallback = Some(Fallback::Open { share });
+        self
+    }
+
+    /// Checks the settings and builds the layer. Makes no call to Redis.
+    ///
+    /// # Errors
+    /// A zero limit, an empty name or one with `{` or `}`, a lease shorter
+    /// than three store timeouts, a zero retry interval, a fail-open share
+    /// outside (0, 1], or no choice between [`fail_closed`](Self::fail_closed)
+    /// and [`fail_open`](Self::fail_open).
+    pub fn build(self) -> Result<RedisConcurrencyLimitLayer, Error> {
+        check_name(&self.name)?;
+        if self.limit == 0 {
+            return Err(Error::config(
+                "concurrency limit must be at least 1 (a limit of 0 admits no call)",
+            ));
+        }
+        let timeout = self.store.timeout();
+        if self.lease < timeout.saturating_mul(3) {
+            return Err(Error::config(format!(
+                "lease {:?} must be at least 3 × the store timeout ({:?}) so renewals land in time; lengthen the lease or shorten the timeout",
+                self.lease, timeout
+            )));
+        }
+        if self.retry_interval.is_zero() {
+            return Err(Error::config(
+                "retry interval must be longer than zero (a waiting caller would spin on Redis)",
+            ));
+        }
+        let fallback = self.fallback.ok_or_else(Fallback::unset)?.checked()?;
+        let local = match fallback {
+            Fallback::Closed => None,
+            Fallback::Open { share } => {
+                let permits = ((self.limit as f64 * share).floor() as usize).max(1);
+                Some(Arc::new(Semaphore::new(permits)))
+            }
+        };
+        let key = self.store.key(&self.name, None, "holders");
+        Ok(RedisConcurrencyLimitLayer {
+            shared: Arc::new(Shared {
+                lease_ms: u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX),
+                store: self.store,
+                name: self.name,
+                key,
+                limit: self.limit,
+                lease: self.lease,
+                retry_interval: self.retry_interval,
+                fail_fast: self.fail_fast,
+                fallback,
+                health: Health::default(),
+                local,
+                holder_prefix: holder_prefix(),
+                next_holder: AtomicU64::new(0),
+                jitter: RandomState::new(),
+            }),
+        })
+    }
+}
+
+/// Limits the calls in flight, summed over every process that uses the
+/// same limit name, to one maximum kept on Redis.
+///
+/// Cloning the layer, or calling [`layer`](Layer::layer) more than once,
+/// shares the same permits, as do layers in other processes built with the
+/// same name on the same Redis.
+#[derive(Debug, Clone)]
+pub struct RedisConcurrencyLimitLayer {
+    shared: Arc<Shared>,
+}
+
+impl RedisConcurrencyLimitLayer {
+    /// Starts the configuration of the limit `name`: at most `limit` calls
+    /// in flight, kept in `store`'s Redis.
+    pub fn builder(
+        store: RedisStore,
+        name: impl Into<String>,
+        limit: usize,
+    ) -> RedisConcurrencyLimitBuilder {
+        RedisConcurrencyLimitBuilder {
+            store,
+            name: name.into(),
+            limit,
+            lease: DEFAULT_LEASE,
+            retry_interval: DEFAULT_RETRY_INTERVAL,
+            fail_fast: false,
+            fallback: None,
+        }
+    }
+}
+
+impl<S> Layer<S> for RedisConcurrencyLimitLayer {
+    type Service = RedisConcurrencyLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RedisConcurrencyLimit::new(inner, self.shared.clone())
+    }
+}
+
+/// What every service of one layer shares.
+pub(super) struct Shared {
+    pub(super) store: RedisStore,
+    name: String,
+    pub(super) key: String,
+    limit: usize,
+    pub(super) lease: Duration,
+    pub(super) lease_ms: u64,
+    retry_interval: Duration,
+    fail_fast: bool,
+    fallback: Fallback,
+    health: Health,
+    local: Option<Arc<Semaphore>>,
+    holder_prefix: String,
+    next_holder: AtomicU64,
+    jitter: RandomState,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("name", &self.name)
+            .field("limit", &self.limit)
+            .field("lease", &self.lease)
+            .field("fail_fast", &self.fail_fast)
+            .field("fallback", &self.fallback)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A prefix for holder ids unique to this process and layer, so that two
+/// processes never release each other's permits.
+fn holder_prefix() -> String {
+    let seed = RandomState::new().hash_one((
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    ));
+    format!("{}-{seed:016x}", std::process::id())
+}
+
+impl Shared {
+    pub(super) fn limit_name(&self) -> &str {
+        &self.name
+    }
+
+    fn next_holder(&self) -> String {
+        let n = self.next_holder.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n}", self.holder_prefix)
+    }
+
+    fn retry_wait(&self) -> Duration {
+        let n = self.next_holder.load(Ordering::Relaxed);
+        let fraction = (self.jitter.hash_one(n) % 1000) as f64 / 2000.0 + 0.5;
+        self.retry_interval.mul_f64(fraction)
+    }
+
+    /// Takes a permit: from Redis, or from the local share when Redis is
+    /// unavailable and the layer fails open.
+    pub(super) async fn acquire(self: Arc<Self>) -> Result<Permit, BoxError> {
+        loop {
+            let pending = Pending::new(self.clone(), self.next_holder());
+            let decision = self
+                .store
+                .acquire(&self.key, self.limit, self.lease_ms, pending.holder())
+                .await;
+            match decision {
+                Ok((true, held)) => {
+                    self.health.reached(&self.name);
+                    tracing::trace!(limit = %self.name, in_flight = held, "permit taken");
+                    return Ok(pending.into_permit());
+                }
+                Ok((false, held)) => {
+                    self.health.reached(&self.name);
+                    pending.forget();
+                    if self.fail_fast {
+                        tracing::debug!(limit = %self.name, in_flight = held, "concurrency limit reached; shed");
+                        return Err(Overloaded::new().into());
+                    }
+                    tracing::trace!(limit = %self.name, in_flight = held, "waiting for a permit");
+                    tokio::time::sleep(self.retry_wait()).await;
+                }
+                Err(error) => {
+                    // `pending` is dropped armed: if Redis added us before the
+                    // answer was lost, the holder is removed (or expires).
+                    drop(pending);
+                    self.health.failed(&self.name, self.fallback, &error);
+                    return match &self.local {
+                        None => Err(error.into()),
+                        Some(local) if self.fail_fast => match local.clone().try_acquire_owned() {
+                            Ok(permit) => Ok(Permit::Local(permit)),
+                            Err(_) => Err(Overloaded::new().into()),
+                        },
+                        Some(local) => match local.clone().acquire_owned().await {
+                            Ok(permit) => Ok(Permit::Local(permit)),
+                            Err(_) => Err(Overloaded::new().into()),
+                        },
+                    };
+                }
+            }
+        }
+    }
+}

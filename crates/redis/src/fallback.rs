@@ -1,0 +1,84 @@
+//! What a layer does when Redis cannot decide.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::Error;
+
+/// The choice, stated when a layer is built, for when Redis is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Fallback {
+    /// Refuse the request with [`Error`] (`is_unavailable()`).
+    Closed,
+    /// Decide locally, with `share` (0 < share ≤ 1) of the shared limit.
+    Open { share: f64 },
+}
+
+impl Fallback {
+    pub(crate) fn checked(self) -> Result<Self, Error> {
+        match self {
+            Self::Open { share } if !(share.is_finite() && share > 0.0 && share <= 1.0) => {
+                Err(Error::config(format!(
+                    "fail-open share must be in (0, 1], the part of the shared limit this process may use alone; got {share}"
+                )))
+            }
+            _ => Ok(self),
+        }
+    }
+
+    pub(crate) fn unset() -> Error {
+        Error::config(
+            "say what to do when Redis is unreachable: call `.fail_closed()` or `.fail_open(share)` on the builder",
+        )
+    }
+}
+
+/// Remembers whether the last decision of a limit reached Redis, so that
+/// an outage is logged once when it starts and once when it ends, not on
+/// every request.
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    degraded: AtomicBool,
+}
+
+impl Health {
+    pub(crate) fn reached(&self, limit: &str) {
+        if self.degraded.swap(false, Ordering::Relaxed) {
+            tracing::info!(limit, "redis reachable again; the shared limit applies");
+        }
+    }
+
+    pub(crate) fn failed(&self, limit: &str, fallback: Fallback, error: &Error) {
+        if self.degraded.swap(true, Ordering::Relaxed) {
+            tracing::debug!(limit, %error, "redis unavailable");
+            return;
+        }
+        match fallback {
+            Fallback::Open { share } => tracing::warn!(
+                limit,
+                share,
+                error = %DisplayChain(error),
+                "redis unavailable; failing open to this process's share of the limit"
+            ),
+            Fallback::Closed => tracing::warn!(
+                limit,
+                error = %DisplayChain(error),
+                "redis unavailable; failing closed, requests are refused"
+            ),
+        }
+    }
+}
+
+/// Shows an error and its sources on one line, for logs.
+struct DisplayChain<'a>(&'a Error);
+
+impl std::fmt::Display for DisplayChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = std::error::Error::source(self.0);
+        while let Some(err) = source {
+            write!(f, ": {err}")?;
+            source = err.source();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,90 @@
+//! Rate and concurrency limits shared by many processes, kept on Redis.
+//!
+//! When an agent runtime runs on many machines, a per-process limit
+//! multiplies by the number of processes. The layers here keep one limit for
+//! all of them on a Redis they share:
+//!
+//! | layer | bounds | refusal when failing fast |
+//! |---|---|---|
+//! | [`RedisRateLimitLayer`] | tokens per period (GCRA), with burst, cost and a key per host | `tower_fanout_core::error::RateLimited` |
+//! | [`RedisConcurrencyLimitLayer`] | calls in flight (a semaphore with leases) | `tower_fanout_core::error::Overloaded` |
+//!
+//! Each decision is one Lua script, sent with `EVALSHA` over one
+//! multiplexed connection (a [`RedisStore`]) and timed on the Redis
+//! server's clock, so the processes' clocks may disagree. Nothing is
+//! cached locally: the sum over all processes stays within the limit.
+//!
+//! # When Redis is unavailable
+//! Each layer's builder must be told, with `.fail_closed()` or
+//! `.fail_open(share)`:
+//! - fail closed: the request fails with [`Error`], whose
+//!   [`is_unavailable`](Error::is_unavailable) is true;
+//! - fail open: the request goes on under a local limit holding `share` of
+//!   the shared one (`tower_fanout_core`'s own layers), and a warning is
+//!   logged once per outage, since an operator must act.
+//!
+//! No caller waits on Redis longer than the store's timeout. The store
+//! reconnects by itself, and the first decision after Redis comes back
+//! uses it again, with no rebuild of the layers.
+//!
+//! # Keys
+//! Keys look like `tower-fanout:{name}:gcra` or `tower-fanout:{name:host}:gcra`:
+//! the braces are a hash tag, so Redis Cluster keeps each limit on one slot.
+//! Every key expires once its limit is idle.
+//!
+//! # Example
+//! ```no_run
+//! use std::time::Duration;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_fanout_redis::{RedisConcurrencyLimitLayer, RedisRateLimitLayer, RedisStore};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), tower_fanout_core::BoxError> {
+//! let store = RedisStore::builder("redis://127.0.0.1:6379/")
+//!     .timeout(Duration::from_millis(100))
+//!     .build()?;
+//! let svc = ServiceBuilder::new()
+//!     // 50 calls a second over every process, waiting for tokens...
+//!     .layer(
+//!         RedisRateLimitLayer::builder(store.clone(), "search", 50, Duration::from_secs(1))
+//!             .burst(5)
+//!             .fail_closed()
+//!             .build()?,
+//!     )
+//!     // ...and at most 10 in flight, each process alone 2 if Redis is down.
+//!     .layer(
+//!         RedisConcurrencyLimitLayer::builder(store, "search", 10)
+//!             .fail_open(0.2)
+//!             .build()?,
+//!     )
+//!     .service(service_fn(|q: String| async move { Ok::<_, std::convert::Infallible>(q) }));
+//!
+//! match svc.oneshot("rust".to_owned()).await {
+//!     Ok(answer) => println!("{answer}"),
+//!     Err(err) if err.downcast_ref::<tower_fanout_redis::Error>().is_some() => {
+//!         println!("limit unavailable: {err}");
+//!     }
+//!     Err(err) => return Err(err),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod error;
+mod fallback;
+mod future;
+mod key;
+mod scripts;
+mod store;
+
+pub mod concurrency;
+pub mod rate;
+
+pub use self::concurrency::{RedisConcurrencyLimit, RedisConcurrencyLimitLayer};
+pub use self::error::Error;
+pub use self::key::{LimitKey, SingleKey};
+pub use self::rate::{RedisRateLimit, RedisRateLimitLayer};
+pub use self::store::{
+    DEFAULT_KEY_PREFIX, DEFAULT_PROBE_INTERVAL, DEFAULT_TIMEOUT, RedisStore, RedisStoreBuilder,
+};

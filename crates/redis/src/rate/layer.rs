@@ -1,0 +1,477 @@
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::fmt;
+use std::future::{Ready, poll_fn, ready};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tower_fanout_core::BoxError;
+use tower_fanout_core::error::{CostExceedsBurst, RateLimited};
+use tower_fanout_core::rate::{RateLimitLayer, UnitCost};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::RedisRateLimit;
+use crate::Error;
+use crate::fallback::{Fallback, Health};
+use crate::key::{SingleKey, check_name};
+use crate::store::{Gcra, RedisStore};
+
+/// Lua numbers are doubles: keep every time the script handles (now, about
+/// 1.8e15 µs, plus the bucket's tolerance) below 2^53 µs so it stays exact.
+const MAX_TOLERANCE_US: u64 = 1_000_000_000_000_000;
+
+/// How many per-key local buckets a fail-open layer keeps during an outage.
+const MAX_LOCAL_KEYS: usize = 1024;
+
+/// Configures a [`RedisRateLimitLayer`]; made by [`RedisRateLimitLayer::builder`].
+#[derive(Clone)]
+pub struct RedisRateLimitBuilder<C = UnitCost, K = SingleKey> {
+    store: RedisStore,
+    name: String,
+    rate: u32,
+    period: Duration,
+    burst: Option<u32>,
+    cost: C,
+    key: K,
+    fail_fast: bool,
+    fallback: Option<Fallback>,
+}
+
+impl<C, K> fmt::Debug for RedisRateLimitBuilder<C, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisRateLimitBuilder")
+            .field("name", &self.name)
+            .field("rate", &self.rate)
+            .field("period", &self.period)
+            .field("burst", &self.burst)
+            .field("fail_fast", &self.fail_fast)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C, K> RedisRateLimitBuilder<C, K> {
+    /// The most tokens the bucket holds, so the most requests admitted at
+    /// once after a quiet spell. Defaults to `rate`.
+    #[must_use]
+    pub fn burst(mut self, burst: u32) -> Self {
+        self.burst = Some(burst);
+        self
+    }
+
+    /// Charges each request the tokens `cost` returns for it (a closure
+    /// `Fn(&Req) -> u32` will do).
+    pub fn cost<C2>(self, cost: C2) -> RedisRateLimitBuilder<C2, K> {
+        RedisRateLimitBuilder {
+            store: self.store,
+            name: self.name,
+            rate: self.rate,
+            period: self.period,
+            burst: self.burst,
+            cost,
+            key: self.key,
+            fail_fast: self.fail_fast,
+            fallback: self.fallback,
+        }
+    }
+
+    /// Gives each key its own limit, with the same settings: say, one limit
+    /// per host with `|req: &http::Request<B>| host_of(req)`.
+    pub fn key_fn<K2>(self, key: K2) -> RedisRateLimitBuilder<C, K2> {
+        RedisRateLimitBuilder {
+            store: self.store,
+            name: self.name,
+            rate: self.rate,
+            period: self.period,
+            burst: self.burst,
+            cost: self.cost,
+            key,
+            fail_fast: self.fail_fast,
+            fallback: self.fallback,
+        }
+    }
+
+    /// Refuse with `tower_fanout_core::error::RateLimited` instead of
+    /// waiting when the bucket is short.
+    #[must_use]
+    pub fn fail_fast(mut self) -> Self {
+        self.fail_fast = true;
+        self
+    }
+
+    /// When Redis is unreachable, refuse every request with an [`Error`]
+    /// whose [`is_unavailable`](Error::is_unavailable) is true.
+    #[must_use]
+    pub fn fail_closed(mut self) -> Self {
+        self.fallback = Some(Fallback::Closed);
+        self
+    }
+
+    /// When Redis is unreachable, go on under a local limit of `share`
+    /// (0 < share ≤ 1) of this one: `rate × share` per period, with a burst
+    /// of `burst × share` (at least 1). With `n` processes sharing the
+    /// limit, `1 / n` keeps the total within the limit during an outage.
+    #[must_use]
+    pub fn fail_open(mut self, share: f64) -> Self {
+        self.fallback = Some(Fallback::Open { share });
+        self
+    }
+
+    /// Checks the settings and builds the layer. Makes no call to Redis.
+    ///
+    /// # Errors
+    /// A zero rate, period or burst; an empty name or one with `{` or `}`;
+    /// a period so long that the bucket's times overflow; a fail-open share
+    /// outside (0, 1]; or no choice between [`fail_closed`](Self::fail_closed)
+    /// and [`fail_open`](Self::fail_open).
+    pub fn build(self) -> Result<RedisRateLimitLayer<C, K>, Error> {
+        check_name(&self.name)?;
+        if self.rate == 0 {
+            return Err(Error::config(
+                "rate limit rate must be at least 1 token per period",
+            ));
+        }
+        if self.period.is_zero() {
+            return Err(Error::config("rate limit period must be longer than zero"));
+        }
+        let burst = self.burst.unwrap_or(self.rate);
+        if burst == 0 {
+            return Err(Error::config(
+                "rate limit burst must be at least 1 token (a bucket of 0 admits nothing)",
+            ));
+        }
+        let fallback = self.fallback.ok_or_else(Fallback::unset)?.checked()?;
+        // Whole microseconds, rounded up: rounding only makes the limit stricter.
+        let period_us = u64::try_from(self.period.as_nanos().div_ceil(1000)).unwrap_or(u64::MAX);
+        let interval_us = period_us.div_ceil(u64::from(self.rate)).max(1);
+        if interval_us.saturating_mul(u64::from(burst)) > MAX_TOLERANCE_US {
+            return Err(Error::config(
+                "rate limit period × burst / rate is longer than 30 years; shorten the period or lower the burst",
+            ));
+        }
+        let local = match fallback {
+            Fallback::Closed => None,
+            Fallback::Open { share } => Some(LocalRates::new(
+                self.rate,
+                self.period,
+                burst,
+                share,
+                self.fail_fast,
+            )?),
+        };
+        Ok(RedisRateLimitLayer {
+            shared: Arc::new(Shared {
+                store: self.store,
+                name: self.name,
+                interval_us,
+                burst,
+                fail_fast: self.fail_fast,
+                fallback,
+                health: Health::default(),
+                local,
+            }),
+            cost: self.cost,
+            key: self.key,
+        })
+    }
+}
+
+/// Admits requests at `rate` tokens per `period`, with bursts of up to
+/// `burst`, counted on Redis for every process that uses the same limit
+/// name.
+///
+/// Cloning the layer, or calling [`layer`](Layer::layer) more than once,
+/// shares one limit, as do layers in other processes built with the same
+/// name, settings and Redis.
+#[derive(Clone)]
+pub struct RedisRateLimitLayer<C = UnitCost, K = SingleKey> {
+    shared: Arc<Shared>,
+    cost: C,
+    key: K,
+}
+
+impl<C, K> fmt::Debug for RedisRateLimitLayer<C, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisRateLimitLayer")
+            .field("shared", &self.shared)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisRateLimitLayer {
+    /// Starts the configuration of the limit `name`: `rate` tokens per
+    /// `period`, kept in `store`'s Redis.
+    ///
+    /// Every process that builds a layer with the same `name` (on the same
+    /// Redis and key prefix) shares one limit; give them the same settings.
+    pub fn builder(
+        store: RedisStore,
+        name: impl Into<String>,
+        rate: u32,
+        period: Duration,
+    ) -> RedisRateLimitBuilder {
+        RedisRateLimitBuilder {
+            store,
+            name: name.into(),
+            rate,
+            period,
+            burst: None,
+            cost: UnitCost,
+            key: SingleKey,
+            fail_fast: false,
+            fallback: None,
+        }
+    }
+}
+
+impl<S, C: Clone, K: Clone> Layer<S> for RedisRateLimitLayer<C, K> {
+    type Service = RedisRateLimit<S, C, K>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RedisRateLimit::new(
+            inner,
+            self.shared.clone(),
+            self.cost.clone(),
+            self.key.clone(),
+        )
+    }
+}
+
+/// What every service of one layer shares.
+pub(super) struct Shared {
+    store: RedisStore,
+    name: String,
+    interval_us: u64,
+    burst: u32,
+    fail_fast: bool,
+    fallback: Fallback,
+    health: Health,
+    local: Option<LocalRates>,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("name", &self.name)
+            .field("interval_us", &self.interval_us)
+            .field("burst", &self.burst)
+            .field("fail_fast", &self.fail_fast)
+            .field("fallback", &self.fallback)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Decides whether a request of `cost` tokens, counted against `key`,
+    /// may go ahead: waits for the tokens, or refuses.
+    pub(super) async fn admit(
+        self: Arc<Self>,
+        key: Option<String>,
+        cost: u32,
+    ) -> Result<(), BoxError> {
+        if cost == 0 {
+            return Ok(());
+        }
+        if cost > self.burst {
+            tracing::debug!(limit = %self.name, cost, burst = self.burst, "request costs more than the burst");
+            return Err(CostExceedsBurst::new(cost, self.burst).into());
+        }
+        let redis_key = self.store.key(&self.name, key.as_deref(), "gcra");
+        let decision = self
+            .store
+            .gcra(
+                &redis_key,
+                self.interval_us,
+                self.burst,
+                cost,
+                !self.fail_fast,
+            )
+            .await;
+        match decision {
+            Ok(Gcra::Admitted { wait, tat }) => {
+                self.health.reached(&self.name);
+                if !wait.is_zero() {
+                    tracing::debug!(
+                        limit = %self.name,
+                        cost,
+                        wait_ms = wait.as_millis() as u64,
+                        "rate limited; waiting for tokens"
+                    );
+                    // Dropped while waiting: the tokens are given back.
+                    let booking = Booking {
+                        store: self.store.clone(),
+                        key: redis_key,
+                        tat,
+                        weight_us: self.interval_us.saturating_mul(u64::from(cost)),
+                        armed: true,
+                    };
+                    tokio::time::sleep(wait).await;
+                    booking.disarm();
+                }
+                Ok(())
+            }
+            Ok(Gcra::Refused { retry_after }) => {
+                self.health.reached(&self.name);
+                tracing::debug!(
+                    limit = %self.name,
+                    cost,
+                    retry_after_ms = retry_after.as_millis() as u64,
+                    "rate limited; refused"
+                );
+                Err(RateLimited::new(retry_after).into())
+            }
+            Err(error) => {
+                self.health.failed(&self.name, self.fallback, &error);
+                match &self.local {
+                    Some(local) => local.admit(key, cost).await,
+                    None => Err(error.into()),
+                }
+            }
+        }
+    }
+}
+
+/// A booking made for a waiting caller; if the caller goes away before its
+/// tokens arrive, they are given back (when nobody booked after it).
+struct Booking {
+    store: RedisStore,
+    key: String,
+    tat: String,
+    weight_us: u64,
+    armed: bool,
+}
+
+impl Booking {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Booking {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        // Without a runtime the booking stays: that only errs strict.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let store = self.store.clone();
+            let key = std::mem::take(&mut self.key);
+            let tat = std::mem::take(&mut self.tat);
+            let weight_us = self.weight_us;
+            runtime.spawn(async move {
+                if let Err(error) = store.gcra_give_back(&key, &tat, weight_us).await {
+                    tracing::debug!(%error, "could not give back a dropped booking");
+                }
+            });
+        }
+    }
+}
+
+type LocalCost = fn(&u32) -> u32;
+
+fn cost_of(cost: &u32) -> u32 {
+    *cost
+}
+
+/// The fail-open fallback: `tower_fanout_core`'s own rate limit, at the
+/// configured share, one bucket per key.
+struct LocalRates {
+    template: RateLimitLayer<LocalCost>,
+    rate: u32,
+    period: Duration,
+    burst: u32,
+    fail_fast: bool,
+    by_key: Mutex<HashMap<String, RateLimitLayer<LocalCost>>>,
+}
+
+impl LocalRates {
+    fn new(
+        rate: u32,
+        period: Duration,
+        burst: u32,
+        share: f64,
+        fail_fast: bool,
+    ) -> Result<Self, Error> {
+        // The share scales the period, not the rate, so that a share of a
+        // small rate stays exact (3 per second at 1/4 is 3 per 4 seconds).
+        let period = period.div_f64(share);
+        let burst = ((f64::from(burst) * share).floor() as u32).max(1);
+        let make = || -> Result<RateLimitLayer<LocalCost>, Error> {
+            let builder = RateLimitLayer::builder(rate, period)
+                .burst(burst)
+                .cost(cost_of as LocalCost);
+            let builder = if fail_fast {
+                builder.fail_fast()
+            } else {
+                builder
+            };
+            builder
+                .build()
+                .map_err(|err| Error::config(format!("fail-open local limit: {err}")))
+        };
+        Ok(Self {
+            template: make()?,
+            rate,
+            period,
+            burst,
+            fail_fast,
+            by_key: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn bucket(&self, key: String) -> Result<RateLimitLayer<LocalCost>, Error> {
+        let mut by_key = self
+            .by_key
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(layer) = by_key.get(&key) {
+            return Ok(layer.clone());
+        }
+        if by_key.len() >= MAX_LOCAL_KEYS {
+            // Memory stays bounded; a forgotten key starts with a full bucket.
+            by_key.clear();
+        }
+        let builder = RateLimitLayer::builder(self.rate, self.period)
+            .burst(self.burst)
+            .cost(cost_of as LocalCost);
+        let builder = if self.fail_fast {
+            builder.fail_fast()
+        } else {
+            builder
+        };
+        let layer = builder
+            .build()
+            .map_err(|err| Error::config(format!("fail-open local limit: {err}")))?;
+        by_key.insert(key, layer.clone());
+        Ok(layer)
+    }
+
+    async fn admit(&self, key: Option<String>, cost: u32) -> Result<(), BoxError> {
+        let layer = match key {
+            None => self.template.clone(),
+            Some(key) => self.bucket(key)?,
+        };
+        let mut svc = layer.layer(Admit);
+        poll_fn(|cx| svc.poll_ready(cx)).await?;
+        svc.call(cost).await
+    }
+}
+
+/// The service the local fallback limits: admits at once.
+#[derive(Debug, Clone, Copy)]
+struct Admit;
+
+impl Service<u32> for Admit {
+    type Response = ();
+    type Error = Infallible;
+    type Future = Ready<Result<(), Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: u32) -> Self::Future {
+        ready(Ok(()))
+    }
+}

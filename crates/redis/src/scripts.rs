@@ -1,0 +1,112 @@
+//! The Lua scripts that read and change a limit in one atomic step.
+//!
+//! Each script reads the clock with `TIME` on the Redis server, so the
+//! processes sharing a limit may disagree about the time without harm.
+//! Numbers are written with `%.0f`: Redis turns a bare Lua number into a
+//! string with 14 significant digits, which would round a microsecond
+//! timestamp (16 digits).
+//!
+//! Each script touches one key, whose name carries the limit's hash tag, so
+//! the scripts run unchanged on Redis Cluster.
+
+/// GCRA, the same arithmetic as `tower_fanout_core`'s `TokenBucket`, in
+/// microseconds of the server's clock.
+///
+/// The key holds the theoretical arrival time (TAT): the moment at which the
+/// bucket is full again. Taking `cost` tokens pushes it by `cost`
+/// intervals; the tokens are there when the pushed TAT is at most `burst`
+/// intervals ahead of now. The key expires at the TAT, when a missing key
+/// and the stored state mean the same thing (a full bucket).
+///
+/// `KEYS[1]`: the bucket. `ARGV`: interval (µs per token), burst (tokens),
+/// cost (tokens, at least 1), book (`1`: a waiting caller books the tokens
+/// even when short, and is told how long to wait; `0`: fail fast, take
+/// nothing when short).
+///
+/// Returns `{admitted, wait_us, tat}`: admitted `1` with the wait before the
+/// tokens are there (0: now) and the new TAT (to undo the booking), or `0`
+/// with the wait after which they would have been there.
+pub(crate) const GCRA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = interval * tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if tat == nil or tat < now then
+  tat = now
+end
+local new_tat = tat + interval * tonumber(ARGV[3])
+local ahead = new_tat - now
+if ahead > tolerance and ARGV[4] ~= '1' then
+  return {0, ahead - tolerance, ''}
+end
+local stored = string.format('%.0f', new_tat)
+redis.call('SET', KEYS[1], stored, 'PX', string.format('%.0f', math.ceil(ahead / 1000)))
+local wait = ahead - tolerance
+if wait < 0 then
+  wait = 0
+end
+return {1, wait, stored}
+";
+
+/// Undoes the latest booking: if the bucket's TAT is still the one a booking
+/// set, pulls it back by the booking's weight. A later booking was placed
+/// behind it, so any other TAT is left alone (which errs on the strict side).
+///
+/// `KEYS[1]`: the bucket. `ARGV`: the TAT the booking set, its weight (µs).
+/// Returns 1 when given back.
+pub(crate) const GCRA_GIVE_BACK: &str = r"
+local tat = redis.call('GET', KEYS[1])
+if tat ~= ARGV[1] then
+  return 0
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local back = tonumber(tat) - tonumber(ARGV[2])
+if back <= now then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], string.format('%.0f', back), 'PX', string.format('%.0f', math.ceil((back - now) / 1000)))
+end
+return 1
+";
+
+/// A semaphore with leases: a sorted set of holder ids scored by the
+/// moment (ms, server clock) their lease ends. Drops the expired holders,
+/// then adds this one if fewer than the limit remain.
+///
+/// `KEYS[1]`: the holders. `ARGV`: limit, lease (ms), holder id.
+/// Returns `{acquired, holders}`.
+pub(crate) const ACQUIRE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
+local held = redis.call('ZCARD', KEYS[1])
+if held >= tonumber(ARGV[1]) then
+  return {0, held}
+end
+local lease = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], string.format('%.0f', now + lease), ARGV[3])
+if redis.call('PTTL', KEYS[1]) < lease then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return {1, held + 1}
+";
+
+/// Extends a holder's lease from now, if it still holds one.
+///
+/// `KEYS[1]`: the holders. `ARGV`: lease (ms), holder id. Returns 1 when
+/// renewed, 0 when the holder was gone (its lease had run out).
+pub(crate) const RENEW: &str = r"
+if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then
+  return 0
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[1])
+redis.call('ZADD', KEYS[1], 'XX', string.format('%.0f', now + lease), ARGV[2])
+if redis.call('PTTL', KEYS[1]) < lease then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return 1
+";

@@ -1,0 +1,398 @@
+//! The connection to the Redis that holds the limits, and the scripts that change them.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, OnceLock};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::time::Instant;
+
+use crate::Error;
+use crate::scripts;
+
+/// How long a call to Redis may take before the limit counts Redis as
+/// unavailable, unless [`RedisStoreBuilder::timeout`] says otherwise.
+///
+/// Loopback and same-zone round trips take well under a millisecond; a
+/// quarter of a second is long enough to ride out a slow moment and short
+/// enough that no caller hangs noticeably when Redis is gone.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// After a failed call, how long the store answers "unavailable" at once
+/// instead of asking Redis again, unless [`RedisStoreBuilder::probe_interval`]
+/// says otherwise.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The prefix of every key this crate writes, unless
+/// [`RedisStoreBuilder::key_prefix`] says otherwise.
+pub const DEFAULT_KEY_PREFIX: &str = "tower-fanout:";
+
+/// A connection to the Redis that holds the shared limits.
+///
+/// One multiplexed connection carries every decision of every layer built
+/// on this store (and on its clones), so many tasks share one socket and
+/// each decision costs one round trip. The connection is opened on first
+/// use and reopened by itself after Redis goes away and comes back.
+///
+/// Every call to Redis is bounded by the store's [timeout](RedisStoreBuilder::timeout).
+/// After a failed call, the store does not ask Redis again for a
+/// [probe interval](RedisStoreBuilder::probe_interval): decisions in between
+/// go straight to each layer's fallback (fail closed or fail open), so an
+/// outage costs callers no waiting.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    connection: OnceLock<ConnectionManager>,
+    timeout: Duration,
+    probe_interval: Duration,
+    prefix: String,
+    epoch: Instant,
+    /// Nanoseconds since `epoch` until which Redis is not asked (0: ask).
+    skip_until: AtomicU64,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("timeout", &self.inner.timeout)
+            .field("probe_interval", &self.inner.probe_interval)
+            .field("prefix", &self.inner.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures a [`RedisStore`]; made by [`RedisStore::builder`].
+#[derive(Debug, Clone)]
+pub struct RedisStoreBuilder {
+    url: String,
+    timeout: Duration,
+    probe_interval: Duration,
+    prefix: String,
+}
+
+impl RedisStoreBuilder {
+    /// The longest a single call to Redis may take; past it the decision
+    /// counts as "Redis unavailable" and the layer's fallback decides.
+    /// Defaults to [`DEFAULT_TIMEOUT`].
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// After a failed call, how long to answer "unavailable" without asking
+    /// Redis. Defaults to [`DEFAULT_PROBE_INTERVAL`]; zero asks every time.
+    #[must_use]
+    pub fn probe_interval(mut self, interval: Duration) -> Self {
+        self.probe_interval = interval;
+        self
+    }
+
+    /// The prefix of every key written (say, one per application sharing a
+    /// Redis). Defaults to [`DEFAULT_KEY_PREFIX`].
+    #[must_use]
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Checks the settings and builds the store. No connection is made yet.
+    ///
+    /// # Errors
+    /// A URL that `redis` cannot parse, a zero timeout, or a key prefix
+    /// with `{` or `}` (they would break the hash tags that keep each
+    /// limit on one Redis Cluster slot).
+    pub fn build(self) -> Result<RedisStore, Error> {
+        let client = redis::Client::open(self.url.as_str()).map_err(|err| {
+            Error::config(format!("redis url {:?} is not valid: {err}", self.url))
+        })?;
+        if self.timeout.is_zero() {
+            return Err(Error::config(
+                "redis timeout must be longer than zero (it bounds how long a caller waits for Redis)",
+            ));
+        }
+        if self.prefix.contains(['{', '}']) {
+            return Err(Error::config(format!(
+                "redis key prefix {:?} must not contain '{{' or '}}': they are reserved for the hash tag",
+                self.prefix
+            )));
+        }
+        // Reconnects are retried briefly and then left to the next call:
+        // callers never wait on a long backoff, and a Redis that comes back
+        // is picked up by the next decision.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(None)
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(self.timeout);
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                client,
+                config,
+                connection: OnceLock::new(),
+                timeout: self.timeout,
+                probe_interval: self.probe_interval,
+                prefix: self.prefix,
+                epoch: Instant::now(),
+                skip_until: AtomicU64::new(0),
+            }),
+        })
+    }
+}
+
+impl RedisStore {
+    /// A store for the Redis at `url` (`redis://host:port/db`), with the
+    /// default timeout. No connection is made until the first decision.
+    ///
+    /// # Errors
+    /// A URL that cannot be parsed.
+    pub fn open(url: &str) -> Result<Self, Error> {
+        Self::builder(url).build()
+    }
+
+    /// Starts the configuration of a store for the Redis at `url`.
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            url: url.into(),
+            timeout: DEFAULT_TIMEOUT,
+            probe_interval: DEFAULT_PROBE_INTERVAL,
+            prefix: DEFAULT_KEY_PREFIX.to_owned(),
+        }
+    }
+
+    /// The longest a single call to Redis may take.
+    pub fn timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
+    /// The Redis key for the limit `name` (and `sub`, a per-host key), with
+    /// the whole limit name in a hash tag so that Redis Cluster keeps it on
+    /// one slot.
+    pub(crate) fn key(&self, name: &str, sub: Option<&str>, kind: &str) -> String {
+        let prefix = &self.inner.prefix;
+        match sub {
+            None => format!("{prefix}{{{name}}}:{kind}"),
+            // A brace in a caller's key would end the hash tag early.
+            Some(sub) => format!("{prefix}{{{name}:{}}}:{kind}", sub.replace(['{', '}'], "_")),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.inner.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn connection(&self) -> Result<ConnectionManager, Error> {
+        if let Some(connection) = self.inner.connection.get() {
+            return Ok(connection.clone());
+        }
+        // Lazy: the manager connects (and reconnects) on its own, inside the
+        // runtime of the first decision.
+        let connection = ConnectionManager::new_lazy_with_config(
+            self.inner.client.clone(),
+            self.inner.config.clone(),
+        )
+        .map_err(Error::redis)?;
+        Ok(self.inner.connection.get_or_init(|| connection).clone())
+    }
+
+    /// Runs one request against Redis within the timeout. `probe` requests
+    /// respect the skip window after a failure; background clean-ups
+    /// (releases) do not, since nobody waits for them.
+    async fn run<T, F, Fut>(&self, probe: bool, request: F) -> Result<T, Error>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        if probe {
+            let skip_until = self.inner.skip_until.load(Ordering::Relaxed);
+            if skip_until != 0 && self.now() < skip_until {
+                return Err(Error::skipped());
+            }
+        }
+        let connection = self.connection()?;
+        let result = match tokio::time::timeout(self.inner.timeout, request(connection)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(Error::redis(err)),
+            Err(elapsed) => Err(Error::timeout(elapsed)),
+        };
+        match &result {
+            Ok(_) => self.inner.skip_until.store(0, Ordering::Relaxed),
+            Err(_) if !self.inner.probe_interval.is_zero() => {
+                let probe_interval =
+                    u64::try_from(self.inner.probe_interval.as_nanos()).unwrap_or(u64::MAX);
+                self.inner.skip_until.store(
+                    self.now().saturating_add(probe_interval).max(1),
+                    Ordering::Relaxed,
+                );
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// One GCRA decision (see `scripts::GCRA`).
+    pub(crate) async fn gcra(
+        &self,
+        key: &str,
+        interval_us: u64,
+        burst: u32,
+        cost: u32,
+        book: bool,
+    ) -> Result<Gcra, Error> {
+        let (admitted, wait_us, tat): (i64, i64, String) = self
+            .run(true, |mut connection| async move {
+                GCRA.key(key)
+                    .arg(interval_us)
+                    .arg(burst)
+                    .arg(cost)
+                    .arg(u8::from(book))
+                    .invoke_async(&mut connection)
+                    .await
+            })
+            .await?;
+        let wait = Duration::from_micros(u64::try_from(wait_us).unwrap_or(0));
+        match admitted {
+            1 => Ok(Gcra::Admitted { wait, tat }),
+            0 => Ok(Gcra::Refused { retry_after: wait }),
+            other => Err(Error::reply(format!(
+                "gcra script returned {other}, expected 0 or 1"
+            ))),
+        }
+    }
+
+    /// Undoes a booking whose TAT is still `tat` (nobody booked after it).
+    pub(crate) async fn gcra_give_back(
+        &self,
+        key: &str,
+        tat: &str,
+        weight_us: u64,
+    ) -> Result<bool, Error> {
+        let given: i64 = self
+            .run(false, |mut connection| async move {
+                GCRA_GIVE_BACK
+                    .key(key)
+                    .arg(tat)
+                    .arg(weight_us)
+                    .invoke_async(&mut connection)
+                    .await
+            })
+            .await?;
+        Ok(given == 1)
+    }
+
+    /// Tries to add `holder` to the semaphore at `key`; returns whether it
+    /// was added, and the holders counted.
+    pub(crate) async fn acquire(
+        &self,
+        key: &str,
+        limit: usize,
+        lease_ms: u64,
+        holder: &str,
+    ) -> Result<(bool, u64), Error> {
+        let (acquired, held): (i64, i64) = self
+            .run(true, |mut connection| async move {
+                ACQUIRE
+                    .key(key)
+                    .arg(limit)
+                    .arg(lease_ms)
+                    .arg(holder)
+                    .invoke_async(&mut connection)
+                    .await
+            })
+            .await?;
+        Ok((acquired == 1, u64::try_from(held).unwrap_or(0)))
+    }
+
+    /// Extends `holder`'s lease; false when the lease was already lost.
+    pub(crate) async fn renew(
+        &self,
+        key: &str,
+        lease_ms: u64,
+        holder: &str,
+    ) -> Result<bool, Error> {
+        let renewed: i64 = self
+            .run(false, |mut connection| async move {
+                RENEW
+                    .key(key)
+                    .arg(lease_ms)
+                    .arg(holder)
+                    .invoke_async(&mut connection)
+                    .await
+            })
+            .await?;
+        Ok(renewed == 1)
+    }
+
+    /// Removes `holder` from the semaphore at `key`.
+    pub(crate) async fn release(&self, key: &str, holder: &str) -> Result<(), Error> {
+        self.run(false, |mut connection| async move {
+            redis::cmd("ZREM")
+                .arg(key)
+                .arg(holder)
+                .query_async::<i64>(&mut connection)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+}
+
+/// The answer of one GCRA decision.
+#[derive(Debug)]
+pub(crate) enum Gcra {
+    /// The tokens are booked; they are there after `wait` (zero: now).
+    /// `tat` is the bucket's state after the booking, to undo it.
+    Admitted { wait: Duration, tat: String },
+    /// Fail fast: the tokens are not there; they would be after `retry_after`.
+    Refused { retry_after: Duration },
+}
+
+// `Script` sends EVALSHA and, when Redis answers NOSCRIPT (first use, or
+// after a restart or SCRIPT FLUSH), loads the script and sends it again.
+static GCRA: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(scripts::GCRA));
+static GCRA_GIVE_BACK: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(scripts::GCRA_GIVE_BACK));
+static ACQUIRE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(scripts::ACQUIRE));
+static RENEW: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(scripts::RENEW));
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn keys_carry_a_hash_tag() {
+        let store = RedisStore::open("redis://127.0.0.1:1/").unwrap();
+        assert_eq!(store.key("api", None, "gcra"), "tower-fanout:{api}:gcra");
+        assert_eq!(
+            store.key("api", Some("h{o}st"), "gcra"),
+            "tower-fanout:{api:h_o_st}:gcra"
+        );
+    }
+
+    #[test]
+    fn bad_settings_fail_at_build() {
+        assert!(RedisStore::open("not a url").unwrap_err().is_config());
+        let err = RedisStore::builder("redis://127.0.0.1/")
+            .timeout(Duration::ZERO)
+            .build()
+            .unwrap_err();
+        assert!(err.is_config());
+        assert!(err.to_string().contains("timeout"));
+        assert!(
+            RedisStore::builder("redis://127.0.0.1/")
+                .key_prefix("a{b")
+                .build()
+                .unwrap_err()
+                .is_config()
+        );
+    }
+}
