@@ -62,12 +62,22 @@ pub mod error;
 
 #[cfg(any(feature = "concurrency", feature = "rate"))]
 mod future;
-#[cfg(any(feature = "concurrency", feature = "backpressure"))]
+#[cfg(any(
+    feature = "concurrency",
+    feature = "backpressure",
+    feature = "adaptive"
+))]
 mod semaphore;
 
+#[cfg(feature = "adaptive")]
+#[cfg_attr(docsrs, doc(cfg(feature = "adaptive")))]
+pub mod adaptive;
 #[cfg(feature = "backpressure")]
 #[cfg_attr(docsrs, doc(cfg(feature = "backpressure")))]
 pub mod backpressure;
+#[cfg(feature = "adaptive")]
+#[cfg_attr(docsrs, doc(cfg(feature = "adaptive")))]
+pub mod classify;
 #[cfg(feature = "concurrency")]
 #[cfg_attr(docsrs, doc(cfg(feature = "concurrency")))]
 pub mod concurrency;

@@ -111,7 +111,10 @@ impl Semaphore {
     }
 
     /// Moves the limit; a shrink below what is in use is paid off by releases.
-    #[allow(dead_code, reason = "the adaptive limit (issue 4) moves it; unit-tested here")]
+    #[cfg_attr(
+        not(feature = "adaptive"),
+        allow(dead_code, reason = "only the adaptive limit moves it")
+    )]
     pub(crate) fn set_limit(&self, new_limit: usize) {
         let mut waiters = self.lock();
         let old = self.limit.swap(new_limit, Ordering::Relaxed);

@@ -1,0 +1,219 @@
+//! Additive increase, multiplicative decrease, with a slow start.
+
+use tokio::time::Instant;
+
+use super::{Bounds, Change, Controller, Sample, change};
+use crate::classify::Outcome;
+use crate::error::ConfigError;
+
+/// Loss-based AIMD: +`increase` per round trip while the limit is in use,
+/// ×`backoff` on overload; doubles per round trip (slow start) until the
+/// first overload.
+///
+/// It reads only overload signals, not latency: behind a server that queues
+/// instead of refusing, it climbs to its max. Prefer
+/// [`GradientController`](super::GradientController) there.
+#[derive(Debug, Clone)]
+pub struct AimdController {
+    bounds: Bounds,
+    increase: f64,
+    backoff: f64,
+    limit: f64,
+    slow_start: bool,
+}
+
+/// Builds an [`AimdController`]; see its setters for the defaults.
+#[derive(Debug, Clone)]
+pub struct AimdBuilder {
+    bounds: Bounds,
+    increase: f64,
+    backoff: f64,
+    slow_start: bool,
+}
+
+impl AimdController {
+    /// Starts a builder: min 1, max 1000, initial 5, +1 per round trip, ×0.9
+    /// on overload, slow start on.
+    pub fn builder() -> AimdBuilder {
+        AimdBuilder {
+            bounds: Bounds {
+                min: 1,
+                max: 1000,
+                initial: 5,
+            },
+            increase: 1.0,
+            backoff: 0.9,
+            slow_start: true,
+        }
+    }
+}
+
+impl AimdBuilder {
+    /// The lowest the limit goes (default 1).
+    #[must_use]
+    pub fn min(mut self, min: usize) -> Self {
+        self.bounds.min = min;
+        self
+    }
+    /// The highest the limit goes (default 1000).
+    #[must_use]
+    pub fn max(mut self, max: usize) -> Self {
+        self.bounds.max = max;
+        self
+    }
+    /// The limit to start with (default 5).
+    #[must_use]
+    pub fn initial(mut self, initial: usize) -> Self {
+        self.bounds.initial = initial;
+        self
+    }
+    /// Added per round trip while the limit is in use (default 1).
+    #[must_use]
+    pub fn increase(mut self, increase: f64) -> Self {
+        self.increase = increase;
+        self
+    }
+    /// The factor applied on overload (default 0.9, vector's and Netflix's choice:
+    /// a gentle cut, since one decrease answers a whole episode).
+    #[must_use]
+    pub fn backoff(mut self, backoff: f64) -> Self {
+        self.backoff = backoff;
+        self
+    }
+    /// Whether to double per round trip until the first overload (default on).
+    #[must_use]
+    pub fn slow_start(mut self, on: bool) -> Self {
+        self.slow_start = on;
+        self
+    }
+
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// A zero min, min above max, an initial limit outside them, an increase
+    /// that is not positive or a backoff outside (0, 1).
+    pub fn build(self) -> Result<AimdController, ConfigError> {
+        let bounds = self.bounds.validate("aimd")?;
+        if !(self.increase > 0.0 && self.increase.is_finite()) {
+            return Err(ConfigError::new("aimd: increase must be a positive number"));
+        }
+        if !(self.backoff > 0.0 && self.backoff < 1.0) {
+            return Err(ConfigError::new(
+                "aimd: backoff must be between 0 and 1 exclusive (0.9 cuts by a tenth)",
+            ));
+        }
+        Ok(AimdController {
+            bounds,
+            increase: self.increase,
+            backoff: self.backoff,
+            limit: bounds.initial as f64,
+            slow_start: self.slow_start,
+        })
+    }
+}
+
+impl Controller for AimdController {
+    fn initial_limit(&self) -> usize {
+        self.bounds.initial
+    }
+
+    fn update(&mut self, sample: &Sample, _now: Instant) -> Option<Change> {
+        let old = self.limit as usize;
+        match sample.outcome {
+            Outcome::Overload => {
+                self.slow_start = false;
+                self.limit = self.bounds.clamp(self.limit * self.backoff);
+                change(old, self.limit, "overload")
+            }
+            Outcome::Success if sample.saturated() => {
+                // +1 per answer doubles the limit in a round trip; +increase/limit
+                // per answer adds `increase` per round trip.
+                let (step, reason) = if self.slow_start {
+                    (1.0, "slow start")
+                } else {
+                    (self.increase / self.limit.max(1.0), "increase")
+                };
+                self.limit = self.bounds.clamp(self.limit + step);
+                change(old, self.limit, reason)
+            }
+            _ => None,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "aimd"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::super::test_support::*;
+    use super::*;
+
+    #[test]
+    fn slow_start_doubles_then_backs_off() {
+        let mut c = AimdController::builder().initial(5).build().unwrap();
+        let limits = drive(&mut c, 12, |_| 200, |_| ms(100));
+        // 5 → 200 takes about log2(40) round trips, not 195.
+        let reached = limits.iter().position(|&l| l >= 160).unwrap();
+        assert!(reached <= 7, "{limits:?}");
+        assert!(limits.iter().all(|&l| l <= 400), "{limits:?}");
+    }
+
+    #[test]
+    fn overload_cuts_by_backoff() {
+        let mut c = AimdController::builder().initial(100).build().unwrap();
+        let now = Instant::now();
+        let ch = c.update(&overload(1, 100, 100), now).unwrap();
+        assert_eq!(
+            ch,
+            Change {
+                limit: 90,
+                reason: "overload"
+            }
+        );
+        // After an overload, +1 per round trip.
+        for _ in 0..95 {
+            c.update(&ok(10, 90, 90), now);
+        }
+        assert_eq!(c.limit as usize, 91);
+    }
+
+    #[test]
+    fn caller_errors_and_idle_load_do_not_move_it() {
+        let mut c = AimdController::builder().initial(10).build().unwrap();
+        let now = Instant::now();
+        let mut s = ok(10, 2, 10);
+        assert_eq!(c.update(&s, now), None);
+        s.outcome = Outcome::CallerError;
+        s.in_flight = 10;
+        assert_eq!(c.update(&s, now), None);
+    }
+
+    #[test]
+    fn stays_within_bounds() {
+        let mut c = AimdController::builder()
+            .min(3)
+            .max(8)
+            .initial(4)
+            .build()
+            .unwrap();
+        let now = Instant::now();
+        for _ in 0..50 {
+            c.update(&ok(10, 8, 8), now);
+        }
+        assert_eq!(c.limit as usize, 8);
+        for _ in 0..50 {
+            c.update(&overload(10, 8, 8), now);
+        }
+        assert_eq!(c.limit as usize, 3);
+    }
+
+    #[test]
+    fn bad_config_is_refused() {
+        assert!(AimdController::builder().min(0).build().is_err());
+        assert!(AimdController::builder().min(10).max(5).build().is_err());
+        assert!(AimdController::builder().backoff(1.5).build().is_err());
+    }
+}

@@ -1,0 +1,343 @@
+//! The decisions: pure state machines that read samples and move a limit.
+//!
+//! A [`Controller`] gets one [`Sample`] per finished call, with the time
+//! passed in, so it needs no runtime and is unit-tested without one. The
+//! layer around it owns the permits, the clock, the classification of
+//! responses and the rules that are the same for every controller (one
+//! decrease per congestion episode, a hold after a long `Retry-After`).
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::classify::Outcome;
+use crate::error::ConfigError;
+
+mod aimd;
+mod gradient;
+mod vegas;
+mod windowed;
+
+pub use self::aimd::{AimdBuilder, AimdController};
+pub use self::gradient::{GradientBuilder, GradientController};
+pub use self::vegas::{VegasBuilder, VegasController};
+pub use self::windowed::{WindowedBuilder, WindowedController};
+
+/// One finished call, as a controller sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    /// What the response meant.
+    pub outcome: Outcome,
+    /// From `call` to the response.
+    pub rtt: Duration,
+    /// Permits in use when the call started, this one included.
+    pub in_flight: usize,
+    /// The limit when the call started.
+    pub limit: usize,
+}
+
+impl Sample {
+    /// Whether the limit was really being used when this call started.
+    ///
+    /// A limit only grows on evidence that it was the bottleneck: without
+    /// this, a light load would let it climb without bound (vector's
+    /// "limit reached" rule). Three quarters keeps the limit within a third
+    /// above the demand it has actually seen.
+    pub fn saturated(&self) -> bool {
+        self.in_flight.saturating_mul(4) >= self.limit.saturating_mul(3)
+    }
+}
+
+/// A move of the limit, with a short reason for the `tracing` event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    /// The new limit.
+    pub limit: usize,
+    /// Why (`"slow start"`, `"increase"`, `"overload"`, `"latency"`, ...).
+    pub reason: &'static str,
+}
+
+/// Round-trip-time estimates, for the handle.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RttEstimate {
+    /// The recent RTT (the controller's short-term view).
+    pub short: Option<Duration>,
+    /// The long-term baseline (unloaded) RTT, where the controller keeps one.
+    pub long: Option<Duration>,
+}
+
+/// Decides the limit from finished calls.
+///
+/// Implement it to bring your own algorithm; the layer calls it under a
+/// lock, once per finished call, with that call's [`Sample`].
+pub trait Controller: Send + 'static {
+    /// The limit to start with.
+    fn initial_limit(&self) -> usize;
+
+    /// Reads one sample; returns a change when the limit should move.
+    ///
+    /// The limit returned must stay within the controller's own bounds.
+    fn update(&mut self, sample: &Sample, now: Instant) -> Option<Change>;
+
+    /// The controller's RTT estimates, if it keeps any.
+    fn rtt(&self) -> RttEstimate {
+        RttEstimate::default()
+    }
+
+    /// A short name for logs and reports (`"aimd"`, `"gradient"`, ...).
+    fn name(&self) -> &'static str;
+}
+
+impl Controller for Box<dyn Controller> {
+    fn initial_limit(&self) -> usize {
+        (**self).initial_limit()
+    }
+    fn update(&mut self, sample: &Sample, now: Instant) -> Option<Change> {
+        (**self).update(sample, now)
+    }
+    fn rtt(&self) -> RttEstimate {
+        (**self).rtt()
+    }
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+}
+
+/// Min, max and initial limit, validated once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Bounds {
+    pub(crate) min: usize,
+    pub(crate) max: usize,
+    pub(crate) initial: usize,
+}
+
+impl Bounds {
+    pub(crate) fn validate(self, what: &str) -> Result<Self, ConfigError> {
+        if self.min == 0 {
+            return Err(ConfigError::new(format!(
+                "{what}: min limit must be at least 1 (a limit of 0 admits no call)"
+            )));
+        }
+        if self.min > self.max {
+            return Err(ConfigError::new(format!(
+                "{what}: min limit {} is above max limit {}; lower min or raise max",
+                self.min, self.max
+            )));
+        }
+        if self.initial < self.min || self.initial > self.max {
+            return Err(ConfigError::new(format!(
+                "{what}: initial limit {} is outside [{}, {}]; pick one within min and max",
+                self.initial, self.min, self.max
+            )));
+        }
+        Ok(self)
+    }
+
+    pub(crate) fn clamp(&self, limit: f64) -> f64 {
+        limit.clamp(self.min as f64, self.max as f64)
+    }
+}
+
+/// Turns a fractional limit into a change when its whole part moved.
+pub(crate) fn change(old: usize, new: f64, reason: &'static str) -> Option<Change> {
+    // The float limit is kept whole-part-stable: truncation, not rounding,
+    // so that +0.5 steps do not flap between two values.
+    let new = new.max(1.0) as usize;
+    (new != old).then_some(Change { limit: new, reason })
+}
+
+/// Accumulates the samples of one round (about one RTT) for the
+/// round-based controllers.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Round {
+    start: Option<Instant>,
+    pub(crate) rtts: Vec<Duration>,
+    pub(crate) samples: u32,
+    pub(crate) overloads: u32,
+    pub(crate) saturated: u32,
+}
+
+/// What a finished round saw.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RoundSummary {
+    /// Median RTT of the round's successes: robust to heavy tails.
+    pub(crate) median: Option<Duration>,
+    pub(crate) overloads: u32,
+    /// Whether most of the round's calls started with the limit in use.
+    pub(crate) saturated: bool,
+    /// Successful calls the downstream held at once, on average over the
+    /// round (Little's law: completions per second × mean RTT).
+    pub(crate) delivered: f64,
+}
+
+impl Round {
+    /// Adds a sample; returns the summary when the round is over.
+    ///
+    /// A round lasts at least `length` (an RTT estimate) and holds at least
+    /// `min_samples` successes, or lasts four times `length`, so that a
+    /// small limit with a noisy RTT does not decide on two samples.
+    pub(crate) fn push(
+        &mut self,
+        sample: &Sample,
+        now: Instant,
+        length: Duration,
+        min_samples: usize,
+    ) -> Option<RoundSummary> {
+        let start = *self.start.get_or_insert(now);
+        self.samples += 1;
+        match sample.outcome {
+            Outcome::Success => self.rtts.push(sample.rtt),
+            Outcome::Overload => self.overloads += 1,
+            Outcome::CallerError | Outcome::Failure => {}
+        }
+        if sample.saturated() {
+            self.saturated += 1;
+        }
+        let elapsed = now.saturating_duration_since(start);
+        let enough = self.rtts.len() >= min_samples || elapsed >= length * 4;
+        // An overload ends the round early once a round trip has passed: the
+        // reaction should not wait for more evidence of the same episode.
+        if elapsed < length || !(enough || self.overloads > 0) {
+            return None;
+        }
+        let mean = self.rtts.iter().sum::<Duration>().as_secs_f64() / self.rtts.len().max(1) as f64;
+        let delivered = self.rtts.len() as f64 * mean / elapsed.as_secs_f64().max(1e-9);
+        self.rtts.sort_unstable();
+        let summary = RoundSummary {
+            median: self.rtts.get(self.rtts.len() / 2).copied(),
+            overloads: self.overloads,
+            saturated: self.saturated * 2 >= self.samples,
+            delivered,
+        };
+        self.start = None;
+        self.rtts.clear();
+        self.samples = 0;
+        self.overloads = 0;
+        self.saturated = 0;
+        Some(summary)
+    }
+}
+
+/// An exponentially weighted moving average of durations.
+pub(crate) fn ewma(old: Option<Duration>, sample: Duration, weight: f64) -> Duration {
+    match old {
+        None => sample,
+        Some(old) => old.mul_f64(1.0 - weight) + sample.mul_f64(weight),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    pub(crate) fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    pub(crate) fn ok(rtt_ms: u64, in_flight: usize, limit: usize) -> Sample {
+        Sample {
+            outcome: Outcome::Success,
+            rtt: ms(rtt_ms),
+            in_flight,
+            limit,
+        }
+    }
+
+    pub(crate) fn overload(rtt_ms: u64, in_flight: usize, limit: usize) -> Sample {
+        Sample {
+            outcome: Outcome::Overload,
+            ..ok(rtt_ms, in_flight, limit)
+        }
+    }
+
+    /// Drives a controller with a saturated closed loop against a model
+    /// downstream, event by event: `capacity(round)` calls at a time
+    /// succeed after `latency(in flight)`, more are refused after 1 ms, and
+    /// every answer admits new calls up to the current limit. Returns the
+    /// limit at the end of each round trip (of `latency(1)`). Like the
+    /// layer, it drops overloads from calls started before the last decrease.
+    pub(crate) fn drive(
+        c: &mut dyn Controller,
+        rounds: usize,
+        capacity: impl Fn(usize) -> usize,
+        latency: impl Fn(usize) -> Duration,
+    ) -> Vec<usize> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let t0 = Instant::now();
+        let rtt = latency(1);
+        let mut limit = c.initial_limit();
+        // (finish, is_ok, in_flight at start, limit at start, start)
+        type Call = (Instant, bool, usize, usize, Instant);
+        let mut heap: BinaryHeap<Reverse<Call>> = BinaryHeap::new();
+        let mut last_decrease = t0;
+        let mut ok_in_flight = 0usize;
+        let mut now = t0;
+        let mut out = Vec::new();
+        let mut next_mark = t0 + rtt;
+        while out.len() < rounds {
+            while heap.len() < limit {
+                let round = (now.duration_since(t0).as_nanos() / rtt.as_nanos()) as usize;
+                let n = heap.len() + 1;
+                let accepted = ok_in_flight < capacity(round);
+                let finish = if accepted {
+                    ok_in_flight += 1;
+                    now + latency(ok_in_flight)
+                } else {
+                    now + ms(1)
+                };
+                heap.push(Reverse((finish, accepted, n, limit, now)));
+            }
+            let Some(Reverse((finish, accepted, n, l, started))) = heap.pop() else {
+                break;
+            };
+            while finish >= next_mark && out.len() < rounds {
+                out.push(limit);
+                next_mark += rtt;
+            }
+            now = finish;
+            let s = if accepted {
+                ok_in_flight -= 1;
+                Sample {
+                    rtt: finish.duration_since(started),
+                    ..ok(0, n, l)
+                }
+            } else if started < last_decrease {
+                continue;
+            } else {
+                overload(1, n, l)
+            };
+            if let Some(ch) = c.update(&s, now) {
+                if ch.limit < limit {
+                    last_decrease = now;
+                }
+                limit = ch.limit;
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn bounds_refuse_bad_config() {
+        let b = |min, max, initial| Bounds { min, max, initial }.validate("test");
+        assert!(b(0, 10, 5).is_err());
+        assert!(b(11, 10, 10).is_err());
+        assert!(b(2, 10, 11).is_err());
+        assert!(b(2, 10, 1).is_err());
+        assert!(b(2, 10, 5).is_ok());
+        let msg = b(11, 10, 10).unwrap_err().to_string();
+        assert!(msg.contains("min limit 11 is above max limit 10"), "{msg}");
+    }
+
+    #[test]
+    fn saturation_needs_three_quarters_in_use() {
+        assert!(test_support::ok(10, 3, 4).saturated());
+        assert!(!test_support::ok(10, 2, 4).saturated());
+    }
+}

@@ -1,0 +1,221 @@
+//! A Vegas-style controller: keep a small estimated queue at the downstream.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Bounds, Change, Controller, Round, RoundSummary, RttEstimate, Sample, change, ewma};
+use crate::error::ConfigError;
+
+/// Estimates the calls queued at the downstream as
+/// `limit × (1 − baseline / rtt)` once per round trip and keeps it between
+/// α = 3·log10(limit) and β = 6·log10(limit) (Netflix concurrency-limits'
+/// Vegas): below α it grows by log10(limit) (by β when nothing queues),
+/// above β it steps back to the middle of the band (at most halving);
+/// overload cuts by ×0.9 or to the concurrency delivered. Slow start
+/// doubles until the first signal.
+///
+/// Like TCP Vegas it reacts before the downstream refuses anything, so it
+/// suits servers that queue; its queue estimate is noisy under heavy-tailed
+/// latency.
+#[derive(Debug, Clone)]
+pub struct VegasController {
+    bounds: Bounds,
+    backoff: f64,
+    limit: f64,
+    slow_start: bool,
+    round: Round,
+    /// Samples from calls started before this describe the old limit.
+    last_decrease: Option<Instant>,
+    short: Option<Duration>,
+    history: VecDeque<Duration>,
+}
+
+/// Builds a [`VegasController`]; see its setters for the defaults.
+#[derive(Debug, Clone)]
+pub struct VegasBuilder {
+    bounds: Bounds,
+    backoff: f64,
+}
+
+const HISTORY: usize = 64;
+const MIN_SAMPLES: usize = 10;
+
+impl VegasController {
+    /// Starts a builder: min 1, max 1000, initial 5, backoff 0.9.
+    pub fn builder() -> VegasBuilder {
+        VegasBuilder {
+            bounds: Bounds {
+                min: 1,
+                max: 1000,
+                initial: 5,
+            },
+            backoff: 0.9,
+        }
+    }
+}
+
+impl VegasBuilder {
+    /// The lowest the limit goes (default 1).
+    #[must_use]
+    pub fn min(mut self, min: usize) -> Self {
+        self.bounds.min = min;
+        self
+    }
+    /// The highest the limit goes (default 1000).
+    #[must_use]
+    pub fn max(mut self, max: usize) -> Self {
+        self.bounds.max = max;
+        self
+    }
+    /// The limit to start with (default 5).
+    #[must_use]
+    pub fn initial(mut self, initial: usize) -> Self {
+        self.bounds.initial = initial;
+        self
+    }
+    /// The factor applied on overload (default 0.9).
+    #[must_use]
+    pub fn backoff(mut self, backoff: f64) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// A zero min, min above max, an initial limit outside them or a backoff
+    /// outside (0, 1).
+    pub fn build(self) -> Result<VegasController, ConfigError> {
+        let bounds = self.bounds.validate("vegas")?;
+        if !(self.backoff > 0.0 && self.backoff < 1.0) {
+            return Err(ConfigError::new(
+                "vegas: backoff must be between 0 and 1 exclusive (0.9 cuts by a tenth)",
+            ));
+        }
+        Ok(VegasController {
+            bounds,
+            backoff: self.backoff,
+            limit: bounds.initial as f64,
+            slow_start: true,
+            round: Round::default(),
+            last_decrease: None,
+            short: None,
+            history: VecDeque::with_capacity(HISTORY),
+        })
+    }
+}
+
+impl VegasController {
+    fn decide(&mut self, round: &RoundSummary) -> Option<Change> {
+        if let Some(median) = round.median {
+            self.short = Some(ewma(self.short, median, 0.5));
+            if self.history.len() == HISTORY {
+                self.history.pop_front();
+            }
+            self.history.push_back(median);
+        }
+        let old = self.limit as usize;
+        if round.overloads > 0 {
+            self.slow_start = false;
+            let cut = super::gradient::overload_cut(self.limit, self.backoff, round.delivered);
+            self.limit = self.bounds.clamp(cut);
+            return change(old, self.limit, "overload");
+        }
+        let (Some(median), Some(base)) = (round.median, self.history.iter().min().copied()) else {
+            return None;
+        };
+        let log = self.limit.max(10.0).log10();
+        let (alpha, beta) = (3.0 * log, 6.0 * log);
+        let queue = self.limit * (1.0 - base.as_secs_f64() / median.as_secs_f64());
+        if queue > beta {
+            // Back to the middle of [α, β] in one step, at most halving:
+            // once per round trip, a step of log10(limit) would take far
+            // too long to drain a queue that slow start overshot into.
+            self.slow_start = false;
+            let target = (self.limit - queue + (alpha + beta) / 2.0).max(self.limit * 0.5);
+            self.limit = self.bounds.clamp(target.min(self.limit - log));
+            return change(old, self.limit, "latency");
+        }
+        if queue >= alpha {
+            self.slow_start = false;
+        }
+        if !round.saturated || queue >= alpha {
+            return None;
+        }
+        let (next, reason) = if self.slow_start {
+            (self.limit * 2.0, "slow start")
+        } else if queue <= log {
+            (self.limit + beta, "increase")
+        } else {
+            (self.limit + log, "increase")
+        };
+        self.limit = self.bounds.clamp(next);
+        change(old, self.limit, reason)
+    }
+}
+
+impl Controller for VegasController {
+    fn initial_limit(&self) -> usize {
+        self.bounds.initial
+    }
+
+    fn update(&mut self, sample: &Sample, now: Instant) -> Option<Change> {
+        let old_limit = self.limit as usize;
+        if self
+            .last_decrease
+            .is_some_and(|at| now.checked_sub(sample.rtt).is_some_and(|s| s < at))
+        {
+            return None;
+        }
+        let length = self.short.unwrap_or(sample.rtt);
+        let round = self.round.push(sample, now, length, MIN_SAMPLES)?;
+        let decision = self.decide(&round);
+        if decision.is_some_and(|c| c.limit < old_limit) {
+            self.last_decrease = Some(now);
+        }
+        decision
+    }
+
+    fn rtt(&self) -> RttEstimate {
+        RttEstimate {
+            short: self.short,
+            long: self.history.iter().min().copied(),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "vegas"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::super::test_support::*;
+    use super::*;
+
+    #[test]
+    fn ramps_up_and_backs_off_on_overload() {
+        let mut c = VegasController::builder().build().unwrap();
+        let limits = drive(&mut c, 40, |_| 100, |_| ms(100));
+        let reached = limits.iter().position(|&l| l >= 80).unwrap();
+        assert!(reached <= 10, "{limits:?}");
+        assert!(
+            limits[20..].iter().all(|&l| (70..=130).contains(&l)),
+            "{limits:?}"
+        );
+    }
+
+    #[test]
+    fn holds_a_small_queue_behind_a_queueing_server() {
+        let mut c = VegasController::builder().initial(10).build().unwrap();
+        let latency = |n: usize| ms(100).mul_f64((n as f64 / 40.0).max(1.0));
+        let limits = drive(&mut c, 60, |_| 1000, latency);
+        assert!(
+            limits[30..].iter().all(|&l| (36..=56).contains(&l)),
+            "{limits:?}"
+        );
+    }
+}

@@ -1,0 +1,117 @@
+//! The response future of [`AdaptiveLimit`](super::AdaptiveLimit).
+
+use std::error::Error;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+
+use super::layer::Shared;
+use crate::BoxError;
+use crate::classify::Classify;
+use crate::semaphore::Permit;
+
+/// The permit of one call plus what the controller needs to know about its start.
+pub(super) struct Guard {
+    pub(super) shared: Arc<Shared>,
+    pub(super) started: Instant,
+    pub(super) in_flight: usize,
+    pub(super) limit: usize,
+    pub(super) _permit: Permit,
+}
+
+impl fmt::Debug for Guard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Guard")
+            .field("started", &self.started)
+            .field("in_flight", &self.in_flight)
+            .finish_non_exhaustive()
+    }
+}
+
+pin_project! {
+    /// The inner response future plus the call's permit; reports the outcome
+    /// to the controller when it completes.
+    ///
+    /// Dropped before completion, it gives the permit back and reports
+    /// nothing: a cancelled call says nothing about the downstream's load.
+    #[derive(Debug)]
+    pub struct ResponseFuture<F, K> {
+        #[pin]
+        kind: Kind<F, K>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    #[derive(Debug)]
+    enum Kind<F, K> {
+        Called { #[pin] future: F, guard: Option<Guard>, classify: K },
+        Refused { error: Option<BoxError> },
+    }
+}
+
+impl<F, K> ResponseFuture<F, K> {
+    pub(super) fn called(future: F, guard: Guard, classify: K) -> Self {
+        Self {
+            kind: Kind::Called {
+                future,
+                guard: Some(guard),
+                classify,
+            },
+        }
+    }
+
+    pub(super) fn refused(error: impl Into<BoxError>) -> Self {
+        Self {
+            kind: Kind::Refused {
+                error: Some(error.into()),
+            },
+        }
+    }
+}
+
+impl<F, K, T, E> Future for ResponseFuture<F, K>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+    K: Classify<T>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Called {
+                future,
+                guard,
+                classify,
+            } => {
+                let output = ready!(future.poll(cx)).map_err(Into::into);
+                if let Some(guard) = guard.take() {
+                    let outcome = classify
+                        .classify(output.as_ref().map_err(|e| &**e as &(dyn Error + 'static)));
+                    let retry_after = output.as_ref().ok().and_then(|r| classify.retry_after(r));
+                    let Guard {
+                        shared,
+                        started,
+                        in_flight,
+                        limit,
+                        _permit,
+                    } = guard;
+                    // Give the permit back first: the decision below may
+                    // shrink the limit, and the shrink is paid off by it.
+                    drop(_permit);
+                    shared.record(started, in_flight, limit, outcome, retry_after);
+                }
+                Poll::Ready(output)
+            }
+            KindProj::Refused { error } => Poll::Ready(Err(error
+                .take()
+                .unwrap_or_else(|| "response future polled after completion".into()))),
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! An adaptive concurrency limit: the limit finds the downstream's capacity
+//! from what its responses say.
+//!
+//! # What it bounds
+//! Calls in flight, like [`concurrency`](crate::concurrency), but the limit
+//! moves: a [`Controller`] reads every finished
+//! call (its [`Outcome`](crate::classify::Outcome), its RTT, how full the
+//! limit was) and raises or lowers it. A fixed limit is wrong twice: too low
+//! wastes the downstream's capacity, too high brings 429 storms.
+//!
+//! # Choosing a controller
+//! | controller | reads | choose it when |
+//! |---|---|---|
+//! | [`GradientController`] (default) | overload and RTT against a long-term baseline | unsure: it handles both refusing and queueing servers |
+//! | [`AimdController`] | overload only | the downstream refuses (429/503) instead of slowing down |
+//! | [`VegasController`] | estimated queue at the downstream | the downstream queues and latency is not heavy-tailed |
+//! | [`WindowedController::preset`] | error rate and mean latency per 20 answers | you want the simple, predictable rule (max 50) |
+//!
+//! Every controller starts with a slow start (except the windowed preset):
+//! it doubles per round trip until the first sign of overload, so a
+//! capacity of 200 is found from 5 in about six round trips.
+//!
+//! # Rules the layer keeps for every controller
+//! - One congestion episode, one decrease: overloads from calls that
+//!   started before the last decrease are not reported (the calls in flight
+//!   when the limit was too high fail together; they are one signal).
+//! - An overload that carries a long `Retry-After` (more than four RTTs)
+//!   is a quota, not congestion: the limit is lowered once and then held
+//!   still until the wait is over (at most [`max_hold`](AdaptiveLimitLayer::max_hold)),
+//!   so it neither collapses to its minimum nor freezes for good.
+//! - Caller errors (other 4xx) neither raise nor lower the limit.
+//! - A call whose future is dropped gives its permit back and reports
+//!   nothing.
+//!
+//! # Where it goes
+//! Innermost but for a fixed [`ConcurrencyLimitLayer`](crate::concurrency::ConcurrencyLimitLayer)
+//! cap, under the rate limit and the retry layer: a retry sleeping on
+//! `Retry-After` must hold no permit.
+//!
+//! # Sharing and reservations
+//! One limit and one controller are held in an `Arc` in the layer: every
+//! service it wraps, and every clone, shares them. `poll_ready` takes a
+//! permit, the response future holds it and gives it back when it completes
+//! or is dropped. A ready service that is never called holds its permit.
+//!
+//! # Observing
+//! [`AdaptiveLimitHandle`] reads the limit, the permits in use and the RTT
+//! estimates with atomic loads. Each change of the limit is a `tracing`
+//! debug event with `limit.old`, `limit.new` and `reason`.
+//!
+//! # Example
+//! ```
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_fanout_core::adaptive::{AdaptiveLimitLayer, GradientController};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), tower_fanout_core::BoxError> {
+//! let controller = GradientController::builder().min(2).max(200).initial(5).build()?;
+//! let limit = AdaptiveLimitLayer::new(controller);
+//! let handle = limit.handle();
+//! let svc = ServiceBuilder::new().layer(limit).service(service_fn(|_req: ()| async {
+//!     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(()))
+//! }));
+//!
+//! let calls: Vec<_> = (0..100).map(|_| tokio::spawn(svc.clone().oneshot(()))).collect();
+//! for call in calls {
+//!     assert!(call.await?.is_ok());
+//! }
+//! // Every answer was a quick 200: the limit grew from 5 while it was in use.
+//! assert!(handle.limit() > 5);
+//! assert_eq!(handle.in_flight(), 0);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod controller;
+pub mod future;
+mod layer;
+mod service;
+
+pub use self::controller::{
+    AimdController, Controller, GradientController, VegasController, WindowedController,
+};
+pub use self::future::ResponseFuture;
+pub use self::layer::{AdaptiveLimitHandle, AdaptiveLimitLayer};
+pub use self::service::AdaptiveLimit;

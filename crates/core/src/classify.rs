@@ -1,0 +1,225 @@
+//! What a response means for an adaptive limit: success, overload, the
+//! caller's own mistake, or some other failure.
+//!
+//! The question "was this an overload?" is kept apart from the controller
+//! that acts on the answer (tower-http's `classify` idea): the controllers in
+//! [`adaptive`](crate::adaptive) read only an [`Outcome`], so they know nothing
+//! about HTTP, and a user can plug in their own rules with a type that
+//! implements [`Classify`] or with a closure.
+//!
+//! The default, [`HttpClassify`], reads:
+//!
+//! | result | outcome |
+//! |---|---|
+//! | 2xx, 3xx, 1xx | [`Outcome::Success`] |
+//! | 429, 502, 503, 504 | [`Outcome::Overload`] |
+//! | other 4xx | [`Outcome::CallerError`]: neither raises nor lowers the limit |
+//! | other 5xx | [`Outcome::Failure`] |
+//! | a timeout (tokio's or tower's `Elapsed`), a refused, reset or aborted connection, a connect error | [`Outcome::Overload`] |
+//! | any other error | [`Outcome::Failure`] |
+//!
+//! ```
+//! use tower_fanout_core::classify::{Classify, HttpClassify, Outcome};
+//!
+//! let response = http::Response::builder().status(429).body(()).unwrap();
+//! assert_eq!(HttpClassify.classify(Ok(&response)), Outcome::Overload);
+//!
+//! // A closure works too: here every error is an overload, every response a success.
+//! let mine = |result: Result<&u32, &(dyn std::error::Error + 'static)>| match result {
+//!     Ok(_) => Outcome::Success,
+//!     Err(_) => Outcome::Overload,
+//! };
+//! assert_eq!(mine.classify(Ok(&7)), Outcome::Success);
+//! ```
+
+use std::error::Error;
+use std::time::Duration;
+
+/// What one finished call says about the downstream's load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The call succeeded: evidence the downstream has room.
+    Success,
+    /// The downstream is overloaded (429, 503, a timeout, a refused connection):
+    /// the limit goes down.
+    Overload,
+    /// The caller's own mistake (a 400, 404, ...): says nothing about load,
+    /// so the limit neither rises nor falls.
+    CallerError,
+    /// Some other failure (a 500): counted as an error, but not as overload.
+    Failure,
+}
+
+/// Decides what a call's result means for the limit.
+///
+/// Implemented for [`HttpClassify`] and for any
+/// `Fn(Result<&Res, &(dyn Error + 'static)>) -> Outcome + Clone`.
+pub trait Classify<Res> {
+    /// The outcome of one call: its response, or its error.
+    fn classify(&self, result: Result<&Res, &(dyn Error + 'static)>) -> Outcome;
+
+    /// How long the downstream asked us to wait (a `Retry-After`), if it said so.
+    ///
+    /// An overload that comes with a long wait is a quota, not congestion:
+    /// the adaptive limit lowers itself once and then holds still until the
+    /// wait is over, instead of collapsing to its minimum. The default says
+    /// nothing.
+    fn retry_after(&self, response: &Res) -> Option<Duration> {
+        let _ = response;
+        None
+    }
+}
+
+impl<F, Res> Classify<Res> for F
+where
+    F: Fn(Result<&Res, &(dyn Error + 'static)>) -> Outcome,
+{
+    fn classify(&self, result: Result<&Res, &(dyn Error + 'static)>) -> Outcome {
+        self(result)
+    }
+}
+
+/// The default classifier for `http::Response`s and client errors (see the
+/// [module docs](self) for the table).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HttpClassify;
+
+impl HttpClassify {
+    /// What a status code means.
+    pub fn status(status: http::StatusCode) -> Outcome {
+        match status.as_u16() {
+            429 | 502 | 503 | 504 => Outcome::Overload,
+            400..=499 => Outcome::CallerError,
+            500..=599 => Outcome::Failure,
+            _ => Outcome::Success,
+        }
+    }
+
+    /// What an error means: overload for timeouts and connection failures,
+    /// failure otherwise. The whole `source()` chain is looked at.
+    pub fn error(error: &(dyn Error + 'static)) -> Outcome {
+        let mut next = Some(error);
+        while let Some(err) = next {
+            if is_overload_error(err) {
+                return Outcome::Overload;
+            }
+            next = err.source();
+        }
+        Outcome::Failure
+    }
+}
+
+fn is_overload_error(err: &(dyn Error + 'static)) -> bool {
+    if err.is::<tokio::time::error::Elapsed>() || err.is::<crate::error::Overloaded>() {
+        return true;
+    }
+    if let Some(io) = err.downcast_ref::<std::io::Error>() {
+        use std::io::ErrorKind as K;
+        return matches!(
+            io.kind(),
+            K::ConnectionRefused | K::ConnectionReset | K::ConnectionAborted | K::TimedOut
+        );
+    }
+    // tower's `timeout::error::Elapsed` and hyper-util's connect errors are
+    // recognised by their messages, so that this crate needs neither as a
+    // dependency.
+    let text = err.to_string();
+    text == "request timed out" || text.starts_with("client error (Connect)")
+}
+
+impl<B> Classify<http::Response<B>> for HttpClassify {
+    fn classify(&self, result: Result<&http::Response<B>, &(dyn Error + 'static)>) -> Outcome {
+        match result {
+            Ok(response) => Self::status(response.status()),
+            Err(error) => Self::error(error),
+        }
+    }
+
+    /// `Retry-After` as delta-seconds (an HTTP date is not read).
+    fn retry_after(&self, response: &http::Response<B>) -> Option<Duration> {
+        let value = response.headers().get(http::header::RETRY_AFTER)?;
+        let secs: f64 = value.to_str().ok()?.trim().parse().ok()?;
+        (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn resp(status: u16) -> http::Response<()> {
+        http::Response::builder().status(status).body(()).unwrap()
+    }
+
+    #[test]
+    fn statuses() {
+        let c = HttpClassify;
+        for (status, outcome) in [
+            (200, Outcome::Success),
+            (204, Outcome::Success),
+            (304, Outcome::Success),
+            (429, Outcome::Overload),
+            (502, Outcome::Overload),
+            (503, Outcome::Overload),
+            (504, Outcome::Overload),
+            (400, Outcome::CallerError),
+            (404, Outcome::CallerError),
+            (500, Outcome::Failure),
+            (501, Outcome::Failure),
+        ] {
+            assert_eq!(c.classify(Ok(&resp(status))), outcome, "status {status}");
+        }
+    }
+
+    #[derive(Debug)]
+    struct Wrapped(Box<dyn Error + Send + Sync>);
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("wrapped")
+        }
+    }
+    impl Error for Wrapped {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(&*self.0)
+        }
+    }
+
+    #[test]
+    fn errors() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(HttpClassify::error(&refused), Outcome::Overload);
+        let nested = Wrapped(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert_eq!(HttpClassify::error(&nested), Outcome::Overload);
+        let other = std::io::Error::other("boom");
+        assert_eq!(HttpClassify::error(&other), Outcome::Failure);
+        let overloaded = crate::error::Overloaded::new();
+        assert_eq!(HttpClassify::error(&overloaded), Outcome::Overload);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tokio_timeout_is_overload() {
+        let elapsed = tokio::time::timeout(Duration::from_millis(1), std::future::pending::<()>())
+            .await
+            .unwrap_err();
+        assert_eq!(HttpClassify::error(&elapsed), Outcome::Overload);
+    }
+
+    #[test]
+    fn retry_after_seconds() {
+        let r = http::Response::builder()
+            .status(429)
+            .header("retry-after", "30")
+            .body(())
+            .unwrap();
+        assert_eq!(HttpClassify.retry_after(&r), Some(Duration::from_secs(30)));
+        let bad = http::Response::builder()
+            .status(429)
+            .header("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")
+            .body(())
+            .unwrap();
+        assert_eq!(HttpClassify.retry_after(&bad), None);
+    }
+}

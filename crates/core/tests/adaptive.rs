@@ -1,0 +1,322 @@
+//! Contract tests for the adaptive limit: reservations, episodes, holds,
+//! classification, configuration and the tracing events.
+#![cfg(feature = "adaptive")]
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time;
+use tokio_test::{assert_pending, assert_ready_ok};
+use tower::{ServiceBuilder, ServiceExt, service_fn};
+use tower_fanout_core::adaptive::{
+    AdaptiveLimitLayer, AimdController, GradientController, VegasController, WindowedController,
+};
+use tower_fanout_core::classify::Outcome;
+use tower_fanout_core::error::Overloaded;
+use tower_test::mock;
+
+type Res = http::Response<()>;
+
+fn status(code: u16) -> Res {
+    http::Response::builder().status(code).body(()).unwrap()
+}
+
+fn aimd(initial: usize) -> AimdController {
+    AimdController::builder()
+        .initial(initial)
+        .slow_start(false)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn drop_releases_permit_and_reports_nothing() {
+    let layer = AdaptiveLimitLayer::new(aimd(1));
+    let handle = layer.handle();
+    let (mut svc, mut upstream) = mock::spawn_layer::<(), Res, _>(layer);
+
+    assert_ready_ok!(svc.poll_ready());
+    assert_eq!(handle.in_flight(), 1);
+    let fut = svc.call(());
+    let _req = upstream.next_request().await.unwrap();
+    // The limit is full: a second caller waits.
+    let mut other = mock::Spawn::new(svc.get_ref().clone());
+    assert_pending!(other.poll_ready());
+    drop(fut);
+    assert!(other.is_woken());
+    assert_ready_ok!(other.poll_ready());
+    drop(other);
+    assert_eq!(handle.in_flight(), 0);
+    assert_eq!(handle.limit(), 1, "a cancelled call moves nothing");
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropped_ready_service_gives_its_permit_back() {
+    let layer = AdaptiveLimitLayer::new(aimd(2));
+    let handle = layer.handle();
+    let (mut svc, _upstream) = mock::spawn_layer::<(), Res, _>(layer);
+    assert_ready_ok!(svc.poll_ready());
+    assert_eq!(handle.in_flight(), 1);
+    drop(svc);
+    assert_eq!(handle.in_flight(), 0);
+}
+
+/// Starts `n` calls through clones of `svc` and answers them all with `code`
+/// after `rtt`, optionally with a `Retry-After`.
+async fn burst<S>(
+    svc: &S,
+    upstream: &mut mock::Handle<(), Res>,
+    n: usize,
+    code: u16,
+    retry_after: Option<u64>,
+) where
+    S: tower::Service<(), Response = Res, Error = tower_fanout_core::BoxError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    let calls: Vec<_> = (0..n)
+        .map(|_| tokio::spawn(svc.clone().oneshot(())))
+        .collect();
+    let mut pending = Vec::new();
+    for _ in 0..n {
+        pending.push(upstream.next_request().await.unwrap().1);
+    }
+    time::advance(Duration::from_millis(100)).await;
+    for send in pending {
+        let mut b = http::Response::builder().status(code);
+        if let Some(secs) = retry_after {
+            b = b.header("retry-after", secs.to_string());
+        }
+        send.send_response(b.body(()).unwrap());
+    }
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_decrease_per_congestion_episode() {
+    let layer = AdaptiveLimitLayer::new(aimd(20));
+    let handle = layer.handle();
+    let (svc, mut upstream) = mock::pair::<(), Res>();
+    let svc = ServiceBuilder::new().layer(layer).service(svc);
+    // Twenty calls in flight all fail together: one signal, one cut.
+    burst(&svc, &mut upstream, 20, 429, None).await;
+    assert_eq!(handle.limit(), 18);
+    // Calls started after the cut fail again: a new episode, a new cut.
+    burst(&svc, &mut upstream, 18, 503, None).await;
+    assert_eq!(handle.limit(), 16);
+}
+
+#[tokio::test(start_paused = true)]
+async fn caller_errors_neither_raise_nor_lower() {
+    let layer = AdaptiveLimitLayer::new(aimd(8));
+    let handle = layer.handle();
+    let (svc, mut upstream) = mock::pair::<(), Res>();
+    let svc = ServiceBuilder::new().layer(layer).service(svc);
+    for _ in 0..5 {
+        burst(&svc, &mut upstream, 8, 404, None).await;
+    }
+    assert_eq!(handle.limit(), 8);
+    // The same load answered with 200s raises it (+1 per round trip).
+    for _ in 0..5 {
+        burst(&svc, &mut upstream, 8, 200, None).await;
+    }
+    assert!(handle.limit() > 8);
+}
+
+#[tokio::test(start_paused = true)]
+async fn long_retry_after_holds_once_then_resumes() {
+    let layer = AdaptiveLimitLayer::new(aimd(20));
+    let handle = layer.handle();
+    let (svc, mut upstream) = mock::pair::<(), Res>();
+    let svc = ServiceBuilder::new().layer(layer).service(svc);
+    burst(&svc, &mut upstream, 20, 429, Some(30)).await;
+    assert_eq!(handle.limit(), 18);
+    // A quota: further 429s inside the 30 s neither collapse nor move it.
+    for _ in 0..20 {
+        burst(&svc, &mut upstream, 18, 429, Some(30)).await;
+    }
+    assert_eq!(handle.limit(), 18);
+    // After the wait the controller listens again: not frozen for good.
+    time::advance(Duration::from_secs(30)).await;
+    burst(&svc, &mut upstream, 18, 429, None).await;
+    assert_eq!(handle.limit(), 16);
+}
+
+#[tokio::test(start_paused = true)]
+async fn short_retry_after_is_ordinary_congestion() {
+    let layer = AdaptiveLimitLayer::new(aimd(20));
+    let handle = layer.handle();
+    let (svc, mut upstream) = mock::pair::<(), Res>();
+    let svc = ServiceBuilder::new().layer(layer).service(svc);
+    // Retry-After 0: shorter than four RTTs, no hold.
+    burst(&svc, &mut upstream, 20, 429, Some(0)).await;
+    burst(&svc, &mut upstream, 18, 429, Some(0)).await;
+    assert_eq!(handle.limit(), 16);
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeouts_are_overload() {
+    let layer = AdaptiveLimitLayer::new(aimd(10));
+    let handle = layer.handle();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(service_fn(|()| async {
+            time::timeout(Duration::from_millis(50), std::future::pending::<Res>()).await
+        }));
+    let err = svc.clone().oneshot(()).await.unwrap_err();
+    assert!(err.is::<time::error::Elapsed>());
+    assert_eq!(handle.limit(), 9);
+}
+
+#[tokio::test(start_paused = true)]
+async fn custom_classifier_is_used() {
+    // Everything is overload, whatever the status.
+    let classify = |_: Result<&Res, &(dyn std::error::Error + 'static)>| Outcome::Overload;
+    let layer = AdaptiveLimitLayer::new(aimd(10)).classify(classify);
+    let handle = layer.handle();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(service_fn(|()| async {
+            Ok::<_, std::convert::Infallible>(status(200))
+        }));
+    svc.oneshot(()).await.unwrap();
+    assert_eq!(handle.limit(), 9);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fail_fast_sheds_when_full() {
+    let layer = AdaptiveLimitLayer::new(aimd(1)).fail_fast();
+    let (mut svc, mut upstream) = mock::spawn_layer::<(), Res, _>(layer);
+    assert_ready_ok!(svc.poll_ready());
+    let first = svc.call(());
+    assert_ready_ok!(svc.poll_ready());
+    let err = svc.call(()).await.unwrap_err();
+    assert!(err.is::<Overloaded>());
+    let (_, send) = upstream.next_request().await.unwrap();
+    send.send_response(status(200));
+    first.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_start_finds_a_large_capacity_fast() {
+    let layer = AdaptiveLimitLayer::default();
+    let handle = layer.handle();
+    let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(service_fn(move |()| {
+            let in_flight = in_flight.clone();
+            async move {
+                use std::sync::atomic::Ordering::SeqCst;
+                let n = in_flight.fetch_add(1, SeqCst) + 1;
+                time::sleep(Duration::from_millis(100)).await;
+                in_flight.fetch_sub(1, SeqCst);
+                Ok::<_, std::convert::Infallible>(status(if n > 200 { 429 } else { 200 }))
+            }
+        }));
+    // A closed loop of 400 workers for 20 round trips.
+    let start = time::Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..400 {
+        let svc = svc.clone();
+        tasks.push(tokio::spawn(async move {
+            while start.elapsed() < Duration::from_secs(2) {
+                let _ = svc.clone().oneshot(()).await;
+            }
+        }));
+    }
+    let mut first_near = None;
+    for rtt in 1..=20 {
+        time::sleep(Duration::from_millis(100)).await;
+        let l = handle.limit();
+        if first_near.is_none() && (160..=240).contains(&l) {
+            first_near = Some(rtt);
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let first_near = first_near.unwrap();
+    assert!(
+        first_near <= 10,
+        "reached ±20 % of 200 after {first_near} round trips"
+    );
+    assert!(handle.rtt().long.is_some());
+    assert_eq!(handle.in_flight(), 0);
+}
+
+#[test]
+fn bad_config_fails_at_build_time() {
+    let err = GradientController::builder()
+        .min(10)
+        .max(5)
+        .build()
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("min limit 10 is above max limit 5"),
+        "{err}"
+    );
+    assert!(AimdController::builder().min(0).build().is_err());
+    assert!(VegasController::builder().initial(0).build().is_err());
+    assert!(WindowedController::builder().initial(100).build().is_err());
+}
+
+/// A tiny subscriber that keeps the fields of each event.
+#[derive(Default, Clone)]
+struct Capture(Arc<Mutex<Vec<EventFields>>>);
+
+type EventFields = Vec<(String, String)>;
+
+struct Fields<'a>(&'a mut Vec<(String, String)>);
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .push((field.name().to_string(), format!("{value:?}")));
+    }
+}
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut fields = Vec::new();
+        event.record(&mut Fields(&mut fields));
+        self.0.lock().unwrap().push(fields);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_change_is_a_tracing_event() {
+    let capture = Capture::default();
+    let _guard = tracing::subscriber::set_default(capture.clone());
+    let layer = AdaptiveLimitLayer::new(aimd(10));
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(service_fn(|()| async {
+            Ok::<_, std::convert::Infallible>(status(503))
+        }));
+    svc.oneshot(()).await.unwrap();
+    let events = capture.0.lock().unwrap();
+    let change = events
+        .iter()
+        .find(|f| f.iter().any(|(k, _)| k == "limit.old"))
+        .expect("a limit change event");
+    let get = |k: &str| change.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    assert_eq!(get("limit.old").as_deref(), Some("10"));
+    assert_eq!(get("limit.new").as_deref(), Some("9"));
+    assert_eq!(get("reason").as_deref(), Some("\"overload\""));
+}
