@@ -1,0 +1,2 @@
+//! Loopback benchmark (written below).
+fn main() {}

@@ -1,0 +1,465 @@
+//! The client preset: hyper-util's pooled client under the limits.
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower::ServiceExt;
+use tower::util::BoxCloneSyncService;
+use tower_fanout_core::keyed::{KeyLimit, KeyedLimitHandle, KeyedLimitLayer};
+use tower_http::decompression::Decompression;
+use tower_http::follow_redirect::FollowRedirect;
+use tower_layer::Layer;
+use tower_service::Service;
+use tracing::Instrument;
+
+use crate::body::{Cap, collect};
+use crate::guard::{self, GuardedConnector, GuardedResolver};
+use crate::learn::{Learn, Learned};
+use crate::redirect::RedirectPolicy;
+use crate::retry::RetryLayer;
+use crate::timeout::TimedOut;
+use crate::{BoxError, Error};
+
+type Connector = GuardedConnector<hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>>;
+type Raw = HyperClient<Connector, Full<Bytes>>;
+type Stack = BoxCloneSyncService<Request<Full<Bytes>>, Response<Bytes>, BoxError>;
+
+/// Configures a [`Client`]; made by [`Client::builder`].
+///
+/// Every setting has a default chosen for an agent runtime calling public
+/// APIs; see each method.
+pub struct ClientBuilder {
+    connect_timeout: Option<Duration>,
+    timeout: Option<Duration>,
+    pool_idle_timeout: Option<Duration>,
+    pool_max_idle_per_host: usize,
+    max_response_body: usize,
+    max_request_body: usize,
+    max_redirects: usize,
+    decompression: bool,
+    address_guard: bool,
+    host_default: KeyLimit,
+    host_limits: Vec<(String, KeyLimit)>,
+    max_hosts: usize,
+    retry: Option<RetryLayer>,
+    learn_rate_limits: bool,
+    resolver: Option<guard::BoxResolver>,
+    #[cfg(feature = "native-roots")]
+    native_roots: bool,
+}
+
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("timeout", &self.timeout)
+            .field("max_response_body", &self.max_response_body)
+            .field("address_guard", &self.address_guard)
+            .field("host_default", &self.host_default)
+            .field("host_limits", &self.host_limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientBuilder {
+    /// Time allowed to open a TCP connection (default 10 s; `None`: no limit).
+    pub fn connect_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Time allowed for each attempt, from connecting to the last byte of the
+    /// body (default 30 s; `None`: no limit). Waits between retries are not
+    /// counted: they are bounded by the retry settings.
+    pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How long an idle pooled connection is kept (default 90 s).
+    pub fn pool_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.pool_idle_timeout = timeout;
+        self
+    }
+
+    /// Idle connections kept per host (default 32).
+    pub fn pool_max_idle_per_host(mut self, max: usize) -> Self {
+        self.pool_max_idle_per_host = max;
+        self
+    }
+
+    /// The largest response body read, after decompression (default 10 MiB).
+    /// A larger one fails with [`Error::is_body_too_large`].
+    pub fn max_response_body(mut self, bytes: usize) -> Self {
+        self.max_response_body = bytes;
+        self
+    }
+
+    /// The largest request body accepted (default 10 MiB). Request bodies are
+    /// buffered so a retry or a 307/308 redirect can send them again.
+    pub fn max_request_body(mut self, bytes: usize) -> Self {
+        self.max_request_body = bytes;
+        self
+    }
+
+    /// Redirects followed at most (default 10; 0 returns 3xx responses as they
+    /// are). `Authorization`, `Cookie` and `Proxy-Authorization` are removed
+    /// when a redirect leaves the origin.
+    pub fn max_redirects(mut self, max: usize) -> Self {
+        self.max_redirects = max;
+        self
+    }
+
+    /// Ask for gzip and brotli and decompress responses (default on).
+    pub fn decompression(mut self, on: bool) -> Self {
+        self.decompression = on;
+        self
+    }
+
+    /// Refuse loopback, private, link-local, unique-local, CGNAT and metadata
+    /// addresses after DNS resolution, and schemes other than http/https
+    /// (default off; turn it on for URLs an agent or a user supplies). See
+    /// [`guard`](crate::guard).
+    pub fn address_guard(mut self, on: bool) -> Self {
+        self.address_guard = on;
+        self
+    }
+
+    /// The limit for each host without an override (default 16 in flight).
+    pub fn host_default(mut self, limit: KeyLimit) -> Self {
+        self.host_default = limit;
+        self
+    }
+
+    /// A limit for one host, by URI authority: `"api.github.com"`, or
+    /// `"host:8443"` when URIs carry a port.
+    pub fn host_limit(mut self, authority: impl Into<String>, limit: KeyLimit) -> Self {
+        self.host_limits
+            .push((authority.into().to_ascii_lowercase(), limit));
+        self
+    }
+
+    /// Hosts tracked at most, for limits and learned budgets (default 1024).
+    pub fn max_hosts(mut self, max: usize) -> Self {
+        self.max_hosts = max;
+        self
+    }
+
+    /// The retry settings (default: [`RetryLayer::builder`]'s defaults).
+    pub fn retry(mut self, retry: RetryLayer) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+
+    /// Send each request once, never retrying.
+    pub fn no_retry(mut self) -> Self {
+        self.retry = None;
+        self
+    }
+
+    /// Learn each host's budget from its rate-limit headers and hold its
+    /// requests while nothing remains (default on). See [`headers`](crate::headers).
+    pub fn learn_rate_limits(mut self, on: bool) -> Self {
+        self.learn_rate_limits = on;
+        self
+    }
+
+    /// Resolve names with `resolver` instead of the system's `getaddrinfo`.
+    /// The address guard checks what it returns.
+    pub fn resolver<R, I>(mut self, resolver: R) -> Self
+    where
+        R: Service<Name, Response = I> + Clone + Send + Sync + 'static,
+        R::Future: Send + 'static,
+        R::Error: Into<BoxError>,
+        I: Iterator<Item = SocketAddr>,
+    {
+        self.resolver = Some(guard::box_resolver(resolver));
+        self
+    }
+
+    /// Trust the operating system's certificate store instead of the
+    /// compiled-in Mozilla roots.
+    #[cfg(feature = "native-roots")]
+    pub fn native_roots(mut self, on: bool) -> Self {
+        self.native_roots = on;
+        self
+    }
+
+    fn tls(
+        &self,
+    ) -> Result<hyper_rustls::HttpsConnectorBuilder<hyper_rustls::builderstates::WantsSchemes>, Error>
+    {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        #[cfg(feature = "native-roots")]
+        if self.native_roots || cfg!(not(feature = "webpki-roots")) {
+            return builder
+                .with_provider_and_native_roots(provider)
+                .map_err(|e| {
+                    Error::config(format!("loading the system's certificates failed: {e}"))
+                });
+        }
+        #[cfg(feature = "webpki-roots")]
+        {
+            builder
+                .with_provider_and_webpki_roots(provider)
+                .map_err(|e| Error::config(format!("TLS setup failed: {e}")))
+        }
+        #[cfg(not(feature = "webpki-roots"))]
+        {
+            let _ = (builder, provider);
+            Err(Error::config(
+                "no TLS roots: enable the `webpki-roots` or `native-roots` feature of tower-fanout-http",
+            ))
+        }
+    }
+
+    /// Checks the settings and builds the client.
+    ///
+    /// # Errors
+    /// A zero limit, body cap or host count, a bad per-host limit, or TLS
+    /// roots that cannot be loaded.
+    pub fn build(self) -> Result<Client, Error> {
+        if self.max_response_body == 0 || self.max_hosts == 0 {
+            return Err(Error::config(
+                "max_response_body and max_hosts must be at least 1",
+            ));
+        }
+        let mut limits = KeyedLimitLayer::builder(self.host_default).max_keys(self.max_hosts);
+        for (host, limit) in &self.host_limits {
+            limits = limits.limit_for(host.clone(), *limit);
+        }
+        let limits = limits.build().map_err(|e| Error::config(e.to_string()))?;
+        let host_limits = limits.handle();
+
+        let resolver = self
+            .resolver
+            .clone()
+            .unwrap_or_else(|| guard::box_resolver(GaiResolver::new()));
+        let mut http =
+            HttpConnector::new_with_resolver(GuardedResolver::new(resolver, self.address_guard));
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(self.connect_timeout);
+        let https = self
+            .tls()?
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let connector = GuardedConnector::new(https, self.address_guard);
+        let mut raw = HyperClient::builder(TokioExecutor::new());
+        raw.pool_idle_timeout(self.pool_idle_timeout)
+            .pool_max_idle_per_host(self.pool_max_idle_per_host)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new());
+        let raw: Raw = raw.build(connector);
+        let decompress = Decompression::new(raw)
+            .gzip(self.decompression)
+            .br(self.decompression);
+        let fetch = Fetch {
+            client: decompress,
+            timeout: self.timeout,
+            cap: self.max_response_body,
+        };
+
+        let limited = limits.layer(fetch);
+        let learned: Stack = if self.learn_rate_limits {
+            BoxCloneSyncService::new(Learn::new(limited, Arc::new(Learned::new(self.max_hosts))))
+        } else {
+            BoxCloneSyncService::new(limited)
+        };
+        let redirected =
+            FollowRedirect::with_policy(learned, RedirectPolicy::new(self.max_redirects));
+        let stack: Stack = match &self.retry {
+            Some(retry) => BoxCloneSyncService::new(retry.layer(redirected)),
+            None => BoxCloneSyncService::new(redirected),
+        };
+        Ok(Client {
+            stack,
+            max_request_body: self.max_request_body,
+            address_guard: self.address_guard,
+            host_limits,
+        })
+    }
+}
+
+/// One attempt: send, decompress, read the body up to the cap, all within the timeout.
+#[derive(Clone)]
+struct Fetch {
+    client: Decompression<Raw>,
+    timeout: Option<Duration>,
+    cap: usize,
+}
+
+impl Service<Request<Full<Bytes>>> for Fetch {
+    type Response = Response<Bytes>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Bytes>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.client.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
+        let sent = self.client.call(req);
+        let (timeout, cap) = (self.timeout, self.cap);
+        Box::pin(async move {
+            let attempt = async move {
+                let resp = sent.await?;
+                let (parts, body) = resp.into_parts();
+                let body = collect(body, Cap::Response(cap)).await?;
+                Ok::<_, BoxError>(Response::from_parts(parts, body))
+            };
+            match timeout {
+                Some(after) => tokio::time::timeout(after, attempt)
+                    .await
+                    .map_err(|_| BoxError::from(TimedOut::new(after)))?,
+                None => attempt.await,
+            }
+        })
+    }
+}
+
+/// The client preset: a `Clone` tower service from `http::Request<B>` to
+/// `http::Response<Bytes>`.
+///
+/// Responses come back with their body read into [`Bytes`], up to
+/// [`max_response_body`](ClientBuilder::max_response_body): an agent runtime
+/// parses whole bodies (JSON, HTML, text), and a buffered body means a
+/// permit is never held by a caller that is slow to read. A body over the
+/// cap fails with [`Error::is_body_too_large`] instead of filling memory.
+///
+/// Clones share the connection pool, the per-host limits, the learned
+/// budgets and the retry budget.
+///
+/// Each request runs in one `http_request` span with `method`, `host` and,
+/// once known, `status`; never the full URI, since query strings carry secrets.
+#[derive(Clone)]
+pub struct Client {
+    stack: Stack,
+    max_request_body: usize,
+    address_guard: bool,
+    host_limits: KeyedLimitHandle<String>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("address_guard", &self.address_guard)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Starts from the defaults; see each [`ClientBuilder`] method.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder {
+            connect_timeout: Some(Duration::from_secs(10)),
+            timeout: Some(Duration::from_secs(30)),
+            pool_idle_timeout: Some(Duration::from_secs(90)),
+            pool_max_idle_per_host: 32,
+            max_response_body: 10 * 1024 * 1024,
+            max_request_body: 10 * 1024 * 1024,
+            max_redirects: 10,
+            decompression: true,
+            address_guard: false,
+            host_default: KeyLimit::new().concurrency(16),
+            host_limits: Vec::new(),
+            max_hosts: 1024,
+            retry: Some(RetryLayer::default()),
+            learn_rate_limits: true,
+            resolver: None,
+            #[cfg(feature = "native-roots")]
+            native_roots: false,
+        }
+    }
+
+    /// A live view of the per-host limits (calls in flight, waiting, tokens per host).
+    pub fn host_limits(&self) -> &KeyedLimitHandle<String> {
+        &self.host_limits
+    }
+
+    /// Sends a GET to `uri` (a convenience over [`Service::call`]).
+    ///
+    /// # Errors
+    /// As [`Service::call`]; an unparsable `uri` is [`Error::is_invalid_request`].
+    pub async fn get(&self, uri: &str) -> Result<Response<Bytes>, Error> {
+        let req = Request::get(uri)
+            .body(Full::<Bytes>::default())
+            .map_err(Error::invalid_request)?;
+        self.clone().oneshot(req).await
+    }
+}
+
+impl<B> Service<Request<B>> for Client
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Bytes>;
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Bytes>, Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        // Every wait (limits, learned budgets, retries) happens per request,
+        // in the response future, where the host is known.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let host = req.uri().host().unwrap_or_default().to_string();
+        let span = tracing::info_span!(
+            "http_request",
+            method = %req.method(),
+            host = %host,
+            status = tracing::field::Empty,
+        );
+        let stack = self.stack.clone();
+        let max_request_body = self.max_request_body;
+        let address_guard = self.address_guard;
+        let future = async move {
+            let uri = req.uri();
+            if address_guard && let Err(refused) = guard::check_uri(uri) {
+                return Err(Error::from_box(refused.into()));
+            }
+            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+                return Err(Error::invalid_request(
+                    "the URI must be absolute, with an http or https scheme and a host",
+                ));
+            }
+            let (parts, body) = req.into_parts();
+            let body = collect(body, Cap::Request(max_request_body))
+                .await
+                .map_err(|e| {
+                    let err = Error::from_box(e);
+                    if err.is_request_body_too_large() {
+                        err
+                    } else {
+                        Error::body(err)
+                    }
+                })?;
+            let req = Request::from_parts(parts, Full::new(body));
+            let outcome = stack.oneshot(req).await.map_err(Error::from_box);
+            if let Ok(resp) = &outcome {
+                tracing::Span::current().record("status", resp.status().as_u16());
+            }
+            outcome
+        };
+        Box::pin(future.instrument(span))
+    }
+}

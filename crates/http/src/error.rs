@@ -1,0 +1,239 @@
+//! The one error type of the client preset.
+
+use std::fmt;
+use std::time::Duration;
+
+use tower_fanout_core::error::{Overloaded, RateLimited};
+use tower_fanout_core::keyed::TooManyKeys;
+
+use crate::BoxError;
+use crate::body::{BodyTooLarge, RequestBodyTooLarge};
+use crate::guard::RefusedAddress;
+use crate::redirect::TooManyRedirects;
+use crate::timeout::TimedOut;
+
+/// An error from the client preset: opaque, with predicates for what went
+/// wrong and the underlying error as its [`source`](std::error::Error::source).
+///
+/// ```
+/// # fn handle(err: tower_fanout_http::Error) {
+/// if let Some(wait) = err.retry_after() {
+///     println!("the server asked us to come back in {wait:?}");
+/// } else if err.is_refused_address() {
+///     println!("refused: {err}");
+/// }
+/// # }
+/// ```
+pub struct Error {
+    kind: Kind,
+    source: Option<BoxError>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Timeout,
+    Connect,
+    BodyTooLarge,
+    RequestBodyTooLarge,
+    RateLimited(Duration),
+    RefusedAddress,
+    TooManyRedirects,
+    Overloaded,
+    InvalidRequest,
+    Body,
+    Config,
+    Request,
+}
+
+impl Error {
+    pub(crate) fn invalid_request(source: impl Into<BoxError>) -> Self {
+        Self {
+            kind: Kind::InvalidRequest,
+            source: Some(source.into()),
+        }
+    }
+
+    pub(crate) fn config(message: impl Into<String>) -> Self {
+        Self {
+            kind: Kind::Config,
+            source: Some(message.into().into()),
+        }
+    }
+
+    pub(crate) fn body(source: impl Into<BoxError>) -> Self {
+        Self {
+            kind: Kind::Body,
+            source: Some(source.into()),
+        }
+    }
+
+    /// Classifies an error from the stack by the first known error in its chain.
+    pub(crate) fn from_box(source: BoxError) -> Self {
+        let kind = classify(&*source);
+        Self {
+            kind,
+            source: Some(source),
+        }
+    }
+
+    /// The attempt (connect, request, response body) took longer than the timeout.
+    pub fn is_timeout(&self) -> bool {
+        self.kind == Kind::Timeout
+    }
+
+    /// No connection could be made (DNS, TCP, TLS); the request was not sent.
+    /// A refusal by the address guard is [`is_refused_address`](Self::is_refused_address) instead.
+    pub fn is_connect(&self) -> bool {
+        self.kind == Kind::Connect
+    }
+
+    /// The response body was larger than the configured cap.
+    pub fn is_body_too_large(&self) -> bool {
+        self.kind == Kind::BodyTooLarge
+    }
+
+    /// The request body was larger than the bound for bodies kept for replay.
+    pub fn is_request_body_too_large(&self) -> bool {
+        self.kind == Kind::RequestBodyTooLarge
+    }
+
+    /// The server (or a local limit) asked for a wait longer than the retry cap;
+    /// [`retry_after`](Self::retry_after) says how long.
+    pub fn is_rate_limited(&self) -> bool {
+        matches!(self.kind, Kind::RateLimited(_))
+    }
+
+    /// How long to wait before trying again, for a rate-limited request.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self.kind {
+            Kind::RateLimited(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// The address guard refused the scheme, or the address the host is or resolved to.
+    pub fn is_refused_address(&self) -> bool {
+        self.kind == Kind::RefusedAddress
+    }
+
+    /// The redirect chain was longer than the cap.
+    pub fn is_too_many_redirects(&self) -> bool {
+        self.kind == Kind::TooManyRedirects
+    }
+
+    /// A fail-fast limit, or the per-host map, refused the request.
+    pub fn is_overloaded(&self) -> bool {
+        self.kind == Kind::Overloaded
+    }
+
+    /// The request could not be sent as given (no host, a bad URI...).
+    pub fn is_invalid_request(&self) -> bool {
+        self.kind == Kind::InvalidRequest
+    }
+
+    /// Reading the request or response body failed (a reset mid-body, a bad encoding).
+    pub fn is_body(&self) -> bool {
+        self.kind == Kind::Body
+    }
+
+    /// The client or a layer was configured with values it cannot work with.
+    pub fn is_config(&self) -> bool {
+        self.kind == Kind::Config
+    }
+
+    fn describe(&self) -> &'static str {
+        match self.kind {
+            Kind::Timeout => "request timed out",
+            Kind::Connect => "connection failed",
+            Kind::BodyTooLarge => "response body too large",
+            Kind::RequestBodyTooLarge => "request body too large to keep for retries",
+            Kind::RateLimited(_) => "rate limited",
+            Kind::RefusedAddress => "address refused by the guard",
+            Kind::TooManyRedirects => "too many redirects",
+            Kind::Overloaded => "refused by a local limit",
+            Kind::InvalidRequest => "invalid request",
+            Kind::Body => "body error",
+            Kind::Config => "invalid configuration",
+            Kind::Request => "request failed",
+        }
+    }
+}
+
+fn classify(err: &(dyn std::error::Error + 'static)) -> Kind {
+    let mut saw_connect = false;
+    let mut saw_timeout = false;
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        if e.is::<RefusedAddress>() {
+            return Kind::RefusedAddress;
+        }
+        if e.is::<BodyTooLarge>() {
+            return Kind::BodyTooLarge;
+        }
+        if e.is::<RequestBodyTooLarge>() {
+            return Kind::RequestBodyTooLarge;
+        }
+        if let Some(r) = e.downcast_ref::<RateLimited>() {
+            return Kind::RateLimited(r.retry_after());
+        }
+        if e.is::<TooManyRedirects>() {
+            return Kind::TooManyRedirects;
+        }
+        if e.is::<Overloaded>() || e.is::<TooManyKeys>() {
+            return Kind::Overloaded;
+        }
+        if e.is::<TimedOut>() {
+            saw_timeout = true;
+        }
+        if let Some(h) = e.downcast_ref::<hyper_util::client::legacy::Error>()
+            && h.is_connect()
+        {
+            saw_connect = true;
+        }
+        if let Some(h) = e.downcast_ref::<hyper::Error>()
+            && h.is_timeout()
+        {
+            saw_timeout = true;
+        }
+        next = e.source();
+    }
+    if saw_timeout {
+        Kind::Timeout
+    } else if saw_connect {
+        Kind::Connect
+    } else {
+        Kind::Request
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_tuple("tower_fanout_http::Error");
+        d.field(&self.kind);
+        if let Some(source) = &self.source {
+            d.field(source);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.kind, &self.source) {
+            (Kind::RateLimited(d), _) => write!(
+                f,
+                "rate limited: retry after {} ms (longer than the retry cap)",
+                d.as_millis()
+            ),
+            // Name the cause too: an agent reading only the top line must see it.
+            (_, Some(source)) => write!(f, "{}: {source}", self.describe()),
+            (_, None) => f.write_str(self.describe()),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_ref().map(|e| &**e as _)
+    }
+}

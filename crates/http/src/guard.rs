@@ -1,0 +1,340 @@
+//! The address guard: refuse private, loopback and metadata addresses after DNS.
+//!
+//! An agent that fetches URLs it was handed must not be turned against the
+//! machine it runs on (server-side request forgery): `http://169.254.169.254/`
+//! leaks cloud credentials, `http://localhost:6379/` talks to a local Redis.
+//! Checking the URL's text is not enough, since any name can resolve to
+//! such an address. So the guard sits where addresses become connections:
+//! the resolver checks every address a name resolves to, and the connector
+//! checks a URI whose host is an IP literal (hyper-util skips the resolver
+//! for those). Redirects go through the same connector, so a redirect to a
+//! private address is refused too.
+//!
+//! Refused: unspecified, loopback, private (RFC 1918), link-local (which holds
+//! `169.254.169.254`), CGNAT `100.64.0.0/10` (Alibaba's `100.100.100.200`),
+//! the IETF, benchmarking, documentation, multicast, broadcast and reserved
+//! IPv4 ranges; IPv6 loopback, unique-local `fc00::/7` (AWS's
+//! `fd00:ec2::254`), link-local, site-local, multicast, documentation, and
+//! every form that embeds an IPv4 address (mapped `::ffff:a.b.c.d`,
+//! compatible `::a.b.c.d`, NAT64 `64:ff9b::/96`, 6to4 `2002::/16`), which is
+//! judged by the IPv4 address inside.
+
+use std::fmt;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::Uri;
+use hyper_util::client::legacy::connect::dns::Name;
+use tower_service::Service;
+
+use crate::BoxError;
+
+/// Whether the guard refuses `ip`.
+///
+/// ```
+/// use tower_fanout_http::guard::is_forbidden;
+/// assert!(is_forbidden("169.254.169.254".parse().unwrap()));
+/// assert!(is_forbidden("::ffff:10.0.0.1".parse().unwrap()));
+/// assert!(is_forbidden("fd00:ec2::254".parse().unwrap()));
+/// assert!(!is_forbidden("93.184.215.14".parse().unwrap()));
+/// ```
+pub fn is_forbidden(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4_forbidden(v4),
+        IpAddr::V6(v6) => v6_forbidden(v6),
+    }
+}
+
+fn v4_forbidden(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    a == 0 // "this network", including 0.0.0.0
+        || a == 10
+        || a == 127
+        || (a == 100 && (64..128).contains(&b)) // CGNAT
+        || (a == 169 && b == 254) // link-local, cloud metadata
+        || (a == 172 && (16..32).contains(&b))
+        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+        || (a == 192 && b == 0 && c == 2) // TEST-NET-1
+        || (a == 192 && b == 168)
+        || (a == 198 && (b == 18 || b == 19)) // benchmarking
+        || (a == 198 && b == 51 && c == 100) // TEST-NET-2
+        || (a == 203 && b == 0 && c == 113) // TEST-NET-3
+        || a >= 224 // multicast, reserved, broadcast
+}
+
+fn v6_forbidden(ip: Ipv6Addr) -> bool {
+    if let Some(v4) = embedded_v4(ip) {
+        return v4_forbidden(v4);
+    }
+    let s = ip.segments();
+    ip.is_unspecified()
+        || ip.is_loopback()
+        || (s[0] & 0xfe00) == 0xfc00 // unique local, fd00:ec2::254
+        || (s[0] & 0xffc0) == 0xfe80 // link-local
+        || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
+        || (s[0] & 0xff00) == 0xff00 // multicast
+        || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+        || (s[0] == 0x2001 && s[1] == 0) // Teredo: tunnels to anywhere
+        || (s[0] == 0x0100 && s[1..4] == [0, 0, 0]) // discard-only
+}
+
+/// The IPv4 address an IPv6 address stands for, in the forms that embed one.
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = ip.segments();
+    let tail = |hi: u16, lo: u16| {
+        let [a, b] = hi.to_be_bytes();
+        let [c, d] = lo.to_be_bytes();
+        Ipv4Addr::new(a, b, c, d)
+    };
+    match s {
+        // ::ffff:a.b.c.d (mapped) and ::a.b.c.d (compatible, but not :: or ::1)
+        [0, 0, 0, 0, 0, 0xffff, hi, lo] => Some(tail(hi, lo)),
+        [0, 0, 0, 0, 0, 0, hi, lo] if hi != 0 => Some(tail(hi, lo)),
+        // NAT64 well-known prefix
+        [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => Some(tail(hi, lo)),
+        // 6to4
+        [0x2002, hi, lo, ..] => Some(tail(hi, lo)),
+        _ => None,
+    }
+}
+
+/// The guard refused to connect: the host is, or resolved to, a forbidden address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedAddress {
+    host: String,
+    ip: Option<IpAddr>,
+}
+
+impl RefusedAddress {
+    pub(crate) fn new(host: impl Into<String>, ip: Option<IpAddr>) -> Self {
+        Self {
+            host: host.into(),
+            ip,
+        }
+    }
+
+    /// The host name (or IP literal) of the request.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The forbidden address, or `None` when the scheme was refused.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.ip
+    }
+}
+
+impl fmt::Display for RefusedAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.ip {
+            Some(ip) => write!(
+                f,
+                "address guard refused {} ({ip}): private, loopback, link-local or metadata address",
+                self.host
+            ),
+            None => write!(
+                f,
+                "address guard refused {}: only http and https are allowed",
+                self.host
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RefusedAddress {}
+
+type Addrs = std::vec::IntoIter<SocketAddr>;
+type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
+
+/// A boxed resolver: any `Service<Name>` that yields socket addresses.
+pub(crate) type BoxResolver = tower::util::BoxCloneSyncService<Name, Addrs, BoxError>;
+
+/// Boxes any resolver service into [`BoxResolver`].
+pub(crate) fn box_resolver<R, I>(resolver: R) -> BoxResolver
+where
+    R: Service<Name, Response = I> + Clone + Send + Sync + 'static,
+    R::Future: Send + 'static,
+    R::Error: Into<BoxError>,
+    I: Iterator<Item = SocketAddr>,
+{
+    use tower::ServiceExt;
+    BoxResolver::new(
+        resolver
+            .map_response(|addrs| addrs.collect::<Vec<_>>().into_iter())
+            .map_err(Into::into),
+    )
+}
+
+/// Resolves names, then refuses the lot if any address is forbidden (a name
+/// that mixes public and private answers is how DNS rebinding starts).
+#[derive(Clone)]
+pub(crate) struct GuardedResolver {
+    inner: BoxResolver,
+    enabled: bool,
+}
+
+impl GuardedResolver {
+    pub(crate) fn new(inner: BoxResolver, enabled: bool) -> Self {
+        Self { inner, enabled }
+    }
+}
+
+impl fmt::Debug for GuardedResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GuardedResolver")
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Service<Name> for GuardedResolver {
+    type Response = Addrs;
+    type Error = BoxError;
+    type Future = BoxFuture<Addrs>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let enabled = self.enabled;
+        let host = name.as_str().to_string();
+        let future = self.inner.call(name);
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = future.await?.collect();
+            if enabled && let Some(bad) = addrs.iter().find(|a| is_forbidden(a.ip())) {
+                tracing::debug!(host = %host, ip = %bad.ip(), "address guard refused a resolved address");
+                return Err(RefusedAddress::new(host, Some(bad.ip())).into());
+            }
+            Ok(addrs.into_iter())
+        })
+    }
+}
+
+/// Checks the scheme and an IP-literal host before the inner connector runs.
+#[derive(Clone, Debug)]
+pub(crate) struct GuardedConnector<C> {
+    inner: C,
+    enabled: bool,
+}
+
+impl<C> GuardedConnector<C> {
+    pub(crate) fn new(inner: C, enabled: bool) -> Self {
+        Self { inner, enabled }
+    }
+}
+
+/// Refuses what the guard can tell from the URI alone.
+pub(crate) fn check_uri(uri: &Uri) -> Result<(), RefusedAddress> {
+    let host = uri.host().unwrap_or_default();
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        other => {
+            return Err(RefusedAddress::new(
+                format!("{}://{host}", other.unwrap_or("")),
+                None,
+            ));
+        }
+    }
+    let literal = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = literal.parse::<IpAddr>()
+        && is_forbidden(ip)
+    {
+        return Err(RefusedAddress::new(host, Some(ip)));
+    }
+    Ok(())
+}
+
+impl<C> Service<Uri> for GuardedConnector<C>
+where
+    C: Service<Uri>,
+    C::Response: Send + 'static,
+    C::Error: Into<BoxError>,
+    C::Future: Send + 'static,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = BoxFuture<C::Response>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        if self.enabled
+            && let Err(refused) = check_uri(&uri)
+        {
+            tracing::debug!(host = %refused.host(), "address guard refused a URI");
+            return Box::pin(std::future::ready(Err(refused.into())));
+        }
+        let future = self.inner.call(uri);
+        Box::pin(async move { future.await.map_err(Into::into) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn bad(s: &str) -> bool {
+        is_forbidden(s.parse().unwrap())
+    }
+
+    #[test]
+    fn refuses_private_and_metadata_forms() {
+        for s in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "100.100.100.200",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "fd00:ec2::254",
+            "fc00::1",
+            "fe80::1",
+            "::ffff:169.254.169.254",
+            "::ffff:127.0.0.1",
+            "::127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:a9fe:a9fe::1",
+            "ff02::1",
+        ] {
+            assert!(bad(s), "{s} should be refused");
+        }
+    }
+
+    #[test]
+    fn lets_public_addresses_through() {
+        for s in [
+            "1.1.1.1",
+            "8.8.8.8",
+            "172.32.0.1",
+            "100.128.0.1",
+            "169.255.0.1",
+            "2606:4700:4700::1111",
+            "::ffff:8.8.8.8",
+            "2002:0808:0808::1",
+        ] {
+            assert!(!bad(s), "{s} should pass");
+        }
+    }
+
+    #[test]
+    fn uri_checks_scheme_and_literals() {
+        assert!(check_uri(&"ftp://example.com/".parse().unwrap()).is_err());
+        assert!(check_uri(&"http://[::1]:8080/".parse().unwrap()).is_err());
+        assert!(check_uri(&"http://169.254.169.254/latest".parse().unwrap()).is_err());
+        assert!(check_uri(&"https://example.com/".parse().unwrap()).is_ok());
+        assert!(check_uri(&"http://8.8.8.8/".parse().unwrap()).is_ok());
+    }
+}

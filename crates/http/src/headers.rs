@@ -1,0 +1,417 @@
+//! Parsers for `Retry-After` and the rate-limit response headers.
+//!
+//! They take header values and the current wall-clock time and give back
+//! durations, so they are plain functions tested on plain values. Every
+//! malformed value is `None`: a server's typo never panics the client and
+//! never makes it wait longer than it said.
+//!
+//! Forms understood, most restrictive wins when a response carries several:
+//!
+//! | header | remaining | reset |
+//! |---|---|---|
+//! | `RateLimit: "default";r=0;t=30` (IETF draft, structured) | `r` | `t` seconds |
+//! | `RateLimit: limit=100, remaining=0, reset=30` (earlier draft) | `remaining` | `reset` |
+//! | `RateLimit-Remaining` / `RateLimit-Reset` | value | seconds |
+//! | `X-RateLimit-Remaining` / `X-RateLimit-Reset` | value | seconds, epoch seconds, or a duration |
+//! | `x-ratelimit-remaining-requests` / `x-ratelimit-reset-requests` | value | a duration: `6m0s`, `1m30.5s`, `250ms` |
+//!
+//! `RateLimit-Policy: "default";q=100;w=60` supplies the window (`w`) when a
+//! remaining count comes without a reset.
+
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, HeaderValue};
+
+/// Numbers at or above this in a reset header are Unix timestamps, not deltas
+/// (10⁹ s is 2001; no server asks for a 31-year wait).
+const EPOCH_THRESHOLD_NANOS: u128 = 1_000_000_000 * 1_000_000_000;
+
+/// Waits longer than this are treated as malformed (a day is generous).
+const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+/// What a response says about the host's budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Requests left in the current window.
+    pub remaining: u64,
+    /// Time until the window resets.
+    pub reset: Duration,
+}
+
+/// Parses `Retry-After`: delta-seconds or an HTTP-date (a date in the past is zero).
+pub fn retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
+    let s = value.to_str().ok()?.trim();
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse::<u64>()
+            .ok()
+            .map(Duration::from_secs)
+            .filter(|d| *d <= MAX_WAIT);
+    }
+    let at = httpdate::parse_http_date(s).ok()?;
+    let wait = at.duration_since(now).unwrap_or(Duration::ZERO);
+    (wait <= MAX_WAIT).then_some(wait)
+}
+
+/// Parses a Go-style duration (`6m0s`, `1m30.5s`, `250ms`, `1h`, `2.5s`, `90us`)
+/// or a plain number of seconds (`30`, `0.5`).
+pub fn duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    if let Some(secs) = seconds(s) {
+        return Some(secs);
+    }
+    let mut total: u128 = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_len = rest
+            .bytes()
+            .take_while(|b| b.is_ascii_digit() || *b == b'.')
+            .count();
+        if num_len == 0 {
+            return None;
+        }
+        let number = &rest[..num_len];
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .char_indices()
+            .find(|(_, c)| c.is_ascii_digit() || *c == '.')
+            .map_or(rest.len(), |(i, _)| i);
+        let unit_ns: u128 = match &rest[..unit_len] {
+            "h" => 3_600_000_000_000,
+            "m" => 60_000_000_000,
+            "s" => 1_000_000_000,
+            "ms" => 1_000_000,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
+            "ns" => 1,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total = total.checked_add(decimal_nanos(number, unit_ns)?)?;
+    }
+    to_duration(total)
+}
+
+/// `number` (digits, at most one `.`) times `unit_ns`, exactly, in nanoseconds.
+fn decimal_nanos(number: &str, unit_ns: u128) -> Option<u128> {
+    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
+    if (int.is_empty() && frac.is_empty()) || frac.contains('.') || int.len() > 20 {
+        return None;
+    }
+    let int: u128 = if int.is_empty() { 0 } else { int.parse().ok()? };
+    // Digits past nanosecond precision cannot matter.
+    let frac = &frac[..frac.len().min(18)];
+    let frac_ns = if frac.is_empty() {
+        0
+    } else {
+        let digits: u128 = frac.parse().ok()?;
+        digits.checked_mul(unit_ns)? / 10u128.checked_pow(u32::try_from(frac.len()).ok()?)?
+    };
+    int.checked_mul(unit_ns)?.checked_add(frac_ns)
+}
+
+/// A non-negative decimal number of seconds.
+fn seconds(s: &str) -> Option<Duration> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return None;
+    }
+    to_duration(decimal_nanos(s, 1_000_000_000)?)
+}
+
+fn to_duration(nanos: u128) -> Option<Duration> {
+    let nanos = u64::try_from(nanos).ok()?;
+    let d = Duration::from_nanos(nanos);
+    (d <= MAX_WAIT).then_some(d)
+}
+
+/// A reset value: delta seconds, Unix epoch seconds, or a duration.
+pub fn reset(s: &str, now: SystemTime) -> Option<Duration> {
+    let s = s.trim();
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        let n = decimal_nanos(s, 1_000_000_000)?;
+        if n >= EPOCH_THRESHOLD_NANOS {
+            let epoch = now.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_nanos();
+            return to_duration(n.saturating_sub(epoch));
+        }
+        return to_duration(n);
+    }
+    duration(s)
+}
+
+fn count(s: &str) -> Option<u64> {
+    let s = s.trim();
+    // Some servers send "0.0" or "-1" when exhausted; read the integer part.
+    if let Ok(n) = s.parse::<u64>() {
+        return Some(n);
+    }
+    let f: f64 = s.parse().ok()?;
+    f.is_finite().then_some(if f <= 0.0 { 0 } else { f as u64 })
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name)?.to_str().ok()
+}
+
+/// Reads the host's budget from a response's headers.
+pub fn budget(headers: &HeaderMap, now: SystemTime) -> Option<Budget> {
+    let window = header(headers, "ratelimit-policy").and_then(policy_window);
+    let mut found: Option<Budget> = None;
+    let mut consider = |remaining: Option<u64>, reset: Option<Duration>| {
+        let (Some(remaining), Some(reset)) = (remaining, reset.or(window)) else {
+            return;
+        };
+        let candidate = Budget { remaining, reset };
+        found = Some(match found {
+            Some(b) if b.remaining < remaining => b,
+            Some(b) if b.remaining == remaining && b.reset >= reset => b,
+            _ => candidate,
+        });
+    };
+    if let Some(v) = header(headers, "ratelimit") {
+        for (remaining, reset) in ietf_ratelimit(v) {
+            consider(Some(remaining), reset);
+        }
+    }
+    for (rem, rst) in [
+        ("ratelimit-remaining", "ratelimit-reset"),
+        ("x-ratelimit-remaining", "x-ratelimit-reset"),
+        (
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests",
+        ),
+    ] {
+        if let Some(remaining) = header(headers, rem).and_then(count) {
+            consider(
+                Some(remaining),
+                header(headers, rst).and_then(|s| reset(s, now)),
+            );
+        }
+    }
+    found
+}
+
+/// `"default";q=100;w=60` → the window `w`.
+fn policy_window(v: &str) -> Option<Duration> {
+    v.split(',')
+        .filter_map(|item| param(item, "w"))
+        .filter_map(seconds)
+        .min()
+}
+
+/// The `RateLimit` field, structured (`"name";r=0;t=30`, comma-separated) or
+/// the earlier dictionary (`limit=100, remaining=0, reset=30`).
+fn ietf_ratelimit(v: &str) -> Vec<(u64, Option<Duration>)> {
+    let mut out = Vec::new();
+    if v.contains("remaining=") {
+        let get = |key: &str| {
+            v.split([',', ';'])
+                .filter_map(|kv| kv.trim().split_once('='))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case(key))
+                .map(|(_, val)| val.trim())
+        };
+        if let Some(r) = get("remaining").and_then(count) {
+            out.push((r, get("reset").and_then(seconds)));
+        }
+        return out;
+    }
+    for item in v.split(',') {
+        if let Some(r) = param(item, "r").and_then(count) {
+            out.push((r, param(item, "t").and_then(seconds)));
+        }
+    }
+    out
+}
+
+/// The value of parameter `key` in one structured-field list member.
+fn param<'a>(item: &'a str, key: &str) -> Option<&'a str> {
+    item.split(';')
+        .skip(1)
+        .filter_map(|p| p.trim().split_once('='))
+        .find(|(k, _)| k.trim() == key)
+        .map(|(_, v)| v.trim().trim_matches('"'))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    fn hv(s: &str) -> HeaderValue {
+        HeaderValue::from_str(s).unwrap()
+    }
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+    }
+
+    fn map(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, hv(v));
+        }
+        h
+    }
+
+    #[test]
+    fn retry_after_delta_and_date() {
+        assert_eq!(retry_after(&hv("2"), now()), Some(Duration::from_secs(2)));
+        assert_eq!(
+            retry_after(&hv(" 120 "), now()),
+            Some(Duration::from_secs(120))
+        );
+        let date = httpdate::fmt_http_date(now() + Duration::from_secs(30));
+        assert_eq!(
+            retry_after(&hv(&date), now()),
+            Some(Duration::from_secs(30))
+        );
+        let past = httpdate::fmt_http_date(now() - Duration::from_secs(30));
+        assert_eq!(retry_after(&hv(&past), now()), Some(Duration::ZERO));
+        assert_eq!(retry_after(&hv("-1"), now()), None);
+        assert_eq!(retry_after(&hv("soon"), now()), None);
+        assert_eq!(retry_after(&hv("99999999999999999999"), now()), None);
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(duration("6m0s"), Some(Duration::from_secs(360)));
+        assert_eq!(duration("1m30.5s"), Some(Duration::from_millis(90_500)));
+        assert_eq!(duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(duration("17ms"), Some(Duration::from_millis(17)));
+        assert_eq!(duration("0.5"), Some(Duration::from_millis(500)));
+        assert_eq!(duration("6x"), None);
+        assert_eq!(duration("m"), None);
+        assert_eq!(duration(""), None);
+    }
+
+    #[test]
+    fn reset_forms() {
+        assert_eq!(reset("30", now()), Some(Duration::from_secs(30)));
+        assert_eq!(reset("1700000060", now()), Some(Duration::from_secs(60)));
+        assert_eq!(reset("1699999000", now()), Some(Duration::ZERO));
+        assert_eq!(reset("6m0s", now()), Some(Duration::from_secs(360)));
+    }
+
+    #[test]
+    fn budget_from_each_form() {
+        let x = map(&[
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", "1700000005"),
+        ]);
+        assert_eq!(
+            budget(&x, now()),
+            Some(Budget {
+                remaining: 0,
+                reset: Duration::from_secs(5)
+            })
+        );
+        let openai = map(&[
+            ("x-ratelimit-limit-requests", "60"),
+            ("x-ratelimit-remaining-requests", "59"),
+            ("x-ratelimit-reset-requests", "1s"),
+        ]);
+        assert_eq!(
+            budget(&openai, now()),
+            Some(Budget {
+                remaining: 59,
+                reset: Duration::from_secs(1)
+            })
+        );
+        let ietf = map(&[("ratelimit", "\"default\";r=3;t=7")]);
+        assert_eq!(
+            budget(&ietf, now()),
+            Some(Budget {
+                remaining: 3,
+                reset: Duration::from_secs(7)
+            })
+        );
+        let dict = map(&[("ratelimit", "limit=10, remaining=0, reset=4")]);
+        assert_eq!(
+            budget(&dict, now()),
+            Some(Budget {
+                remaining: 0,
+                reset: Duration::from_secs(4)
+            })
+        );
+        let with_policy = map(&[
+            ("ratelimit-remaining", "9"),
+            ("ratelimit-policy", "\"burst\";q=10;w=60"),
+        ]);
+        assert_eq!(
+            budget(&with_policy, now()),
+            Some(Budget {
+                remaining: 9,
+                reset: Duration::from_secs(60)
+            })
+        );
+        let both = map(&[
+            ("ratelimit", "\"a\";r=5;t=1, \"b\";r=0;t=9"),
+            ("x-ratelimit-remaining", "2"),
+            ("x-ratelimit-reset", "3"),
+        ]);
+        assert_eq!(
+            budget(&both, now()),
+            Some(Budget {
+                remaining: 0,
+                reset: Duration::from_secs(9)
+            })
+        );
+        assert_eq!(
+            budget(&map(&[("x-ratelimit-remaining", "lots")]), now()),
+            None
+        );
+        assert_eq!(budget(&map(&[("x-ratelimit-remaining", "3")]), now()), None);
+    }
+
+    proptest! {
+        #[test]
+        fn parsers_never_panic(s in "\\PC{0,40}") {
+            let _ = duration(&s);
+            let _ = reset(&s, now());
+            if let Ok(v) = HeaderValue::from_str(&s) {
+                let _ = retry_after(&v, now());
+                let mut h = HeaderMap::new();
+                for name in ["ratelimit", "ratelimit-policy", "x-ratelimit-remaining", "x-ratelimit-reset",
+                             "ratelimit-remaining", "x-ratelimit-reset-requests", "x-ratelimit-remaining-requests"] {
+                    h.insert(name, v.clone());
+                }
+                let _ = budget(&h, now());
+            }
+        }
+
+        #[test]
+        fn parsers_never_panic_on_header_like_input(
+            s in "[0-9a-zA-Z.;=,\" µ-]{0,30}"
+        ) {
+            let _ = duration(&s);
+            let _ = reset(&s, now());
+            let mut h = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&s) {
+                h.insert("ratelimit", v.clone());
+                h.insert("x-ratelimit-remaining", v.clone());
+                h.insert("x-ratelimit-reset", v);
+                if let Some(b) = budget(&h, now()) {
+                    prop_assert!(b.reset <= MAX_WAIT);
+                }
+            }
+        }
+
+        #[test]
+        fn go_durations_round_trip(m in 0u64..600, s in 0u64..60, ms in 0u64..1000) {
+            let text = format!("{m}m{s}s");
+            prop_assert_eq!(duration(&text), Some(Duration::from_secs(m * 60 + s)));
+            let text = format!("{ms}ms");
+            prop_assert_eq!(duration(&text), Some(Duration::from_millis(ms)));
+        }
+
+        #[test]
+        fn retry_after_seconds_round_trip(n in 0u64..86_400) {
+            prop_assert_eq!(retry_after(&hv(&n.to_string()), now()), Some(Duration::from_secs(n)));
+            let date = httpdate::fmt_http_date(now() + Duration::from_secs(n));
+            prop_assert_eq!(retry_after(&hv(&date), now()), Some(Duration::from_secs(n)));
+        }
+    }
+}

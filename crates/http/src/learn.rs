@@ -1,0 +1,259 @@
+//! Learn each host's budget from its rate-limit response headers, and hold
+//! requests while a host says nothing remains.
+//!
+//! Every response is read with [`headers::budget`](crate::headers::budget)
+//! (the IETF `RateLimit` fields and the `X-RateLimit-*` forms) and, for a
+//! 429 or 503, `Retry-After`. The host's entry then holds what remains and
+//! when the window resets. Each request sent takes one from what remains;
+//! when nothing does, requests to that host wait for the reset instead of
+//! drawing 429s. After the reset, requests flow again until a response
+//! says otherwise.
+//!
+//! Counting is conservative: a response's `remaining` is lowered by the
+//! requests still in flight to that host, since the server may not have
+//! counted them yet when it answered. That can cost a short wait, never a 429
+//! (as long as this process is the host's only client).
+//!
+//! Entries are kept per host in a map bounded by `max_hosts`; when it is
+//! full, hosts with nothing in flight and no wait ahead are forgotten first,
+//! and a host that finds no room is simply not tracked.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use http::{Request, Response, StatusCode, header::RETRY_AFTER};
+use tokio::time::Instant;
+use tower::ServiceExt;
+use tower_service::Service;
+
+use crate::{BoxError, headers};
+
+#[derive(Debug, Default)]
+struct Host {
+    /// What remains, and until when the figure holds.
+    window: Option<(u64, Instant)>,
+    in_flight: u32,
+}
+
+#[derive(Debug)]
+pub(crate) struct Learned {
+    hosts: Mutex<HashMap<String, Host>>,
+    max_hosts: usize,
+}
+
+impl Learned {
+    pub(crate) fn new(max_hosts: usize) -> Self {
+        Self {
+            hosts: Mutex::new(HashMap::new()),
+            max_hosts,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Host>> {
+        // Each critical section leaves the map consistent; poisoning is harmless.
+        self.hosts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes one from the host's budget, or says until when to wait.
+    fn admit(&self, host: &str, now: Instant) -> Result<bool, Instant> {
+        let mut hosts = self.lock();
+        if !hosts.contains_key(host) {
+            if hosts.len() >= self.max_hosts {
+                hosts.retain(|_, h| {
+                    h.in_flight > 0 || h.window.is_some_and(|(_, until)| until > now)
+                });
+            }
+            if hosts.len() >= self.max_hosts {
+                return Ok(false);
+            }
+            hosts.insert(host.to_string(), Host::default());
+        }
+        let Some(entry) = hosts.get_mut(host) else {
+            return Ok(false);
+        };
+        match entry.window {
+            Some((0, until)) if until > now => return Err(until),
+            Some((n, until)) if until > now => entry.window = Some((n - 1, until)),
+            Some(_) => entry.window = None,
+            None => {}
+        }
+        entry.in_flight += 1;
+        Ok(true)
+    }
+
+    fn done(&self, host: &str) {
+        if let Some(entry) = self.lock().get_mut(host) {
+            entry.in_flight = entry.in_flight.saturating_sub(1);
+        }
+    }
+
+    /// Records what a response says; called before the request counts as done.
+    fn learn(&self, host: &str, status: StatusCode, headers: &http::HeaderMap) {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let mut budget = headers::budget(headers, wall);
+        if matches!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) && let Some(wait) = headers
+            .get(RETRY_AFTER)
+            .and_then(|v| headers::retry_after(v, wall))
+        {
+            budget = Some(headers::Budget {
+                remaining: 0,
+                reset: wait,
+            });
+        }
+        let Some(budget) = budget else {
+            return;
+        };
+        let mut hosts = self.lock();
+        let Some(entry) = hosts.get_mut(host) else {
+            return;
+        };
+        let others = u64::from(entry.in_flight.saturating_sub(1));
+        let remaining = budget.remaining.saturating_sub(others);
+        if remaining == 0 {
+            tracing::debug!(
+                host,
+                wait_ms = budget.reset.as_millis() as u64,
+                "host budget spent; holding its requests until the reset"
+            );
+        }
+        entry.window = Some((remaining, now + budget.reset.max(Duration::ZERO)));
+    }
+}
+
+/// Counts a request in flight until dropped.
+struct InFlight {
+    learned: Arc<Learned>,
+    host: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.learned.done(&self.host);
+    }
+}
+
+/// The learning service: waits for the host's reset when its budget is
+/// spent, then calls the inner service and reads the answer's headers.
+#[derive(Clone)]
+pub(crate) struct Learn<S> {
+    inner: S,
+    learned: Arc<Learned>,
+}
+
+impl<S> Learn<S> {
+    pub(crate) fn new(inner: S, learned: Arc<Learned>) -> Self {
+        Self { inner, learned }
+    }
+}
+
+impl<S> fmt::Debug for Learn<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Learn").finish_non_exhaustive()
+    }
+}
+
+impl<S, B, ResB> Service<Request<B>> for Learn<S>
+where
+    S: Service<Request<B>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Send + 'static,
+    ResB: Send + 'static,
+{
+    type Response = Response<ResB>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ResB>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // The host is known only with the request; the wait is in the future.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let inner = self.inner.clone();
+        let learned = self.learned.clone();
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_ascii_lowercase())
+            .unwrap_or_default();
+        Box::pin(async move {
+            let tracked = loop {
+                match learned.admit(&host, Instant::now()) {
+                    Ok(tracked) => break tracked,
+                    Err(until) => tokio::time::sleep_until(until).await,
+                }
+            };
+            let _in_flight = tracked.then(|| InFlight {
+                learned: learned.clone(),
+                host: host.clone(),
+            });
+            let outcome = inner.oneshot(req).await.map_err(Into::into);
+            if tracked && let Ok(resp) = &outcome {
+                learned.learn(&host, resp.status(), resp.headers());
+            }
+            outcome
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn spent_budget_holds_until_reset() {
+        let l = Learned::new(8);
+        let now = Instant::now();
+        assert_eq!(l.admit("h", now), Ok(true));
+        let mut h = http::HeaderMap::new();
+        h.insert("x-ratelimit-remaining", "1".parse().unwrap());
+        h.insert("x-ratelimit-reset", "2".parse().unwrap());
+        l.learn("h", StatusCode::OK, &h);
+        l.done("h");
+        assert_eq!(l.admit("h", now), Ok(true));
+        l.done("h");
+        assert_eq!(l.admit("h", now), Err(now + Duration::from_secs(2)));
+        assert_eq!(l.admit("h", now + Duration::from_secs(2)), Ok(true));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_flight_requests_lower_what_remains() {
+        let l = Learned::new(8);
+        let now = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(l.admit("h", now), Ok(true));
+        }
+        let mut h = http::HeaderMap::new();
+        h.insert("ratelimit", "\"default\";r=2;t=5".parse().unwrap());
+        l.learn("h", StatusCode::OK, &h);
+        l.done("h");
+        // Two others are still in flight: nothing is left for a new one.
+        assert!(l.admit("h", now).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn map_stays_bounded() {
+        let l = Learned::new(2);
+        let now = Instant::now();
+        assert_eq!(l.admit("a", now), Ok(true));
+        assert_eq!(l.admit("b", now), Ok(true));
+        assert_eq!(
+            l.admit("c", now),
+            Ok(false),
+            "no room: not tracked, not refused"
+        );
+        l.done("a");
+        assert_eq!(l.admit("c", now), Ok(true));
+        assert_eq!(l.lock().len(), 2);
+    }
+}

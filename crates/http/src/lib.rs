@@ -1,0 +1,65 @@
+//! An HTTP client preset for agent runtimes: hyper-util's pooled client
+//! (HTTP/1 and HTTP/2, TLS through rustls) under per-host limits, with
+//! retries that honour `Retry-After`, budgets learned from rate-limit
+//! headers, timeouts, a response body cap and an address guard.
+//!
+//! ```text
+//! Client::call ─► http_request span, request body buffered (bounded)
+//!   retry            429/503 wait for Retry-After (capped), backoff on 502/503/504
+//!                    and connection failures, a retry budget; sleeps hold nothing
+//!   follow redirects hop cap, credentials dropped on a cross-origin hop
+//!   learned budgets  a host that says nothing remains is waited for, not hammered
+//!   per-host limits  concurrency and rate per host (tower-fanout-core's keyed limit)
+//!   attempt          timeout over connect + headers + body; gzip/br; body cap
+//!   hyper-util       pool per host; resolver and connector behind the address guard
+//! ```
+//!
+//! Each piece is also usable alone: [`retry::RetryLayer`] over any service of
+//! `http::Request`, the header parsers in [`headers`], and the address
+//! checks in [`guard`].
+//!
+//! # Example
+//! ```no_run
+//! use std::time::Duration;
+//! use tower_fanout_core::keyed::KeyLimit;
+//! use tower_fanout_http::Client;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_fanout_http::Error> {
+//! let client = Client::builder()
+//!     .host_default(KeyLimit::new().concurrency(8))
+//!     .host_limit("api.github.com", KeyLimit::new().concurrency(3))
+//!     .host_limit("api.stripe.com", KeyLimit::new().concurrency(5).rate(25, Duration::from_secs(1)))
+//!     .timeout(Some(Duration::from_secs(20)))
+//!     .max_response_body(2 * 1024 * 1024)
+//!     .address_guard(true)
+//!     .build()?;
+//!
+//! let resp = client.get("https://api.github.com/zen").await?;
+//! println!("{}: {}", resp.status(), String::from_utf8_lossy(resp.body()));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Errors
+//! Every failure is one [`Error`] with predicates (`is_timeout`,
+//! `is_connect`, `is_body_too_large`, `is_rate_limited`,
+//! `is_refused_address`, ...) and the underlying error as its source.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod body;
+mod client;
+mod error;
+pub mod guard;
+pub mod headers;
+mod learn;
+mod redirect;
+pub mod retry;
+mod timeout;
+
+pub use self::body::{BodyTooLarge, RequestBodyTooLarge};
+pub use self::client::{Client, ClientBuilder};
+pub use self::error::Error;
+pub use self::redirect::TooManyRedirects;
+pub use self::timeout::TimedOut;
+pub use tower_fanout_core::BoxError;

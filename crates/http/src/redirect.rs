@@ -1,0 +1,86 @@
+//! The redirect policy: a cap on hops, credentials stripped on a cross-origin
+//! hop (tower-http's `FilterCredentials`), and http/https targets only.
+
+use std::fmt;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use tower_http::follow_redirect::policy::{Action, Attempt, FilterCredentials, Policy};
+
+use crate::BoxError;
+
+/// The redirect chain was longer than the cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyRedirects {
+    max: usize,
+}
+
+impl TooManyRedirects {
+    /// The cap on hops.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+}
+
+impl fmt::Display for TooManyRedirects {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "more than {} redirects", self.max)
+    }
+}
+
+impl std::error::Error for TooManyRedirects {}
+
+/// A redirect to a scheme other than http or https.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BadRedirectScheme(String);
+
+impl fmt::Display for BadRedirectScheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "redirect to the unsupported scheme {:?}", self.0)
+    }
+}
+
+impl std::error::Error for BadRedirectScheme {}
+
+#[derive(Clone, Debug)]
+pub(crate) struct RedirectPolicy {
+    max: usize,
+    remaining: usize,
+    credentials: FilterCredentials,
+}
+
+impl RedirectPolicy {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            max,
+            remaining: max,
+            credentials: FilterCredentials::new(),
+        }
+    }
+}
+
+impl Policy<Full<Bytes>, BoxError> for RedirectPolicy {
+    fn redirect(&mut self, attempt: &Attempt<'_>) -> Result<Action, BoxError> {
+        if self.max == 0 {
+            return Ok(Action::Stop);
+        }
+        match attempt.location().scheme_str() {
+            Some("http" | "https") => {}
+            other => return Err(BadRedirectScheme(other.unwrap_or("").to_string()).into()),
+        }
+        if self.remaining == 0 {
+            return Err(TooManyRedirects { max: self.max }.into());
+        }
+        self.remaining -= 1;
+        Policy::<Full<Bytes>, BoxError>::redirect(&mut self.credentials, attempt)
+    }
+
+    fn on_request(&mut self, request: &mut Request<Full<Bytes>>) {
+        Policy::<Full<Bytes>, BoxError>::on_request(&mut self.credentials, request);
+    }
+
+    fn clone_body(&self, body: &Full<Bytes>) -> Option<Full<Bytes>> {
+        Some(body.clone())
+    }
+}

@@ -1,0 +1,448 @@
+//! Retry that honours the server: `Retry-After` on 429 and 503, jittered
+//! exponential backoff on connection failures and 502/503/504, a cap on any
+//! wait, and a budget so retries cannot become a storm.
+//!
+//! # Decisions
+//! | outcome | method | action |
+//! |---|---|---|
+//! | 429 or 503 with `Retry-After` ≤ the cap | any | wait that long, retry |
+//! | 429 or 503 with `Retry-After` > the cap | any | fail at once with [`RateLimited`] |
+//! | 429 without `Retry-After` | any | backoff, retry |
+//! | 502, 503, 504 | idempotent | backoff, retry |
+//! | no connection (the request never left) | any | backoff, retry |
+//! | a connection lost mid-request | idempotent | backoff, retry |
+//! | refused address, body cap, timeout, anything else | | return it |
+//!
+//! A 429 or a 503 with `Retry-After` says the server did not act on the
+//! request, so any method is retried; 502/503/504 without it may hide a
+//! request that ran, so only idempotent methods are. A timeout is not
+//! retried: a slow server does not need more load.
+//!
+//! When the retries run out, the last response (say a 429) or error is
+//! returned as it is.
+//!
+//! # Where it goes
+//! Outside the limits: a request sleeping before its next attempt holds no
+//! permit and no token, and each attempt pays for its own. The request is
+//! cloned for each attempt, so its body must be `Clone` (the client preset
+//! buffers request bodies up to a bound for this).
+//!
+//! # Budget
+//! Each request deposits into a [`TpsBudget`] and each retry withdraws; with
+//! the budget empty, the outcome is returned instead of retried. By default
+//! 20 % of requests may be retried, plus 10 retries a second at any load.
+
+use std::fmt;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use http::{Method, Request, Response, StatusCode, header::RETRY_AFTER};
+use tower::ServiceExt;
+use tower::retry::budget::{Budget, TpsBudget};
+use tower_fanout_core::error::RateLimited;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::body::{BodyTooLarge, RequestBodyTooLarge};
+use crate::guard::RefusedAddress;
+use crate::redirect::TooManyRedirects;
+use crate::timeout::TimedOut;
+use crate::{BoxError, Error, headers};
+
+/// Configures a [`RetryLayer`]; made by [`RetryLayer::builder`].
+#[derive(Debug, Clone)]
+pub struct RetryBuilder {
+    max_retries: u32,
+    max_wait: Duration,
+    base_backoff: Duration,
+    max_backoff: Duration,
+    min_per_sec: u32,
+    retry_percent: f32,
+}
+
+impl RetryBuilder {
+    /// Retries after the first attempt (default 3; 0 turns retrying off).
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n;
+        self
+    }
+
+    /// The longest `Retry-After` to wait (default 60 s). A longer one fails
+    /// the request at once with [`RateLimited`], so the caller can decide.
+    pub fn max_wait(mut self, max: Duration) -> Self {
+        self.max_wait = max;
+        self
+    }
+
+    /// The first backoff and its ceiling (default 100 ms doubling up to 10 s).
+    /// Each wait is drawn uniformly from the upper half of the current step.
+    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.base_backoff = base;
+        self.max_backoff = max;
+        self
+    }
+
+    /// The retry budget: `retry_percent` retries per request (0.2 = one in
+    /// five) plus `min_per_sec` retries a second at any load (defaults 0.2, 10).
+    pub fn budget(mut self, min_per_sec: u32, retry_percent: f32) -> Self {
+        self.min_per_sec = min_per_sec;
+        self.retry_percent = retry_percent;
+        self
+    }
+
+    /// Checks the settings and builds the layer.
+    ///
+    /// # Errors
+    /// A zero base backoff, a ceiling below the base, or a `retry_percent`
+    /// outside 0..=1000.
+    pub fn build(self) -> Result<RetryLayer, Error> {
+        if self.base_backoff.is_zero() || self.max_backoff < self.base_backoff {
+            return Err(Error::config(format!(
+                "retry backoff must start above zero and its ceiling must be at least the base (got {:?} up to {:?})",
+                self.base_backoff, self.max_backoff
+            )));
+        }
+        if !(0.0..=1000.0).contains(&self.retry_percent) || self.min_per_sec >= i32::MAX as u32 {
+            return Err(Error::config(format!(
+                "retry budget percent must be within 0..=1000 (got {})",
+                self.retry_percent
+            )));
+        }
+        Ok(RetryLayer::from_checked(self))
+    }
+}
+
+struct Config {
+    settings: RetryBuilder,
+    budget: TpsBudget,
+    rng: AtomicU64,
+}
+
+impl Config {
+    /// A jittered backoff for retry number `n` (0-based): uniform in the upper
+    /// half of `min(max, base × 2ⁿ)`, so waits spread out but never collapse to zero.
+    fn backoff(&self, n: u32) -> Duration {
+        let s = &self.settings;
+        let step = s
+            .base_backoff
+            .saturating_mul(1u32.checked_shl(n.min(31)).unwrap_or(u32::MAX))
+            .min(s.max_backoff);
+        let half = step / 2;
+        let span = u64::try_from((step - half).as_nanos()).unwrap_or(u64::MAX);
+        let r = self.next_random();
+        half + Duration::from_nanos(if span == 0 { 0 } else { r % (span + 1) })
+    }
+
+    fn next_random(&self) -> u64 {
+        // xorshift64*: quality is ample for jitter, and no dependency.
+        let mut x = self.rng.load(Ordering::Relaxed);
+        loop {
+            let mut y = x;
+            y ^= y >> 12;
+            y ^= y << 25;
+            y ^= y >> 27;
+            match self
+                .rng
+                .compare_exchange_weak(x, y, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return y.wrapping_mul(0x2545_f491_4f6c_dd1d),
+                Err(actual) => x = actual,
+            }
+        }
+    }
+}
+
+fn seed() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x9e37_79b9_7f4a_7c15);
+    h.finish() | 1
+}
+
+/// Retries requests as the server asks; see the [module docs](self).
+///
+/// The budget is held in an `Arc` inside the layer: every service the
+/// layer wraps, and every clone, draws on the same budget.
+#[derive(Clone)]
+pub struct RetryLayer {
+    config: Arc<Config>,
+}
+
+impl RetryLayer {
+    /// Starts from the defaults: 3 retries, waits up to 60 s, backoff 100 ms
+    /// to 10 s, budget 20 % plus 10 a second.
+    pub fn builder() -> RetryBuilder {
+        RetryBuilder {
+            max_retries: 3,
+            max_wait: Duration::from_secs(60),
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            min_per_sec: 10,
+            retry_percent: 0.2,
+        }
+    }
+}
+
+impl RetryLayer {
+    /// Settings already checked by [`RetryBuilder::build`] (or the defaults).
+    fn from_checked(settings: RetryBuilder) -> Self {
+        RetryLayer {
+            config: Arc::new(Config {
+                budget: TpsBudget::new(
+                    Duration::from_secs(10),
+                    settings.min_per_sec,
+                    settings.retry_percent,
+                ),
+                settings,
+                rng: AtomicU64::new(seed()),
+            }),
+        }
+    }
+}
+
+impl Default for RetryLayer {
+    /// The defaults of [`RetryLayer::builder`].
+    fn default() -> Self {
+        Self::from_checked(Self::builder())
+    }
+}
+
+impl fmt::Debug for RetryLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryLayer")
+            .field("settings", &self.config.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// The service built by [`RetryLayer`].
+#[derive(Clone)]
+pub struct Retry<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for Retry<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Retry")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What to do after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decision {
+    Done,
+    After(Duration),
+    Backoff,
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+pub(crate) fn decide<B>(
+    outcome: &Result<Response<B>, BoxError>,
+    method: &Method,
+    now: SystemTime,
+) -> Decision {
+    let idempotent = is_idempotent(method);
+    match outcome {
+        Ok(resp) => {
+            let status = resp.status();
+            let after = || {
+                resp.headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| headers::retry_after(v, now))
+            };
+            match status {
+                StatusCode::TOO_MANY_REQUESTS => after().map_or(Decision::Backoff, Decision::After),
+                StatusCode::SERVICE_UNAVAILABLE => match after() {
+                    Some(d) => Decision::After(d),
+                    None if idempotent => Decision::Backoff,
+                    None => Decision::Done,
+                },
+                StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT if idempotent => {
+                    Decision::Backoff
+                }
+                _ => Decision::Done,
+            }
+        }
+        Err(err) => {
+            let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&**err);
+            while let Some(e) = next {
+                if e.is::<RefusedAddress>()
+                    || e.is::<BodyTooLarge>()
+                    || e.is::<RequestBodyTooLarge>()
+                    || e.is::<TooManyRedirects>()
+                    || e.is::<TimedOut>()
+                    || e.is::<RateLimited>()
+                {
+                    return Decision::Done;
+                }
+                if let Some(h) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
+                    // A connect error means the request never left.
+                    return if h.is_connect() || idempotent {
+                        Decision::Backoff
+                    } else {
+                        Decision::Done
+                    };
+                }
+                next = e.source();
+            }
+            // Not a transport error (a local limit's refusal, a bad URI...).
+            Decision::Done
+        }
+    }
+}
+
+impl<S, B, ResB> Service<Request<B>> for Retry<S>
+where
+    S: Service<Request<B>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Clone + Send + 'static,
+    ResB: Send + 'static,
+{
+    type Response = Response<ResB>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ResB>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // Each attempt waits for the inner service's readiness in the
+        // future, so nothing is reserved here (and nothing held while sleeping).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let inner = self.inner.clone();
+        let config = self.config.clone();
+        Box::pin(async move {
+            config.budget.deposit();
+            let settings = &config.settings;
+            let mut retries = 0u32;
+            loop {
+                let outcome = inner.clone().oneshot(req.clone()).await.map_err(Into::into);
+                let wait = match decide(&outcome, req.method(), SystemTime::now()) {
+                    Decision::Done => return outcome,
+                    Decision::After(d) if d > settings.max_wait => {
+                        tracing::warn!(
+                            retry_after_ms = d.as_millis() as u64,
+                            max_wait_ms = settings.max_wait.as_millis() as u64,
+                            "retry-after above the cap; returning rate limited"
+                        );
+                        return Err(RateLimited::new(d).into());
+                    }
+                    Decision::After(d) => d,
+                    Decision::Backoff => config.backoff(retries),
+                };
+                if retries >= settings.max_retries {
+                    return outcome;
+                }
+                if !config.budget.withdraw() {
+                    tracing::debug!("retry budget spent; returning the outcome");
+                    return outcome;
+                }
+                retries += 1;
+                tracing::debug!(
+                    retry = retries,
+                    wait_ms = wait.as_millis() as u64,
+                    status = outcome.as_ref().map(|r| r.status().as_u16()).ok(),
+                    "retrying"
+                );
+                // The outcome (and with it any connection or permit) goes
+                // before the sleep, not after.
+                drop(outcome);
+                tokio::time::sleep(wait).await;
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn resp(status: u16, retry_after: Option<&str>) -> Result<Response<()>, BoxError> {
+        let mut b = Response::builder().status(status);
+        if let Some(v) = retry_after {
+            b = b.header(RETRY_AFTER, v);
+        }
+        Ok(b.body(()).unwrap())
+    }
+
+    #[test]
+    fn decisions_follow_the_table() {
+        let now = SystemTime::now();
+        let (get, post) = (Method::GET, Method::POST);
+        assert_eq!(
+            decide(&resp(429, Some("2")), &post, now),
+            Decision::After(Duration::from_secs(2))
+        );
+        assert_eq!(decide(&resp(429, None), &post, now), Decision::Backoff);
+        assert_eq!(
+            decide(&resp(503, Some("1")), &post, now),
+            Decision::After(Duration::from_secs(1))
+        );
+        assert_eq!(decide(&resp(503, None), &post, now), Decision::Done);
+        assert_eq!(decide(&resp(503, None), &get, now), Decision::Backoff);
+        assert_eq!(decide(&resp(502, None), &get, now), Decision::Backoff);
+        assert_eq!(decide(&resp(504, None), &post, now), Decision::Done);
+        assert_eq!(decide(&resp(500, None), &get, now), Decision::Done);
+        assert_eq!(decide(&resp(200, None), &get, now), Decision::Done);
+        let refused: Result<Response<()>, BoxError> = Err(RefusedAddress::new("x", None).into());
+        assert_eq!(decide(&refused, &get, now), Decision::Done);
+    }
+
+    #[test]
+    fn backoff_is_jittered_within_the_upper_half_and_capped() {
+        let layer = RetryLayer::builder()
+            .backoff(Duration::from_millis(100), Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let c = &layer.config;
+        for n in 0..10 {
+            let step = (Duration::from_millis(100) * 2u32.pow(n)).min(Duration::from_secs(1));
+            for _ in 0..50 {
+                let d = c.backoff(n);
+                assert!(
+                    d >= step / 2 && d <= step,
+                    "retry {n}: {d:?} outside [{:?}, {step:?}]",
+                    step / 2
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bad_settings_fail_at_build() {
+        assert!(
+            RetryLayer::builder()
+                .backoff(Duration::ZERO, Duration::from_secs(1))
+                .build()
+                .is_err()
+        );
+        let err = RetryLayer::builder().budget(1, -1.0).build().unwrap_err();
+        assert!(err.to_string().contains("0..=1000"));
+    }
+}
