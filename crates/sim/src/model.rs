@@ -1,0 +1,261 @@
+//! The downstream's capacity model: every part optional.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+/// What the simulated downstream can take, and how it answers beyond that.
+///
+/// Built with chainable setters from [`Model::new`], which is an unlimited
+/// server answering after 100 ms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    pub(crate) concurrency: Option<usize>,
+    pub(crate) overflow: Overflow,
+    pub(crate) rate: Option<RateCap>,
+    pub(crate) quota: Option<Quota>,
+    pub(crate) latency: Latency,
+    pub(crate) knee: Option<Knee>,
+    pub(crate) drop_rate: f64,
+    pub(crate) refusal_latency: Duration,
+    pub(crate) changes: Vec<CapacityChange>,
+    pub(crate) body_bytes: usize,
+}
+
+/// What happens to a request beyond the concurrency capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// Answered at once with this status (429 or 503, say).
+    Refuse(StatusCode),
+    /// Queued (FIFO) until a slot frees; beyond `max` queued, a 503.
+    Queue {
+        /// The most requests waiting.
+        max: usize,
+    },
+}
+
+/// A rate capacity: `per_second` with a `burst`, beyond which a 429 with a
+/// `Retry-After` (whole seconds, at least 1) is the answer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateCap {
+    /// Sustained requests per second.
+    pub per_second: f64,
+    /// Requests admitted back to back after a quiet spell.
+    pub burst: u32,
+}
+
+/// A fixed-window quota: `limit` requests per `window`; past it, a 429 whose
+/// `Retry-After` is the rest of the window (the "long Retry-After" case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Requests per window.
+    pub limit: u32,
+    /// The window's length.
+    pub window: Duration,
+}
+
+/// How long an admitted request takes: `base` plus a random part.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Latency {
+    /// The fixed part.
+    pub base: Duration,
+    /// The random part.
+    pub jitter: Jitter,
+}
+
+/// The random part of the latency.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Jitter {
+    /// None: every request takes `base`.
+    None,
+    /// Exponential with this mean.
+    Exponential {
+        /// The mean of the random part.
+        mean: Duration,
+    },
+    /// Log-normal with this median and shape σ (σ = 1 gives an LLM-API-like tail:
+    /// p99 about ten times the median).
+    LogNormal {
+        /// The median of the random part.
+        median: Duration,
+        /// The shape: the standard deviation of the log.
+        sigma: f64,
+    },
+}
+
+/// Above `at` requests in service, latency grows: ×(1 + `slope` × (n − at) / at).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Knee {
+    /// Requests in service from which latency grows.
+    pub at: usize,
+    /// How steeply.
+    pub slope: f64,
+}
+
+/// A change of capacity `at` a time after the simulation started.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CapacityChange {
+    /// When, from the start.
+    pub at: Duration,
+    /// The new concurrency capacity, if it changes.
+    pub concurrency: Option<usize>,
+    /// The new rate per second, if it changes.
+    pub rate: Option<f64>,
+}
+
+impl Default for Model {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Model {
+    /// An unlimited server that answers every request after 100 ms.
+    pub fn new() -> Self {
+        Self {
+            concurrency: None,
+            overflow: Overflow::Refuse(StatusCode::TOO_MANY_REQUESTS),
+            rate: None,
+            quota: None,
+            latency: Latency {
+                base: Duration::from_millis(100),
+                jitter: Jitter::None,
+            },
+            knee: None,
+            drop_rate: 0.0,
+            refusal_latency: Duration::from_millis(1),
+            changes: Vec::new(),
+            body_bytes: 0,
+        }
+    }
+
+    /// At most `capacity` requests in service; beyond, refused with 429
+    /// unless [`overflow`](Self::overflow) says otherwise.
+    #[must_use]
+    pub fn concurrency(mut self, capacity: usize) -> Self {
+        self.concurrency = Some(capacity);
+        self
+    }
+
+    /// What happens beyond the concurrency capacity.
+    #[must_use]
+    pub fn overflow(mut self, overflow: Overflow) -> Self {
+        self.overflow = overflow;
+        self
+    }
+
+    /// A rate capacity with burst; beyond it, 429 with `Retry-After`.
+    #[must_use]
+    pub fn rate(mut self, per_second: f64, burst: u32) -> Self {
+        self.rate = Some(RateCap {
+            per_second,
+            burst: burst.max(1),
+        });
+        self
+    }
+
+    /// A fixed-window quota; past it, 429 with the rest of the window as `Retry-After`.
+    #[must_use]
+    pub fn quota(mut self, limit: u32, window: Duration) -> Self {
+        self.quota = Some(Quota { limit, window });
+        self
+    }
+
+    /// The latency of an admitted request.
+    #[must_use]
+    pub fn latency(mut self, base: Duration, jitter: Jitter) -> Self {
+        self.latency = Latency { base, jitter };
+        self
+    }
+
+    /// Latency grows above `at` requests in service.
+    #[must_use]
+    pub fn knee(mut self, at: usize, slope: f64) -> Self {
+        self.knee = Some(Knee {
+            at: at.max(1),
+            slope,
+        });
+        self
+    }
+
+    /// This fraction of requests never gets an answer (the client's timeout must fire).
+    #[must_use]
+    pub fn drop_rate(mut self, fraction: f64) -> Self {
+        self.drop_rate = fraction.clamp(0.0, 1.0);
+        self
+    }
+
+    /// How long a refusal takes (default 1 ms).
+    #[must_use]
+    pub fn refusal_latency(mut self, latency: Duration) -> Self {
+        self.refusal_latency = latency;
+        self
+    }
+
+    /// Changes the capacity at `at` after the start.
+    #[must_use]
+    pub fn change_at(
+        mut self,
+        at: Duration,
+        concurrency: Option<usize>,
+        rate: Option<f64>,
+    ) -> Self {
+        self.changes.push(CapacityChange {
+            at,
+            concurrency,
+            rate,
+        });
+        self.changes.sort_by_key(|c| c.at);
+        self
+    }
+
+    /// Each successful answer carries a body of this many bytes.
+    #[must_use]
+    pub fn body_bytes(mut self, bytes: usize) -> Self {
+        self.body_bytes = bytes;
+        self
+    }
+
+    /// The unloaded latency's quantile `q` (0..1), estimated from 20 000
+    /// draws of a fixed seed: the yardstick for "p99 over unloaded p99".
+    pub fn unloaded_quantile(&self, q: f64) -> Duration {
+        let mut rng = crate::rng::Rng::new(0x5EED);
+        let mut draws: Vec<Duration> = (0..20_000).map(|_| self.latency.sample(&mut rng)).collect();
+        draws.sort_unstable();
+        let i = ((draws.len() as f64 * q) as usize).min(draws.len() - 1);
+        draws[i]
+    }
+
+    /// The mean unloaded latency, computed from the distribution.
+    pub fn unloaded_mean(&self) -> Duration {
+        self.latency.base
+            + match self.latency.jitter {
+                Jitter::None => Duration::ZERO,
+                Jitter::Exponential { mean } => mean,
+                Jitter::LogNormal { median, sigma } => median.mul_f64((sigma * sigma / 2.0).exp()),
+            }
+    }
+}
+
+impl Latency {
+    pub(crate) fn sample(&self, rng: &mut crate::rng::Rng) -> Duration {
+        let extra = match self.jitter {
+            Jitter::None => Duration::ZERO,
+            Jitter::Exponential { mean } => mean.mul_f64(-rng.unit().ln()),
+            Jitter::LogNormal { median, sigma } => {
+                median.mul_f64((sigma * rng.normal()).exp().min(1e4))
+            }
+        };
+        self.base + extra
+    }
+}
+
+impl Knee {
+    pub(crate) fn factor(&self, in_service: usize) -> f64 {
+        if in_service <= self.at {
+            1.0
+        } else {
+            1.0 + self.slope * (in_service - self.at) as f64 / self.at as f64
+        }
+    }
+}

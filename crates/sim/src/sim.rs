@@ -1,0 +1,325 @@
+//! The simulated downstream: shared state, admission, and the tower `Service`.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::model::{Model, Overflow};
+use crate::rng::Rng;
+use crate::stats::{Recorder, Stats};
+
+/// The response body of the simulated downstream.
+pub type Body = Full<Bytes>;
+
+/// A simulated downstream: clone it freely, every clone is the same server.
+///
+/// As a tower `Service<http::Request<B>>` it never fails: overload is
+/// answered with a status (429 or 503), a silent drop never answers.
+/// Construct it inside a Tokio runtime (its clock starts then); with a
+/// paused clock, everything it does is deterministic for a given seed.
+#[derive(Debug, Clone)]
+pub struct Sim {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    model: Model,
+    start: Instant,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    rng: Rng,
+    concurrency: Option<usize>,
+    rate: Option<f64>,
+    next_change: usize,
+    in_service: usize,
+    queue: VecDeque<oneshot::Sender<()>>,
+    /// GCRA: the theoretical arrival time of the next request.
+    tat: Option<Instant>,
+    quota_window: u64,
+    quota_used: u32,
+    stats: Recorder,
+}
+
+/// What the admission step decided for one request.
+enum Admission {
+    Refuse {
+        status: StatusCode,
+        retry_after: Option<Duration>,
+    },
+    Drop,
+    Serve,
+    Queue(oneshot::Receiver<()>),
+}
+
+impl Sim {
+    /// A downstream following `model`, its randomness drawn from `seed`.
+    pub fn new(model: Model, seed: u64) -> Self {
+        let now = Instant::now();
+        let state = State {
+            rng: Rng::new(seed),
+            concurrency: model.concurrency,
+            rate: model.rate.map(|r| r.per_second),
+            next_change: 0,
+            in_service: 0,
+            queue: VecDeque::new(),
+            tat: None,
+            quota_window: 0,
+            quota_used: 0,
+            stats: Recorder::new(now),
+        };
+        Self {
+            inner: Arc::new(Inner {
+                model,
+                start: now,
+                state: Mutex::new(state),
+            }),
+        }
+    }
+
+    /// The model this downstream follows.
+    pub fn model(&self) -> &Model {
+        &self.inner.model
+    }
+
+    /// What it recorded since it started (or since the last [`reset_stats`](Self::reset_stats)).
+    pub fn stats(&self) -> Stats {
+        let now = Instant::now();
+        let mut state = self.inner.lock();
+        let in_service = state.in_service;
+        state.stats.snapshot(now, in_service)
+    }
+
+    /// Starts a new measurement window (e.g. after a warm-up).
+    pub fn reset_stats(&self) {
+        let now = Instant::now();
+        let mut state = self.inner.lock();
+        let in_service = state.in_service;
+        state.stats = Recorder::new(now);
+        state.stats.set_in_service(now, in_service);
+    }
+
+    /// The concurrency capacity in force now (after any scheduled change).
+    pub fn concurrency_now(&self) -> Option<usize> {
+        let mut guard = self.inner.lock();
+        self.inner.apply_changes(&mut guard, Instant::now());
+        guard.concurrency
+    }
+
+    /// Answers one request, as the `Service` and the HTTP server do.
+    pub fn respond(&self) -> impl Future<Output = Response<Body>> + Send + 'static + use<> {
+        let inner = self.inner.clone();
+        let arrived = Instant::now();
+        let admission = inner.admit(arrived);
+        async move {
+            match admission {
+                Admission::Refuse {
+                    status,
+                    retry_after,
+                } => {
+                    tokio::time::sleep(inner.model.refusal_latency).await;
+                    refusal(status, retry_after)
+                }
+                Admission::Drop => std::future::pending().await,
+                Admission::Serve => inner.serve(arrived).await,
+                Admission::Queue(go) => {
+                    // The slot is ours once `go` fires; if we are dropped
+                    // first, the sender sees it and passes the slot on.
+                    if go.await.is_err() {
+                        return refusal(StatusCode::SERVICE_UNAVAILABLE, None);
+                    }
+                    inner.serve(arrived).await
+                }
+            }
+        }
+    }
+}
+
+fn refusal(status: StatusCode, retry_after: Option<Duration>) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = status;
+    if let Some(wait) = retry_after {
+        // Whole seconds, rounded up, at least 1, as real servers send it.
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        response.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from(secs.max(1)),
+        );
+    }
+    response
+}
+
+/// Gives the service slot back when the request finishes or is dropped.
+struct Slot {
+    inner: Arc<Inner>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.inner.release(Instant::now());
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every critical section is a few infallible steps.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn apply_changes(&self, state: &mut State, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.start);
+        while let Some(change) = self.model.changes.get(state.next_change) {
+            if change.at > elapsed {
+                break;
+            }
+            if let Some(c) = change.concurrency {
+                state.concurrency = Some(c);
+            }
+            if let Some(r) = change.rate {
+                state.rate = Some(r);
+            }
+            state.next_change += 1;
+        }
+        self.start_queued(state, now);
+    }
+
+    fn admit(&self, now: Instant) -> Admission {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        self.apply_changes(state, now);
+        state.stats.arrival();
+        let refuse = |state: &mut State, status: StatusCode, retry_after| {
+            state.stats.refusal(status);
+            Admission::Refuse {
+                status,
+                retry_after,
+            }
+        };
+        if let Some(quota) = self.model.quota {
+            let elapsed = now.saturating_duration_since(self.start);
+            let window = quota.window.as_nanos().max(1);
+            let index = u64::try_from(elapsed.as_nanos() / window).unwrap_or(u64::MAX);
+            if index != state.quota_window {
+                state.quota_window = index;
+                state.quota_used = 0;
+            }
+            if state.quota_used >= quota.limit {
+                let end = quota.window * u32::try_from(index + 1).unwrap_or(u32::MAX);
+                let wait = end.saturating_sub(elapsed);
+                return refuse(state, StatusCode::TOO_MANY_REQUESTS, Some(wait));
+            }
+            state.quota_used += 1;
+        }
+        if let (Some(per_second), Some(cap)) = (state.rate, self.model.rate)
+            && per_second > 0.0
+        {
+            let interval = Duration::from_secs_f64(1.0 / per_second);
+            let tolerance = interval * cap.burst.saturating_sub(1);
+            let tat = state.tat.unwrap_or(now).max(now);
+            let allowed_at = tat.checked_sub(tolerance).unwrap_or(now);
+            if allowed_at > now {
+                let wait = allowed_at - now;
+                return refuse(state, StatusCode::TOO_MANY_REQUESTS, Some(wait));
+            }
+            state.tat = Some(tat + interval);
+        }
+        if self.model.drop_rate > 0.0 && state.rng.unit() <= self.model.drop_rate {
+            state.stats.drop();
+            return Admission::Drop;
+        }
+        let free = state.concurrency.is_none_or(|c| state.in_service < c);
+        if free && state.queue.is_empty() {
+            state.in_service += 1;
+            state.stats.set_in_service(now, state.in_service);
+            return Admission::Serve;
+        }
+        match self.model.overflow {
+            Overflow::Refuse(status) => refuse(state, status, None),
+            Overflow::Queue { max } if state.queue.len() < max => {
+                let (tx, rx) = oneshot::channel();
+                state.queue.push_back(tx);
+                state.stats.set_queued(state.queue.len());
+                Admission::Queue(rx)
+            }
+            Overflow::Queue { .. } => refuse(state, StatusCode::SERVICE_UNAVAILABLE, None),
+        }
+    }
+
+    /// Serves an admitted request; the slot is taken already.
+    async fn serve(self: Arc<Self>, arrived: Instant) -> Response<Body> {
+        let slot = Slot {
+            inner: self.clone(),
+        };
+        let latency = {
+            let mut state = self.lock();
+            let base = self.model.latency.sample(&mut state.rng);
+            let factor = self.model.knee.map_or(1.0, |k| k.factor(state.in_service));
+            base.mul_f64(factor)
+        };
+        tokio::time::sleep(latency).await;
+        let now = Instant::now();
+        drop(slot);
+        self.lock()
+            .stats
+            .success(now.saturating_duration_since(arrived));
+        let body = if self.model.body_bytes == 0 {
+            Bytes::new()
+        } else {
+            Bytes::from(vec![b'x'; self.model.body_bytes])
+        };
+        Response::new(Full::new(body))
+    }
+
+    fn release(&self, now: Instant) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        state.in_service = state.in_service.saturating_sub(1);
+        self.apply_changes(state, now);
+        state.stats.set_in_service(now, state.in_service);
+    }
+
+    /// Moves queued requests into service while there is room.
+    fn start_queued(&self, state: &mut State, now: Instant) {
+        while state.concurrency.is_none_or(|c| state.in_service < c) {
+            let Some(tx) = state.queue.pop_front() else {
+                break;
+            };
+            if tx.send(()).is_ok() {
+                state.in_service += 1;
+                state.stats.set_in_service(now, state.in_service);
+            }
+        }
+        state.stats.set_queued(state.queue.len());
+    }
+}
+
+/// The future of [`Sim`]'s `Service` implementation.
+pub type SimFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+impl<B> tower_service::Service<Request<B>> for Sim {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = SimFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: Request<B>) -> Self::Future {
+        let response = self.respond();
+        Box::pin(async move { Ok(response.await) })
+    }
+}

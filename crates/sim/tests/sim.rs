@@ -1,0 +1,257 @@
+//! The simulated downstream's model, each part on its own, on the paused
+//! clock; and the same downstream over real HTTP on 127.0.0.1.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use http::{Request, StatusCode};
+use tokio::time::{self, Instant};
+use tower::ServiceExt;
+use tower_fanout_sim::{Jitter, Model, Overflow, Sim};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+async fn call(sim: &Sim) -> http::Response<tower_fanout_sim::Body> {
+    sim.clone().oneshot(Request::new(())).await.unwrap()
+}
+
+/// Fires `n` calls at once; returns (status, latency) of each.
+async fn burst(sim: &Sim, n: usize) -> Vec<(StatusCode, Duration, Option<String>)> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let sim = sim.clone();
+            tokio::spawn(async move {
+                let t = Instant::now();
+                let r = call(&sim).await;
+                let ra = r
+                    .headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap().to_string());
+                (r.status(), t.elapsed(), ra)
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrency_cap_refuses_beyond_capacity() {
+    let sim = Sim::new(
+        Model::new().concurrency(5).latency(ms(100), Jitter::None),
+        1,
+    );
+    let out = burst(&sim, 8).await;
+    let ok = out.iter().filter(|o| o.0 == StatusCode::OK).count();
+    assert_eq!(ok, 5);
+    assert!(
+        out.iter()
+            .filter(|o| o.0 == StatusCode::TOO_MANY_REQUESTS)
+            .all(|o| o.1 == ms(1))
+    );
+    let s = sim.stats();
+    assert_eq!(
+        (s.arrivals, s.admitted, s.successes, s.refused_429),
+        (8, 5, 5, 3)
+    );
+    assert_eq!(s.peak_in_service, 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn refusal_status_is_configurable() {
+    let model = Model::new()
+        .concurrency(1)
+        .overflow(Overflow::Refuse(StatusCode::SERVICE_UNAVAILABLE));
+    let sim = Sim::new(model, 1);
+    let out = burst(&sim, 2).await;
+    assert!(out.iter().any(|o| o.0 == StatusCode::SERVICE_UNAVAILABLE));
+    assert_eq!(sim.stats().refused_other, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn queueing_server_serves_in_order_and_bounds_the_queue() {
+    let model = Model::new()
+        .concurrency(2)
+        .overflow(Overflow::Queue { max: 2 })
+        .latency(ms(100), Jitter::None);
+    let sim = Sim::new(model, 1);
+    let mut out = burst(&sim, 5).await;
+    out.sort_by_key(|o| o.1);
+    let latencies: Vec<_> = out
+        .iter()
+        .map(|o| (o.0.as_u16(), o.1.as_millis()))
+        .collect();
+    assert_eq!(
+        latencies,
+        [(503, 1), (200, 100), (200, 100), (200, 200), (200, 200)]
+    );
+    assert_eq!(sim.stats().peak_queued, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_cap_answers_429_with_retry_after() {
+    let sim = Sim::new(Model::new().rate(10.0, 2).latency(ms(10), Jitter::None), 1);
+    let out = burst(&sim, 4).await;
+    let refused: Vec<_> = out
+        .iter()
+        .filter(|o| o.0 == StatusCode::TOO_MANY_REQUESTS)
+        .collect();
+    assert_eq!(refused.len(), 2, "burst of 2");
+    assert!(refused.iter().all(|o| o.2.as_deref() == Some("1")));
+    // A token every 100 ms.
+    time::advance(ms(100)).await;
+    assert_eq!(call(&sim).await.status(), StatusCode::OK);
+    assert_eq!(call(&sim).await.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test(start_paused = true)]
+async fn quota_sends_the_rest_of_the_window() {
+    let sim = Sim::new(
+        Model::new()
+            .quota(3, Duration::from_secs(30))
+            .latency(ms(10), Jitter::None),
+        1,
+    );
+    let out = burst(&sim, 4).await;
+    let refused: Vec<_> = out
+        .iter()
+        .filter(|o| o.0 == StatusCode::TOO_MANY_REQUESTS)
+        .collect();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].2.as_deref(), Some("30"));
+    time::advance(Duration::from_secs(30)).await;
+    assert_eq!(call(&sim).await.status(), StatusCode::OK);
+}
+
+#[tokio::test(start_paused = true)]
+async fn knee_slows_everybody_above_it() {
+    let sim = Sim::new(Model::new().knee(4, 1.0).latency(ms(100), Jitter::None), 1);
+    let out = burst(&sim, 8).await;
+    // The last four started with 5..8 in service: ×1.25 .. ×2.
+    let max = out.iter().map(|o| o.1).max().unwrap();
+    assert_eq!(max, ms(200));
+    let fast = out.iter().filter(|o| o.1 == ms(100)).count();
+    assert_eq!(fast, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn silent_drops_never_answer() {
+    let sim = Sim::new(Model::new().drop_rate(1.0), 1);
+    let r = time::timeout(Duration::from_secs(5), call(&sim)).await;
+    assert!(
+        r.is_err(),
+        "a dropped request must leave the client to its timeout"
+    );
+    let s = sim.stats();
+    assert_eq!((s.dropped, s.successes, s.mean_in_service), (1, 0, 0.0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn capacity_changes_at_the_given_time() {
+    let model = Model::new()
+        .concurrency(4)
+        .latency(ms(100), Jitter::None)
+        .change_at(Duration::from_secs(30), Some(2), None)
+        .change_at(Duration::from_secs(60), Some(8), None);
+    let sim = Sim::new(model, 1);
+    let ok = |v: Vec<(StatusCode, Duration, Option<String>)>| {
+        v.iter().filter(|o| o.0 == StatusCode::OK).count()
+    };
+    assert_eq!(ok(burst(&sim, 10).await), 4);
+    time::advance(Duration::from_secs(30)).await;
+    assert_eq!(ok(burst(&sim, 10).await), 2);
+    time::advance(Duration::from_secs(30)).await;
+    assert_eq!(ok(burst(&sim, 10).await), 8);
+    assert_eq!(sim.concurrency_now(), Some(8));
+}
+
+#[tokio::test(start_paused = true)]
+async fn stats_weight_in_service_by_time() {
+    let sim = Sim::new(Model::new().latency(ms(100), Jitter::None), 1);
+    burst(&sim, 4).await; // 4 in service for 100 ms
+    time::advance(ms(300)).await; // then idle for 300 ms
+    let s = sim.stats();
+    assert!(
+        (s.mean_in_service - 1.0).abs() < 1e-6,
+        "{}",
+        s.mean_in_service
+    );
+    assert_eq!(s.p99, ms(100));
+    assert!((s.goodput - 10.0).abs() < 1e-6, "{}", s.goodput);
+    sim.reset_stats();
+    assert_eq!(sim.stats().arrivals, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn log_normal_tail_and_seeded_determinism() {
+    let model = Model::new().latency(
+        ms(20),
+        Jitter::LogNormal {
+            median: ms(200),
+            sigma: 1.0,
+        },
+    );
+    let run = |seed| {
+        let model = model.clone();
+        async move {
+            let sim = Sim::new(model, seed);
+            burst(&sim, 2000).await;
+            sim.stats()
+        }
+    };
+    let (a, b, c) = (run(7).await, run(7).await, run(8).await);
+    assert_eq!(a, b, "same seed, same run");
+    assert_ne!(a.p99, c.p99);
+    // Median 220 ms; p99 about e^(2.33) ≈ 10× the jitter's median.
+    assert!(a.p50 > ms(180) && a.p50 < ms(260), "{:?}", a.p50);
+    assert!(a.p99 > ms(1500) && a.p99 < ms(3000), "{:?}", a.p99);
+    let unloaded = model.unloaded_quantile(0.99);
+    assert!(unloaded > ms(1500) && unloaded < ms(3000), "{unloaded:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropped_client_frees_its_slot() {
+    let sim = Sim::new(
+        Model::new().concurrency(1).latency(ms(100), Jitter::None),
+        1,
+    );
+    let r = time::timeout(ms(10), call(&sim)).await;
+    assert!(r.is_err());
+    assert_eq!(call(&sim).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn serves_real_http_on_loopback() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let model = Model::new()
+        .concurrency(1)
+        .latency(ms(20), Jitter::None)
+        .body_bytes(1024);
+    let sim = Sim::new(model, 1);
+    let server = sim.serve().await.unwrap();
+    assert!(server.addr().ip().is_loopback());
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    let uri: http::Uri = format!("http://{}/item", server.addr()).parse().unwrap();
+    let (a, b) = tokio::join!(client.get(uri.clone()), client.get(uri.clone()));
+    let mut statuses = vec![a.as_ref().unwrap().status(), b.as_ref().unwrap().status()];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::TOO_MANY_REQUESTS]);
+    let ok = if a.as_ref().unwrap().status() == StatusCode::OK {
+        a
+    } else {
+        b
+    };
+    let body = ok.unwrap().into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), 1024);
+    assert_eq!(sim.stats().successes, 1);
+    server.shutdown().await;
+    assert!(client.get(uri).await.is_err(), "the server is gone");
+}
