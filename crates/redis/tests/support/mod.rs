@@ -1,0 +1,319 @@
+//! Fixtures: a real `redis-server` on a free loopback port, a counting HTTP
+//! server, and worker processes (this test binary, re-executed).
+#![allow(dead_code, clippy::unwrap_used, unreachable_pub)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+/// Finds `redis-server`, or fails the test saying how to install it:
+/// these tests must not pass silently without a real Redis.
+pub fn redis_server_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("TF_REDIS_SERVER") {
+        return PathBuf::from(path);
+    }
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(["/usr/bin", "/usr/local/bin", "/usr/sbin"].map(PathBuf::from));
+    for dir in dirs {
+        let candidate = dir.join("redis-server");
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!(
+        "redis-server not found on PATH (nor TF_REDIS_SERVER): these tests run against a real Redis; \
+         install it (Debian/Ubuntu: `apt-get install -y redis-server`)"
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `redis-server` of our own; killed when dropped.
+pub struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a server on a free 127.0.0.1 port, with no persistence.
+    pub fn start() -> Self {
+        let binary = redis_server_binary();
+        for _ in 0..5 {
+            let port = free_port();
+            let mut server = Self { port, child: None };
+            if server.spawn(&binary) {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on a free port after 5 attempts");
+    }
+
+    fn spawn(&mut self, binary: &PathBuf) -> bool {
+        let mut child = Command::new(binary)
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("could not run {}: {e}", binary.display()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                // Exited: most likely the port was taken meanwhile.
+                return false;
+            }
+            if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                use std::io::{Read, Write};
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+                if stream.write_all(b"PING\r\n").is_ok() {
+                    let mut buf = [0u8; 7];
+                    if stream.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n" {
+                        self.child = Some(child);
+                        return true;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kills the server (SIGKILL): no goodbye to the clients.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a fresh server on the same port (no data survives).
+    pub fn restart(&mut self) {
+        self.kill();
+        let binary = redis_server_binary();
+        for _ in 0..50 {
+            if self.spawn(&binary) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("redis-server did not restart on port {}", self.port);
+    }
+
+    /// A plain connection for checks made by the test itself.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An HTTP server on 127.0.0.1 that counts the requests it gets and the
+/// most it ever had in flight at once.
+#[derive(Clone)]
+pub struct CountingServer {
+    pub addr: SocketAddr,
+    stats: Arc<Stats>,
+}
+
+#[derive(Default)]
+struct Stats {
+    total: AtomicU64,
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
+}
+
+impl CountingServer {
+    /// Each request is held `hold` before it is answered.
+    pub async fn start(hold: Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stats = Arc::new(Stats::default());
+        let server_stats = stats.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let stats = server_stats.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |_req: Request<hyper::body::Incoming>| {
+                        let stats = stats.clone();
+                        async move {
+                            let now = stats.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                            stats.max_in_flight.fetch_max(now, Ordering::SeqCst);
+                            stats.total.fetch_add(1, Ordering::SeqCst);
+                            if !hold.is_zero() {
+                                tokio::time::sleep(hold).await;
+                            }
+                            // Out of flight before the answer leaves, so a
+                            // client sees its response only after this.
+                            stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self { addr, stats }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.stats.total.load(Ordering::SeqCst)
+    }
+
+    pub fn max_in_flight(&self) -> u64 {
+        self.stats.max_in_flight.load(Ordering::SeqCst)
+    }
+}
+
+/// The env var that turns a run of this test binary into a worker.
+pub const WORKER_ENV: &str = "TF_REDIS_WORKER";
+
+/// A worker process: this test binary, re-executed to run only the test
+/// `entry` with `WORKER_ENV` set, talking over stdin/stdout.
+pub struct Worker {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Worker {
+    pub fn spawn(entry: &str, env: &[(&str, String)]) -> Self {
+        let exe = std::env::current_exe().unwrap();
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.args([entry, "--exact", "--nocapture", "--test-threads=1"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        Self {
+            child,
+            lines: BufReader::new(stdout).lines(),
+        }
+    }
+
+    /// Waits (bounded) for a line `WORKER <word> ...` and returns the rest.
+    pub async fn expect(&mut self, word: &str) -> String {
+        let prefix = format!("WORKER {word}");
+        let wait = async {
+            while let Some(line) = self.lines.next_line().await.unwrap() {
+                // libtest may have printed `test worker_entry ... ` first.
+                if let Some(at) = line.find(&prefix) {
+                    return line[at + prefix.len()..].trim().to_owned();
+                }
+            }
+            panic!("worker exited before saying {word:?}");
+        };
+        tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .unwrap_or_else(|_| panic!("worker did not say {word:?} within 30 s"))
+    }
+
+    pub async fn send(&mut self, line: &str) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    /// SIGKILL: the worker gets no chance to release anything.
+    pub async fn kill(&mut self) {
+        self.child.start_kill().unwrap();
+        let _ = self.child.wait().await;
+    }
+
+    pub async fn wait(&mut self) {
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("worker did not exit within 30 s")
+            .unwrap();
+        assert!(status.success(), "worker failed: {status}");
+    }
+}
+
+/// Parses `key=value` pairs from a worker's report.
+pub fn field(report: &str, key: &str) -> u64 {
+    report
+        .split_whitespace()
+        .find_map(|pair| pair.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key} in {report:?}"))
+        .parse()
+        .unwrap()
+}
+
+/// Reads one line from stdin (the parent's go signal), off the runtime.
+pub async fn wait_for_go() {
+    tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+pub fn env_u64(key: &str) -> u64 {
+    std::env::var(key)
+        .unwrap_or_else(|_| panic!("worker needs {key}"))
+        .parse()
+        .unwrap()
+}
+
+pub fn env_str(key: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| panic!("worker needs {key}"))
+}
