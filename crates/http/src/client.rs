@@ -26,7 +26,7 @@ use tower_service::Service;
 use tracing::Instrument;
 
 use crate::body::{Cap, collect};
-use crate::guard::{self, GuardedConnector, GuardedResolver};
+use crate::guard::{self, Guard, GuardedConnector, GuardedResolver};
 use crate::learn::{Learn, Learned};
 use crate::redirect::RedirectPolicy;
 use crate::retry::RetryLayer;
@@ -51,6 +51,7 @@ pub struct ClientBuilder {
     max_redirects: usize,
     decompression: bool,
     address_guard: bool,
+    guard_allow: Vec<std::net::IpAddr>,
     host_default: KeyLimit,
     host_limits: Vec<(String, KeyLimit)>,
     max_hosts: usize,
@@ -135,6 +136,13 @@ impl ClientBuilder {
     /// [`guard`](crate::guard).
     pub fn address_guard(mut self, on: bool) -> Self {
         self.address_guard = on;
+        self
+    }
+
+    /// Let `ip` through the address guard anyway (a proxy or an internal
+    /// service the operator means to reach). Exact addresses only.
+    pub fn address_guard_allow(mut self, ip: std::net::IpAddr) -> Self {
+        self.guard_allow.push(ip);
         self
     }
 
@@ -249,8 +257,9 @@ impl ClientBuilder {
             .resolver
             .clone()
             .unwrap_or_else(|| guard::box_resolver(GaiResolver::new()));
+        let guard = Guard::new(self.address_guard, self.guard_allow.clone());
         let mut http =
-            HttpConnector::new_with_resolver(GuardedResolver::new(resolver, self.address_guard));
+            HttpConnector::new_with_resolver(GuardedResolver::new(resolver, guard.clone()));
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(self.connect_timeout);
@@ -260,7 +269,7 @@ impl ClientBuilder {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let connector = GuardedConnector::new(https, self.address_guard);
+        let connector = GuardedConnector::new(https, guard.clone());
         let mut raw = HyperClient::builder(TokioExecutor::new());
         raw.pool_idle_timeout(self.pool_idle_timeout)
             .pool_max_idle_per_host(self.pool_max_idle_per_host)
@@ -291,7 +300,7 @@ impl ClientBuilder {
         Ok(Client {
             stack,
             max_request_body: self.max_request_body,
-            address_guard: self.address_guard,
+            guard,
             host_limits,
         })
     }
@@ -352,14 +361,14 @@ impl Service<Request<Full<Bytes>>> for Fetch {
 pub struct Client {
     stack: Stack,
     max_request_body: usize,
-    address_guard: bool,
+    guard: Guard,
     host_limits: KeyedLimitHandle<String>,
 }
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("address_guard", &self.address_guard)
+            .field("address_guard", &self.guard.enabled())
             .finish_non_exhaustive()
     }
 }
@@ -377,6 +386,7 @@ impl Client {
             max_redirects: 10,
             decompression: true,
             address_guard: false,
+            guard_allow: Vec::new(),
             host_default: KeyLimit::new().concurrency(16),
             host_limits: Vec::new(),
             max_hosts: 1024,
@@ -431,10 +441,10 @@ where
         );
         let stack = self.stack.clone();
         let max_request_body = self.max_request_body;
-        let address_guard = self.address_guard;
+        let guard = self.guard.clone();
         let future = async move {
             let uri = req.uri();
-            if address_guard && let Err(refused) = guard::check_uri(uri) {
+            if let Err(refused) = guard.check_uri(uri) {
                 return Err(Error::from_box(refused.into()));
             }
             if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {

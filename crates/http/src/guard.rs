@@ -23,6 +23,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::Uri;
@@ -100,6 +101,55 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     }
 }
 
+/// The guard's settings: on or off, and addresses let through anyway.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Guard {
+    enabled: bool,
+    allow: Arc<[IpAddr]>,
+}
+
+impl Guard {
+    pub(crate) fn new(enabled: bool, allow: Vec<IpAddr>) -> Self {
+        Self {
+            enabled,
+            allow: allow.into(),
+        }
+    }
+
+    pub(crate) fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    fn refuses(&self, ip: IpAddr) -> bool {
+        self.enabled && is_forbidden(ip) && !self.allow.contains(&ip)
+    }
+
+    /// Refuses what the guard can tell from the URI alone: the scheme, and
+    /// an IP-literal host.
+    pub(crate) fn check_uri(&self, uri: &Uri) -> Result<(), RefusedAddress> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let host = uri.host().unwrap_or_default();
+        match uri.scheme_str() {
+            Some("http" | "https") => {}
+            other => {
+                return Err(RefusedAddress::new(
+                    format!("{}://{host}", other.unwrap_or("")),
+                    None,
+                ));
+            }
+        }
+        let literal = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = literal.parse::<IpAddr>()
+            && self.refuses(ip)
+        {
+            return Err(RefusedAddress::new(host, Some(ip)));
+        }
+        Ok(())
+    }
+}
+
 /// The guard refused to connect: the host is, or resolved to, a forbidden address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefusedAddress {
@@ -172,19 +222,19 @@ where
 #[derive(Clone)]
 pub(crate) struct GuardedResolver {
     inner: BoxResolver,
-    enabled: bool,
+    guard: Guard,
 }
 
 impl GuardedResolver {
-    pub(crate) fn new(inner: BoxResolver, enabled: bool) -> Self {
-        Self { inner, enabled }
+    pub(crate) fn new(inner: BoxResolver, guard: Guard) -> Self {
+        Self { inner, guard }
     }
 }
 
 impl fmt::Debug for GuardedResolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GuardedResolver")
-            .field("enabled", &self.enabled)
+            .field("guard", &self.guard)
             .finish_non_exhaustive()
     }
 }
@@ -199,12 +249,12 @@ impl Service<Name> for GuardedResolver {
     }
 
     fn call(&mut self, name: Name) -> Self::Future {
-        let enabled = self.enabled;
+        let guard = self.guard.clone();
         let host = name.as_str().to_string();
         let future = self.inner.call(name);
         Box::pin(async move {
             let addrs: Vec<SocketAddr> = future.await?.collect();
-            if enabled && let Some(bad) = addrs.iter().find(|a| is_forbidden(a.ip())) {
+            if let Some(bad) = addrs.iter().find(|a| guard.refuses(a.ip())) {
                 tracing::debug!(host = %host, ip = %bad.ip(), "address guard refused a resolved address");
                 return Err(RefusedAddress::new(host, Some(bad.ip())).into());
             }
@@ -217,34 +267,13 @@ impl Service<Name> for GuardedResolver {
 #[derive(Clone, Debug)]
 pub(crate) struct GuardedConnector<C> {
     inner: C,
-    enabled: bool,
+    guard: Guard,
 }
 
 impl<C> GuardedConnector<C> {
-    pub(crate) fn new(inner: C, enabled: bool) -> Self {
-        Self { inner, enabled }
+    pub(crate) fn new(inner: C, guard: Guard) -> Self {
+        Self { inner, guard }
     }
-}
-
-/// Refuses what the guard can tell from the URI alone.
-pub(crate) fn check_uri(uri: &Uri) -> Result<(), RefusedAddress> {
-    let host = uri.host().unwrap_or_default();
-    match uri.scheme_str() {
-        Some("http" | "https") => {}
-        other => {
-            return Err(RefusedAddress::new(
-                format!("{}://{host}", other.unwrap_or("")),
-                None,
-            ));
-        }
-    }
-    let literal = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = literal.parse::<IpAddr>()
-        && is_forbidden(ip)
-    {
-        return Err(RefusedAddress::new(host, Some(ip)));
-    }
-    Ok(())
 }
 
 impl<C> Service<Uri> for GuardedConnector<C>
@@ -263,9 +292,7 @@ where
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        if self.enabled
-            && let Err(refused) = check_uri(&uri)
-        {
+        if let Err(refused) = self.guard.check_uri(&uri) {
             tracing::debug!(host = %refused.host(), "address guard refused a URI");
             return Box::pin(std::future::ready(Err(refused.into())));
         }
@@ -331,10 +358,18 @@ mod tests {
 
     #[test]
     fn uri_checks_scheme_and_literals() {
-        assert!(check_uri(&"ftp://example.com/".parse().unwrap()).is_err());
-        assert!(check_uri(&"http://[::1]:8080/".parse().unwrap()).is_err());
-        assert!(check_uri(&"http://169.254.169.254/latest".parse().unwrap()).is_err());
-        assert!(check_uri(&"https://example.com/".parse().unwrap()).is_ok());
-        assert!(check_uri(&"http://8.8.8.8/".parse().unwrap()).is_ok());
+        let g = Guard::new(true, vec!["10.9.9.9".parse().unwrap()]);
+        let check = |u: &str| g.check_uri(&u.parse().unwrap());
+        assert!(check("ftp://example.com/").is_err());
+        assert!(check("http://[::1]:8080/").is_err());
+        assert!(check("http://169.254.169.254/latest").is_err());
+        assert!(check("https://example.com/").is_ok());
+        assert!(check("http://8.8.8.8/").is_ok());
+        assert!(check("http://10.9.9.9/").is_ok(), "allowed explicitly");
+        assert!(
+            Guard::new(false, vec![])
+                .check_uri(&"http://[::1]/".parse().unwrap())
+                .is_ok()
+        );
     }
 }

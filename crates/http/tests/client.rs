@@ -1,0 +1,578 @@
+//! The client preset against real hyper servers on 127.0.0.1.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::HashMap;
+use std::error::Error as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use support::{Chunks, handler, respond, serve, table_resolver};
+use tower::ServiceExt;
+use tower_fanout_core::keyed::KeyLimit;
+use tower_fanout_http::guard::RefusedAddress;
+use tower_fanout_http::retry::RetryLayer;
+use tower_fanout_http::{BodyTooLarge, Client};
+
+fn quick_retry() -> RetryLayer {
+    RetryLayer::builder()
+        .backoff(Duration::from_millis(5), Duration::from_millis(20))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn per_host_limits_hold_under_load() {
+    // host -> (in flight, peak)
+    let seen: Arc<Mutex<HashMap<String, (usize, usize)>>> = Arc::default();
+    let s = seen.clone();
+    let addr = serve(handler(move |req| {
+        let seen = s.clone();
+        async move {
+            let host = req.headers()["host"].to_str().unwrap().to_string();
+            {
+                let mut m = seen.lock().unwrap();
+                let e = m.entry(host.clone()).or_default();
+                e.0 += 1;
+                e.1 = e.1.max(e.0);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            seen.lock().unwrap().get_mut(&host).unwrap().0 -= 1;
+            respond(200).body(Chunks::full("ok")).unwrap()
+        }
+    }))
+    .await;
+    let port = addr.port();
+    let client = Client::builder()
+        .resolver(table_resolver(&[
+            ("github.test", addr),
+            ("stripe.test", addr),
+            ("other.test", addr),
+        ]))
+        .host_default(KeyLimit::new().concurrency(2))
+        .host_limit(
+            format!("github.test:{port}"),
+            KeyLimit::new().concurrency(3),
+        )
+        .host_limit(
+            format!("stripe.test:{port}"),
+            KeyLimit::new().concurrency(5),
+        )
+        .build()
+        .unwrap();
+    let mut calls = Vec::new();
+    for i in 0..150 {
+        let host = ["github.test", "stripe.test", "other.test"][i % 3];
+        let c = client.clone();
+        calls.push(tokio::spawn(async move {
+            c.get(&format!("http://{host}:{port}/{i}")).await
+        }));
+    }
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap().status(), 200);
+    }
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen[&format!("github.test:{port}")], (0, 3));
+    assert_eq!(seen[&format!("stripe.test:{port}")], (0, 5));
+    assert_eq!(seen[&format!("other.test:{port}")], (0, 2));
+    assert_eq!(
+        client
+            .host_limits()
+            .in_flight(&format!("github.test:{port}")),
+        0
+    );
+}
+
+#[tokio::test]
+async fn wait_cap_returns_rate_limited_without_sleeping() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let addr = serve(handler(move |_| {
+        h.fetch_add(1, Ordering::SeqCst);
+        async {
+            respond(429)
+                .header("retry-after", "120")
+                .body(Chunks::empty())
+                .unwrap()
+        }
+    }))
+    .await;
+    let client = Client::builder()
+        .retry(
+            RetryLayer::builder()
+                .max_wait(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let err = client.get(&format!("http://{addr}/")).await.unwrap_err();
+    assert!(err.is_rate_limited(), "{err}");
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(120)));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "returned at once, no sleep"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    let core = err
+        .source()
+        .unwrap()
+        .downcast_ref::<tower_fanout_core::error::RateLimited>();
+    assert_eq!(core.unwrap().retry_after(), Duration::from_secs(120));
+}
+
+/// A server that publishes a budget of 5 requests per 300 ms window in the
+/// `x-ratelimit-*-requests` form and answers 429 past it.
+async fn budget_server(too_many: Arc<AtomicUsize>) -> SocketAddr {
+    const WINDOW: Duration = Duration::from_millis(300);
+    let start = tokio::time::Instant::now();
+    let used: Arc<Mutex<(u128, u64)>> = Arc::default(); // (window index, used)
+    serve(handler(move |_| {
+        let (used, too_many) = (used.clone(), too_many.clone());
+        async move {
+            let elapsed = start.elapsed();
+            let index = elapsed.as_nanos() / WINDOW.as_nanos();
+            let end = WINDOW * u32::try_from(index + 1).unwrap();
+            let reset_ms = (end - elapsed).as_micros().div_ceil(1000);
+            let mut u = used.lock().unwrap();
+            if u.0 != index {
+                *u = (index, 0);
+            }
+            if u.1 >= 5 {
+                too_many.fetch_add(1, Ordering::SeqCst);
+                return respond(429).body(Chunks::empty()).unwrap();
+            }
+            u.1 += 1;
+            respond(200)
+                .header("x-ratelimit-limit-requests", "5")
+                .header("x-ratelimit-remaining-requests", (5 - u.1).to_string())
+                .header("x-ratelimit-reset-requests", format!("{reset_ms}ms"))
+                .body(Chunks::full("ok"))
+                .unwrap()
+        }
+    }))
+    .await
+}
+
+async fn run_workers(client: &Client, addr: SocketAddr, workers: usize, each: usize) -> usize {
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let c = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ok = 0;
+            for _ in 0..each {
+                if c.get(&format!("http://{addr}/")).await.unwrap().status() == 200 {
+                    ok += 1;
+                }
+            }
+            ok
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += t.await.unwrap();
+    }
+    ok
+}
+
+#[tokio::test]
+async fn learned_budget_prevents_429s() {
+    let too_many = Arc::new(AtomicUsize::new(0));
+    let addr = budget_server(too_many.clone()).await;
+    let client = Client::builder().no_retry().build().unwrap();
+    let ok = run_workers(&client, addr, 4, 6).await;
+    assert_eq!(ok, 24);
+    assert_eq!(
+        too_many.load(Ordering::SeqCst),
+        0,
+        "the host's budget was waited for"
+    );
+
+    // Control: the same load without learning draws 429s.
+    let too_many = Arc::new(AtomicUsize::new(0));
+    let addr = budget_server(too_many.clone()).await;
+    let blind = Client::builder()
+        .no_retry()
+        .learn_rate_limits(false)
+        .build()
+        .unwrap();
+    run_workers(&blind, addr, 4, 6).await;
+    assert!(too_many.load(Ordering::SeqCst) > 0);
+}
+
+#[tokio::test]
+async fn body_cap_fires_with_and_without_a_length() {
+    let addr = serve(handler(|req| async move {
+        match req.uri().path() {
+            "/announced" => respond(200)
+                .body(Chunks::full(vec![b'x'; 300_000]))
+                .unwrap(),
+            "/chunked" => respond(200)
+                .body(Chunks::new(100, 16 * 1024, Duration::ZERO))
+                .unwrap(),
+            _ => respond(200).body(Chunks::full(vec![b'y'; 50_000])).unwrap(),
+        }
+    }))
+    .await;
+    let client = Client::builder()
+        .max_response_body(100_000)
+        .build()
+        .unwrap();
+    for path in ["announced", "chunked"] {
+        let err = client
+            .get(&format!("http://{addr}/{path}"))
+            .await
+            .unwrap_err();
+        assert!(err.is_body_too_large(), "{path}: {err}");
+        let cap = err
+            .source()
+            .unwrap()
+            .downcast_ref::<BodyTooLarge>()
+            .unwrap();
+        assert_eq!(cap.limit(), 100_000);
+    }
+    let ok = client.get(&format!("http://{addr}/small")).await.unwrap();
+    assert_eq!(ok.body().len(), 50_000);
+}
+
+#[tokio::test]
+async fn slow_body_times_out() {
+    let addr = serve(handler(|_| async {
+        respond(200)
+            .body(Chunks::new(20, 10, Duration::from_millis(100)))
+            .unwrap()
+    }))
+    .await;
+    let client = Client::builder()
+        .timeout(Some(Duration::from_millis(250)))
+        .build()
+        .unwrap();
+    let err = client.get(&format!("http://{addr}/")).await.unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+}
+
+#[tokio::test]
+async fn guard_refuses_names_resolving_to_private_addresses() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let local = serve(handler(move |_| {
+        h.fetch_add(1, Ordering::SeqCst);
+        async { respond(200).body(Chunks::full("secret")).unwrap() }
+    }))
+    .await;
+    let resolver = table_resolver(&[
+        ("evil.test", "169.254.169.254:80".parse().unwrap()),
+        ("intranet.test", "10.0.0.1:80".parse().unwrap()),
+        ("aws6.test", "[fd00:ec2::254]:80".parse().unwrap()),
+        (
+            "mapped.test",
+            "[::ffff:169.254.169.254]:80".parse().unwrap(),
+        ),
+        ("local.test", local),
+    ]);
+    let guarded = Client::builder()
+        .resolver(resolver.clone())
+        .address_guard(true)
+        .no_retry()
+        .build()
+        .unwrap();
+    let port = local.port();
+    for (url, ip) in [
+        (
+            "http://evil.test/latest/meta-data".to_string(),
+            "169.254.169.254",
+        ),
+        ("http://intranet.test/".to_string(), "10.0.0.1"),
+        ("http://aws6.test/".to_string(), "fd00:ec2::254"),
+        ("http://mapped.test/".to_string(), "::ffff:169.254.169.254"),
+        (format!("http://local.test:{port}/"), "127.0.0.1"),
+        (format!("http://127.0.0.1:{port}/"), "127.0.0.1"),
+        (
+            format!("http://[::ffff:127.0.0.1]:{port}/"),
+            "::ffff:127.0.0.1",
+        ),
+        ("http://169.254.169.254/".to_string(), "169.254.169.254"),
+    ] {
+        let err = guarded.get(&url).await.unwrap_err();
+        assert!(err.is_refused_address(), "{url}: {err}");
+        let mut chain = err.source();
+        let refused = loop {
+            let e = chain.expect("RefusedAddress in the source chain");
+            if let Some(r) = e.downcast_ref::<RefusedAddress>() {
+                break r;
+            }
+            chain = e.source();
+        };
+        assert_eq!(refused.ip().unwrap().to_string(), ip, "{url}");
+    }
+    let err = guarded.get("ftp://example.test/file").await.unwrap_err();
+    assert!(err.is_refused_address(), "{err}");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "nothing reached the local server"
+    );
+
+    // The same resolver without the guard reaches the server.
+    let open = Client::builder().resolver(resolver).build().unwrap();
+    let resp = open
+        .get(&format!("http://local.test:{port}/"))
+        .await
+        .unwrap();
+    assert_eq!(resp.body().as_ref(), b"secret");
+}
+
+#[tokio::test]
+async fn guard_refuses_a_redirect_to_a_private_address() {
+    let target = serve(handler(|_| async {
+        respond(200).body(Chunks::full("internal")).unwrap()
+    }))
+    .await;
+    let port = target.port();
+    let redirector = serve(handler(move |_| async move {
+        respond(302)
+            .header("location", format!("http://internal.test:{port}/"))
+            .body(Chunks::empty())
+            .unwrap()
+    }))
+    .await;
+    let client = |guard: bool| {
+        Client::builder()
+            .resolver(table_resolver(&[
+                ("public.test", redirector),
+                ("internal.test", target),
+            ]))
+            .address_guard(guard)
+            // Stands in for a public address: the test has only loopback.
+            .address_guard_allow(redirector.ip())
+            .build()
+            .unwrap()
+    };
+    let url = format!("http://public.test:{}/", redirector.port());
+    let ok = client(false).get(&url).await.unwrap();
+    assert_eq!(
+        ok.body().as_ref(),
+        b"internal",
+        "unguarded: the redirect is followed"
+    );
+    // Guarded, the redirect's target resolves to a private address: refused.
+    let guarded = Client::builder()
+        .resolver(table_resolver(&[
+            ("public.test", redirector),
+            ("internal.test", "10.1.1.1:80".parse().unwrap()),
+        ]))
+        .address_guard(true)
+        .address_guard_allow(redirector.ip())
+        .build()
+        .unwrap();
+    let err = guarded.get(&url).await.unwrap_err();
+    assert!(err.is_refused_address(), "{err}");
+}
+
+#[tokio::test]
+async fn cross_origin_redirect_strips_credentials_and_hops_are_capped() {
+    let seen: Arc<Mutex<Vec<(String, bool, bool)>>> = Arc::default();
+    let s = seen.clone();
+    let b = serve(handler(move |req| {
+        let s = s.clone();
+        async move {
+            s.lock().unwrap().push((
+                req.uri().path().to_string(),
+                req.headers().contains_key("authorization"),
+                req.headers().contains_key("cookie"),
+            ));
+            respond(200).body(Chunks::full("landed")).unwrap()
+        }
+    }))
+    .await;
+    let s = seen.clone();
+    let a = serve(handler(move |req| {
+        let s = s.clone();
+        async move {
+            let path = req.uri().path().to_string();
+            s.lock().unwrap().push((
+                path.clone(),
+                req.headers().contains_key("authorization"),
+                req.headers().contains_key("cookie"),
+            ));
+            match path.as_str() {
+                "/cross" => respond(302)
+                    .header("location", format!("http://{b}/landing"))
+                    .body(Chunks::empty())
+                    .unwrap(),
+                "/same" => respond(307)
+                    .header("location", "/same-landing")
+                    .body(Chunks::empty())
+                    .unwrap(),
+                "/loop" => respond(302)
+                    .header("location", "/loop")
+                    .body(Chunks::empty())
+                    .unwrap(),
+                _ => respond(200).body(Chunks::full("same")).unwrap(),
+            }
+        }
+    }))
+    .await;
+    let client = Client::builder().max_redirects(3).build().unwrap();
+    let send = |path: &str| {
+        let req = Request::get(format!("http://{a}{path}"))
+            .header("authorization", "Bearer secret")
+            .header("cookie", "session=1")
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        client.clone().oneshot(req)
+    };
+    assert_eq!(send("/cross").await.unwrap().body().as_ref(), b"landed");
+    assert_eq!(send("/same").await.unwrap().body().as_ref(), b"same");
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen[0], ("/cross".into(), true, true));
+        assert_eq!(
+            seen[1],
+            ("/landing".into(), false, false),
+            "stripped across origins"
+        );
+        assert_eq!(seen[2], ("/same".into(), true, true));
+        assert_eq!(
+            seen[3],
+            ("/same-landing".into(), true, true),
+            "kept on the same origin"
+        );
+    }
+    let err = send("/loop").await.unwrap_err();
+    assert!(err.is_too_many_redirects(), "{err}");
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        4 + 4,
+        "first request plus 3 hops"
+    );
+}
+
+#[tokio::test]
+async fn gzip_is_decompressed() {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(&vec![b'z'; 10_000]).unwrap();
+    let gz = Bytes::from(enc.finish().unwrap());
+    let addr = serve(handler(move |req| {
+        let gz = gz.clone();
+        async move {
+            let accepts = req
+                .headers()
+                .get("accept-encoding")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .contains("gzip");
+            assert!(accepts);
+            respond(200)
+                .header("content-encoding", "gzip")
+                .body(Chunks::full(gz))
+                .unwrap()
+        }
+    }))
+    .await;
+    let client = Client::builder().max_response_body(20_000).build().unwrap();
+    let resp = client.get(&format!("http://{addr}/")).await.unwrap();
+    assert_eq!(resp.body().len(), 10_000);
+    // The cap applies after decompression.
+    let small = Client::builder().max_response_body(5_000).build().unwrap();
+    assert!(
+        small
+            .get(&format!("http://{addr}/"))
+            .await
+            .unwrap_err()
+            .is_body_too_large()
+    );
+}
+
+#[tokio::test]
+async fn connection_resets_are_retried_for_get_but_not_post() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A raw server: every other connection is closed after the request
+    // arrives, without a response; the others are answered.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let acc = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let n = acc.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                if n % 2 == 0 {
+                    drop(sock); // cut mid-exchange: no response
+                } else {
+                    let _ = sock
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        )
+                        .await;
+                }
+            });
+        }
+    });
+    let client = Client::builder().retry(quick_retry()).build().unwrap();
+    let resp = client.get(&format!("http://{addr}/")).await.unwrap();
+    assert_eq!(resp.body().as_ref(), b"ok");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+
+    let post = Request::post(format!("http://{addr}/"))
+        .body(Full::new(Bytes::from("x")))
+        .unwrap();
+    let err = client.clone().oneshot(post).await.unwrap_err();
+    assert!(!err.is_connect() && !err.is_timeout(), "{err}");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        3,
+        "a POST is not sent twice"
+    );
+}
+
+#[tokio::test]
+async fn refused_connections_are_connect_errors_after_retries() {
+    // Bind, learn the port, close: nothing listens there now.
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let client = Client::builder().retry(quick_retry()).build().unwrap();
+    let err = client.get(&format!("http://{addr}/")).await.unwrap_err();
+    assert!(err.is_connect(), "{err}");
+    assert!(err.source().is_some());
+}
+
+#[tokio::test]
+async fn oversized_request_body_is_refused_before_sending() {
+    let client = Client::builder().max_request_body(1000).build().unwrap();
+    let req = Request::post("http://127.0.0.1:9/")
+        .body(Full::new(Bytes::from(vec![0u8; 2000])))
+        .unwrap();
+    let err = client.clone().oneshot(req).await.unwrap_err();
+    assert!(err.is_request_body_too_large(), "{err}");
+}
+
+#[test]
+fn bad_config_fails_at_build() {
+    let err = Client::builder()
+        .host_limit("x.test", KeyLimit::new().concurrency(0))
+        .build()
+        .unwrap_err();
+    assert!(err.is_config());
+    assert!(err.to_string().contains("\"x.test\""), "{err}");
+    assert!(
+        Client::builder()
+            .max_response_body(0)
+            .build()
+            .unwrap_err()
+            .is_config()
+    );
+}

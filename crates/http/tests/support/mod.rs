@@ -1,0 +1,183 @@
+//! Scripted hyper servers on 127.0.0.1 and a resolver that never leaves the machine.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::dns::Name;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::time::Sleep;
+
+/// A response body: `chunks` chunks of `size` bytes, `delay` apart, no length
+/// announced (so the client cannot refuse it up front).
+pub(crate) struct Chunks {
+    left: usize,
+    size: usize,
+    delay: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    full: Option<Bytes>,
+}
+
+impl Chunks {
+    pub(crate) fn new(chunks: usize, size: usize, delay: Duration) -> Self {
+        Self {
+            left: chunks,
+            size,
+            delay,
+            sleep: None,
+            full: None,
+        }
+    }
+
+    pub(crate) fn full(bytes: impl Into<Bytes>) -> Self {
+        Self {
+            left: 0,
+            size: 0,
+            delay: Duration::ZERO,
+            sleep: None,
+            full: Some(bytes.into()),
+        }
+    }
+
+    pub(crate) fn empty() -> Self {
+        Self::full(Bytes::new())
+    }
+}
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(full) = self.full.take() {
+            return Poll::Ready((!full.is_empty()).then(|| Ok(Frame::data(full))));
+        }
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        if !self.delay.is_zero() {
+            let delay = self.delay;
+            let sleep = self
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(delay)));
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.sleep = None;
+        }
+        self.left -= 1;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; self.size])))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.full.as_ref().is_some_and(|b| b.is_empty()) || (self.full.is_none() && self.left == 0)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.full {
+            Some(b) => SizeHint::with_exact(b.len() as u64),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+pub(crate) type Handler = Arc<
+    dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Chunks>> + Send>>
+        + Send
+        + Sync,
+>;
+
+pub(crate) fn handler<F, Fut>(f: F) -> Handler
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Chunks>> + Send + 'static,
+{
+    Arc::new(move |req| Box::pin(f(req)))
+}
+
+/// Serves `handler` on a fresh 127.0.0.1 port (HTTP/1 and HTTP/2) on the current runtime.
+pub(crate) async fn serve(handler: Handler) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(accept_loop(listener, handler));
+    addr
+}
+
+/// Serves `handler` from its own thread and runtime, on the real clock, so a
+/// test runtime on the paused clock sees none of the server's timers.
+pub(crate) fn serve_on_thread(handler: Handler) -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            accept_loop(listener, handler).await;
+        });
+    });
+    rx.recv().unwrap()
+}
+
+async fn accept_loop(listener: TcpListener, handler: Handler) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(handler(req).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+pub(crate) fn respond(status: u16) -> http::response::Builder {
+    Response::builder().status(status)
+}
+
+/// A resolver from a fixed table: no DNS, no packet leaves the machine.
+pub(crate) fn table_resolver(
+    table: &[(&str, SocketAddr)],
+) -> impl tower::Service<
+    Name,
+    Response = std::vec::IntoIter<SocketAddr>,
+    Error = std::io::Error,
+    Future = std::future::Ready<Result<std::vec::IntoIter<SocketAddr>, std::io::Error>>,
+> + Clone
++ Send
++ Sync
++ 'static {
+    let table: Arc<HashMap<String, SocketAddr>> =
+        Arc::new(table.iter().map(|(h, a)| (h.to_string(), *a)).collect());
+    tower::service_fn(move |name: Name| {
+        std::future::ready(match table.get(name.as_str()) {
+            Some(addr) => Ok(vec![*addr].into_iter()),
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "not in the test table",
+            )),
+        })
+    })
+}
