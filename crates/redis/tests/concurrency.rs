@@ -1,0 +1,182 @@
+//! The Redis concurrency limit against a real redis-server, from one process.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+use support::RedisServer;
+use tower::{Layer, Service, ServiceExt, service_fn};
+use tower_fanout_core::BoxError;
+use tower_fanout_core::error::Overloaded;
+use tower_fanout_redis::{RedisConcurrencyLimitLayer, RedisStore};
+
+fn layer(
+    redis: &RedisServer,
+    name: &str,
+    limit: usize,
+    lease: Duration,
+) -> RedisConcurrencyLimitLayer {
+    let store = RedisStore::builder(redis.url())
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    RedisConcurrencyLimitLayer::builder(store, name, limit)
+        .lease(lease)
+        .fail_fast()
+        .fail_closed()
+        .build()
+        .unwrap()
+}
+
+async fn holders(redis: &RedisServer, name: &str) -> u64 {
+    redis
+        .connection()
+        .await
+        .zcard(format!("tower-fanout:{{{name}}}:holders"))
+        .await
+        .unwrap()
+}
+
+/// Waits (bounded) until the holders set has `n` members.
+async fn until_holders(redis: &RedisServer, name: &str, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let held = holders(redis, name).await;
+        if held == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{held} holders, expected {n}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn never_ends() -> impl Service<(), Response = (), Error = BoxError> + Clone {
+    service_fn(|()| std::future::pending::<Result<(), BoxError>>())
+}
+
+#[tokio::test]
+async fn permits_are_taken_in_poll_ready_and_bounded() {
+    let redis = RedisServer::start();
+    let layer = layer(&redis, "bounded", 2, Duration::from_secs(30));
+    let svc = layer.layer(never_ends());
+    let mut a = svc.clone();
+    let mut b = svc.clone();
+    a.ready().await.unwrap();
+    b.ready().await.unwrap();
+    assert_eq!(holders(&redis, "bounded").await, 2);
+    // Fail fast: the third gets Overloaded from its call.
+    let err = svc.clone().oneshot(()).await.unwrap_err();
+    assert!(err.is::<Overloaded>(), "{err}");
+}
+
+#[tokio::test]
+async fn a_dropped_response_future_releases_its_permit() {
+    let redis = RedisServer::start();
+    // A long lease: the permit must come back by release, not by expiry.
+    let layer = layer(&redis, "drop-future", 1, Duration::from_secs(30));
+    let mut svc = layer.layer(never_ends());
+    svc.ready().await.unwrap();
+    let future = svc.call(());
+    until_holders(&redis, "drop-future", 1).await;
+    drop(future);
+    until_holders(&redis, "drop-future", 0).await;
+    svc.ready().await.unwrap();
+    assert_eq!(holders(&redis, "drop-future").await, 1);
+}
+
+#[tokio::test]
+async fn a_dropped_ready_service_releases_its_permit() {
+    let redis = RedisServer::start();
+    let layer = layer(&redis, "drop-ready", 1, Duration::from_secs(30));
+    let mut svc = layer.layer(never_ends());
+    svc.ready().await.unwrap();
+    until_holders(&redis, "drop-ready", 1).await;
+    drop(svc);
+    until_holders(&redis, "drop-ready", 0).await;
+}
+
+#[tokio::test]
+async fn a_finished_call_releases_its_permit() {
+    let redis = RedisServer::start();
+    let layer = layer(&redis, "finished", 1, Duration::from_secs(30));
+    let svc = layer.layer(service_fn(|()| async { Ok::<_, BoxError>(()) }));
+    for _ in 0..5 {
+        // Each call waits for the previous release to land.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            match svc.clone().oneshot(()).await {
+                Ok(()) => break,
+                Err(err) => assert!(err.is::<Overloaded>() && Instant::now() < deadline, "{err}"),
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    until_holders(&redis, "finished", 0).await;
+}
+
+#[tokio::test]
+async fn a_long_call_renews_its_lease() {
+    let redis = RedisServer::start();
+    let lease = Duration::from_millis(600);
+    let layer = layer(&redis, "renew", 1, lease);
+    let long = layer.layer(service_fn(|()| async {
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        Ok::<_, BoxError>(())
+    }));
+    let call = tokio::spawn(long.oneshot(()));
+    until_holders(&redis, "renew", 1).await;
+
+    // For more than three leases, nobody else gets the permit.
+    let probe = layer.layer(service_fn(|()| async { Ok::<_, BoxError>(()) }));
+    while !call.is_finished() {
+        if let Ok(()) = probe.clone().oneshot(()).await {
+            assert!(
+                call.is_finished(),
+                "the permit was free while the long call ran"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    call.await.unwrap().unwrap();
+    // Then it is free again.
+    until_holders(&redis, "renew", 0).await;
+    probe.oneshot(()).await.unwrap();
+}
+
+#[tokio::test]
+async fn waiting_callers_get_permits_as_they_free_up() {
+    let redis = RedisServer::start();
+    let store = RedisStore::open(&redis.url()).unwrap();
+    let layer = RedisConcurrencyLimitLayer::builder(store, "wait", 2)
+        .lease(Duration::from_secs(30))
+        .retry_interval(Duration::from_millis(5))
+        .fail_closed()
+        .build()
+        .unwrap();
+    let in_flight = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let max = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let svc = {
+        let (in_flight, max) = (in_flight.clone(), max.clone());
+        layer.layer(service_fn(move |()| {
+            let (in_flight, max) = (in_flight.clone(), max.clone());
+            async move {
+                use std::sync::atomic::Ordering::SeqCst;
+                let now = in_flight.fetch_add(1, SeqCst) + 1;
+                max.fetch_max(now, SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                in_flight.fetch_sub(1, SeqCst);
+                Ok::<_, BoxError>(())
+            }
+        }))
+    };
+    let calls: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(svc.clone().oneshot(())))
+        .collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    assert!(max.load(std::sync::atomic::Ordering::SeqCst) <= 2);
+    until_holders(&redis, "wait", 0).await;
+}

@@ -1,0 +1,100 @@
+//! Bad settings fail when the layer is built, saying what to fix.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::time::Duration;
+
+use tower_fanout_redis::{Error, RedisConcurrencyLimitLayer, RedisRateLimitLayer, RedisStore};
+
+fn store() -> RedisStore {
+    // No connection is made while building.
+    RedisStore::open("redis://127.0.0.1:1/").unwrap()
+}
+
+fn config_message(err: Error) -> String {
+    assert!(err.is_config(), "{err:?}");
+    assert!(!err.is_unavailable());
+    err.to_string()
+}
+
+#[test]
+fn the_outage_choice_must_be_stated() {
+    let err = RedisRateLimitLayer::builder(store(), "a", 10, Duration::from_secs(1))
+        .build()
+        .unwrap_err();
+    assert!(config_message(err).contains(".fail_closed()"));
+    let err = RedisConcurrencyLimitLayer::builder(store(), "a", 10)
+        .build()
+        .unwrap_err();
+    assert!(config_message(err).contains(".fail_open(share)"));
+}
+
+#[test]
+fn rate_settings_are_checked() {
+    let rate = |rate, period, burst| {
+        RedisRateLimitLayer::builder(store(), "a", rate, period)
+            .burst(burst)
+            .fail_closed()
+            .build()
+    };
+    assert!(config_message(rate(0, Duration::from_secs(1), 1).unwrap_err()).contains("rate"));
+    assert!(config_message(rate(1, Duration::ZERO, 1).unwrap_err()).contains("period"));
+    assert!(config_message(rate(1, Duration::from_secs(1), 0).unwrap_err()).contains("burst"));
+    assert!(
+        config_message(rate(1, Duration::from_secs(3600 * 24 * 365), 100).unwrap_err())
+            .contains("30 years")
+    );
+    assert!(rate(1, Duration::from_secs(1), 1).is_ok());
+}
+
+#[test]
+fn fail_open_share_is_checked() {
+    for share in [0.0, -0.5, 1.5, f64::NAN] {
+        let err = RedisRateLimitLayer::builder(store(), "a", 10, Duration::from_secs(1))
+            .fail_open(share)
+            .build()
+            .unwrap_err();
+        assert!(config_message(err).contains("share"));
+    }
+    assert!(
+        RedisConcurrencyLimitLayer::builder(store(), "a", 10)
+            .fail_open(1.0)
+            .build()
+            .is_ok()
+    );
+}
+
+#[test]
+fn names_must_keep_the_hash_tag_intact() {
+    let err = RedisRateLimitLayer::builder(store(), "a{b}", 10, Duration::from_secs(1))
+        .fail_closed()
+        .build()
+        .unwrap_err();
+    assert!(config_message(err).contains("hash tag"));
+    let err = RedisConcurrencyLimitLayer::builder(store(), "", 10)
+        .fail_closed()
+        .build()
+        .unwrap_err();
+    assert!(config_message(err).contains("empty"));
+}
+
+#[test]
+fn concurrency_settings_are_checked() {
+    let err = RedisConcurrencyLimitLayer::builder(store(), "a", 0)
+        .fail_closed()
+        .build()
+        .unwrap_err();
+    assert!(config_message(err).contains("at least 1"));
+    // The default timeout is 250 ms: a lease must be at least 750 ms.
+    let err = RedisConcurrencyLimitLayer::builder(store(), "a", 1)
+        .lease(Duration::from_millis(500))
+        .fail_closed()
+        .build()
+        .unwrap_err();
+    assert!(config_message(err).contains("lease"));
+    let err = RedisConcurrencyLimitLayer::builder(store(), "a", 1)
+        .retry_interval(Duration::ZERO)
+        .fail_closed()
+        .build()
+        .unwrap_err();
+    assert!(config_message(err).contains("retry interval"));
+}

@@ -1,0 +1,191 @@
+//! Redis killed mid-run and restarted: fail closed, fail open, recover.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod support;
+
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+use support::RedisServer;
+use tower::{Layer, Service, ServiceExt, service_fn};
+use tower_fanout_core::BoxError;
+use tower_fanout_core::error::{Overloaded, RateLimited};
+use tower_fanout_redis::{Error, RedisConcurrencyLimitLayer, RedisRateLimitLayer, RedisStore};
+
+const TIMEOUT: Duration = Duration::from_millis(200);
+/// Scheduling slack on top of the timeout on a loaded machine.
+const SLACK: Duration = Duration::from_millis(300);
+
+fn store(redis: &RedisServer) -> RedisStore {
+    RedisStore::builder(redis.url())
+        .timeout(TIMEOUT)
+        .probe_interval(Duration::from_millis(100))
+        .build()
+        .unwrap()
+}
+
+fn is_unavailable(err: &BoxError) -> bool {
+    err.downcast_ref::<Error>()
+        .is_some_and(Error::is_unavailable)
+}
+
+fn echo()
+-> impl Service<(), Response = (), Error = Infallible, Future: Send> + Clone + Send + 'static {
+    service_fn(|()| async { Ok::<_, Infallible>(()) })
+}
+
+/// Retries `call` (bounded) until it succeeds: the layer's way back after
+/// Redis restarts, with the same store and services.
+async fn until_ok<F, Fut>(what: &str, mut call: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), BoxError>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match call().await {
+            Ok(()) => return,
+            Err(err) => assert!(
+                Instant::now() < deadline,
+                "{what} did not recover after the restart: {err}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_fails_closed_or_open_and_recovers_after_a_restart() {
+    let mut redis = RedisServer::start();
+    let store = store(&redis);
+    let closed =
+        RedisRateLimitLayer::builder(store.clone(), "closed", 1000, Duration::from_secs(1))
+            .fail_fast()
+            .fail_closed()
+            .build()
+            .unwrap()
+            .layer(echo());
+    // A local share of a half: burst 10 → 5, 10 per second → 5 per second.
+    let open = RedisRateLimitLayer::builder(store, "open", 10, Duration::from_secs(1))
+        .burst(10)
+        .fail_fast()
+        .fail_open(0.5)
+        .build()
+        .unwrap()
+        .layer(echo());
+    closed.clone().oneshot(()).await.unwrap();
+    open.clone().oneshot(()).await.unwrap();
+
+    redis.kill();
+
+    // Fail closed: a typed Unavailable, never later than the timeout.
+    for _ in 0..3 {
+        let start = Instant::now();
+        let err = closed.clone().oneshot(()).await.unwrap_err();
+        assert!(is_unavailable(&err), "{err}");
+        assert!(start.elapsed() <= TIMEOUT + SLACK, "{:?}", start.elapsed());
+    }
+
+    // Fail open: the local share, then RateLimited from the local bucket.
+    let start = Instant::now();
+    let mut admitted = 0u64;
+    for _ in 0..20 {
+        match open.clone().oneshot(()).await {
+            Ok(()) => admitted += 1,
+            Err(err) => assert!(err.is::<RateLimited>(), "{err}"),
+        }
+    }
+    let elapsed = start.elapsed();
+    let bound = 5 + (5.0 * elapsed.as_secs_f64()) as u64;
+    assert!(
+        (5..=bound).contains(&admitted),
+        "{admitted} admitted locally in {elapsed:?}; the local share allows 5 + 5/s"
+    );
+
+    redis.restart();
+
+    until_ok("fail-closed limit", || closed.clone().oneshot(())).await;
+    until_ok("fail-open limit", || open.clone().oneshot(())).await;
+    // (A fail-closed call can only succeed through Redis.) The fail-open
+    // limit's state is on the fresh Redis again: its decisions went there.
+    let conn = redis.connection().await;
+    until_ok("the shared bucket", || {
+        let svc = open.clone();
+        let mut conn = conn.clone();
+        async move {
+            svc.oneshot(()).await?;
+            let exists: bool = conn.exists("tower-fanout:{open}:gcra").await?;
+            if exists {
+                Ok(())
+            } else {
+                Err("no key in redis".into())
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_limit_fails_closed_or_open_and_recovers_after_a_restart() {
+    let mut redis = RedisServer::start();
+    let store = store(&redis);
+    let never_ends = || service_fn(|()| std::future::pending::<Result<(), BoxError>>());
+    let closed = RedisConcurrencyLimitLayer::builder(store.clone(), "closed", 4)
+        .lease(Duration::from_secs(2))
+        .fail_fast()
+        .fail_closed()
+        .build()
+        .unwrap()
+        .layer(never_ends());
+    // A local share of a half: 2 of the 4 permits.
+    let open = RedisConcurrencyLimitLayer::builder(store, "open", 4)
+        .lease(Duration::from_secs(2))
+        .fail_fast()
+        .fail_open(0.5)
+        .build()
+        .unwrap()
+        .layer(never_ends());
+
+    redis.kill();
+
+    let start = Instant::now();
+    let err = closed.clone().oneshot(()).await.unwrap_err();
+    assert!(is_unavailable(&err), "{err}");
+    assert!(start.elapsed() <= TIMEOUT + SLACK, "{:?}", start.elapsed());
+
+    // Two ready services hold the local share; the third is refused.
+    let mut a = open.clone();
+    let mut b = open.clone();
+    a.ready().await.unwrap();
+    b.ready().await.unwrap();
+    let err = open.clone().oneshot(()).await.unwrap_err();
+    assert!(err.is::<Overloaded>(), "{err}");
+    drop((a, b));
+
+    redis.restart();
+
+    // Both take permits on Redis again, with the same services. (A
+    // fail-fast service is always ready; whether it got a permit shows in
+    // Redis, so the ready services are kept while we look.)
+    let mut ready = Vec::new();
+    let mut conn = redis.connection().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (mut c, mut o) = (closed.clone(), open.clone());
+        c.ready().await.unwrap();
+        o.ready().await.unwrap();
+        ready.push((c, o));
+        let closed: u64 = conn.zcard("tower-fanout:{closed}:holders").await.unwrap();
+        let open: u64 = conn.zcard("tower-fanout:{open}:holders").await.unwrap();
+        if closed >= 1 && open >= 1 {
+            assert!(closed <= 4 && open <= 4);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no recovery after the restart: holders closed {closed}, open {open}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

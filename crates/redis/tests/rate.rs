@@ -1,0 +1,240 @@
+//! The Redis rate limit against a real redis-server, from one process.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod support;
+
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+use support::RedisServer;
+use tower::{Layer, Service, ServiceExt, service_fn};
+use tower_fanout_core::error::{CostExceedsBurst, RateLimited};
+use tower_fanout_redis::{RedisRateLimitLayer, RedisStore};
+
+fn echo()
+-> impl Service<u32, Response = u32, Error = Infallible, Future: Send> + Clone + Send + 'static {
+    service_fn(|n: u32| async move { Ok::<_, Infallible>(n) })
+}
+
+fn store(redis: &RedisServer) -> RedisStore {
+    RedisStore::open(&redis.url()).unwrap()
+}
+
+#[tokio::test]
+async fn burst_then_refused_with_retry_after() {
+    let redis = RedisServer::start();
+    let svc = RedisRateLimitLayer::builder(store(&redis), "burst", 10, Duration::from_secs(1))
+        .burst(3)
+        .fail_fast()
+        .fail_closed()
+        .build()
+        .unwrap()
+        .layer(echo());
+    for i in 0..3 {
+        assert_eq!(svc.clone().oneshot(i).await.unwrap(), i);
+    }
+    let err = svc.clone().oneshot(3).await.unwrap_err();
+    let limited = err.downcast_ref::<RateLimited>().unwrap();
+    // One token every 100 ms; some of that has already passed.
+    assert!(limited.retry_after() > Duration::ZERO);
+    assert!(
+        limited.retry_after() <= Duration::from_millis(100),
+        "{limited:?}"
+    );
+
+    // After the retry_after, the next call is admitted.
+    tokio::time::sleep(limited.retry_after()).await;
+    assert_eq!(svc.clone().oneshot(4).await.unwrap(), 4);
+}
+
+#[tokio::test]
+async fn waiting_callers_are_paced_at_the_rate() {
+    let redis = RedisServer::start();
+    let svc = RedisRateLimitLayer::builder(store(&redis), "paced", 20, Duration::from_secs(1))
+        .burst(1)
+        .fail_closed()
+        .build()
+        .unwrap()
+        .layer(echo());
+    let start = Instant::now();
+    let calls: Vec<_> = (0..5)
+        .map(|i| tokio::spawn(svc.clone().oneshot(i)))
+        .collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    // One from the burst, then one every 50 ms: the last is 200 ms in
+    // (server clock; the client sleeps the wait it is told).
+    assert!(
+        start.elapsed() >= Duration::from_millis(190),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn cost_is_charged_and_a_cost_above_the_burst_fails() {
+    let redis = RedisServer::start();
+    let svc = RedisRateLimitLayer::builder(store(&redis), "cost", 1, Duration::from_secs(10))
+        .burst(5)
+        .cost(|n: &u32| *n)
+        .fail_fast()
+        .fail_closed()
+        .build()
+        .unwrap()
+        .layer(echo());
+    svc.clone().oneshot(3).await.unwrap();
+    svc.clone().oneshot(2).await.unwrap();
+    let err = svc.clone().oneshot(1).await.unwrap_err();
+    assert!(err.is::<RateLimited>(), "{err}");
+    let err = svc.clone().oneshot(6).await.unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<CostExceedsBurst>(),
+        Some(&CostExceedsBurst::new(6, 5))
+    );
+    // A zero cost never asks Redis and always goes through.
+    svc.clone().oneshot(0).await.unwrap();
+}
+
+#[tokio::test]
+async fn each_key_is_its_own_limit_on_its_own_hash_tag() {
+    let redis = RedisServer::start();
+    let svc = RedisRateLimitLayer::builder(store(&redis), "hosts", 1, Duration::from_secs(10))
+        .burst(2)
+        .key_fn(|url: &String| url.split('/').nth(2).unwrap_or_default().to_owned())
+        .fail_fast()
+        .fail_closed()
+        .build()
+        .unwrap()
+        .layer(service_fn(
+            |url: String| async move { Ok::<_, Infallible>(url) },
+        ));
+    for _ in 0..2 {
+        svc.clone()
+            .oneshot("https://a.example/x".into())
+            .await
+            .unwrap();
+    }
+    let err = svc
+        .clone()
+        .oneshot("https://a.example/y".into())
+        .await
+        .unwrap_err();
+    assert!(err.is::<RateLimited>());
+    svc.clone()
+        .oneshot("https://b.example/x".into())
+        .await
+        .unwrap();
+
+    let mut conn = redis.connection().await;
+    let mut keys: Vec<String> = conn.keys("tower-fanout:*").await.unwrap();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "tower-fanout:{hosts:a.example}:gcra",
+            "tower-fanout:{hosts:b.example}:gcra"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_key_expires_when_the_bucket_is_full_again() {
+    let redis = RedisServer::start();
+    let svc = RedisRateLimitLayer::builder(store(&redis), "idle", 10, Duration::from_secs(1))
+        .burst(5)
+        .fail_fast()
+        .fail_closed()
+        .build()
+        .unwrap()
+        .layer(echo());
+    for i in 0..5 {
+        svc.clone().oneshot(i).await.unwrap();
+    }
+    let mut conn = redis.connection().await;
+    let ttl: i64 = conn.pttl("tower-fanout:{idle}:gcra").await.unwrap();
+    // Five tokens at 100 ms each refill in 500 ms.
+    assert!((1..=500).contains(&ttl), "pttl {ttl}");
+}
+
+#[tokio::test]
+async fn the_script_is_reloaded_after_a_flush() {
+    let redis = RedisServer::start();
+    let svc = RedisRateLimitLayer::builder(store(&redis), "flush", 100, Duration::from_secs(1))
+        .fail_fast()
+        .fail_closed()
+        .build()
+        .unwrap()
+        .layer(echo());
+    svc.clone().oneshot(1).await.unwrap();
+    let mut conn = redis.connection().await;
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // EVALSHA answers NOSCRIPT; the script is loaded and the call goes on.
+    svc.clone().oneshot(2).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_dropped_waiting_call_gives_its_tokens_back() {
+    let redis = RedisServer::start();
+    let store = store(&redis);
+    let waiting = RedisRateLimitLayer::builder(store.clone(), "drop", 1, Duration::from_secs(10))
+        .burst(1)
+        .fail_closed()
+        .build()
+        .unwrap()
+        .layer(echo());
+    let probe = RedisRateLimitLayer::builder(store, "drop", 1, Duration::from_secs(10))
+        .burst(1)
+        .fail_fast()
+        .fail_closed()
+        .build()
+        .unwrap()
+        .layer(echo());
+    waiting.clone().oneshot(1).await.unwrap();
+    // The second call books the token that comes in 10 s, then is dropped.
+    let booked = tokio::time::timeout(Duration::from_millis(300), waiting.clone().oneshot(2)).await;
+    assert!(booked.is_err(), "the second call had to wait");
+
+    // Given back: the next token is again ~10 s away, not ~20 s.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let err = probe.clone().oneshot(3).await.unwrap_err();
+        let retry_after = err.downcast_ref::<RateLimited>().unwrap().retry_after();
+        if retry_after <= Duration::from_secs(10) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "booking not given back: {retry_after:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn clones_and_layers_with_one_name_share_one_limit() {
+    let redis = RedisServer::start();
+    let build = || {
+        RedisRateLimitLayer::builder(store(&redis), "shared", 1, Duration::from_secs(10))
+            .burst(4)
+            .fail_fast()
+            .fail_closed()
+            .build()
+            .unwrap()
+    };
+    let a = build().layer(echo());
+    let b = build().layer(echo());
+    let mut admitted = 0;
+    for i in 0..10 {
+        let svc = if i % 2 == 0 { a.clone() } else { b.clone() };
+        if svc.oneshot(i).await.is_ok() {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 4);
+}
