@@ -508,7 +508,7 @@ async fn connection_resets_are_retried_for_get_but_not_post() {
             tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
                 let _ = sock.read(&mut buf).await;
-                if n % 2 == 0 {
+                if n.is_multiple_of(2) {
                     drop(sock); // cut mid-exchange: no response
                 } else {
                     let _ = sock

@@ -1,0 +1,184 @@
+//! Retry-After timing on the paused clock, against a real server.
+//!
+//! Why this shape: on tokio's paused clock the runtime jumps to the next
+//! timer whenever it is idle, including while it waits on a socket. A client
+//! with its own timers (connect timeout, pool reaper, attempt timeout) would
+//! see them fire while the server's bytes are still on the way. So the
+//! server runs on its own thread and runtime (real clock), and the
+//! `RetryLayer` under test drives a `tower::service_fn` that forwards to it
+//! with a bare hyper-util client that sets no timers. While a request is in
+//! flight no timer is pending, so the paused clock stands still; once the
+//! retry layer sleeps, its sleep is the only timer, and the clock jumps
+//! exactly to it. The attempts' timestamps are then exact.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use support::{Chunks, handler, respond, serve_on_thread};
+use tokio::time::Instant;
+use tower::{BoxError, Layer, ServiceExt, service_fn};
+use tower_fanout_core::error::RateLimited;
+use tower_fanout_http::retry::RetryLayer;
+
+/// A server answering each request with the next status and `Retry-After` of `script`.
+fn scripted(script: Vec<(u16, Option<String>)>) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let script = Arc::new(script);
+    let addr = serve_on_thread(handler(move |_| {
+        let n = h.fetch_add(1, Ordering::SeqCst);
+        let (status, after) = script.get(n).cloned().unwrap_or((200, None));
+        async move {
+            let mut r = respond(status);
+            if let Some(after) = after {
+                r = r.header("retry-after", after);
+            }
+            r.body(Chunks::full("done")).unwrap()
+        }
+    }));
+    (addr, hits)
+}
+
+/// Sends one GET through `retry` over a forwarding `service_fn`; returns the
+/// outcome and the paused-clock offset of each attempt.
+async fn run(
+    retry: RetryLayer,
+    addr: std::net::SocketAddr,
+    method: http::Method,
+) -> (Result<Response<Bytes>, BoxError>, Vec<Duration>) {
+    let raw: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let start = Instant::now();
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let a = attempts.clone();
+    let forward = service_fn(move |req: Request<Full<Bytes>>| {
+        a.lock().unwrap().push(start.elapsed());
+        let raw = raw.clone();
+        async move {
+            let resp = raw.request(req).await?;
+            let (parts, body) = resp.into_parts();
+            let body = body.collect().await?.to_bytes();
+            Ok::<_, BoxError>(Response::from_parts(parts, body))
+        }
+    });
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}/"))
+        .body(Full::new(Bytes::from_static(b"payload")))
+        .unwrap();
+    let outcome = retry.layer(forward).oneshot(req).await;
+    let attempts = attempts.lock().unwrap().clone();
+    (outcome, attempts)
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_seconds_is_waited_exactly() {
+    let (addr, hits) = scripted(vec![(429, Some("2".into()))]);
+    let (outcome, attempts) = run(RetryLayer::default(), addr, http::Method::POST).await;
+    assert_eq!(outcome.unwrap().status(), 200);
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    // Retried after 2 s on the paused clock, not a nanosecond before.
+    assert_eq!(attempts, [Duration::ZERO, Duration::from_secs(2)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_http_date_is_honoured() {
+    // An HTTP-date has whole seconds: "now + 3 s" rounds down to 2..=3 s away.
+    let at = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3));
+    let (addr, _) = scripted(vec![(503, Some(at))]);
+    let (outcome, attempts) = run(RetryLayer::default(), addr, http::Method::POST).await;
+    assert_eq!(outcome.unwrap().status(), 200);
+    assert_eq!(attempts.len(), 2);
+    assert!(
+        attempts[1] > Duration::from_secs(2) && attempts[1] <= Duration::from_secs(3),
+        "{attempts:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_retry_waits_what_its_answer_says() {
+    let (addr, hits) = scripted(vec![
+        (429, Some("1".into())),
+        (503, Some("4".into())),
+        (429, Some("0".into())),
+    ]);
+    let (outcome, attempts) = run(RetryLayer::default(), addr, http::Method::GET).await;
+    assert_eq!(outcome.unwrap().status(), 200);
+    assert_eq!(hits.load(Ordering::SeqCst), 4);
+    let secs = |s| Duration::from_secs(s);
+    assert_eq!(attempts, [secs(0), secs(1), secs(5), secs(5)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn past_the_cap_returns_rate_limited_at_once() {
+    let (addr, hits) = scripted(vec![(429, Some("90".into()))]);
+    let retry = RetryLayer::builder()
+        .max_wait(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let (outcome, attempts) = run(retry, addr, http::Method::GET).await;
+    let err = outcome.unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<RateLimited>().unwrap().retry_after(),
+        Duration::from_secs(90)
+    );
+    assert_eq!(attempts, [Duration::ZERO]);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn backoff_for_502_on_get_only_and_retries_run_out() {
+    let (addr, hits) = scripted(vec![(502, None); 10]);
+    let retry = RetryLayer::builder()
+        .max_retries(2)
+        .backoff(Duration::from_millis(100), Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let (outcome, attempts) = run(retry.clone(), addr, http::Method::GET).await;
+    assert_eq!(
+        outcome.unwrap().status(),
+        502,
+        "the last answer, once retries run out"
+    );
+    assert_eq!(attempts.len(), 3);
+    // Jittered within the upper half of 100 ms, then of 200 ms.
+    let (d1, d2) = (attempts[1] - attempts[0], attempts[2] - attempts[1]);
+    assert!(
+        d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100),
+        "{d1:?}"
+    );
+    assert!(
+        d2 >= Duration::from_millis(100) && d2 <= Duration::from_millis(200),
+        "{d2:?}"
+    );
+
+    let before = hits.load(Ordering::SeqCst);
+    let (outcome, attempts) = run(retry, addr, http::Method::POST).await;
+    assert_eq!(outcome.unwrap().status(), 502);
+    assert_eq!(attempts.len(), 1, "a POST is not retried on 502");
+    assert_eq!(hits.load(Ordering::SeqCst), before + 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_budget_stops_a_retry_storm() {
+    // Every answer is a 503 with Retry-After: 1. With a budget of 1 retry a
+    // second and none from deposits, 20 requests get far fewer than 20 retries.
+    let (addr, hits) = scripted(vec![(503, Some("1".into())); 1000]);
+    let retry = RetryLayer::builder().budget(1, 0.0).build().unwrap();
+    let mut total_attempts = 0;
+    for _ in 0..20 {
+        let (_, attempts) = run(retry.clone(), addr, http::Method::GET).await;
+        total_attempts += attempts.len();
+    }
+    let retries = total_attempts - 20;
+    assert!(retries < 20, "{retries} retries for 20 requests");
+    assert_eq!(hits.load(Ordering::SeqCst), total_attempts);
+}
