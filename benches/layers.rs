@@ -21,6 +21,7 @@
 //! a burst of `u32::MAX`): what is measured is the bookkeeping per call.
 //!
 //! Run: `cargo bench --bench layers -- --warm-up-time 1 --measurement-time 2`
+//! (`LAYERS_SUMMARY=0` skips the interleaved pass, e.g. with a filter.)
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::convert::Infallible;
@@ -181,7 +182,9 @@ where
     fn run(&mut self, calls: u64) -> Duration {
         let per_task = calls.div_ceil(TASKS).max(1);
         // Built outside the timed part: tower's RateLimit allocates a timer.
+        let guard = self.rt.enter();
         let services: Vec<S> = (0..TASKS).map(|_| (self.make)()).collect();
+        drop(guard);
         let elapsed = self.rt.block_on(async move {
             let start = Instant::now();
             let tasks: Vec<_> = services
@@ -439,9 +442,11 @@ fn interleaved(case: &str, variants: &mut [Box<dyn Variant>]) {
         "| ours | counterpart | ratio (median of rounds) | p25–p75 | ratio from criterion means |"
     );
     println!("|---|---|---:|---:|---:|");
-    let index = |name: &str| variants.iter().position(|v| v.name() == name).unwrap();
+    let index = |name: &str| variants.iter().position(|v| v.name() == name);
     for (ours, theirs) in PAIRS {
-        let (o, t) = (index(ours), index(theirs));
+        let (Some(o), Some(t)) = (index(ours), index(theirs)) else {
+            continue;
+        };
         let mut ratios: Vec<f64> = (0..ROUNDS).map(|r| added[o][r] / added[t][r]).collect();
         let (lo, hi) = quartiles(&mut ratios);
         println!(
@@ -456,8 +461,11 @@ fn interleaved(case: &str, variants: &mut [Box<dyn Variant>]) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let bench_mode =
-        args.iter().any(|a| a == "--bench") && !args.iter().any(|a| a == "--test" || a == "--list");
+    // The interleaved summary runs under `cargo bench` unless `LAYERS_SUMMARY=0`
+    // (handy with a filter, when profiling one variant).
+    let bench_mode = args.iter().any(|a| a == "--bench")
+        && !args.iter().any(|a| a == "--test" || a == "--list")
+        && std::env::var("LAYERS_SUMMARY").map_or(true, |v| v != "0");
 
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
@@ -477,6 +485,14 @@ fn main() {
     ));
     let mut uncontended = uncontended_variants(single);
     let mut contended = contended_variants(multi);
+    // `LAYERS_VARIANTS=ours RateLimit,tower RateLimit` keeps those (and the
+    // bare baseline) only: a quick interleaved A/B while working on one layer.
+    if let Ok(keep) = std::env::var("LAYERS_VARIANTS") {
+        let keep: Vec<&str> = keep.split(',').map(str::trim).collect();
+        let wanted = |v: &dyn Variant| v.name() == BARE || keep.contains(&v.name());
+        uncontended.retain(|v| wanted(&**v));
+        contended.retain(|v| wanted(&**v));
+    }
 
     measure(&mut c, "uncontended", &mut uncontended);
     measure(&mut c, "contended", &mut contended);
@@ -484,8 +500,14 @@ fn main() {
 
     if bench_mode {
         println!("\n## Summary (one run; host has {} CPUs)", num_cpus());
-        interleaved("uncontended", &mut uncontended);
-        interleaved("contended", &mut contended);
+        // `LAYERS_CASE=contended` (or `uncontended`) runs one case only.
+        let case = std::env::var("LAYERS_CASE").unwrap_or_default();
+        if case != "contended" {
+            interleaved("uncontended", &mut uncontended);
+        }
+        if case != "uncontended" {
+            interleaved("contended", &mut contended);
+        }
     }
 }
 

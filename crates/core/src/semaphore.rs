@@ -69,6 +69,7 @@ impl Semaphore {
     }
 
     /// Takes a permit if one is free and nobody is queued before us.
+    #[inline]
     pub(crate) fn try_acquire(&self) -> bool {
         let mut state = self.state.load(Ordering::Relaxed);
         loop {
@@ -89,25 +90,22 @@ impl Semaphore {
     }
 
     /// Returns one permit, handing it straight to the oldest waiter if any.
+    #[inline]
     pub(crate) fn release(&self) {
-        let mut state = self.state.load(Ordering::Relaxed);
-        loop {
-            if state & WAITERS != 0 {
-                let mut waiters = self.lock();
-                self.state.fetch_add(ONE, Ordering::Release);
-                self.grant_locked(&mut waiters);
-                return;
-            }
-            match self.state.compare_exchange_weak(
-                state,
-                state + ONE,
-                Ordering::Release,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return,
-                Err(actual) => state = actual,
-            }
+        // One RMW whatever the state: the previous value says whether somebody
+        // waits. Nobody can barge in on the permit while the flag is up
+        // (`try_acquire` refuses), so handing it over under the lock
+        // afterwards is as fair as adding it under the lock.
+        let previous = self.state.fetch_add(ONE, Ordering::Release);
+        if previous & WAITERS != 0 {
+            self.hand_over();
         }
+    }
+
+    #[inline(never)]
+    fn hand_over(&self) {
+        let mut waiters = self.lock();
+        self.grant_locked(&mut waiters);
     }
 
     /// Moves the limit; a shrink below what is in use is paid off by releases.
@@ -127,7 +125,22 @@ impl Semaphore {
     ///
     /// Returns `Ready(())` once the caller holds a permit; `ticket` is then
     /// `None` again. A caller that stops polling must call [`Semaphore::cancel`].
+    #[inline]
     pub(crate) fn poll_acquire(
+        &self,
+        cx: &mut Context<'_>,
+        ticket: &mut Option<Arc<AtomicBool>>,
+    ) -> Poll<()> {
+        if ticket.is_none() && self.try_acquire() {
+            return Poll::Ready(());
+        }
+        self.poll_acquire_slow(cx, ticket)
+    }
+
+    /// The queue side of [`Semaphore::poll_acquire`], kept out of line so the
+    /// fast path inlines into the services.
+    #[inline(never)]
+    fn poll_acquire_slow(
         &self,
         cx: &mut Context<'_>,
         ticket: &mut Option<Arc<AtomicBool>>,
@@ -142,15 +155,14 @@ impl Semaphore {
                 *ticket = None;
                 return Poll::Ready(());
             }
-            if let Some(waiter) = waiters.iter_mut().find(|w| Arc::ptr_eq(&w.granted, granted))
+            if let Some(waiter) = waiters
+                .iter_mut()
+                .find(|w| Arc::ptr_eq(&w.granted, granted))
                 && !waiter.waker.will_wake(cx.waker())
             {
                 waiter.waker = cx.waker().clone();
             }
             return Poll::Pending;
-        }
-        if self.try_acquire() {
-            return Poll::Ready(());
         }
         let mut waiters = self.lock();
         let granted = Arc::new(AtomicBool::new(false));
@@ -217,7 +229,10 @@ impl Semaphore {
 }
 
 fn to_state(permits: usize) -> i64 {
-    i64::try_from(permits).unwrap_or(i64::MAX / 4).min(i64::MAX / 4) * ONE
+    i64::try_from(permits)
+        .unwrap_or(i64::MAX / 4)
+        .min(i64::MAX / 4)
+        * ONE
 }
 
 /// One permit of a concurrency limit, held by a call in flight and returned
@@ -230,12 +245,14 @@ pub struct Permit {
 
 impl Permit {
     /// Wraps a permit the caller has already taken from `semaphore`.
+    #[inline]
     pub(crate) fn taken(semaphore: Arc<Semaphore>) -> Self {
         Self { semaphore }
     }
 }
 
 impl Drop for Permit {
+    #[inline]
     fn drop(&mut self) {
         self.semaphore.release();
     }
@@ -262,6 +279,7 @@ impl Acquire {
     }
 
     /// Waits (fairly) for a permit.
+    #[inline]
     pub(crate) fn poll_acquire(&mut self, cx: &mut Context<'_>) -> Poll<Permit> {
         match self.semaphore.poll_acquire(cx, &mut self.ticket) {
             Poll::Ready(()) => Poll::Ready(Permit::taken(self.semaphore.clone())),
@@ -270,6 +288,7 @@ impl Acquire {
     }
 
     /// Takes a permit only if one is free right now.
+    #[inline]
     pub(crate) fn try_acquire(&mut self) -> Option<Permit> {
         if self.ticket.is_some() {
             // Already queued: only the queue can admit us, and fairly.

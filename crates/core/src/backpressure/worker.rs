@@ -94,8 +94,14 @@ impl<Req, Resp> Queue<Req, Resp> {
     }
 
     async fn next(&self) -> Option<Message<Req, Resp>> {
+        // While requests are queued, take them without registering with
+        // `notify` (which locks its waiter list): only an empty queue needs it.
+        if let Some(message) = self.pop() {
+            return Some(message);
+        }
         loop {
-            // Registered before looking, so a push or close in between still wakes us.
+            // Registered before looking again, so a push or close in between
+            // still wakes us.
             let mut notified = pin!(self.notify.notified());
             notified.as_mut().enable();
             if let Some(message) = self.pop() {
@@ -148,10 +154,14 @@ where
         }
         let _busy = Busy::enter(&queue.busy);
         let outcome = async {
+            // The call first: one that finishes at its first poll never
+            // registers for the caller's drop (the check above has just
+            // seen the caller still there). A pending one polls `closed`
+            // each time, so a caller that leaves still cancels it.
             tokio::select! {
                 biased;
-                () = reply.closed() => None,
                 result = serve(&mut service, request) => Some(result),
+                () = reply.closed() => None,
             }
         }
         .instrument(span)

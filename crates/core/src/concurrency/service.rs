@@ -63,6 +63,7 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S::Future>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.permit.is_none() {
             if self.fail_fast {
@@ -79,13 +80,7 @@ where
             } else {
                 match self.acquire.poll_acquire(cx) {
                     Poll::Ready(permit) => self.permit = Some(permit),
-                    Poll::Pending => {
-                        tracing::trace!(
-                            waiting = self.acquire.semaphore().waiting(),
-                            "waiting for a permit"
-                        );
-                        return Poll::Pending;
-                    }
+                    Poll::Pending => return self.waiting(),
                 }
             }
         }
@@ -93,17 +88,40 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         match self.permit.take() {
             Some(permit) => ResponseFuture::called(self.inner.call(req), permit),
-            None if std::mem::take(&mut self.shed) => {
-                tracing::debug!(
-                    limit = self.acquire.semaphore().limit(),
-                    "concurrency limit reached; shed"
-                );
-                ResponseFuture::refused(Overloaded::new())
-            }
-            None => ResponseFuture::refused(NotReady::new()),
+            None => self.refuse(),
+        }
+    }
+}
+
+// The slow paths are kept out of line so that `poll_ready` and `call` stay
+// small enough to inline into the caller: the benches showed a non-inlined
+// `call` costing more than the permit itself.
+impl<S> ConcurrencyLimit<S> {
+    #[cold]
+    #[inline(never)]
+    fn waiting(&self) -> Poll<Result<(), BoxError>> {
+        tracing::trace!(
+            waiting = self.acquire.semaphore().waiting(),
+            "waiting for a permit"
+        );
+        Poll::Pending
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn refuse<F>(&mut self) -> ResponseFuture<F> {
+        if std::mem::take(&mut self.shed) {
+            tracing::debug!(
+                limit = self.acquire.semaphore().limit(),
+                "concurrency limit reached; shed"
+            );
+            ResponseFuture::refused(Overloaded::new())
+        } else {
+            ResponseFuture::refused(NotReady::new())
         }
     }
 }

@@ -32,19 +32,23 @@ impl TokenBucket {
         }
     }
 
+    #[inline]
     pub(crate) fn burst(&self) -> u32 {
         self.burst
     }
 
     /// Nanoseconds to refill one token.
+    #[inline]
     pub(crate) fn interval(&self) -> u64 {
         self.interval
     }
 
+    #[inline]
     fn tolerance(&self) -> u64 {
         self.interval.saturating_mul(u64::from(self.burst))
     }
 
+    #[inline]
     fn weight(&self, cost: u32) -> u64 {
         self.interval.saturating_mul(u64::from(cost))
     }
@@ -58,6 +62,7 @@ impl TokenBucket {
 
     /// Takes `cost` tokens if they are there now; otherwise says how long
     /// until they would be, and takes nothing.
+    #[inline]
     pub(crate) fn try_take(&self, now: u64, cost: u32) -> Result<u64, u64> {
         let weight = self.weight(cost);
         let tolerance = self.tolerance();
@@ -81,6 +86,7 @@ impl TokenBucket {
     /// Takes `cost` tokens unconditionally, booking them in the future if the
     /// bucket is short. Returns the new TAT and the time at which the tokens
     /// are really there (`<= now` when they already were).
+    #[inline]
     pub(crate) fn take_queued(&self, now: u64, cost: u32) -> (u64, u64) {
         let weight = self.weight(cost);
         let tolerance = self.tolerance();

@@ -46,12 +46,20 @@ pub(super) struct Shared {
 impl Shared {
     /// Nanoseconds since the epoch, on tokio's clock (so the paused test
     /// clock drives the bucket).
+    #[inline]
     pub(super) fn now(&self) -> u64 {
         self.nanos(Instant::now())
     }
 
+    #[inline]
     pub(super) fn nanos(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+        // Whole seconds and the rest in u64: cheaper than `as_nanos`' u128,
+        // and saturating the same way (after 584 years).
+        let since = at.saturating_duration_since(self.epoch);
+        since
+            .as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(since.subsec_nanos()))
     }
 
     pub(super) fn instant(&self, nanos: u64) -> Instant {

@@ -117,10 +117,63 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S::Future>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Fast path, kept small so it inlines into the caller: book one token
+        // and find it already there.
+        if let State::Idle = self.booking.state
+            && !self.fail_fast
+        {
+            let shared = &self.booking.shared;
+            let now = shared.now();
+            let (end, at) = shared.bucket.take_queued(now, 1);
+            if at <= now {
+                self.booking.state = State::Ready { booked: Some(end) };
+                return self.inner.poll_ready(cx).map_err(Into::into);
+            }
+            self.start_waiting(end, at, now);
+        }
+        ready!(self.poll_booking(cx));
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        let State::Ready { booked } = self.booking.state else {
+            return not_ready();
+        };
+        // The call consumes the booking: from here on nothing is given back.
+        self.booking.state = State::Idle;
+        let cost = self.cost.cost(&req);
+        if cost == 1 && booked.is_some() {
+            // The token booked in poll_ready is the whole cost (a burst is
+            // at least 1, so one token never exceeds it).
+            return ResponseFuture::called(self.inner.call(req), ());
+        }
+        self.call_with_cost(req, booked, cost)
+    }
+}
+
+// Everything but the fast paths, out of line so that `poll_ready` and `call`
+// stay small enough to inline into the caller.
+impl<S, C> RateLimit<S, C> {
+    #[cold]
+    #[inline(never)]
+    fn start_waiting(&mut self, end: u64, at: u64, now: u64) {
+        tracing::debug!(
+            tokens = 0,
+            wait_ms = Duration::from_nanos(at - now).as_millis() as u64,
+            "rate limited; waiting for a token"
+        );
+        self.booking.state = State::Waiting { end, at };
+    }
+
+    /// Drives the booking until this service may call.
+    #[inline(never)]
+    fn poll_booking(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
             match self.booking.state {
-                State::Ready { .. } => return self.inner.poll_ready(cx).map_err(Into::into),
+                State::Ready { .. } => return Poll::Ready(()),
                 State::Idle if self.fail_fast => {
                     self.booking.state = State::Ready { booked: None };
                 }
@@ -131,12 +184,7 @@ where
                     if at <= now {
                         self.booking.state = State::Ready { booked: Some(end) };
                     } else {
-                        tracing::debug!(
-                            tokens = 0,
-                            wait_ms = Duration::from_nanos(at - now).as_millis() as u64,
-                            "rate limited; waiting for a token"
-                        );
-                        self.booking.state = State::Waiting { end, at };
+                        self.start_waiting(end, at, now);
                     }
                 }
                 State::Waiting { end, at } => {
@@ -147,15 +195,19 @@ where
         }
     }
 
-    fn call(&mut self, req: Req) -> Self::Future {
-        let State::Ready { booked } = self.booking.state else {
-            return ResponseFuture::refused(NotReady::new());
-        };
-        // The call consumes the booking: from here on nothing is given back.
-        self.booking.state = State::Idle;
+    /// A call whose cost is not the one token booked in `poll_ready`.
+    #[inline(never)]
+    fn call_with_cost<Req>(
+        &mut self,
+        req: Req,
+        booked: Option<u64>,
+        cost: u32,
+    ) -> ResponseFuture<S::Future>
+    where
+        S: Service<Req>,
+    {
         let shared = &self.booking.shared;
         let bucket = &shared.bucket;
-        let cost = self.cost.cost(&req);
         if cost > bucket.burst() {
             if let Some(end) = booked {
                 bucket.give_back(end, 1);
@@ -193,6 +245,12 @@ where
         }
         ResponseFuture::called(self.inner.call(req), ())
     }
+}
+
+#[cold]
+#[inline(never)]
+fn not_ready<F>() -> ResponseFuture<F> {
+    ResponseFuture::refused(NotReady::new())
 }
 
 impl<S: Clone, C: Clone> Clone for RateLimit<S, C> {
