@@ -81,6 +81,11 @@ impl Error {
         }
     }
 
+    /// The request never left: a recent failure kept Redis from being asked.
+    pub(crate) fn was_skipped(&self) -> bool {
+        self.kind == Kind::Skipped
+    }
+
     /// The limit's state on Redis could not be read or updated: Redis was
     /// unreachable, too slow (see [`is_timeout`](Self::is_timeout)), or
     /// answered with an error. A fail-closed layer returns this error to

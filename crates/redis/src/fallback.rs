@@ -41,26 +41,26 @@ pub(crate) struct Health {
 }
 
 impl Health {
-    pub(crate) fn reached(&self, limit: &str) {
+    pub(crate) fn reached(&self, key: &str) {
         if self.degraded.swap(false, Ordering::Relaxed) {
-            tracing::info!(limit, "redis reachable again; the shared limit applies");
+            tracing::info!(key, "redis reachable again; the shared limit applies");
         }
     }
 
-    pub(crate) fn failed(&self, limit: &str, fallback: Fallback, error: &Error) {
+    pub(crate) fn failed(&self, key: &str, fallback: Fallback, error: &Error) {
         if self.degraded.swap(true, Ordering::Relaxed) {
-            tracing::debug!(limit, %error, "redis unavailable");
+            tracing::debug!(key, %error, "redis unavailable");
             return;
         }
         match fallback {
             Fallback::Open { share } => tracing::warn!(
-                limit,
+                key,
                 share,
                 error = %DisplayChain(error),
                 "redis unavailable; failing open to this process's share of the limit"
             ),
             Fallback::Closed => tracing::warn!(
-                limit,
+                key,
                 error = %DisplayChain(error),
                 "redis unavailable; failing closed, requests are refused"
             ),

@@ -41,6 +41,9 @@ pub const DEFAULT_KEY_PREFIX: &str = "tower-fanout:";
 /// [probe interval](RedisStoreBuilder::probe_interval): decisions in between
 /// go straight to each layer's fallback (fail closed or fail open), so an
 /// outage costs callers no waiting.
+///
+/// The connection's driver runs on the Tokio runtime of the first
+/// decision, so keep a store (and its clones) within one runtime.
 #[derive(Clone)]
 pub struct RedisStore {
     inner: Arc<Inner>,

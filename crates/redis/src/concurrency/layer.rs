@@ -251,23 +251,28 @@ impl Shared {
             match decision {
                 Ok((true, held)) => {
                     self.health.reached(&self.name);
-                    tracing::trace!(limit = %self.name, in_flight = held, "permit taken");
+                    tracing::trace!(key = %self.name, in_flight = held, limit = self.limit, "permit taken");
                     return Ok(pending.into_permit());
                 }
                 Ok((false, held)) => {
                     self.health.reached(&self.name);
                     pending.forget();
                     if self.fail_fast {
-                        tracing::debug!(limit = %self.name, in_flight = held, "concurrency limit reached; shed");
+                        tracing::debug!(key = %self.name, in_flight = held, limit = self.limit, "concurrency limit reached; shed");
                         return Err(Overloaded::new().into());
                     }
-                    tracing::trace!(limit = %self.name, in_flight = held, "waiting for a permit");
+                    tracing::trace!(key = %self.name, in_flight = held, "waiting for a permit");
                     tokio::time::sleep(self.retry_wait()).await;
                 }
                 Err(error) => {
-                    // `pending` is dropped armed: if Redis added us before the
-                    // answer was lost, the holder is removed (or expires).
-                    drop(pending);
+                    if error.was_skipped() || error.is_config() {
+                        // Nothing was sent: nothing to take back.
+                        pending.forget();
+                    } else {
+                        // Dropped armed: if Redis added us before the answer
+                        // was lost, the holder is removed (or expires).
+                        drop(pending);
+                    }
                     self.health.failed(&self.name, self.fallback, &error);
                     return match &self.local {
                         None => Err(error.into()),

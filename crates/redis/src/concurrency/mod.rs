@@ -16,6 +16,12 @@
 //! releasing, its permits come back when their leases end: a crashed
 //! process never keeps permits for good.
 //!
+//! Releases are sent from spawned tasks. A process that exits right after
+//! its last call may exit before they are sent; its permits then come back
+//! when their leases end, as for a crash. Choose the lease with that in
+//! mind: it is how long a crashed (or abruptly stopped) process's permits
+//! stay taken.
+//!
 //! # Refusals
 //! By default a caller waits, asking Redis again every
 //! [`retry_interval`](RedisConcurrencyLimitBuilder::retry_interval). With

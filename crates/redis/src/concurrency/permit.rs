@@ -49,7 +49,7 @@ fn release(shared: &Arc<Shared>, holder: String) {
     let shared = shared.clone();
     runtime.spawn(async move {
         if let Err(error) = shared.store.release(&shared.key, &holder).await {
-            tracing::debug!(limit = shared.limit_name(), %error, "release failed; the lease will expire");
+            tracing::debug!(key = shared.limit_name(), %error, "release failed; the lease will expire");
         }
     });
 }
@@ -73,7 +73,7 @@ impl Pending {
         self.holder.as_deref().unwrap_or_default()
     }
 
-    /// Redis said no: nothing to release.
+    /// Redis said no, or was never asked: nothing to release.
     pub(super) fn forget(mut self) {
         self.holder = None;
     }
@@ -110,18 +110,18 @@ async fn renew(shared: Arc<Shared>, holder: String) {
             .renew(&shared.key, shared.lease_ms, &holder)
             .await
         {
-            Ok(true) => tracing::trace!(limit = shared.limit_name(), "lease renewed"),
+            Ok(true) => tracing::trace!(key = shared.limit_name(), "lease renewed"),
             Ok(false) => {
                 // The lease ran out (Redis was unreachable for a whole
                 // lease): the call goes on, but no longer counts.
                 tracing::warn!(
-                    limit = shared.limit_name(),
+                    key = shared.limit_name(),
                     "lease lost while the call was running; the limit may be exceeded until it ends"
                 );
                 return;
             }
             Err(error) => {
-                tracing::debug!(limit = shared.limit_name(), %error, "lease renewal failed; will retry");
+                tracing::debug!(key = shared.limit_name(), %error, "lease renewal failed; will retry");
             }
         }
     }

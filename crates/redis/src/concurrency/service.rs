@@ -68,6 +68,11 @@ where
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if matches!(self.state, State::Refused(_)) {
+            // Polled again after a refusal without a call in between: the
+            // refusal is stale; ask again, as the core limit does.
+            self.state = State::Idle;
+        }
         loop {
             match &mut self.state {
                 State::Idle => {

@@ -274,7 +274,7 @@ impl Shared {
             return Ok(());
         }
         if cost > self.burst {
-            tracing::debug!(limit = %self.name, cost, burst = self.burst, "request costs more than the burst");
+            tracing::debug!(key = %self.name, cost, burst = self.burst, "request costs more than the burst");
             return Err(CostExceedsBurst::new(cost, self.burst).into());
         }
         let redis_key = self.store.key(&self.name, key.as_deref(), "gcra");
@@ -293,7 +293,7 @@ impl Shared {
                 self.health.reached(&self.name);
                 if !wait.is_zero() {
                     tracing::debug!(
-                        limit = %self.name,
+                        key = %self.name,
                         cost,
                         wait_ms = wait.as_millis() as u64,
                         "rate limited; waiting for tokens"
@@ -314,7 +314,7 @@ impl Shared {
             Ok(Gcra::Refused { retry_after }) => {
                 self.health.reached(&self.name);
                 tracing::debug!(
-                    limit = %self.name,
+                    key = %self.name,
                     cost,
                     retry_after_ms = retry_after.as_millis() as u64,
                     "rate limited; refused"

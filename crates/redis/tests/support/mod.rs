@@ -41,12 +41,40 @@ pub fn redis_server_binary() -> PathBuf {
     );
 }
 
+/// A free port, never one handed out before in this process: a test that
+/// restarts its server on its port must find it still free.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static USED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut used = USED.lock().unwrap();
+        if !used.contains(&port) {
+            used.push(port);
+            return port;
+        }
+    }
+}
+
+/// The process id of the redis-server answering on `port`, if any.
+fn server_pid(port: u16) -> Option<u32> {
+    use std::io::{BufRead, Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    stream.write_all(b"INFO server\r\n").ok()?;
+    let mut reader = std::io::BufReader::new(stream);
+    let mut header = String::new();
+    reader.read_line(&mut header).ok()?;
+    let len: usize = header.trim().strip_prefix('$')?.parse().ok()?;
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).ok()?;
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|line| line.strip_prefix("process_id:"))
+        .and_then(|pid| pid.trim().parse().ok())
 }
 
 /// A `redis-server` of our own; killed when dropped.
@@ -91,16 +119,19 @@ impl RedisServer {
                 // Exited: most likely the port was taken meanwhile.
                 return false;
             }
-            if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
-                use std::io::{Read, Write};
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-                if stream.write_all(b"PING\r\n").is_ok() {
-                    let mut buf = [0u8; 7];
-                    if stream.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n" {
-                        self.child = Some(child);
-                        return true;
-                    }
+            // The answer must come from our child: with tests starting
+            // servers in parallel, another test's server may hold the port.
+            match server_pid(self.port) {
+                Some(pid) if pid == child.id() => {
+                    self.child = Some(child);
+                    return true;
                 }
+                Some(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return false;
+                }
+                None => {}
             }
             std::thread::sleep(Duration::from_millis(20));
         }
