@@ -1,2 +1,174 @@
-//! Loopback benchmark (written below).
-fn main() {}
+//! Loopback end to end: requests per second for 2 000 GETs with 64 in flight,
+//! hyper-util's client alone vs the full preset stack, measured in one run.
+//!
+//! Run: `cargo bench -p tower-fanout-http --bench client`
+//!
+//! The server runs on its own thread and runtime; each client runs on a
+//! current-thread runtime on the main thread. Rounds alternate between the
+//! two clients so that load from elsewhere on the machine hits both alike;
+//! the report gives each one's median and the ratio of the medians.
+#![allow(clippy::unwrap_used)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as Raw;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tower::ServiceExt;
+use tower_fanout_core::keyed::KeyLimit;
+use tower_fanout_http::Client;
+
+const REQUESTS: usize = 2_000;
+const IN_FLIGHT: usize = 64;
+const ROUNDS: usize = 7;
+
+fn serve() -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            let body = Bytes::from(vec![b'x'; 256]);
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req| {
+                        let body = body.clone();
+                        async move { Ok::<_, Infallible>(Response::new(Full::new(body))) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+    });
+    rx.recv().unwrap()
+}
+
+/// Runs `REQUESTS` calls of `one`, `IN_FLIGHT` at a time; returns requests per second.
+async fn drive<F, Fut>(one: F) -> f64
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = usize> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..IN_FLIGHT {
+        let (next, one) = (next.clone(), one.clone());
+        workers.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < REQUESTS {
+                assert_eq!(one().await, 256);
+            }
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    REQUESTS as f64 / start.elapsed().as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let addr = serve();
+    let url = format!("http://{addr}/");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    // The same connector settings as the preset (TCP_NODELAY on), so the
+    // ratio measures the stack and nothing else.
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(std::env::var("RAW_NODELAY").map_or(true, |v| v == "1"));
+    let mut rb = Raw::builder(TokioExecutor::new());
+    rb.pool_max_idle_per_host(IN_FLIGHT);
+    if std::env::var("RAW_TIMER").is_ok() {
+        rb.pool_timer(hyper_util::rt::TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90));
+    }
+    let raw: Raw<_, Full<Bytes>> = rb.build(connector);
+    let variant = std::env::var("VARIANT").unwrap_or_default();
+    let preset = rt.block_on(async {
+        let mut b = Client::builder()
+            .host_default(KeyLimit::new().concurrency(IN_FLIGHT))
+            .pool_max_idle_per_host(IN_FLIGHT)
+            .address_guard(true)
+            .address_guard_allow(addr.ip());
+        for v in variant.split(',') {
+            b = match v {
+                "noretry" => b.no_retry(),
+                "nolearn" => b.learn_rate_limits(false),
+                "notimeout" => b.timeout(None),
+                "nodecomp" => b.decompression(false),
+                "noredirect" => b.max_redirects(0),
+                _ => b,
+            };
+        }
+        b.build().unwrap()
+    });
+
+    let raw_once = {
+        let (raw, url) = (raw.clone(), url.clone());
+        move || {
+            let (raw, url) = (raw.clone(), url.clone());
+            async move {
+                let req = Request::get(url).body(Full::default()).unwrap();
+                let resp = raw.request(req).await.unwrap();
+                resp.into_body().collect().await.unwrap().to_bytes().len()
+            }
+        }
+    };
+    let preset_once = {
+        let (preset, url) = (preset.clone(), url.clone());
+        move || {
+            let (preset, url) = (preset.clone(), url.clone());
+            async move {
+                let req = Request::get(url).body(Full::<Bytes>::default()).unwrap();
+                preset.oneshot(req).await.unwrap().into_body().len()
+            }
+        }
+    };
+
+    // Warm both pools and the code paths.
+    rt.block_on(drive(raw_once.clone()));
+    rt.block_on(drive(preset_once.clone()));
+
+    let (mut raw_rps, mut preset_rps) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        // Alternate which goes first, so neither always follows the other.
+        if round % 2 == 0 {
+            raw_rps.push(rt.block_on(drive(raw_once.clone())));
+            preset_rps.push(rt.block_on(drive(preset_once.clone())));
+        } else {
+            preset_rps.push(rt.block_on(drive(preset_once.clone())));
+            raw_rps.push(rt.block_on(drive(raw_once.clone())));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(10));
+    let (r, p) = (median(raw_rps.clone()), median(preset_rps.clone()));
+    println!("loopback: {REQUESTS} GETs, {IN_FLIGHT} in flight, {ROUNDS} alternating rounds");
+    println!("hyper-util client alone : median {r:>9.0} req/s  rounds {raw_rps:.0?}");
+    println!("full preset stack       : median {p:>9.0} req/s  rounds {preset_rps:.0?}");
+    println!(
+        "preset / raw            : {:.3}  (cost {:+.1} %)",
+        p / r,
+        (1.0 - p / r) * 100.0
+    );
+}

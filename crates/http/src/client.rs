@@ -17,8 +17,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::ServiceExt;
-use tower::util::BoxCloneSyncService;
-use tower_fanout_core::keyed::{KeyLimit, KeyedLimitHandle, KeyedLimitLayer};
+use tower_fanout_core::keyed::{
+    AuthorityKey, KeyLimit, KeyedLimit, KeyedLimitHandle, KeyedLimitLayer,
+};
 use tower_http::decompression::Decompression;
 use tower_http::follow_redirect::FollowRedirect;
 use tower_layer::Layer;
@@ -29,13 +30,32 @@ use crate::body::{Cap, collect};
 use crate::guard::{self, Guard, GuardedConnector, GuardedResolver};
 use crate::learn::{Learn, Learned};
 use crate::redirect::RedirectPolicy;
-use crate::retry::RetryLayer;
+use crate::retry::{Retry, RetryLayer};
 use crate::timeout::TimedOut;
 use crate::{BoxError, Error};
 
 type Connector = GuardedConnector<hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>>;
 type Raw = HyperClient<Connector, Full<Bytes>>;
-type Stack = BoxCloneSyncService<Request<Full<Bytes>>, Response<Bytes>, BoxError>;
+type Stack = Retry<FollowRedirect<Learn<KeyedLimit<Fetch, AuthorityKey, String>>, RedirectPolicy>>;
+
+/// hyper-util's client behind an `Arc`: its `request` takes `&self`, so each
+/// call needs no clone of the client (which copies its whole configuration).
+#[derive(Clone)]
+struct SharedRaw(Arc<Raw>);
+
+impl Service<Request<Full<Bytes>>> for SharedRaw {
+    type Response = Response<hyper::body::Incoming>;
+    type Error = hyper_util::client::legacy::Error;
+    type Future = hyper_util::client::legacy::ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
+        self.0.request(req)
+    }
+}
 
 /// Configures a [`Client`]; made by [`Client::builder`].
 ///
@@ -276,7 +296,7 @@ impl ClientBuilder {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new());
         let raw: Raw = raw.build(connector);
-        let decompress = Decompression::new(raw)
+        let decompress = Decompression::new(SharedRaw(Arc::new(raw)))
             .gzip(self.decompression)
             .br(self.decompression);
         let fetch = Fetch {
@@ -286,17 +306,17 @@ impl ClientBuilder {
         };
 
         let limited = limits.layer(fetch);
-        let learned: Stack = if self.learn_rate_limits {
-            BoxCloneSyncService::new(Learn::new(limited, Arc::new(Learned::new(self.max_hosts))))
-        } else {
-            BoxCloneSyncService::new(limited)
-        };
+        let learned = Learn::new(
+            limited,
+            self.learn_rate_limits
+                .then(|| Arc::new(Learned::new(self.max_hosts))),
+        );
         let redirected =
             FollowRedirect::with_policy(learned, RedirectPolicy::new(self.max_redirects));
-        let stack: Stack = match &self.retry {
-            Some(retry) => BoxCloneSyncService::new(retry.layer(redirected)),
-            None => BoxCloneSyncService::new(redirected),
-        };
+        // Without retries the layer still runs, with zero retries: one
+        // concrete stack type, and nothing boxed but the response future.
+        let retry = self.retry.clone().unwrap_or_else(RetryLayer::never);
+        let stack: Stack = retry.layer(redirected);
         Ok(Client {
             stack,
             max_request_body: self.max_request_body,
@@ -309,7 +329,7 @@ impl ClientBuilder {
 /// One attempt: send, decompress, read the body up to the cap, all within the timeout.
 #[derive(Clone)]
 struct Fetch {
-    client: Decompression<Raw>,
+    client: Decompression<SharedRaw>,
     timeout: Option<Duration>,
     cap: usize,
 }

@@ -20,7 +20,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// Numbers at or above this in a reset header are Unix timestamps, not deltas
 /// (10⁹ s is 2001; no server asks for a 31-year wait).
@@ -150,13 +150,33 @@ fn count(s: &str) -> Option<u64> {
     f.is_finite().then_some(if f <= 0.0 { 0 } else { f as u64 })
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const PAIRS: [(HeaderName, HeaderName); 3] = [
+    (
+        HeaderName::from_static("ratelimit-remaining"),
+        HeaderName::from_static("ratelimit-reset"),
+    ),
+    (
+        HeaderName::from_static("x-ratelimit-remaining"),
+        HeaderName::from_static("x-ratelimit-reset"),
+    ),
+    (
+        HeaderName::from_static("x-ratelimit-remaining-requests"),
+        HeaderName::from_static("x-ratelimit-reset-requests"),
+    ),
+];
+
+fn header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
     headers.get(name)?.to_str().ok()
 }
 
 /// Reads the host's budget from a response's headers.
 pub fn budget(headers: &HeaderMap, now: SystemTime) -> Option<Budget> {
-    let window = header(headers, "ratelimit-policy").and_then(policy_window);
+    if headers.is_empty() {
+        return None;
+    }
+    let window = header(headers, &RATELIMIT_POLICY).and_then(policy_window);
     let mut found: Option<Budget> = None;
     let mut consider = |remaining: Option<u64>, reset: Option<Duration>| {
         let (Some(remaining), Some(reset)) = (remaining, reset.or(window)) else {
@@ -169,19 +189,12 @@ pub fn budget(headers: &HeaderMap, now: SystemTime) -> Option<Budget> {
             _ => candidate,
         });
     };
-    if let Some(v) = header(headers, "ratelimit") {
+    if let Some(v) = header(headers, &RATELIMIT) {
         for (remaining, reset) in ietf_ratelimit(v) {
             consider(Some(remaining), reset);
         }
     }
-    for (rem, rst) in [
-        ("ratelimit-remaining", "ratelimit-reset"),
-        ("x-ratelimit-remaining", "x-ratelimit-reset"),
-        (
-            "x-ratelimit-remaining-requests",
-            "x-ratelimit-reset-requests",
-        ),
-    ] {
+    for (rem, rst) in &PAIRS {
         if let Some(remaining) = header(headers, rem).and_then(count) {
             consider(
                 Some(remaining),

@@ -145,11 +145,12 @@ impl Drop for InFlight {
 #[derive(Clone)]
 pub(crate) struct Learn<S> {
     inner: S,
-    learned: Arc<Learned>,
+    /// `None` when learning is off: requests pass straight through.
+    learned: Option<Arc<Learned>>,
 }
 
 impl<S> Learn<S> {
-    pub(crate) fn new(inner: S, learned: Arc<Learned>) -> Self {
+    pub(crate) fn new(inner: S, learned: Option<Arc<Learned>>) -> Self {
         Self { inner, learned }
     }
 }
@@ -179,7 +180,9 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let inner = self.inner.clone();
-        let learned = self.learned.clone();
+        let Some(learned) = self.learned.clone() else {
+            return Box::pin(async move { inner.oneshot(req).await.map_err(Into::into) });
+        };
         let host = req
             .uri()
             .authority()

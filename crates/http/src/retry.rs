@@ -204,6 +204,13 @@ impl RetryLayer {
     }
 }
 
+impl RetryLayer {
+    /// A layer that sends each request once.
+    pub(crate) fn never() -> Self {
+        Self::from_checked(Self::builder().max_retries(0))
+    }
+}
+
 impl Default for RetryLayer {
     /// The defaults of [`RetryLayer::builder`].
     fn default() -> Self {
