@@ -42,8 +42,9 @@ pub const DEFAULT_KEY_PREFIX: &str = "tower-fanout:";
 /// go straight to each layer's fallback (fail closed or fail open), so an
 /// outage costs callers no waiting.
 ///
-/// The connection's driver runs on the Tokio runtime of the first
-/// decision, so keep a store (and its clones) within one runtime.
+/// The connection's driver runs on the Tokio runtime (with IO and time
+/// enabled) of the first decision, so keep a store (and its clones) within
+/// one runtime.
 #[derive(Clone)]
 pub struct RedisStore {
     inner: Arc<Inner>,
@@ -219,6 +220,11 @@ impl RedisStore {
             if skip_until != 0 && self.now() < skip_until {
                 return Err(Error::skipped());
             }
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::config(
+                "no Tokio runtime: redis limits run on a Tokio runtime with IO and time enabled",
+            ));
         }
         let connection = self.connection()?;
         let result = match tokio::time::timeout(self.inner.timeout, request(connection)).await {

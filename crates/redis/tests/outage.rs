@@ -189,3 +189,30 @@ async fn concurrency_limit_fails_closed_or_open_and_recovers_after_a_restart() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_open_keeps_one_local_share_per_key() {
+    let mut redis = RedisServer::start();
+    // Local share of a quarter: burst 8 → 2 per host, refilled every 4 s.
+    let svc = RedisRateLimitLayer::builder(store(&redis), "hosts", 1, Duration::from_secs(1))
+        .burst(8)
+        .key_fn(|host: &&'static str| (*host).to_owned())
+        .fail_fast()
+        .fail_open(0.25)
+        .build()
+        .unwrap()
+        .layer(service_fn(|host: &'static str| async move {
+            Ok::<_, Infallible>(host)
+        }));
+    redis.kill();
+    for host in ["a.example", "b.example"] {
+        let mut admitted = 0;
+        for _ in 0..5 {
+            match svc.clone().oneshot(host).await {
+                Ok(_) => admitted += 1,
+                Err(err) => assert!(err.is::<RateLimited>(), "{err}"),
+            }
+        }
+        assert_eq!(admitted, 2, "{host}: the local share per key is 2");
+    }
+}

@@ -29,12 +29,14 @@ impl fmt::Debug for Permit {
 pub(super) struct Remote {
     shared: Arc<Shared>,
     holder: String,
-    renew: JoinHandle<()>,
+    renew: Option<JoinHandle<()>>,
 }
 
 impl Drop for Remote {
     fn drop(&mut self) {
-        self.renew.abort();
+        if let Some(renew) = &self.renew {
+            renew.abort();
+        }
         release(&self.shared, std::mem::take(&mut self.holder));
     }
 }
@@ -83,7 +85,9 @@ impl Pending {
     pub(super) fn into_permit(mut self) -> Permit {
         let holder = self.holder.take().unwrap_or_default();
         let shared = self.shared.clone();
-        let renew = tokio::spawn(renew(shared.clone(), holder.clone()));
+        let renew = tokio::runtime::Handle::try_current()
+            .ok()
+            .map(|runtime| runtime.spawn(renew(shared.clone(), holder.clone())));
         Permit::Remote(Remote {
             shared,
             holder,
