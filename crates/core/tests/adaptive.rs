@@ -107,6 +107,8 @@ async fn one_decrease_per_congestion_episode() {
     burst(&svc, &mut upstream, 20, 429, None).await;
     assert_eq!(handle.limit(), 18);
     // Calls started after the cut fail again: a new episode, a new cut.
+    // (Calls started at the very instant of the cut count as before it.)
+    time::advance(Duration::from_millis(1)).await;
     burst(&svc, &mut upstream, 18, 503, None).await;
     assert_eq!(handle.limit(), 16);
 }
@@ -155,6 +157,7 @@ async fn short_retry_after_is_ordinary_congestion() {
     let svc = ServiceBuilder::new().layer(layer).service(svc);
     // Retry-After 0: shorter than four RTTs, no hold.
     burst(&svc, &mut upstream, 20, 429, Some(0)).await;
+    time::advance(Duration::from_millis(1)).await;
     burst(&svc, &mut upstream, 18, 429, Some(0)).await;
     assert_eq!(handle.limit(), 16);
 }

@@ -102,10 +102,11 @@ where
                         limit,
                         _permit,
                     } = guard;
-                    // Give the permit back first: the decision below may
-                    // shrink the limit, and the shrink is paid off by it.
-                    drop(_permit);
+                    // Decide first, then give the permit back: a decrease
+                    // is then paid off by this very permit, instead of the
+                    // permit admitting one more call into the overload.
                     shared.record(started, in_flight, limit, outcome, retry_after);
+                    drop(_permit);
                 }
                 Poll::Ready(output)
             }

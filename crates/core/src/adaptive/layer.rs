@@ -144,8 +144,9 @@ pub(super) struct Shared {
 
 struct State {
     controller: Box<dyn Controller>,
-    /// Overloads from calls that started before this were caused by the old,
-    /// higher limit: they are already answered.
+    /// Overloads from calls that started before this (or at the same
+    /// instant, on a coarse or paused clock) were caused by the old, higher
+    /// limit: they are already answered.
     last_decrease: Option<Instant>,
     /// After an overload with a long `Retry-After`, nothing moves until then.
     hold_until: Option<Instant>,
@@ -200,7 +201,7 @@ impl Shared {
         if state.hold_until.is_some_and(|until| now < until) {
             return;
         }
-        if outcome == Outcome::Overload && state.last_decrease.is_some_and(|at| started < at) {
+        if outcome == Outcome::Overload && state.last_decrease.is_some_and(|at| started <= at) {
             return;
         }
         let sample = Sample {

@@ -6,31 +6,40 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Bounds, Change, Controller, Round, RoundSummary, RttEstimate, Sample, change, ewma};
+use crate::classify::Outcome;
 use crate::error::ConfigError;
 
 /// Moves the limit once per round trip by the ratio of the recent RTT to a
-/// long-term baseline, and cuts it on overload. The default controller.
+/// long-term baseline, and cuts it at once on overload. The default controller.
 ///
-/// Each round (about one RTT, at least ten answers) it compares the round's
-/// median RTT with the baseline: the lowest round median of the last 64
-/// rounds. Medians, because LLM-like latency has heavy tails that would
-/// swing a mean.
+/// - An overload: ×`backoff` (0.9), and at least one call less, at once
+///   (during slow start: back to half, the last limit without overload). (The layer reports only
+///   overloads of calls that started after the last decrease, so a burst of
+///   failures from one episode is one cut, while a limit still above the
+///   capacity keeps being cut within milliseconds.)
+/// - Each round (at least one RTT and thirty successes, or as many as the
+///   limit) it compares the round's median RTT with the baseline: the
+///   lowest, over the last 128 rounds, of the median pooled over eight
+///   rounds. Medians, because LLM-like latency has heavy tails that would
+///   swing a mean; pooled, because the minimum of many small-sample medians
+///   sits far below the typical one. A median above `tolerance` × baseline
+///   (default 1.25, widened up to 3 when round medians are noisy):
+///   × threshold·baseline/median, at most halving.
+/// - A round in which the limit was not in use: the limit settles towards
+///   1.5 × the calls in flight it saw (×0.9 per round), so a light load
+///   leaves no stale high limit behind.
+/// - Otherwise, if the limit was in use: ×2 per round during slow start
+///   (until the first signal), then, like TCP CUBIC, back quickly towards
+///   the limit of the last decrease (half the gap per round), slowly around
+///   it (+2 % per round within 2 % or one call of it), and past it probe
+///   with a step that doubles every round (4 %, 8 %, 16 %, then 32 %), so a
+///   capacity that doubled is found in about six round trips while a
+///   steady one is overrun rarely and by little. Once the RTT is a third of
+///   the way to the threshold, probing starts over from 4 %: the knee is near.
 ///
-/// - any overload in the round: ×`backoff` (0.9), or down to the
-///   concurrency the downstream actually served in the round when that is
-///   lower (but never below half): a capacity that halved, or a slow start
-///   that overshot, is answered in one step;
-/// - median above `tolerance` × baseline (default 1.5): × baseline·tolerance/median,
-///   at most halving;
-/// - otherwise, if the limit was in use: ×2 during slow start (until the
-///   first signal), then +5 % per round, a step that doubles every two
-///   quiet rounds in a row (up to ×8), so a capacity that doubled is found
-///   in a few round trips rather than a hundred, while at a steady capacity
-///   the probes stay small (and once the RTT is a third of the way to the
-///   tolerance, the step stops growing: the knee is near).
-///
-/// Samples from calls that started before its last decrease are skipped, so
-/// each decision reads calls made under the limit it is judging.
+/// Overloads from calls that started before its last decrease are skipped,
+/// and so are their RTTs: each latency decision reads calls made under the
+/// limit it is judging.
 #[derive(Debug, Clone)]
 pub struct GradientController {
     bounds: Bounds,
@@ -38,12 +47,21 @@ pub struct GradientController {
     backoff: f64,
     limit: f64,
     slow_start: bool,
-    quiet_rounds: u32,
+    /// Probing rounds in a row past `w_max`: each doubles the step.
+    probe: u32,
+    /// The limit at the last decrease: the capacity last seen.
+    w_max: Option<f64>,
     round: Round,
     /// Samples from calls started before this describe the old limit.
     last_decrease: Option<Instant>,
     short: Option<Duration>,
-    history: VecDeque<Duration>,
+    /// The last rounds' RTTs, pooled for a low-noise median.
+    pool: VecDeque<Vec<Duration>>,
+    /// Pooled medians: the baseline is their minimum.
+    pooled: VecDeque<Duration>,
+    /// The spread of log RTTs inside recent rounds, to know how noisy a
+    /// round's median is.
+    noise: VecDeque<f64>,
 }
 
 /// Builds a [`GradientController`]; see its setters for the defaults.
@@ -54,12 +72,18 @@ pub struct GradientBuilder {
     backoff: f64,
 }
 
-const HISTORY: usize = 64;
-const MIN_SAMPLES: usize = 10;
-const STEP: f64 = 0.05;
+const HISTORY: usize = 128;
+const POOL_ROUNDS: usize = 8;
+const NOISE_ROUNDS: usize = 32;
+/// A round's median must exceed the baseline by this many standard
+/// deviations of its noise to count as congestion.
+const NOISE_SIGMAS: f64 = 4.0;
+/// The threshold never exceeds three times the baseline, however noisy.
+const MAX_THRESHOLD: f64 = 3.0;
+const MIN_SAMPLES: usize = 30;
 
 impl GradientController {
-    /// Starts a builder: min 1, max 1000, initial 5, tolerance 1.5, backoff 0.9.
+    /// Starts a builder: min 1, max 1000, initial 5, tolerance 1.25, backoff 0.9.
     pub fn builder() -> GradientBuilder {
         GradientBuilder {
             bounds: Bounds {
@@ -67,13 +91,67 @@ impl GradientController {
                 max: 1000,
                 initial: 5,
             },
-            tolerance: 1.5,
+            tolerance: 1.25,
             backoff: 0.9,
         }
     }
 
     fn baseline(&self) -> Option<Duration> {
-        self.history.iter().min().copied()
+        self.pooled.iter().min().copied()
+    }
+
+    /// How far above the baseline a round's median may go: `tolerance`, or
+    /// more when latency is noisy (heavy tails), so that noise does not
+    /// pass for congestion.
+    ///
+    /// The noise is read inside each round (the spread of its RTTs), not
+    /// across rounds, where the controller's own probing would count as
+    /// noise and widen the threshold it is judged by. A round median of `n`
+    /// answers wanders by about 1.25·s/√n in log terms (s: the spread of
+    /// log RTTs), the baseline is a minimum of pooled medians and so sits
+    /// about 2.5 of its own deviations low: the threshold covers four
+    /// deviations of the first plus that bias.
+    fn threshold(&self, n: usize) -> f64 {
+        let mut spreads: Vec<f64> = self.noise.iter().copied().collect();
+        spreads.sort_unstable_by(f64::total_cmp);
+        let Some(&spread) = spreads.get(spreads.len() / 2) else {
+            return self.tolerance;
+        };
+        let pooled_n: usize = self.pool.iter().map(Vec::len).sum();
+        let deviation = |n: usize| 1.25 * spread / (n.max(1) as f64).sqrt();
+        let log = NOISE_SIGMAS * deviation(n) + 2.5 * deviation(pooled_n);
+        log.exp()
+            .clamp(self.tolerance, MAX_THRESHOLD.max(self.tolerance))
+    }
+
+    fn learn(&mut self, round: &RoundSummary) {
+        let Some(median) = round.median else {
+            return;
+        };
+        self.short = Some(ewma(self.short, median, 0.5));
+        // The spread of log RTTs inside the round, from its quartiles.
+        let q = |f: f64| round.rtts[((round.rtts.len() - 1) as f64 * f) as usize];
+        let (q1, q3) = (q(0.25).as_secs_f64(), q(0.75).as_secs_f64());
+        if q1 > 0.0 {
+            push_capped(&mut self.noise, (q3 / q1).ln() / 1.349, NOISE_ROUNDS);
+        }
+        push_capped(&mut self.pool, round.rtts.clone(), POOL_ROUNDS);
+        let mut all: Vec<Duration> = self.pool.iter().flatten().copied().collect();
+        all.sort_unstable();
+        if let Some(pooled) = all.get(all.len() / 2) {
+            push_capped(&mut self.pooled, *pooled, HISTORY);
+        }
+    }
+
+    fn on_overload(&mut self) {
+        self.probe = 0;
+        // After slow start the last limit that worked is half this one.
+        let seen = if self.slow_start {
+            self.limit / 2.0
+        } else {
+            self.limit
+        };
+        self.w_max = Some(seen);
     }
 }
 
@@ -92,11 +170,14 @@ impl GradientController {
             backoff: b.backoff,
             limit: b.bounds.initial as f64,
             slow_start: true,
-            quiet_rounds: 0,
+            probe: 0,
+            w_max: None,
             round: Round::default(),
             last_decrease: None,
             short: None,
-            history: VecDeque::with_capacity(HISTORY),
+            pool: VecDeque::with_capacity(POOL_ROUNDS),
+            pooled: VecDeque::with_capacity(HISTORY),
+            noise: VecDeque::with_capacity(NOISE_ROUNDS),
         }
     }
 }
@@ -120,9 +201,10 @@ impl GradientBuilder {
         self.bounds.initial = initial;
         self
     }
-    /// How far above the baseline the median RTT may go before the limit
-    /// comes down (default 1.5: queueing that adds half the unloaded
-    /// latency is the price of finding the knee).
+    /// The least a round's median RTT may exceed the baseline by before the
+    /// limit comes down (default 1.25). The controller widens it, up to 3,
+    /// when round medians are noisy (four robust standard deviations of
+    /// their spread), so heavy-tailed latency does not pass for congestion.
     #[must_use]
     pub fn tolerance(mut self, tolerance: f64) -> Self {
         self.tolerance = tolerance;
@@ -144,7 +226,7 @@ impl GradientBuilder {
         self.bounds.validate("gradient")?;
         if !(self.tolerance >= 1.0 && self.tolerance.is_finite()) {
             return Err(ConfigError::new(
-                "gradient: tolerance must be at least 1 (1.5 allows RTT to grow by half)",
+                "gradient: tolerance must be at least 1 (1.25 lets the RTT grow by a quarter)",
             ));
         }
         if !(self.backoff > 0.0 && self.backoff < 1.0) {
@@ -158,51 +240,67 @@ impl GradientBuilder {
 
 impl GradientController {
     fn decide(&mut self, round: &RoundSummary) -> Option<Change> {
-        if let Some(median) = round.median {
-            self.short = Some(ewma(self.short, median, 0.5));
-            if self.history.len() == HISTORY {
-                self.history.pop_front();
-            }
-            self.history.push_back(median);
-        }
+        self.learn(round);
         let old = self.limit as usize;
-        let baseline = self.baseline();
-        if round.overloads > 0 {
-            self.slow_start = false;
-            self.quiet_rounds = 0;
-            self.limit = self
-                .bounds
-                .clamp(overload_cut(self.limit, self.backoff, round.delivered));
-            return change(old, self.limit, "overload");
-        }
-        if let (Some(median), Some(baseline)) = (round.median, baseline) {
-            let target = baseline.mul_f64(self.tolerance);
+        if let (Some(median), Some(baseline)) = (round.median, self.baseline()) {
+            let threshold = self.threshold(round.rtts.len());
+            let target = baseline.mul_f64(threshold);
             if median > target {
                 self.slow_start = false;
-                self.quiet_rounds = 0;
+                self.probe = 0;
+                self.w_max = Some(self.limit);
                 let gradient = (target.as_secs_f64() / median.as_secs_f64()).clamp(0.5, 1.0);
                 self.limit = self.bounds.clamp(self.limit * gradient);
                 return change(old, self.limit, "latency");
             }
-            // Latency already rising towards the tolerance: the knee is near,
-            // so probe with small steps only.
-            if median > baseline.mul_f64(1.0 + (self.tolerance - 1.0) / 3.0) {
-                self.quiet_rounds = 0;
+            // Latency already a third of the way to the threshold: the knee
+            // is near, so probe with small steps only, and end slow start a
+            // round before the threshold would be crossed (doubling past a
+            // knee overshoots it by far).
+            if median > baseline.mul_f64(1.0 + (threshold - 1.0) / 3.0) {
+                self.probe = 0;
+                self.slow_start = false;
             }
         }
         if !round.saturated {
+            // The limit was not the bottleneck: let it settle to half again
+            // the demand it saw (increases stop at a third above it), so that a light load does not leave behind a
+            // limit a later burst would overrun the downstream with.
+            let ceiling = (round.max_in_flight as f64 * 1.5).max(self.bounds.min as f64);
+            if self.limit > ceiling {
+                self.limit = self.bounds.clamp((self.limit * 0.9).max(ceiling));
+                return change(old, self.limit, "idle");
+            }
             return None;
         }
         if self.slow_start {
             self.limit = self.bounds.clamp(self.limit * 2.0);
             return change(old, self.limit, "slow start");
         }
-        let boost = f64::from(1u32 << (self.quiet_rounds / 2).min(3));
-        self.quiet_rounds = self.quiet_rounds.saturating_add(1);
-        let step = (self.limit * STEP * boost).max(0.25);
+        // CUBIC's shape: back quickly towards the limit of the last decrease
+        // (the capacity last seen), slowly around it, then probe past it
+        // with a step that doubles every round (4 %, 8 %, 16 %, 32 %), so a
+        // capacity that doubled is found in about six round trips while a
+        // steady one is overrun rarely and by little.
+        let step = match self.w_max {
+            Some(w) if self.limit < w - (w * 0.02).max(1.0) => ((w - self.limit) / 2.0).max(0.25),
+            Some(w) if self.limit < w + (w * 0.02).max(1.0) => (self.limit * 0.02).max(0.1),
+            _ => {
+                let step = self.limit * 0.04 * f64::from(1u32 << self.probe.min(3));
+                self.probe = self.probe.saturating_add(1);
+                step.max(0.25)
+            }
+        };
         self.limit = self.bounds.clamp(self.limit + step);
         change(old, self.limit, "increase")
     }
+}
+
+fn push_capped<T>(q: &mut VecDeque<T>, value: T, cap: usize) {
+    if q.len() == cap {
+        q.pop_front();
+    }
+    q.push_back(value);
 }
 
 impl Controller for GradientController {
@@ -212,14 +310,39 @@ impl Controller for GradientController {
 
     fn update(&mut self, sample: &Sample, now: Instant) -> Option<Change> {
         let old_limit = self.limit as usize;
-        if self
+        let started = now.checked_sub(sample.rtt);
+        let stale = self
             .last_decrease
-            .is_some_and(|at| now.checked_sub(sample.rtt).is_some_and(|s| s < at))
-        {
+            .is_some_and(|at| started.is_none_or(|s| s <= at));
+        if stale && sample.outcome == Outcome::Overload {
             return None;
         }
+        if sample.outcome == Outcome::Overload {
+            // At once, not at the round's end: past the capacity every
+            // refused call frees its permit for the next one to be refused,
+            // so each millisecond of delay costs a burst of refusals. The
+            // layer passes only overloads of calls started after the last
+            // decrease, so this is one cut per episode.
+            self.round.reset();
+            self.on_overload();
+            let cut = if std::mem::take(&mut self.slow_start) {
+                // Slow start doubled past the capacity: it lies between
+                // half this limit (the last one without overload) and this
+                // one, so restart from the half, as TCP does.
+                self.limit / 2.0
+            } else {
+                // At least one whole call less: at a limit of 6, ×0.9 would
+                // leave 5.4 and the next probe would overrun again at once.
+                (self.limit * self.backoff).min(self.limit - 1.0)
+            };
+            self.limit = self.bounds.clamp(cut);
+            self.last_decrease = Some(now);
+            return change(old_limit, self.limit, "overload");
+        }
         let length = self.short.unwrap_or(sample.rtt);
-        let round = self.round.push(sample, now, length, MIN_SAMPLES)?;
+        // A small limit cannot wait for thirty answers per round.
+        let min_samples = MIN_SAMPLES.min(self.limit as usize);
+        let round = self.round.push(sample, now, length, min_samples, stale)?;
         let decision = self.decide(&round);
         if decision.is_some_and(|c| c.limit < old_limit) {
             self.last_decrease = Some(now);
@@ -237,12 +360,6 @@ impl Controller for GradientController {
     fn name(&self) -> &'static str {
         "gradient"
     }
-}
-
-/// The cut on overload: `backoff`, or down to what was delivered when that
-/// is lower, but never more than half.
-pub(crate) fn overload_cut(limit: f64, backoff: f64, delivered: f64) -> f64 {
-    (limit * backoff).min(delivered.max(limit * 0.5))
 }
 
 #[cfg(test)]

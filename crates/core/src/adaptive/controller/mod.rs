@@ -153,69 +153,98 @@ pub(crate) struct Round {
     start: Option<Instant>,
     pub(crate) rtts: Vec<Duration>,
     pub(crate) samples: u32,
+    pub(crate) successes: usize,
     pub(crate) overloads: u32,
     pub(crate) saturated: u32,
+    pub(crate) max_in_flight: usize,
 }
 
 /// What a finished round saw.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct RoundSummary {
     /// Median RTT of the round's successes: robust to heavy tails.
     pub(crate) median: Option<Duration>,
-    pub(crate) overloads: u32,
     /// Whether most of the round's calls started with the limit in use.
     pub(crate) saturated: bool,
-    /// Successful calls the downstream held at once, on average over the
-    /// round (Little's law: completions per second × mean RTT).
-    pub(crate) delivered: f64,
+    /// The most calls in flight any of the round's calls started with.
+    pub(crate) max_in_flight: usize,
+    /// The round's success RTTs, sorted.
+    pub(crate) rtts: Vec<Duration>,
 }
 
 impl Round {
     /// Adds a sample; returns the summary when the round is over.
     ///
-    /// A round lasts at least `length` (an RTT estimate) and holds at least
-    /// `min_samples` successes, or lasts four times `length`, so that a
-    /// small limit with a noisy RTT does not decide on two samples.
+    /// A round ends, as in TCP, when a call that started after the round
+    /// began comes back (one full round trip), provided it holds at least
+    /// `min_samples` successes; or after four times `length` (an RTT
+    /// estimate) whatever it holds, so that a small limit with a noisy RTT
+    /// neither decides on two samples nor waits for ever. A `stale` sample
+    /// (its call started under an older limit) counts for saturation but
+    /// not for the RTT: its queueing belongs to that limit.
     pub(crate) fn push(
         &mut self,
         sample: &Sample,
         now: Instant,
         length: Duration,
         min_samples: usize,
+        stale: bool,
     ) -> Option<RoundSummary> {
         let start = *self.start.get_or_insert(now);
         self.samples += 1;
         match sample.outcome {
-            Outcome::Success => self.rtts.push(sample.rtt),
+            Outcome::Success => {
+                self.successes += 1;
+                if !stale {
+                    self.rtts.push(sample.rtt);
+                }
+            }
             Outcome::Overload => self.overloads += 1,
             Outcome::CallerError | Outcome::Failure => {}
         }
         if sample.saturated() {
             self.saturated += 1;
         }
+        self.max_in_flight = self.max_in_flight.max(sample.in_flight);
         let elapsed = now.saturating_duration_since(start);
-        let enough = self.rtts.len() >= min_samples || elapsed >= length * 4;
-        // An overload ends the round early once a round trip has passed: the
-        // reaction should not wait for more evidence of the same episode.
-        if elapsed < length || !(enough || self.overloads > 0) {
+        let started = now.checked_sub(sample.rtt).unwrap_or(now);
+        let round_trip = started >= start && self.successes >= min_samples;
+        if !(round_trip || elapsed >= length * 4) {
             return None;
         }
-        let mean = self.rtts.iter().sum::<Duration>().as_secs_f64() / self.rtts.len().max(1) as f64;
-        let delivered = self.rtts.len() as f64 * mean / elapsed.as_secs_f64().max(1e-9);
         self.rtts.sort_unstable();
         let summary = RoundSummary {
             median: self.rtts.get(self.rtts.len() / 2).copied(),
-            overloads: self.overloads,
             saturated: self.saturated * 2 >= self.samples,
-            delivered,
+            max_in_flight: self.max_in_flight,
+            rtts: std::mem::take(&mut self.rtts),
         };
+        self.reset();
+        Some(summary)
+    }
+
+    /// Forgets the round so far (after a decrease, it described the old limit).
+    pub(crate) fn reset(&mut self) {
         self.start = None;
         self.rtts.clear();
         self.samples = 0;
+        self.successes = 0;
         self.overloads = 0;
         self.saturated = 0;
-        Some(summary)
+        self.max_in_flight = 0;
     }
+}
+
+/// The long-term baseline: the lowest decile of the recent round medians.
+///
+/// Not their minimum: under heavy-tailed latency a round's median is noisy,
+/// and the minimum of many noisy medians sits far below the typical one, so
+/// every round would look congested. It drifts up only when nine rounds in
+/// ten of the last 128 were slow: a slower downstream, not a passing queue.
+pub(crate) fn baseline(history: &std::collections::VecDeque<Duration>) -> Option<Duration> {
+    let mut sorted: Vec<Duration> = history.iter().copied().collect();
+    sorted.sort_unstable();
+    sorted.get(sorted.len() / 10).copied()
 }
 
 /// An exponentially weighted moving average of durations.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Bounds, Change, Controller, Round, RoundSummary, RttEstimate, Sample, change, ewma};
+use crate::classify::Outcome;
 use crate::error::ConfigError;
 
 /// Estimates the calls queued at the downstream as
@@ -39,8 +40,8 @@ pub struct VegasBuilder {
     backoff: f64,
 }
 
-const HISTORY: usize = 64;
-const MIN_SAMPLES: usize = 10;
+const HISTORY: usize = 128;
+const MIN_SAMPLES: usize = 30;
 
 impl VegasController {
     /// Starts a builder: min 1, max 1000, initial 5, backoff 0.9.
@@ -108,6 +109,8 @@ impl VegasBuilder {
 }
 
 impl VegasController {
+    fn on_overload(&mut self) {}
+
     fn decide(&mut self, round: &RoundSummary) -> Option<Change> {
         if let Some(median) = round.median {
             self.short = Some(ewma(self.short, median, 0.5));
@@ -117,13 +120,7 @@ impl VegasController {
             self.history.push_back(median);
         }
         let old = self.limit as usize;
-        if round.overloads > 0 {
-            self.slow_start = false;
-            let cut = super::gradient::overload_cut(self.limit, self.backoff, round.delivered);
-            self.limit = self.bounds.clamp(cut);
-            return change(old, self.limit, "overload");
-        }
-        let (Some(median), Some(base)) = (round.median, self.history.iter().min().copied()) else {
+        let (Some(median), Some(base)) = (round.median, super::baseline(&self.history)) else {
             return None;
         };
         let log = self.limit.max(10.0).log10();
@@ -163,14 +160,39 @@ impl Controller for VegasController {
 
     fn update(&mut self, sample: &Sample, now: Instant) -> Option<Change> {
         let old_limit = self.limit as usize;
-        if self
+        let started = now.checked_sub(sample.rtt);
+        let stale = self
             .last_decrease
-            .is_some_and(|at| now.checked_sub(sample.rtt).is_some_and(|s| s < at))
-        {
+            .is_some_and(|at| started.is_none_or(|s| s <= at));
+        if stale && sample.outcome == Outcome::Overload {
             return None;
         }
+        if sample.outcome == Outcome::Overload {
+            // At once, not at the round's end: past the capacity every
+            // refused call frees its permit for the next one to be refused,
+            // so each millisecond of delay costs a burst of refusals. The
+            // layer passes only overloads of calls started after the last
+            // decrease, so this is one cut per episode.
+            self.round.reset();
+            self.on_overload();
+            let cut = if std::mem::take(&mut self.slow_start) {
+                // Slow start doubled past the capacity: it lies between
+                // half this limit (the last one without overload) and this
+                // one, so restart from the half, as TCP does.
+                self.limit / 2.0
+            } else {
+                // At least one whole call less: at a limit of 6, ×0.9 would
+                // leave 5.4 and the next probe would overrun again at once.
+                (self.limit * self.backoff).min(self.limit - 1.0)
+            };
+            self.limit = self.bounds.clamp(cut);
+            self.last_decrease = Some(now);
+            return change(old_limit, self.limit, "overload");
+        }
         let length = self.short.unwrap_or(sample.rtt);
-        let round = self.round.push(sample, now, length, MIN_SAMPLES)?;
+        // A small limit cannot wait for thirty answers per round.
+        let min_samples = MIN_SAMPLES.min(self.limit as usize);
+        let round = self.round.push(sample, now, length, min_samples, stale)?;
         let decision = self.decide(&round);
         if decision.is_some_and(|c| c.limit < old_limit) {
             self.last_decrease = Some(now);
@@ -181,7 +203,7 @@ impl Controller for VegasController {
     fn rtt(&self) -> RttEstimate {
         RttEstimate {
             short: self.short,
-            long: self.history.iter().min().copied(),
+            long: super::baseline(&self.history),
         }
     }
 
