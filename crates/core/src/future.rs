@@ -71,7 +71,11 @@ where
                 let output = ready!(future.poll(cx));
                 // Free the capacity as soon as the answer is in, not when the
                 // caller gets round to dropping this future.
-                kind.set(Kind::Done);
+                // Moving the guard out (rather than `set`, which calls the
+                // whole enum's drop glue) lets its drop inline.
+                if let KindReplace::Called { guard, .. } = kind.project_replace(Kind::Done) {
+                    drop(guard);
+                }
                 Poll::Ready(output.map_err(Into::into))
             }
             KindProj::Refused { .. } => match kind.project_replace(Kind::Done) {
