@@ -216,3 +216,67 @@ async fn failing_open_keeps_one_local_share_per_key() {
         assert_eq!(admitted, 2, "{host}: the local share per key is 2");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_costs_callers_at_most_the_timeout() {
+    let redis = RedisServer::start();
+    let store = store(&redis);
+    let closed =
+        RedisRateLimitLayer::builder(store.clone(), "frozen-closed", 1000, Duration::from_secs(1))
+            .fail_closed()
+            .build()
+            .unwrap()
+            .layer(echo());
+    let open = RedisConcurrencyLimitLayer::builder(store, "frozen-open", 4)
+        .lease(Duration::from_secs(1))
+        .fail_open(0.5)
+        .build()
+        .unwrap()
+        .layer(echo());
+    closed.clone().oneshot(()).await.unwrap();
+    open.clone().oneshot(()).await.unwrap();
+
+    // Connections stay up but nothing answers: only the timeout can help.
+    redis.pause();
+    let start = Instant::now();
+    let err = closed.clone().oneshot(()).await.unwrap_err();
+    let elapsed = start.elapsed();
+    let err = err.downcast_ref::<Error>().unwrap();
+    assert!(err.is_unavailable() && err.is_timeout(), "{err:?}");
+    assert!(
+        elapsed >= TIMEOUT - Duration::from_millis(20) && elapsed <= TIMEOUT + SLACK,
+        "{elapsed:?}"
+    );
+    // Fail open: at most one timeout, then the local share at once.
+    let start = Instant::now();
+    for _ in 0..5 {
+        open.clone().oneshot(()).await.unwrap();
+    }
+    assert!(
+        start.elapsed() <= TIMEOUT * 2 + SLACK,
+        "{:?}",
+        start.elapsed()
+    );
+
+    redis.resume();
+    until_ok("fail-closed limit", || closed.clone().oneshot(())).await;
+    let mut conn = redis.connection().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut svc = open.clone();
+        svc.ready().await.unwrap();
+        let held: u64 = conn
+            .zcard("tower-fanout:{frozen-open}:holders")
+            .await
+            .unwrap();
+        if held >= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no holder on redis after the thaw"
+        );
+        drop(svc);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
