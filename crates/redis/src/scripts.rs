@@ -110,3 +110,27 @@ if redis.call('PTTL', KEYS[1]) < lease then
 end
 return 1
 ";
+
+/// Whole tokens in a GCRA bucket now. `KEYS[1]`: the bucket. `ARGV`:
+/// interval (µs per token), burst (tokens).
+pub(crate) const TOKENS: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if tat == nil or tat < now then
+  tat = now
+end
+local free = interval * tonumber(ARGV[2]) - (tat - now)
+if free < 0 then
+  free = 0
+end
+return math.floor(free / interval)
+";
+
+/// Holders whose lease has not ended. `KEYS[1]`: the holders.
+pub(crate) const IN_FLIGHT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZCOUNT', KEYS[1], '(' .. string.format('%.0f', now), '+inf')
+";

@@ -340,6 +340,36 @@ impl RedisStore {
         Ok(renewed == 1)
     }
 
+    /// Whole tokens in the bucket at `key` now.
+    pub(crate) async fn tokens(
+        &self,
+        key: &str,
+        interval_us: u64,
+        burst: u32,
+    ) -> Result<u64, Error> {
+        let tokens: i64 = self
+            .run(true, |mut connection| async move {
+                TOKENS
+                    .key(key)
+                    .arg(interval_us)
+                    .arg(burst)
+                    .invoke_async(&mut connection)
+                    .await
+            })
+            .await?;
+        Ok(u64::try_from(tokens).unwrap_or(0))
+    }
+
+    /// Holders of the semaphore at `key` whose lease has not ended.
+    pub(crate) async fn in_flight(&self, key: &str) -> Result<u64, Error> {
+        let held: i64 = self
+            .run(true, |mut connection| async move {
+                IN_FLIGHT.key(key).invoke_async(&mut connection).await
+            })
+            .await?;
+        Ok(u64::try_from(held).unwrap_or(0))
+    }
+
     /// Removes `holder` from the semaphore at `key`.
     pub(crate) async fn release(&self, key: &str, holder: &str) -> Result<(), Error> {
         self.run(false, |mut connection| async move {
@@ -371,6 +401,9 @@ static GCRA_GIVE_BACK: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(scripts::GCRA_GIVE_BACK));
 static ACQUIRE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(scripts::ACQUIRE));
 static RENEW: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(scripts::RENEW));
+static TOKENS: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(scripts::TOKENS));
+static IN_FLIGHT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(scripts::IN_FLIGHT));
 
 #[cfg(test)]
 mod tests {

@@ -180,3 +180,26 @@ async fn waiting_callers_get_permits_as_they_free_up() {
     assert!(max.load(std::sync::atomic::Ordering::SeqCst) <= 2);
     until_holders(&redis, "wait", 0).await;
 }
+
+#[tokio::test]
+async fn the_handle_counts_live_holders_over_all_services() {
+    let redis = RedisServer::start();
+    let layer = layer(&redis, "handle", 3, Duration::from_secs(30));
+    let handle = layer.handle();
+    assert_eq!(
+        (handle.limit(), handle.lease()),
+        (3, Duration::from_secs(30))
+    );
+    assert_eq!(handle.in_flight().await.unwrap(), 0);
+    let mut a = layer.layer(never_ends());
+    let mut b = a.clone();
+    a.ready().await.unwrap();
+    b.ready().await.unwrap();
+    assert_eq!(handle.in_flight().await.unwrap(), 2);
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while handle.in_flight().await.unwrap() != 1 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

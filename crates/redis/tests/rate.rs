@@ -238,3 +238,23 @@ async fn clones_and_layers_with_one_name_share_one_limit() {
     }
     assert_eq!(admitted, 4);
 }
+
+#[tokio::test]
+async fn the_handle_reads_tokens_from_redis() {
+    let redis = RedisServer::start();
+    let layer = RedisRateLimitLayer::builder(store(&redis), "handle", 1, Duration::from_secs(60))
+        .burst(4)
+        .key_fn(|n: &u32| n.to_string())
+        .fail_fast()
+        .fail_closed()
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    assert_eq!(handle.burst(), 4);
+    assert_eq!(handle.refill_interval(), Duration::from_secs(60));
+    let svc = layer.layer(echo());
+    svc.clone().oneshot(7).await.unwrap();
+    svc.clone().oneshot(7).await.unwrap();
+    assert_eq!(handle.tokens_for("7").await.unwrap(), 2);
+    assert_eq!(handle.tokens_for("8").await.unwrap(), 4);
+}

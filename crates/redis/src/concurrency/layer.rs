@@ -172,6 +172,42 @@ impl RedisConcurrencyLimitLayer {
     }
 }
 
+impl RedisConcurrencyLimitLayer {
+    /// A view of the limit's live state on Redis.
+    pub fn handle(&self) -> RedisConcurrencyLimitHandle {
+        RedisConcurrencyLimitHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Reads a Redis concurrency limit's live state: each read is one round trip.
+#[derive(Debug, Clone)]
+pub struct RedisConcurrencyLimitHandle {
+    shared: Arc<Shared>,
+}
+
+impl RedisConcurrencyLimitHandle {
+    /// Permits held now over every process: holders whose lease has not
+    /// ended (calls in flight plus ready services not yet called).
+    ///
+    /// # Errors
+    /// Redis is unavailable.
+    pub async fn in_flight(&self) -> Result<u64, Error> {
+        self.shared.store.in_flight(&self.shared.key).await
+    }
+
+    /// The configured maximum.
+    pub fn limit(&self) -> usize {
+        self.shared.limit
+    }
+
+    /// How long a permit outlives a holder that died.
+    pub fn lease(&self) -> Duration {
+        self.shared.lease
+    }
+}
+
 impl<S> Layer<S> for RedisConcurrencyLimitLayer {
     type Service = RedisConcurrencyLimit<S>;
 

@@ -63,6 +63,7 @@ mod permit;
 mod service;
 
 pub use self::layer::{
-    DEFAULT_LEASE, DEFAULT_RETRY_INTERVAL, RedisConcurrencyLimitBuilder, RedisConcurrencyLimitLayer,
+    DEFAULT_LEASE, DEFAULT_RETRY_INTERVAL, RedisConcurrencyLimitBuilder,
+    RedisConcurrencyLimitHandle, RedisConcurrencyLimitLayer,
 };
 pub use self::service::{RedisConcurrencyLimit, ResponseFuture};

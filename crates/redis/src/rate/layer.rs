@@ -225,6 +225,59 @@ impl RedisRateLimitLayer {
     }
 }
 
+impl<C, K> RedisRateLimitLayer<C, K> {
+    /// A view of the limit's live state on Redis.
+    pub fn handle(&self) -> RedisRateLimitHandle {
+        RedisRateLimitHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Reads a Redis rate limit's live state: each read is one round trip.
+#[derive(Debug, Clone)]
+pub struct RedisRateLimitHandle {
+    shared: Arc<Shared>,
+}
+
+impl RedisRateLimitHandle {
+    /// Whole tokens in the layer's single limit now (for a layer with a
+    /// [`key_fn`](RedisRateLimitBuilder::key_fn), see [`tokens_for`](Self::tokens_for)).
+    ///
+    /// # Errors
+    /// Redis is unavailable.
+    pub async fn tokens(&self) -> Result<u64, Error> {
+        self.read_tokens(None).await
+    }
+
+    /// Whole tokens in the limit of `key` now.
+    ///
+    /// # Errors
+    /// Redis is unavailable.
+    pub async fn tokens_for(&self, key: &str) -> Result<u64, Error> {
+        self.read_tokens(Some(key)).await
+    }
+
+    async fn read_tokens(&self, key: Option<&str>) -> Result<u64, Error> {
+        let shared = &self.shared;
+        let redis_key = shared.store.key(&shared.name, key, "gcra");
+        shared
+            .store
+            .tokens(&redis_key, shared.interval_us, shared.burst)
+            .await
+    }
+
+    /// The most tokens a bucket holds.
+    pub fn burst(&self) -> u32 {
+        self.shared.burst
+    }
+
+    /// The time it takes to refill one token (whole microseconds, rounded up).
+    pub fn refill_interval(&self) -> Duration {
+        Duration::from_micros(self.shared.interval_us)
+    }
+}
+
 impl<S, C: Clone, K: Clone> Layer<S> for RedisRateLimitLayer<C, K> {
     type Service = RedisRateLimit<S, C, K>;
 

@@ -64,6 +64,6 @@
 mod layer;
 mod service;
 
-pub use self::layer::{RedisRateLimitBuilder, RedisRateLimitLayer};
+pub use self::layer::{RedisRateLimitBuilder, RedisRateLimitHandle, RedisRateLimitLayer};
 pub use self::service::RedisRateLimit;
 pub use crate::future::ResponseFuture;
