@@ -30,7 +30,9 @@
 //! # Keys
 //! Keys look like `tower-fanout:{name}:gcra` or `tower-fanout:{name:host}:gcra`:
 //! the braces are a hash tag, so Redis Cluster keeps each limit on one slot.
-//! Every key expires once its limit is idle.
+//! Every key expires once its limit is idle. The store itself talks to one
+//! Redis (standalone, a primary, or a cluster proxy): it does not follow
+//! Redis Cluster redirects.
 //!
 //! # Example
 //! ```no_run

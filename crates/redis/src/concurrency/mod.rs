@@ -24,7 +24,9 @@
 //!
 //! # Refusals
 //! By default a caller waits, asking Redis again every
-//! [`retry_interval`](RedisConcurrencyLimitBuilder::retry_interval). With
+//! [`retry_interval`](RedisConcurrencyLimitBuilder::retry_interval) (Redis
+//! has no blocking semaphore to wait on; with many waiters, raise it to
+//! spare Redis, at the price of later wake-ups). With
 //! [`fail_fast`](RedisConcurrencyLimitBuilder::fail_fast) it gets
 //! `tower_fanout_core::error::Overloaded` from its response future instead.
 //!

@@ -346,7 +346,7 @@ impl Shared {
                 self.health.reached(&self.name);
                 if !wait.is_zero() {
                     tracing::debug!(
-                        key = %self.name,
+                        key = %redis_key,
                         cost,
                         wait_ms = wait.as_millis() as u64,
                         "rate limited; waiting for tokens"
@@ -367,7 +367,7 @@ impl Shared {
             Ok(Gcra::Refused { retry_after }) => {
                 self.health.reached(&self.name);
                 tracing::debug!(
-                    key = %self.name,
+                    key = %redis_key,
                     cost,
                     retry_after_ms = retry_after.as_millis() as u64,
                     "rate limited; refused"

@@ -35,6 +35,13 @@
 //! than the store's timeout, and the next decision after Redis comes back
 //! uses it again.
 //!
+//! # The inner service
+//! The decision needs the request, so it is made in the response future:
+//! `poll_ready` is always ready, and each call drives a clone of the inner
+//! service (which must be `Clone`, as hyper-util's client is) to readiness
+//! once its tokens are there. A caller waiting for tokens holds nothing of
+//! the inner service.
+//!
 //! # Sharing
 //! Every service the layer wraps, every clone, and every layer in any
 //! process built with the same name on the same Redis shares the limit.
