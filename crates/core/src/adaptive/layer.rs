@@ -218,8 +218,8 @@ impl Shared {
         if new < old {
             state.last_decrease = Some(now);
             let rtt = state.controller.rtt().short.unwrap_or(sample.rtt);
+            let cap = Duration::from_millis(self.max_hold_ms.load(Ordering::Relaxed));
             if let Some(wait) = retry_after.filter(|w| *w > rtt * LONG_RETRY_AFTER_RTTS) {
-                let cap = Duration::from_millis(self.max_hold_ms.load(Ordering::Relaxed));
                 state.hold_until = Some(now + wait.min(cap));
                 tracing::debug!(
                     retry_after_ms = duration_ms(wait),

@@ -31,11 +31,13 @@ use crate::error::ConfigError;
 /// - Otherwise, if the limit was in use: ×2 per round during slow start
 ///   (until the first signal), then, like TCP CUBIC, back quickly towards
 ///   the limit of the last decrease (half the gap per round), slowly around
-///   it (+2 % per round within 2 % or one call of it), and past it probe
+///   it (+2 % per round, at least a quarter call, within 2 % or one call
+///   of it), and past it probe
 ///   with a step that doubles every round (4 %, 8 %, 16 %, then 32 %), so a
 ///   capacity that doubled is found in about six round trips while a
-///   steady one is overrun rarely and by little. Once the RTT is a third of
-///   the way to the threshold, probing starts over from 4 %: the knee is near.
+///   steady one is overrun rarely and by little. Once the RTT is half way
+///   to the threshold, slow start ends and probing starts over from 4 %:
+///   the knee is near.
 ///
 /// Overloads from calls that started before its last decrease are skipped,
 /// and so are their RTTs: each latency decision reads calls made under the
@@ -253,11 +255,10 @@ impl GradientController {
                 self.limit = self.bounds.clamp(self.limit * gradient);
                 return change(old, self.limit, "latency");
             }
-            // Latency already a third of the way to the threshold: the knee
-            // is near, so probe with small steps only, and end slow start a
+            // Latency already half way to the threshold: the knee is near, so probe with small steps only, and end slow start a
             // round before the threshold would be crossed (doubling past a
             // knee overshoots it by far).
-            if median > baseline.mul_f64(1.0 + (threshold - 1.0) / 3.0) {
+            if median > baseline.mul_f64(1.0 + (threshold - 1.0) / 2.0) {
                 self.probe = 0;
                 self.slow_start = false;
             }
@@ -284,7 +285,7 @@ impl GradientController {
         // steady one is overrun rarely and by little.
         let step = match self.w_max {
             Some(w) if self.limit < w - (w * 0.02).max(1.0) => ((w - self.limit) / 2.0).max(0.25),
-            Some(w) if self.limit < w + (w * 0.02).max(1.0) => (self.limit * 0.02).max(0.1),
+            Some(w) if self.limit < w + (w * 0.02).max(1.0) => (self.limit * 0.02).max(0.25),
             _ => {
                 let step = self.limit * 0.04 * f64::from(1u32 << self.probe.min(3));
                 self.probe = self.probe.saturating_add(1);

@@ -12,7 +12,8 @@ use crate::error::ConfigError;
 /// Estimates the calls queued at the downstream as
 /// `limit × (1 − baseline / rtt)` once per round trip and keeps it between
 /// α = 3·log10(limit) and β = 6·log10(limit) (Netflix concurrency-limits'
-/// Vegas): below α it grows by log10(limit) (by β when nothing queues),
+/// Vegas): below α it grows by log10(limit) (by β, at most a tenth of the
+/// limit, when nothing queues),
 /// above β it steps back to the middle of the band (at most halving);
 /// overload cuts by ×0.9 or to the concurrency delivered. Slow start
 /// doubles until the first signal.
@@ -144,7 +145,9 @@ impl VegasController {
         let (next, reason) = if self.slow_start {
             (self.limit * 2.0, "slow start")
         } else if queue <= log {
-            (self.limit + beta, "increase")
+            // Netflix adds β here; at a small limit that is a leap past the
+            // capacity (6 on top of 5), so at most a tenth of the limit.
+            (self.limit + beta.min(self.limit * 0.1).max(1.0), "increase")
         } else {
             (self.limit + log, "increase")
         };

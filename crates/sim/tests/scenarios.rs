@@ -1,0 +1,256 @@
+//! The scenario suite: every scenario of the table × every controller, on
+//! the paused clock with a fixed seed, each asserting its figures.
+//!
+//! The goal for the default controller (gradient) is: goodput ≥ 0.9 of the
+//! capacity (of the offered load where lower), overload errors ≤ 5 %, and
+//! settled within ±20 % of a new capacity in ≤ 10 round trips. Where a
+//! controller does not meet it, the test asserts what is true and says so
+//! in a comment marked `GOAL NOT MET`, and so does BENCHMARKS.md. The other
+//! controllers' assertions record their measured behaviour (with a small
+//! margin), so a regression shows.
+#![allow(clippy::unwrap_used)]
+
+#[path = "support/scenarios.rs"]
+mod scenarios;
+
+use scenarios::{Ctl, Figures, Scenario, best_fixed_makespan, makespan, run, table};
+
+fn scenario(name: &str) -> Scenario {
+    table().into_iter().find(|s| s.name == name).unwrap()
+}
+
+fn figures(name: &str) -> [(Ctl, Figures); 4] {
+    let s = scenario(name);
+    Ctl::ADAPTIVE.map(|ctl| {
+        let f = run(&s, ctl);
+        println!("{name} {}: {f:?}", ctl.name());
+        (ctl, f)
+    })
+}
+
+fn of(all: &[(Ctl, Figures); 4], ctl: Ctl) -> &Figures {
+    &all.iter().find(|(c, _)| *c == ctl).unwrap().1
+}
+
+/// The goal for the default controller, in full.
+#[track_caller]
+fn meets_goal(name: &str, f: &Figures) {
+    assert!(f.goodput >= 0.9, "{name}: goodput {:.3} < 0.9", f.goodput);
+    assert!(
+        f.overload_rate <= 0.05,
+        "{name}: overload rate {:.3} > 5 %",
+        f.overload_rate
+    );
+    let rtts = f.rtts_to_capacity.expect("settles within ±20 %");
+    assert!(
+        rtts <= 10.0,
+        "{name}: settled after {rtts:.1} round trips > 10"
+    );
+}
+
+#[track_caller]
+fn at_least(what: &str, value: f64, min: f64) {
+    assert!(value >= min, "{what}: {value:.3} < {min}");
+}
+
+#[track_caller]
+fn at_most(what: &str, value: f64, max: f64) {
+    assert!(value <= max, "{what}: {value:.3} > {max}");
+}
+
+#[test]
+fn cap_5_answered_with_429() {
+    let all = figures("cap-5-429");
+    meets_goal("gradient", of(&all, Ctl::Gradient));
+    // At five calls a probe to six is a 20 % overrun: AIMD (+1 per RTT) and
+    // the windowed preset (+2 per window) pay for it in refusals.
+    at_least("aimd overload", of(&all, Ctl::Aimd).overload_rate, 0.10);
+    at_least(
+        "windowed overload",
+        of(&all, Ctl::Windowed).overload_rate,
+        0.30,
+    );
+    at_most("windowed goodput", of(&all, Ctl::Windowed).goodput, 0.85);
+}
+
+#[test]
+fn cap_50_answered_with_429() {
+    let all = figures("cap-50-429");
+    for ctl in [Ctl::Gradient, Ctl::Aimd, Ctl::Vegas] {
+        meets_goal(&ctl.name(), of(&all, ctl));
+    }
+    // The preset reaches its max of 50 = the capacity, but +2 per 20 answers
+    // takes about 25 round trips.
+    let w = of(&all, Ctl::Windowed);
+    at_least("windowed goodput", w.goodput, 0.9);
+    at_least("windowed round trips", w.rtts_to_capacity.unwrap(), 20.0);
+}
+
+#[test]
+fn cap_200_answered_with_429() {
+    let all = figures("cap-200-429");
+    for ctl in [Ctl::Gradient, Ctl::Aimd, Ctl::Vegas] {
+        meets_goal(&ctl.name(), of(&all, ctl));
+    }
+    // Slow start: 5 → 200 in about six round trips, not 195.
+    at_most(
+        "gradient round trips",
+        of(&all, Ctl::Gradient).rtts_to_capacity.unwrap(),
+        8.0,
+    );
+    // The preset's max of 50 caps it at a quarter of the capacity.
+    let w = of(&all, Ctl::Windowed);
+    at_most("windowed goodput", w.goodput, 0.26);
+    assert_eq!(w.max_limit, 50);
+}
+
+#[test]
+fn rate_cap_with_retry_after() {
+    let all = figures("rate-20-retry-after");
+    // GOAL NOT MET by any controller: a concurrency limit cannot smooth the
+    // bursts a 20/s, burst-5 rate limit refuses (every refusal cuts the
+    // limit, the slow round trips of 1.1 s make regrowth slow). Gradient
+    // reaches about 0.65 of the rate with few refusals; AIMD about 0.86.
+    // The right tool for a known rate is a RateLimitLayer in front.
+    let g = of(&all, Ctl::Gradient);
+    at_least("gradient goodput", g.goodput, 0.6);
+    at_most("gradient overload", g.overload_rate, 0.05);
+    let a = of(&all, Ctl::Aimd);
+    at_least("aimd goodput", a.goodput, 0.83);
+    at_most("aimd overload", a.overload_rate, 0.05);
+    // The preset never grows: the mean latency (1.1 s) is above its 500 ms bar.
+    assert_eq!(of(&all, Ctl::Windowed).max_limit, 5);
+}
+
+#[test]
+fn queueing_server_with_a_latency_knee() {
+    let all = figures("queue-knee");
+    let g = of(&all, Ctl::Gradient);
+    at_least("gradient goodput", g.goodput, 0.95);
+    at_most("gradient overload", g.overload_rate, 0.0);
+    at_most("gradient p99 over unloaded", g.p99_ratio, 1.4);
+    // GOAL NOT MET in full: the limit stays within 41..50 of a capacity of
+    // 40 (up to +25 %: probes into the queue before the latency answers),
+    // so it settles within ±20 % only after about 21 round trips.
+    at_most("gradient max limit", g.max_limit as f64, 52.0);
+    at_least("gradient min limit", g.min_limit as f64, 38.0);
+    // Vegas holds a small queue: within ±20 % after about 10 round trips.
+    let v = of(&all, Ctl::Vegas);
+    at_most("vegas round trips", v.rtts_to_capacity.unwrap(), 12.0);
+    at_most("vegas p99 over unloaded", v.p99_ratio, 1.4);
+    // AIMD reads no latency: it climbs past the queue and the tail grows.
+    let a = of(&all, Ctl::Aimd);
+    at_least("aimd max limit", a.max_limit as f64, 400.0);
+    at_least("aimd p99 over unloaded", a.p99_ratio, 4.0);
+}
+
+#[test]
+fn silent_drops_with_a_client_timeout() {
+    let all = figures("drops-timeout");
+    meets_goal("gradient", of(&all, Ctl::Gradient));
+    meets_goal("aimd", of(&all, Ctl::Aimd));
+    meets_goal("vegas", of(&all, Ctl::Vegas));
+}
+
+#[test]
+fn log_normal_latency_with_a_heavy_tail() {
+    let all = figures("lognormal-tail");
+    meets_goal("gradient", of(&all, Ctl::Gradient));
+    meets_goal("aimd", of(&all, Ctl::Aimd));
+    // Vegas reads the noise of the tail as a queue and collapses.
+    at_most("vegas goodput", of(&all, Ctl::Vegas).goodput, 0.3);
+}
+
+#[test]
+fn capacity_halved_then_doubled() {
+    let all = figures("halve-then-double");
+    meets_goal("gradient", of(&all, Ctl::Gradient));
+    // AIMD's +1 per round trip takes ~33 round trips to climb back 50 → 100.
+    let a = of(&all, Ctl::Aimd);
+    at_least("aimd round trips", a.rtts_to_capacity.unwrap(), 25.0);
+    at_least("aimd goodput", a.goodput, 0.85);
+}
+
+#[test]
+fn load_below_capacity_does_not_run_away() {
+    let s = scenario("low-load");
+    let all = figures("low-load");
+    // About 24 calls in flight are needed (200/s × 120 ms). A backlog built
+    // while the limit was 5 lifts every limit at first; the gradient
+    // controller then settles back towards 1.5 × the demand it sees, the
+    // others keep what the backlog taught them, but none runs to its max.
+    for (ctl, f) in &all {
+        at_least(&format!("{} goodput", ctl.name()), f.goodput, 0.98);
+        assert_eq!(f.overload_rate, 0.0);
+        at_most(
+            &format!("{} max limit", ctl.name()),
+            f.max_limit as f64,
+            160.0,
+        );
+    }
+    at_most(
+        "gradient max limit",
+        of(&all, Ctl::Gradient).max_limit as f64,
+        4.0 * s.nominal(),
+    );
+}
+
+#[test]
+fn two_clients_share_fairly() {
+    let all = figures("two-clients");
+    for ctl in [Ctl::Gradient, Ctl::Aimd] {
+        let f = of(&all, ctl);
+        meets_goal(&ctl.name(), f);
+        at_least(
+            &format!("{} fairness", ctl.name()),
+            f.fairness.unwrap(),
+            0.9,
+        );
+    }
+    at_least(
+        "windowed fairness",
+        of(&all, Ctl::Windowed).fairness.unwrap(),
+        0.9,
+    );
+}
+
+#[test]
+fn quota_with_a_long_retry_after_neither_collapses_nor_freezes() {
+    let all = figures("quota-long-retry-after");
+    for (ctl, f) in &all {
+        // The quota is used in full every window: not frozen.
+        at_least(&format!("{} goodput", ctl.name()), f.goodput, 0.99);
+        // Not collapsed: one cut per window, never down to the minimum.
+        at_least(
+            &format!("{} min limit", ctl.name()),
+            f.min_limit as f64,
+            40.0,
+        );
+    }
+    // GOAL NOT MET (overload ≤ 5 %) by any controller: once a window's quota
+    // is spent, every one of the 200 callers gets one 429 before it waits
+    // out the Retry-After: 200 of 1200 calls per window (16.7 %), whatever
+    // the limit. Only a client that learns the quota (issue: rate-limit
+    // header learning) can avoid them.
+    for (_, f) in &all {
+        at_most("overload", f.overload_rate, 0.17);
+    }
+}
+
+#[test]
+fn batch_makespan_against_the_best_fixed_limit() {
+    for name in ["cap-50-429", "queue-knee"] {
+        let s = scenario(name);
+        let (best, best_time) = best_fixed_makespan(&s, 500);
+        let g = makespan(&s, Ctl::Gradient, 500);
+        let ratio = g.as_secs_f64() / best_time.as_secs_f64();
+        println!("{name}: gradient {g:?}, best fixed ({best}) {best_time:?}: {ratio:.2}");
+        at_most(&format!("{name} makespan over best fixed"), ratio, 1.6);
+    }
+}
+
+#[test]
+fn runs_are_deterministic() {
+    let s = scenario("lognormal-tail");
+    assert_eq!(run(&s, Ctl::Gradient), run(&s, Ctl::Gradient));
+}
