@@ -219,15 +219,22 @@ where
 
 /// Resolves names, then refuses the lot if any address is forbidden (a name
 /// that mixes public and private answers is how DNS rebinding starts).
+///
+/// hyper-util clones the connector, and with it the resolver, for every
+/// request (even one that then finds a pooled connection), so the boxed
+/// resolver sits behind an `Arc` and is cloned only to actually resolve.
 #[derive(Clone)]
 pub(crate) struct GuardedResolver {
-    inner: BoxResolver,
+    inner: Arc<BoxResolver>,
     guard: Guard,
 }
 
 impl GuardedResolver {
     pub(crate) fn new(inner: BoxResolver, guard: Guard) -> Self {
-        Self { inner, guard }
+        Self {
+            inner: Arc::new(inner),
+            guard,
+        }
     }
 }
 
@@ -244,16 +251,18 @@ impl Service<Name> for GuardedResolver {
     type Error = BoxError;
     type Future = BoxFuture<Addrs>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // Readiness is awaited on the clone made in `call`.
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, name: Name) -> Self::Future {
         let guard = self.guard.clone();
         let host = name.as_str().to_string();
-        let future = self.inner.call(name);
+        let resolver = BoxResolver::clone(&self.inner);
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = future.await?.collect();
+            use tower::ServiceExt;
+            let addrs: Vec<SocketAddr> = resolver.oneshot(name).await?.collect();
             if let Some(bad) = addrs.iter().find(|a| guard.refuses(a.ip())) {
                 tracing::debug!(host = %host, ip = %bad.ip(), "address guard refused a resolved address");
                 return Err(RefusedAddress::new(host, Some(bad.ip())).into());

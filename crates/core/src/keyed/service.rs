@@ -68,11 +68,13 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let key = self.key_fn.key(&req);
-        let state = match self.keys.get(key.clone()) {
+        let state = match self.keys.get(self.key_fn.key(&req)) {
             Ok(state) => state,
             Err(e) => {
-                tracing::debug!(key = ?key, "keyed limit: no idle key to evict; refused");
+                tracing::debug!(
+                    max_keys = e.max_keys(),
+                    "keyed limit: every key is busy, none to evict; refused"
+                );
                 return ResponseFuture::refused(e);
             }
         };
