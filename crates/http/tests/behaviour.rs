@@ -1,0 +1,107 @@
+//! Span fields and permit release while a retry sleeps, against loopback servers.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::{Chunks, handler, respond, serve};
+use tower_fanout_core::keyed::KeyLimit;
+use tower_fanout_http::Client;
+
+/// Collects what the fmt subscriber writes.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn span_names_method_host_and_status_never_the_query() {
+    let addr = serve(handler(|_| async {
+        respond(418).body(Chunks::full("teapot")).unwrap()
+    }))
+    .await;
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || sink.clone())
+        .with_max_level(tracing::Level::DEBUG)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let client = Client::builder().build().unwrap();
+    let resp = client
+        .get(&format!("http://{addr}/v1/items?api_key=s3cret"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 418);
+    let out = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(out.contains("http_request"), "{out}");
+    assert!(out.contains("method=GET"), "{out}");
+    assert!(out.contains("host=127.0.0.1"), "{out}");
+    assert!(out.contains("status=418"), "{out}");
+    assert!(!out.contains("s3cret"), "the query string leaked: {out}");
+    assert!(!out.contains("/v1/items"), "the path leaked: {out}");
+}
+
+#[tokio::test]
+async fn a_sleeping_retry_holds_no_permit() {
+    // The host allows one call in flight. The first call draws a 429 with
+    // Retry-After: 1; while it sleeps, a second call runs and finishes.
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let addr = serve(handler(move |_| {
+        let n = h.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n == 0 {
+                respond(429)
+                    .header("retry-after", "1")
+                    .body(Chunks::empty())
+                    .unwrap()
+            } else {
+                respond(200).body(Chunks::full("ok")).unwrap()
+            }
+        }
+    }))
+    .await;
+    let client = Client::builder()
+        .host_default(KeyLimit::new().concurrency(1))
+        // Learning would (rightly) hold the second call until the reset too.
+        .learn_rate_limits(false)
+        .build()
+        .unwrap();
+    let url = format!("http://{addr}/");
+    let start = Instant::now();
+    let first = tokio::spawn({
+        let (c, u) = (client.clone(), url.clone());
+        async move { c.get(&u).await.map(|r| (r.status(), start.elapsed())) }
+    });
+    // Wait until the first call has had its 429.
+    while hits.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let key = addr.to_string();
+    let second = client.get(&url).await.unwrap();
+    let second_done = start.elapsed();
+    assert_eq!(second.status(), 200);
+    assert!(
+        second_done < Duration::from_millis(900),
+        "the second call did not wait for the sleeper: {second_done:?}"
+    );
+    assert_eq!(client.host_limits().in_flight(&key), 0);
+    let (status, first_done) = first.await.unwrap().unwrap();
+    assert_eq!(status, 200);
+    assert!(first_done >= Duration::from_secs(1), "{first_done:?}");
+}
