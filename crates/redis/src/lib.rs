@@ -27,6 +27,13 @@
 //! reconnects by itself, and the first decision after Redis comes back
 //! uses it again, with no rebuild of the layers.
 //!
+//! The limits live in Redis's memory only as long as Redis keeps them: a
+//! Redis restarted without persistence starts every bucket full and every
+//! semaphore empty, so right after a restart the sum can run over a limit
+//! by what was in use before it (calls still in flight are no longer
+//! counted; their renewals log a warning). Run Redis with persistence or a
+//! replica if that matters more than the speed of each decision.
+//!
 //! # Keys
 //! Keys look like `tower-fanout:{name}:gcra` or `tower-fanout:{name:host}:gcra`:
 //! the braces are a hash tag, so Redis Cluster keeps each limit on one slot.

@@ -74,3 +74,5 @@ mod service;
 pub use self::layer::{RedisRateLimitBuilder, RedisRateLimitHandle, RedisRateLimitLayer};
 pub use self::service::RedisRateLimit;
 pub use crate::future::ResponseFuture;
+/// How many tokens a request costs: the same trait as the local rate limit's.
+pub use tower_fanout_core::rate::{Cost, UnitCost};
