@@ -242,7 +242,7 @@ fn batch_makespan_against_the_best_fixed_limit() {
     for name in ["cap-50-429", "queue-knee"] {
         let s = scenario(name);
         let (best, best_time) = best_fixed_makespan(&s, 500);
-        let g = makespan(&s, Ctl::Gradient, 500);
+        let g = makespan(&s, Ctl::Gradient, 500).unwrap();
         let ratio = g.as_secs_f64() / best_time.as_secs_f64();
         println!("{name}: gradient {g:?}, best fixed ({best}) {best_time:?}: {ratio:.2}");
         at_most(&format!("{name} makespan over best fixed"), ratio, 1.6);
@@ -253,4 +253,13 @@ fn batch_makespan_against_the_best_fixed_limit() {
 fn runs_are_deterministic() {
     let s = scenario("lognormal-tail");
     assert_eq!(run(&s, Ctl::Gradient), run(&s, Ctl::Gradient));
+}
+
+#[test]
+#[ignore = "debugging aid"]
+fn debug_makespan() {
+    let s = scenario("cap-5-429");
+    for ctl in [Ctl::Fixed(5), Ctl::Fixed(10), Ctl::Gradient, Ctl::Aimd] {
+        println!("{}: {:?}", ctl.name(), makespan(&s, ctl, 500));
+    }
 }
