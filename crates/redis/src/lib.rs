@@ -30,9 +30,9 @@
 //! The limits live in Redis's memory only as long as Redis keeps them: a
 //! Redis restarted without persistence starts every bucket full and every
 //! semaphore empty, so right after a restart the sum can run over a limit
-//! by what was in use before it (calls still in flight are no longer
-//! counted; their renewals log a warning). Run Redis with persistence or a
-//! replica if that matters more than the speed of each decision.
+//! by what was in use before it. (Calls still in flight take their place
+//! back at their next lease renewal, if there is room; if not, a warning
+//! says the limit is exceeded.) Run Redis with persistence if that matters.
 //!
 //! # Keys
 //! Keys look like `tower-fanout:{name}:gcra` or `tower-fanout:{name:host}:gcra`:

@@ -280,3 +280,41 @@ async fn a_frozen_redis_costs_callers_at_most_the_timeout() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_in_flight_take_their_place_back_after_a_restart() {
+    let mut redis = RedisServer::start();
+    let layer = RedisConcurrencyLimitLayer::builder(store(&redis), "restored", 2)
+        .lease(Duration::from_millis(600))
+        .fail_closed()
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(|()| async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        Ok::<_, BoxError>(())
+    }));
+    let call = tokio::spawn(svc.oneshot(()));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while handle.in_flight().await.unwrap() != 1 {
+        assert!(Instant::now() < deadline, "the call never took its permit");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // A fresh Redis knows no holder; the running call's next renewal (every
+    // 200 ms) puts it back.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        if let Ok(1) = handle.in_flight().await {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the running call was not counted again"
+        );
+        assert!(!call.is_finished());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    call.await.unwrap().unwrap();
+}

@@ -221,7 +221,7 @@ pub(super) struct Shared {
     pub(super) store: RedisStore,
     name: String,
     pub(super) key: String,
-    limit: usize,
+    pub(super) limit: usize,
     pub(super) lease: Duration,
     pub(super) lease_ms: u64,
     retry_interval: Duration,

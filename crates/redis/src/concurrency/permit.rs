@@ -107,6 +107,7 @@ impl Drop for Pending {
 /// Keeps a long call's lease alive.
 async fn renew(shared: Arc<Shared>, holder: String) {
     let every = shared.lease / 3;
+    let mut warned = false;
     loop {
         tokio::time::sleep(every).await;
         match shared
@@ -116,13 +117,32 @@ async fn renew(shared: Arc<Shared>, holder: String) {
         {
             Ok(true) => tracing::trace!(key = shared.limit_name(), "lease renewed"),
             Ok(false) => {
-                // The lease ran out (Redis was unreachable for a whole
-                // lease): the call goes on, but no longer counts.
-                tracing::warn!(
-                    key = shared.limit_name(),
-                    "lease lost while the call was running; the limit may be exceeded until it ends"
-                );
-                return;
+                // The holder is gone: Redis lost it (a restart without
+                // persistence) or the lease ran out while Redis was
+                // unreachable. Take the place back if there is room, so the
+                // call counts again.
+                match shared
+                    .store
+                    .acquire(&shared.key, shared.limit, shared.lease_ms, &holder)
+                    .await
+                {
+                    Ok((true, _)) => {
+                        tracing::debug!(key = shared.limit_name(), "lease lost, taken back");
+                    }
+                    Ok((false, held)) if !warned => {
+                        warned = true;
+                        tracing::warn!(
+                            key = shared.limit_name(),
+                            in_flight = held,
+                            limit = shared.limit,
+                            "lease lost and no room to take it back; the limit is exceeded until this call ends"
+                        );
+                    }
+                    Ok((false, _)) => {}
+                    Err(error) => {
+                        tracing::debug!(key = shared.limit_name(), %error, "lease lost; taking it back failed, will retry");
+                    }
+                }
             }
             Err(error) => {
                 tracing::debug!(key = shared.limit_name(), %error, "lease renewal failed; will retry");
