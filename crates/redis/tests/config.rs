@@ -98,3 +98,25 @@ fn concurrency_settings_are_checked() {
         .unwrap_err();
     assert!(config_message(err).contains("retry interval"));
 }
+
+#[test]
+fn layers_services_and_errors_cross_threads() {
+    fn send_sync<T: Send + Sync + 'static>() {}
+    fn clone<T: Clone>() {}
+    send_sync::<Error>();
+    send_sync::<RedisStore>();
+    send_sync::<RedisRateLimitLayer>();
+    send_sync::<RedisConcurrencyLimitLayer>();
+    clone::<RedisRateLimitLayer>();
+    clone::<RedisConcurrencyLimitLayer>();
+    send_sync::<
+        tower_fanout_redis::RedisRateLimit<
+            (),
+            tower_fanout_redis::rate::UnitCost,
+            tower_fanout_redis::SingleKey,
+        >,
+    >();
+    fn send<T: Send>() {}
+    send::<tower_fanout_redis::RedisConcurrencyLimit<()>>();
+    send::<tower_fanout_redis::rate::ResponseFuture<()>>();
+}
