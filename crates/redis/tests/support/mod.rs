@@ -112,7 +112,13 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("could not run {}: {e}", binary.display()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "could not run {}: {e}; these tests need a real redis-server \
+                     (Debian/Ubuntu: `apt-get install -y redis-server`)",
+                    binary.display()
+                )
+            });
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
