@@ -75,6 +75,13 @@ impl Scenario {
         e
     }
 
+    /// Whether the limit should settle at the capacity in calls. Not under
+    /// a light load (it should follow the demand, with headroom) nor under a
+    /// quota (a budget per window, not a number of calls at once).
+    pub(crate) fn settles(&self) -> bool {
+        !matches!(self.name, "low-load" | "quota-long-retry-after")
+    }
+
     /// The nominal concurrency capacity at the start (for fixed-limit sweeps).
     pub(crate) fn nominal(&self) -> f64 {
         self.epochs[0].concurrency
@@ -514,6 +521,9 @@ fn mean_capacity(s: &Scenario, from: Duration, to: Duration) -> f64 {
 /// capacity (enters the band and stays in it for ten round trips, or to the
 /// epoch's end), the worst epoch; and the overshoot after settling.
 fn convergence(s: &Scenario, samples: &[(Duration, usize)]) -> (Option<f64>, f64) {
+    if !s.settles() {
+        return (None, 0.0);
+    }
     let rtt = s.rtt();
     let mut worst: Option<f64> = Some(0.0);
     let mut overshoot: f64 = 0.0;
