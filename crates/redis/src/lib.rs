@@ -14,6 +14,8 @@
 //! server's clock, so the processes' clocks may disagree. Nothing is
 //! cached locally: the sum over all processes stays within the limit.
 //!
+//! Needs Redis 3.2 or later (for `TIME` in scripts); tested on Redis 7.0.
+//!
 //! # When Redis is unavailable
 //! Each layer's builder must be told, with `.fail_closed()` or
 //! `.fail_open(share)`:

@@ -6,6 +6,10 @@
 //! string with 14 significant digits, which would round a microsecond
 //! timestamp (16 digits).
 //!
+//! Scripts that write after reading `TIME` first switch Redis 3.2–4.x to
+//! replicating their effects (the default from Redis 5; a no-op there), so
+//! the clock is read once, on the primary.
+//!
 //! Each script touches one key, whose name carries the limit's hash tag, so
 //! the scripts run unchanged on Redis Cluster.
 
@@ -27,6 +31,7 @@
 /// tokens are there (0: now) and the new TAT (to undo the booking), or `0`
 /// with the wait after which they would have been there.
 pub(crate) const GCRA: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
@@ -56,6 +61,7 @@ return {1, wait, stored}
 /// `KEYS[1]`: the bucket. `ARGV`: the TAT the booking set, its weight (µs).
 /// Returns 1 when given back.
 pub(crate) const GCRA_GIVE_BACK: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
 local tat = redis.call('GET', KEYS[1])
 if tat ~= ARGV[1] then
   return 0
@@ -78,6 +84,7 @@ return 1
 /// `KEYS[1]`: the holders. `ARGV`: limit, lease (ms), holder id.
 /// Returns `{acquired, holders}`.
 pub(crate) const ACQUIRE: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
@@ -98,6 +105,7 @@ return {1, held + 1}
 /// `KEYS[1]`: the holders. `ARGV`: lease (ms), holder id. Returns 1 when
 /// renewed, 0 when the holder was gone (its lease had run out).
 pub(crate) const RENEW: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
 if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then
   return 0
 end
