@@ -152,13 +152,22 @@ fn main() {
         }
     };
 
+    let only = std::env::var("ONLY").ok();
     // Warm both pools and the code paths.
-    rt.block_on(drive(raw_once.clone()));
-    rt.block_on(drive(preset_once.clone()));
+    if only.as_deref() != Some("preset") {
+        rt.block_on(drive(raw_once.clone()));
+    }
+    if only.as_deref() != Some("raw") {
+        rt.block_on(drive(preset_once.clone()));
+    }
 
-    if let Ok(only) = std::env::var("ONLY") {
+    if let Some(only) = only {
         // For profiling one side: many rounds of one client.
-        for _ in 0..50 {
+        let rounds = std::env::var("ONLY_ROUNDS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(50);
+        for _ in 0..rounds {
             if only == "raw" {
                 rt.block_on(drive(raw_once.clone()));
             } else {

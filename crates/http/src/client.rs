@@ -452,11 +452,10 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let host = req.uri().host().unwrap_or_default().to_string();
         let span = tracing::info_span!(
             "http_request",
             method = %req.method(),
-            host = %host,
+            host = %req.uri().host().unwrap_or_default(),
             status = tracing::field::Empty,
         );
         let stack = self.stack.clone();

@@ -140,8 +140,12 @@ impl Guard {
                 ));
             }
         }
+        // Only a host starting with a digit or `[` can be an IP literal; names
+        // are left to the resolver.
+        let maybe_ip = host.starts_with(|c: char| c.is_ascii_digit() || c == '[');
         let literal = host.trim_start_matches('[').trim_end_matches(']');
-        if let Ok(ip) = literal.parse::<IpAddr>()
+        if maybe_ip
+            && let Ok(ip) = literal.parse::<IpAddr>()
             && self.refuses(ip)
         {
             return Err(RefusedAddress::new(host, Some(ip)));
