@@ -59,6 +59,22 @@ impl fmt::Display for RequestBodyTooLarge {
 
 impl std::error::Error for RequestBodyTooLarge {}
 
+/// Reading a body failed part-way (a reset, a truncated or corrupt encoding).
+#[derive(Debug)]
+pub(crate) struct ReadBody(pub(crate) BoxError);
+
+impl fmt::Display for ReadBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "reading the body failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for ReadBody {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
 /// Which cap a collection is held to.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Cap {
@@ -97,7 +113,7 @@ where
     let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(Into::into)?;
+        let frame = frame.map_err(|e| BoxError::from(ReadBody(e.into())))?;
         let Ok(mut data) = frame.into_data() else {
             continue; // trailers
         };

@@ -306,16 +306,16 @@ impl ClientBuilder {
         };
 
         let limited = limits.layer(fetch);
-        let learned = Learn::new(
-            limited,
-            self.learn_rate_limits
-                .then(|| Arc::new(Learned::new(self.max_hosts))),
-        );
-        let redirected =
-            FollowRedirect::with_policy(learned, RedirectPolicy::new(self.max_redirects));
         // Without retries the layer still runs, with zero retries: one
         // concrete stack type, and nothing boxed but the response future.
         let retry = self.retry.clone().unwrap_or_else(RetryLayer::never);
+        let learned = Learn::new(
+            limited,
+            self.learn_rate_limits
+                .then(|| Arc::new(Learned::new(self.max_hosts, retry.max_wait()))),
+        );
+        let redirected =
+            FollowRedirect::with_policy(learned, RedirectPolicy::new(self.max_redirects));
         let stack: Stack = retry.layer(redirected);
         Ok(Client {
             stack,
@@ -474,14 +474,7 @@ where
             let (parts, body) = req.into_parts();
             let body = collect(body, Cap::Request(max_request_body))
                 .await
-                .map_err(|e| {
-                    let err = Error::from_box(e);
-                    if err.is_request_body_too_large() {
-                        err
-                    } else {
-                        Error::body(err)
-                    }
-                })?;
+                .map_err(Error::from_box)?;
             let req = Request::from_parts(parts, Full::new(body));
             let outcome = stack.oneshot(req).await.map_err(Error::from_box);
             if let Ok(resp) = &outcome {

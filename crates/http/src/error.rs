@@ -7,7 +7,7 @@ use tower_fanout_core::error::{Overloaded, RateLimited};
 use tower_fanout_core::keyed::TooManyKeys;
 
 use crate::BoxError;
-use crate::body::{BodyTooLarge, RequestBodyTooLarge};
+use crate::body::{BodyTooLarge, ReadBody, RequestBodyTooLarge};
 use crate::guard::RefusedAddress;
 use crate::redirect::TooManyRedirects;
 use crate::timeout::TimedOut;
@@ -57,13 +57,6 @@ impl Error {
         Self {
             kind: Kind::Config,
             source: Some(message.into().into()),
-        }
-    }
-
-    pub(crate) fn body(source: impl Into<BoxError>) -> Self {
-        Self {
-            kind: Kind::Body,
-            source: Some(source.into()),
         }
     }
 
@@ -184,6 +177,9 @@ fn classify(err: &(dyn std::error::Error + 'static)) -> Kind {
         }
         if e.is::<TimedOut>() {
             saw_timeout = true;
+        }
+        if e.is::<ReadBody>() && !saw_timeout {
+            return Kind::Body;
         }
         if let Some(h) = e.downcast_ref::<hyper_util::client::legacy::Error>()
             && h.is_connect()

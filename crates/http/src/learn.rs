@@ -17,6 +17,9 @@
 //! Entries are kept per host in a map bounded by `max_hosts`; when it is
 //! full, hosts with nothing in flight and no wait ahead are forgotten first,
 //! and a host that finds no room is simply not tracked.
+//!
+//! A wait longer than the retry layer's cap (`max_wait`) is not slept: the
+//! request fails at once with `RateLimited`, as a long `Retry-After` does.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -31,6 +34,8 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 use tower_service::Service;
 
+use tower_fanout_core::error::RateLimited;
+
 use crate::{BoxError, headers};
 
 #[derive(Debug, Default)]
@@ -44,13 +49,17 @@ struct Host {
 pub(crate) struct Learned {
     hosts: Mutex<HashMap<String, Host>>,
     max_hosts: usize,
+    /// A wait for a host's reset longer than this fails with `RateLimited`
+    /// instead (the retry layer's cap, so both waits are bounded alike).
+    max_wait: Duration,
 }
 
 impl Learned {
-    pub(crate) fn new(max_hosts: usize) -> Self {
+    pub(crate) fn new(max_hosts: usize, max_wait: Duration) -> Self {
         Self {
             hosts: Mutex::new(HashMap::new()),
             max_hosts,
+            max_wait,
         }
     }
 
@@ -190,8 +199,18 @@ where
             .unwrap_or_default();
         Box::pin(async move {
             let tracked = loop {
-                match learned.admit(&host, Instant::now()) {
+                let now = Instant::now();
+                match learned.admit(&host, now) {
                     Ok(tracked) => break tracked,
+                    Err(until) if until - now > learned.max_wait => {
+                        let wait = until - now;
+                        tracing::warn!(
+                            host = %host,
+                            retry_after_ms = wait.as_millis() as u64,
+                            "host budget resets after the wait cap; returning rate limited"
+                        );
+                        return Err(RateLimited::new(wait).into());
+                    }
                     Err(until) => tokio::time::sleep_until(until).await,
                 }
             };
@@ -215,7 +234,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn spent_budget_holds_until_reset() {
-        let l = Learned::new(8);
+        let l = Learned::new(8, Duration::from_secs(60));
         let now = Instant::now();
         assert_eq!(l.admit("h", now), Ok(true));
         let mut h = http::HeaderMap::new();
@@ -231,7 +250,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn in_flight_requests_lower_what_remains() {
-        let l = Learned::new(8);
+        let l = Learned::new(8, Duration::from_secs(60));
         let now = Instant::now();
         for _ in 0..3 {
             assert_eq!(l.admit("h", now), Ok(true));
@@ -246,7 +265,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn map_stays_bounded() {
-        let l = Learned::new(2);
+        let l = Learned::new(2, Duration::from_secs(60));
         let now = Instant::now();
         assert_eq!(l.admit("a", now), Ok(true));
         assert_eq!(l.admit("b", now), Ok(true));

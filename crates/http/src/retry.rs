@@ -209,6 +209,11 @@ impl RetryLayer {
     pub(crate) fn never() -> Self {
         Self::from_checked(Self::builder().max_retries(0))
     }
+
+    /// The longest wait this layer sleeps.
+    pub(crate) fn max_wait(&self) -> Duration {
+        self.config.settings.max_wait
+    }
 }
 
 impl Default for RetryLayer {

@@ -576,3 +576,69 @@ fn bad_config_fails_at_build() {
             .is_config()
     );
 }
+
+#[tokio::test]
+async fn a_body_cut_short_is_a_body_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                // Announce 100 bytes, send 10, hang up.
+                let _ = sock
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+                    .await;
+            });
+        }
+    });
+    let client = Client::builder().no_retry().build().unwrap();
+    let err = client.get(&format!("http://{addr}/")).await.unwrap_err();
+    assert!(err.is_body(), "{err}");
+}
+
+#[tokio::test]
+async fn learned_wait_past_the_cap_returns_rate_limited() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let addr = serve(handler(move |_| {
+        h.fetch_add(1, Ordering::SeqCst);
+        async {
+            respond(200)
+                .header("ratelimit", "\"default\";r=0;t=3600")
+                .body(Chunks::full("last one"))
+                .unwrap()
+        }
+    }))
+    .await;
+    let client = Client::builder().build().unwrap();
+    assert_eq!(
+        client
+            .get(&format!("http://{addr}/"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // The host said nothing remains for an hour: longer than the 60 s cap.
+    let err = client.get(&format!("http://{addr}/")).await.unwrap_err();
+    assert!(err.is_rate_limited(), "{err}");
+    assert!(err.retry_after().unwrap() > Duration::from_secs(3500));
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "the second call never left");
+}
+
+#[tokio::test]
+async fn https_goes_through_rustls() {
+    // A plain-HTTP server cannot complete a TLS handshake: a connect error,
+    // which shows the rustls connector (ring provider, webpki roots) is wired in.
+    let addr = serve(handler(|_| async {
+        respond(200).body(Chunks::empty()).unwrap()
+    }))
+    .await;
+    let client = Client::builder().no_retry().build().unwrap();
+    let err = client.get(&format!("https://{addr}/")).await.unwrap_err();
+    assert!(err.is_connect(), "{err}");
+}
