@@ -110,10 +110,10 @@ fn rate_cap_with_retry_after() {
     // GOAL NOT MET by any controller: a concurrency limit cannot smooth the
     // bursts a 20/s, burst-5 rate limit refuses (every refusal cuts the
     // limit, the slow round trips of 1.1 s make regrowth slow). Gradient
-    // reaches about 0.65 of the rate with few refusals; AIMD about 0.86.
+    // reaches about 0.74 of the rate with few refusals; AIMD about 0.86.
     // The right tool for a known rate is a RateLimitLayer in front.
     let g = of(&all, Ctl::Gradient);
-    at_least("gradient goodput", g.goodput, 0.6);
+    at_least("gradient goodput", g.goodput, 0.7);
     at_most("gradient overload", g.overload_rate, 0.05);
     let a = of(&all, Ctl::Aimd);
     at_least("aimd goodput", a.goodput, 0.83);

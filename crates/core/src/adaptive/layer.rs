@@ -209,6 +209,7 @@ impl Shared {
             rtt: now.saturating_duration_since(started),
             in_flight,
             limit,
+            retry_after,
         };
         let Some(change) = state.controller.update(&sample, now) else {
             return;

@@ -145,7 +145,7 @@ impl GradientController {
         }
     }
 
-    fn on_overload(&mut self) {
+    fn on_overload(&mut self, sample: &Sample) {
         self.probe = 0;
         // After slow start the last limit that worked is half this one.
         let seen = if self.slow_start {
@@ -153,7 +153,14 @@ impl GradientController {
         } else {
             self.limit
         };
-        self.w_max = Some(seen);
+        // A refusal with a Retry-After comes from a rate or a quota: cutting
+        // the limit slows the calls down only a round trip later, so the
+        // refusals go on and cut again meanwhile. The capacity last seen is
+        // then not each of those lower limits, only a little below the last.
+        self.w_max = match (self.w_max, sample.retry_after) {
+            (Some(w), Some(_)) => Some(seen.max(w * 0.97)),
+            _ => Some(seen),
+        };
     }
 }
 
@@ -325,7 +332,7 @@ impl Controller for GradientController {
             // layer passes only overloads of calls started after the last
             // decrease, so this is one cut per episode.
             self.round.reset();
-            self.on_overload();
+            self.on_overload(sample);
             let cut = if std::mem::take(&mut self.slow_start) {
                 // Slow start doubled past the capacity: it lies between
                 // half this limit (the last one without overload) and this

@@ -34,6 +34,8 @@ pub struct Sample {
     pub in_flight: usize,
     /// The limit when the call started.
     pub limit: usize,
+    /// The wait the downstream asked for (`Retry-After`), if it said so.
+    pub retry_after: Option<Duration>,
 }
 
 impl Sample {
@@ -269,6 +271,7 @@ pub(crate) mod test_support {
             rtt: ms(rtt_ms),
             in_flight,
             limit,
+            retry_after: None,
         }
     }
 

@@ -110,7 +110,7 @@ impl VegasBuilder {
 }
 
 impl VegasController {
-    fn on_overload(&mut self) {}
+    fn on_overload(&mut self, _sample: &Sample) {}
 
     fn decide(&mut self, round: &RoundSummary) -> Option<Change> {
         if let Some(median) = round.median {
@@ -177,7 +177,7 @@ impl Controller for VegasController {
             // layer passes only overloads of calls started after the last
             // decrease, so this is one cut per episode.
             self.round.reset();
-            self.on_overload();
+            self.on_overload(sample);
             let cut = if std::mem::take(&mut self.slow_start) {
                 // Slow start doubled past the capacity: it lies between
                 // half this limit (the last one without overload) and this
