@@ -30,13 +30,13 @@ use crate::body::{Cap, collect};
 use crate::guard::{self, Guard, GuardedConnector, GuardedResolver};
 use crate::learn::{Learn, Learned};
 use crate::redirect::RedirectPolicy;
-use crate::retry::{Retry, RetryLayer};
+use crate::retry::RetryLayer;
 use crate::timeout::TimedOut;
 use crate::{BoxError, Error};
 
 type Connector = GuardedConnector<hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>>;
 type Raw = HyperClient<Connector, Full<Bytes>>;
-type Stack = Retry<FollowRedirect<Learn<KeyedLimit<Fetch, AuthorityKey, String>>, RedirectPolicy>>;
+type Stack = FollowRedirect<Learn<KeyedLimit<Fetch, AuthorityKey, String>>, RedirectPolicy>;
 
 /// hyper-util's client behind an `Arc`: its `request` takes `&self`, so each
 /// call needs no clone of the client (which copies its whole configuration).
@@ -316,11 +316,12 @@ impl ClientBuilder {
         );
         let redirected =
             FollowRedirect::with_policy(learned, RedirectPolicy::new(self.max_redirects));
-        let stack: Stack = retry.layer(redirected);
+        let stack: Stack = redirected;
         Ok(Client {
             stack,
             max_request_body: self.max_request_body,
             guard,
+            retry,
             host_limits,
         })
     }
@@ -382,6 +383,7 @@ pub struct Client {
     stack: Stack,
     max_request_body: usize,
     guard: Guard,
+    retry: RetryLayer,
     host_limits: KeyedLimitHandle<String>,
 }
 
@@ -459,6 +461,7 @@ where
             status = tracing::field::Empty,
         );
         let stack = self.stack.clone();
+        let retry = self.retry.clone();
         let max_request_body = self.max_request_body;
         let guard = self.guard.clone();
         let future = async move {
@@ -476,7 +479,8 @@ where
                 .await
                 .map_err(Error::from_box)?;
             let req = Request::from_parts(parts, Full::new(body));
-            let outcome = stack.oneshot(req).await.map_err(Error::from_box);
+            // The retry loop runs inside this future: one allocation per call.
+            let outcome = retry.run(stack, req).await.map_err(Error::from_box);
             if let Ok(resp) = &outcome {
                 tracing::Span::current().record("status", resp.status().as_u16());
             }

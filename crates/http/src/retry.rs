@@ -66,7 +66,8 @@ pub struct RetryBuilder {
 }
 
 impl RetryBuilder {
-    /// Retries after the first attempt (default 3; 0 turns retrying off).
+    /// Retries after the first attempt (default 3). With 0, every answer is
+    /// returned as it is, a 429 included.
     pub fn max_retries(mut self, n: u32) -> Self {
         self.max_retries = n;
         self
@@ -346,47 +347,88 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let inner = self.inner.clone();
-        let config = self.config.clone();
-        Box::pin(async move {
-            config.budget.deposit();
-            let settings = &config.settings;
-            let mut retries = 0u32;
-            loop {
-                let outcome = inner.clone().oneshot(req.clone()).await.map_err(Into::into);
-                let wait = match decide(&outcome, req.method(), SystemTime::now()) {
-                    Decision::Done => return outcome,
-                    Decision::After(d) if d > settings.max_wait => {
-                        tracing::warn!(
-                            retry_after_ms = d.as_millis() as u64,
-                            max_wait_ms = settings.max_wait.as_millis() as u64,
-                            "retry-after above the cap; returning rate limited"
-                        );
-                        return Err(RateLimited::new(d).into());
-                    }
-                    Decision::After(d) => d,
-                    Decision::Backoff => config.backoff(retries),
-                };
-                if retries >= settings.max_retries {
-                    return outcome;
-                }
-                if !config.budget.withdraw() {
-                    tracing::debug!("retry budget spent; returning the outcome");
-                    return outcome;
-                }
-                retries += 1;
-                tracing::debug!(
-                    retry = retries,
-                    wait_ms = wait.as_millis() as u64,
-                    status = outcome.as_ref().map(|r| r.status().as_u16()).ok(),
-                    "retrying"
+        Box::pin(run(self.config.clone(), self.inner.clone(), req))
+    }
+}
+
+impl RetryLayer {
+    /// Runs `req` through `inner` with this layer's retries, without boxing:
+    /// the client preset awaits this inside its own response future.
+    pub(crate) fn run<S, B, ResB>(
+        &self,
+        inner: S,
+        req: Request<B>,
+    ) -> impl Future<Output = Result<Response<ResB>, BoxError>> + use<S, B, ResB>
+    where
+        S: Service<Request<B>, Response = Response<ResB>> + Clone,
+        S::Error: Into<BoxError>,
+        B: Clone,
+    {
+        run(self.config.clone(), inner, req)
+    }
+}
+
+async fn run<S, B, ResB>(
+    config: Arc<Config>,
+    inner: S,
+    req: Request<B>,
+) -> Result<Response<ResB>, BoxError>
+where
+    S: Service<Request<B>, Response = Response<ResB>> + Clone,
+    S::Error: Into<BoxError>,
+    B: Clone,
+{
+    let settings = &config.settings;
+    if settings.max_retries == 0 {
+        // Retrying is off: the answer, whatever it is, goes back as it is.
+        return inner.oneshot(req).await.map_err(Into::into);
+    }
+    config.budget.deposit();
+    let method = req.method().clone();
+    let mut original = Some(req);
+    let mut retries = 0u32;
+    loop {
+        // The last allowed attempt takes the request itself; the others a copy.
+        let this = if retries < settings.max_retries {
+            original.clone()
+        } else {
+            original.take()
+        };
+        let Some(this) = this else {
+            return Err("retry: request already sent".into());
+        };
+        let outcome = inner.clone().oneshot(this).await.map_err(Into::into);
+        let wait = match decide(&outcome, &method, SystemTime::now()) {
+            Decision::Done => return outcome,
+            Decision::After(d) if d > settings.max_wait => {
+                tracing::warn!(
+                    retry_after_ms = d.as_millis() as u64,
+                    max_wait_ms = settings.max_wait.as_millis() as u64,
+                    "retry-after above the cap; returning rate limited"
                 );
-                // The outcome (and with it any connection or permit) goes
-                // before the sleep, not after.
-                drop(outcome);
-                tokio::time::sleep(wait).await;
+                return Err(RateLimited::new(d).into());
             }
-        })
+            Decision::After(d) => d,
+            Decision::Backoff => config.backoff(retries),
+        };
+        if retries >= settings.max_retries {
+            return outcome;
+        }
+        if !config.budget.withdraw() {
+            tracing::debug!("retry budget spent; returning the outcome");
+            return outcome;
+        }
+        retries += 1;
+        tracing::debug!(
+            retry = retries,
+            wait_ms = wait.as_millis() as u64,
+            status = outcome.as_ref().map(|r| r.status().as_u16()).ok(),
+            "retrying"
+        );
+        // The outcome (and with it any connection or permit) goes before
+        // the sleep, not after.
+        drop(outcome);
+        tokio::time::sleep(wait).await;
     }
 }
 
