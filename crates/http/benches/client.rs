@@ -30,9 +30,7 @@ use tower::ServiceExt;
 use tower_fanout_core::keyed::KeyLimit;
 use tower_fanout_http::Client;
 
-const REQUESTS: usize = 2_000;
 const IN_FLIGHT: usize = 64;
-const ROUNDS: usize = 11;
 
 fn serve() -> SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -63,8 +61,8 @@ fn serve() -> SocketAddr {
     rx.recv().unwrap()
 }
 
-/// Runs `REQUESTS` calls of `one`, `IN_FLIGHT` at a time; returns requests per second.
-async fn drive<F, Fut>(one: F) -> f64
+/// Runs `requests` calls of `one`, `IN_FLIGHT` at a time; returns requests per second.
+async fn drive<F, Fut>(requests: usize, one: F) -> f64
 where
     F: Fn() -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = usize> + Send,
@@ -75,7 +73,7 @@ where
     for _ in 0..IN_FLIGHT {
         let (next, one) = (next.clone(), one.clone());
         workers.push(tokio::spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < REQUESTS {
+            while next.fetch_add(1, Ordering::Relaxed) < requests {
                 assert_eq!(one().await, 256);
             }
         }));
@@ -83,7 +81,7 @@ where
     for w in workers {
         w.await.unwrap();
     }
-    REQUESTS as f64 / start.elapsed().as_secs_f64()
+    requests as f64 / start.elapsed().as_secs_f64()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -92,6 +90,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this
+    // binary without it, and gets a quick smoke run instead of the figures.
+    let full = std::env::args().any(|a| a == "--bench");
+    let (requests, rounds) = if full { (2_000, 11) } else { (200, 1) };
     let addr = serve();
     let url = format!("http://{addr}/");
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -155,10 +157,10 @@ fn main() {
     let only = std::env::var("ONLY").ok();
     // Warm both pools and the code paths.
     if only.as_deref() != Some("preset") {
-        rt.block_on(drive(raw_once.clone()));
+        rt.block_on(drive(requests, raw_once.clone()));
     }
     if only.as_deref() != Some("raw") {
-        rt.block_on(drive(preset_once.clone()));
+        rt.block_on(drive(requests, preset_once.clone()));
     }
 
     if let Some(only) = only {
@@ -169,22 +171,22 @@ fn main() {
             .unwrap_or(50);
         for _ in 0..rounds {
             if only == "raw" {
-                rt.block_on(drive(raw_once.clone()));
+                rt.block_on(drive(requests, raw_once.clone()));
             } else {
-                rt.block_on(drive(preset_once.clone()));
+                rt.block_on(drive(requests, preset_once.clone()));
             }
         }
         return;
     }
     let (mut raw_rps, mut preset_rps) = (Vec::new(), Vec::new());
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         // Alternate which goes first, so neither always follows the other.
         if round % 2 == 0 {
-            raw_rps.push(rt.block_on(drive(raw_once.clone())));
-            preset_rps.push(rt.block_on(drive(preset_once.clone())));
+            raw_rps.push(rt.block_on(drive(requests, raw_once.clone())));
+            preset_rps.push(rt.block_on(drive(requests, preset_once.clone())));
         } else {
-            preset_rps.push(rt.block_on(drive(preset_once.clone())));
-            raw_rps.push(rt.block_on(drive(raw_once.clone())));
+            preset_rps.push(rt.block_on(drive(requests, preset_once.clone())));
+            raw_rps.push(rt.block_on(drive(requests, raw_once.clone())));
         }
     }
     let (r, p) = (median(raw_rps.clone()), median(preset_rps.clone()));
@@ -201,7 +203,7 @@ fn main() {
         .map(|(r, p)| (1.0 / p - 1.0 / r) * 1e6)
         .collect();
     let ratio = median(ratios);
-    println!("loopback: {REQUESTS} GETs, {IN_FLIGHT} in flight, {ROUNDS} alternating rounds");
+    println!("loopback: {requests} GETs, {IN_FLIGHT} in flight, {rounds} alternating rounds");
     println!("hyper-util client alone : median {r:>9.0} req/s  rounds {raw_rps:.0?}");
     println!("full preset stack       : median {p:>9.0} req/s  rounds {preset_rps:.0?}");
     println!(
