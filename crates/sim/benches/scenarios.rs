@@ -69,7 +69,8 @@ fn splice(old: &str, section: &str) -> String {
             let end = rest
                 .find("\n## ")
                 .map_or(old.len(), |i| start + SECTION.len() + i + 1);
-            format!("{}{}{}", &old[..start], section, &old[end..])
+            let gap = if end < old.len() { "\n" } else { "" };
+            format!("{}{}{gap}{}", &old[..start], section, &old[end..])
         }
         None => {
             let sep = if old.ends_with("\n\n") {
@@ -194,7 +195,9 @@ fn render(results: &[(Scenario, usize, Vec<Row>)], took: std::time::Duration) ->
         "\nWhy the misses: a rate cap refuses bursts that a concurrency limit cannot smooth (use a \
          `RateLimitLayer` for a known rate); a quota refuses every waiting caller once per window \
          whatever the limit (only learning the quota from headers avoids that); behind a queueing \
-         server the limit probes up to +25 % into the queue before latency answers.\n\n\
+         server slow start doubles past the capacity before the queue's latency shows (a round \
+         trip late), and the latency cuts take about 15 round trips to bring the limit within \
+         ±20 %, where it then stays.\n\n\
          Whole table: {:.1} s of real time for all runs (release build).",
         took.as_secs_f64()
     )

@@ -129,11 +129,15 @@ fn queueing_server_with_a_latency_knee() {
     at_least("gradient goodput", g.goodput, 0.95);
     at_most("gradient overload", g.overload_rate, 0.0);
     at_most("gradient p99 over unloaded", g.p99_ratio, 1.4);
-    // GOAL NOT MET in full: the limit stays within 41..50 of a capacity of
-    // 40 (up to +25 %: probes into the queue before the latency answers),
-    // so it settles within ±20 % only after about 21 round trips.
-    at_most("gradient max limit", g.max_limit as f64, 52.0);
-    at_least("gradient min limit", g.min_limit as f64, 38.0);
+    // GOAL NOT MET in full: slow start doubles to 80 before the queue's
+    // latency shows (a round trip late), and the latency cuts take about 15
+    // round trips to bring the limit back within ±20 % of 40. From then on
+    // it stays within 42..47.
+    let rtts = g.rtts_to_capacity.unwrap();
+    at_most("gradient round trips", rtts, 17.0);
+    at_least("gradient round trips", rtts, 10.0);
+    at_most("gradient max limit", g.max_limit as f64, 48.0);
+    at_least("gradient min limit", g.min_limit as f64, 40.0);
     // Vegas holds a small queue: within ±20 % after about 10 round trips.
     let v = of(&all, Ctl::Vegas);
     at_most("vegas round trips", v.rtts_to_capacity.unwrap(), 12.0);

@@ -257,9 +257,11 @@ impl GradientController {
             if median > target {
                 self.slow_start = false;
                 self.probe = 0;
-                self.w_max = Some(self.limit);
                 let gradient = (target.as_secs_f64() / median.as_secs_f64()).clamp(0.5, 1.0);
                 self.limit = self.bounds.clamp(self.limit * gradient);
+                // The gradient aims at the limit the latency allows: that is
+                // the capacity seen, not the higher limit that queued.
+                self.w_max = Some(self.limit);
                 return change(old, self.limit, "latency");
             }
             // Latency already half way to the threshold: the knee is near, so probe with small steps only, and end slow start a
