@@ -338,3 +338,49 @@ fn bad_config_fails_at_build_with_a_reason() {
         .build();
     assert!(no_keys.unwrap_err().to_string().contains("max_keys"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_call_waiting_on_its_key_reserves_nothing_downstream() {
+    use tower_fanout_core::concurrency::ConcurrencyLimitLayer;
+    // Global limit 2 inside, per-key limit 1 outside.
+    let global = ConcurrencyLimitLayer::new(2).unwrap();
+    let global_handle = global.handle();
+    let (tx, rx) = oneshot::channel::<()>();
+    let rx = Arc::new(Mutex::new(Some(rx)));
+    let svc = ServiceBuilder::new()
+        .layer(
+            KeyedLimitLayer::builder(KeyLimit::new().concurrency(1))
+                .build()
+                .unwrap(),
+        )
+        .layer(global)
+        .service(service_fn(move |req: Req| {
+            let rx = if req.uri().host() == Some("a.test") {
+                rx.lock().unwrap().take()
+            } else {
+                None
+            };
+            async move {
+                if let Some(rx) = rx {
+                    let _ = rx.await;
+                }
+                Ok::<_, BoxError>(())
+            }
+        }));
+    let mut a1 = tokio_test::task::spawn(svc.clone().oneshot(get("a.test")));
+    assert_pending!(a1.poll());
+    let mut a2 = tokio_test::task::spawn(svc.clone().oneshot(get("a.test")));
+    assert_pending!(a2.poll());
+    assert_eq!(
+        global_handle.in_flight(),
+        1,
+        "a2 waits on its key, holding no global permit"
+    );
+    // b1 gets the second global permit although a2 is waiting.
+    svc.clone().oneshot(get("b.test")).await.unwrap();
+    tx.send(()).unwrap();
+    assert_ready!(a1.poll()).unwrap();
+    assert!(a2.is_woken());
+    assert_ready!(a2.poll()).unwrap();
+    assert_eq!(global_handle.in_flight(), 0);
+}

@@ -61,6 +61,9 @@ struct Wait<S, Req> {
     token_done: bool,
     sleep: Option<Pin<Box<Sleep>>>,
     acquire: Option<Acquire>,
+    /// The key's admission, once granted: `Some(None)` for a key without a
+    /// concurrency limit. Held while the inner service gets ready.
+    admitted: Option<Option<Permit>>,
 }
 
 impl<S, Req> Drop for Wait<S, Req> {
@@ -178,6 +181,7 @@ where
                     token_done: false,
                     sleep: None,
                     acquire: None,
+                    admitted: None,
                 })),
             },
         }
@@ -206,19 +210,31 @@ where
                     let Some(w) = wait.as_mut() else {
                         return Poll::Ready(Err("response future polled after completion".into()));
                     };
-                    if let Err(e) = ready!(w.poll_token(cx)) {
-                        wait.take();
-                        return Poll::Ready(Err(e));
-                    }
-                    let permit = match ready!(w.poll_permit(cx)) {
-                        Ok(permit) => permit,
-                        Err(e) => {
+                    if w.admitted.is_none() {
+                        if let Err(e) = ready!(w.poll_token(cx)) {
                             wait.take();
                             return Poll::Ready(Err(e));
                         }
+                        match ready!(w.poll_permit(cx)) {
+                            Ok(permit) => w.admitted = Some(permit),
+                            Err(e) => {
+                                wait.take();
+                                return Poll::Ready(Err(e));
+                            }
+                        }
+                    }
+                    // Only an admitted call asks the inner service for
+                    // readiness, so a waiting one reserves nothing downstream.
+                    let Some(svc) = w.svc.as_mut() else {
+                        return Poll::Ready(Err("response future polled after completion".into()));
                     };
+                    if let Err(e) = ready!(svc.poll_ready(cx)) {
+                        wait.take();
+                        return Poll::Ready(Err(e.into()));
+                    }
                     // The call consumes the token: nothing is given back now.
                     w.booking = None;
+                    let permit = w.admitted.take().flatten();
                     let (svc, req) = (w.svc.take(), w.req.take());
                     let state = w.state.clone();
                     wait.take();

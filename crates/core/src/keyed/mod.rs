@@ -18,11 +18,13 @@
 //! [`TooManyKeys`].
 //!
 //! # Where it goes
-//! The key is known only with the request, so `poll_ready` only waits for
-//! the inner service; the response future waits for the key's token first,
-//! then for its permit, and only then calls the inner service (a ready clone
-//! of it, so the inner service must be `Clone`, as a hyper client is). A
-//! call waiting for a token holds no permit.
+//! The key is known only with the request, so `poll_ready` is always ready
+//! and the response future does the waiting: for the key's token first, then
+//! its permit, then the inner service's readiness (on a clone of it, so the
+//! inner service must be `Clone`, as a hyper client is), then the call. A
+//! call waiting for a token holds no permit, and a call waiting on its key
+//! reserves nothing in the inner service: a global limit placed inside is
+//! taken only by calls their key has admitted.
 //!
 //! # Refusals
 //! Waiting is the default. With [`fail_fast`](KeyedLimitBuilder::fail_fast)

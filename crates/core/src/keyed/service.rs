@@ -11,10 +11,11 @@ use crate::BoxError;
 
 /// Limits each key's calls separately; built by [`KeyedLimitLayer`](super::KeyedLimitLayer).
 ///
-/// The key is known only once the request is, so `poll_ready` waits for the
-/// inner service alone, and the per-key wait (for a token, then for a
-/// permit) happens in the response future, which owns a ready clone of the
-/// inner service until the key admits the call.
+/// The key is known only once the request is, so `poll_ready` is always
+/// ready (as tower's `Buffer` is) and the whole wait happens in the response
+/// future, which owns a clone of the inner service: first the key's token,
+/// then its permit, then the inner service's readiness, then the call. A
+/// call still waiting on its key reserves nothing in the inner service.
 pub struct KeyedLimit<S, F, K> {
     inner: S,
     key_fn: F,
@@ -63,8 +64,8 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S, Req>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
@@ -78,11 +79,13 @@ where
                 return ResponseFuture::refused(e);
             }
         };
-        // The ready service goes with the call; this one keeps a fresh clone,
-        // as tower's docs recommend for a service that is driven elsewhere.
-        let fresh = self.inner.clone();
-        let ready = std::mem::replace(&mut self.inner, fresh);
-        ResponseFuture::new(ready, req, state, self.keys.epoch(), self.keys.fail_fast)
+        ResponseFuture::new(
+            self.inner.clone(),
+            req,
+            state,
+            self.keys.epoch(),
+            self.keys.fail_fast,
+        )
     }
 }
 
