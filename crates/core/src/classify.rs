@@ -199,6 +199,25 @@ mod tests {
         assert_eq!(HttpClassify::error(&overloaded), Outcome::Overload);
     }
 
+    /// Stands in for tower's `timeout::error::Elapsed`, recognised by its message.
+    #[derive(Debug)]
+    struct TowerElapsed;
+    impl std::fmt::Display for TowerElapsed {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("request timed out")
+        }
+    }
+    impl Error for TowerElapsed {}
+
+    #[test]
+    fn tower_timeout_is_overload() {
+        assert_eq!(HttpClassify::error(&TowerElapsed), Outcome::Overload);
+        assert_eq!(
+            HttpClassify::error(&Wrapped(Box::new(TowerElapsed))),
+            Outcome::Overload
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn tokio_timeout_is_overload() {
         let elapsed = tokio::time::timeout(Duration::from_millis(1), std::future::pending::<()>())

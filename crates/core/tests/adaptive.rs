@@ -150,6 +150,23 @@ async fn long_retry_after_holds_once_then_resumes() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn max_hold_caps_a_very_long_retry_after() {
+    let layer = AdaptiveLimitLayer::new(aimd(20)).max_hold(Duration::from_secs(10));
+    let handle = layer.handle();
+    let (svc, mut upstream) = mock::pair::<(), Res>();
+    let svc = ServiceBuilder::new().layer(layer).service(svc);
+    // An hour's Retry-After: held for ten seconds, not for the hour.
+    burst(&svc, &mut upstream, 20, 429, Some(3600)).await;
+    assert_eq!(handle.limit(), 18);
+    time::advance(Duration::from_secs(9)).await;
+    burst(&svc, &mut upstream, 18, 429, Some(3600)).await;
+    assert_eq!(handle.limit(), 18, "still held");
+    time::advance(Duration::from_secs(1)).await;
+    burst(&svc, &mut upstream, 18, 429, None).await;
+    assert_eq!(handle.limit(), 16, "listening again");
+}
+
+#[tokio::test(start_paused = true)]
 async fn short_retry_after_is_ordinary_congestion() {
     let layer = AdaptiveLimitLayer::new(aimd(20));
     let handle = layer.handle();

@@ -79,3 +79,19 @@ async fn adaptive_limit_over_real_http_finds_a_small_capacity() {
     assert_eq!(handle.in_flight(), 0, "every permit came back");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_refused_connection_is_classified_as_overload() {
+    use tower_fanout_core::classify::{HttpClassify, Outcome};
+
+    // A port that was just bound and released: nothing listens there now.
+    let addr = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let uri: http::Uri = format!("http://{addr}/").parse().unwrap();
+    let err = client.get(uri).await.unwrap_err();
+    assert!(err.is_connect(), "{err:?}");
+    assert_eq!(HttpClassify::error(&err), Outcome::Overload);
+}

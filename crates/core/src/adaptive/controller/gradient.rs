@@ -12,36 +12,41 @@ use crate::error::ConfigError;
 /// Moves the limit once per round trip by the ratio of the recent RTT to a
 /// long-term baseline, and cuts it at once on overload. The default controller.
 ///
-/// - An overload: ×`backoff` (0.9), and at least one call less, at once
-///   (during slow start: back to half, the last limit without overload). (The layer reports only
-///   overloads of calls that started after the last decrease, so a burst of
-///   failures from one episode is one cut, while a limit still above the
-///   capacity keeps being cut within milliseconds.)
-/// - Each round (at least one RTT and thirty successes, or as many as the
-///   limit) it compares the round's median RTT with the baseline: the
-///   lowest, over the last 128 rounds, of the median pooled over eight
+/// - **Overload**: ×`backoff` (0.9) and at least one call less, at once
+///   (leaving slow start: back to half, the last limit without overload).
+///   The layer reports only overloads of calls that started after the last
+///   decrease, so the burst of failures of one episode is one cut, while a
+///   limit still above the capacity keeps being cut within milliseconds.
+/// - **Latency**: each round (at least one RTT and thirty successes, or as
+///   many as the limit) compares the round's median RTT with the baseline:
+///   the lowest, over the last 128 rounds, of the median pooled over eight
 ///   rounds. Medians, because LLM-like latency has heavy tails that would
 ///   swing a mean; pooled, because the minimum of many small-sample medians
 ///   sits far below the typical one. A median above `tolerance` × baseline
-///   (default 1.25, widened up to 3 when round medians are noisy):
-///   × threshold·baseline/median, at most halving.
-/// - A round in which the limit was not in use: the limit settles towards
+///   (default 1.25, widened up to 3 when the RTTs inside a round are spread
+///   wide) cuts by threshold·baseline/median, at most halving.
+/// - **Growth**, if the limit was in use: ×2 per round during slow start
+///   (until the first signal); then, like TCP CUBIC, back quickly towards
+///   the capacity last seen (half the gap per round), slowly around it
+///   (+2 % per round, at least a quarter call, within 2 % or one call of
+///   it), and past it a probe whose step doubles every round (4 %, 8 %,
+///   16 %, then 32 %): a capacity that doubled is found in about six round
+///   trips while a steady one is overrun rarely and by little. Once the
+///   median RTT is half way to the threshold, slow start ends and probing
+///   starts over from 4 %: the knee is near.
+/// - **Idle**: in a round where the limit was not in use, it settles towards
 ///   1.5 × the calls in flight it saw (×0.9 per round), so a light load
 ///   leaves no stale high limit behind.
-/// - Otherwise, if the limit was in use: ×2 per round during slow start
-///   (until the first signal), then, like TCP CUBIC, back quickly towards
-///   the limit of the last decrease (half the gap per round), slowly around
-///   it (+2 % per round, at least a quarter call, within 2 % or one call
-///   of it), and past it probe
-///   with a step that doubles every round (4 %, 8 %, 16 %, then 32 %), so a
-///   capacity that doubled is found in about six round trips while a
-///   steady one is overrun rarely and by little. Once the RTT is half way
-///   to the threshold, slow start ends and probing starts over from 4 %:
-///   the knee is near.
 ///
-/// Overloads from calls that started before its last decrease are skipped,
-/// and so are their RTTs: each latency decision reads calls made under the
-/// limit it is judging.
+/// "The capacity last seen" is the limit before the last overload cut, or
+/// after the last latency cut (that is the limit the latency allows). After
+/// refusals that carry a `Retry-After` (a rate or a quota: cutting the limit
+/// slows the calls only a round trip later, so several cuts follow one
+/// another) it stays near the first one.
+///
+/// RTTs of calls that started before its last decrease are left out of the
+/// rounds' medians: each latency decision reads calls made under the limit
+/// it is judging.
 #[derive(Debug, Clone)]
 pub struct GradientController {
     bounds: Bounds,
