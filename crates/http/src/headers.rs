@@ -17,6 +17,22 @@
 //!
 //! `RateLimit-Policy: "default";q=100;w=60` supplies the window (`w`) when a
 //! remaining count comes without a reset.
+//!
+//! ```
+//! use std::time::{Duration, SystemTime};
+//! use http::HeaderMap;
+//! use tower_fanout_http::headers::{Budget, budget, duration};
+//!
+//! let mut h = HeaderMap::new();
+//! h.insert("x-ratelimit-remaining-requests", "0".parse().unwrap());
+//! h.insert("x-ratelimit-reset-requests", "1m30.5s".parse().unwrap());
+//! assert_eq!(
+//!     budget(&h, SystemTime::now()),
+//!     Some(Budget { remaining: 0, reset: Duration::from_millis(90_500) })
+//! );
+//! assert_eq!(duration("250ms"), Some(Duration::from_millis(250)));
+//! assert_eq!(duration("6x"), None); // malformed: ignored
+//! ```
 
 use std::time::{Duration, SystemTime};
 

@@ -31,6 +31,39 @@
 //! Each request deposits into a [`TpsBudget`] and each retry withdraws; with
 //! the budget empty, the outcome is returned instead of retried. By default
 //! 20 % of requests may be retried, plus 10 retries a second at any load.
+//!
+//! # Example
+//! ```
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use http::{Request, Response};
+//! use tower::{Layer, ServiceExt, service_fn};
+//! use tower_fanout_http::retry::RetryLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), tower_fanout_http::BoxError> {
+//! // A server that says "come back in 2 s" once, then answers.
+//! let calls = Arc::new(AtomicUsize::new(0));
+//! let server = service_fn(move |_req: Request<String>| {
+//!     let n = calls.fetch_add(1, Ordering::SeqCst);
+//!     async move {
+//!         let resp = if n == 0 {
+//!             Response::builder().status(429).header("retry-after", "2").body(())?
+//!         } else {
+//!             Response::new(())
+//!         };
+//!         Ok::<_, http::Error>(resp)
+//!     }
+//! });
+//! let retry = RetryLayer::builder().max_wait(Duration::from_secs(30)).build()?;
+//! let start = tokio::time::Instant::now();
+//! let resp = retry.layer(server).oneshot(Request::new(String::from("hi"))).await?;
+//! assert_eq!(resp.status(), 200);
+//! assert_eq!(start.elapsed(), Duration::from_secs(2));
+//! # Ok(())
+//! # }
+//! ```
 
 use std::fmt;
 use std::future::Future;
