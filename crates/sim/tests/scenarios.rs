@@ -112,6 +112,10 @@ fn rate_cap_with_retry_after() {
     // limit, the slow round trips of 1.1 s make regrowth slow). Gradient
     // reaches about 0.74 of the rate with few refusals; AIMD about 0.86.
     // The right tool for a known rate is a RateLimitLayer in front.
+    // (For comparison, measured with this harness: a fixed limit of 20
+    // reaches 0.90 of the rate but 57 % of its attempts are refused, since
+    // each refused call's permit goes straight to the next caller; the
+    // adaptive limits keep refusals near 3 %.)
     let g = of(&all, Ctl::Gradient);
     at_least("gradient goodput", g.goodput, 0.7);
     at_most("gradient overload", g.overload_rate, 0.05);
@@ -257,13 +261,4 @@ fn batch_makespan_against_the_best_fixed_limit() {
 fn runs_are_deterministic() {
     let s = scenario("lognormal-tail");
     assert_eq!(run(&s, Ctl::Gradient), run(&s, Ctl::Gradient));
-}
-
-#[test]
-#[ignore = "debugging aid"]
-fn debug_makespan() {
-    let s = scenario("cap-5-429");
-    for ctl in [Ctl::Fixed(5), Ctl::Fixed(10), Ctl::Gradient, Ctl::Aimd] {
-        println!("{}: {:?}", ctl.name(), makespan(&s, ctl, 500));
-    }
 }
