@@ -454,25 +454,30 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        let uri = req.uri();
+        let host = uri.host();
         let span = tracing::info_span!(
             "http_request",
             method = %req.method(),
-            host = %req.uri().host().unwrap_or_default(),
+            host = %host.unwrap_or_default(),
             status = tracing::field::Empty,
         );
+        // Refusals that the URI alone decides, made before anything is read.
+        let refused = match self.guard.check(uri.scheme_str(), host.unwrap_or_default()) {
+            Err(refused) => Some(Error::from_box(refused.into())),
+            Ok(()) if !matches!(uri.scheme_str(), Some("http" | "https")) || host.is_none() => {
+                Some(Error::invalid_request(
+                    "the URI must be absolute, with an http or https scheme and a host",
+                ))
+            }
+            Ok(()) => None,
+        };
         let stack = self.stack.clone();
         let retry = self.retry.clone();
         let max_request_body = self.max_request_body;
-        let guard = self.guard.clone();
         let future = async move {
-            let uri = req.uri();
-            if let Err(refused) = guard.check_uri(uri) {
-                return Err(Error::from_box(refused.into()));
-            }
-            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-                return Err(Error::invalid_request(
-                    "the URI must be absolute, with an http or https scheme and a host",
-                ));
+            if let Some(refused) = refused {
+                return Err(refused);
             }
             let (parts, body) = req.into_parts();
             let body = collect(body, Cap::Request(max_request_body))

@@ -127,11 +127,15 @@ impl Guard {
     /// Refuses what the guard can tell from the URI alone: the scheme, and
     /// an IP-literal host.
     pub(crate) fn check_uri(&self, uri: &Uri) -> Result<(), RefusedAddress> {
+        self.check(uri.scheme_str(), uri.host().unwrap_or_default())
+    }
+
+    /// [`check_uri`](Self::check_uri) on a URI's scheme and host, already split out.
+    pub(crate) fn check(&self, scheme: Option<&str>, host: &str) -> Result<(), RefusedAddress> {
         if !self.enabled {
             return Ok(());
         }
-        let host = uri.host().unwrap_or_default();
-        match uri.scheme_str() {
+        match scheme {
             Some("http" | "https") => {}
             other => {
                 return Err(RefusedAddress::new(
@@ -277,21 +281,37 @@ impl Service<Name> for GuardedResolver {
 }
 
 /// Checks the scheme and an IP-literal host before the inner connector runs.
-#[derive(Clone, Debug)]
+///
+/// hyper-util clones its connector for every request, even one that then
+/// finds a pooled connection, so the connector sits behind an `Arc` and is
+/// cloned only to actually connect.
+#[derive(Debug)]
 pub(crate) struct GuardedConnector<C> {
-    inner: C,
+    inner: Arc<C>,
     guard: Guard,
+}
+
+impl<C> Clone for GuardedConnector<C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            guard: self.guard.clone(),
+        }
+    }
 }
 
 impl<C> GuardedConnector<C> {
     pub(crate) fn new(inner: C, guard: Guard) -> Self {
-        Self { inner, guard }
+        Self {
+            inner: Arc::new(inner),
+            guard,
+        }
     }
 }
 
 impl<C> Service<Uri> for GuardedConnector<C>
 where
-    C: Service<Uri>,
+    C: Service<Uri> + Clone + Send + 'static,
     C::Response: Send + 'static,
     C::Error: Into<BoxError>,
     C::Future: Send + 'static,
@@ -300,8 +320,9 @@ where
     type Error = BoxError;
     type Future = BoxFuture<C::Response>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // Readiness is awaited on the clone made in `call`.
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
@@ -309,8 +330,11 @@ where
             tracing::debug!(host = %refused.host(), "address guard refused a URI");
             return Box::pin(std::future::ready(Err(refused.into())));
         }
-        let future = self.inner.call(uri);
-        Box::pin(async move { future.await.map_err(Into::into) })
+        let connector = C::clone(&self.inner);
+        Box::pin(async move {
+            use tower::ServiceExt;
+            connector.oneshot(uri).await.map_err(Into::into)
+        })
     }
 }
 
