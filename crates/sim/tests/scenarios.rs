@@ -110,7 +110,7 @@ fn rate_cap_with_retry_after() {
     // GOAL NOT MET by any controller: a concurrency limit cannot smooth the
     // bursts a 20/s, burst-5 rate limit refuses (every refusal cuts the
     // limit, the slow round trips of 1.1 s make regrowth slow). Gradient
-    // reaches about 0.74 of the rate with few refusals; AIMD about 0.86.
+    // reaches about 0.74 of the rate with few refusals; AIMD about 0.89.
     // The right tool for a known rate is a RateLimitLayer in front.
     // (For comparison, measured with this harness: a fixed limit of 20
     // reaches 0.90 of the rate but 57 % of its attempts are refused, since
@@ -120,7 +120,7 @@ fn rate_cap_with_retry_after() {
     at_least("gradient goodput", g.goodput, 0.7);
     at_most("gradient overload", g.overload_rate, 0.05);
     let a = of(&all, Ctl::Aimd);
-    at_least("aimd goodput", a.goodput, 0.83);
+    at_least("aimd goodput", a.goodput, 0.87);
     at_most("aimd overload", a.overload_rate, 0.05);
     // The preset never grows: the mean latency (1.1 s) is above its 500 ms bar.
     assert_eq!(of(&all, Ctl::Windowed).max_limit, 5);

@@ -150,6 +150,9 @@ struct State {
     last_decrease: Option<Instant>,
     /// After an overload with a long `Retry-After`, nothing moves until then.
     hold_until: Option<Instant>,
+    /// A moving average of successful calls' RTT, whatever the controller
+    /// keeps: the yardstick for a "long" `Retry-After`.
+    rtt: Option<Duration>,
 }
 
 impl fmt::Debug for Shared {
@@ -179,6 +182,7 @@ impl Shared {
                 controller,
                 last_decrease: None,
                 hold_until: None,
+                rtt: None,
             }),
             rtt_short_us: AtomicU64::new(0),
             rtt_long_us: AtomicU64::new(0),
@@ -211,6 +215,9 @@ impl Shared {
             limit,
             retry_after,
         };
+        if outcome == Outcome::Success {
+            state.rtt = Some(super::controller::ewma(state.rtt, sample.rtt, 0.1));
+        }
         let Some(change) = state.controller.update(&sample, now) else {
             return;
         };
@@ -218,7 +225,7 @@ impl Shared {
         let new = change.limit.max(1);
         if new < old {
             state.last_decrease = Some(now);
-            let rtt = state.controller.rtt().short.unwrap_or(sample.rtt);
+            let rtt = state.rtt.unwrap_or(sample.rtt);
             let cap = Duration::from_millis(self.max_hold_ms.load(Ordering::Relaxed));
             if let Some(wait) = retry_after.filter(|w| *w > rtt * LONG_RETRY_AFTER_RTTS) {
                 state.hold_until = Some(now + wait.min(cap));
