@@ -7,7 +7,9 @@
 //! when the window resets. Each request sent takes one from what remains;
 //! when nothing does, requests to that host wait for the reset instead of
 //! drawing 429s. After the reset, requests flow again until a response
-//! says otherwise.
+//! says otherwise; so when more calls wait on a host than its new window
+//! allows, the first answers of the window arrive too late to hold them all,
+//! and a few can still draw 429s (which the retry layer then honours).
 //!
 //! Counting is conservative: a response's `remaining` is lowered by the
 //! requests still in flight to that host, since the server may not have
