@@ -269,9 +269,10 @@ impl GradientController {
                 self.w_max = Some(self.limit);
                 return change(old, self.limit, "latency");
             }
-            // Latency already half way to the threshold: the knee is near, so probe with small steps only, and end slow start a
-            // round before the threshold would be crossed (doubling past a
-            // knee overshoots it by far).
+            // Latency already half way to the threshold: the knee is near,
+            // so probe with small steps only, and end slow start a round
+            // before the threshold would be crossed (doubling past a knee
+            // overshoots it by far).
             if median > baseline.mul_f64(1.0 + (threshold - 1.0) / 2.0) {
                 self.probe = 0;
                 self.slow_start = false;
@@ -279,8 +280,9 @@ impl GradientController {
         }
         if !round.saturated {
             // The limit was not the bottleneck: let it settle to half again
-            // the demand it saw (increases stop at a third above it), so that a light load does not leave behind a
-            // limit a later burst would overrun the downstream with.
+            // the demand it saw (increases stop at a third above it), so
+            // that a light load does not leave behind a limit a later burst
+            // would overrun the downstream with.
             let ceiling = (round.max_in_flight as f64 * 1.5).max(self.bounds.min as f64);
             if self.limit > ceiling {
                 self.limit = self.bounds.clamp((self.limit * 0.9).max(ceiling));
