@@ -5,6 +5,46 @@
 //! layer around it owns the permits, the clock, the classification of
 //! responses and the rules that are the same for every controller (one
 //! decrease per congestion episode, a hold after a long `Retry-After`).
+//!
+//! Bring your own by implementing [`Controller`]; here, one that halves on
+//! overload and adds one per success while the limit is in use:
+//!
+//! ```
+//! use tokio::time::Instant;
+//! use tower_fanout_core::adaptive::controller::{Change, Controller, Sample};
+//! use tower_fanout_core::adaptive::AdaptiveLimitLayer;
+//! use tower_fanout_core::classify::Outcome;
+//!
+//! struct Halving {
+//!     limit: usize,
+//! }
+//!
+//! impl Controller for Halving {
+//!     fn initial_limit(&self) -> usize {
+//!         self.limit
+//!     }
+//!
+//!     fn update(&mut self, sample: &Sample, _now: Instant) -> Option<Change> {
+//!         let (limit, reason) = match sample.outcome {
+//!             Outcome::Overload => ((self.limit / 2).max(1), "overload"),
+//!             Outcome::Success if sample.saturated() => ((self.limit + 1).min(100), "increase"),
+//!             _ => return None,
+//!         };
+//!         (limit != self.limit).then(|| {
+//!             self.limit = limit;
+//!             Change { limit, reason }
+//!         })
+//!     }
+//!
+//!     fn name(&self) -> &'static str {
+//!         "halving"
+//!     }
+//! }
+//!
+//! let layer = AdaptiveLimitLayer::new(Halving { limit: 4 });
+//! assert_eq!(layer.handle().limit(), 4);
+//! assert_eq!(layer.handle().controller(), "halving");
+//! ```
 
 use std::time::Duration;
 
