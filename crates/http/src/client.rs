@@ -494,3 +494,15 @@ where
         Box::pin(future.instrument(span))
     }
 }
+
+#[cfg(all(test, not(any(feature = "webpki-roots", feature = "native-roots"))))]
+mod no_roots {
+    #![allow(clippy::unwrap_used)]
+
+    #[test]
+    fn build_says_which_feature_to_enable() {
+        let err = super::Client::builder().build().unwrap_err();
+        assert!(err.is_config());
+        assert!(err.to_string().contains("webpki-roots"), "{err}");
+    }
+}
