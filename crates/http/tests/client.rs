@@ -161,6 +161,43 @@ async fn budget_server(too_many: Arc<AtomicUsize>) -> SocketAddr {
     .await
 }
 
+/// A server with 1 s windows aligned to wall-clock seconds and a budget of 4
+/// per window, published in whole seconds: the IETF structured `RateLimit`
+/// field (`t` = seconds left) or `X-RateLimit-Reset` as epoch seconds.
+async fn wall_clock_budget_server(ietf: bool, too_many: Arc<AtomicUsize>) -> SocketAddr {
+    let used: Arc<Mutex<(u64, u64)>> = Arc::default(); // (epoch second, used)
+    serve(handler(move |_| {
+        let (used, too_many) = (used.clone(), too_many.clone());
+        async move {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap();
+            let second = now.as_secs();
+            let mut u = used.lock().unwrap();
+            if u.0 != second {
+                *u = (second, 0);
+            }
+            if u.1 >= 4 {
+                too_many.fetch_add(1, Ordering::SeqCst);
+                return respond(429).body(Chunks::empty()).unwrap();
+            }
+            u.1 += 1;
+            let remaining = 4 - u.1;
+            let r = respond(200);
+            let r = if ietf {
+                r.header("ratelimit-policy", "\"default\";q=4;w=1")
+                    .header("ratelimit", format!("\"default\";r={remaining};t=1"))
+            } else {
+                r.header("x-ratelimit-limit", "4")
+                    .header("x-ratelimit-remaining", remaining.to_string())
+                    .header("x-ratelimit-reset", (second + 1).to_string())
+            };
+            r.body(Chunks::full("ok")).unwrap()
+        }
+    }))
+    .await
+}
+
 async fn run_workers(client: &Client, addr: SocketAddr, workers: usize, each: usize) -> usize {
     let mut tasks = Vec::new();
     for _ in 0..workers {
@@ -641,4 +678,15 @@ async fn https_goes_through_rustls() {
     let client = Client::builder().no_retry().build().unwrap();
     let err = client.get(&format!("https://{addr}/")).await.unwrap_err();
     assert!(err.is_connect(), "{err}");
+}
+
+#[tokio::test]
+async fn learned_budget_from_ietf_and_epoch_headers_prevents_429s() {
+    for ietf in [true, false] {
+        let too_many = Arc::new(AtomicUsize::new(0));
+        let addr = wall_clock_budget_server(ietf, too_many.clone()).await;
+        let client = Client::builder().no_retry().build().unwrap();
+        assert_eq!(run_workers(&client, addr, 3, 3).await, 9);
+        assert_eq!(too_many.load(Ordering::SeqCst), 0, "ietf = {ietf}");
+    }
 }
