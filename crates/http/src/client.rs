@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use http_body::Body;
 use http_body_util::Full;
 use hyper_util::client::legacy::Client as HyperClient;
@@ -33,6 +33,8 @@ use crate::redirect::RedirectPolicy;
 use crate::retry::RetryLayer;
 use crate::timeout::TimedOut;
 use crate::{BoxError, Error};
+
+const DEFAULT_AGENT: &str = concat!("tower-fanout-http/", env!("CARGO_PKG_VERSION"));
 
 type Connector = GuardedConnector<hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>>;
 type Raw = HyperClient<Connector, Full<Bytes>>;
@@ -78,6 +80,8 @@ pub struct ClientBuilder {
     retry: Option<RetryLayer>,
     learn_rate_limits: bool,
     resolver: Option<guard::BoxResolver>,
+    user_agent: Option<HeaderValue>,
+    bad_user_agent: Option<String>,
     #[cfg(feature = "native-roots")]
     native_roots: bool,
 }
@@ -205,6 +209,23 @@ impl ClientBuilder {
         self
     }
 
+    /// The `User-Agent` sent when a request has none (default
+    /// `tower-fanout-http/<version>`; some APIs, GitHub's among them, refuse
+    /// requests without one). `None` sends none. A value that is not a valid
+    /// header value makes [`build`](Self::build) fail.
+    pub fn user_agent(mut self, agent: Option<&str>) -> Self {
+        self.bad_user_agent = None;
+        self.user_agent = match agent.map(HeaderValue::from_str) {
+            None => None,
+            Some(Ok(value)) => Some(value),
+            Some(Err(_)) => {
+                self.bad_user_agent = agent.map(str::to_string);
+                None
+            }
+        };
+        self
+    }
+
     /// Resolve names with `resolver` instead of the system's `getaddrinfo`.
     /// The address guard checks what it returns.
     pub fn resolver<R, I>(mut self, resolver: R) -> Self
@@ -261,6 +282,11 @@ impl ClientBuilder {
     /// A zero limit, body cap or host count, a bad per-host limit, or TLS
     /// roots that cannot be loaded.
     pub fn build(self) -> Result<Client, Error> {
+        if let Some(bad) = &self.bad_user_agent {
+            return Err(Error::config(format!(
+                "user_agent {bad:?} is not a valid header value: use visible ASCII and spaces only"
+            )));
+        }
         if self.max_response_body == 0 || self.max_hosts == 0 {
             return Err(Error::config(
                 "max_response_body and max_hosts must be at least 1",
@@ -320,6 +346,7 @@ impl ClientBuilder {
         Ok(Client {
             stack,
             max_request_body: self.max_request_body,
+            user_agent: self.user_agent.clone(),
             guard,
             retry,
             host_limits,
@@ -382,6 +409,7 @@ impl Service<Request<Full<Bytes>>> for Fetch {
 pub struct Client {
     stack: Stack,
     max_request_body: usize,
+    user_agent: Option<HeaderValue>,
     guard: Guard,
     retry: RetryLayer,
     host_limits: KeyedLimitHandle<String>,
@@ -415,6 +443,8 @@ impl Client {
             retry: Some(RetryLayer::default()),
             learn_rate_limits: true,
             resolver: None,
+            user_agent: Some(HeaderValue::from_static(DEFAULT_AGENT)),
+            bad_user_agent: None,
             #[cfg(feature = "native-roots")]
             native_roots: false,
         }
@@ -475,11 +505,18 @@ where
         let stack = self.stack.clone();
         let retry = self.retry.clone();
         let max_request_body = self.max_request_body;
+        let user_agent = self.user_agent.clone();
         let future = async move {
             if let Some(refused) = refused {
                 return Err(refused);
             }
-            let (parts, body) = req.into_parts();
+            let (mut parts, body) = req.into_parts();
+            if let Some(agent) = user_agent
+                && let http::header::Entry::Vacant(slot) =
+                    parts.headers.entry(http::header::USER_AGENT)
+            {
+                slot.insert(agent);
+            }
             let body = collect(body, Cap::Request(max_request_body))
                 .await
                 .map_err(Error::from_box)?;

@@ -690,3 +690,54 @@ async fn learned_budget_from_ietf_and_epoch_headers_prevents_429s() {
         assert_eq!(too_many.load(Ordering::SeqCst), 0, "ietf = {ietf}");
     }
 }
+
+#[tokio::test]
+async fn a_user_agent_is_sent_unless_the_request_has_one() {
+    let seen: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let s = seen.clone();
+    let addr = serve(handler(move |req| {
+        s.lock().unwrap().push(
+            req.headers()
+                .get("user-agent")
+                .map(|v| v.to_str().unwrap().to_string()),
+        );
+        async { respond(200).body(Chunks::empty()).unwrap() }
+    }))
+    .await;
+    let url = format!("http://{addr}/");
+    Client::builder().build().unwrap().get(&url).await.unwrap();
+    let own = Request::get(&url)
+        .header("user-agent", "my-agent/2")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    Client::builder()
+        .build()
+        .unwrap()
+        .oneshot(own)
+        .await
+        .unwrap();
+    Client::builder()
+        .user_agent(None)
+        .build()
+        .unwrap()
+        .get(&url)
+        .await
+        .unwrap();
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen[0]
+            .as_deref()
+            .unwrap()
+            .starts_with("tower-fanout-http/")
+    );
+    assert_eq!(seen[1].as_deref(), Some("my-agent/2"));
+    assert_eq!(seen[2], None);
+    let err = Client::builder()
+        .user_agent(Some("bad\nagent"))
+        .build()
+        .unwrap_err();
+    assert!(
+        err.is_config() && err.to_string().contains("user_agent"),
+        "{err}"
+    );
+}
