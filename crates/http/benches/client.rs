@@ -137,7 +137,11 @@ fn main() {
         move || {
             let (raw, url) = (raw.clone(), url.clone());
             async move {
-                let req = Request::get(url).body(Full::default()).unwrap();
+                // The same bytes on the wire as the preset's requests.
+                let req = Request::get(url)
+                    .header("user-agent", "bench")
+                    .body(Full::default())
+                    .unwrap();
                 let resp = raw.request(req).await.unwrap();
                 resp.into_body().collect().await.unwrap().to_bytes().len()
             }
@@ -148,7 +152,10 @@ fn main() {
         move || {
             let (preset, url) = (preset.clone(), url.clone());
             async move {
-                let req = Request::get(url).body(Full::<Bytes>::default()).unwrap();
+                let req = Request::get(url)
+                    .header("user-agent", "bench")
+                    .body(Full::<Bytes>::default())
+                    .unwrap();
                 preset.oneshot(req).await.unwrap().into_body().len()
             }
         }
