@@ -741,3 +741,12 @@ async fn a_user_agent_is_sent_unless_the_request_has_one() {
         "{err}"
     );
 }
+
+#[test]
+fn client_is_clone_send_sync_and_a_tower_service() {
+    fn assert_shareable<T: Clone + Send + Sync + 'static>() {}
+    fn assert_service<S: tower::Service<Request<Full<Bytes>>, Response = http::Response<Bytes>>>() {
+    }
+    assert_shareable::<Client>();
+    assert_service::<Client>();
+}
