@@ -118,7 +118,7 @@ where
             continue; // trailers
         };
         let have = first.as_ref().map_or(0, |b| b.len()) + buf.len();
-        if have + bytes::Buf::remaining(&data) > limit {
+        if have.saturating_add(bytes::Buf::remaining(&data)) > limit {
             return Err(cap.exceeded());
         }
         let len = bytes::Buf::remaining(&data);
