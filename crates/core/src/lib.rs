@@ -84,9 +84,9 @@ pub mod concurrency;
 #[cfg(feature = "fan-out")]
 #[cfg_attr(docsrs, doc(cfg(feature = "fan-out")))]
 pub mod fan_out;
-#[cfg(feature = "rate")]
-#[cfg_attr(docsrs, doc(cfg(feature = "rate")))]
-pub mod rate;
 #[cfg(feature = "keyed")]
 #[cfg_attr(docsrs, doc(cfg(feature = "keyed")))]
 pub mod keyed;
+#[cfg(feature = "rate")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rate")))]
+pub mod rate;
