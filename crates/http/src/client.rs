@@ -82,6 +82,7 @@ pub struct ClientBuilder {
     resolver: Option<guard::BoxResolver>,
     user_agent: Option<HeaderValue>,
     bad_user_agent: Option<String>,
+    tls_config: Option<rustls::ClientConfig>,
     #[cfg(feature = "native-roots")]
     native_roots: bool,
 }
@@ -226,6 +227,14 @@ impl ClientBuilder {
         self
     }
 
+    /// Use this rustls configuration (custom roots, client certificates)
+    /// instead of the default one; ALPN is still set for HTTP/2 and HTTP/1.1.
+    /// The [`rustls`](crate::rustls) re-export names the matching version.
+    pub fn tls_config(mut self, config: rustls::ClientConfig) -> Self {
+        self.tls_config = Some(config);
+        self
+    }
+
     /// Resolve names with `resolver` instead of the system's `getaddrinfo`.
     /// The address guard checks what it returns.
     pub fn resolver<R, I>(mut self, resolver: R) -> Self
@@ -251,8 +260,14 @@ impl ClientBuilder {
         &self,
     ) -> Result<hyper_rustls::HttpsConnectorBuilder<hyper_rustls::builderstates::WantsSchemes>, Error>
     {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        if let Some(config) = &self.tls_config {
+            // hyper-rustls sets ALPN itself (and asserts it starts empty).
+            let mut config = config.clone();
+            config.alpn_protocols.clear();
+            return Ok(builder.with_tls_config(config));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
         #[cfg(feature = "native-roots")]
         if self.native_roots || cfg!(not(feature = "webpki-roots")) {
             return builder
@@ -445,6 +460,7 @@ impl Client {
             resolver: None,
             user_agent: Some(HeaderValue::from_static(DEFAULT_AGENT)),
             bad_user_agent: None,
+            tls_config: None,
             #[cfg(feature = "native-roots")]
             native_roots: false,
         }

@@ -62,4 +62,6 @@ pub use self::client::{Client, ClientBuilder};
 pub use self::error::Error;
 pub use self::redirect::TooManyRedirects;
 pub use self::timeout::TimedOut;
+/// The rustls version the client uses, for [`ClientBuilder::tls_config`].
+pub use rustls;
 pub use tower_fanout_core::BoxError;

@@ -750,3 +750,36 @@ fn client_is_clone_send_sync_and_a_tower_service() {
     assert_shareable::<Client>();
     assert_service::<Client>();
 }
+
+#[tokio::test]
+async fn https_with_http2_through_rustls() {
+    let versions: Arc<Mutex<Vec<http::Version>>> = Arc::default();
+    let v = versions.clone();
+    let addr = support::serve_tls(handler(move |req| {
+        v.lock().unwrap().push(req.version());
+        async { respond(200).body(Chunks::full("secure")).unwrap() }
+    }))
+    .await;
+    let client = Client::builder()
+        .tls_config(support::test_tls_config())
+        .resolver(table_resolver(&[("localhost", addr)]))
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{}/", addr.port());
+    for _ in 0..3 {
+        let resp = client.get(&url).await.unwrap();
+        assert_eq!(resp.body().as_ref(), b"secure");
+    }
+    assert_eq!(
+        *versions.lock().unwrap(),
+        [http::Version::HTTP_2; 3],
+        "ALPN chose h2"
+    );
+    // The default roots do not trust the test CA.
+    let strict = Client::builder()
+        .resolver(table_resolver(&[("localhost", addr)]))
+        .no_retry()
+        .build()
+        .unwrap();
+    assert!(strict.get(&url).await.unwrap_err().is_connect());
+}
