@@ -183,6 +183,12 @@ const PAIRS: [(HeaderName, HeaderName); 3] = [
     ),
 ];
 
+const LIMITS: [HeaderName; 3] = [
+    HeaderName::from_static("ratelimit-limit"),
+    HeaderName::from_static("x-ratelimit-limit"),
+    HeaderName::from_static("x-ratelimit-limit-requests"),
+];
+
 fn header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
     headers.get(name)?.to_str().ok()
 }
@@ -222,6 +228,37 @@ pub fn budget(headers: &HeaderMap, now: SystemTime) -> Option<Budget> {
                 header(headers, rst).and_then(|s| reset(s, now)),
             );
         }
+    }
+    found
+}
+
+/// The size of the host's window, when a response says it: `X-RateLimit-Limit`,
+/// `x-ratelimit-limit-requests`, `RateLimit-Limit`, `RateLimit-Policy`'s `q`,
+/// or the older `RateLimit: limit=…`. The smallest wins.
+pub fn limit(headers: &HeaderMap) -> Option<u64> {
+    let mut found: Option<u64> = None;
+    let mut consider = |n: Option<u64>| {
+        if let Some(n) = n {
+            found = Some(found.map_or(n, |f| f.min(n)));
+        }
+    };
+    for name in &LIMITS {
+        consider(header(headers, name).and_then(count));
+    }
+    if let Some(policy) = header(headers, &RATELIMIT_POLICY) {
+        for item in policy.split(',') {
+            consider(param(item, "q").and_then(count));
+        }
+    }
+    if let Some(v) = header(headers, &RATELIMIT)
+        && v.contains("limit=")
+    {
+        consider(
+            v.split([',', ';'])
+                .filter_map(|kv| kv.trim().split_once('='))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("limit"))
+                .and_then(|(_, n)| count(n)),
+        );
     }
     found
 }
@@ -330,6 +367,27 @@ mod tests {
     }
 
     #[test]
+    fn limit_from_each_form() {
+        assert_eq!(limit(&map(&[("x-ratelimit-limit", "60")])), Some(60));
+        assert_eq!(
+            limit(&map(&[("x-ratelimit-limit-requests", "500")])),
+            Some(500)
+        );
+        assert_eq!(
+            limit(&map(&[(
+                "ratelimit-policy",
+                "\"a\";q=100;w=60, \"b\";q=10;w=1"
+            )])),
+            Some(10)
+        );
+        assert_eq!(
+            limit(&map(&[("ratelimit", "limit=7, remaining=3, reset=4")])),
+            Some(7)
+        );
+        assert_eq!(limit(&map(&[("x-ratelimit-limit", "many")])), None);
+    }
+
+    #[test]
     fn budget_from_each_form() {
         let x = map(&[
             ("x-ratelimit-remaining", "0"),
@@ -413,6 +471,7 @@ mod tests {
                     h.insert(name, v.clone());
                 }
                 let _ = budget(&h, now());
+                let _ = limit(&h);
             }
         }
 

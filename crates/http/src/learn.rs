@@ -6,10 +6,14 @@
 //! 429 or 503, `Retry-After`. The host's entry then holds what remains and
 //! when the window resets. Each request sent takes one from what remains;
 //! when nothing does, requests to that host wait for the reset instead of
-//! drawing 429s. After the reset, requests flow again until a response
-//! says otherwise; so when more calls wait on a host than its new window
-//! allows, the first answers of the window arrive too late to hold them all,
-//! and a few can still draw 429s (which the retry layer then honours).
+//! drawing 429s. When the host has also said how large its window is
+//! (`X-RateLimit-Limit`, `RateLimit-Policy`'s `q`, ...), a new window
+//! starts at the reset with that many requests, and once they are sent the
+//! rest wait for the first answer of the window to say when it ends; so a
+//! crowd waiting for the reset does not overrun the new window. Without a
+//! known size, requests flow freely after the reset until an answer says
+//! otherwise, and a crowd larger than the window can still draw a few 429s
+//! (which the retry layer then honours).
 //!
 //! Counting is conservative: a response's `remaining` is lowered by the
 //! requests still in flight to that host, since the server may not have
@@ -42,14 +46,29 @@ use crate::{BoxError, headers};
 
 #[derive(Debug, Default)]
 struct Host {
-    /// What remains, and until when the figure holds.
-    window: Option<(u64, Instant)>,
+    /// What remains, and until when the figure holds: `None` for a window
+    /// begun at a reset whose end no answer has told yet.
+    window: Option<(u64, Option<Instant>)>,
+    /// The window's size, when the host has said it.
+    limit: Option<u64>,
     in_flight: u32,
+}
+
+/// Why a request may not go yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// Until the window resets.
+    Until(Instant),
+    /// Until an answer of the new window says how it stands.
+    Answer,
 }
 
 #[derive(Debug)]
 pub(crate) struct Learned {
     hosts: Mutex<HashMap<String, Host>>,
+    /// Woken by every answer and every finished request, for requests
+    /// holding on [`Hold::Answer`].
+    news: tokio::sync::Notify,
     max_hosts: usize,
     /// A wait for a host's reset longer than this fails with `RateLimited`
     /// instead (the retry layer's cap, so both waits are bounded alike).
@@ -60,6 +79,7 @@ impl Learned {
     pub(crate) fn new(max_hosts: usize, max_wait: Duration) -> Self {
         Self {
             hosts: Mutex::new(HashMap::new()),
+            news: tokio::sync::Notify::new(),
             max_hosts,
             max_wait,
         }
@@ -70,13 +90,16 @@ impl Learned {
         self.hosts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes one from the host's budget, or says until when to wait.
-    fn admit(&self, host: &str, now: Instant) -> Result<bool, Instant> {
+    /// Takes one from the host's budget, or says what to wait for. `Ok(false)`:
+    /// admitted but not tracked (the map is full of busy hosts).
+    fn admit(&self, host: &str, now: Instant) -> Result<bool, Hold> {
         let mut hosts = self.lock();
         if !hosts.contains_key(host) {
             if hosts.len() >= self.max_hosts {
                 hosts.retain(|_, h| {
-                    h.in_flight > 0 || h.window.is_some_and(|(_, until)| until > now)
+                    h.in_flight > 0
+                        || h.window
+                            .is_some_and(|(_, until)| until.is_none_or(|u| u > now))
                 });
             }
             if hosts.len() >= self.max_hosts {
@@ -87,10 +110,18 @@ impl Learned {
         let Some(entry) = hosts.get_mut(host) else {
             return Ok(false);
         };
+        // A window that has reset starts again at its known size, or ends.
+        if let Some((_, Some(until))) = entry.window
+            && until <= now
+        {
+            entry.window = entry.limit.map(|n| (n, None));
+        }
         match entry.window {
-            Some((0, until)) if until > now => return Err(until),
-            Some((n, until)) if until > now => entry.window = Some((n - 1, until)),
-            Some(_) => entry.window = None,
+            Some((0, Some(until))) => return Err(Hold::Until(until)),
+            // Nothing in flight can bring an answer: stop holding.
+            Some((0, None)) if entry.in_flight == 0 => entry.window = None,
+            Some((0, None)) => return Err(Hold::Answer),
+            Some((n, until)) => entry.window = Some((n - 1, until)),
             None => {}
         }
         entry.in_flight += 1;
@@ -101,6 +132,7 @@ impl Learned {
         if let Some(entry) = self.lock().get_mut(host) {
             entry.in_flight = entry.in_flight.saturating_sub(1);
         }
+        self.news.notify_waiters();
     }
 
     /// Records what a response says; called before the request counts as done.
@@ -122,20 +154,25 @@ impl Learned {
         let Some(budget) = budget else {
             return;
         };
-        let mut hosts = self.lock();
-        let Some(entry) = hosts.get_mut(host) else {
-            return;
-        };
-        let others = u64::from(entry.in_flight.saturating_sub(1));
-        let remaining = budget.remaining.saturating_sub(others);
-        if remaining == 0 {
-            tracing::debug!(
-                host,
-                wait_ms = budget.reset.as_millis() as u64,
-                "host budget spent; holding its requests until the reset"
-            );
+        let limit = headers::limit(headers);
+        {
+            let mut hosts = self.lock();
+            let Some(entry) = hosts.get_mut(host) else {
+                return;
+            };
+            let others = u64::from(entry.in_flight.saturating_sub(1));
+            let remaining = budget.remaining.saturating_sub(others);
+            if remaining == 0 {
+                tracing::debug!(
+                    host,
+                    wait_ms = budget.reset.as_millis() as u64,
+                    "host budget spent; holding its requests until the reset"
+                );
+            }
+            entry.window = Some((remaining, Some(now + budget.reset)));
+            entry.limit = limit.or(entry.limit);
         }
-        entry.window = Some((remaining, now + budget.reset.max(Duration::ZERO)));
+        self.news.notify_waiters();
     }
 }
 
@@ -201,10 +238,12 @@ where
             .unwrap_or_default();
         Box::pin(async move {
             let tracked = loop {
+                // Registered before looking, so news that lands in between is not missed.
+                let news = learned.news.notified();
                 let now = Instant::now();
                 match learned.admit(&host, now) {
                     Ok(tracked) => break tracked,
-                    Err(until) if until - now > learned.max_wait => {
+                    Err(Hold::Until(until)) if until - now > learned.max_wait => {
                         let wait = until - now;
                         tracing::warn!(
                             host = %host,
@@ -213,7 +252,8 @@ where
                         );
                         return Err(RateLimited::new(wait).into());
                     }
-                    Err(until) => tokio::time::sleep_until(until).await,
+                    Err(Hold::Until(until)) => tokio::time::sleep_until(until).await,
+                    Err(Hold::Answer) => news.await,
                 }
             };
             let _in_flight = tracked.then(|| InFlight {
@@ -246,7 +286,10 @@ mod tests {
         l.done("h");
         assert_eq!(l.admit("h", now), Ok(true));
         l.done("h");
-        assert_eq!(l.admit("h", now), Err(now + Duration::from_secs(2)));
+        assert_eq!(
+            l.admit("h", now),
+            Err(Hold::Until(now + Duration::from_secs(2)))
+        );
         assert_eq!(l.admit("h", now + Duration::from_secs(2)), Ok(true));
     }
 
@@ -263,6 +306,52 @@ mod tests {
         l.done("h");
         // Two others are still in flight: nothing is left for a new one.
         assert!(l.admit("h", now).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_known_window_size_holds_the_crowd_after_the_reset() {
+        let l = Learned::new(8, Duration::from_secs(60));
+        let second = Duration::from_secs(1);
+        assert_eq!(l.admit("h", Instant::now()), Ok(true));
+        let mut h = http::HeaderMap::new();
+        h.insert("x-ratelimit-limit", "2".parse().unwrap());
+        h.insert("x-ratelimit-remaining", "0".parse().unwrap());
+        h.insert("x-ratelimit-reset", "1".parse().unwrap());
+        l.learn("h", StatusCode::OK, &h);
+        l.done("h");
+        let reset = Instant::now() + second;
+        assert_eq!(l.admit("h", Instant::now()), Err(Hold::Until(reset)));
+        // At the reset: a new window of 2, then hold for its first answer.
+        tokio::time::advance(second).await;
+        let now = Instant::now();
+        assert_eq!(l.admit("h", now), Ok(true));
+        assert_eq!(l.admit("h", now), Ok(true));
+        assert_eq!(l.admit("h", now), Err(Hold::Answer));
+        // The first answer: one left (before the other call in flight) in a
+        // window ending in 1 s.
+        h.insert("x-ratelimit-remaining", "1".parse().unwrap());
+        l.learn("h", StatusCode::OK, &h);
+        l.done("h");
+        assert_eq!(l.admit("h", now), Err(Hold::Until(now + second)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn holding_for_an_answer_ends_when_nothing_is_in_flight() {
+        let l = Learned::new(8, Duration::from_secs(60));
+        let now = Instant::now();
+        assert_eq!(l.admit("h", now), Ok(true));
+        let mut h = http::HeaderMap::new();
+        h.insert("x-ratelimit-limit", "1".parse().unwrap());
+        h.insert("x-ratelimit-remaining", "0".parse().unwrap());
+        h.insert("x-ratelimit-reset", "1".parse().unwrap());
+        l.learn("h", StatusCode::OK, &h);
+        l.done("h");
+        let reset = now + Duration::from_secs(1);
+        assert_eq!(l.admit("h", reset), Ok(true));
+        assert_eq!(l.admit("h", reset), Err(Hold::Answer));
+        // The one in flight fails without an answer: nobody is left to wait for.
+        l.done("h");
+        assert_eq!(l.admit("h", reset), Ok(true));
     }
 
     #[tokio::test(start_paused = true)]

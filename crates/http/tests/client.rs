@@ -783,3 +783,26 @@ async fn https_with_http2_through_rustls() {
         .unwrap();
     assert!(strict.get(&url).await.unwrap_err().is_connect());
 }
+
+#[tokio::test]
+async fn learned_budget_holds_a_crowd_larger_than_the_window() {
+    // 8 callers against a budget of 5 per 300 ms window. One call first,
+    // so the client knows the window's size before the crowd arrives.
+    let too_many = Arc::new(AtomicUsize::new(0));
+    let addr = budget_server(too_many.clone()).await;
+    let client = Client::builder().no_retry().build().unwrap();
+    assert_eq!(
+        client
+            .get(&format!("http://{addr}/"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(run_workers(&client, addr, 8, 3).await, 24);
+    assert_eq!(
+        too_many.load(Ordering::SeqCst),
+        0,
+        "every window held to its size"
+    );
+}
