@@ -46,17 +46,18 @@ async fn serve(listener: TcpListener, stats: Arc<ServerStats>) {
         };
         let stats = stats.clone();
         tokio::spawn(async move {
-            let handler = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
-                let stats = stats.clone();
-                async move {
-                    let now = stats.now.fetch_add(1, Ordering::SeqCst) + 1;
-                    stats.peak.fetch_max(now, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    stats.now.fetch_sub(1, Ordering::SeqCst);
-                    stats.served.fetch_add(1, Ordering::SeqCst);
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-                }
-            });
+            let handler =
+                hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                    let stats = stats.clone();
+                    async move {
+                        let now = stats.now.fetch_add(1, Ordering::SeqCst) + 1;
+                        stats.peak.fetch_max(now, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        stats.now.fetch_sub(1, Ordering::SeqCst);
+                        stats.served.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    }
+                });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), handler)
                 .await;
@@ -112,7 +113,10 @@ async fn main() -> Result<(), BoxError> {
     }
     let elapsed = started.elapsed();
 
-    println!("{ok}/{REQUESTS} succeeded in {:.2} s", elapsed.as_secs_f64());
+    println!(
+        "{ok}/{REQUESTS} succeeded in {:.2} s",
+        elapsed.as_secs_f64()
+    );
     println!(
         "backpressure: 8 workers, queue bound {}; deepest queue seen {peak_queue}",
         queue.queue_capacity()
