@@ -1,0 +1,253 @@
+//! The bounded fetch behind `fanout fetch` and the MCP tool.
+//!
+//! Stack, outermost first: fan-out window → retry (Retry-After aware, no
+//! permit held while sleeping) → global rate limit → adaptive limit →
+//! attempt counter → the HTTP client preset (per-host limits, timeouts,
+//! body cap, address guard).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use schemars::JsonSchema;
+use serde::Serialize;
+use tower::util::BoxCloneService;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_fanout_core::BoxError;
+use tower_fanout_core::adaptive::{AdaptiveLimitLayer, GradientController};
+use tower_fanout_core::fan_out::{Progress, fan_out};
+use tower_fanout_core::keyed::KeyLimit;
+use tower_fanout_core::rate::RateLimitLayer;
+use tower_fanout_http::retry::RetryLayer;
+
+use crate::input::Item;
+use crate::units::Rate;
+
+/// The request type the stack takes.
+pub(crate) type Req = Request<Full<Bytes>>;
+/// The whole stack, boxed: the options decide which layers are in it.
+pub(crate) type Stack = BoxCloneService<Req, Response<Bytes>, BoxError>;
+
+/// Limits and safety settings, from the command line.
+#[derive(Debug, Clone)]
+pub(crate) struct FetchOptions {
+    pub(crate) concurrency: usize,
+    pub(crate) rate: Option<Rate>,
+    pub(crate) burst: Option<u32>,
+    pub(crate) per_host: Option<usize>,
+    pub(crate) adaptive: bool,
+    pub(crate) timeout: Duration,
+    pub(crate) max_body: u64,
+    pub(crate) retries: u32,
+    pub(crate) allow_private: bool,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            rate: None,
+            burst: None,
+            per_host: Some(8),
+            adaptive: false,
+            timeout: Duration::from_secs(8),
+            max_body: 10 << 20,
+            retries: 2,
+            allow_private: false,
+        }
+    }
+}
+
+/// One item's outcome: a JSON line of `fanout fetch`, an entry of the MCP tool's answer.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub(crate) struct Record {
+    /// The item's id.
+    pub(crate) id: String,
+    /// The URL fetched.
+    pub(crate) url: String,
+    /// A 2xx status was received.
+    pub(crate) ok: bool,
+    /// The final HTTP status, when a response arrived.
+    pub(crate) status: Option<u16>,
+    /// Why no response arrived.
+    pub(crate) error: Option<String>,
+    /// Attempts made (1 + retries).
+    pub(crate) attempts: u32,
+    /// Time from the start of the item to its end, waits included.
+    pub(crate) latency_ms: u64,
+    /// Body bytes received.
+    pub(crate) bytes: u64,
+}
+
+/// Counts the attempts of one item, shared through the request's extensions
+/// (the retry layer clones the request for each attempt).
+#[derive(Debug, Clone, Default)]
+struct Attempts(Arc<AtomicU32>);
+
+#[derive(Debug, Clone)]
+struct CountAttempts<S>(S);
+
+impl<S, B> Service<Request<B>> for CountAttempts<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> S::Future {
+        if let Some(attempts) = req.extensions().get::<Attempts>() {
+            attempts.0.fetch_add(1, Ordering::Relaxed);
+        }
+        self.0.call(req)
+    }
+}
+
+impl FetchOptions {
+    /// Builds the stack these options describe.
+    pub(crate) fn stack(&self) -> anyhow::Result<Stack> {
+        let host_default = match self.per_host {
+            Some(n) => KeyLimit::new().concurrency(n),
+            None => KeyLimit::new(),
+        };
+        let client = tower_fanout_http::Client::builder()
+            .timeout(Some(self.timeout))
+            .connect_timeout(Some(self.timeout))
+            .max_response_body(usize::try_from(self.max_body).unwrap_or(usize::MAX))
+            .address_guard(!self.allow_private)
+            .host_default(host_default)
+            .no_retry()
+            .build()?;
+        let mut stack: Stack = BoxCloneService::new(ServiceExt::<Req>::map_err(
+            CountAttempts(client),
+            BoxError::from,
+        ));
+        if self.adaptive {
+            let controller = GradientController::builder()
+                .max(self.concurrency.max(2))
+                .build()?;
+            stack = BoxCloneService::new(
+                ServiceBuilder::new()
+                    .layer(AdaptiveLimitLayer::new(controller))
+                    .service(stack),
+            );
+        }
+        if let Some(rate) = self.rate {
+            let layer = RateLimitLayer::builder(rate.count, rate.period)
+                .burst(self.burst.unwrap_or(rate.count))
+                .build()?;
+            stack = BoxCloneService::new(ServiceBuilder::new().layer(layer).service(stack));
+        }
+        if self.retries > 0 {
+            let retry = RetryLayer::builder().max_retries(self.retries).build()?;
+            stack = BoxCloneService::new(ServiceBuilder::new().layer(retry).service(stack));
+        }
+        Ok(stack)
+    }
+}
+
+/// Fetches every item, `concurrency` at a time, reporting progress.
+pub(crate) async fn fetch_all(
+    items: Vec<Item>,
+    options: &FetchOptions,
+    on_progress: impl Fn(&Progress) + Send + Sync + 'static,
+) -> Vec<Record> {
+    let stack = match options.stack() {
+        Ok(stack) => stack,
+        Err(e) => {
+            let error = format!("{e:#}");
+            return items
+                .into_iter()
+                .map(|item| failed(item, error.clone()))
+                .collect();
+        }
+    };
+    let attempts: Vec<Attempts> = items.iter().map(|_| Attempts::default()).collect();
+    let mut requests = Vec::with_capacity(items.len());
+    for (item, counter) in items.iter().zip(&attempts) {
+        requests.push(
+            Request::get(item.url.as_str())
+                .extension(counter.clone())
+                .body(Full::new(Bytes::new())),
+        );
+    }
+    // A request the http crate cannot build (already checked, so rare) fails alone.
+    let requests = requests.into_iter().map(|r| r.map_err(|e| e.to_string()));
+    let service = tower::service_fn(move |req: Result<Req, String>| {
+        let stack = stack.clone();
+        async move { stack.oneshot(req.map_err(BoxError::from)?).await }
+    });
+    let batch = match fan_out(service, requests).concurrency(options.concurrency) {
+        Ok(fan) => fan.on_progress(on_progress).collect().await,
+        Err(e) => {
+            let error = e.to_string();
+            return items
+                .into_iter()
+                .map(|item| failed(item, error.clone()))
+                .collect();
+        }
+    };
+    items
+        .into_iter()
+        .zip(batch.into_items())
+        .zip(attempts)
+        .map(|((item, outcome), counter)| {
+            let attempts = counter.0.load(Ordering::Relaxed).max(1);
+            let latency_ms = u64::try_from(outcome.latency.as_millis()).unwrap_or(u64::MAX);
+            match outcome.result {
+                Ok(response) => Record {
+                    ok: response.status().is_success(),
+                    status: Some(response.status().as_u16()),
+                    error: None,
+                    attempts,
+                    latency_ms,
+                    bytes: response.body().len() as u64,
+                    id: item.id,
+                    url: item.url,
+                },
+                Err(error) => Record {
+                    error: Some(chain(&*error)),
+                    attempts,
+                    latency_ms,
+                    ..failed(item, String::new())
+                },
+            }
+        })
+        .collect()
+}
+
+fn failed(item: Item, error: String) -> Record {
+    Record {
+        id: item.id,
+        url: item.url,
+        ok: false,
+        status: None,
+        error: Some(error),
+        attempts: 0,
+        latency_ms: 0,
+        bytes: 0,
+    }
+}
+
+/// An error and its sources, as one line.
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(e) = next {
+        let more = e.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        next = e.source();
+    }
+    text
+}

@@ -1,0 +1,186 @@
+//! The `fetch` input: one URL a line, or a JSON array of `{"id": "...", "url": "..."}`.
+//!
+//! Input is checked whole before anything is fetched, and the first problem
+//! is reported with the line or item it is on.
+
+use serde::Deserialize;
+
+/// One item to fetch.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+pub(crate) struct Item {
+    /// The caller's name for the item; the line number or array position when not given.
+    pub(crate) id: String,
+    /// An absolute http or https URL.
+    pub(crate) url: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonItem {
+    id: Option<serde_json::Value>,
+    url: String,
+}
+
+/// Parses `text` in either form, accepting at most `max_items`.
+pub(crate) fn parse(text: &str, max_items: usize) -> Result<Vec<Item>, String> {
+    let trimmed = text.trim_start();
+    let items = if trimmed.starts_with('[') {
+        parse_json(trimmed)?
+    } else {
+        parse_lines(text)?
+    };
+    check(items, max_items)
+}
+
+fn parse_lines(text: &str) -> Result<Vec<Item>, String> {
+    let mut items = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        check_url(line).map_err(|e| format!("line {}: {e}", n + 1))?;
+        items.push(Item {
+            id: (n + 1).to_string(),
+            url: line.to_string(),
+        });
+    }
+    Ok(items)
+}
+
+fn parse_json(text: &str) -> Result<Vec<Item>, String> {
+    let raw: Vec<serde_json::Value> =
+        serde_json::from_str(text).map_err(|e| format!("invalid JSON input: {e}"))?;
+    let mut items = Vec::with_capacity(raw.len());
+    for (n, value) in raw.into_iter().enumerate() {
+        let item: JsonItem = serde_json::from_value(value).map_err(|e| {
+            format!("item {n}: {e} (each item is {{\"id\": \"...\", \"url\": \"...\"}})")
+        })?;
+        let id = match item.id {
+            None => n.to_string(),
+            Some(serde_json::Value::String(s)) => s,
+            Some(serde_json::Value::Number(x)) => x.to_string(),
+            Some(other) => {
+                return Err(format!(
+                    "item {n}: id must be a string or a number, not {other}"
+                ));
+            }
+        };
+        check_url(&item.url).map_err(|e| format!("item {n} (id {id}): {e}"))?;
+        items.push(Item { id, url: item.url });
+    }
+    Ok(items)
+}
+
+/// Checks a whole list: size and unique ids.
+pub(crate) fn check(items: Vec<Item>, max_items: usize) -> Result<Vec<Item>, String> {
+    if items.is_empty() {
+        return Err("no URLs in the input".to_string());
+    }
+    if items.len() > max_items {
+        return Err(format!(
+            "{} items is more than the maximum of {max_items}; split the input or raise --max-items",
+            items.len()
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for item in &items {
+        if !seen.insert(item.id.as_str()) {
+            return Err(format!(
+                "id `{}` appears more than once; ids must be unique",
+                item.id
+            ));
+        }
+    }
+    Ok(items)
+}
+
+/// An absolute http(s) URL with a host.
+pub(crate) fn check_url(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("`{url}` is not a valid URL ({e})"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        Some(other) => {
+            return Err(format!(
+                "`{url}`: scheme `{other}` is not allowed; use http or https"
+            ));
+        }
+        None => {
+            return Err(format!(
+                "`{url}` is not an absolute URL; start it with http:// or https://"
+            ));
+        }
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("`{url}` has no host"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn lines_skip_blanks_and_comments_and_number_by_line() {
+        let items = parse("https://a.test/x\n\n# note\nhttp://b.test/y\n", 10).unwrap();
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0].id, "1");
+        assert_eq!(items[1].id, "4");
+    }
+
+    #[test]
+    fn json_items_with_and_without_ids() {
+        let items = parse(r#"[{"id":"a","url":"https://a.test/"},{"url":"https://b.test/"},{"id":7,"url":"http://c.test"}]"#, 10).unwrap();
+        let ids: Vec<_> = items.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["a", "1", "7"]);
+    }
+
+    #[test]
+    fn bad_input_names_the_line_or_item() {
+        assert_eq!(
+            parse("https://ok.test/\nnot a url\n", 10)
+                .unwrap_err()
+                .split(':')
+                .next(),
+            Some("line 2")
+        );
+        assert!(
+            parse("https://ok.test/\nftp://x.test/f\n", 10)
+                .unwrap_err()
+                .contains("scheme `ftp`")
+        );
+        assert!(
+            parse(r#"[{"id":"a","url":"https://a.test/"},{"id":"b"}]"#, 10)
+                .unwrap_err()
+                .starts_with("item 1")
+        );
+        assert!(
+            parse(r#"[{"id":"a","url":"file:///etc/passwd"}]"#, 10)
+                .unwrap_err()
+                .contains("item 0 (id a)")
+        );
+        assert!(parse("[1, 2", 10).unwrap_err().starts_with("invalid JSON"));
+        assert!(
+            parse(r#"[{"id":"a","url":"https://a.test/","extra":1}]"#, 10)
+                .unwrap_err()
+                .contains("unknown field")
+        );
+    }
+
+    #[test]
+    fn limits_and_duplicates() {
+        let many = "https://a.test/\n".repeat(11);
+        assert!(
+            parse(&many, 10)
+                .unwrap_err()
+                .contains("more than the maximum of 10")
+        );
+        assert!(parse("", 10).unwrap_err().contains("no URLs"));
+        let dup = r#"[{"id":"a","url":"https://a.test/"},{"id":"a","url":"https://b.test/"}]"#;
+        assert!(parse(dup, 10).unwrap_err().contains("more than once"));
+    }
+}

@@ -1,0 +1,220 @@
+//! `fanout`: bounded fan-out from the command line.
+//!
+//! - `fanout demo`: the same 500-call batch through each bound against an
+//!   embedded downstream on 127.0.0.1, with a table of what happened.
+//! - `fanout fetch [FILE|-]`: fetch a list of URLs, one JSON line per item.
+//! - `fanout mcp`: an MCP server on stdio with a bounded `batch_fetch_urls` tool.
+
+mod demo;
+mod engine;
+mod input;
+mod mcp;
+mod units;
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::engine::FetchOptions;
+use crate::units::Rate;
+
+#[derive(Debug, Parser)]
+#[command(name = "fanout", version, about = "Bounded fan-out for HTTP calls")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one batch through each bound against an embedded downstream and compare.
+    Demo {
+        /// Print the figures as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Calls in the batch.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=5000))]
+        requests: u32,
+    },
+    /// Fetch URLs (one per line, or a JSON array of {"id","url"}) with bounded fan-out.
+    Fetch {
+        /// The input file; `-` or nothing reads standard input.
+        input: Option<PathBuf>,
+        #[command(flatten)]
+        limits: Limits,
+    },
+    /// Serve an MCP tool, batch_fetch_urls, on standard input and output.
+    Mcp {
+        #[command(flatten)]
+        limits: Limits,
+    },
+}
+
+#[derive(Debug, Args)]
+struct Limits {
+    /// Requests in flight at most (overall).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    concurrency: u32,
+    /// Requests per period overall, e.g. 10/s, 600/min, 1000/h.
+    #[arg(long, value_parser = units::parse_rate)]
+    rate: Option<Rate>,
+    /// Requests admitted at once by the rate limit (defaults to the rate's count).
+    #[arg(long, requires = "rate", value_parser = clap::value_parser!(u32).range(1..))]
+    burst: Option<u32>,
+    /// Requests in flight at most per host.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    per_host: u32,
+    /// Let the concurrency limit adapt to the downstream (up to --concurrency).
+    #[arg(long)]
+    adaptive: bool,
+    /// Time allowed for each attempt, e.g. 8s, 500ms.
+    #[arg(long, default_value = "8s", value_parser = units::parse_duration)]
+    timeout: Duration,
+    /// Largest response body accepted, e.g. 10MiB.
+    #[arg(long, default_value = "10MiB", value_parser = units::parse_size)]
+    max_body: u64,
+    /// Retries per item (429/503 honour Retry-After; others back off).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=10))]
+    retries: u32,
+    /// Items accepted in one input at most.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_items: u32,
+    /// Allow loopback, private, link-local and metadata addresses (refused by default).
+    #[arg(long)]
+    allow_private: bool,
+}
+
+impl Limits {
+    fn options(&self) -> FetchOptions {
+        FetchOptions {
+            concurrency: self.concurrency as usize,
+            rate: self.rate,
+            burst: self.burst,
+            per_host: Some(self.per_host as usize),
+            adaptive: self.adaptive,
+            timeout: self.timeout,
+            max_body: self.max_body,
+            retries: self.retries,
+            allow_private: self.allow_private,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fanout: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Demo { json, requests } => demo(json, requests as usize).await,
+            Command::Fetch { input, limits } => fetch(input, &limits).await,
+            Command::Mcp { limits } => {
+                mcp::serve(limits.options(), limits.max_items as usize).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("fanout: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn progress_bar(total: usize) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template("{prefix:>28} {bar:30} {pos}/{len} {msg}") {
+        bar.set_style(style);
+    }
+    bar
+}
+
+async fn demo(json: bool, requests: usize) -> anyhow::Result<ExitCode> {
+    let bars = MultiProgress::with_draw_target(if std::io::stderr().is_terminal() {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    });
+    let rows = demo::run(requests, |name| {
+        let bar = bars.add(progress_bar(requests));
+        bar.set_prefix(name);
+        move |p: &tower_fanout_core::fan_out::Progress| {
+            bar.set_position(p.completed as u64);
+            bar.set_message(format!("{} ok, {} failed", p.succeeded, p.failed));
+        }
+    })
+    .await?;
+    let _ = bars.clear();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", demo::table(&rows));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn fetch(path: Option<PathBuf>, limits: &Limits) -> anyhow::Result<ExitCode> {
+    let mut text = String::new();
+    let read = match &path {
+        Some(p) if p.as_os_str() != "-" => {
+            std::fs::File::open(p).and_then(|mut f| f.read_to_string(&mut text))
+        }
+        _ => std::io::stdin().read_to_string(&mut text),
+    };
+    if let Err(e) = read {
+        eprintln!("fanout: cannot read the input: {e}");
+        return Ok(ExitCode::from(2));
+    }
+    let items = match input::parse(&text, limits.max_items as usize) {
+        Ok(items) => items,
+        Err(e) => {
+            eprintln!("fanout: bad input, nothing fetched: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let bar = progress_bar(items.len());
+    let records = engine::fetch_all(items, &limits.options(), {
+        let bar = bar.clone();
+        move |p| {
+            bar.set_position(p.completed as u64);
+            bar.set_message(format!("{} ok, {} failed", p.succeeded, p.failed));
+        }
+    })
+    .await;
+    bar.finish_and_clear();
+    let mut stdout = std::io::stdout().lock();
+    for record in &records {
+        serde_json::to_writer(&mut stdout, record)?;
+        stdout.write_all(b"\n")?;
+    }
+    stdout.flush()?;
+    let failed = records.iter().filter(|r| !r.ok).count();
+    eprintln!(
+        "fanout: {} fetched, {} ok, {} failed",
+        records.len(),
+        records.len() - failed,
+        failed
+    );
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,211 @@
+//! `fanout mcp`: an MCP server on stdio with a bounded batch-fetch tool.
+//!
+//! `batch_fetch_urls` fetches up to `--max-items` URLs through the same
+//! bounded stack as `fanout fetch` (limits and the address guard come from
+//! the server's command line, never from the model), answers with the
+//! counts and the first page of results, and keeps the batch so
+//! `get_batch_results` can page through the rest.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::{Json, Parameters};
+use rmcp::model::{ServerCapabilities, ServerConfig};
+use rmcp::{ServerHandler, ServiceExt, tool, tool_handler, tool_router};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{FetchOptions, Record, fetch_all};
+use crate::input::{self, Item};
+
+/// Results returned per page.
+const PAGE: usize = 10;
+/// Finished batches kept for paging; older ones are forgotten.
+const KEPT_BATCHES: usize = 16;
+
+/// One URL to fetch.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct InputItem {
+    /// Your name for this item, echoed in its result; its position when absent.
+    id: Option<String>,
+    /// An absolute http or https URL.
+    url: String,
+}
+
+/// The batch to fetch.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BatchFetchInput {
+    /// The URLs to fetch, each with an optional id.
+    items: Vec<InputItem>,
+}
+
+/// Which page of a finished batch to read.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PageInput {
+    /// The `batch_id` returned by `batch_fetch_urls`.
+    batch_id: String,
+    /// The first result to return (the `next_offset` of the previous page).
+    offset: usize,
+    /// How many results to return (at most 100; 10 by default).
+    limit: Option<usize>,
+}
+
+/// A batch's counts and one page of its results.
+#[derive(Debug, Serialize, JsonSchema)]
+pub(crate) struct BatchPage {
+    /// Pass this to `get_batch_results` to read more.
+    batch_id: String,
+    /// Items in the batch.
+    total: usize,
+    /// Items fetched with a 2xx status.
+    succeeded: usize,
+    /// Items that failed (non-2xx status or an error).
+    failed: usize,
+    /// Position of the first result in this page.
+    offset: usize,
+    /// The results, in input order.
+    results: Vec<Record>,
+    /// Whether more results follow this page.
+    has_more: bool,
+    /// The offset of the next page, when there is one.
+    next_offset: Option<usize>,
+}
+
+struct State {
+    options: FetchOptions,
+    max_items: usize,
+    batches: Mutex<VecDeque<(String, Arc<Vec<Record>>)>>,
+    next_batch: AtomicU64,
+}
+
+/// The MCP server.
+#[derive(Clone)]
+pub(crate) struct FanoutServer {
+    state: Arc<State>,
+    tool_router: ToolRouter<Self>,
+}
+
+#[tool_router]
+impl FanoutServer {
+    pub(crate) fn new(options: FetchOptions, max_items: usize) -> Self {
+        Self {
+            state: Arc::new(State {
+                options,
+                max_items,
+                batches: Mutex::new(VecDeque::new()),
+                next_batch: AtomicU64::new(1),
+            }),
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    #[tool(
+        description = "Fetch many URLs with bounded concurrency, rate limits and per-host limits. \
+                       Returns counts and the first 10 results; page through the rest with get_batch_results."
+    )]
+    async fn batch_fetch_urls(
+        &self,
+        Parameters(input): Parameters<BatchFetchInput>,
+    ) -> Result<Json<BatchPage>, String> {
+        let items = self.check(input)?;
+        let records = fetch_all(items, &self.state.options, |_| {}).await;
+        let batch_id = format!("b{}", self.state.next_batch.fetch_add(1, Ordering::Relaxed));
+        let records = Arc::new(records);
+        {
+            let mut batches = self.state.batches.lock().unwrap_or_else(|e| e.into_inner());
+            if batches.len() == KEPT_BATCHES {
+                batches.pop_front();
+            }
+            batches.push_back((batch_id.clone(), records.clone()));
+        }
+        Ok(Json(page(batch_id, &records, 0, PAGE)))
+    }
+
+    #[tool(description = "Read a page of results of an earlier batch_fetch_urls call.")]
+    async fn get_batch_results(
+        &self,
+        Parameters(input): Parameters<PageInput>,
+    ) -> Result<Json<BatchPage>, String> {
+        let records = {
+            let batches = self.state.batches.lock().unwrap_or_else(|e| e.into_inner());
+            batches
+                .iter()
+                .find(|(id, _)| *id == input.batch_id)
+                .map(|(_, r)| r.clone())
+        };
+        let records = records.ok_or_else(|| {
+            format!(
+                "unknown batch_id `{}`: it never existed or was forgotten (the last {KEPT_BATCHES} batches are kept)",
+                input.batch_id
+            )
+        })?;
+        if input.offset > records.len() {
+            return Err(format!(
+                "offset {} is past the end of the batch ({} results)",
+                input.offset,
+                records.len()
+            ));
+        }
+        let limit = input.limit.unwrap_or(PAGE).clamp(1, 100);
+        Ok(Json(page(input.batch_id, &records, input.offset, limit)))
+    }
+}
+
+impl FanoutServer {
+    /// Validates the whole batch before anything is fetched.
+    fn check(&self, input: BatchFetchInput) -> Result<Vec<Item>, String> {
+        let max = self.state.max_items;
+        if input.items.len() > max {
+            return Err(format!(
+                "{} items is more than this server's maximum of {max}; send at most {max} per call",
+                input.items.len()
+            ));
+        }
+        let mut items = Vec::with_capacity(input.items.len());
+        for (n, item) in input.items.into_iter().enumerate() {
+            let id = item.id.unwrap_or_else(|| n.to_string());
+            input::check_url(&item.url).map_err(|e| format!("item {n} (id {id}): {e}"))?;
+            items.push(Item { id, url: item.url });
+        }
+        input::check(items, max)
+    }
+}
+
+fn page(batch_id: String, records: &[Record], offset: usize, limit: usize) -> BatchPage {
+    let end = offset.saturating_add(limit).min(records.len());
+    let succeeded = records.iter().filter(|r| r.ok).count();
+    BatchPage {
+        batch_id,
+        total: records.len(),
+        succeeded,
+        failed: records.len() - succeeded,
+        offset,
+        results: records[offset.min(end)..end].to_vec(),
+        has_more: end < records.len(),
+        next_offset: (end < records.len()).then_some(end),
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for FanoutServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build()).with_instructions(
+            "Bounded batch fetching: batch_fetch_urls fetches many URLs at once without \
+             overwhelming them; get_batch_results pages through a batch's results.",
+        )
+    }
+}
+
+/// Serves MCP on stdin/stdout until the client closes stdin.
+pub(crate) async fn serve(options: FetchOptions, max_items: usize) -> anyhow::Result<()> {
+    let server = FanoutServer::new(options, max_items)
+        .serve(rmcp::transport::stdio())
+        .await?;
+    server.waiting().await?;
+    Ok(())
+}
