@@ -178,7 +178,7 @@ async fn retry_runs_only_the_failed_items() {
             };
             async move {
                 // Every seventh item fails on its first attempt only.
-                if i % 7 == 0 && attempt == 1 {
+                if i.is_multiple_of(7) && attempt == 1 {
                     Err::<usize, BoxError>(Box::new(std::io::Error::other("first try fails")))
                 } else {
                     Ok(i)
@@ -200,7 +200,7 @@ async fn retry_runs_only_the_failed_items() {
     assert_eq!(batch.summary().succeeded, 40);
     let calls = calls.lock().unwrap();
     for (i, n) in calls.iter().enumerate() {
-        assert_eq!(*n, if i % 7 == 0 { 2 } else { 1 }, "item {i}");
+        assert_eq!(*n, if i.is_multiple_of(7) { 2 } else { 1 }, "item {i}");
         assert_eq!(batch.items()[i].attempts, *n);
     }
 }
@@ -253,7 +253,7 @@ async fn dropping_the_stream_gives_capacity_back() {
 #[test]
 fn zero_concurrency_or_chunk_is_refused() {
     let svc = service_fn(|i: u32| async move { Ok::<_, std::io::Error>(i) });
-    let err = fan_out(svc.clone(), 0..1u32).concurrency(0).unwrap_err();
+    let err = fan_out(svc, 0..1u32).concurrency(0).unwrap_err();
     assert!(err.to_string().contains("at least 1"), "{err}");
     assert!(fan_out(svc, 0..1u32).chunked(0).is_err());
 }
