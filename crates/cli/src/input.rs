@@ -97,6 +97,21 @@ pub(crate) fn check(items: Vec<Item>, max_items: usize) -> Result<Vec<Item>, Str
 
 /// An absolute http(s) URL with a host.
 pub(crate) fn check_url(url: &str) -> Result<(), String> {
+    // The scheme first, so `file:///etc/passwd` is refused for its scheme
+    // rather than reported as an odd URL.
+    if let Some((scheme, _)) = url.split_once(':')
+        && !scheme.is_empty()
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        && !scheme.eq_ignore_ascii_case("http")
+        && !scheme.eq_ignore_ascii_case("https")
+        && !scheme.contains('.')
+    {
+        return Err(format!(
+            "`{url}`: scheme `{scheme}` is not allowed; use http or https"
+        ));
+    }
     let uri: http::Uri = url
         .parse()
         .map_err(|e| format!("`{url}` is not a valid URL ({e})"))?;

@@ -1,0 +1,300 @@
+//! The `fanout` binary, run as a user would, against loopback servers.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+use tower_fanout_sim::{Jitter, Model, Sim};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fanout");
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn fanout(args: &[&str], stdin: &str) -> Run {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("fanout finished in time")
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+fn quick_sim() -> Sim {
+    Sim::new(
+        Model::new()
+            .latency(Duration::from_millis(5), Jitter::None)
+            .body_bytes(100),
+        1,
+    )
+}
+
+fn lines(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_writes_one_json_line_per_item_and_exits_0() {
+    let sim = quick_sim();
+    let server = sim.serve().await.unwrap();
+    let input: String = (0..30)
+        .map(|i| format!("http://{}/p/{i}\n", server.addr()))
+        .collect();
+    let run = fanout(&["fetch", "--allow-private", "--concurrency", "4"], &input).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let records = lines(&run.stdout);
+    assert_eq!(records.len(), 30);
+    for (n, r) in records.iter().enumerate() {
+        assert_eq!(r["id"], (n + 1).to_string());
+        assert_eq!(r["ok"], true);
+        assert_eq!(r["status"], 200);
+        assert_eq!(r["error"], Value::Null);
+        assert_eq!(r["attempts"], 1);
+        assert_eq!(r["bytes"], 100);
+        assert!(r["latency_ms"].is_u64());
+    }
+    assert!(
+        run.stderr.contains("30 fetched, 30 ok, 0 failed"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(sim.stats().arrivals, 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_input_keeps_ids_and_failures_exit_1() {
+    let sim = quick_sim();
+    let server = sim.serve().await.unwrap();
+    // A port nothing listens on: bind one, note it, close it.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let input = format!(
+        r#"[{{"id":"good","url":"http://{}/a"}},{{"id":"refused","url":"http://{closed}/b"}}]"#,
+        server.addr()
+    );
+    let run = fanout(&["fetch", "--allow-private", "--retries", "1"], &input).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let records = lines(&run.stdout);
+    assert_eq!(records[0]["id"], "good");
+    assert_eq!(records[0]["ok"], true);
+    assert_eq!(records[1]["id"], "refused");
+    assert_eq!(records[1]["ok"], false);
+    assert_eq!(records[1]["status"], Value::Null);
+    assert!(
+        records[1]["error"].as_str().unwrap().contains("connect"),
+        "{}",
+        records[1]["error"]
+    );
+    assert_eq!(records[1]["attempts"], 2, "one try and one retry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_address_guard_is_on_by_default() {
+    let sim = quick_sim();
+    let server = sim.serve().await.unwrap();
+    let run = fanout(&["fetch"], &format!("http://{}/x\n", server.addr())).await;
+    assert_eq!(run.code, 1);
+    let records = lines(&run.stdout);
+    assert!(
+        records[0]["error"].as_str().unwrap().contains("refused"),
+        "{}",
+        records[0]
+    );
+    assert_eq!(
+        sim.stats().arrivals,
+        0,
+        "nothing reached the loopback server"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_named_and_nothing_is_fetched() {
+    let sim = quick_sim();
+    let server = sim.serve().await.unwrap();
+    let addr = server.addr();
+    let cases: Vec<(Vec<&str>, String, &str)> = vec![
+        (
+            vec!["fetch", "--allow-private"],
+            format!("http://{addr}/ok\nnot a url\n"),
+            "line 2",
+        ),
+        (
+            vec!["fetch", "--allow-private"],
+            format!(r#"[{{"id":"a","url":"http://{addr}/"}}, 3"#),
+            "invalid JSON",
+        ),
+        (
+            vec!["fetch", "--allow-private"],
+            format!(r#"[{{"id":"a","url":"http://{addr}/"}},{{"id":"b"}}]"#),
+            "item 1",
+        ),
+        (
+            vec!["fetch", "--allow-private", "--max-items", "2"],
+            format!("http://{addr}/1\nhttp://{addr}/2\nhttp://{addr}/3\n"),
+            "maximum of 2",
+        ),
+        (
+            vec!["fetch", "--allow-private"],
+            "ftp://example.test/file\n".to_string(),
+            "scheme `ftp`",
+        ),
+        (
+            vec!["fetch", "--rate", "10"],
+            format!("http://{addr}/\n"),
+            "needs a unit",
+        ),
+        (
+            vec!["fetch", "--timeout", "5parsecs"],
+            format!("http://{addr}/\n"),
+            "unknown unit",
+        ),
+        (
+            vec!["fetch", "--max-body", "0"],
+            format!("http://{addr}/\n"),
+            "more than zero",
+        ),
+        (
+            vec!["fetch", "--concurrency", "0"],
+            format!("http://{addr}/\n"),
+            "concurrency",
+        ),
+    ];
+    for (args, input, message) in cases {
+        let run = fanout(&args, &input).await;
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert!(
+            run.stderr.contains(message),
+            "{args:?}: expected `{message}` in {}",
+            run.stderr
+        );
+        assert!(run.stdout.is_empty());
+    }
+    assert_eq!(sim.stats().arrivals, 0, "bad input sent no request");
+}
+
+/// The demo's figures come from what happened: the unlimited batch draws
+/// 429s from the downstream, the recommended stack none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_unlimited_draws_429s_and_the_recommended_stack_none() {
+    let run = fanout(&["demo", "--json", "--requests", "150"], "").await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let rows: Vec<Value> = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(rows.len(), 8);
+    let row = |name: &str| rows.iter().find(|r| r["strategy"] == name).unwrap().clone();
+    let unlimited = row("no limit");
+    assert!(unlimited["http_429"].as_u64().unwrap() > 50, "{unlimited}");
+    assert_eq!(unlimited["peak_in_flight"], 150);
+    let recommended = row("recommended stack");
+    assert_eq!(recommended["http_429"], 0, "{recommended}");
+    assert_eq!(recommended["succeeded"], 150);
+    assert!(recommended["peak_in_flight"].as_u64().unwrap() <= 20);
+}
+
+mod mcp {
+    use super::*;
+    use rmcp::ServiceExt;
+    use rmcp::model::CallToolRequestParams;
+    use rmcp::transport::TokioChildProcess;
+
+    fn args(items: Vec<(String, String)>) -> serde_json::Map<String, Value> {
+        let items: Vec<Value> = items
+            .into_iter()
+            .map(|(id, url)| serde_json::json!({ "id": id, "url": url }))
+            .collect();
+        let mut map = serde_json::Map::new();
+        map.insert("items".into(), Value::Array(items));
+        map
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batch_fetch_tool_answers_pages_and_refuses_bad_input() {
+        let sim = quick_sim();
+        let server = sim.serve().await.unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["mcp", "--allow-private", "--max-items", "30"]);
+        let client = ().serve(TokioChildProcess::new(cmd).unwrap()).await.unwrap();
+
+        let tools = client.list_all_tools().await.unwrap();
+        let names: Vec<_> = tools.iter().map(|t| t.name.to_string()).collect();
+        assert!(names.contains(&"batch_fetch_urls".to_string()), "{names:?}");
+
+        let items = (0..25)
+            .map(|i| (format!("item-{i}"), format!("http://{}/{i}", server.addr())))
+            .collect();
+        let result = client
+            .call_tool(CallToolRequestParams::new("batch_fetch_urls").with_arguments(args(items)))
+            .await
+            .unwrap();
+        assert_ne!(result.is_error, Some(true));
+        let page = result.structured_content.unwrap();
+        assert_eq!(page["total"], 25);
+        assert_eq!(page["succeeded"], 25);
+        assert_eq!(page["failed"], 0);
+        assert_eq!(page["results"].as_array().unwrap().len(), 10);
+        assert_eq!(page["results"][0]["id"], "item-0");
+        assert_eq!(page["has_more"], true);
+        assert_eq!(page["next_offset"], 10);
+
+        let mut more = serde_json::Map::new();
+        more.insert("batch_id".into(), page["batch_id"].clone());
+        more.insert("offset".into(), Value::from(20));
+        let rest = client
+            .call_tool(CallToolRequestParams::new("get_batch_results").with_arguments(more))
+            .await
+            .unwrap()
+            .structured_content
+            .unwrap();
+        assert_eq!(rest["results"].as_array().unwrap().len(), 5);
+        assert_eq!(rest["results"][4]["id"], "item-24");
+        assert_eq!(rest["has_more"], false);
+        assert_eq!(sim.stats().arrivals, 25);
+
+        // Too many items, and an invalid URL: clear tool errors, nothing fetched.
+        let too_many = (0..31)
+            .map(|i| (i.to_string(), format!("http://{}/", server.addr())))
+            .collect();
+        let bad_url = vec![("x".to_string(), "file:///etc/passwd".to_string())];
+        for (items, message) in [(too_many, "maximum of 30"), (bad_url, "scheme `file`")] {
+            let answer = client
+                .call_tool(
+                    CallToolRequestParams::new("batch_fetch_urls").with_arguments(args(items)),
+                )
+                .await;
+            let text = match answer {
+                Ok(r) => {
+                    assert_eq!(r.is_error, Some(true));
+                    serde_json::to_string(&r.content).unwrap()
+                }
+                Err(e) => e.to_string(),
+            };
+            assert!(text.contains(message), "expected `{message}` in {text}");
+        }
+        assert_eq!(sim.stats().arrivals, 25);
+        client.cancel().await.unwrap();
+    }
+}
