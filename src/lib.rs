@@ -27,6 +27,27 @@ pub use tower_fanout_core::backpressure;
 #[cfg(feature = "concurrency")]
 #[cfg_attr(docsrs, doc(cfg(feature = "concurrency")))]
 pub use tower_fanout_core::concurrency;
+#[cfg(feature = "fan-out")]
+#[cfg_attr(docsrs, doc(cfg(feature = "fan-out")))]
+pub use tower_fanout_core::fan_out;
+#[cfg(feature = "keyed")]
+#[cfg_attr(docsrs, doc(cfg(feature = "keyed")))]
+pub use tower_fanout_core::keyed;
 #[cfg(feature = "rate")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rate")))]
 pub use tower_fanout_core::rate;
+#[cfg(feature = "adaptive")]
+#[cfg_attr(docsrs, doc(cfg(feature = "adaptive")))]
+pub use tower_fanout_core::{adaptive, classify};
+/// The HTTP client preset: per-host limits, Retry-After, rate-limit headers, address guard.
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub use tower_fanout_http as http;
+/// Limits shared by many processes through Redis.
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use tower_fanout_redis as redis;
+/// The simulated downstream used by the tests, the demo and the benches.
+#[cfg(feature = "sim")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
+pub use tower_fanout_sim as sim;
