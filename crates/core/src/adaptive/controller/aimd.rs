@@ -49,24 +49,7 @@ impl AimdController {
 }
 
 impl AimdBuilder {
-    /// The lowest the limit goes (default 1).
-    #[must_use]
-    pub fn min(mut self, min: usize) -> Self {
-        self.bounds.min = min;
-        self
-    }
-    /// The highest the limit goes (default 1000).
-    #[must_use]
-    pub fn max(mut self, max: usize) -> Self {
-        self.bounds.max = max;
-        self
-    }
-    /// The limit to start with (default 5).
-    #[must_use]
-    pub fn initial(mut self, initial: usize) -> Self {
-        self.bounds.initial = initial;
-        self
-    }
+    bounds_setters!("default": min 1, max 1000, initial 5);
     /// Added per round trip while the limit is in use (default 1).
     #[must_use]
     pub fn increase(mut self, increase: f64) -> Self {

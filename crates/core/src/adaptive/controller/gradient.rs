@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Bounds, Change, Controller, Round, RoundSummary, RttEstimate, Sample, change, ewma};
-use crate::classify::Outcome;
+use super::{
+    Bounds, Change, Controller, Episodes, RoundSummary, RttEstimate, Sample, Step, change, ewma,
+    overload_cut,
+};
 use crate::error::ConfigError;
 
 /// Moves the limit once per round trip by the ratio of the recent RTT to a
@@ -58,9 +60,7 @@ pub struct GradientController {
     probe: u32,
     /// The limit at the last decrease: the capacity last seen.
     w_max: Option<f64>,
-    round: Round,
-    /// Samples from calls started before this describe the old limit.
-    last_decrease: Option<Instant>,
+    episodes: Episodes,
     short: Option<Duration>,
     /// The last rounds' RTTs, pooled for a low-noise median.
     pool: VecDeque<Vec<Duration>>,
@@ -87,7 +87,6 @@ const NOISE_ROUNDS: usize = 32;
 const NOISE_SIGMAS: f64 = 4.0;
 /// The threshold never exceeds three times the baseline, however noisy.
 const MAX_THRESHOLD: f64 = 3.0;
-const MIN_SAMPLES: usize = 30;
 
 impl GradientController {
     /// Starts a builder: min 1, max 1000, initial 5, tolerance 1.25, backoff 0.9.
@@ -186,8 +185,7 @@ impl GradientController {
             slow_start: true,
             probe: 0,
             w_max: None,
-            round: Round::default(),
-            last_decrease: None,
+            episodes: Episodes::default(),
             short: None,
             pool: VecDeque::with_capacity(POOL_ROUNDS),
             pooled: VecDeque::with_capacity(HISTORY),
@@ -197,24 +195,7 @@ impl GradientController {
 }
 
 impl GradientBuilder {
-    /// The lowest the limit goes (default 1).
-    #[must_use]
-    pub fn min(mut self, min: usize) -> Self {
-        self.bounds.min = min;
-        self
-    }
-    /// The highest the limit goes (default 1000).
-    #[must_use]
-    pub fn max(mut self, max: usize) -> Self {
-        self.bounds.max = max;
-        self
-    }
-    /// The limit to start with (default 5).
-    #[must_use]
-    pub fn initial(mut self, initial: usize) -> Self {
-        self.bounds.initial = initial;
-        self
-    }
+    bounds_setters!("default": min 1, max 1000, initial 5);
     /// The least a round's median RTT may exceed the baseline by before the
     /// limit comes down (default 1.25). The controller widens it, up to 3,
     /// when round medians are noisy (four robust standard deviations of
@@ -327,44 +308,19 @@ impl Controller for GradientController {
 
     fn update(&mut self, sample: &Sample, now: Instant) -> Option<Change> {
         let old_limit = self.limit as usize;
-        let started = now.checked_sub(sample.rtt);
-        let stale = self
-            .last_decrease
-            .is_some_and(|at| started.is_none_or(|s| s <= at));
-        if stale && sample.outcome == Outcome::Overload {
-            return None;
-        }
-        if sample.outcome == Outcome::Overload {
-            // At once, not at the round's end: past the capacity every
-            // refused call frees its permit for the next one to be refused,
-            // so each millisecond of delay costs a burst of refusals. The
-            // layer passes only overloads of calls started after the last
-            // decrease, so this is one cut per episode.
-            self.round.reset();
-            self.on_overload(sample);
-            let cut = if std::mem::take(&mut self.slow_start) {
-                // Slow start doubled past the capacity: it lies between
-                // half this limit (the last one without overload) and this
-                // one, so restart from the half, as TCP does.
-                self.limit / 2.0
-            } else {
-                // At least one whole call less: at a limit of 6, ×0.9 would
-                // leave 5.4 and the next probe would overrun again at once.
-                (self.limit * self.backoff).min(self.limit - 1.0)
-            };
-            self.limit = self.bounds.clamp(cut);
-            self.last_decrease = Some(now);
-            return change(old_limit, self.limit, "overload");
-        }
         let length = self.short.unwrap_or(sample.rtt);
-        // A small limit cannot wait for thirty answers per round.
-        let min_samples = MIN_SAMPLES.min(self.limit as usize);
-        let round = self.round.push(sample, now, length, min_samples, stale)?;
-        let decision = self.decide(&round);
-        if decision.is_some_and(|c| c.limit < old_limit) {
-            self.last_decrease = Some(now);
+        match self.episodes.push(sample, now, length, self.limit)? {
+            Step::Overload => {
+                self.on_overload(sample);
+                let cut = overload_cut(self.limit, &mut self.slow_start, self.backoff);
+                self.limit = self.bounds.clamp(cut);
+                change(old_limit, self.limit, "overload")
+            }
+            Step::Round(round) => {
+                let decision = self.decide(&round);
+                self.episodes.decided(decision, old_limit, now)
+            }
         }
-        decision
     }
 
     fn rtt(&self) -> RttEstimate {

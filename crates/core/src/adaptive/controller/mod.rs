@@ -53,6 +53,32 @@ use tokio::time::Instant;
 use crate::classify::Outcome;
 use crate::error::ConfigError;
 
+/// The `min`, `max` and `initial` setters every builder has, on its
+/// `bounds` field; `$kind` and the values are what their docs call the
+/// starting values (`"default"`, `1`, `1000`, `5`).
+macro_rules! bounds_setters {
+    ($kind:literal: min $min:literal, max $max:literal, initial $initial:literal) => {
+        #[doc = concat!("The lowest the limit goes (", $kind, " ", $min, ").")]
+        #[must_use]
+        pub fn min(mut self, min: usize) -> Self {
+            self.bounds.min = min;
+            self
+        }
+        #[doc = concat!("The highest the limit goes (", $kind, " ", $max, ").")]
+        #[must_use]
+        pub fn max(mut self, max: usize) -> Self {
+            self.bounds.max = max;
+            self
+        }
+        #[doc = concat!("The limit to start with (", $kind, " ", $initial, ").")]
+        #[must_use]
+        pub fn initial(mut self, initial: usize) -> Self {
+            self.bounds.initial = initial;
+            self
+        }
+    };
+}
+
 mod aimd;
 mod gradient;
 mod vegas;
@@ -274,6 +300,95 @@ impl Round {
         self.overloads = 0;
         self.saturated = 0;
         self.max_in_flight = 0;
+    }
+}
+
+/// The most successes a round of a round-based controller waits for.
+const MIN_SAMPLES: usize = 30;
+
+/// The episodes of a round-based controller (gradient, Vegas): the round
+/// in progress, and when the limit last came down.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Episodes {
+    round: Round,
+    /// Samples from calls started before this describe the old limit.
+    last_decrease: Option<Instant>,
+}
+
+/// What a sample calls for, from a round-based controller.
+#[derive(Debug)]
+pub(crate) enum Step {
+    /// Cut the limit now: an overload of a call made under the current limit.
+    Overload,
+    /// Decide: the round is over.
+    Round(RoundSummary),
+}
+
+impl Episodes {
+    /// Reads one sample; returns what it calls for, if anything.
+    ///
+    /// An overload of a call started at or before the last decrease belongs
+    /// to the episode that decrease answered, and calls for nothing. Any
+    /// other overload starts a new episode and calls for a cut at once, not
+    /// at the round's end: past the capacity every refused call frees its
+    /// permit for the next one to be refused, so each millisecond of delay
+    /// costs a burst of refusals. The layer passes only overloads of calls
+    /// started after the last decrease, so this is one cut per episode.
+    /// Other samples go into the round (`length` is the RTT estimate, see
+    /// [`Round::push`]), which calls for a decision when it is over.
+    pub(crate) fn push(
+        &mut self,
+        sample: &Sample,
+        now: Instant,
+        length: Duration,
+        limit: f64,
+    ) -> Option<Step> {
+        let started = now.checked_sub(sample.rtt);
+        let stale = self
+            .last_decrease
+            .is_some_and(|at| started.is_none_or(|s| s <= at));
+        if sample.outcome == Outcome::Overload {
+            if stale {
+                return None;
+            }
+            self.round.reset();
+            self.last_decrease = Some(now);
+            return Some(Step::Overload);
+        }
+        // A small limit cannot wait for thirty answers per round.
+        let min_samples = MIN_SAMPLES.min(limit as usize);
+        self.round
+            .push(sample, now, length, min_samples, stale)
+            .map(Step::Round)
+    }
+
+    /// Passes on the decision taken at the end of a round, noting a
+    /// decrease below `old` (the limit before the sample).
+    pub(crate) fn decided(
+        &mut self,
+        decision: Option<Change>,
+        old: usize,
+        now: Instant,
+    ) -> Option<Change> {
+        if decision.is_some_and(|c| c.limit < old) {
+            self.last_decrease = Some(now);
+        }
+        decision
+    }
+}
+
+/// The limit after an overload, for the round-based controllers; ends slow
+/// start.
+pub(crate) fn overload_cut(limit: f64, slow_start: &mut bool, backoff: f64) -> f64 {
+    if std::mem::take(slow_start) {
+        // Slow start doubled past the capacity: it lies between half this
+        // limit (the last one without overload) and this one, so restart
+        // from the half, as TCP does.
+        limit / 2.0
+    } else {
+        // At least one whole call less: at a limit of 6, ×0.9 would leave
+        // 5.4 and the next probe would overrun again at once.
+        (limit * backoff).min(limit - 1.0)
     }
 }
 

@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Bounds, Change, Controller, Round, RoundSummary, RttEstimate, Sample, change, ewma};
-use crate::classify::Outcome;
+use super::{
+    Bounds, Change, Controller, Episodes, RoundSummary, RttEstimate, Sample, Step, change, ewma,
+    overload_cut,
+};
 use crate::error::ConfigError;
 
 /// Estimates the calls queued at the downstream as
@@ -27,9 +29,7 @@ pub struct VegasController {
     backoff: f64,
     limit: f64,
     slow_start: bool,
-    round: Round,
-    /// Samples from calls started before this describe the old limit.
-    last_decrease: Option<Instant>,
+    episodes: Episodes,
     short: Option<Duration>,
     history: VecDeque<Duration>,
 }
@@ -42,7 +42,6 @@ pub struct VegasBuilder {
 }
 
 const HISTORY: usize = 128;
-const MIN_SAMPLES: usize = 30;
 
 impl VegasController {
     /// Starts a builder: min 1, max 1000, initial 5, backoff 0.9.
@@ -59,24 +58,7 @@ impl VegasController {
 }
 
 impl VegasBuilder {
-    /// The lowest the limit goes (default 1).
-    #[must_use]
-    pub fn min(mut self, min: usize) -> Self {
-        self.bounds.min = min;
-        self
-    }
-    /// The highest the limit goes (default 1000).
-    #[must_use]
-    pub fn max(mut self, max: usize) -> Self {
-        self.bounds.max = max;
-        self
-    }
-    /// The limit to start with (default 5).
-    #[must_use]
-    pub fn initial(mut self, initial: usize) -> Self {
-        self.bounds.initial = initial;
-        self
-    }
+    bounds_setters!("default": min 1, max 1000, initial 5);
     /// The factor applied on overload (default 0.9).
     #[must_use]
     pub fn backoff(mut self, backoff: f64) -> Self {
@@ -101,8 +83,7 @@ impl VegasBuilder {
             backoff: self.backoff,
             limit: bounds.initial as f64,
             slow_start: true,
-            round: Round::default(),
-            last_decrease: None,
+            episodes: Episodes::default(),
             short: None,
             history: VecDeque::with_capacity(HISTORY),
         })
@@ -110,8 +91,6 @@ impl VegasBuilder {
 }
 
 impl VegasController {
-    fn on_overload(&mut self, _sample: &Sample) {}
-
     fn decide(&mut self, round: &RoundSummary) -> Option<Change> {
         if let Some(median) = round.median {
             self.short = Some(ewma(self.short, median, 0.5));
@@ -163,44 +142,18 @@ impl Controller for VegasController {
 
     fn update(&mut self, sample: &Sample, now: Instant) -> Option<Change> {
         let old_limit = self.limit as usize;
-        let started = now.checked_sub(sample.rtt);
-        let stale = self
-            .last_decrease
-            .is_some_and(|at| started.is_none_or(|s| s <= at));
-        if stale && sample.outcome == Outcome::Overload {
-            return None;
-        }
-        if sample.outcome == Outcome::Overload {
-            // At once, not at the round's end: past the capacity every
-            // refused call frees its permit for the next one to be refused,
-            // so each millisecond of delay costs a burst of refusals. The
-            // layer passes only overloads of calls started after the last
-            // decrease, so this is one cut per episode.
-            self.round.reset();
-            self.on_overload(sample);
-            let cut = if std::mem::take(&mut self.slow_start) {
-                // Slow start doubled past the capacity: it lies between
-                // half this limit (the last one without overload) and this
-                // one, so restart from the half, as TCP does.
-                self.limit / 2.0
-            } else {
-                // At least one whole call less: at a limit of 6, ×0.9 would
-                // leave 5.4 and the next probe would overrun again at once.
-                (self.limit * self.backoff).min(self.limit - 1.0)
-            };
-            self.limit = self.bounds.clamp(cut);
-            self.last_decrease = Some(now);
-            return change(old_limit, self.limit, "overload");
-        }
         let length = self.short.unwrap_or(sample.rtt);
-        // A small limit cannot wait for thirty answers per round.
-        let min_samples = MIN_SAMPLES.min(self.limit as usize);
-        let round = self.round.push(sample, now, length, min_samples, stale)?;
-        let decision = self.decide(&round);
-        if decision.is_some_and(|c| c.limit < old_limit) {
-            self.last_decrease = Some(now);
+        match self.episodes.push(sample, now, length, self.limit)? {
+            Step::Overload => {
+                let cut = overload_cut(self.limit, &mut self.slow_start, self.backoff);
+                self.limit = self.bounds.clamp(cut);
+                change(old_limit, self.limit, "overload")
+            }
+            Step::Round(round) => {
+                let decision = self.decide(&round);
+                self.episodes.decided(decision, old_limit, now)
+            }
         }
-        decision
     }
 
     fn rtt(&self) -> RttEstimate {

@@ -84,24 +84,7 @@ impl WindowedController {
 }
 
 impl WindowedBuilder {
-    /// The lowest the limit goes (preset 2).
-    #[must_use]
-    pub fn min(mut self, min: usize) -> Self {
-        self.bounds.min = min;
-        self
-    }
-    /// The highest the limit goes (preset 50).
-    #[must_use]
-    pub fn max(mut self, max: usize) -> Self {
-        self.bounds.max = max;
-        self
-    }
-    /// The limit to start with (preset 5).
-    #[must_use]
-    pub fn initial(mut self, initial: usize) -> Self {
-        self.bounds.initial = initial;
-        self
-    }
+    bounds_setters!("preset": min 2, max 50, initial 5);
     /// Answers per decision (preset 20).
     #[must_use]
     pub fn window(mut self, window: u32) -> Self {
