@@ -48,10 +48,15 @@ impl<F, G> ResponseFuture<F, G> {
     }
 
     pub(crate) fn refused(error: impl Into<BoxError>) -> Self {
+        Self::refused_boxed(Box::new(error.into()))
+    }
+
+    /// A refusal boxed by the caller (typically in a cold path that returns
+    /// just the thin pointer), so building the future inlines to two stores.
+    #[inline]
+    pub(crate) fn refused_boxed(error: Box<BoxError>) -> Self {
         Self {
-            kind: Kind::Refused {
-                error: Box::new(error.into()),
-            },
+            kind: Kind::Refused { error },
         }
     }
 }

@@ -18,6 +18,8 @@ use std::time::Duration;
 pub(crate) struct TokenBucket {
     tat: AtomicU64,
     interval: u64,
+    /// `interval × burst`, computed once: how far ahead of now TAT may go.
+    tolerance: u64,
     burst: u32,
 }
 
@@ -25,9 +27,11 @@ impl TokenBucket {
     /// `rate` tokens every `period`, holding at most `burst`. Both non-zero.
     pub(crate) fn new(rate: u32, period: Duration, burst: u32) -> Self {
         let period = u64::try_from(period.as_nanos()).unwrap_or(u64::MAX);
+        let interval = period.div_ceil(u64::from(rate.max(1))).max(1);
         Self {
             tat: AtomicU64::new(0),
-            interval: period.div_ceil(u64::from(rate.max(1))).max(1),
+            interval,
+            tolerance: interval.saturating_mul(u64::from(burst)),
             burst,
         }
     }
@@ -45,7 +49,7 @@ impl TokenBucket {
 
     #[inline]
     fn tolerance(&self) -> u64 {
-        self.interval.saturating_mul(u64::from(self.burst))
+        self.tolerance
     }
 
     #[inline]

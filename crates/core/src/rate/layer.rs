@@ -55,7 +55,12 @@ impl Shared {
     pub(super) fn nanos(&self, at: Instant) -> u64 {
         // Whole seconds and the rest in u64: cheaper than `as_nanos`' u128,
         // and saturating the same way (after 584 years).
-        let since = at.saturating_duration_since(self.epoch);
+        // Through std's `checked_duration_since` directly: tokio's
+        // `saturating_duration_since` is one more call that does not inline.
+        let since = at
+            .into_std()
+            .checked_duration_since(self.epoch.into_std())
+            .unwrap_or_default();
         since
             .as_secs()
             .saturating_mul(1_000_000_000)

@@ -140,17 +140,22 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let State::Ready { booked } = self.booking.state else {
-            return not_ready();
+            return ResponseFuture::refused_boxed(not_ready());
         };
         // The call consumes the booking: from here on nothing is given back.
         self.booking.state = State::Idle;
         let cost = self.cost.cost(&req);
-        if cost == 1 && booked.is_some() {
-            // The token booked in poll_ready is the whole cost (a burst is
-            // at least 1, so one token never exceeds it).
-            return ResponseFuture::called(self.inner.call(req), ());
+        // When the token booked in poll_ready is the whole cost (a burst is
+        // at least 1, so one token never exceeds it), there is nothing more
+        // to check. Otherwise the cold path settles the cost and returns only
+        // a refusal (a thin pointer), so that both paths build the future
+        // here, in registers, rather than merging two futures through memory.
+        if (cost != 1 || booked.is_none())
+            && let Some(refusal) = self.settle_cost(booked, cost)
+        {
+            return ResponseFuture::refused_boxed(refusal);
         }
-        self.call_with_cost(req, booked, cost)
+        ResponseFuture::called(self.inner.call(req), ())
     }
 }
 
@@ -195,17 +200,10 @@ impl<S, C> RateLimit<S, C> {
         }
     }
 
-    /// A call whose cost is not the one token booked in `poll_ready`.
+    /// Settles a cost other than the one token booked in `poll_ready`;
+    /// returns the refusal if the call may not go ahead.
     #[inline(never)]
-    fn call_with_cost<Req>(
-        &mut self,
-        req: Req,
-        booked: Option<u64>,
-        cost: u32,
-    ) -> ResponseFuture<S::Future>
-    where
-        S: Service<Req>,
-    {
+    fn settle_cost(&mut self, booked: Option<u64>, cost: u32) -> Option<Box<BoxError>> {
         let shared = &self.booking.shared;
         let bucket = &shared.bucket;
         if cost > bucket.burst() {
@@ -217,7 +215,7 @@ impl<S, C> RateLimit<S, C> {
                 burst = bucket.burst(),
                 "request costs more than the burst"
             );
-            return ResponseFuture::refused(CostExceedsBurst::new(cost, bucket.burst()));
+            return Some(Box::new(CostExceedsBurst::new(cost, bucket.burst()).into()));
         }
         match booked {
             Some(end) => match cost {
@@ -239,18 +237,18 @@ impl<S, C> RateLimit<S, C> {
                         retry_after_ms = retry_after.as_millis() as u64,
                         "rate limited; refused"
                     );
-                    return ResponseFuture::refused(RateLimited::new(retry_after));
+                    return Some(Box::new(RateLimited::new(retry_after).into()));
                 }
             }
         }
-        ResponseFuture::called(self.inner.call(req), ())
+        None
     }
 }
 
 #[cold]
 #[inline(never)]
-fn not_ready<F>() -> ResponseFuture<F> {
-    ResponseFuture::refused(NotReady::new())
+fn not_ready() -> Box<BoxError> {
+    Box::new(NotReady::new().into())
 }
 
 impl<S: Clone, C: Clone> Clone for RateLimit<S, C> {
