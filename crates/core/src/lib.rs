@@ -11,6 +11,12 @@
 //! | [`concurrency::ConcurrencyLimitLayer`] | calls in flight, shared by every clone | [`error::Overloaded`] |
 //! | [`rate::RateLimitLayer`] | tokens per period, with burst and cost per request | [`error::RateLimited`] |
 //! | [`backpressure::BackpressureLayer`] | queued requests, drained by N workers | [`error::QueueFull`] |
+//! | `adaptive::AdaptiveLimitLayer` | calls in flight, the limit moved by what responses say ([`classify`]-ed) | [`error::Overloaded`] |
+//! | `keyed::KeyedLimitLayer` | concurrency and rate per key (per host by default) | per-key refusals |
+//!
+//! and `fan_out::fan_out` runs a whole batch through any of them with a
+//! bounded window, progress, and per-item results (features `adaptive`,
+//! `keyed` and `fan-out`; all on by default).
 //!
 //! Every layer waits by default and fails fast when asked. `poll_ready`
 //! reserves capacity, `call` consumes it, and dropping a ready service or
