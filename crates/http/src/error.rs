@@ -134,6 +134,25 @@ impl Error {
         self.kind == Kind::Config
     }
 
+    /// A short snake_case name of the kind (`timeout`, `connect`,
+    /// `body_too_large`, `rate_limited`, ...), for counting failures.
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            Kind::Timeout => "timeout",
+            Kind::Connect => "connect",
+            Kind::BodyTooLarge => "body_too_large",
+            Kind::RequestBodyTooLarge => "request_body_too_large",
+            Kind::RateLimited(_) => "rate_limited",
+            Kind::RefusedAddress => "refused_address",
+            Kind::TooManyRedirects => "too_many_redirects",
+            Kind::Overloaded => "overloaded",
+            Kind::InvalidRequest => "invalid_request",
+            Kind::Body => "body",
+            Kind::Config => "config",
+            Kind::Request => "request",
+        }
+    }
+
     fn describe(&self) -> &'static str {
         match self.kind {
             Kind::Timeout => "request timed out",

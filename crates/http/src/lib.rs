@@ -65,3 +65,32 @@ pub use self::timeout::TimedOut;
 /// The rustls version the client uses, for [`ClientBuilder::tls_config`].
 pub use rustls;
 pub use tower_fanout_core::BoxError;
+
+/// Names a failure for counting, as [`fan_out`'s `error_kind`](tower_fanout_core::fan_out::error_kind)
+/// does, but knowing this crate's [`Error`]: pass it to `FanOut::error_kinds` so a
+/// batch's summary counts `timeout`, `connect`, `body_too_large`, ... instead of `other`.
+pub fn error_kind(error: &BoxError) -> &'static str {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+    while let Some(e) = next {
+        if let Some(http) = e.downcast_ref::<Error>() {
+            return http.kind_name();
+        }
+        next = e.source();
+    }
+    tower_fanout_core::fan_out::error_kind(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_kind_names_the_clients_errors_then_falls_back_to_core() {
+        let invalid: BoxError = Box::new(Error::invalid_request("no host"));
+        assert_eq!(error_kind(&invalid), "invalid_request");
+        let core: BoxError = Box::new(tower_fanout_core::error::Overloaded::new());
+        assert_eq!(error_kind(&core), "overloaded");
+        let other: BoxError = "something else".into();
+        assert_eq!(error_kind(&other), "other");
+    }
+}
