@@ -240,8 +240,22 @@ impl fmt::Display for Error {
                 "rate limited: retry after {} ms (longer than the retry cap)",
                 d.as_millis()
             ),
-            // Name the cause too: an agent reading only the top line must see it.
-            (_, Some(source)) => write!(f, "{}: {source}", self.describe()),
+            // Name the cause too: an agent reading only the top line must see
+            // it. hyper-util's wrapper ("client error (Connect)") says little,
+            // so the root of the chain (the refused address, the OS error) is
+            // named as well.
+            (_, Some(source)) => {
+                write!(f, "{}: {source}", self.describe())?;
+                let mut root: &(dyn std::error::Error + 'static) = &**source;
+                while let Some(next) = root.source() {
+                    root = next;
+                }
+                let root = root.to_string();
+                if !source.to_string().contains(&root) {
+                    write!(f, ": {root}")?;
+                }
+                Ok(())
+            }
             (_, None) => f.write_str(self.describe()),
         }
     }

@@ -105,3 +105,18 @@ async fn a_sleeping_retry_holds_no_permit() {
     assert_eq!(status, 200);
     assert!(first_done >= Duration::from_secs(1), "{first_done:?}");
 }
+
+/// A refusal made after name resolution names the refused address, not
+/// only hyper-util's "client error (Connect)".
+#[tokio::test]
+async fn a_refusal_after_resolution_names_the_address() {
+    let client = tower_fanout_http::Client::builder()
+        .address_guard(true)
+        .no_retry()
+        .build()
+        .unwrap();
+    // The system resolver turns this decimal spelling into 127.0.0.1 locally.
+    let err = client.get("http://2130706433:1/").await.unwrap_err();
+    assert!(err.is_refused_address(), "{err:?}");
+    assert!(err.to_string().contains("127.0.0.1"), "{err}");
+}
