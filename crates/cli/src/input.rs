@@ -198,4 +198,45 @@ mod tests {
         let dup = r#"[{"id":"a","url":"https://a.test/"},{"id":"a","url":"https://b.test/"}]"#;
         assert!(parse(dup, 10).unwrap_err().contains("more than once"));
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Whatever the input, parsing answers: items that all have an
+            /// http(s) URL and unique ids, or one message; it never panics.
+            #[test]
+            fn any_text_is_parsed_or_refused_with_a_message(text in "\\PC{0,400}") {
+                match parse(&text, 50) {
+                    Ok(items) => {
+                        prop_assert!(!items.is_empty() && items.len() <= 50);
+                        for item in &items {
+                            prop_assert!(check_url(&item.url).is_ok());
+                        }
+                    }
+                    Err(message) => prop_assert!(!message.is_empty()),
+                }
+            }
+
+            /// JSON-shaped input with arbitrary ids and URLs, the MCP tool's shape too.
+            #[test]
+            fn json_items_are_checked_whole(
+                items in proptest::collection::vec((proptest::option::of("[a-z0-9]{0,4}"), "\\PC{0,30}"), 0..20)
+            ) {
+                let json: Vec<serde_json::Value> = items
+                    .iter()
+                    .map(|(id, url)| match id {
+                        Some(id) => serde_json::json!({"id": id, "url": url}),
+                        None => serde_json::json!({"url": url}),
+                    })
+                    .collect();
+                let text = serde_json::Value::Array(json).to_string();
+                if let Ok(parsed) = parse(&text, 10) {
+                    prop_assert!(parsed.len() <= 10);
+                    prop_assert!(parsed.iter().all(|i| check_url(&i.url).is_ok()));
+                }
+            }
+        }
+    }
 }

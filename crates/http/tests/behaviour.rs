@@ -109,14 +109,36 @@ async fn a_sleeping_retry_holds_no_permit() {
 /// A refusal made after name resolution names the refused address, not
 /// only hyper-util's "client error (Connect)".
 #[tokio::test]
-async fn a_refusal_after_resolution_names_the_address() {
+async fn refused_spellings_of_private_addresses_name_the_address() {
     let client = tower_fanout_http::Client::builder()
         .address_guard(true)
         .no_retry()
         .build()
         .unwrap();
-    // The system resolver turns this decimal spelling into 127.0.0.1 locally.
-    let err = client.get("http://2130706433:1/").await.unwrap_err();
-    assert!(err.is_refused_address(), "{err:?}");
-    assert!(err.to_string().contains("127.0.0.1"), "{err}");
+    // The system resolver turns these spellings into 127.0.0.1 locally
+    // (decimal, octal, hex, short form), and `localhost` too.
+    for host in [
+        "2130706433",
+        "0177.0.0.1",
+        "0x7f.0.0.1",
+        "127.1",
+        "localhost",
+    ] {
+        let err = client.get(&format!("http://{host}:1/")).await.unwrap_err();
+        assert!(err.is_refused_address(), "{host}: {err:?}");
+        assert!(
+            err.to_string().contains("127.0.0.1") || err.to_string().contains("::1"),
+            "{host}: {err}"
+        );
+    }
+    // IPv6 literals, mapped and plain, are refused before any connection.
+    for host in [
+        "[::ffff:127.0.0.1]",
+        "[::ffff:a9fe:a9fe]",
+        "[::1]",
+        "[fd00:ec2::254]",
+    ] {
+        let err = client.get(&format!("http://{host}:1/")).await.unwrap_err();
+        assert!(err.is_refused_address(), "{host}: {err:?}");
+    }
 }
