@@ -47,6 +47,8 @@ impl<F, G> ResponseFuture<F, G> {
         }
     }
 
+    // The rate limit boxes its refusals itself (`refused_boxed`).
+    #[cfg_attr(not(feature = "concurrency"), allow(dead_code))]
     pub(crate) fn refused(error: impl Into<BoxError>) -> Self {
         Self::refused_boxed(Box::new(error.into()))
     }

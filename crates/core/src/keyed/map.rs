@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::TooManyKeys;
-use super::bucket::TokenBucket;
+use crate::rate::bucket::TokenBucket;
 use crate::semaphore::Semaphore;
 
 /// A [`KeyLimit`](super::KeyLimit) after validation.

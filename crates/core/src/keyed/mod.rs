@@ -61,11 +61,6 @@
 //! # }
 //! ```
 
-// Core's GCRA bucket, compiled in again here: `rate::bucket` is private to
-// the `rate` module, and the keyed limit needs the same exact math.
-#[allow(dead_code, unreachable_pub, clippy::duplicate_mod)]
-#[path = "../rate/bucket.rs"]
-mod bucket;
 mod future;
 mod layer;
 mod map;

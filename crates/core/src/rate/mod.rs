@@ -64,7 +64,8 @@
 //! # }
 //! ```
 
-mod bucket;
+// The keyed limit keeps one of these per key: the same exact math.
+pub(crate) mod bucket;
 mod layer;
 mod service;
 
