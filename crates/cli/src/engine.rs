@@ -15,10 +15,11 @@ use http::{Request, Response};
 use http_body_util::Full;
 use schemars::JsonSchema;
 use serde::Serialize;
-use tower::util::BoxCloneService;
+use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_fanout_core::BoxError;
 use tower_fanout_core::adaptive::{AdaptiveLimitLayer, GradientController};
+use tower_fanout_core::concurrency::ConcurrencyLimitLayer;
 use tower_fanout_core::fan_out::{Progress, fan_out};
 use tower_fanout_core::keyed::KeyLimit;
 use tower_fanout_core::rate::RateLimitLayer;
@@ -30,7 +31,7 @@ use crate::units::Rate;
 /// The request type the stack takes.
 pub(crate) type Req = Request<Full<Bytes>>;
 /// The whole stack, boxed: the options decide which layers are in it.
-pub(crate) type Stack = BoxCloneService<Req, Response<Bytes>, BoxError>;
+pub(crate) type Stack = BoxCloneSyncService<Req, Response<Bytes>, BoxError>;
 
 /// Limits and safety settings, from the command line.
 #[derive(Debug, Clone)]
@@ -126,15 +127,21 @@ impl FetchOptions {
             .host_default(host_default)
             .no_retry()
             .build()?;
-        let mut stack: Stack = BoxCloneService::new(ServiceExt::<Req>::map_err(
+        let mut stack: Stack = BoxCloneSyncService::new(ServiceExt::<Req>::map_err(
             CountAttempts(client),
             BoxError::from,
         ));
+        if !self.adaptive {
+            // Shared by every batch this stack serves (the MCP server runs
+            // several tool calls at once): the bound holds across them.
+            let limit = ConcurrencyLimitLayer::new(self.concurrency)?;
+            stack = BoxCloneSyncService::new(ServiceBuilder::new().layer(limit).service(stack));
+        }
         if self.adaptive {
             let controller = GradientController::builder()
                 .max(self.concurrency.max(2))
                 .build()?;
-            stack = BoxCloneService::new(
+            stack = BoxCloneSyncService::new(
                 ServiceBuilder::new()
                     .layer(AdaptiveLimitLayer::new(controller))
                     .service(stack),
@@ -144,84 +151,95 @@ impl FetchOptions {
             let layer = RateLimitLayer::builder(rate.count, rate.period)
                 .burst(self.burst.unwrap_or(rate.count))
                 .build()?;
-            stack = BoxCloneService::new(ServiceBuilder::new().layer(layer).service(stack));
+            stack = BoxCloneSyncService::new(ServiceBuilder::new().layer(layer).service(stack));
         }
         if self.retries > 0 {
             let retry = RetryLayer::builder().max_retries(self.retries).build()?;
-            stack = BoxCloneService::new(ServiceBuilder::new().layer(retry).service(stack));
+            stack = BoxCloneSyncService::new(ServiceBuilder::new().layer(retry).service(stack));
         }
         Ok(stack)
     }
 }
 
-/// Fetches every item, `concurrency` at a time, reporting progress.
-pub(crate) async fn fetch_all(
-    items: Vec<Item>,
-    options: &FetchOptions,
-    on_progress: impl Fn(&Progress) + Send + Sync + 'static,
-) -> Vec<Record> {
-    let stack = match options.stack() {
-        Ok(stack) => stack,
-        Err(e) => {
-            let error = format!("{e:#}");
-            return items
-                .into_iter()
-                .map(|item| failed(item, error.clone()))
-                .collect();
-        }
-    };
-    let attempts: Vec<Attempts> = items.iter().map(|_| Attempts::default()).collect();
-    let mut requests = Vec::with_capacity(items.len());
-    for (item, counter) in items.iter().zip(&attempts) {
-        requests.push(
-            Request::get(item.url.as_str())
-                .extension(counter.clone())
-                .body(Full::new(Bytes::new())),
-        );
-    }
-    // A request the http crate cannot build (already checked, so rare) fails alone.
-    let requests = requests.into_iter().map(|r| r.map_err(|e| e.to_string()));
-    let service = tower::service_fn(move |req: Result<Req, String>| {
-        let stack = stack.clone();
-        async move { stack.oneshot(req.map_err(BoxError::from)?).await }
-    });
-    let batch = match fan_out(service, requests).concurrency(options.concurrency) {
-        Ok(fan) => fan.on_progress(on_progress).collect().await,
-        Err(e) => {
-            let error = e.to_string();
-            return items
-                .into_iter()
-                .map(|item| failed(item, error.clone()))
-                .collect();
-        }
-    };
-    items
-        .into_iter()
-        .zip(batch.into_items())
-        .zip(attempts)
-        .map(|((item, outcome), counter)| {
-            let attempts = counter.0.load(Ordering::Relaxed).max(1);
-            let latency_ms = u64::try_from(outcome.latency.as_millis()).unwrap_or(u64::MAX);
-            match outcome.result {
-                Ok(response) => Record {
-                    ok: response.status().is_success(),
-                    status: Some(response.status().as_u16()),
-                    error: None,
-                    attempts,
-                    latency_ms,
-                    bytes: response.body().len() as u64,
-                    id: item.id,
-                    url: item.url,
-                },
-                Err(error) => Record {
-                    error: Some(chain(&*error)),
-                    attempts,
-                    latency_ms,
-                    ..failed(item, String::new())
-                },
-            }
+/// A built stack and the window its batches run with; clones share every limit.
+#[derive(Clone)]
+pub(crate) struct Fetcher {
+    stack: Stack,
+    concurrency: usize,
+}
+
+impl FetchOptions {
+    /// Builds the stack once, so that every batch it runs shares its limits
+    /// (per-host slots, the rate bucket, learned budgets).
+    pub(crate) fn fetcher(&self) -> anyhow::Result<Fetcher> {
+        Ok(Fetcher {
+            stack: self.stack()?,
+            concurrency: self.concurrency,
         })
-        .collect()
+    }
+}
+
+impl Fetcher {
+    /// Fetches every item, `concurrency` at a time, reporting progress.
+    pub(crate) async fn fetch_all(
+        &self,
+        items: Vec<Item>,
+        on_progress: impl Fn(&Progress) + Send + Sync + 'static,
+    ) -> Vec<Record> {
+        let attempts: Vec<Attempts> = items.iter().map(|_| Attempts::default()).collect();
+        let mut requests = Vec::with_capacity(items.len());
+        for (item, counter) in items.iter().zip(&attempts) {
+            requests.push(
+                Request::get(item.url.as_str())
+                    .extension(counter.clone())
+                    .body(Full::new(Bytes::new())),
+            );
+        }
+        // A request the http crate cannot build (already checked, so rare) fails alone.
+        let requests = requests.into_iter().map(|r| r.map_err(|e| e.to_string()));
+        let stack = self.stack.clone();
+        let service = tower::service_fn(move |req: Result<Req, String>| {
+            let stack = stack.clone();
+            async move { stack.oneshot(req.map_err(BoxError::from)?).await }
+        });
+        let batch = match fan_out(service, requests).concurrency(self.concurrency) {
+            Ok(fan) => fan.on_progress(on_progress).collect().await,
+            Err(e) => {
+                let error = e.to_string();
+                return items
+                    .into_iter()
+                    .map(|item| failed(item, error.clone()))
+                    .collect();
+            }
+        };
+        items
+            .into_iter()
+            .zip(batch.into_items())
+            .zip(attempts)
+            .map(|((item, outcome), counter)| {
+                let attempts = counter.0.load(Ordering::Relaxed).max(1);
+                let latency_ms = u64::try_from(outcome.latency.as_millis()).unwrap_or(u64::MAX);
+                match outcome.result {
+                    Ok(response) => Record {
+                        ok: response.status().is_success(),
+                        status: Some(response.status().as_u16()),
+                        error: None,
+                        attempts,
+                        latency_ms,
+                        bytes: response.body().len() as u64,
+                        id: item.id,
+                        url: item.url,
+                    },
+                    Err(error) => Record {
+                        error: Some(chain(&*error)),
+                        attempts,
+                        latency_ms,
+                        ..failed(item, String::new())
+                    },
+                }
+            })
+            .collect()
+    }
 }
 
 fn failed(item: Item, error: String) -> Record {

@@ -121,7 +121,7 @@ fn main() -> ExitCode {
             Command::Demo { json, requests } => demo(json, requests as usize).await,
             Command::Fetch { input, limits } => fetch(input, &limits).await,
             Command::Mcp { limits } => {
-                mcp::serve(limits.options(), limits.max_items as usize).await?;
+                mcp::serve(limits.options().fetcher()?, limits.max_items as usize).await?;
                 Ok(ExitCode::SUCCESS)
             }
         }
@@ -189,15 +189,17 @@ async fn fetch(path: Option<PathBuf>, limits: &Limits) -> anyhow::Result<ExitCod
             return Ok(ExitCode::from(2));
         }
     };
+    let fetcher = limits.options().fetcher()?;
     let bar = progress_bar(items.len());
-    let records = engine::fetch_all(items, &limits.options(), {
-        let bar = bar.clone();
-        move |p| {
-            bar.set_position(p.completed as u64);
-            bar.set_message(format!("{} ok, {} failed", p.succeeded, p.failed));
-        }
-    })
-    .await;
+    let records = fetcher
+        .fetch_all(items, {
+            let bar = bar.clone();
+            move |p| {
+                bar.set_position(p.completed as u64);
+                bar.set_message(format!("{} ok, {} failed", p.succeeded, p.failed));
+            }
+        })
+        .await;
     bar.finish_and_clear();
     let mut stdout = std::io::stdout().lock();
     for record in &records {

@@ -17,7 +17,7 @@ use rmcp::{ServerHandler, ServiceExt, tool, tool_handler, tool_router};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{FetchOptions, Record, fetch_all};
+use crate::engine::{Fetcher, Record};
 use crate::input::{self, Item};
 
 /// Results returned per page.
@@ -77,7 +77,7 @@ pub(crate) struct BatchPage {
 }
 
 struct State {
-    options: FetchOptions,
+    fetcher: Fetcher,
     max_items: usize,
     batches: Mutex<VecDeque<(String, Arc<Vec<Record>>)>>,
     next_batch: AtomicU64,
@@ -92,10 +92,10 @@ pub(crate) struct FanoutServer {
 
 #[tool_router]
 impl FanoutServer {
-    pub(crate) fn new(options: FetchOptions, max_items: usize) -> Self {
+    pub(crate) fn new(fetcher: Fetcher, max_items: usize) -> Self {
         Self {
             state: Arc::new(State {
-                options,
+                fetcher,
                 max_items,
                 batches: Mutex::new(VecDeque::new()),
                 next_batch: AtomicU64::new(1),
@@ -113,7 +113,7 @@ impl FanoutServer {
         Parameters(input): Parameters<BatchFetchInput>,
     ) -> Result<Json<BatchPage>, String> {
         let items = self.check(input)?;
-        let records = fetch_all(items, &self.state.options, |_| {}).await;
+        let records = self.state.fetcher.fetch_all(items, |_| {}).await;
         let batch_id = format!("b{}", self.state.next_batch.fetch_add(1, Ordering::Relaxed));
         let records = Arc::new(records);
         {
@@ -202,8 +202,8 @@ impl ServerHandler for FanoutServer {
 }
 
 /// Serves MCP on stdin/stdout until the client closes stdin.
-pub(crate) async fn serve(options: FetchOptions, max_items: usize) -> anyhow::Result<()> {
-    let server = FanoutServer::new(options, max_items)
+pub(crate) async fn serve(fetcher: Fetcher, max_items: usize) -> anyhow::Result<()> {
+    let server = FanoutServer::new(fetcher, max_items)
         .serve(rmcp::transport::stdio())
         .await?;
     server.waiting().await?;
