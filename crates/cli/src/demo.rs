@@ -15,8 +15,8 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use serde::Serialize;
-use tower::util::BoxCloneService;
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::util::BoxCloneSyncService;
+use tower::{Service, ServiceExt};
 use tower_fanout_core::BoxError;
 use tower_fanout_core::adaptive::{AdaptiveLimitLayer, GradientController};
 use tower_fanout_core::backpressure::BackpressureLayer;
@@ -27,7 +27,7 @@ use tower_fanout_core::rate::RateLimitLayer;
 use tower_fanout_http::retry::RetryLayer;
 use tower_fanout_sim::{Jitter, Model, Overflow, Sim};
 
-use crate::engine::Req;
+use crate::engine::{Req, Stack, layered};
 
 /// The downstream's capacity, which the demo's limits are set just under.
 const CAPACITY: usize = 20;
@@ -121,11 +121,9 @@ impl Drop for Held {
     }
 }
 
-type Stack = BoxCloneService<Req, Response<Bytes>, BoxError>;
-
 /// Counts attempts and calls in flight right above the client.
 fn gauged(client: tower_fanout_http::Client, gauges: Arc<Gauges>) -> Stack {
-    BoxCloneService::new(tower::service_fn(move |req: Req| {
+    BoxCloneSyncService::new(tower::service_fn(move |req: Req| {
         let mut client = client.clone();
         let gauges = gauges.clone();
         async move {
@@ -137,21 +135,6 @@ fn gauged(client: tower_fanout_http::Client, gauges: Arc<Gauges>) -> Stack {
             result.map_err(BoxError::from)
         }
     }))
-}
-
-fn layered<L>(layer: L, inner: Stack) -> Stack
-where
-    L: tower::Layer<Stack>,
-    L::Service: Service<Req, Response = Response<Bytes>> + Clone + Send + 'static,
-    <L::Service as Service<Req>>::Error: Into<BoxError>,
-    <L::Service as Service<Req>>::Future: Send + 'static,
-{
-    BoxCloneService::new(
-        ServiceBuilder::new()
-            .layer(layer)
-            .service(inner)
-            .map_err(Into::into),
-    )
 }
 
 fn retry() -> anyhow::Result<RetryLayer> {

@@ -33,6 +33,23 @@ pub(crate) type Req = Request<Full<Bytes>>;
 /// The whole stack, boxed: the options decide which layers are in it.
 pub(crate) type Stack = BoxCloneSyncService<Req, Response<Bytes>, BoxError>;
 
+/// Puts `layer` around `inner` and boxes the result, so optional layers can
+/// be stacked one by one.
+pub(crate) fn layered<L>(layer: L, inner: Stack) -> Stack
+where
+    L: tower::Layer<Stack>,
+    L::Service: Service<Req, Response = Response<Bytes>> + Clone + Send + Sync + 'static,
+    <L::Service as Service<Req>>::Error: Into<BoxError>,
+    <L::Service as Service<Req>>::Future: Send + 'static,
+{
+    BoxCloneSyncService::new(
+        ServiceBuilder::new()
+            .layer(layer)
+            .service(inner)
+            .map_err(Into::into),
+    )
+}
+
 /// Limits and safety settings, from the command line.
 #[derive(Debug, Clone)]
 pub(crate) struct FetchOptions {
@@ -131,31 +148,27 @@ impl FetchOptions {
             CountAttempts(client),
             BoxError::from,
         ));
-        if !self.adaptive {
-            // Shared by every batch this stack serves (the MCP server runs
-            // several tool calls at once): the bound holds across them.
-            let limit = ConcurrencyLimitLayer::new(self.concurrency)?;
-            stack = BoxCloneSyncService::new(ServiceBuilder::new().layer(limit).service(stack));
-        }
         if self.adaptive {
             let controller = GradientController::builder()
                 .max(self.concurrency.max(2))
                 .build()?;
-            stack = BoxCloneSyncService::new(
-                ServiceBuilder::new()
-                    .layer(AdaptiveLimitLayer::new(controller))
-                    .service(stack),
-            );
+            stack = layered(AdaptiveLimitLayer::new(controller), stack);
+        } else {
+            // Shared by every batch this stack serves (the MCP server runs
+            // several tool calls at once): the bound holds across them.
+            stack = layered(ConcurrencyLimitLayer::new(self.concurrency)?, stack);
         }
         if let Some(rate) = self.rate {
             let layer = RateLimitLayer::builder(rate.count, rate.period)
                 .burst(self.burst.unwrap_or(rate.count))
                 .build()?;
-            stack = BoxCloneSyncService::new(ServiceBuilder::new().layer(layer).service(stack));
+            stack = layered(layer, stack);
         }
         if self.retries > 0 {
-            let retry = RetryLayer::builder().max_retries(self.retries).build()?;
-            stack = BoxCloneSyncService::new(ServiceBuilder::new().layer(retry).service(stack));
+            stack = layered(
+                RetryLayer::builder().max_retries(self.retries).build()?,
+                stack,
+            );
         }
         Ok(stack)
     }
