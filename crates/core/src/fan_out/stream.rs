@@ -170,7 +170,7 @@ where
     }
 }
 
-pub(super) async fn call<S, Req>(service: &mut S, request: Req) -> Result<S::Response, BoxError>
+async fn call<S, Req>(service: &mut S, request: Req) -> Result<S::Response, BoxError>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
