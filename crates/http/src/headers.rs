@@ -193,14 +193,18 @@ fn header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
     headers.get(name)?.to_str().ok()
 }
 
-/// Reads the host's budget from a response's headers.
-pub fn budget(headers: &HeaderMap, now: SystemTime) -> Option<Budget> {
-    // One pass over the names is cheaper than six hashed lookups, and most
-    // responses carry none of these headers.
-    if !headers.keys().any(|k| {
+/// Whether any header name is a rate-limit field. One pass over the names is
+/// cheaper than six hashed lookups, and most responses carry none of these.
+pub(crate) fn may_carry_budget(headers: &HeaderMap) -> bool {
+    headers.keys().any(|k| {
         let k = k.as_str();
         k.starts_with("ratelimit") || k.starts_with("x-ratelimit")
-    }) {
+    })
+}
+
+/// Reads the host's budget from a response's headers.
+pub fn budget(headers: &HeaderMap, now: SystemTime) -> Option<Budget> {
+    if !may_carry_budget(headers) {
         return None;
     }
     let window = header(headers, &RATELIMIT_POLICY).and_then(policy_window);

@@ -27,21 +27,25 @@
 //! A wait longer than the retry layer's cap (`max_wait`) is not slept: the
 //! request fails at once with `RateLimited`, as a long `Retry-After` does.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
 use http::{Request, Response, StatusCode, header::RETRY_AFTER};
+use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::ServiceExt;
 use tower_service::Service;
 
 use tower_fanout_core::error::RateLimited;
 
+use crate::hash::HostHasher;
 use crate::{BoxError, headers};
 
 #[derive(Debug, Default)]
@@ -52,6 +56,28 @@ struct Host {
     /// The window's size, when the host has said it.
     limit: Option<u64>,
     in_flight: u32,
+}
+
+impl Host {
+    /// Nothing in flight and no wait ahead: the entry can be forgotten.
+    fn idle(&self, now: Instant) -> bool {
+        self.in_flight == 0
+            && !self
+                .window
+                .is_some_and(|(_, until)| until.is_none_or(|u| u > now))
+    }
+}
+
+/// One host's entry. Requests in flight hold it, so answers and finished
+/// requests reach it without a second lookup in the map.
+#[derive(Debug, Default)]
+pub(crate) struct Entry(Mutex<Host>);
+
+impl Entry {
+    fn lock(&self) -> MutexGuard<'_, Host> {
+        // Each critical section leaves the entry consistent; poisoning is harmless.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Why a request may not go yet.
@@ -65,10 +91,14 @@ enum Hold {
 
 #[derive(Debug)]
 pub(crate) struct Learned {
-    hosts: Mutex<HashMap<String, Host>>,
-    /// Woken by every answer and every finished request, for requests
-    /// holding on [`Hold::Answer`].
+    hosts: Mutex<HashMap<Box<str>, Arc<Entry>, HostHasher>>,
+    /// Woken by every answer and every finished request while some request
+    /// holds on [`Hold::Answer`].
     news: tokio::sync::Notify,
+    /// Requests that may hold on [`Hold::Answer`]: news is sent only while
+    /// there are some. Raised before the holder looks at its entry, so a
+    /// request that finishes after it looked sees the mark.
+    holding: AtomicUsize,
     max_hosts: usize,
     /// A wait for a host's reset longer than this fails with `RateLimited`
     /// instead (the retry layer's cap, so both waits are bounded alike).
@@ -78,73 +108,93 @@ pub(crate) struct Learned {
 impl Learned {
     pub(crate) fn new(max_hosts: usize, max_wait: Duration) -> Self {
         Self {
-            hosts: Mutex::new(HashMap::new()),
+            hosts: Mutex::new(HashMap::default()),
             news: tokio::sync::Notify::new(),
+            holding: AtomicUsize::new(0),
             max_hosts,
             max_wait,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Host>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Box<str>, Arc<Entry>, HostHasher>> {
         // Each critical section leaves the map consistent; poisoning is harmless.
         self.hosts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes one from the host's budget, or says what to wait for. `Ok(false)`:
-    /// admitted but not tracked (the map is full of busy hosts).
-    fn admit(&self, host: &str, now: Instant) -> Result<bool, Hold> {
+    /// The entry of `host` (lower case), made if needed. `None`: the map is
+    /// full of busy hosts, and this one is not tracked.
+    fn entry(&self, host: &str) -> Option<Arc<Entry>> {
         let mut hosts = self.lock();
-        if !hosts.contains_key(host) {
-            if hosts.len() >= self.max_hosts {
-                hosts.retain(|_, h| {
-                    h.in_flight > 0
-                        || h.window
-                            .is_some_and(|(_, until)| until.is_none_or(|u| u > now))
-                });
-            }
-            if hosts.len() >= self.max_hosts {
-                return Ok(false);
-            }
-            hosts.insert(host.to_string(), Host::default());
+        if let Some(entry) = hosts.get(host) {
+            return Some(entry.clone());
         }
-        let Some(entry) = hosts.get_mut(host) else {
-            return Ok(false);
-        };
-        // A window that has reset starts again at its known size, or ends.
-        if let Some((_, Some(until))) = entry.window
-            && until <= now
-        {
-            entry.window = entry.limit.map(|n| (n, None));
+        if hosts.len() >= self.max_hosts {
+            let now = Instant::now();
+            // Held by a request (in flight or waiting), or a wait ahead: kept.
+            hosts.retain(|_, e| Arc::strong_count(e) > 1 || !e.lock().idle(now));
         }
-        match entry.window {
-            Some((0, Some(until))) => return Err(Hold::Until(until)),
-            // Nothing in flight can bring an answer: stop holding.
-            Some((0, None)) if entry.in_flight == 0 => entry.window = None,
-            Some((0, None)) => return Err(Hold::Answer),
-            Some((n, until)) => entry.window = Some((n - 1, until)),
-            None => {}
+        if hosts.len() >= self.max_hosts {
+            return None;
         }
-        entry.in_flight += 1;
-        Ok(true)
+        let entry = Arc::new(Entry::default());
+        hosts.insert(host.into(), entry.clone());
+        Some(entry)
     }
 
-    fn done(&self, host: &str) {
-        if let Some(entry) = self.lock().get_mut(host) {
-            entry.in_flight = entry.in_flight.saturating_sub(1);
+    /// Takes one from the host's budget, or says what to wait for.
+    fn admit(&self, entry: &Entry, now: impl FnOnce() -> Instant) -> Result<(), Hold> {
+        let mut host = entry.lock();
+        if host.window.is_some() {
+            let now = now();
+            // A window that has reset starts again at its known size, or ends.
+            if let Some((_, Some(until))) = host.window
+                && until <= now
+            {
+                host.window = host.limit.map(|n| (n, None));
+            }
+            match host.window {
+                Some((0, Some(until))) => return Err(Hold::Until(until)),
+                // Nothing in flight can bring an answer: stop holding.
+                Some((0, None)) if host.in_flight == 0 => host.window = None,
+                Some((0, None)) => return Err(Hold::Answer),
+                Some((n, until)) => host.window = Some((n - 1, until)),
+                None => {}
+            }
         }
-        self.news.notify_waiters();
+        host.in_flight += 1;
+        Ok(())
+    }
+
+    fn notify(&self) {
+        if self.holding.load(Ordering::SeqCst) > 0 {
+            self.news.notify_waiters();
+        }
+    }
+
+    fn done(&self, entry: &Entry) {
+        {
+            let mut host = entry.lock();
+            host.in_flight = host.in_flight.saturating_sub(1);
+        }
+        self.notify();
     }
 
     /// Records what a response says; called before the request counts as done.
-    fn learn(&self, host: &str, status: StatusCode, headers: &http::HeaderMap) {
-        let (now, wall) = (Instant::now(), SystemTime::now());
-        let mut budget = headers::budget(headers, wall);
-        if matches!(
+    fn learn(&self, entry: &Entry, status: StatusCode, headers: &http::HeaderMap) {
+        let limited = matches!(
             status,
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-        ) && let Some(wait) = headers
-            .get(RETRY_AFTER)
-            .and_then(|v| headers::retry_after(v, wall))
+        );
+        if !limited && !headers::may_carry_budget(headers) {
+            // Most answers say nothing: no clock is read.
+            return;
+        }
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let mut budget = headers::budget(headers, wall);
+        if limited
+            && let Some(wait) = headers
+                .get(RETRY_AFTER)
+                .and_then(|v| headers::retry_after(v, wall))
         {
             budget = Some(headers::Budget {
                 remaining: 0,
@@ -156,35 +206,58 @@ impl Learned {
         };
         let limit = headers::limit(headers);
         {
-            let mut hosts = self.lock();
-            let Some(entry) = hosts.get_mut(host) else {
-                return;
-            };
-            let others = u64::from(entry.in_flight.saturating_sub(1));
+            let mut host = entry.lock();
+            let others = u64::from(host.in_flight.saturating_sub(1));
             let remaining = budget.remaining.saturating_sub(others);
             if remaining == 0 {
                 tracing::debug!(
-                    host,
                     wait_ms = budget.reset.as_millis() as u64,
                     "host budget spent; holding its requests until the reset"
                 );
             }
-            entry.window = Some((remaining, Some(now + budget.reset)));
-            entry.limit = limit.or(entry.limit);
+            host.window = Some((remaining, Some(now + budget.reset)));
+            host.limit = limit.or(host.limit);
         }
-        self.news.notify_waiters();
+        self.notify();
+    }
+}
+
+/// The key of a request's host: its authority in lower case, borrowed when
+/// it already is.
+fn host_of<B>(req: &Request<B>) -> Cow<'_, str> {
+    let authority = req.uri().authority().map_or("", |a| a.as_str());
+    if authority.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(authority.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(authority)
     }
 }
 
 /// Counts a request in flight until dropped.
 struct InFlight {
     learned: Arc<Learned>,
-    host: String,
+    entry: Arc<Entry>,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.learned.done(&self.host);
+        self.learned.done(&self.entry);
+    }
+}
+
+/// Marks a request that may wait for news, until dropped.
+struct Holding<'a>(&'a Learned);
+
+impl<'a> Holding<'a> {
+    fn new(learned: &'a Learned) -> Self {
+        learned.holding.fetch_add(1, Ordering::SeqCst);
+        Self(learned)
+    }
+}
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        self.0.holding.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -209,6 +282,48 @@ impl<S> fmt::Debug for Learn<S> {
     }
 }
 
+type Boxed<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
+
+pin_project! {
+    /// The response future of [`Learn`]: the inner call, and the host's
+    /// entry to report to when it ends. Only a request that must wait first
+    /// is boxed.
+    #[project = LearnProj]
+    pub(crate) enum LearnFuture<F, T> {
+        Call {
+            #[pin]
+            future: F,
+            in_flight: Option<InFlight>,
+        },
+        Wait { future: Boxed<T> },
+    }
+}
+
+impl<F, ResB, E> Future for LearnFuture<F, Response<ResB>>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<ResB>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            LearnProj::Call { future, in_flight } => {
+                let outcome = ready!(future.poll(cx)).map_err(Into::into);
+                if let (Some(tracked), Ok(resp)) = (in_flight.as_ref(), &outcome) {
+                    tracked
+                        .learned
+                        .learn(&tracked.entry, resp.status(), resp.headers());
+                }
+                // Done only once the answer is read.
+                in_flight.take();
+                Poll::Ready(outcome)
+            }
+            LearnProj::Wait { future } => future.as_mut().poll(cx),
+        }
+    }
+}
+
 impl<S, B, ResB> Service<Request<B>> for Learn<S>
 where
     S: Service<Request<B>, Response = Response<ResB>> + Clone + Send + 'static,
@@ -219,54 +334,95 @@ where
 {
     type Response = Response<ResB>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ResB>, BoxError>> + Send>>;
+    type Future = LearnFuture<S::Future, Response<ResB>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        // The host is known only with the request; the wait is in the future.
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // A request that may go at once is sent with this service; one that
+        // must wait is sent later with a clone.
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let inner = self.inner.clone();
-        let Some(learned) = self.learned.clone() else {
-            return Box::pin(async move { inner.oneshot(req).await.map_err(Into::into) });
-        };
-        let host = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_ascii_lowercase())
-            .unwrap_or_default();
-        Box::pin(async move {
-            let tracked = loop {
-                // Registered before looking, so news that lands in between is not missed.
-                let news = learned.news.notified();
-                let now = Instant::now();
-                match learned.admit(&host, now) {
-                    Ok(tracked) => break tracked,
-                    Err(Hold::Until(until)) if until - now > learned.max_wait => {
-                        let wait = until - now;
-                        tracing::warn!(
-                            host = %host,
-                            retry_after_ms = wait.as_millis() as u64,
-                            "host budget resets after the wait cap; returning rate limited"
-                        );
-                        return Err(RateLimited::new(wait).into());
-                    }
-                    Err(Hold::Until(until)) => tokio::time::sleep_until(until).await,
-                    Err(Hold::Answer) => news.await,
-                }
+        let Some(learned) = self.learned.as_ref() else {
+            return LearnFuture::Call {
+                future: self.inner.call(req),
+                in_flight: None,
             };
-            let _in_flight = tracked.then(|| InFlight {
-                learned: learned.clone(),
-                host: host.clone(),
-            });
-            let outcome = inner.oneshot(req).await.map_err(Into::into);
-            if tracked && let Ok(resp) = &outcome {
-                learned.learn(&host, resp.status(), resp.headers());
-            }
-            outcome
-        })
+        };
+        let host = host_of(&req);
+        let Some(entry) = learned.entry(&host) else {
+            // No room to track this host: it is admitted, untracked.
+            return LearnFuture::Call {
+                future: self.inner.call(req),
+                in_flight: None,
+            };
+        };
+        if learned.admit(&entry, Instant::now).is_ok() {
+            return LearnFuture::Call {
+                future: self.inner.call(req),
+                in_flight: Some(InFlight {
+                    learned: learned.clone(),
+                    entry,
+                }),
+            };
+        }
+        let host = host.into_owned();
+        LearnFuture::Wait {
+            future: Box::pin(wait_then_call(
+                learned.clone(),
+                entry,
+                host,
+                self.inner.clone(),
+                req,
+            )),
+        }
     }
+}
+
+/// The path of a request whose host has no budget left: wait for the reset
+/// (or the window's first answer), then call.
+async fn wait_then_call<S, B, ResB>(
+    learned: Arc<Learned>,
+    entry: Arc<Entry>,
+    host: String,
+    inner: S,
+    req: Request<B>,
+) -> Result<Response<ResB>, BoxError>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+{
+    let holding = Holding::new(&learned);
+    loop {
+        // Registered before looking, so news that lands in between is not missed.
+        let news = learned.news.notified();
+        let now = Instant::now();
+        match learned.admit(&entry, || now) {
+            Ok(()) => break,
+            Err(Hold::Until(until)) if until - now > learned.max_wait => {
+                let wait = until - now;
+                tracing::warn!(
+                    host = %host,
+                    retry_after_ms = wait.as_millis() as u64,
+                    "host budget resets after the wait cap; returning rate limited"
+                );
+                return Err(RateLimited::new(wait).into());
+            }
+            Err(Hold::Until(until)) => tokio::time::sleep_until(until).await,
+            Err(Hold::Answer) => news.await,
+        }
+    }
+    drop(holding);
+    let in_flight = InFlight {
+        learned: learned.clone(),
+        entry,
+    };
+    let outcome = inner.oneshot(req).await.map_err(Into::into);
+    if let Ok(resp) = &outcome {
+        learned.learn(&in_flight.entry, resp.status(), resp.headers());
+    }
+    drop(in_flight);
+    outcome
 }
 
 #[cfg(test)]
@@ -274,99 +430,165 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn admit(l: &Learned, e: &Entry, now: Instant) -> Result<(), Hold> {
+        l.admit(e, || now)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn spent_budget_holds_until_reset() {
         let l = Learned::new(8, Duration::from_secs(60));
+        let h = l.entry("h").unwrap();
         let now = Instant::now();
-        assert_eq!(l.admit("h", now), Ok(true));
-        let mut h = http::HeaderMap::new();
-        h.insert("x-ratelimit-remaining", "1".parse().unwrap());
-        h.insert("x-ratelimit-reset", "2".parse().unwrap());
-        l.learn("h", StatusCode::OK, &h);
-        l.done("h");
-        assert_eq!(l.admit("h", now), Ok(true));
-        l.done("h");
+        assert_eq!(admit(&l, &h, now), Ok(()));
+        let mut m = http::HeaderMap::new();
+        m.insert("x-ratelimit-remaining", "1".parse().unwrap());
+        m.insert("x-ratelimit-reset", "2".parse().unwrap());
+        l.learn(&h, StatusCode::OK, &m);
+        l.done(&h);
+        assert_eq!(admit(&l, &h, now), Ok(()));
+        l.done(&h);
         assert_eq!(
-            l.admit("h", now),
+            admit(&l, &h, now),
             Err(Hold::Until(now + Duration::from_secs(2)))
         );
-        assert_eq!(l.admit("h", now + Duration::from_secs(2)), Ok(true));
+        assert_eq!(admit(&l, &h, now + Duration::from_secs(2)), Ok(()));
     }
 
     #[tokio::test(start_paused = true)]
     async fn in_flight_requests_lower_what_remains() {
         let l = Learned::new(8, Duration::from_secs(60));
+        let h = l.entry("h").unwrap();
         let now = Instant::now();
         for _ in 0..3 {
-            assert_eq!(l.admit("h", now), Ok(true));
+            assert_eq!(admit(&l, &h, now), Ok(()));
         }
-        let mut h = http::HeaderMap::new();
-        h.insert("ratelimit", "\"default\";r=2;t=5".parse().unwrap());
-        l.learn("h", StatusCode::OK, &h);
-        l.done("h");
+        let mut m = http::HeaderMap::new();
+        m.insert("ratelimit", "\"default\";r=2;t=5".parse().unwrap());
+        l.learn(&h, StatusCode::OK, &m);
+        l.done(&h);
         // Two others are still in flight: nothing is left for a new one.
-        assert!(l.admit("h", now).is_err());
+        assert!(admit(&l, &h, now).is_err());
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_known_window_size_holds_the_crowd_after_the_reset() {
         let l = Learned::new(8, Duration::from_secs(60));
+        let h = l.entry("h").unwrap();
         let second = Duration::from_secs(1);
-        assert_eq!(l.admit("h", Instant::now()), Ok(true));
-        let mut h = http::HeaderMap::new();
-        h.insert("x-ratelimit-limit", "2".parse().unwrap());
-        h.insert("x-ratelimit-remaining", "0".parse().unwrap());
-        h.insert("x-ratelimit-reset", "1".parse().unwrap());
-        l.learn("h", StatusCode::OK, &h);
-        l.done("h");
+        assert_eq!(admit(&l, &h, Instant::now()), Ok(()));
+        let mut m = http::HeaderMap::new();
+        m.insert("x-ratelimit-limit", "2".parse().unwrap());
+        m.insert("x-ratelimit-remaining", "0".parse().unwrap());
+        m.insert("x-ratelimit-reset", "1".parse().unwrap());
+        l.learn(&h, StatusCode::OK, &m);
+        l.done(&h);
         let reset = Instant::now() + second;
-        assert_eq!(l.admit("h", Instant::now()), Err(Hold::Until(reset)));
+        assert_eq!(admit(&l, &h, Instant::now()), Err(Hold::Until(reset)));
         // At the reset: a new window of 2, then hold for its first answer.
         tokio::time::advance(second).await;
         let now = Instant::now();
-        assert_eq!(l.admit("h", now), Ok(true));
-        assert_eq!(l.admit("h", now), Ok(true));
-        assert_eq!(l.admit("h", now), Err(Hold::Answer));
+        assert_eq!(admit(&l, &h, now), Ok(()));
+        assert_eq!(admit(&l, &h, now), Ok(()));
+        assert_eq!(admit(&l, &h, now), Err(Hold::Answer));
         // The first answer: one left (before the other call in flight) in a
         // window ending in 1 s.
-        h.insert("x-ratelimit-remaining", "1".parse().unwrap());
-        l.learn("h", StatusCode::OK, &h);
-        l.done("h");
-        assert_eq!(l.admit("h", now), Err(Hold::Until(now + second)));
+        m.insert("x-ratelimit-remaining", "1".parse().unwrap());
+        l.learn(&h, StatusCode::OK, &m);
+        l.done(&h);
+        assert_eq!(admit(&l, &h, now), Err(Hold::Until(now + second)));
     }
 
     #[tokio::test(start_paused = true)]
     async fn holding_for_an_answer_ends_when_nothing_is_in_flight() {
         let l = Learned::new(8, Duration::from_secs(60));
+        let h = l.entry("h").unwrap();
         let now = Instant::now();
-        assert_eq!(l.admit("h", now), Ok(true));
-        let mut h = http::HeaderMap::new();
-        h.insert("x-ratelimit-limit", "1".parse().unwrap());
-        h.insert("x-ratelimit-remaining", "0".parse().unwrap());
-        h.insert("x-ratelimit-reset", "1".parse().unwrap());
-        l.learn("h", StatusCode::OK, &h);
-        l.done("h");
+        assert_eq!(admit(&l, &h, now), Ok(()));
+        let mut m = http::HeaderMap::new();
+        m.insert("x-ratelimit-limit", "1".parse().unwrap());
+        m.insert("x-ratelimit-remaining", "0".parse().unwrap());
+        m.insert("x-ratelimit-reset", "1".parse().unwrap());
+        l.learn(&h, StatusCode::OK, &m);
+        l.done(&h);
         let reset = now + Duration::from_secs(1);
-        assert_eq!(l.admit("h", reset), Ok(true));
-        assert_eq!(l.admit("h", reset), Err(Hold::Answer));
+        assert_eq!(admit(&l, &h, reset), Ok(()));
+        assert_eq!(admit(&l, &h, reset), Err(Hold::Answer));
         // The one in flight fails without an answer: nobody is left to wait for.
-        l.done("h");
-        assert_eq!(l.admit("h", reset), Ok(true));
+        l.done(&h);
+        assert_eq!(admit(&l, &h, reset), Ok(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_without_rate_limit_fields_change_nothing() {
+        let l = Learned::new(8, Duration::from_secs(60));
+        let h = l.entry("h").unwrap();
+        let now = Instant::now();
+        assert_eq!(admit(&l, &h, now), Ok(()));
+        let mut m = http::HeaderMap::new();
+        m.insert("content-type", "text/plain".parse().unwrap());
+        m.insert("retry-after", "5".parse().unwrap());
+        // Retry-After counts on a 429 or a 503 only.
+        l.learn(&h, StatusCode::OK, &m);
+        l.done(&h);
+        assert_eq!(h.lock().window, None);
+        assert_eq!(admit(&l, &h, now), Ok(()));
+        l.learn(&h, StatusCode::TOO_MANY_REQUESTS, &m);
+        l.done(&h);
+        assert_eq!(
+            admit(&l, &h, now),
+            Err(Hold::Until(now + Duration::from_secs(5)))
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn map_stays_bounded() {
         let l = Learned::new(2, Duration::from_secs(60));
         let now = Instant::now();
-        assert_eq!(l.admit("a", now), Ok(true));
-        assert_eq!(l.admit("b", now), Ok(true));
-        assert_eq!(
-            l.admit("c", now),
-            Ok(false),
-            "no room: not tracked, not refused"
-        );
-        l.done("a");
-        assert_eq!(l.admit("c", now), Ok(true));
+        let a = l.entry("a").unwrap();
+        let b = l.entry("b").unwrap();
+        assert_eq!(admit(&l, &a, now), Ok(()));
+        assert_eq!(admit(&l, &b, now), Ok(()));
+        assert!(l.entry("c").is_none(), "no room: not tracked, not refused");
+        l.done(&a);
+        drop(a);
+        assert!(l.entry("c").is_some());
         assert_eq!(l.lock().len(), 2);
+        // The same host, whatever its case, is one entry.
+        let req = Request::get("http://B/").body(()).unwrap();
+        assert_eq!(host_of(&req), "b");
+        assert!(Arc::ptr_eq(&l.entry(&host_of(&req)).unwrap(), &b));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn news_reaches_a_request_holding_for_an_answer() {
+        let l = Arc::new(Learned::new(8, Duration::from_secs(60)));
+        let h = l.entry("h").unwrap();
+        let now = Instant::now();
+        assert_eq!(admit(&l, &h, now), Ok(()));
+        let mut m = http::HeaderMap::new();
+        m.insert("x-ratelimit-limit", "1".parse().unwrap());
+        m.insert("x-ratelimit-remaining", "0".parse().unwrap());
+        m.insert("x-ratelimit-reset", "1".parse().unwrap());
+        l.learn(&h, StatusCode::OK, &m);
+        l.done(&h);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // The new window's one request is in flight; the next one holds.
+        assert_eq!(admit(&l, &h, Instant::now()), Ok(()));
+        let svc =
+            tower::service_fn(|_req: Request<()>| async { Ok::<_, BoxError>(Response::new(())) });
+        let waiter = tokio::spawn(wait_then_call(
+            l.clone(),
+            h.clone(),
+            "h".into(),
+            svc,
+            Request::new(()),
+        ));
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        assert_eq!(l.holding.load(Ordering::SeqCst), 1);
+        // The one in flight ends without an answer: the holder goes.
+        l.done(&h);
+        waiter.await.unwrap().unwrap();
+        assert_eq!(l.holding.load(Ordering::SeqCst), 0);
     }
 }

@@ -51,6 +51,7 @@ mod body;
 mod client;
 mod error;
 pub mod guard;
+mod hash;
 pub mod headers;
 mod learn;
 mod redirect;
