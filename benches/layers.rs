@@ -37,7 +37,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::clock::{Clock, MonotonicClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
 use tokio::runtime::{Builder, Runtime};
 use tower::limit::{ConcurrencyLimit, GlobalConcurrencyLimitLayer, RateLimit, rate::Rate};
 use tower::{Layer, Service, ServiceExt, buffer::Buffer, service_fn, util::ServiceFn};
@@ -70,13 +73,21 @@ fn bare() -> Echo {
 ///
 /// A real layer around it would also need a timer for the wait; here it never
 /// waits, so this is a lower bound of what such a layer would add.
-#[derive(Clone)]
-struct Governed<S> {
-    limiter: Arc<DefaultDirectRateLimiter>,
+struct Governed<S, K: Clock> {
+    limiter: Arc<RateLimiter<NotKeyed, InMemoryState, K, NoOpMiddleware<K::Instant>>>,
     inner: S,
 }
 
-impl<S: Service<u64>> Service<u64> for Governed<S> {
+impl<S: Clone, K: Clock> Clone for Governed<S, K> {
+    fn clone(&self) -> Self {
+        Self {
+            limiter: self.limiter.clone(),
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<S: Service<u64>, K: Clock> Service<u64> for Governed<S, K> {
     type Response = S::Response;
     type Error = S::Error;
     type Future = S::Future;
@@ -94,12 +105,29 @@ impl<S: Service<u64>> Service<u64> for Governed<S> {
     }
 }
 
-fn governed() -> Governed<Echo> {
-    let quota = Quota::with_period(Duration::from_nanos(1))
+fn governor_quota() -> Quota {
+    Quota::with_period(Duration::from_nanos(1))
         .unwrap()
-        .allow_burst(NonZeroU32::MAX);
+        .allow_burst(NonZeroU32::MAX)
+}
+
+/// governor as it comes: its default clock reads the TSC through quanta.
+fn governed() -> Governed<Echo, governor::clock::DefaultClock> {
     Governed {
-        limiter: Arc::new(RateLimiter::direct(quota)),
+        limiter: Arc::new(RateLimiter::direct(governor_quota())),
+        inner: bare(),
+    }
+}
+
+/// The same limiter on the operating system's monotonic clock
+/// (`std::time::Instant`), the clock tokio's reads: the same design as ours
+/// (one GCRA state in an atomic shared by every clone) on the same clock.
+fn governed_std_clock() -> Governed<Echo, MonotonicClock> {
+    Governed {
+        limiter: Arc::new(RateLimiter::direct_with_clock(
+            governor_quota(),
+            MonotonicClock,
+        )),
         inner: bare(),
     }
 }
@@ -244,6 +272,7 @@ fn uncontended_variants(rt: &'static Runtime) -> Vec<Box<dyn Variant>> {
         v(OURS_RATE, rt, ours_rate().layer(bare())),
         v(TOWER_RATE, rt, RateLimit::new(bare(), tower_rate())),
         v(GOVERNOR, rt, governed()),
+        v(GOVERNOR_STD, rt, governed_std_clock()),
         v(
             OURS_BP,
             rt,
@@ -299,6 +328,7 @@ fn contended_variants(rt: &'static Runtime) -> Vec<Box<dyn Variant>> {
             samples: Vec::new(),
         }),
         shared(GOVERNOR, rt, governed()),
+        shared(GOVERNOR_STD, rt, governed_std_clock()),
         shared(
             OURS_BP,
             rt,
@@ -324,6 +354,7 @@ const TOWER_GLOBAL: &str = "tower GlobalConcurrencyLimit";
 const OURS_RATE: &str = "ours RateLimit";
 const TOWER_RATE: &str = "tower RateLimit";
 const GOVERNOR: &str = "governor direct check";
+const GOVERNOR_STD: &str = "governor direct check (std clock)";
 const OURS_BP: &str = "ours Backpressure (1 worker)";
 const OURS_BP4: &str = "ours Backpressure (4 workers)";
 const TOWER_BUFFER: &str = "tower Buffer";
@@ -334,6 +365,7 @@ const PAIRS: &[(&str, &str)] = &[
     (OURS_CONC, TOWER_GLOBAL),
     (OURS_RATE, TOWER_RATE),
     (OURS_RATE, GOVERNOR),
+    (OURS_RATE, GOVERNOR_STD),
     (OURS_BP, TOWER_BUFFER),
     (OURS_BP4, TOWER_BUFFER),
 ];

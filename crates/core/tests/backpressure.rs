@@ -295,3 +295,41 @@ async fn default_queue_is_three_per_worker() {
     assert_eq!(svc.handle().queue_capacity(), 12);
     assert_eq!(svc.handle().workers(), 4);
 }
+
+#[tokio::test(start_paused = true)]
+async fn idle_workers_take_requests_while_others_are_busy() {
+    // Requests arrive one at a time, so each is handed to a worker that is
+    // waiting: every one must start at once while a worker is free, and wait
+    // only when all three are busy.
+    let inner = Gated::new();
+    let svc = tower::ServiceBuilder::new()
+        .layer(BackpressureLayer::with_queue(3, 9).unwrap())
+        .service(inner.clone());
+    let handle = svc.handle();
+    let mut next = 0u32;
+    for round in 0..20 {
+        let mut calls = Vec::new();
+        // A different number each round: 1..=5, so some rounds queue.
+        for k in 1..=(round % 5 + 1) {
+            let svc = svc.clone();
+            let req = next;
+            next += 1;
+            calls.push(tokio::spawn(async move { svc.oneshot(req).await.unwrap() }));
+            settle().await;
+            assert_eq!(
+                inner.seen.now(),
+                k.min(3),
+                "round {round}: {k} sent, {} running",
+                inner.seen.now()
+            );
+            assert_eq!(handle.queue_depth(), k.saturating_sub(3));
+        }
+        inner.gate.add_permits(calls.len());
+        for call in calls {
+            call.await.unwrap();
+        }
+        settle().await;
+        assert_eq!(handle.in_flight(), 0);
+    }
+    assert_eq!(inner.started().len(), next as usize);
+}

@@ -93,8 +93,12 @@ where
                 *template = Some(inner);
                 return Err(NoRuntime::new());
             };
-            for _ in 0..self.shared.queue.workers {
-                runtime.spawn(worker::run(self.shared.queue.clone(), inner.clone()));
+            for worker in 0..self.shared.queue.workers {
+                runtime.spawn(worker::run(
+                    self.shared.queue.clone(),
+                    worker,
+                    inner.clone(),
+                ));
             }
             self.shared.started.store(true, Ordering::Release);
         }
