@@ -2,10 +2,13 @@
 //! request bodies kept for replay.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
 use http_body::Body;
-use http_body_util::BodyExt;
+use pin_project_lite::pin_project;
 
 use crate::BoxError;
 
@@ -99,39 +102,70 @@ impl Cap {
 
 /// Reads `body` into one buffer, failing as soon as it passes the cap
 /// (before reading at all when the size hint already says so).
-pub(crate) async fn collect<B>(body: B, cap: Cap) -> Result<Bytes, BoxError>
+pub(crate) fn collect<B>(body: B, cap: Cap) -> Collect<B> {
+    Collect {
+        body,
+        cap,
+        checked: false,
+        first: None,
+        buf: BytesMut::new(),
+    }
+}
+
+pin_project! {
+    /// The future of [`collect`].
+    pub(crate) struct Collect<B> {
+        #[pin]
+        body: B,
+        cap: Cap,
+        checked: bool,
+        first: Option<Bytes>,
+        buf: BytesMut,
+    }
+}
+
+impl<B> Future for Collect<B>
 where
     B: Body,
     B::Error: Into<BoxError>,
 {
-    let limit = cap.limit();
-    let hint = body.size_hint();
-    if usize::try_from(hint.lower()).map_or(true, |n| n > limit) {
-        return Err(cap.exceeded());
-    }
-    let mut body = std::pin::pin!(body);
-    let mut first: Option<Bytes> = None;
-    let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| BoxError::from(ReadBody(e.into())))?;
-        let Ok(mut data) = frame.into_data() else {
-            continue; // trailers
-        };
-        let have = first.as_ref().map_or(0, |b| b.len()) + buf.len();
-        if have.saturating_add(bytes::Buf::remaining(&data)) > limit {
-            return Err(cap.exceeded());
-        }
-        let len = bytes::Buf::remaining(&data);
-        let chunk = bytes::Buf::copy_to_bytes(&mut data, len);
-        // One chunk (the common case for small bodies) is passed on without a copy.
-        match first.take() {
-            None if buf.is_empty() => first = Some(chunk),
-            Some(prev) => {
-                buf.extend_from_slice(&prev);
-                buf.extend_from_slice(&chunk);
+    type Output = Result<Bytes, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let cap = *this.cap;
+        let limit = cap.limit();
+        if !*this.checked {
+            *this.checked = true;
+            let hint = this.body.size_hint();
+            if usize::try_from(hint.lower()).map_or(true, |n| n > limit) {
+                return Poll::Ready(Err(cap.exceeded()));
             }
-            None => buf.extend_from_slice(&chunk),
         }
+        while let Some(frame) = ready!(this.body.as_mut().poll_frame(cx)) {
+            let frame = frame.map_err(|e| BoxError::from(ReadBody(e.into())))?;
+            let Ok(mut data) = frame.into_data() else {
+                continue; // trailers
+            };
+            let have = this.first.as_ref().map_or(0, |b| b.len()) + this.buf.len();
+            if have.saturating_add(bytes::Buf::remaining(&data)) > limit {
+                return Poll::Ready(Err(cap.exceeded()));
+            }
+            let len = bytes::Buf::remaining(&data);
+            let chunk = bytes::Buf::copy_to_bytes(&mut data, len);
+            // One chunk (the common case for small bodies) is passed on without a copy.
+            match this.first.take() {
+                None if this.buf.is_empty() => *this.first = Some(chunk),
+                Some(prev) => {
+                    this.buf.extend_from_slice(&prev);
+                    this.buf.extend_from_slice(&chunk);
+                }
+                None => this.buf.extend_from_slice(&chunk),
+            }
+        }
+        Poll::Ready(Ok(this
+            .first
+            .take()
+            .unwrap_or_else(|| std::mem::take(this.buf).freeze())))
     }
-    Ok(first.unwrap_or_else(|| buf.freeze()))
 }

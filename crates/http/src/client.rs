@@ -16,6 +16,7 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use pin_project_lite::pin_project;
 use tower::ServiceExt;
 use tower_fanout_core::keyed::{
     AuthorityKey, KeyLimit, KeyedLimit, KeyedLimitHandle, KeyedLimitLayer,
@@ -26,7 +27,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Instrument;
 
-use crate::body::{Cap, collect};
+use crate::body::{Cap, Collect, collect};
 use crate::guard::{self, Guard, GuardedConnector, GuardedResolver};
 use crate::learn::{Learn, Learned};
 use crate::redirect::RedirectPolicy;
@@ -359,12 +360,14 @@ impl ClientBuilder {
             FollowRedirect::with_policy(learned, RedirectPolicy::new(self.max_redirects));
         let stack: Stack = redirected;
         Ok(Client {
-            stack,
-            max_request_body: self.max_request_body,
-            user_agent: self.user_agent.clone(),
-            guard,
-            retry,
-            host_limits,
+            shared: Arc::new(Shared {
+                stack,
+                max_request_body: self.max_request_body,
+                user_agent: self.user_agent.clone(),
+                guard,
+                retry,
+                host_limits,
+            }),
         })
     }
 }
@@ -377,32 +380,89 @@ struct Fetch {
     cap: usize,
 }
 
+type Sent = tower_http::decompression::ResponseFuture<hyper_util::client::legacy::ResponseFuture>;
+type Received = tower_http::decompression::DecompressionBody<hyper::body::Incoming>;
+
+pin_project! {
+    /// The future of one attempt: the response's head, then its body.
+    struct FetchFuture {
+        #[pin]
+        step: Step,
+        #[pin]
+        deadline: Option<tokio::time::Sleep>,
+        timeout: Option<Duration>,
+        cap: usize,
+    }
+}
+
+pin_project! {
+    #[project = StepProj]
+    enum Step {
+        Head { #[pin] sent: Sent },
+        Body { parts: Option<http::response::Parts>, #[pin] body: Collect<Received> },
+    }
+}
+
+impl Future for FetchFuture {
+    type Output = Result<Response<Bytes>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let progress = match this.step.as_mut().project() {
+                StepProj::Head { sent } => match sent.poll(cx) {
+                    Poll::Ready(Ok(resp)) => {
+                        let (parts, body) = resp.into_parts();
+                        this.step.set(Step::Body {
+                            parts: Some(parts),
+                            body: collect(body, Cap::Response(*this.cap)),
+                        });
+                        continue;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                    Poll::Pending => Poll::Pending,
+                },
+                StepProj::Body { parts, body } => match body.poll(cx) {
+                    Poll::Ready(Ok(body)) => {
+                        let Some(parts) = parts.take() else {
+                            return Poll::Ready(Err("attempt polled after completion".into()));
+                        };
+                        return Poll::Ready(Ok(Response::from_parts(parts, body)));
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => Poll::Pending,
+                },
+            };
+            // Not done yet: the timeout, if any, is checked.
+            if let (Some(deadline), Some(after)) =
+                (this.deadline.as_mut().as_pin_mut(), *this.timeout)
+                && deadline.poll(cx).is_ready()
+            {
+                return Poll::Ready(Err(TimedOut::new(after).into()));
+            }
+            return progress;
+        }
+    }
+}
+
 impl Service<Request<Full<Bytes>>> for Fetch {
     type Response = Response<Bytes>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Bytes>, BoxError>> + Send>>;
+    type Future = FetchFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.client.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
-        let sent = self.client.call(req);
-        let (timeout, cap) = (self.timeout, self.cap);
-        Box::pin(async move {
-            let attempt = async move {
-                let resp = sent.await?;
-                let (parts, body) = resp.into_parts();
-                let body = collect(body, Cap::Response(cap)).await?;
-                Ok::<_, BoxError>(Response::from_parts(parts, body))
-            };
-            match timeout {
-                Some(after) => tokio::time::timeout(after, attempt)
-                    .await
-                    .map_err(|_| BoxError::from(TimedOut::new(after)))?,
-                None => attempt.await,
-            }
-        })
+        FetchFuture {
+            step: Step::Head {
+                sent: self.client.call(req),
+            },
+            deadline: self.timeout.map(tokio::time::sleep),
+            timeout: self.timeout,
+            cap: self.cap,
+        }
     }
 }
 
@@ -422,6 +482,11 @@ impl Service<Request<Full<Bytes>>> for Fetch {
 /// once known, `status`; never the full URI, since query strings carry secrets.
 #[derive(Clone)]
 pub struct Client {
+    // One allocation shared by every clone: a clone is one reference count.
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     stack: Stack,
     max_request_body: usize,
     user_agent: Option<HeaderValue>,
@@ -433,7 +498,7 @@ pub struct Client {
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("address_guard", &self.guard.enabled())
+            .field("address_guard", &self.shared.guard.enabled())
             .finish_non_exhaustive()
     }
 }
@@ -468,7 +533,7 @@ impl Client {
 
     /// A live view of the per-host limits (calls in flight, waiting, tokens per host).
     pub fn host_limits(&self) -> &KeyedLimitHandle<String> {
-        &self.host_limits
+        &self.shared.host_limits
     }
 
     /// Sends a GET to `uri` (a convenience over [`Service::call`]).
@@ -509,7 +574,11 @@ where
             status = tracing::field::Empty,
         );
         // Refusals that the URI alone decides, made before anything is read.
-        let refused = match self.guard.check(uri.scheme_str(), host.unwrap_or_default()) {
+        let shared = &self.shared;
+        let refused = match shared
+            .guard
+            .check(uri.scheme_str(), host.unwrap_or_default())
+        {
             Err(refused) => Some(Error::from_box(refused.into())),
             Ok(()) if !matches!(uri.scheme_str(), Some("http" | "https")) || host.is_none() => {
                 Some(Error::invalid_request(
@@ -518,27 +587,28 @@ where
             }
             Ok(()) => None,
         };
-        let stack = self.stack.clone();
-        let retry = self.retry.clone();
-        let max_request_body = self.max_request_body;
-        let user_agent = self.user_agent.clone();
+        let shared = shared.clone();
         let future = async move {
             if let Some(refused) = refused {
                 return Err(refused);
             }
             let (mut parts, body) = req.into_parts();
-            if let Some(agent) = user_agent
+            if let Some(agent) = &shared.user_agent
                 && let http::header::Entry::Vacant(slot) =
                     parts.headers.entry(http::header::USER_AGENT)
             {
-                slot.insert(agent);
+                slot.insert(agent.clone());
             }
-            let body = collect(body, Cap::Request(max_request_body))
+            let body = collect(body, Cap::Request(shared.max_request_body))
                 .await
                 .map_err(Error::from_box)?;
             let req = Request::from_parts(parts, Full::new(body));
             // The retry loop runs inside this future: one allocation per call.
-            let outcome = retry.run(stack, req).await.map_err(Error::from_box);
+            let outcome = shared
+                .retry
+                .run(shared.stack.clone(), req)
+                .await
+                .map_err(Error::from_box);
             if let Ok(resp) = &outcome {
                 tracing::Span::current().record("status", resp.status().as_u16());
             }

@@ -71,11 +71,11 @@ use std::hash::{BuildHasher, Hasher};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
 use http::{Method, Request, Response, StatusCode, header::RETRY_AFTER};
-use tower::ServiceExt;
+use pin_project_lite::pin_project;
 use tower::retry::budget::{Budget, TpsBudget};
 use tower_fanout_core::error::RateLimited;
 use tower_layer::Layer;
@@ -306,19 +306,28 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
+#[cfg(test)]
 pub(crate) fn decide<B>(
     outcome: &Result<Response<B>, BoxError>,
     method: &Method,
     now: SystemTime,
 ) -> Decision {
-    let idempotent = is_idempotent(method);
+    decide_lazily(outcome, is_idempotent(method), || now)
+}
+
+/// [`decide`], reading the clock only for a `Retry-After` to read.
+fn decide_lazily<B>(
+    outcome: &Result<Response<B>, BoxError>,
+    idempotent: bool,
+    now: impl FnOnce() -> SystemTime,
+) -> Decision {
     match outcome {
         Ok(resp) => {
             let status = resp.status();
             let after = || {
                 resp.headers()
                     .get(RETRY_AFTER)
-                    .and_then(|v| headers::retry_after(v, now))
+                    .and_then(|v| headers::retry_after(v, now()))
             };
             match status {
                 StatusCode::TOO_MANY_REQUESTS => after().map_or(Decision::Backoff, Decision::After),
@@ -380,88 +389,146 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        Box::pin(run(self.config.clone(), self.inner.clone(), req))
+        Box::pin(RetryFuture::new(
+            self.config.clone(),
+            self.inner.clone(),
+            req,
+        ))
     }
 }
 
 impl RetryLayer {
     /// Runs `req` through `inner` with this layer's retries, without boxing:
     /// the client preset awaits this inside its own response future.
-    pub(crate) fn run<S, B, ResB>(
-        &self,
-        inner: S,
-        req: Request<B>,
-    ) -> impl Future<Output = Result<Response<ResB>, BoxError>> + use<S, B, ResB>
+    pub(crate) fn run<S, B>(&self, inner: S, req: Request<B>) -> RetryFuture<S, Request<B>>
     where
-        S: Service<Request<B>, Response = Response<ResB>> + Clone,
-        S::Error: Into<BoxError>,
-        B: Clone,
+        S: Service<Request<B>>,
     {
-        run(self.config.clone(), inner, req)
+        RetryFuture::new(self.config.clone(), inner, req)
     }
 }
 
-async fn run<S, B, ResB>(
-    config: Arc<Config>,
-    inner: S,
-    req: Request<B>,
-) -> Result<Response<ResB>, BoxError>
+pin_project! {
+    /// The retry loop for one request: attempts, and the waits between them.
+    pub(crate) struct RetryFuture<S, Req>
+    where
+        S: Service<Req>,
+    {
+        config: Arc<Config>,
+        inner: S,
+        // The request, kept for the next attempt; the last one takes it.
+        original: Option<Req>,
+        idempotent: bool,
+        retries: u32,
+        #[pin]
+        step: RetryStep<S::Future>,
+    }
+}
+
+pin_project! {
+    #[project = RetryStepProj]
+    enum RetryStep<F> {
+        // Waiting for the inner service, then sending.
+        Ready,
+        Sent { #[pin] future: F },
+        Waiting { #[pin] sleep: tokio::time::Sleep },
+    }
+}
+
+impl<S, B> RetryFuture<S, Request<B>>
 where
-    S: Service<Request<B>, Response = Response<ResB>> + Clone,
+    S: Service<Request<B>>,
+{
+    fn new(config: Arc<Config>, inner: S, req: Request<B>) -> Self {
+        if config.settings.max_retries > 0 {
+            config.budget.deposit();
+        }
+        Self {
+            idempotent: is_idempotent(req.method()),
+            config,
+            inner,
+            original: Some(req),
+            retries: 0,
+            step: RetryStep::Ready,
+        }
+    }
+}
+
+impl<S, B, ResB> Future for RetryFuture<S, Request<B>>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
     S::Error: Into<BoxError>,
     B: Clone,
 {
-    let settings = &config.settings;
-    if settings.max_retries == 0 {
-        // Retrying is off: the answer, whatever it is, goes back as it is.
-        return inner.oneshot(req).await.map_err(Into::into);
-    }
-    config.budget.deposit();
-    let method = req.method().clone();
-    let mut original = Some(req);
-    let mut retries = 0u32;
-    loop {
-        // The last allowed attempt takes the request itself; the others a copy.
-        let this = if retries < settings.max_retries {
-            original.clone()
-        } else {
-            original.take()
-        };
-        let Some(this) = this else {
-            return Err("retry: request already sent".into());
-        };
-        let outcome = inner.clone().oneshot(this).await.map_err(Into::into);
-        let wait = match decide(&outcome, &method, SystemTime::now()) {
-            Decision::Done => return outcome,
-            Decision::After(d) if d > settings.max_wait => {
-                tracing::warn!(
-                    retry_after_ms = d.as_millis() as u64,
-                    max_wait_ms = settings.max_wait.as_millis() as u64,
-                    "retry-after above the cap; returning rate limited"
-                );
-                return Err(RateLimited::new(d).into());
+    type Output = Result<Response<ResB>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let settings = &this.config.settings;
+        loop {
+            match this.step.as_mut().project() {
+                RetryStepProj::Ready => {
+                    if let Err(e) = ready!(this.inner.poll_ready(cx)) {
+                        return Poll::Ready(Err(e.into()));
+                    }
+                    // The last allowed attempt takes the request itself; the others a copy.
+                    let req = if *this.retries < settings.max_retries {
+                        this.original.clone()
+                    } else {
+                        this.original.take()
+                    };
+                    let Some(req) = req else {
+                        return Poll::Ready(Err("retry: request already sent".into()));
+                    };
+                    let future = this.inner.call(req);
+                    this.step.set(RetryStep::Sent { future });
+                }
+                RetryStepProj::Sent { future } => {
+                    let outcome = ready!(future.poll(cx)).map_err(Into::into);
+                    if settings.max_retries == 0 {
+                        // Retrying is off: the answer, whatever it is, goes back as it is.
+                        return Poll::Ready(outcome);
+                    }
+                    let wait = match decide_lazily(&outcome, *this.idempotent, SystemTime::now) {
+                        Decision::Done => return Poll::Ready(outcome),
+                        Decision::After(d) if d > settings.max_wait => {
+                            tracing::warn!(
+                                retry_after_ms = d.as_millis() as u64,
+                                max_wait_ms = settings.max_wait.as_millis() as u64,
+                                "retry-after above the cap; returning rate limited"
+                            );
+                            return Poll::Ready(Err(RateLimited::new(d).into()));
+                        }
+                        Decision::After(d) => d,
+                        Decision::Backoff => this.config.backoff(*this.retries),
+                    };
+                    if *this.retries >= settings.max_retries {
+                        return Poll::Ready(outcome);
+                    }
+                    if !this.config.budget.withdraw() {
+                        tracing::debug!("retry budget spent; returning the outcome");
+                        return Poll::Ready(outcome);
+                    }
+                    *this.retries += 1;
+                    tracing::debug!(
+                        retry = *this.retries,
+                        wait_ms = wait.as_millis() as u64,
+                        status = outcome.as_ref().map(|r| r.status().as_u16()).ok(),
+                        "retrying"
+                    );
+                    // The outcome (and with it any connection or permit) goes
+                    // before the sleep, not after.
+                    drop(outcome);
+                    this.step.set(RetryStep::Waiting {
+                        sleep: tokio::time::sleep(wait),
+                    });
+                }
+                RetryStepProj::Waiting { sleep } => {
+                    ready!(sleep.poll(cx));
+                    this.step.set(RetryStep::Ready);
+                }
             }
-            Decision::After(d) => d,
-            Decision::Backoff => config.backoff(retries),
-        };
-        if retries >= settings.max_retries {
-            return outcome;
         }
-        if !config.budget.withdraw() {
-            tracing::debug!("retry budget spent; returning the outcome");
-            return outcome;
-        }
-        retries += 1;
-        tracing::debug!(
-            retry = retries,
-            wait_ms = wait.as_millis() as u64,
-            status = outcome.as_ref().map(|r| r.status().as_u16()).ok(),
-            "retrying"
-        );
-        // The outcome (and with it any connection or permit) goes before
-        // the sleep, not after.
-        drop(outcome);
-        tokio::time::sleep(wait).await;
     }
 }
 
