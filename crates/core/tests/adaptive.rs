@@ -130,23 +130,41 @@ async fn caller_errors_neither_raise_nor_lower() {
     assert!(handle.limit() > 8);
 }
 
+/// Whether a clone of `svc` gets ready now, polled as a task (so that the
+/// test can advance the clock and poll it again).
+fn ready_task<S>(svc: &S) -> tokio_test::task::Spawn<impl Future<Output = ()>>
+where
+    S: tower::Service<(), Response = Res, Error = tower_fanout_core::BoxError> + Clone,
+{
+    let mut svc = svc.clone();
+    tokio_test::task::spawn(async move {
+        svc.ready().await.unwrap();
+    })
+}
+
 #[tokio::test(start_paused = true)]
-async fn long_retry_after_holds_once_then_resumes() {
+async fn long_retry_after_holds_new_calls_then_resumes() {
     let layer = AdaptiveLimitLayer::new(aimd(20));
     let handle = layer.handle();
     let (svc, mut upstream) = mock::pair::<(), Res>();
     let svc = ServiceBuilder::new().layer(layer).service(svc);
     burst(&svc, &mut upstream, 20, 429, Some(30)).await;
-    assert_eq!(handle.limit(), 18);
-    // A quota: further 429s inside the 30 s neither collapse nor move it.
-    for _ in 0..20 {
-        burst(&svc, &mut upstream, 18, 429, Some(30)).await;
-    }
-    assert_eq!(handle.limit(), 18);
+    // A quota spent: a lower limit would not bring it back sooner, so the
+    // limit stays where it was (it neither collapses nor moves) ...
+    assert_eq!(handle.limit(), 20);
+    // ... and no call goes out until the wait is over: each would only be
+    // refused.
+    let mut ready = ready_task(&svc);
+    assert_pending!(ready.poll());
+    time::advance(Duration::from_secs(29)).await;
+    assert_pending!(ready.poll());
+    time::advance(Duration::from_secs(1)).await;
+    assert!(ready.is_woken());
+    assert!(ready.poll().is_ready());
+    drop(ready);
     // After the wait the controller listens again: not frozen for good.
-    time::advance(Duration::from_secs(30)).await;
-    burst(&svc, &mut upstream, 18, 429, None).await;
-    assert_eq!(handle.limit(), 16);
+    burst(&svc, &mut upstream, 20, 429, None).await;
+    assert_eq!(handle.limit(), 18);
 }
 
 #[tokio::test(start_paused = true)]
@@ -155,28 +173,65 @@ async fn max_hold_caps_a_very_long_retry_after() {
     let handle = layer.handle();
     let (svc, mut upstream) = mock::pair::<(), Res>();
     let svc = ServiceBuilder::new().layer(layer).service(svc);
-    // An hour's Retry-After: held for ten seconds, not for the hour.
+    // An hour's Retry-After: new calls are held for ten seconds, not the hour.
     burst(&svc, &mut upstream, 20, 429, Some(3600)).await;
-    assert_eq!(handle.limit(), 18);
+    assert_eq!(handle.limit(), 20);
+    let mut ready = ready_task(&svc);
     time::advance(Duration::from_secs(9)).await;
-    burst(&svc, &mut upstream, 18, 429, Some(3600)).await;
-    assert_eq!(handle.limit(), 18, "still held");
+    assert_pending!(ready.poll());
     time::advance(Duration::from_secs(1)).await;
-    burst(&svc, &mut upstream, 18, 429, None).await;
-    assert_eq!(handle.limit(), 16, "listening again");
+    assert!(ready.poll().is_ready(), "held no longer than max_hold");
+    drop(ready);
+    burst(&svc, &mut upstream, 20, 429, None).await;
+    assert_eq!(handle.limit(), 18, "listening again");
 }
 
 #[tokio::test(start_paused = true)]
-async fn short_retry_after_is_ordinary_congestion() {
+async fn short_retry_after_paces_then_is_ordinary_congestion() {
     let layer = AdaptiveLimitLayer::new(aimd(20));
     let handle = layer.handle();
     let (svc, mut upstream) = mock::pair::<(), Res>();
     let svc = ServiceBuilder::new().layer(layer).service(svc);
-    // Retry-After 0: shorter than four RTTs, no hold.
+    // Retry-After 0: shorter than four RTTs, no hold. The first one turns
+    // pacing on, which answers the refusals of calls sent unpaced; later
+    // ones are one episode, one cut, as without a Retry-After.
     burst(&svc, &mut upstream, 20, 429, Some(0)).await;
+    assert_eq!(handle.limit(), 20);
+    time::advance(Duration::from_millis(1)).await;
+    burst(&svc, &mut upstream, 20, 429, Some(0)).await;
+    assert_eq!(handle.limit(), 18);
     time::advance(Duration::from_millis(1)).await;
     burst(&svc, &mut upstream, 18, 429, Some(0)).await;
     assert_eq!(handle.limit(), 16);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_paces_new_calls() {
+    let layer = AdaptiveLimitLayer::new(aimd(8));
+    let handle = layer.handle();
+    let (svc, mut upstream) = mock::pair::<(), Res>();
+    let svc = ServiceBuilder::new().layer(layer).service(svc);
+    // Unpaced, calls go out together.
+    burst(&svc, &mut upstream, 8, 200, None).await;
+    let limit = handle.limit();
+    let ready: Vec<_> = (0..3).map(|_| ready_task(&svc)).collect();
+    for mut r in ready {
+        assert!(r.poll().is_ready());
+    }
+    // A rate cap answers a burst with 429 + Retry-After: from then on
+    // admissions are spaced at 1.25 × limit / RTT (100 ms here).
+    burst(&svc, &mut upstream, limit, 429, Some(0)).await;
+    assert_eq!(handle.limit(), limit, "pacing answers it, not a cut");
+    let gap = Duration::from_millis(100).div_f64(limit as f64 * 1.25);
+    let mut ready: Vec<_> = (0..3).map(|_| ready_task(&svc)).collect();
+    assert!(ready[0].poll().is_ready());
+    assert_pending!(ready[1].poll());
+    assert_pending!(ready[2].poll());
+    time::advance(gap + Duration::from_millis(1)).await;
+    assert!(ready[1].poll().is_ready());
+    assert_pending!(ready[2].poll());
+    time::advance(gap).await;
+    assert!(ready[2].poll().is_ready());
 }
 
 #[tokio::test(start_paused = true)]

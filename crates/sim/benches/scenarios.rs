@@ -190,14 +190,26 @@ fn render(results: &[(Scenario, usize, Vec<Row>)], took: std::time::Duration) ->
             writeln!(out, "- {name}: **not met** — {}", missed.join("; ")).unwrap();
         }
     }
+    let how = if goal.iter().all(|(_, missed)| missed.is_empty()) {
+        "How the hardest three are met. Rate cap (rate-20-retry-after): the first 429 with a \
+         `Retry-After` turns pacing on in the layer (admissions spaced at 1.25 × limit / RTT), so \
+         the answers of one round trip, which come back together, no longer go out again as a \
+         burst that overruns the cap's burst of 5; the refusals of calls sent before pacing \
+         began are answered by it, not by a cut; and after a refusal with a `Retry-After` the \
+         gradient controller probes past the capacity by at most 8 % a round. Quota \
+         (quota-long-retry-after): a 429 whose `Retry-After` is longer than four round trips \
+         holds every new call until the wait is over (at most `max_hold`), so only the calls \
+         already sent are refused, and no controller cuts for it. Queueing server (queue-knee): \
+         slow start decides only on answers of calls made under the limit it doubled to; it \
+         still doubles 40 → 80 (at 40 calls in service the knee adds only 17 % latency), and \
+         the latency cut a round trip later brings it within ±20 %, where it stays."
+    } else {
+        "Why the misses: see the comments marked `GOAL NOT MET` in \
+         `crates/sim/tests/scenarios.rs`."
+    };
     writeln!(
         out,
-        "\nWhy the misses: a rate cap refuses bursts that a concurrency limit cannot smooth (use a \
-         `RateLimitLayer` for a known rate); a quota refuses every waiting caller once per window \
-         whatever the limit (only learning the quota from headers avoids that); behind a queueing \
-         server slow start doubles past the capacity before the queue's latency shows (a round \
-         trip late), and the latency cuts take about 15 round trips to bring the limit within \
-         ±20 %, where it then stays.\n\n\
+        "\n{how}\n\n\
          Whole table: {:.1} s of real time for all runs (release build).",
         took.as_secs_f64()
     )

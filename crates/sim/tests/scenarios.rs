@@ -3,11 +3,11 @@
 //!
 //! The goal for the default controller (gradient) is: goodput ≥ 0.9 of the
 //! capacity (of the offered load where lower), overload errors ≤ 5 %, and
-//! settled within ±20 % of a new capacity in ≤ 10 round trips. Where a
-//! controller does not meet it, the test asserts what is true and says so
-//! in a comment marked `GOAL NOT MET`, and so does BENCHMARKS.md. The other
-//! controllers' assertions record their measured behaviour (with a small
-//! margin), so a regression shows.
+//! settled within ±20 % of a new capacity in ≤ 10 round trips (where the
+//! scenario has a capacity in calls to settle at). It is met on every
+//! scenario, and `gradient_meets_the_goal_on_every_scenario` says so. The
+//! other controllers' assertions record their measured behaviour (with a
+//! small margin), so a regression shows.
 #![allow(clippy::unwrap_used)]
 
 #[path = "support/scenarios.rs"]
@@ -32,19 +32,24 @@ fn of(all: &[(Ctl, Figures); 4], ctl: Ctl) -> &Figures {
     &all.iter().find(|(c, _)| *c == ctl).unwrap().1
 }
 
-/// The goal for the default controller, in full.
+/// The goal for the default controller, in full, for `ctl` on scenario `name`.
 #[track_caller]
-fn meets_goal(name: &str, f: &Figures) {
-    assert!(f.goodput >= 0.9, "{name}: goodput {:.3} < 0.9", f.goodput);
+fn meets_goal(name: &str, ctl: Ctl, f: &Figures) {
+    let who = format!("{name} {}", ctl.name());
+    assert!(f.goodput >= 0.9, "{who}: goodput {:.3} < 0.9", f.goodput);
     assert!(
         f.overload_rate <= 0.05,
-        "{name}: overload rate {:.3} > 5 %",
+        "{who}: overload rate {:.3} > 5 %",
         f.overload_rate
     );
+    // A light load or a quota has no capacity in calls to settle at.
+    if !scenario(name).settles() {
+        return;
+    }
     let rtts = f.rtts_to_capacity.expect("settles within ±20 %");
     assert!(
         rtts <= 10.0,
-        "{name}: settled after {rtts:.1} round trips > 10"
+        "{who}: settled after {rtts:.1} round trips > 10"
     );
 }
 
@@ -60,8 +65,9 @@ fn at_most(what: &str, value: f64, max: f64) {
 
 #[test]
 fn cap_5_answered_with_429() {
-    let all = figures("cap-5-429");
-    meets_goal("gradient", of(&all, Ctl::Gradient));
+    const NAME: &str = "cap-5-429";
+    let all = figures(NAME);
+    meets_goal(NAME, Ctl::Gradient, of(&all, Ctl::Gradient));
     // At five calls a probe to six is a 20 % overrun: AIMD (+1 per RTT) and
     // the windowed preset (+2 per window) pay for it in refusals.
     at_least("aimd overload", of(&all, Ctl::Aimd).overload_rate, 0.10);
@@ -75,9 +81,10 @@ fn cap_5_answered_with_429() {
 
 #[test]
 fn cap_50_answered_with_429() {
-    let all = figures("cap-50-429");
+    const NAME: &str = "cap-50-429";
+    let all = figures(NAME);
     for ctl in [Ctl::Gradient, Ctl::Aimd, Ctl::Vegas] {
-        meets_goal(&ctl.name(), of(&all, ctl));
+        meets_goal(NAME, ctl, of(&all, ctl));
     }
     // The preset reaches its max of 50 = the capacity, but +2 per 20 answers
     // takes about 25 round trips.
@@ -88,9 +95,10 @@ fn cap_50_answered_with_429() {
 
 #[test]
 fn cap_200_answered_with_429() {
-    let all = figures("cap-200-429");
+    const NAME: &str = "cap-200-429";
+    let all = figures(NAME);
     for ctl in [Ctl::Gradient, Ctl::Aimd, Ctl::Vegas] {
-        meets_goal(&ctl.name(), of(&all, ctl));
+        meets_goal(NAME, ctl, of(&all, ctl));
     }
     // Slow start: 5 → 200 in about six round trips, not 195.
     at_most(
@@ -106,40 +114,40 @@ fn cap_200_answered_with_429() {
 
 #[test]
 fn rate_cap_with_retry_after() {
-    let all = figures("rate-20-retry-after");
-    // GOAL NOT MET by any controller: a concurrency limit cannot smooth the
-    // bursts a 20/s, burst-5 rate limit refuses (every refusal cuts the
-    // limit, the slow round trips of 1.1 s make regrowth slow). Gradient
-    // reaches about 0.74 of the rate with few refusals; AIMD about 0.89.
-    // The right tool for a known rate is a RateLimitLayer in front.
-    // (For comparison, measured with this harness: a fixed limit of 20
-    // reaches 0.90 of the rate but 57 % of its attempts are refused, since
-    // each refused call's permit goes straight to the next caller; the
-    // adaptive limits keep refusals near 3 %.)
-    let g = of(&all, Ctl::Gradient);
-    at_least("gradient goodput", g.goodput, 0.7);
-    at_most("gradient overload", g.overload_rate, 0.05);
-    let a = of(&all, Ctl::Aimd);
-    at_least("aimd goodput", a.goodput, 0.87);
-    at_most("aimd overload", a.overload_rate, 0.05);
+    const NAME: &str = "rate-20-retry-after";
+    let all = figures(NAME);
+    // Met by every controller but the preset: the first 429 with a
+    // Retry-After turns pacing on (admissions spaced at 1.25 × limit / RTT),
+    // so the bursts a concurrency limit lets through (the answers of one
+    // round trip come back together) no longer overrun the burst of 5, and
+    // the limits settle at 20..26 with few refusals. (Before pacing,
+    // gradient reached 0.74 of the rate after 27 round trips, AIMD 0.89.)
+    for ctl in [Ctl::Gradient, Ctl::Aimd, Ctl::Vegas] {
+        meets_goal(NAME, ctl, of(&all, ctl));
+        at_least(
+            &format!("{} goodput", ctl.name()),
+            of(&all, ctl).goodput,
+            0.97,
+        );
+    }
     // The preset never grows: the mean latency (1.1 s) is above its 500 ms bar.
     assert_eq!(of(&all, Ctl::Windowed).max_limit, 5);
 }
 
 #[test]
 fn queueing_server_with_a_latency_knee() {
-    let all = figures("queue-knee");
+    const NAME: &str = "queue-knee";
+    let all = figures(NAME);
     let g = of(&all, Ctl::Gradient);
     at_least("gradient goodput", g.goodput, 0.95);
     at_most("gradient overload", g.overload_rate, 0.0);
     at_most("gradient p99 over unloaded", g.p99_ratio, 1.4);
-    // GOAL NOT MET in full: slow start doubles to 80 before the queue's
-    // latency shows (a round trip late), and the latency cuts take about 15
-    // round trips to bring the limit back within ±20 % of 40. From then on
-    // it stays within 42..47.
-    let rtts = g.rtts_to_capacity.unwrap();
-    at_most("gradient round trips", rtts, 17.0);
-    at_least("gradient round trips", rtts, 10.0);
+    // Slow start still doubles 40 → 80 (at 40 in service the knee adds
+    // only 17 %, and the first answers under 40 are the quick ones), but
+    // it reads only answers of calls made under the limit it doubled to,
+    // so the latency cut comes a round trip later, not two: within ±20 %
+    // after about 8 round trips (15.5 before), then within 42..47.
+    meets_goal(NAME, Ctl::Gradient, of(&all, Ctl::Gradient));
     at_most("gradient max limit", g.max_limit as f64, 48.0);
     at_least("gradient min limit", g.min_limit as f64, 40.0);
     // Vegas holds a small queue: within ±20 % after about 10 round trips.
@@ -154,25 +162,28 @@ fn queueing_server_with_a_latency_knee() {
 
 #[test]
 fn silent_drops_with_a_client_timeout() {
-    let all = figures("drops-timeout");
-    meets_goal("gradient", of(&all, Ctl::Gradient));
-    meets_goal("aimd", of(&all, Ctl::Aimd));
-    meets_goal("vegas", of(&all, Ctl::Vegas));
+    const NAME: &str = "drops-timeout";
+    let all = figures(NAME);
+    meets_goal(NAME, Ctl::Gradient, of(&all, Ctl::Gradient));
+    meets_goal(NAME, Ctl::Aimd, of(&all, Ctl::Aimd));
+    meets_goal(NAME, Ctl::Vegas, of(&all, Ctl::Vegas));
 }
 
 #[test]
 fn log_normal_latency_with_a_heavy_tail() {
-    let all = figures("lognormal-tail");
-    meets_goal("gradient", of(&all, Ctl::Gradient));
-    meets_goal("aimd", of(&all, Ctl::Aimd));
+    const NAME: &str = "lognormal-tail";
+    let all = figures(NAME);
+    meets_goal(NAME, Ctl::Gradient, of(&all, Ctl::Gradient));
+    meets_goal(NAME, Ctl::Aimd, of(&all, Ctl::Aimd));
     // Vegas reads the noise of the tail as a queue and collapses.
     at_most("vegas goodput", of(&all, Ctl::Vegas).goodput, 0.3);
 }
 
 #[test]
 fn capacity_halved_then_doubled() {
-    let all = figures("halve-then-double");
-    meets_goal("gradient", of(&all, Ctl::Gradient));
+    const NAME: &str = "halve-then-double";
+    let all = figures(NAME);
+    meets_goal(NAME, Ctl::Gradient, of(&all, Ctl::Gradient));
     // AIMD's +1 per round trip takes ~33 round trips to climb back 50 → 100.
     let a = of(&all, Ctl::Aimd);
     at_least("aimd round trips", a.rtts_to_capacity.unwrap(), 25.0);
@@ -181,8 +192,10 @@ fn capacity_halved_then_doubled() {
 
 #[test]
 fn load_below_capacity_does_not_run_away() {
-    let s = scenario("low-load");
-    let all = figures("low-load");
+    const NAME: &str = "low-load";
+    let s = scenario(NAME);
+    let all = figures(NAME);
+    meets_goal(NAME, Ctl::Gradient, of(&all, Ctl::Gradient));
     // About 24 calls in flight are needed (200/s × 120 ms). A backlog built
     // while the limit was 5 lifts every limit at first; the gradient
     // controller then settles back towards 1.5 × the demand it sees, the
@@ -205,10 +218,11 @@ fn load_below_capacity_does_not_run_away() {
 
 #[test]
 fn two_clients_share_fairly() {
-    let all = figures("two-clients");
+    const NAME: &str = "two-clients";
+    let all = figures(NAME);
     for ctl in [Ctl::Gradient, Ctl::Aimd] {
+        meets_goal(NAME, ctl, of(&all, ctl));
         let f = of(&all, ctl);
-        meets_goal(&ctl.name(), f);
         at_least(
             &format!("{} fairness", ctl.name()),
             f.fairness.unwrap(),
@@ -224,24 +238,25 @@ fn two_clients_share_fairly() {
 
 #[test]
 fn quota_with_a_long_retry_after_neither_collapses_nor_freezes() {
-    let all = figures("quota-long-retry-after");
+    const NAME: &str = "quota-long-retry-after";
+    let all = figures(NAME);
     for (ctl, f) in &all {
         // The quota is used in full every window: not frozen.
         at_least(&format!("{} goodput", ctl.name()), f.goodput, 0.99);
-        // Not collapsed: one cut per window, never down to the minimum.
+        // Not collapsed: the hold answers a spent quota, not a cut.
         at_least(
             &format!("{} min limit", ctl.name()),
             f.min_limit as f64,
             40.0,
         );
     }
-    // GOAL NOT MET (overload ≤ 5 %) by any controller: once a window's quota
-    // is spent, every one of the 200 callers gets one 429 before it waits
-    // out the Retry-After: 200 of 1200 calls per window (16.7 %), whatever
-    // the limit. Only a client that learns the quota (issue: rate-limit
-    // header learning) can avoid them.
-    for (_, f) in &all {
-        at_most("overload", f.overload_rate, 0.17);
+    // Once a window's quota is spent, the first 429 (Retry-After up to
+    // 10 s) holds every new call until the window is over: only the few
+    // calls already sent are refused. (Without the hold, each of the 200
+    // callers got one 429 per window: 16.7 % of the attempts.)
+    meets_goal(NAME, Ctl::Gradient, of(&all, Ctl::Gradient));
+    for (ctl, f) in &all {
+        at_most(&format!("{} overload", ctl.name()), f.overload_rate, 0.01);
     }
 }
 
@@ -254,6 +269,13 @@ fn batch_makespan_against_the_best_fixed_limit() {
         let ratio = g.as_secs_f64() / best_time.as_secs_f64();
         println!("{name}: gradient {g:?}, best fixed ({best}) {best_time:?}: {ratio:.2}");
         at_most(&format!("{name} makespan over best fixed"), ratio, 1.6);
+    }
+}
+
+#[test]
+fn gradient_meets_the_goal_on_every_scenario() {
+    for s in table() {
+        meets_goal(s.name, Ctl::Gradient, &run(&s, Ctl::Gradient));
     }
 }
 

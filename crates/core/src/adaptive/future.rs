@@ -19,6 +19,8 @@ use crate::semaphore::Permit;
 pub(super) struct Guard {
     pub(super) shared: Arc<Shared>,
     pub(super) started: Instant,
+    /// When the permit was taken (before `started` when pacing delayed it).
+    pub(super) admitted: Instant,
     pub(super) in_flight: usize,
     pub(super) limit: usize,
     pub(super) _permit: Permit,
@@ -98,6 +100,7 @@ where
                     let Guard {
                         shared,
                         started,
+                        admitted,
                         in_flight,
                         limit,
                         _permit,
@@ -105,7 +108,7 @@ where
                     // Decide first, then give the permit back: a decrease
                     // is then paid off by this very permit, instead of the
                     // permit admitting one more call into the overload.
-                    shared.record(started, in_flight, limit, outcome, retry_after);
+                    shared.record(started, admitted, in_flight, limit, outcome, retry_after);
                     drop(_permit);
                 }
                 Poll::Ready(output)

@@ -58,9 +58,9 @@ impl<K> AdaptiveLimitLayer<K> {
         self
     }
 
-    /// The longest a `Retry-After` may hold the limit still (default 60 s):
-    /// past it the controller listens again, so a quota never freezes it
-    /// for good.
+    /// The longest a long `Retry-After` may hold new calls and the limit
+    /// (default 60 s): past it calls go out and the controller listens
+    /// again, so a quota never freezes the limit for good.
     ///
     /// Applies to every service sharing this layer's limit.
     #[must_use]
@@ -140,19 +140,31 @@ pub(super) struct Shared {
     rtt_long_us: AtomicU64,
     max_hold_ms: AtomicU64,
     name: &'static str,
+    /// The origin of the nanosecond clocks below (so they fit in atomics).
+    epoch: Instant,
+    /// No new call is admitted before this (ns since `epoch`; 0: none).
+    admit_at_ns: AtomicU64,
+    /// The pacing interval between admissions (ns; 0: not paced).
+    pace_ns: AtomicU64,
+    /// The next free pacing slot (ns since `epoch`).
+    next_slot_ns: AtomicU64,
 }
 
 struct State {
     controller: Box<dyn Controller>,
-    /// Overloads from calls that started before this (or at the same
-    /// instant, on a coarse or paused clock) were caused by the old, higher
-    /// limit: they are already answered.
+    /// Overloads from calls admitted before this (or at the same instant,
+    /// on a coarse or paused clock) were caused by the old, higher limit, or
+    /// sent unpaced before pacing began: they are already answered.
     last_decrease: Option<Instant>,
-    /// After an overload with a long `Retry-After`, nothing moves until then.
+    /// After an overload with a long `Retry-After`, nothing moves (and no
+    /// call is admitted) until then.
     hold_until: Option<Instant>,
     /// A moving average of successful calls' RTT, whatever the controller
-    /// keeps: the yardstick for a "long" `Retry-After`.
+    /// keeps: the yardstick for a "long" `Retry-After`, and the pace.
     rtt: Option<Duration>,
+    /// Admissions are paced until then: the downstream sent a `Retry-After`
+    /// (a rate cap or a quota) not long before.
+    paced_until: Option<Instant>,
 }
 
 impl fmt::Debug for Shared {
@@ -167,6 +179,13 @@ impl fmt::Debug for Shared {
 
 /// A `Retry-After` longer than this many RTTs marks a quota, not congestion.
 const LONG_RETRY_AFTER_RTTS: u32 = 4;
+
+/// Pacing stays on for this many RTTs after the last `Retry-After`.
+const PACED_RTTS: u32 = 256;
+
+/// Paced admissions run this much faster than the limit's own rate
+/// (limit / RTT): a pace that only smooths bursts, it never binds on average.
+const PACE_GAIN: f64 = 1.25;
 
 fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -183,18 +202,52 @@ impl Shared {
                 last_decrease: None,
                 hold_until: None,
                 rtt: None,
+                paced_until: None,
             }),
             rtt_short_us: AtomicU64::new(0),
             rtt_long_us: AtomicU64::new(0),
             max_hold_ms: AtomicU64::new(60_000),
             name,
+            epoch: Instant::now(),
+            admit_at_ns: AtomicU64::new(0),
+            pace_ns: AtomicU64::new(0),
+            next_slot_ns: AtomicU64::new(0),
         }
+    }
+
+    fn ns(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Until when new calls must wait, after a long `Retry-After`; `None`
+    /// when they may go now.
+    pub(super) fn held_until(&self, now: Instant) -> Option<Instant> {
+        let at = self.admit_at_ns.load(Ordering::Relaxed);
+        (at > self.ns(now)).then(|| self.epoch + Duration::from_nanos(at))
+    }
+
+    /// Takes the next pacing slot for a call that holds a permit; returns
+    /// when it may go, if that is later than `now`.
+    pub(super) fn pace(&self, now: Instant) -> Option<Instant> {
+        let interval = self.pace_ns.load(Ordering::Relaxed);
+        if interval == 0 {
+            return None;
+        }
+        let now_ns = self.ns(now);
+        let prev = self
+            .next_slot_ns
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |next| {
+                Some(next.max(now_ns).saturating_add(interval))
+            })
+            .unwrap_or(now_ns);
+        (prev > now_ns).then(|| self.epoch + Duration::from_nanos(prev))
     }
 
     /// Feeds one finished call to the controller and applies its decision.
     pub(super) fn record(
         &self,
         started: Instant,
+        admitted: Instant,
         in_flight: usize,
         limit: usize,
         outcome: Outcome,
@@ -202,45 +255,47 @@ impl Shared {
     ) {
         let now = Instant::now();
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let rtt = now.saturating_duration_since(started);
+        if outcome == Outcome::Success {
+            state.rtt = Some(super::controller::ewma(state.rtt, rtt, 0.1));
+        }
         if state.hold_until.is_some_and(|until| now < until) {
             return;
         }
-        if outcome == Outcome::Overload && state.last_decrease.is_some_and(|at| started <= at) {
+        // Admitted, not started: a call that waited for its pacing slot
+        // across a decrease was let in by the old limit.
+        if outcome == Outcome::Overload && state.last_decrease.is_some_and(|at| admitted <= at) {
+            return;
+        }
+        if outcome == Outcome::Overload
+            && let Some(wait) = retry_after
+            && self.retry_after(&mut state, now, rtt, wait)
+        {
+            self.set_pace(&state, now);
             return;
         }
         let sample = Sample {
             outcome,
-            rtt: now.saturating_duration_since(started),
+            rtt,
             in_flight,
             limit,
             retry_after,
         };
-        if outcome == Outcome::Success {
-            state.rtt = Some(super::controller::ewma(state.rtt, sample.rtt, 0.1));
-        }
-        let Some(change) = state.controller.update(&sample, now) else {
+        let change = state.controller.update(&sample, now);
+        let rtt = state.controller.rtt();
+        self.rtt_short_us
+            .store(rtt.short.map_or(0, micros), Ordering::Relaxed);
+        self.rtt_long_us
+            .store(rtt.long.map_or(0, micros), Ordering::Relaxed);
+        let Some(change) = change else {
+            self.set_pace(&state, now);
             return;
         };
         let old = self.semaphore.limit();
         let new = change.limit.max(1);
         if new < old {
             state.last_decrease = Some(now);
-            let rtt = state.rtt.unwrap_or(sample.rtt);
-            let cap = Duration::from_millis(self.max_hold_ms.load(Ordering::Relaxed));
-            if let Some(wait) = retry_after.filter(|w| *w > rtt * LONG_RETRY_AFTER_RTTS) {
-                state.hold_until = Some(now + wait.min(cap));
-                tracing::debug!(
-                    retry_after_ms = duration_ms(wait),
-                    "long retry-after: holding the limit"
-                );
-            }
         }
-        let rtt = state.controller.rtt();
-        self.rtt_short_us
-            .store(rtt.short.map_or(0, micros), Ordering::Relaxed);
-        self.rtt_long_us
-            .store(rtt.long.map_or(0, micros), Ordering::Relaxed);
-        drop(state);
         if new != old {
             self.semaphore.set_limit(new);
             tracing::debug!(
@@ -251,6 +306,63 @@ impl Shared {
                 "adaptive limit changed"
             );
         }
+        self.set_pace(&state, now);
+    }
+
+    /// Answers an overload that carries a `Retry-After`: the downstream has a
+    /// rate cap or a quota. Returns whether that answer is all the overload
+    /// calls for (the controller is then not told).
+    ///
+    /// - A long wait (more than four RTTs) is a quota spent: new calls wait
+    ///   until it is over (at most `max_hold`), and the controller is not
+    ///   told: a lower limit would not bring the quota back sooner, and
+    ///   every call sent meanwhile would only be refused.
+    /// - The first `Retry-After` turns pacing on: admissions are spaced at
+    ///   [`PACE_GAIN`] × limit / RTT, because a rate cap with a small burst
+    ///   refuses the bursts of calls a concurrency limit lets through
+    ///   together (the answers of one round trip come back together, and
+    ///   each frees a permit at once). The refusals of calls sent unpaced
+    ///   say the bursts were too steep, not that the limit is too high:
+    ///   pacing answers them, and they count as answered (like the calls of
+    ///   an episode after its decrease).
+    fn retry_after(&self, state: &mut State, now: Instant, rtt: Duration, wait: Duration) -> bool {
+        let srtt = state.rtt.unwrap_or(rtt);
+        let newly_paced = state.paced_until.is_none_or(|until| now >= until);
+        state.paced_until = Some(now + srtt * PACED_RTTS);
+        if newly_paced {
+            state.last_decrease = Some(now);
+            tracing::debug!(
+                limit = self.semaphore.limit(),
+                retry_after_ms = duration_ms(wait),
+                "retry-after: pacing admissions"
+            );
+        }
+        if wait > srtt * LONG_RETRY_AFTER_RTTS {
+            let cap = Duration::from_millis(self.max_hold_ms.load(Ordering::Relaxed));
+            let until = now + wait.min(cap);
+            state.hold_until = Some(until);
+            self.admit_at_ns
+                .fetch_max(self.ns(until), Ordering::Relaxed);
+            tracing::debug!(
+                retry_after_ms = duration_ms(wait),
+                limit = self.semaphore.limit(),
+                "long retry-after: holding new calls and the limit"
+            );
+            return true;
+        }
+        newly_paced
+    }
+
+    /// Sets the pacing interval from the limit and the RTT, or clears it.
+    fn set_pace(&self, state: &State, now: Instant) {
+        let interval = match (state.paced_until, state.rtt) {
+            (Some(until), Some(rtt)) if now < until => {
+                let limit = self.semaphore.limit().max(1) as f64;
+                u64::try_from(rtt.div_f64(limit * PACE_GAIN).as_nanos()).unwrap_or(u64::MAX)
+            }
+            _ => 0,
+        };
+        self.pace_ns.store(interval, Ordering::Relaxed);
     }
 }
 

@@ -21,17 +21,26 @@
 //! capacity of 200 is found from 5 in about six round trips.
 //!
 //! # Rules the layer keeps for every controller
-//! - One congestion episode, one decrease: overloads from calls that
-//!   started before the last decrease are not reported (the calls in flight
-//!   when the limit was too high fail together; they are one signal).
+//! - One congestion episode, one decrease: overloads from calls admitted
+//!   before the last decrease are not reported (the calls in flight when
+//!   the limit was too high fail together; they are one signal).
+//! - A `Retry-After` names a rate cap or a quota. The first one turns
+//!   pacing on (until 256 RTTs pass without another): each call that gets a
+//!   permit then waits for its slot, 1.25 × limit / RTT apart, because a
+//!   rate cap with a small burst refuses the bursts a concurrency limit
+//!   lets through (the answers of one round trip come back together, and
+//!   each frees a permit at once). The refusals of calls sent before pacing
+//!   began are answered by it, not by a decrease.
 //! - An overload that carries a long `Retry-After` (more than four RTTs)
-//!   is a quota, not congestion: the limit is lowered once and then held
-//!   still until the wait is over (at most [`max_hold`](AdaptiveLimitLayer::max_hold)),
-//!   so it neither collapses to its minimum nor freezes for good.
+//!   is a quota spent, not congestion: no new call goes out until the wait
+//!   is over (at most [`max_hold`](AdaptiveLimitLayer::max_hold)), since
+//!   each would only be refused, and the limit is neither lowered nor
+//!   moved meanwhile, so it neither collapses to its minimum nor freezes
+//!   for good.
 //! - Caller errors (other 4xx) neither raise nor lower the limit.
 //! - A call whose future is dropped gives its permit back and reports
 //!   nothing.
-//!
+
 //! # Where it goes
 //! Innermost but for a fixed [`ConcurrencyLimitLayer`](crate::concurrency::ConcurrencyLimitLayer)
 //! cap, under the rate limit and the retry layer: a retry sleeping on
@@ -40,8 +49,8 @@
 //! # Sharing and reservations
 //! One limit and one controller are held in an `Arc` in the layer: every
 //! service it wraps, and every clone, shares them. `poll_ready` takes a
-//! permit, the response future holds it and gives it back when it completes
-//! or is dropped. A ready service that is never called holds its permit.
+//! permit (and, while paced, waits for its slot), the response future holds
+//! it and gives it back when it completes or is dropped. A ready service that is never called holds its permit.
 //!
 //! # Observing
 //! [`AdaptiveLimitHandle`] reads the limit, the permits in use and the RTT

@@ -1,7 +1,9 @@
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::future::{Guard, ResponseFuture};
@@ -24,6 +26,13 @@ pub struct AdaptiveLimit<S, K> {
     classify: K,
     fail_fast: bool,
     shed: bool,
+    /// Waiting out a hold (no permit yet) or a pacing slot (with a permit);
+    /// allocated once, reset in place.
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// The permit is held, but its pacing slot has not come yet.
+    paced: bool,
+    /// When the permit was taken: the call belongs to the limit of then.
+    admitted: Option<Instant>,
 }
 
 impl<S, K> AdaptiveLimit<S, K> {
@@ -36,6 +45,27 @@ impl<S, K> AdaptiveLimit<S, K> {
             classify,
             fail_fast,
             shed: false,
+            sleep: None,
+            paced: false,
+            admitted: None,
+        }
+    }
+
+    fn sleep_until(&mut self, until: Instant) {
+        match &mut self.sleep {
+            Some(sleep) => sleep.as_mut().reset(until),
+            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(until))),
+        }
+    }
+
+    /// Sleeps until `until`; ready when it has passed.
+    fn poll_sleep(&mut self, until: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        if self.sleep.as_ref().is_none_or(|s| s.deadline() != until) {
+            self.sleep_until(until);
+        }
+        match &mut self.sleep {
+            Some(sleep) => sleep.as_mut().poll(cx),
+            None => Poll::Ready(()),
         }
     }
 
@@ -74,6 +104,17 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.permit.is_none() {
+            // After a long Retry-After no call goes out until it is over:
+            // each would only be refused.
+            if let Some(until) = self.shared.held_until(Instant::now()) {
+                if self.fail_fast {
+                    self.shed = true;
+                    return Poll::Ready(Ok(()));
+                }
+                if self.poll_sleep(until, cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
             if self.fail_fast {
                 match self.acquire.try_acquire() {
                     Some(permit) => self.permit = Some(permit),
@@ -90,6 +131,25 @@ where
                     Poll::Pending => return Poll::Pending,
                 }
             }
+            let now = Instant::now();
+            self.admitted = Some(now);
+            self.paced = true;
+            if let Some(slot) = self.shared.pace(now) {
+                // The slot is taken now, with the permit, so that permits
+                // freed together go out one slot apart.
+                self.sleep_until(slot);
+            } else {
+                self.paced = false;
+            }
+        }
+        if self.paced {
+            let deadline = self.sleep.as_ref().map(|s| s.deadline());
+            if let Some(until) = deadline
+                && self.poll_sleep(until, cx).is_pending()
+            {
+                return Poll::Pending;
+            }
+            self.paced = false;
         }
         self.shed = false;
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -98,10 +158,12 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         match self.permit.take() {
             Some(permit) => {
+                let started = Instant::now();
                 let guard = Guard {
                     in_flight: self.shared.semaphore.in_use(),
                     limit: self.shared.semaphore.limit(),
-                    started: Instant::now(),
+                    started,
+                    admitted: self.admitted.take().unwrap_or(started),
                     shared: self.shared.clone(),
                     _permit: permit,
                 };
@@ -130,6 +192,9 @@ impl<S: Clone, K: Clone> Clone for AdaptiveLimit<S, K> {
             classify: self.classify.clone(),
             fail_fast: self.fail_fast,
             shed: false,
+            sleep: None,
+            paced: false,
+            admitted: None,
         }
     }
 }

@@ -35,7 +35,12 @@ use crate::error::ConfigError;
 ///   16 %, then 32 %): a capacity that doubled is found in about six round
 ///   trips while a steady one is overrun rarely and by little. Once the
 ///   median RTT is half way to the threshold, slow start ends and probing
-///   starts over from 4 %: the knee is near.
+///   starts over from 4 %: the knee is near. Slow start reads only the
+///   answers of calls made under the limit it doubled to (it waits for a
+///   few): the answers of earlier calls describe half that limit, and
+///   doubling on them would overshoot a knee by a factor of two. After a
+///   refusal with a `Retry-After` (a rate cap, which stays put) the probe's
+///   step stops at 8 %.
 /// - **Idle**: in a round where the limit was not in use, it settles towards
 ///   1.5 × the calls in flight it saw (×0.9 per round), so a light load
 ///   leaves no stale high limit behind.
@@ -60,6 +65,9 @@ pub struct GradientController {
     probe: u32,
     /// The limit at the last decrease: the capacity last seen.
     w_max: Option<f64>,
+    /// The last overload carried a `Retry-After`: a rate cap, which stays
+    /// where it is, so probing past it stays gentle.
+    rate_capped: bool,
     episodes: Episodes,
     short: Option<Duration>,
     /// The last rounds' RTTs, pooled for a low-noise median.
@@ -80,6 +88,9 @@ pub struct GradientBuilder {
 }
 
 const HISTORY: usize = 128;
+/// The most answers of calls made under a limit that slow start waits for
+/// before it doubles it again.
+const SLOW_START_FRESH: usize = 8;
 const POOL_ROUNDS: usize = 8;
 const NOISE_ROUNDS: usize = 32;
 /// A round's median must exceed the baseline by this many standard
@@ -161,6 +172,7 @@ impl GradientController {
         // the limit slows the calls down only a round trip later, so the
         // refusals go on and cut again meanwhile. The capacity last seen is
         // then not each of those lower limits, only a little below the last.
+        self.rate_capped = sample.retry_after.is_some();
         self.w_max = match (self.w_max, sample.retry_after) {
             (Some(w), Some(_)) => Some(seen.max(w * 0.97)),
             _ => Some(seen),
@@ -185,6 +197,7 @@ impl GradientController {
             slow_start: true,
             probe: 0,
             w_max: None,
+            rate_capped: false,
             episodes: Episodes::default(),
             short: None,
             pool: VecDeque::with_capacity(POOL_ROUNDS),
@@ -237,8 +250,19 @@ impl GradientController {
     fn decide(&mut self, round: &RoundSummary) -> Option<Change> {
         self.learn(round);
         let old = self.limit as usize;
-        if let (Some(median), Some(baseline)) = (round.median, self.baseline()) {
-            let threshold = self.threshold(round.rtts.len());
+        // In slow start, read only the calls made under the current limit.
+        let fresh = self.slow_start && round.fresh_median.is_some();
+        let (median, saturated, n) = if fresh {
+            (
+                round.fresh_median,
+                round.fresh_saturated,
+                round.fresh_successes,
+            )
+        } else {
+            (round.median, round.saturated, round.rtts.len())
+        };
+        if let (Some(median), Some(baseline)) = (median, self.baseline()) {
+            let threshold = self.threshold(n);
             let target = baseline.mul_f64(threshold);
             if median > target {
                 self.slow_start = false;
@@ -259,7 +283,7 @@ impl GradientController {
                 self.slow_start = false;
             }
         }
-        if !round.saturated {
+        if !saturated {
             // The limit was not the bottleneck: let it settle to half again
             // the demand it saw (increases stop at a third above it), so
             // that a light load does not leave behind a limit a later burst
@@ -284,7 +308,10 @@ impl GradientController {
             Some(w) if self.limit < w - (w * 0.02).max(1.0) => ((w - self.limit) / 2.0).max(0.25),
             Some(w) if self.limit < w + (w * 0.02).max(1.0) => (self.limit * 0.02).max(0.25),
             _ => {
-                let step = self.limit * 0.04 * f64::from(1u32 << self.probe.min(3));
+                // Past a rate cap every call too many is refused at once:
+                // no step above 8 %, or the probe overruns it by a quarter.
+                let doublings = if self.rate_capped { 1 } else { 3 };
+                let step = self.limit * 0.04 * f64::from(1u32 << self.probe.min(doublings));
                 self.probe = self.probe.saturating_add(1);
                 step.max(0.25)
             }
@@ -309,7 +336,18 @@ impl Controller for GradientController {
     fn update(&mut self, sample: &Sample, now: Instant) -> Option<Change> {
         let old_limit = self.limit as usize;
         let length = self.short.unwrap_or(sample.rtt);
-        match self.episodes.push(sample, now, length, self.limit)? {
+        // Slow start decides on calls made under the limit it doubled to:
+        // the answers of calls made before it still describe half of it,
+        // and doubling on them overshoots a knee by a factor of two.
+        let min_fresh = if self.slow_start {
+            (self.limit as usize / 4).clamp(1, SLOW_START_FRESH)
+        } else {
+            0
+        };
+        match self
+            .episodes
+            .push(sample, now, length, self.limit, min_fresh)?
+        {
             Step::Overload => {
                 self.on_overload(sample);
                 let cut = overload_cut(self.limit, &mut self.slow_start, self.backoff);

@@ -225,6 +225,17 @@ pub(crate) struct Round {
     pub(crate) overloads: u32,
     pub(crate) saturated: u32,
     pub(crate) max_in_flight: usize,
+    /// The same for the calls started since the limit last moved.
+    fresh: Fresh,
+}
+
+/// Samples of calls started since the limit last moved.
+#[derive(Debug, Clone, Default)]
+struct Fresh {
+    rtts: Vec<Duration>,
+    samples: u32,
+    successes: usize,
+    saturated: u32,
 }
 
 /// What a finished round saw.
@@ -238,6 +249,13 @@ pub(crate) struct RoundSummary {
     pub(crate) max_in_flight: usize,
     /// The round's success RTTs, sorted.
     pub(crate) rtts: Vec<Duration>,
+    /// The median RTT of the successes of calls started since the limit
+    /// last moved (`None`: none came back yet).
+    pub(crate) fresh_median: Option<Duration>,
+    /// How many such successes.
+    pub(crate) fresh_successes: usize,
+    /// Whether most of those calls started with the limit in use.
+    pub(crate) fresh_saturated: bool,
 }
 
 impl Round {
@@ -249,7 +267,10 @@ impl Round {
     /// estimate) whatever it holds, so that a small limit with a noisy RTT
     /// neither decides on two samples nor waits for ever. A `stale` sample
     /// (its call started under an older limit) counts for saturation but
-    /// not for the RTT: its queueing belongs to that limit.
+    /// not for the RTT: its queueing belongs to that limit. A `fresh`
+    /// sample (its call started since the limit last moved) also counts
+    /// apart, and the round waits for `min_fresh` fresh successes.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn push(
         &mut self,
         sample: &Sample,
@@ -257,6 +278,8 @@ impl Round {
         length: Duration,
         min_samples: usize,
         stale: bool,
+        fresh: bool,
+        min_fresh: usize,
     ) -> Option<RoundSummary> {
         let start = *self.start.get_or_insert(now);
         self.samples += 1;
@@ -273,19 +296,35 @@ impl Round {
         if sample.saturated() {
             self.saturated += 1;
         }
+        if fresh {
+            self.fresh.samples += 1;
+            if sample.outcome == Outcome::Success {
+                self.fresh.successes += 1;
+                self.fresh.rtts.push(sample.rtt);
+            }
+            if sample.saturated() {
+                self.fresh.saturated += 1;
+            }
+        }
         self.max_in_flight = self.max_in_flight.max(sample.in_flight);
         let elapsed = now.saturating_duration_since(start);
         let started = now.checked_sub(sample.rtt).unwrap_or(now);
-        let round_trip = started >= start && self.successes >= min_samples;
+        let round_trip =
+            started >= start && self.successes >= min_samples && self.fresh.successes >= min_fresh;
         if !(round_trip || elapsed >= length * 4) {
             return None;
         }
         self.rtts.sort_unstable();
+        self.fresh.rtts.sort_unstable();
         let summary = RoundSummary {
             median: self.rtts.get(self.rtts.len() / 2).copied(),
             saturated: self.saturated * 2 >= self.samples,
             max_in_flight: self.max_in_flight,
             rtts: std::mem::take(&mut self.rtts),
+            fresh_median: self.fresh.rtts.get(self.fresh.rtts.len() / 2).copied(),
+            fresh_successes: self.fresh.successes,
+            fresh_saturated: self.fresh.saturated * 2 >= self.fresh.samples
+                && self.fresh.samples > 0,
         };
         self.reset();
         Some(summary)
@@ -300,6 +339,7 @@ impl Round {
         self.overloads = 0;
         self.saturated = 0;
         self.max_in_flight = 0;
+        self.fresh = Fresh::default();
     }
 }
 
@@ -313,6 +353,8 @@ pub(crate) struct Episodes {
     round: Round,
     /// Samples from calls started before this describe the old limit.
     last_decrease: Option<Instant>,
+    /// When the limit last moved, either way.
+    last_change: Option<Instant>,
 }
 
 /// What a sample calls for, from a round-based controller.
@@ -335,30 +377,38 @@ impl Episodes {
     /// costs a burst of refusals. The layer passes only overloads of calls
     /// started after the last decrease, so this is one cut per episode.
     /// Other samples go into the round (`length` is the RTT estimate, see
-    /// [`Round::push`]), which calls for a decision when it is over.
+    /// [`Round::push`]), which calls for a decision when it is over, after
+    /// at least `min_fresh` successes of calls started since the limit last
+    /// moved.
     pub(crate) fn push(
         &mut self,
         sample: &Sample,
         now: Instant,
         length: Duration,
         limit: f64,
+        min_fresh: usize,
     ) -> Option<Step> {
         let started = now.checked_sub(sample.rtt);
-        let stale = self
-            .last_decrease
-            .is_some_and(|at| started.is_none_or(|s| s <= at));
+        let before = |at: Option<Instant>| at.is_some_and(|at| started.is_none_or(|s| s <= at));
+        let stale = before(self.last_decrease);
         if sample.outcome == Outcome::Overload {
             if stale {
                 return None;
             }
             self.round.reset();
             self.last_decrease = Some(now);
+            self.last_change = Some(now);
             return Some(Step::Overload);
         }
         // A small limit cannot wait for thirty answers per round.
         let min_samples = MIN_SAMPLES.min(limit as usize);
+        // Calls started at the very instant of the change are the ones it
+        // let in: fresh (unlike the decrease rule above).
+        let fresh = self
+            .last_change
+            .is_none_or(|at| started.is_some_and(|s| s >= at));
         self.round
-            .push(sample, now, length, min_samples, stale)
+            .push(sample, now, length, min_samples, stale, fresh, min_fresh)
             .map(Step::Round)
     }
 
@@ -372,6 +422,9 @@ impl Episodes {
     ) -> Option<Change> {
         if decision.is_some_and(|c| c.limit < old) {
             self.last_decrease = Some(now);
+        }
+        if decision.is_some() {
+            self.last_change = Some(now);
         }
         decision
     }

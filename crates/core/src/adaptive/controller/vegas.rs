@@ -143,7 +143,7 @@ impl Controller for VegasController {
     fn update(&mut self, sample: &Sample, now: Instant) -> Option<Change> {
         let old_limit = self.limit as usize;
         let length = self.short.unwrap_or(sample.rtt);
-        match self.episodes.push(sample, now, length, self.limit)? {
+        match self.episodes.push(sample, now, length, self.limit, 0)? {
             Step::Overload => {
                 let cut = overload_cut(self.limit, &mut self.slow_start, self.backoff);
                 self.limit = self.bounds.clamp(cut);
