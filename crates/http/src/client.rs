@@ -22,7 +22,6 @@ use tower_fanout_core::keyed::{
     AuthorityKey, KeyLimit, KeyedLimit, KeyedLimitHandle, KeyedLimitLayer,
 };
 use tower_http::decompression::Decompression;
-use tower_http::follow_redirect::FollowRedirect;
 use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Instrument;
@@ -30,7 +29,7 @@ use tracing::Instrument;
 use crate::body::{Cap, Collect, collect};
 use crate::guard::{self, Guard, GuardedConnector, GuardedResolver};
 use crate::learn::{Learn, Learned};
-use crate::redirect::RedirectPolicy;
+use crate::redirect::Redirects;
 use crate::retry::RetryLayer;
 use crate::timeout::TimedOut;
 use crate::{BoxError, Error};
@@ -39,7 +38,7 @@ const DEFAULT_AGENT: &str = concat!("tower-fanout-http/", env!("CARGO_PKG_VERSIO
 
 type Connector = GuardedConnector<hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>>;
 type Raw = HyperClient<Connector, Full<Bytes>>;
-type Stack = FollowRedirect<Learn<KeyedLimit<Fetch, AuthorityKey, String>>, RedirectPolicy>;
+type Stack = Learn<KeyedLimit<Fetch, AuthorityKey, String>>;
 
 /// hyper-util's client behind an `Arc`: its `request` takes `&self`, so each
 /// call needs no clone of the client (which copies its whole configuration).
@@ -356,12 +355,11 @@ impl ClientBuilder {
             self.learn_rate_limits
                 .then(|| Arc::new(Learned::new(self.max_hosts, retry.max_wait()))),
         );
-        let redirected =
-            FollowRedirect::with_policy(learned, RedirectPolicy::new(self.max_redirects));
-        let stack: Stack = redirected;
+        let stack: Stack = learned;
         Ok(Client {
             shared: Arc::new(Shared {
                 stack,
+                max_redirects: self.max_redirects,
                 max_request_body: self.max_request_body,
                 user_agent: self.user_agent.clone(),
                 guard,
@@ -488,6 +486,7 @@ pub struct Client {
 
 struct Shared {
     stack: Stack,
+    max_redirects: usize,
     max_request_body: usize,
     user_agent: Option<HeaderValue>,
     guard: Guard,
@@ -606,7 +605,11 @@ where
             // The retry loop runs inside this future: one allocation per call.
             let outcome = shared
                 .retry
-                .run(shared.stack.clone(), req)
+                .run(
+                    shared.stack.clone(),
+                    req,
+                    Redirects::new(shared.max_redirects),
+                )
                 .await
                 .map_err(Error::from_box);
             if let Ok(resp) = &outcome {

@@ -83,7 +83,7 @@ use tower_service::Service;
 
 use crate::body::{BodyTooLarge, RequestBodyTooLarge};
 use crate::guard::RefusedAddress;
-use crate::redirect::TooManyRedirects;
+use crate::redirect::{Hops, NoHops, TooManyRedirects};
 use crate::timeout::TimedOut;
 use crate::{BoxError, Error, headers};
 
@@ -393,31 +393,43 @@ where
             self.config.clone(),
             self.inner.clone(),
             req,
+            NoHops,
         ))
     }
 }
 
 impl RetryLayer {
-    /// Runs `req` through `inner` with this layer's retries, without boxing:
-    /// the client preset awaits this inside its own response future.
-    pub(crate) fn run<S, B>(&self, inner: S, req: Request<B>) -> RetryFuture<S, Request<B>>
+    /// Runs `req` through `inner` with this layer's retries and `hops`'
+    /// redirects, without boxing: the client preset awaits this inside its
+    /// own response future.
+    pub(crate) fn run<S, B, H>(
+        &self,
+        inner: S,
+        req: Request<B>,
+        hops: H,
+    ) -> RetryFuture<S, Request<B>, H>
     where
         S: Service<Request<B>>,
     {
-        RetryFuture::new(self.config.clone(), inner, req)
+        RetryFuture::new(self.config.clone(), inner, req, hops)
     }
 }
 
 pin_project! {
-    /// The retry loop for one request: attempts, and the waits between them.
-    pub(crate) struct RetryFuture<S, Req>
+    /// The retry loop for one request: attempts, the redirects each one
+    /// follows, and the waits between them.
+    pub(crate) struct RetryFuture<S, Req, H>
     where
         S: Service<Req>,
     {
         config: Arc<Config>,
         inner: S,
-        // The request, kept for the next attempt; the last one takes it.
+        hops: H,
+        // The request, kept for the next attempt; the last one takes it
+        // unless redirects may need it.
         original: Option<Req>,
+        // The request of the current redirect hop, once there is one.
+        hop: Option<Req>,
         idempotent: bool,
         retries: u32,
         #[pin]
@@ -435,11 +447,11 @@ pin_project! {
     }
 }
 
-impl<S, B> RetryFuture<S, Request<B>>
+impl<S, B, H> RetryFuture<S, Request<B>, H>
 where
     S: Service<Request<B>>,
 {
-    fn new(config: Arc<Config>, inner: S, req: Request<B>) -> Self {
+    fn new(config: Arc<Config>, inner: S, req: Request<B>, hops: H) -> Self {
         if config.settings.max_retries > 0 {
             config.budget.deposit();
         }
@@ -447,18 +459,21 @@ where
             idempotent: is_idempotent(req.method()),
             config,
             inner,
+            hops,
             original: Some(req),
+            hop: None,
             retries: 0,
             step: RetryStep::Ready,
         }
     }
 }
 
-impl<S, B, ResB> Future for RetryFuture<S, Request<B>>
+impl<S, B, ResB, H> Future for RetryFuture<S, Request<B>, H>
 where
     S: Service<Request<B>, Response = Response<ResB>>,
     S::Error: Into<BoxError>,
     B: Clone,
+    H: Hops<B, ResB>,
 {
     type Output = Result<Response<ResB>, BoxError>;
 
@@ -471,8 +486,12 @@ where
                     if let Err(e) = ready!(this.inner.poll_ready(cx)) {
                         return Poll::Ready(Err(e.into()));
                     }
-                    // The last allowed attempt takes the request itself; the others a copy.
-                    let req = if *this.retries < settings.max_retries {
+                    // A redirect hop sends a copy of its request; the last allowed
+                    // attempt takes the request itself, unless a redirect may
+                    // need it; the others a copy.
+                    let req = if let Some(hop) = this.hop.as_ref() {
+                        Some(hop.clone())
+                    } else if *this.retries < settings.max_retries || this.hops.enabled() {
                         this.original.clone()
                     } else {
                         this.original.take()
@@ -484,7 +503,23 @@ where
                     this.step.set(RetryStep::Sent { future });
                 }
                 RetryStepProj::Sent { future } => {
-                    let outcome = ready!(future.poll(cx)).map_err(Into::into);
+                    let mut outcome = ready!(future.poll(cx)).map_err(Into::into);
+                    if this.hops.enabled()
+                        && let Ok(resp) = outcome.as_mut()
+                        && let Some(current) = this.hop.as_ref().or(this.original.as_ref())
+                    {
+                        match this.hops.follow(current, resp) {
+                            Ok(Some(next)) => {
+                                // A hop, not a retry: the answer goes, the next request is sent.
+                                drop(outcome);
+                                *this.hop = Some(next);
+                                this.step.set(RetryStep::Ready);
+                                continue;
+                            }
+                            Ok(None) => {}
+                            Err(e) => outcome = Err(e),
+                        }
+                    }
                     if settings.max_retries == 0 {
                         // Retrying is off: the answer, whatever it is, goes back as it is.
                         return Poll::Ready(outcome);
@@ -510,6 +545,9 @@ where
                         return Poll::Ready(outcome);
                     }
                     *this.retries += 1;
+                    // A retry starts from the original request, not from a hop.
+                    *this.hop = None;
+                    this.hops.restart();
                     tracing::debug!(
                         retry = *this.retries,
                         wait_ms = wait.as_millis() as u64,
