@@ -62,6 +62,7 @@
 //! ```
 
 mod future;
+mod hash;
 mod layer;
 mod map;
 mod service;
