@@ -1,0 +1,79 @@
+//! The connect timeout, on loopback only: a listener that never accepts and
+//! whose accept backlog is full makes the kernel drop further connection
+//! attempts, so a connect hangs until the client gives up.
+#![allow(clippy::unwrap_used)]
+
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tower_fanout_http::Client;
+
+/// A listener on 127.0.0.1 that accepts nothing, with its backlog filled;
+/// `None` if this system answers connects to a full backlog instead of
+/// letting them hang (Linux lets them hang).
+fn hanging_listener() -> Option<(tokio::net::TcpListener, Vec<TcpStream>, SocketAddr)> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..64 {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(stream) => queued.push(stream),
+            Err(e) if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) => {
+                return Some((listener, queued, addr));
+            }
+            Err(e) => {
+                eprintln!("connect to a full backlog failed at once ({e}): test skipped");
+                return None;
+            }
+        }
+    }
+    eprintln!("the backlog never filled: test skipped");
+    None
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_connect_fails_after_the_connect_timeout() {
+    let Some((_listener, _queued, addr)) = hanging_listener() else {
+        return;
+    };
+    let client = Client::builder()
+        .connect_timeout(Some(Duration::from_secs(2)))
+        .timeout(Some(Duration::from_secs(60)))
+        .no_retry()
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let err = client.get(&format!("http://{addr}/")).await.unwrap_err();
+    let waited = start.elapsed();
+    assert!(err.is_connect(), "{err:?}");
+    assert!(!err.is_timeout(), "the connect timeout, not the attempt's: {err:?}");
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_millis(2100),
+        "failed after {waited:?} on the paused clock"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_connect_timeout_the_attempt_timeout_ends_the_wait() {
+    let Some((_listener, _queued, addr)) = hanging_listener() else {
+        return;
+    };
+    let client = Client::builder()
+        .connect_timeout(None)
+        .timeout(Some(Duration::from_secs(5)))
+        .no_retry()
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let err = client.get(&format!("http://{addr}/")).await.unwrap_err();
+    let waited = start.elapsed();
+    assert!(err.is_timeout(), "{err:?}");
+    assert!(
+        waited >= Duration::from_secs(5) && waited < Duration::from_millis(5100),
+        "failed after {waited:?} on the paused clock"
+    );
+}
