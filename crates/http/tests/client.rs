@@ -806,3 +806,42 @@ async fn learned_budget_holds_a_crowd_larger_than_the_window() {
         "every window held to its size"
     );
 }
+
+#[tokio::test]
+async fn a_retry_after_a_redirect_starts_again_from_the_original_request() {
+    let paths: Arc<Mutex<Vec<String>>> = Arc::default();
+    let busy = Arc::new(AtomicUsize::new(0));
+    let (p, b) = (paths.clone(), busy.clone());
+    let addr = serve(handler(move |req| {
+        let (p, b) = (p.clone(), b.clone());
+        async move {
+            let path = req.uri().path().to_string();
+            p.lock().unwrap().push(path.clone());
+            match path.as_str() {
+                "/start" => respond(303)
+                    .header("location", "/busy")
+                    .body(Chunks::empty())
+                    .unwrap(),
+                _ if b.fetch_add(1, Ordering::SeqCst) == 0 => respond(503)
+                    .header("retry-after", "0")
+                    .body(Chunks::empty())
+                    .unwrap(),
+                _ => respond(200).body(Chunks::full("ok")).unwrap(),
+            }
+        }
+    }))
+    .await;
+    let client = Client::builder().build().unwrap();
+    let resp = client.get(&format!("http://{addr}/start")).await.unwrap();
+    assert_eq!(resp.body().as_ref(), b"ok");
+    assert_eq!(
+        *paths.lock().unwrap(),
+        ["/start", "/busy", "/start", "/busy"],
+        "the 503 on the hop is retried from the first request, and the hop is followed again"
+    );
+    let final_uri = resp
+        .extensions()
+        .get::<tower_http::follow_redirect::RequestUri>()
+        .map(|u| u.0.to_string());
+    assert_eq!(final_uri, Some(format!("http://{addr}/busy")));
+}
