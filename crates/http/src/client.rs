@@ -143,7 +143,11 @@ impl ClientBuilder {
 
     /// Redirects followed at most (default 10; 0 returns 3xx responses as they
     /// are). `Authorization`, `Cookie` and `Proxy-Authorization` are removed
-    /// when a redirect leaves the origin.
+    /// when a redirect leaves the origin. Redirects follow tower-http's
+    /// `FollowRedirect` rules (301/302 turn a POST into a GET, 303 a GET, 307/308
+    /// resend as is); a response reached through redirects carries its URI as
+    /// tower-http's `RequestUri` extension. A retry starts again from the
+    /// original request.
     pub fn max_redirects(mut self, max: usize) -> Self {
         self.max_redirects = max;
         self
