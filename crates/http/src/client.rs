@@ -591,6 +591,8 @@ where
             Ok(()) => None,
         };
         let shared = shared.clone();
+        // Recorded on directly: cheaper than looking the current span up.
+        let this_span = span.clone();
         let future = async move {
             if let Some(refused) = refused {
                 return Err(refused);
@@ -617,7 +619,7 @@ where
                 .await
                 .map_err(Error::from_box);
             if let Ok(resp) = &outcome {
-                tracing::Span::current().record("status", resp.status().as_u16());
+                this_span.record("status", resp.status().as_u16());
             }
             outcome
         };

@@ -428,8 +428,9 @@ pin_project! {
         // The request, kept for the next attempt; the last one takes it
         // unless redirects may need it.
         original: Option<Req>,
-        // The request of the current redirect hop, once there is one.
-        hop: Option<Req>,
+        // The request of the current redirect hop, once there is one (boxed:
+        // rare, and the future stays small to move).
+        hop: Option<Box<Req>>,
         idempotent: bool,
         retries: u32,
         #[pin]
@@ -489,7 +490,7 @@ where
                     // A redirect hop sends a copy of its request; the last allowed
                     // attempt takes the request itself, unless a redirect may
                     // need it; the others a copy.
-                    let req = if let Some(hop) = this.hop.as_ref() {
+                    let req = if let Some(hop) = this.hop.as_deref() {
                         Some(hop.clone())
                     } else if *this.retries < settings.max_retries || this.hops.enabled() {
                         this.original.clone()
@@ -506,13 +507,13 @@ where
                     let mut outcome = ready!(future.poll(cx)).map_err(Into::into);
                     if this.hops.enabled()
                         && let Ok(resp) = outcome.as_mut()
-                        && let Some(current) = this.hop.as_ref().or(this.original.as_ref())
+                        && let Some(current) = this.hop.as_deref().or(this.original.as_ref())
                     {
                         match this.hops.follow(current, resp) {
                             Ok(Some(next)) => {
                                 // A hop, not a retry: the answer goes, the next request is sent.
                                 drop(outcome);
-                                *this.hop = Some(next);
+                                *this.hop = Some(Box::new(next));
                                 this.step.set(RetryStep::Ready);
                                 continue;
                             }
