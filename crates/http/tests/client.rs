@@ -845,3 +845,29 @@ async fn a_retry_after_a_redirect_starts_again_from_the_original_request() {
         .map(|u| u.0.to_string());
     assert_eq!(final_uri, Some(format!("http://{addr}/busy")));
 }
+
+#[tokio::test]
+async fn accept_encoding_is_what_decompression_handles_and_a_callers_own_is_kept() {
+    let addr = serve(handler(|req| async move {
+        let accept = req
+            .headers()
+            .get_all("accept-encoding")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+            .join("|");
+        respond(200).body(Chunks::full(accept)).unwrap()
+    }))
+    .await;
+    let url = format!("http://{addr}/");
+    let on = Client::builder().build().unwrap();
+    assert_eq!(on.get(&url).await.unwrap().body().as_ref(), b"gzip,br");
+    let off = Client::builder().decompression(false).build().unwrap();
+    assert_eq!(off.get(&url).await.unwrap().body().as_ref(), b"");
+    let own = Request::get(&url)
+        .header("accept-encoding", "identity")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let resp = on.clone().oneshot(own).await.unwrap();
+    assert_eq!(resp.body().as_ref(), b"identity");
+}
