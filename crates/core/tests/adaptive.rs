@@ -219,7 +219,7 @@ async fn retry_after_paces_new_calls() {
         assert!(r.poll().is_ready());
     }
     // A rate cap answers a burst with 429 + Retry-After: from then on
-    // admissions are spaced at 1.25 × limit / RTT (100 ms here).
+    // admissions are paced at 1.25 × limit per lowest RTT (100 ms here).
     burst(&svc, &mut upstream, limit, 429, Some(0)).await;
     assert_eq!(handle.limit(), limit, "pacing answers it, not a cut");
     let gap = Duration::from_millis(100).div_f64(limit as f64 * 1.25);

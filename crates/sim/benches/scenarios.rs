@@ -192,13 +192,13 @@ fn render(results: &[(Scenario, usize, Vec<Row>)], took: std::time::Duration) ->
     }
     let how = if goal.iter().all(|(_, missed)| missed.is_empty()) {
         "How the hardest three are met. Rate cap (rate-20-retry-after): the first 429 with a \
-         `Retry-After` turns pacing on in the layer (admissions spaced at 1.25 × limit / RTT), so \
+         `Retry-After` turns pacing on in the layer (at most 1.25 × limit admissions per lowest RTT), so \
          the answers of one round trip, which come back together, no longer go out again as a \
          burst that overruns the cap's burst of 5; the refusals of calls sent before pacing \
          began are answered by it, not by a cut; and after a refusal with a `Retry-After` the \
          gradient controller probes past the capacity by at most 8 % a round. Quota \
          (quota-long-retry-after): a 429 whose `Retry-After` is longer than four round trips \
-         holds every new call until the wait is over (at most `max_hold`), so only the calls \
+         (and 1 s) holds every new call until the wait is over (at most `max_hold`), so only the calls \
          already sent are refused, and no controller cuts for it. Queueing server (queue-knee): \
          slow start decides only on answers of calls made under the limit it doubled to; it \
          still doubles 40 → 80 (at 40 calls in service the knee adds only 17 % latency), and \

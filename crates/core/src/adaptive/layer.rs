@@ -165,6 +165,39 @@ struct State {
     /// Admissions are paced until then: the downstream sent a `Retry-After`
     /// (a rate cap or a quota) not long before.
     paced_until: Option<Instant>,
+    /// The lowest RTT of recent successes: the pace's yardstick.
+    min_rtt: WindowedMin,
+}
+
+/// The lowest RTT seen over the last one or two windows of
+/// [`MIN_RTT_WINDOW`], as BBR keeps it.
+///
+/// Not the moving average: a few calls held up somewhere below (a client
+/// that waits out a `Retry-After` of its own, a reconnect) would lift it
+/// tenfold, and a pace from it would throttle the calls far below the limit.
+#[derive(Debug, Default)]
+struct WindowedMin {
+    start: Option<Instant>,
+    current: Option<Duration>,
+    previous: Option<Duration>,
+}
+
+impl WindowedMin {
+    fn push(&mut self, now: Instant, rtt: Duration) {
+        let start = *self.start.get_or_insert(now);
+        if now.saturating_duration_since(start) >= MIN_RTT_WINDOW {
+            self.previous = self.current.take();
+            self.start = Some(now);
+        }
+        self.current = Some(self.current.map_or(rtt, |c| c.min(rtt)));
+    }
+
+    fn get(&self) -> Option<Duration> {
+        match (self.current, self.previous) {
+            (Some(c), Some(p)) => Some(c.min(p)),
+            (c, p) => c.or(p),
+        }
+    }
 }
 
 impl fmt::Debug for Shared {
@@ -180,11 +213,21 @@ impl fmt::Debug for Shared {
 /// A `Retry-After` longer than this many RTTs marks a quota, not congestion.
 const LONG_RETRY_AFTER_RTTS: u32 = 4;
 
+/// ... and longer than this: the header counts whole seconds, so a rate
+/// cap's wait of a few milliseconds is sent as 1 s; only more than that
+/// says the budget is spent for a while.
+const LONG_RETRY_AFTER_MIN: Duration = Duration::from_secs(1);
+
+/// The window of the lowest RTT (BBR's choice: long enough to see a quiet
+/// moment, short enough to follow a slower route).
+const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
+
 /// Pacing stays on for this many RTTs after the last `Retry-After`.
 const PACED_RTTS: u32 = 256;
 
 /// Paced admissions run this much faster than the limit's own rate
-/// (limit / RTT): a pace that only smooths bursts, it never binds on average.
+/// (limit / lowest RTT): a pace that only smooths bursts, it never binds on
+/// average.
 const PACE_GAIN: f64 = 1.25;
 
 fn duration_ms(d: Duration) -> u64 {
@@ -203,6 +246,7 @@ impl Shared {
                 hold_until: None,
                 rtt: None,
                 paced_until: None,
+                min_rtt: WindowedMin::default(),
             }),
             rtt_short_us: AtomicU64::new(0),
             rtt_long_us: AtomicU64::new(0),
@@ -258,6 +302,7 @@ impl Shared {
         let rtt = now.saturating_duration_since(started);
         if outcome == Outcome::Success {
             state.rtt = Some(super::controller::ewma(state.rtt, rtt, 0.1));
+            state.min_rtt.push(now, rtt);
         }
         if state.hold_until.is_some_and(|until| now < until) {
             return;
@@ -313,13 +358,13 @@ impl Shared {
     /// rate cap or a quota. Returns whether that answer is all the overload
     /// calls for (the controller is then not told).
     ///
-    /// - A long wait (more than four RTTs) is a quota spent: new calls wait
-    ///   until it is over (at most `max_hold`), and the controller is not
+    /// - A long wait (more than four RTTs and more than 1 s) is a quota
+    ///   spent: new calls wait until it is over (at most `max_hold`), and the controller is not
     ///   told: a lower limit would not bring the quota back sooner, and
     ///   every call sent meanwhile would only be refused.
     /// - The first `Retry-After` turns pacing on: admissions are spaced at
-    ///   [`PACE_GAIN`] × limit / RTT, because a rate cap with a small burst
-    ///   refuses the bursts of calls a concurrency limit lets through
+    ///   [`PACE_GAIN`] × limit per lowest RTT, because a rate cap with a
+    ///   small burst refuses the bursts of calls a concurrency limit lets through
     ///   together (the answers of one round trip come back together, and
     ///   each frees a permit at once). The refusals of calls sent unpaced
     ///   say the bursts were too steep, not that the limit is too high:
@@ -337,7 +382,7 @@ impl Shared {
                 "retry-after: pacing admissions"
             );
         }
-        if wait > srtt * LONG_RETRY_AFTER_RTTS {
+        if wait > (srtt * LONG_RETRY_AFTER_RTTS).max(LONG_RETRY_AFTER_MIN) {
             let cap = Duration::from_millis(self.max_hold_ms.load(Ordering::Relaxed));
             let until = now + wait.min(cap);
             state.hold_until = Some(until);
@@ -353,9 +398,9 @@ impl Shared {
         newly_paced
     }
 
-    /// Sets the pacing interval from the limit and the RTT, or clears it.
+    /// Sets the pacing interval from the limit and the lowest RTT, or clears it.
     fn set_pace(&self, state: &State, now: Instant) {
-        let interval = match (state.paced_until, state.rtt) {
+        let interval = match (state.paced_until, state.min_rtt.get()) {
             (Some(until), Some(rtt)) if now < until => {
                 let limit = self.semaphore.limit().max(1) as f64;
                 u64::try_from(rtt.div_f64(limit * PACE_GAIN).as_nanos()).unwrap_or(u64::MAX)
