@@ -35,6 +35,7 @@ pin_project! {
     #[project = KindProj]
     enum Kind<S, Req, F> {
         Waiting { wait: Option<Box<Wait<S, Req>>> },
+        Admitted { svc: Option<S>, req: Option<Req>, guard: Option<Guard> },
         Called { #[pin] future: F, guard: Option<Guard> },
         Refused { error: Option<BoxError> },
     }
@@ -187,6 +188,21 @@ where
         }
     }
 
+    /// A call the key admitted at once (no token to wait for, a permit
+    /// free): nothing to wait for but the inner service, so no wait state.
+    pub(super) fn admitted(svc: S, req: Req, state: Arc<KeyState>, permit: Option<Permit>) -> Self {
+        Self {
+            kind: Kind::Admitted {
+                svc: Some(svc),
+                req: Some(req),
+                guard: Some(Guard {
+                    _permit: permit,
+                    _state: state,
+                }),
+            },
+        }
+    }
+
     pub(super) fn refused(error: impl Into<BoxError>) -> Self {
         Self {
             kind: Kind::Refused {
@@ -249,6 +265,26 @@ where
                             _state: state,
                         }),
                     });
+                }
+                KindProj::Admitted { svc, req, guard } => {
+                    let Some(inner) = svc.as_mut() else {
+                        return Poll::Ready(Err("response future polled after completion".into()));
+                    };
+                    if let Err(e) = ready!(inner.poll_ready(cx)) {
+                        // The permit goes back with the failure.
+                        guard.take();
+                        svc.take();
+                        return Poll::Ready(Err(e.into()));
+                    }
+                    let (svc, req, guard) = (svc.take(), req.take(), guard.take());
+                    let (Some(mut svc), Some(req)) = (svc, req) else {
+                        return Poll::Ready(Err("response future polled after completion".into()));
+                    };
+                    let future = svc.call(req);
+                    self.as_mut()
+                        .project()
+                        .kind
+                        .set(Kind::Called { future, guard });
                 }
                 KindProj::Called { future, guard } => {
                     let output = ready!(future.poll(cx));

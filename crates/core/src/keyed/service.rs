@@ -8,6 +8,7 @@ use super::future::ResponseFuture;
 use super::layer::{KeyFn, KeyedLimitHandle};
 use super::map::Keys;
 use crate::BoxError;
+use crate::semaphore::Permit;
 
 /// Limits each key's calls separately; built by [`KeyedLimitLayer`](super::KeyedLimitLayer).
 ///
@@ -79,6 +80,20 @@ where
                 return ResponseFuture::refused(e);
             }
         };
+        // No token to wait for and a permit free with nobody queued: admitted
+        // now, without a wait state.
+        if state.bucket.is_none() {
+            let admitted = match state.semaphore.as_ref() {
+                None => Some(None),
+                Some(semaphore) if semaphore.try_acquire() => {
+                    Some(Some(Permit::taken(semaphore.clone())))
+                }
+                Some(_) => None,
+            };
+            if let Some(permit) = admitted {
+                return ResponseFuture::admitted(self.inner.clone(), req, state, permit);
+            }
+        }
         ResponseFuture::new(
             self.inner.clone(),
             req,
