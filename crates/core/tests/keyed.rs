@@ -384,3 +384,47 @@ async fn a_call_waiting_on_its_key_reserves_nothing_downstream() {
     assert_ready!(a2.poll()).unwrap();
     assert_eq!(global_handle.in_flight(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_free_permit_admits_in_call_without_overtaking_a_queued_call() {
+    let layer = KeyedLimitLayer::builder(KeyLimit::new().concurrency(1))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let key = "h.test".to_string();
+    let (tx, rx) = oneshot::channel::<()>();
+    let rx = Arc::new(Mutex::new(Some(rx)));
+    let mut svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(service_fn(move |_: Req| {
+            let rx = rx.lock().unwrap().take();
+            async move {
+                if let Some(rx) = rx {
+                    let _ = rx.await;
+                }
+                Ok::<_, BoxError>(())
+            }
+        }));
+
+    // A free permit is taken at the call; an unpolled call gives it back when dropped.
+    let unpolled = svc.ready().await.unwrap().call(get("h.test"));
+    assert_eq!(handle.in_flight(&key), 1);
+    drop(unpolled);
+    assert_eq!(handle.in_flight(&key), 0);
+
+    // The first call holds the permit; the second queues for it.
+    let mut first = tokio_test::task::spawn(svc.clone().oneshot(get("h.test")));
+    assert_pending!(first.poll());
+    let mut second = tokio_test::task::spawn(svc.clone().oneshot(get("h.test")));
+    assert_pending!(second.poll());
+    assert_eq!(handle.waiting(&key), 1);
+    // The first ends: its permit goes to the queued call, not to a newcomer.
+    drop(first);
+    let mut third = tokio_test::task::spawn(svc.clone().oneshot(get("h.test")));
+    assert_pending!(third.poll());
+    assert_eq!(handle.in_flight(&key), 1);
+    assert_ready!(second.poll()).unwrap();
+    assert_ready!(third.poll()).unwrap();
+    assert_eq!(handle.in_flight(&key), 0);
+    drop(tx);
+}
