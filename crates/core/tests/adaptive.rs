@@ -168,6 +168,19 @@ async fn long_retry_after_holds_new_calls_then_resumes() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn fail_fast_sheds_during_a_hold() {
+    let layer = AdaptiveLimitLayer::new(aimd(20)).fail_fast();
+    let (svc, mut upstream) = mock::pair::<(), Res>();
+    let svc = ServiceBuilder::new().layer(layer).service(svc);
+    burst(&svc, &mut upstream, 20, 429, Some(30)).await;
+    // Held: a fail-fast service refuses at once instead of waiting 30 s.
+    let err = svc.clone().oneshot(()).await.unwrap_err();
+    assert!(err.is::<Overloaded>());
+    time::advance(Duration::from_secs(30)).await;
+    burst(&svc, &mut upstream, 1, 200, None).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn max_hold_caps_a_very_long_retry_after() {
     let layer = AdaptiveLimitLayer::new(aimd(20)).max_hold(Duration::from_secs(10));
     let handle = layer.handle();

@@ -51,7 +51,9 @@ impl<K> AdaptiveLimitLayer<K> {
     }
 
     /// Refuse with [`Overloaded`](crate::error::Overloaded) instead of
-    /// waiting when no permit is free.
+    /// waiting when no permit is free, or while new calls are held after a
+    /// long `Retry-After`. (A call that got a permit while admissions are
+    /// paced still waits for its slot: a few milliseconds.)
     #[must_use]
     pub fn fail_fast(mut self) -> Self {
         self.fail_fast = true;
@@ -264,19 +266,31 @@ impl Shared {
     }
 
     /// Until when new calls must wait, after a long `Retry-After`; `None`
-    /// when they may go now.
-    pub(super) fn held_until(&self, now: Instant) -> Option<Instant> {
+    /// when they may go now. Without a hold, one atomic load (no clock read).
+    pub(super) fn held_until(&self) -> Option<Instant> {
         let at = self.admit_at_ns.load(Ordering::Relaxed);
-        (at > self.ns(now)).then(|| self.epoch + Duration::from_nanos(at))
+        if at == 0 {
+            return None;
+        }
+        if at > self.ns(Instant::now()) {
+            return Some(self.epoch + Duration::from_nanos(at));
+        }
+        // Over: back to the fast path (unless a new hold came meanwhile).
+        let _ = self
+            .admit_at_ns
+            .compare_exchange(at, 0, Ordering::Relaxed, Ordering::Relaxed);
+        None
     }
 
     /// Takes the next pacing slot for a call that holds a permit; returns
-    /// when it may go, if that is later than `now`.
-    pub(super) fn pace(&self, now: Instant) -> Option<Instant> {
+    /// the time now and when it may go, if that is later. Unpaced, one
+    /// atomic load (no clock read).
+    pub(super) fn pace(&self) -> Option<(Instant, Instant)> {
         let interval = self.pace_ns.load(Ordering::Relaxed);
         if interval == 0 {
             return None;
         }
+        let now = Instant::now();
         let now_ns = self.ns(now);
         let prev = self
             .next_slot_ns
@@ -284,7 +298,7 @@ impl Shared {
                 Some(next.max(now_ns).saturating_add(interval))
             })
             .unwrap_or(now_ns);
-        (prev > now_ns).then(|| self.epoch + Duration::from_nanos(prev))
+        (prev > now_ns).then(|| (now, self.epoch + Duration::from_nanos(prev)))
     }
 
     /// Feeds one finished call to the controller and applies its decision.

@@ -31,7 +31,8 @@ pub struct AdaptiveLimit<S, K> {
     sleep: Option<Pin<Box<Sleep>>>,
     /// The permit is held, but its pacing slot has not come yet.
     paced: bool,
-    /// When the permit was taken: the call belongs to the limit of then.
+    /// When the permit was taken, if pacing then delayed the call: the call
+    /// belongs to the limit of then.
     admitted: Option<Instant>,
 }
 
@@ -106,7 +107,7 @@ where
         if self.permit.is_none() {
             // After a long Retry-After no call goes out until it is over:
             // each would only be refused.
-            if let Some(until) = self.shared.held_until(Instant::now()) {
+            if let Some(until) = self.shared.held_until() {
                 if self.fail_fast {
                     self.shed = true;
                     return Poll::Ready(Ok(()));
@@ -131,15 +132,13 @@ where
                     Poll::Pending => return Poll::Pending,
                 }
             }
-            let now = Instant::now();
-            self.admitted = Some(now);
-            self.paced = true;
-            if let Some(slot) = self.shared.pace(now) {
+            self.admitted = None;
+            if let Some((now, slot)) = self.shared.pace() {
                 // The slot is taken now, with the permit, so that permits
                 // freed together go out one slot apart.
+                self.admitted = Some(now);
+                self.paced = true;
                 self.sleep_until(slot);
-            } else {
-                self.paced = false;
             }
         }
         if self.paced {
