@@ -62,9 +62,9 @@ impl Host {
     /// Nothing in flight and no wait ahead: the entry can be forgotten.
     fn idle(&self, now: Instant) -> bool {
         self.in_flight == 0
-            && !self
+            && self
                 .window
-                .is_some_and(|(_, until)| until.is_none_or(|u| u > now))
+                .is_none_or(|(_, until)| until.is_some_and(|u| u <= now))
     }
 }
 
