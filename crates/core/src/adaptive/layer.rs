@@ -224,8 +224,11 @@ const LONG_RETRY_AFTER_MIN: Duration = Duration::from_secs(1);
 /// moment, short enough to follow a slower route).
 const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
 
-/// Pacing stays on for this many RTTs after the last `Retry-After`.
+/// Pacing stays on for this many RTTs after the last `Retry-After` ...
 const PACED_RTTS: u32 = 256;
+
+/// ... and at least this long.
+const MIN_PACED: Duration = Duration::from_secs(60);
 
 /// Paced admissions run this much faster than the limit's own rate
 /// (limit / lowest RTT): a pace that only smooths bursts, it never binds on
@@ -387,7 +390,9 @@ impl Shared {
     fn retry_after(&self, state: &mut State, now: Instant, rtt: Duration, wait: Duration) -> bool {
         let srtt = state.rtt.unwrap_or(rtt);
         let newly_paced = state.paced_until.is_none_or(|until| now >= until);
-        state.paced_until = Some(now + srtt * PACED_RTTS);
+        // At least a minute: before the first success the only RTT known
+        // may be a refusal's millisecond.
+        state.paced_until = Some(now + (srtt * PACED_RTTS).max(MIN_PACED));
         if newly_paced {
             state.last_decrease = Some(now);
             tracing::debug!(

@@ -25,23 +25,24 @@
 //!   before the last decrease are not reported (the calls in flight when
 //!   the limit was too high fail together; they are one signal).
 //! - A `Retry-After` names a rate cap or a quota. The first one turns
-//!   pacing on (until 256 RTTs pass without another): each call that gets a
-//!   permit then waits for its slot, at most 1.25 × limit calls per lowest
-//!   recent RTT (a pace that smooths bursts but seldom binds), because a
-//!   rate cap with a small burst refuses the bursts a concurrency limit
-//!   lets through (the answers of one round trip come back together, and
-//!   each frees a permit at once). The refusals of calls sent before pacing
-//!   began are answered by it, not by a decrease.
+//!   pacing on (until 256 RTTs, and at least a minute, pass without
+//!   another): each call that gets a permit then waits for its slot, at
+//!   most 1.25 × limit calls per lowest recent RTT (a pace that smooths
+//!   bursts but seldom binds), because a rate cap with a small burst
+//!   refuses the bursts a concurrency limit lets through (the answers of
+//!   one round trip come back together, and each frees a permit at once).
+//!   The refusals of calls sent before pacing began are answered by it,
+//!   not by a decrease.
 //! - An overload that carries a long `Retry-After` (more than four RTTs and
-//!   more than the header's smallest step, 1 s) is a quota spent, not congestion: no new call goes out until the wait
-//!   is over (at most [`max_hold`](AdaptiveLimitLayer::max_hold)), since
-//!   each would only be refused, and the limit is neither lowered nor
-//!   moved meanwhile, so it neither collapses to its minimum nor freezes
-//!   for good.
+//!   more than the header's smallest step, 1 s) is a quota spent, not
+//!   congestion: no new call goes out until the wait is over (at most
+//!   [`max_hold`](AdaptiveLimitLayer::max_hold)), since each would only be
+//!   refused, and the limit is neither lowered nor moved meanwhile, so it
+//!   neither collapses to its minimum nor freezes for good.
 //! - Caller errors (other 4xx) neither raise nor lower the limit.
 //! - A call whose future is dropped gives its permit back and reports
 //!   nothing.
-
+//!
 //! # Where it goes
 //! Innermost but for a fixed [`ConcurrencyLimitLayer`](crate::concurrency::ConcurrencyLimitLayer)
 //! cap, under the rate limit and the retry layer: a retry sleeping on
