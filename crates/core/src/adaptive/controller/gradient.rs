@@ -26,7 +26,10 @@ use crate::error::ConfigError;
 ///   swing a mean; pooled, because the minimum of many small-sample medians
 ///   sits far below the typical one. A median above `tolerance` × baseline
 ///   (default 1.25, widened up to 3 when the RTTs inside a round are spread
-///   wide) cuts by threshold·baseline/median, at most halving.
+///   wide) cuts by threshold·baseline/median, at most halving. A cut that
+///   ends slow start, or comes the round after it ended, halves: the last
+///   doubling overshot the knee, and the first answers under a new limit
+///   are the quick ones, so the gradient would cut too little.
 /// - **Growth**, if the limit was in use: ×2 per round during slow start
 ///   (until the first signal); then, like TCP CUBIC, back quickly towards
 ///   the capacity last seen (half the gap per round), slowly around it
@@ -61,6 +64,9 @@ pub struct GradientController {
     backoff: f64,
     limit: f64,
     slow_start: bool,
+    /// Slow start ended a round ago on latency half way to the threshold:
+    /// a latency cut now still answers its last doubling.
+    leaving: bool,
     /// Probing rounds in a row past `w_max`: each doubles the step.
     probe: u32,
     /// The limit at the last decrease: the capacity last seen.
@@ -195,6 +201,7 @@ impl GradientController {
             backoff: b.backoff,
             limit: b.bounds.initial as f64,
             slow_start: true,
+            leaving: false,
             probe: 0,
             w_max: None,
             rate_capped: false,
@@ -250,6 +257,7 @@ impl GradientController {
     fn decide(&mut self, round: &RoundSummary) -> Option<Change> {
         self.learn(round);
         let old = self.limit as usize;
+        let just_left = std::mem::take(&mut self.leaving);
         // In slow start, read only the calls made under the current limit.
         let fresh = self.slow_start && round.fresh_median.is_some();
         let (median, saturated, n) = if fresh {
@@ -265,9 +273,17 @@ impl GradientController {
             let threshold = self.threshold(n);
             let target = baseline.mul_f64(threshold);
             if median > target {
-                self.slow_start = false;
                 self.probe = 0;
-                let gradient = (target.as_secs_f64() / median.as_secs_f64()).clamp(0.5, 1.0);
+                let leaving = std::mem::take(&mut self.slow_start);
+                let gradient = if leaving || just_left {
+                    // Slow start doubled past the knee: half this limit (the
+                    // last one with no queue) is the capacity seen, as on an
+                    // overload. The gradient would cut less: the first
+                    // answers under a new limit are the quick ones.
+                    0.5
+                } else {
+                    (target.as_secs_f64() / median.as_secs_f64()).clamp(0.5, 1.0)
+                };
                 self.limit = self.bounds.clamp(self.limit * gradient);
                 // The gradient aims at the limit the latency allows: that is
                 // the capacity seen, not the higher limit that queued.
@@ -280,7 +296,7 @@ impl GradientController {
             // overshoots it by far).
             if median > baseline.mul_f64(1.0 + (threshold - 1.0) / 2.0) {
                 self.probe = 0;
-                self.slow_start = false;
+                self.leaving = std::mem::take(&mut self.slow_start);
             }
         }
         if !saturated {
