@@ -5,7 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,13 +24,12 @@ use tower_fanout_core::keyed::{
 use tower_http::decompression::Decompression;
 use tower_layer::Layer;
 use tower_service::Service;
-use tracing::Instrument;
 
 use crate::body::{Cap, Collect, collect};
 use crate::guard::{self, Guard, GuardedConnector, GuardedResolver};
 use crate::learn::{Learn, Learned};
 use crate::redirect::Redirects;
-use crate::retry::RetryLayer;
+use crate::retry::{RetryFuture, RetryLayer};
 use crate::timeout::TimedOut;
 use crate::{BoxError, Error};
 
@@ -590,40 +589,96 @@ where
             }
             Ok(()) => None,
         };
-        let shared = shared.clone();
-        // Recorded on directly: cheaper than looking the current span up.
-        let this_span = span.clone();
-        let future = async move {
-            if let Some(refused) = refused {
-                return Err(refused);
+        let state = match refused {
+            Some(error) => Pending::Refused { error: Some(error) },
+            None => {
+                let (mut parts, body) = req.into_parts();
+                if let Some(agent) = &shared.user_agent
+                    && let http::header::Entry::Vacant(slot) =
+                        parts.headers.entry(http::header::USER_AGENT)
+                {
+                    slot.insert(agent.clone());
+                }
+                Pending::Reading {
+                    parts: Some(parts),
+                    body: collect(body, Cap::Request(shared.max_request_body)),
+                }
             }
-            let (mut parts, body) = req.into_parts();
-            if let Some(agent) = &shared.user_agent
-                && let http::header::Entry::Vacant(slot) =
-                    parts.headers.entry(http::header::USER_AGENT)
-            {
-                slot.insert(agent.clone());
-            }
-            let body = collect(body, Cap::Request(shared.max_request_body))
-                .await
-                .map_err(Error::from_box)?;
-            let req = Request::from_parts(parts, Full::new(body));
-            // The retry loop runs inside this future: one allocation per call.
-            let outcome = shared
-                .retry
-                .run(
-                    shared.stack.clone(),
-                    req,
-                    Redirects::new(shared.max_redirects),
-                )
-                .await
-                .map_err(Error::from_box);
-            if let Ok(resp) = &outcome {
-                this_span.record("status", resp.status().as_u16());
-            }
-            outcome
         };
-        Box::pin(future.instrument(span))
+        // One allocation per call: the retry loop runs inside this future.
+        Box::pin(ClientFuture {
+            span,
+            shared: shared.clone(),
+            state,
+        })
+    }
+}
+
+pin_project! {
+    /// A request's whole life, in its `http_request` span: its body read
+    /// (bounded), then the retry loop with its redirects.
+    struct ClientFuture<B> {
+        span: tracing::Span,
+        shared: Arc<Shared>,
+        #[pin]
+        state: Pending<B>,
+    }
+}
+
+pin_project! {
+    #[project = PendingProj]
+    enum Pending<B> {
+        Refused { error: Option<Error> },
+        Reading { parts: Option<http::request::Parts>, #[pin] body: Collect<B> },
+        Sending { #[pin] retry: RetryFuture<Stack, Request<Full<Bytes>>, Redirects> },
+    }
+}
+
+impl<B> Future for ClientFuture<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<Response<Bytes>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let _entered = this.span.enter();
+        loop {
+            match this.state.as_mut().project() {
+                PendingProj::Refused { error } => {
+                    return Poll::Ready(Err(error.take().unwrap_or_else(|| {
+                        Error::from_box("response future polled after completion".into())
+                    })));
+                }
+                PendingProj::Reading { parts, body } => {
+                    let body = match ready!(body.poll(cx)) {
+                        Ok(body) => body,
+                        Err(e) => return Poll::Ready(Err(Error::from_box(e))),
+                    };
+                    let Some(parts) = parts.take() else {
+                        return Poll::Ready(Err(Error::from_box(
+                            "response future polled after completion".into(),
+                        )));
+                    };
+                    let req = Request::from_parts(parts, Full::new(body));
+                    let shared = &**this.shared;
+                    let retry = shared.retry.run(
+                        shared.stack.clone(),
+                        req,
+                        Redirects::new(shared.max_redirects),
+                    );
+                    this.state.set(Pending::Sending { retry });
+                }
+                PendingProj::Sending { retry } => {
+                    let outcome = ready!(retry.poll(cx)).map_err(Error::from_box);
+                    if let Ok(resp) = &outcome {
+                        this.span.record("status", resp.status().as_u16());
+                    }
+                    return Poll::Ready(outcome);
+                }
+            }
+        }
     }
 }
 
