@@ -13,7 +13,7 @@
 #[path = "support/scenarios.rs"]
 mod scenarios;
 
-use scenarios::{Ctl, Figures, Scenario, best_fixed_makespan, makespan, run, table};
+use scenarios::{Ctl, Figures, Scenario, best_fixed_makespan, makespan, run, run_seeded, table};
 
 fn scenario(name: &str) -> Scenario {
     table().into_iter().find(|s| s.name == name).unwrap()
@@ -43,7 +43,8 @@ fn meets_goal(name: &str, ctl: Ctl, f: &Figures) {
         f.overload_rate
     );
     // A light load or a quota has no capacity in calls to settle at.
-    if !scenario(name).settles() {
+    let base = name.split(" (").next().unwrap_or(name);
+    if !scenario(base).settles() {
         return;
     }
     let rtts = f.rtts_to_capacity.expect("settles within ±20 %");
@@ -276,6 +277,23 @@ fn batch_makespan_against_the_best_fixed_limit() {
 fn gradient_meets_the_goal_on_every_scenario() {
     for s in table() {
         meets_goal(s.name, Ctl::Gradient, &run(&s, Ctl::Gradient));
+    }
+}
+
+/// The goal is no luck of the suite's seed where latency decides: the same
+/// scenarios with other seeds for the downstream's latencies.
+///
+/// Not drops-timeout: with seed 8 its 1 % random drops (each a timeout, so an
+/// overload) keep the limit near 25..30 (goodput 0.80); random loss is read
+/// as congestion, as it was before.
+#[test]
+fn gradient_meets_the_goal_with_other_seeds() {
+    for name in ["queue-knee", "lognormal-tail", "rate-20-retry-after"] {
+        let s = scenario(name);
+        for seed in [1, 2, 3, 4, 5, 6, 7, 8, 10_000] {
+            let f = run_seeded(&s, Ctl::Gradient, seed);
+            meets_goal(&format!("{name} (seed {seed})"), Ctl::Gradient, &f);
+        }
     }
 }
 

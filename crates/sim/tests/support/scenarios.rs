@@ -362,16 +362,22 @@ pub(crate) struct Figures {
 
 /// Runs one scenario with one kind of limit, on its own paused runtime.
 pub(crate) fn run(s: &Scenario, ctl: Ctl) -> Figures {
+    run_seeded(s, ctl, SEED)
+}
+
+/// [`run`] with another seed for the downstream's randomness (latencies,
+/// drops): to check that a result is not one seed's luck.
+pub(crate) fn run_seeded(s: &Scenario, ctl: Ctl, seed: u64) -> Figures {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
         .unwrap();
-    rt.block_on(run_async(s, ctl))
+    rt.block_on(run_async(s, ctl, seed))
 }
 
-async fn run_async(s: &Scenario, ctl: Ctl) -> Figures {
-    let sim = Sim::new(s.model.clone(), SEED);
+async fn run_async(s: &Scenario, ctl: Ctl, seed: u64) -> Figures {
+    let sim = Sim::new(s.model.clone(), seed);
     let rtt = s.rtt();
     let start = Instant::now();
     let end = start + s.duration;

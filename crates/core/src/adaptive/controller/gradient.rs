@@ -22,7 +22,7 @@ use crate::error::ConfigError;
 /// - **Latency**: each round (at least one RTT and thirty successes, or as
 ///   many as the limit) compares the round's median RTT with the baseline:
 ///   the lowest, over the last 128 rounds, of the median pooled over eight
-///   rounds. Medians, because LLM-like latency has heavy tails that would
+///   rounds (and at least 20 answers). Medians, because LLM-like latency has heavy tails that would
 ///   swing a mean; pooled, because the minimum of many small-sample medians
 ///   sits far below the typical one. A median above `tolerance` × baseline
 ///   (default 1.25, widened up to 3 when the RTTs inside a round are spread
@@ -98,6 +98,8 @@ const HISTORY: usize = 128;
 /// before it doubles it again.
 const SLOW_START_FRESH: usize = 8;
 const POOL_ROUNDS: usize = 8;
+/// The fewest answers a pooled median is taken over.
+const MIN_POOLED: usize = 20;
 const NOISE_ROUNDS: usize = 32;
 /// A round's median must exceed the baseline by this many standard
 /// deviations of its noise to count as congestion.
@@ -161,7 +163,12 @@ impl GradientController {
         push_capped(&mut self.pool, round.rtts.clone(), POOL_ROUNDS);
         let mut all: Vec<Duration> = self.pool.iter().flatten().copied().collect();
         all.sort_unstable();
-        if let Some(pooled) = all.get(all.len() / 2) {
+        // A median of a handful of heavy-tailed answers can sit far below
+        // the typical one, and the baseline (their minimum) would keep it
+        // for 128 rounds: every round after would look congested.
+        if all.len() >= MIN_POOLED
+            && let Some(pooled) = all.get(all.len() / 2)
+        {
             push_capped(&mut self.pooled, *pooled, HISTORY);
         }
     }
