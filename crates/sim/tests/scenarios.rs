@@ -146,8 +146,9 @@ fn queueing_server_with_a_latency_knee() {
     // Slow start still doubles 40 → 80 (at 40 in service the knee adds
     // only 17 %, and the first answers under 40 are the quick ones), but
     // it reads only answers of calls made under the limit it doubled to,
-    // so the latency cut comes a round trip later, not two: within ±20 %
-    // after about 8 round trips (15.5 before), then within 42..47.
+    // so the latency shows a round trip later, not two, and the cut that
+    // ends slow start halves (80 → 40): within ±20 % after about 8 round
+    // trips (15.5 before), then within 42..47.
     meets_goal(NAME, Ctl::Gradient, of(&all, Ctl::Gradient));
     at_most("gradient max limit", g.max_limit as f64, 48.0);
     at_least("gradient min limit", g.min_limit as f64, 40.0);
