@@ -22,7 +22,12 @@ fn hanging_listener() -> Option<(tokio::net::TcpListener, Vec<TcpStream>, Socket
     for _ in 0..64 {
         match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
             Ok(stream) => queued.push(stream),
-            Err(e) if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                ) =>
+            {
                 return Some((listener, queued, addr));
             }
             Err(e) => {
@@ -50,7 +55,10 @@ async fn a_hanging_connect_fails_after_the_connect_timeout() {
     let err = client.get(&format!("http://{addr}/")).await.unwrap_err();
     let waited = start.elapsed();
     assert!(err.is_connect(), "{err:?}");
-    assert!(!err.is_timeout(), "the connect timeout, not the attempt's: {err:?}");
+    assert!(
+        !err.is_timeout(),
+        "the connect timeout, not the attempt's: {err:?}"
+    );
     assert!(
         waited >= Duration::from_secs(2) && waited < Duration::from_millis(2100),
         "failed after {waited:?} on the paused clock"

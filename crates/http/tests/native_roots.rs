@@ -41,11 +41,15 @@ fn native_roots_build_from_the_systems_store() {
 #[test]
 fn a_store_without_certificates_is_a_clear_config_error() {
     if std::env::var_os(CHILD).is_none() {
-        let dir = std::env::temp_dir().join(format!("tower-fanout-http-roots-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("tower-fanout-http-roots-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let store = dir.join("not-a-store.pem");
         std::fs::write(&store, "this is not a certificate\n").unwrap();
-        in_child("a_store_without_certificates_is_a_clear_config_error", &store);
+        in_child(
+            "a_store_without_certificates_is_a_clear_config_error",
+            &store,
+        );
         let _ = std::fs::remove_dir_all(&dir);
         return;
     }
