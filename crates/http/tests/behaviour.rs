@@ -142,3 +142,45 @@ async fn refused_spellings_of_private_addresses_name_the_address() {
         assert!(err.is_refused_address(), "{host}: {err:?}");
     }
 }
+
+/// A request dropped while it waits for its answer gives its host's permit
+/// back at once: the next request goes, and nothing stays counted in flight.
+#[tokio::test]
+async fn a_dropped_request_gives_its_permit_back() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let addr = serve(handler(move |_| {
+        let n = h.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n == 0 {
+                // The first request is never answered.
+                std::future::pending::<()>().await;
+            }
+            respond(200).body(Chunks::full("ok")).unwrap()
+        }
+    }))
+    .await;
+    let client = Client::builder()
+        .host_default(KeyLimit::new().concurrency(1))
+        .build()
+        .unwrap();
+    let url = format!("http://{addr}/");
+    let key = addr.to_string();
+    let first = tokio::spawn({
+        let (c, u) = (client.clone(), url.clone());
+        async move { c.get(&u).await }
+    });
+    while hits.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(client.host_limits().in_flight(&key), 1);
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    assert_eq!(client.host_limits().in_flight(&key), 0);
+    let second = tokio::time::timeout(Duration::from_secs(5), client.get(&url))
+        .await
+        .expect("the permit came back")
+        .unwrap();
+    assert_eq!(second.status(), 200);
+    assert_eq!(client.host_limits().in_flight(&key), 0);
+}
