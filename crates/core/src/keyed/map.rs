@@ -9,7 +9,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::TooManyKeys;
-use super::hash::KeyHasher;
 use crate::rate::bucket::TokenBucket;
 use crate::semaphore::Semaphore;
 
@@ -31,7 +30,7 @@ pub(super) struct KeyState {
 /// Every key's state, bounded by `max_keys`.
 #[derive(Debug)]
 pub(super) struct Keys<K> {
-    map: Mutex<HashMap<K, Arc<KeyState>, KeyHasher>>,
+    map: Mutex<HashMap<K, Arc<KeyState>>>,
     default: Resolved,
     overrides: HashMap<K, Resolved>,
     max_keys: usize,
@@ -49,7 +48,7 @@ impl<K: Hash + Eq + Clone> Keys<K> {
         fail_fast: bool,
     ) -> Self {
         Self {
-            map: Mutex::new(HashMap::default()),
+            map: Mutex::new(HashMap::new()),
             default,
             overrides,
             max_keys,
@@ -104,7 +103,7 @@ impl<K: Hash + Eq + Clone> Keys<K> {
     /// holds its state (every call, waiting or in flight, holds an `Arc` of
     /// it, and new ones are handed out only under this lock) and its bucket
     /// is full again, so forgetting it cannot loosen the rate.
-    fn evict_one(&self, map: &mut HashMap<K, Arc<KeyState>, KeyHasher>) -> bool {
+    fn evict_one(&self, map: &mut HashMap<K, Arc<KeyState>>) -> bool {
         let now = self.now();
         let victim = map
             .iter()
@@ -148,7 +147,7 @@ impl<K: Hash + Eq + Clone> Keys<K> {
         self.limit_of(key).concurrency
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<K, Arc<KeyState>, KeyHasher>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<K, Arc<KeyState>>> {
         // Every critical section is a lookup, an insert or a removal that
         // cannot leave the map half-updated, so poisoning is safe to ignore.
         self.map.lock().unwrap_or_else(|e| e.into_inner())

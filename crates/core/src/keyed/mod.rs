@@ -62,7 +62,6 @@
 //! ```
 
 mod future;
-mod hash;
 mod layer;
 mod map;
 mod service;
