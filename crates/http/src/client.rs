@@ -22,13 +22,14 @@ use tower_fanout_core::keyed::{
     AuthorityKey, KeyLimit, KeyedLimit, KeyedLimitHandle, KeyedLimitLayer,
 };
 use tower_http::decompression::Decompression;
+use tower_http::follow_redirect::FollowRedirect;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::body::{Cap, Collect, collect};
 use crate::guard::{self, Guard, GuardedConnector, GuardedResolver};
 use crate::learn::{Learn, Learned};
-use crate::redirect::Redirects;
+use crate::redirect::RedirectPolicy;
 use crate::retry::{RetryFuture, RetryLayer};
 use crate::timeout::TimedOut;
 use crate::{BoxError, Error};
@@ -37,7 +38,7 @@ const DEFAULT_AGENT: &str = concat!("tower-fanout-http/", env!("CARGO_PKG_VERSIO
 
 type Connector = GuardedConnector<hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>>;
 type Raw = HyperClient<Connector, Full<Bytes>>;
-type Stack = Learn<KeyedLimit<Fetch, AuthorityKey, String>>;
+type Stack = FollowRedirect<Learn<KeyedLimit<Fetch, AuthorityKey, String>>, RedirectPolicy>;
 
 /// hyper-util's client behind an `Arc`: its `request` takes `&self`, so each
 /// call needs no clone of the client (which copies its whole configuration).
@@ -142,10 +143,10 @@ impl ClientBuilder {
 
     /// Redirects followed at most (default 10; 0 returns 3xx responses as they
     /// are). `Authorization`, `Cookie` and `Proxy-Authorization` are removed
-    /// when a redirect leaves the origin. Redirects follow tower-http's
-    /// `FollowRedirect` rules (301/302 turn a POST into a GET, 303 a GET, 307/308
-    /// resend as is); a response reached through redirects carries its URI as
-    /// tower-http's `RequestUri` extension. A retry starts again from the
+    /// when a redirect leaves the origin. Redirects are followed by
+    /// tower-http's `FollowRedirect` (301/302 turn a POST into a GET, 303 a GET,
+    /// 307/308 resend as is), and every response carries the URI it came from
+    /// as tower-http's `RequestUri` extension. A retry starts again from the
     /// original request.
     pub fn max_redirects(mut self, max: usize) -> Self {
         self.max_redirects = max;
@@ -358,11 +359,11 @@ impl ClientBuilder {
             self.learn_rate_limits
                 .then(|| Arc::new(Learned::new(self.max_hosts, retry.max_wait()))),
         );
-        let stack: Stack = learned;
+        let stack: Stack =
+            FollowRedirect::with_policy(learned, RedirectPolicy::new(self.max_redirects));
         Ok(Client {
             shared: Arc::new(Shared {
                 stack,
-                max_redirects: self.max_redirects,
                 max_request_body: self.max_request_body,
                 user_agent: self.user_agent.clone(),
                 guard,
@@ -489,7 +490,6 @@ pub struct Client {
 
 struct Shared {
     stack: Stack,
-    max_redirects: usize,
     max_request_body: usize,
     user_agent: Option<HeaderValue>,
     guard: Guard,
@@ -616,7 +616,7 @@ where
 
 pin_project! {
     /// A request's whole life, in its `http_request` span: its body read
-    /// (bounded), then the retry loop with its redirects.
+    /// (bounded), then the retry loop, each attempt following redirects.
     struct ClientFuture<B> {
         span: tracing::Span,
         shared: Arc<Shared>,
@@ -630,7 +630,7 @@ pin_project! {
     enum Pending<B> {
         Refused { error: Option<Error> },
         Reading { parts: Option<http::request::Parts>, #[pin] body: Collect<B> },
-        Sending { #[pin] retry: RetryFuture<Stack, Request<Full<Bytes>>, Redirects> },
+        Sending { #[pin] retry: RetryFuture<Stack, Request<Full<Bytes>>> },
     }
 }
 
@@ -663,11 +663,7 @@ where
                     };
                     let req = Request::from_parts(parts, Full::new(body));
                     let shared = &**this.shared;
-                    let retry = shared.retry.run(
-                        shared.stack.clone(),
-                        req,
-                        Redirects::new(shared.max_redirects),
-                    );
+                    let retry = shared.retry.run(shared.stack.clone(), req);
                     this.state.set(Pending::Sending { retry });
                 }
                 PendingProj::Sending { retry } => {

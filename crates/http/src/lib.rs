@@ -7,8 +7,8 @@
 //! Client::call ─► http_request span, request body buffered (bounded)
 //!   retry            429/503 wait for Retry-After (capped), backoff on 502/503/504
 //!                    and connection failures, a retry budget; sleeps hold nothing
-//!   └ redirects      a step of each attempt: tower-http's rules, hop cap,
-//!                    credentials dropped on a cross-origin hop
+//!   follow redirects tower-http's FollowRedirect: hop cap, credentials dropped
+//!                    on a cross-origin hop, http/https targets only
 //!   learned budgets  a host that says nothing remains is waited for, not hammered
 //!   per-host limits  concurrency and rate per host (tower-fanout-core's keyed limit)
 //!   attempt          timeout over connect + headers + body; gzip/br; body cap

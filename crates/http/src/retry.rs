@@ -83,7 +83,7 @@ use tower_service::Service;
 
 use crate::body::{BodyTooLarge, RequestBodyTooLarge};
 use crate::guard::RefusedAddress;
-use crate::redirect::{Hops, NoHops, TooManyRedirects};
+use crate::redirect::TooManyRedirects;
 use crate::timeout::TimedOut;
 use crate::{BoxError, Error, headers};
 
@@ -393,44 +393,31 @@ where
             self.config.clone(),
             self.inner.clone(),
             req,
-            NoHops,
         ))
     }
 }
 
 impl RetryLayer {
-    /// Runs `req` through `inner` with this layer's retries and `hops`'
-    /// redirects, without boxing: the client preset awaits this inside its
-    /// own response future.
-    pub(crate) fn run<S, B, H>(
-        &self,
-        inner: S,
-        req: Request<B>,
-        hops: H,
-    ) -> RetryFuture<S, Request<B>, H>
+    /// Runs `req` through `inner` with this layer's retries, without boxing:
+    /// the client preset awaits this inside its own response future.
+    pub(crate) fn run<S, B>(&self, inner: S, req: Request<B>) -> RetryFuture<S, Request<B>>
     where
         S: Service<Request<B>>,
     {
-        RetryFuture::new(self.config.clone(), inner, req, hops)
+        RetryFuture::new(self.config.clone(), inner, req)
     }
 }
 
 pin_project! {
-    /// The retry loop for one request: attempts, the redirects each one
-    /// follows, and the waits between them.
-    pub(crate) struct RetryFuture<S, Req, H>
+    /// The retry loop for one request: attempts, and the waits between them.
+    pub(crate) struct RetryFuture<S, Req>
     where
         S: Service<Req>,
     {
         config: Arc<Config>,
         inner: S,
-        hops: H,
-        // The request, kept for the next attempt; the last one takes it
-        // unless redirects may need it.
+        // The request, kept for the next attempt; the last one takes it.
         original: Option<Req>,
-        // The request of the current redirect hop, once there is one (boxed:
-        // rare, and the future stays small to move).
-        hop: Option<Box<Req>>,
         idempotent: bool,
         retries: u32,
         #[pin]
@@ -448,11 +435,11 @@ pin_project! {
     }
 }
 
-impl<S, B, H> RetryFuture<S, Request<B>, H>
+impl<S, B> RetryFuture<S, Request<B>>
 where
     S: Service<Request<B>>,
 {
-    fn new(config: Arc<Config>, inner: S, req: Request<B>, hops: H) -> Self {
+    fn new(config: Arc<Config>, inner: S, req: Request<B>) -> Self {
         if config.settings.max_retries > 0 {
             config.budget.deposit();
         }
@@ -460,21 +447,18 @@ where
             idempotent: is_idempotent(req.method()),
             config,
             inner,
-            hops,
             original: Some(req),
-            hop: None,
             retries: 0,
             step: RetryStep::Ready,
         }
     }
 }
 
-impl<S, B, ResB, H> Future for RetryFuture<S, Request<B>, H>
+impl<S, B, ResB> Future for RetryFuture<S, Request<B>>
 where
     S: Service<Request<B>, Response = Response<ResB>>,
     S::Error: Into<BoxError>,
     B: Clone,
-    H: Hops<B, ResB>,
 {
     type Output = Result<Response<ResB>, BoxError>;
 
@@ -487,12 +471,8 @@ where
                     if let Err(e) = ready!(this.inner.poll_ready(cx)) {
                         return Poll::Ready(Err(e.into()));
                     }
-                    // A redirect hop sends a copy of its request; the last allowed
-                    // attempt takes the request itself, unless a redirect may
-                    // need it; the others a copy.
-                    let req = if let Some(hop) = this.hop.as_deref() {
-                        Some(hop.clone())
-                    } else if *this.retries < settings.max_retries || this.hops.enabled() {
+                    // The last allowed attempt takes the request itself; the others a copy.
+                    let req = if *this.retries < settings.max_retries {
                         this.original.clone()
                     } else {
                         this.original.take()
@@ -504,23 +484,7 @@ where
                     this.step.set(RetryStep::Sent { future });
                 }
                 RetryStepProj::Sent { future } => {
-                    let mut outcome = ready!(future.poll(cx)).map_err(Into::into);
-                    if this.hops.enabled()
-                        && let Ok(resp) = outcome.as_mut()
-                        && let Some(current) = this.hop.as_deref().or(this.original.as_ref())
-                    {
-                        match this.hops.follow(current, resp) {
-                            Ok(Some(next)) => {
-                                // A hop, not a retry: the answer goes, the next request is sent.
-                                drop(outcome);
-                                *this.hop = Some(Box::new(next));
-                                this.step.set(RetryStep::Ready);
-                                continue;
-                            }
-                            Ok(None) => {}
-                            Err(e) => outcome = Err(e),
-                        }
-                    }
+                    let outcome = ready!(future.poll(cx)).map_err(Into::into);
                     if settings.max_retries == 0 {
                         // Retrying is off: the answer, whatever it is, goes back as it is.
                         return Poll::Ready(outcome);
@@ -546,9 +510,6 @@ where
                         return Poll::Ready(outcome);
                     }
                     *this.retries += 1;
-                    // A retry starts from the original request, not from a hop.
-                    *this.hop = None;
-                    this.hops.restart();
                     tracing::debug!(
                         retry = *this.retries,
                         wait_ms = wait.as_millis() as u64,

@@ -871,3 +871,106 @@ async fn accept_encoding_is_what_decompression_handles_and_a_callers_own_is_kept
     let resp = on.clone().oneshot(own).await.unwrap();
     assert_eq!(resp.body().as_ref(), b"identity");
 }
+
+/// tower-http's rules, as issue 5 asks: a 301/302 turns a POST into a GET
+/// without its body, a 303 keeps a HEAD, a 307 resends the request as it was;
+/// relative and absolute `Location`s resolve against the current URI; every
+/// answer carries the URI it came from; a redirect off http/https fails; with
+/// `max_redirects(0)` a 3xx is the answer.
+#[tokio::test]
+async fn redirects_follow_tower_http_rules_and_location_forms() {
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let s = seen.clone();
+    let addr = serve(handler(move |req| {
+        let s = s.clone();
+        async move {
+            use http_body_util::BodyExt;
+            let (parts, body) = req.into_parts();
+            let body = body.collect().await.unwrap().to_bytes();
+            let target = parts.uri.path_and_query().unwrap().as_str().to_string();
+            s.lock().unwrap().push(format!(
+                "{} {target} {:?} type={}",
+                parts.method,
+                String::from_utf8_lossy(&body),
+                parts.headers.contains_key("content-type"),
+            ));
+            let to = |status, location: &str| {
+                respond(status)
+                    .header("location", location)
+                    .body(Chunks::empty())
+                    .unwrap()
+            };
+            match target.as_str() {
+                "/form/302" => to(302, "/got?x=1"),
+                "/form/307" => to(307, "again"),
+                "/head/303" => to(
+                    303,
+                    &format!("http://{}/seen", parts.headers["host"].to_str().unwrap()),
+                ),
+                "/ftp" => to(302, "ftp://files.test/secret"),
+                _ => respond(200).body(Chunks::full("ok")).unwrap(),
+            }
+        }
+    }))
+    .await;
+    let client = Client::builder().build().unwrap();
+    let send = |method: &str, path: &str, body: &'static str| {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"))
+            .header("content-type", "text/plain")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap();
+        client.clone().oneshot(req)
+    };
+    let uri_of = |resp: &http::Response<Bytes>| {
+        resp.extensions()
+            .get::<tower_http::follow_redirect::RequestUri>()
+            .map(|u| u.0.to_string())
+    };
+
+    let resp = send("POST", "/form/302", "hi").await.unwrap();
+    assert_eq!(uri_of(&resp), Some(format!("http://{addr}/got?x=1")));
+    let resp = send("POST", "/form/307", "hi").await.unwrap();
+    assert_eq!(uri_of(&resp), Some(format!("http://{addr}/form/again")));
+    let resp = send("HEAD", "/head/303", "").await.unwrap();
+    assert_eq!(uri_of(&resp), Some(format!("http://{addr}/seen")));
+    let resp = send("GET", "/plain", "").await.unwrap();
+    assert_eq!(
+        uri_of(&resp),
+        Some(format!("http://{addr}/plain")),
+        "an answer that was not redirected carries its URI too"
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            r#"POST /form/302 "hi" type=true"#,
+            r#"GET /got?x=1 "" type=false"#,
+            r#"POST /form/307 "hi" type=true"#,
+            r#"POST /form/again "hi" type=true"#,
+            r#"HEAD /head/303 "" type=true"#,
+            r#"HEAD /seen "" type=false"#,
+            r#"GET /plain "" type=true"#,
+        ]
+    );
+
+    let err = send("GET", "/ftp", "").await.unwrap_err();
+    let mut chain = Some(&err as &(dyn std::error::Error + 'static));
+    let mut said = Vec::new();
+    while let Some(e) = chain {
+        said.push(e.to_string());
+        chain = e.source();
+    }
+    assert!(
+        said.iter().any(|s| s.contains("unsupported scheme")),
+        "{said:?}"
+    );
+
+    let off = Client::builder().max_redirects(0).build().unwrap();
+    let resp = off.get(&format!("http://{addr}/form/302")).await.unwrap();
+    assert_eq!(
+        resp.status(),
+        302,
+        "with no hops allowed, a 3xx is the answer"
+    );
+}
