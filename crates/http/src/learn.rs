@@ -45,7 +45,6 @@ use tower_service::Service;
 
 use tower_fanout_core::error::RateLimited;
 
-use crate::hash::HostHasher;
 use crate::{BoxError, headers};
 
 #[derive(Debug, Default)]
@@ -91,7 +90,7 @@ enum Hold {
 
 #[derive(Debug)]
 pub(crate) struct Learned {
-    hosts: Mutex<HashMap<Box<str>, Arc<Entry>, HostHasher>>,
+    hosts: Mutex<HashMap<Box<str>, Arc<Entry>>>,
     /// Woken by every answer and every finished request while some request
     /// holds on [`Hold::Answer`].
     news: tokio::sync::Notify,
@@ -108,7 +107,7 @@ pub(crate) struct Learned {
 impl Learned {
     pub(crate) fn new(max_hosts: usize, max_wait: Duration) -> Self {
         Self {
-            hosts: Mutex::new(HashMap::default()),
+            hosts: Mutex::new(HashMap::new()),
             news: tokio::sync::Notify::new(),
             holding: AtomicUsize::new(0),
             max_hosts,
@@ -116,7 +115,7 @@ impl Learned {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Box<str>, Arc<Entry>, HostHasher>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Box<str>, Arc<Entry>>> {
         // Each critical section leaves the map consistent; poisoning is harmless.
         self.hosts.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -52,7 +52,6 @@ mod body;
 mod client;
 mod error;
 pub mod guard;
-mod hash;
 pub mod headers;
 mod learn;
 mod redirect;
