@@ -174,7 +174,16 @@ where
     S::Error: Into<BoxError>,
 {
     let mut service = template.clone();
-    while let Some(message) = poll_fn(|cx| queue.poll_next(worker, cx)).await {
+    loop {
+        if queue.depth() == 0 {
+            // Let the callers this worker has just answered run first: the
+            // next request is often one of theirs, taken then without this
+            // worker parking and being woken for it.
+            tokio::task::yield_now().await;
+        }
+        let Some(message) = poll_fn(|cx| queue.poll_next(worker, cx)).await else {
+            break;
+        };
         let Message {
             request,
             mut reply,
