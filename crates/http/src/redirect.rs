@@ -43,6 +43,10 @@ impl fmt::Display for BadRedirectScheme {
 
 impl std::error::Error for BadRedirectScheme {}
 
+/// tower-http's `FollowRedirect` policy for the preset. It counts hops itself
+/// rather than composing tower-http's `Limited`, because `Limited` stops by
+/// returning the last 3xx as if it were the answer, and a caller should see
+/// [`TooManyRedirects`] instead; the credential filtering is tower-http's.
 #[derive(Clone, Debug)]
 pub(crate) struct RedirectPolicy {
     max: usize,
