@@ -10,14 +10,14 @@ use super::worker::Queue;
 use crate::BoxError;
 use crate::error::Closed;
 
-/// Takes a request out of its queue, whatever its types.
+/// Takes requests whose callers left out of the queue, whatever its types.
 pub(super) trait Unqueue: Send + Sync {
-    fn unqueue(&self, id: u64);
+    fn unqueue(&self);
 }
 
 impl<Req: Send, Resp: Send> Unqueue for Queue<Req, Resp> {
-    fn unqueue(&self, id: u64) {
-        self.remove(id);
+    fn unqueue(&self) {
+        self.remove_abandoned();
     }
 }
 
@@ -32,7 +32,6 @@ pub struct ResponseFuture<T> {
 enum State<T> {
     Queued {
         response: oneshot::Receiver<Result<T, BoxError>>,
-        id: u64,
         queue: Arc<dyn Unqueue>,
     },
     Failed(Option<BoxError>),
@@ -42,15 +41,10 @@ enum State<T> {
 impl<T> ResponseFuture<T> {
     pub(super) fn queued(
         response: oneshot::Receiver<Result<T, BoxError>>,
-        id: u64,
         queue: Arc<dyn Unqueue>,
     ) -> Self {
         Self {
-            state: State::Queued {
-                response,
-                id,
-                queue,
-            },
+            state: State::Queued { response, queue },
         }
     }
 
@@ -86,8 +80,11 @@ impl<T> Future for ResponseFuture<T> {
 
 impl<T> Drop for ResponseFuture<T> {
     fn drop(&mut self) {
-        if let State::Queued { id, queue, .. } = &self.state {
-            queue.unqueue(*id);
+        if let State::Queued { response, queue } = std::mem::replace(&mut self.state, State::Done) {
+            // Closing the receiver first marks this request abandoned, which
+            // is how the queue tells it from the others.
+            drop(response);
+            queue.unqueue();
         }
     }
 }

@@ -6,7 +6,6 @@ use crate::semaphore::Permit;
 /// A queued request and the way back to its caller.
 #[derive(Debug)]
 pub(super) struct Message<Req, Resp> {
-    pub(super) id: u64,
     pub(super) request: Req,
     pub(super) reply: oneshot::Sender<Result<Resp, BoxError>>,
     /// The caller's span, re-entered by the worker so its events nest there.

@@ -152,17 +152,15 @@ where
             return ResponseFuture::failed(NotReady::new().into());
         };
         let queue = &self.shared.queue;
-        let id = queue.next_id();
         let (reply, response) = oneshot::channel();
         queue.push(Message {
-            id,
             request,
             reply,
             span: tracing::Span::current(),
             _slot: slot,
         });
         let unqueue: Arc<dyn Unqueue> = queue.clone();
-        ResponseFuture::queued(response, id, unqueue)
+        ResponseFuture::queued(response, unqueue)
     }
 }
 

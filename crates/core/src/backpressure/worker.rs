@@ -2,7 +2,7 @@ use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -29,7 +29,6 @@ pub(super) struct Queue<Req, Resp> {
     pub(super) slots: Arc<Semaphore>,
     pub(super) busy: AtomicUsize,
     pub(super) workers: usize,
-    next_id: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -70,16 +69,11 @@ impl<Req, Resp> Queue<Req, Resp> {
             slots: Arc::new(Semaphore::new(capacity)),
             busy: AtomicUsize::new(0),
             workers,
-            next_id: AtomicU64::new(0),
         }
     }
 
     pub(super) fn depth(&self) -> usize {
         self.depth.load(Ordering::Relaxed)
-    }
-
-    pub(super) fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, State<Req, Resp>> {
@@ -101,19 +95,23 @@ impl<Req, Resp> Queue<Req, Resp> {
         }
     }
 
-    /// Takes a queued request out before any worker starts it.
-    pub(super) fn remove(&self, id: u64) {
-        let removed = {
+    /// Takes the requests whose callers have left (their reply channel is
+    /// closed) out of the queue before any worker starts them.
+    pub(super) fn remove_abandoned(&self) {
+        let mut removed = Vec::new();
+        {
             let mut inner = self.lock();
-            let removed = inner
-                .items
-                .iter()
-                .position(|m| m.id == id)
-                .and_then(|at| inner.items.remove(at));
+            let mut at = 0;
+            while at < inner.items.len() {
+                if inner.items[at].reply.is_closed() {
+                    removed.extend(inner.items.remove(at));
+                } else {
+                    at += 1;
+                }
+            }
             self.depth.store(inner.items.len(), Ordering::Relaxed);
-            removed
-        };
-        // Dropped outside the lock: it frees the slot, which wakes a producer.
+        }
+        // Dropped outside the lock: each frees its slot, which wakes a producer.
         drop(removed);
     }
 
