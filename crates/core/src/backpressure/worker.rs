@@ -172,11 +172,15 @@ where
     S::Error: Into<BoxError>,
 {
     let mut service = template.clone();
+    // Only where waking a parked worker may mean waking another thread.
+    let yield_when_empty = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
     loop {
-        if queue.depth() == 0 {
+        if yield_when_empty && queue.depth() == 0 {
             // Let the callers this worker has just answered run first: the
             // next request is often one of theirs, taken then without this
-            // worker parking and being woken for it.
+            // worker parking and being woken for it (from another thread,
+            // maybe, which costs a system call on each side).
             tokio::task::yield_now().await;
         }
         let Some(message) = poll_fn(|cx| queue.poll_next(worker, cx)).await else {
