@@ -74,6 +74,8 @@ mod future;
     feature = "adaptive"
 ))]
 mod semaphore;
+#[cfg(any(feature = "rate", feature = "adaptive"))]
+mod sleep;
 
 #[cfg(feature = "adaptive")]
 #[cfg_attr(docsrs, doc(cfg(feature = "adaptive")))]

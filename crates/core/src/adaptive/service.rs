@@ -1,9 +1,7 @@
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tower_service::Service;
 
 use super::future::{Guard, ResponseFuture};
@@ -12,6 +10,7 @@ use crate::BoxError;
 use crate::classify::Classify;
 use crate::error::{NotReady, Overloaded};
 use crate::semaphore::{Acquire, Permit};
+use crate::sleep::ReusableSleep;
 
 /// Holds a permit from an adaptive limit for each call in flight and reports
 /// each finished call to the limit's controller.
@@ -26,11 +25,10 @@ pub struct AdaptiveLimit<S, K> {
     classify: K,
     fail_fast: bool,
     shed: bool,
-    /// Waiting out a hold (no permit yet) or a pacing slot (with a permit);
-    /// allocated once, reset in place.
-    sleep: Option<Pin<Box<Sleep>>>,
-    /// The permit is held, but its pacing slot has not come yet.
-    paced: bool,
+    /// Waits out a hold (no permit yet) or a pacing slot (with a permit).
+    sleep: ReusableSleep,
+    /// The pacing slot of the permit held, until it has come.
+    pace_slot: Option<Instant>,
     /// When the permit was taken, if pacing then delayed the call: the call
     /// belongs to the limit of then.
     admitted: Option<Instant>,
@@ -46,27 +44,9 @@ impl<S, K> AdaptiveLimit<S, K> {
             classify,
             fail_fast,
             shed: false,
-            sleep: None,
-            paced: false,
+            sleep: ReusableSleep::default(),
+            pace_slot: None,
             admitted: None,
-        }
-    }
-
-    fn sleep_until(&mut self, until: Instant) {
-        match &mut self.sleep {
-            Some(sleep) => sleep.as_mut().reset(until),
-            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(until))),
-        }
-    }
-
-    /// Sleeps until `until`; ready when it has passed.
-    fn poll_sleep(&mut self, until: Instant, cx: &mut Context<'_>) -> Poll<()> {
-        if self.sleep.as_ref().is_none_or(|s| s.deadline() != until) {
-            self.sleep_until(until);
-        }
-        match &mut self.sleep {
-            Some(sleep) => sleep.as_mut().poll(cx),
-            None => Poll::Ready(()),
         }
     }
 
@@ -112,7 +92,7 @@ where
                     self.shed = true;
                     return Poll::Ready(Ok(()));
                 }
-                if self.poll_sleep(until, cx).is_pending() {
+                if self.sleep.poll_until(until, cx).is_pending() {
                     return Poll::Pending;
                 }
             }
@@ -137,18 +117,14 @@ where
                 // The slot is taken now, with the permit, so that permits
                 // freed together go out one slot apart.
                 self.admitted = Some(now);
-                self.paced = true;
-                self.sleep_until(slot);
+                self.pace_slot = Some(slot);
             }
         }
-        if self.paced {
-            let deadline = self.sleep.as_ref().map(|s| s.deadline());
-            if let Some(until) = deadline
-                && self.poll_sleep(until, cx).is_pending()
-            {
+        if let Some(slot) = self.pace_slot {
+            if self.sleep.poll_until(slot, cx).is_pending() {
                 return Poll::Pending;
             }
-            self.paced = false;
+            self.pace_slot = None;
         }
         self.shed = false;
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -191,8 +167,8 @@ impl<S: Clone, K: Clone> Clone for AdaptiveLimit<S, K> {
             classify: self.classify.clone(),
             fail_fast: self.fail_fast,
             shed: false,
-            sleep: None,
-            paced: false,
+            sleep: ReusableSleep::default(),
+            pace_slot: None,
             admitted: None,
         }
     }

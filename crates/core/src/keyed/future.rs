@@ -8,13 +8,14 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tower_service::Service;
 
 use super::map::KeyState;
 use crate::BoxError;
 use crate::error::{Overloaded, RateLimited};
 use crate::semaphore::{Acquire, Permit};
+use crate::sleep::ReusableSleep;
 
 pin_project! {
     /// Waits for the key's token, then its permit, then runs the inner call
@@ -60,7 +61,7 @@ struct Wait<S, Req> {
     /// When the booked token arrives, if it was not there at once.
     token_at: Option<u64>,
     token_done: bool,
-    sleep: Option<Pin<Box<Sleep>>>,
+    sleep: ReusableSleep,
     acquire: Option<Acquire>,
     /// The key's admission, once granted: `Some(None)` for a key without a
     /// concurrency limit. Held while the inner service gets ready.
@@ -122,10 +123,7 @@ impl<S, Req> Wait<S, Req> {
         }
         if let Some(at) = self.token_at {
             let deadline = self.epoch + Duration::from_nanos(at);
-            let sleep = self
-                .sleep
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-            ready!(sleep.as_mut().poll(cx));
+            ready!(self.sleep.poll_until(deadline, cx));
         }
         self.token_done = true;
         Poll::Ready(Ok(()))
@@ -180,7 +178,7 @@ where
                     booking: None,
                     token_at: None,
                     token_done: false,
-                    sleep: None,
+                    sleep: ReusableSleep::default(),
                     acquire: None,
                     admitted: None,
                 })),

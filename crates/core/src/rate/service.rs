@@ -1,11 +1,9 @@
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::time::Sleep;
+use crate::sleep::ReusableSleep;
 use tower_service::Service;
 
 use super::layer::{Cost, Shared};
@@ -21,8 +19,7 @@ pub struct RateLimit<S, C> {
     booking: Booking,
     cost: C,
     fail_fast: bool,
-    // Allocated on the first wait and reset in place after that.
-    sleep: Option<Pin<Box<Sleep>>>,
+    sleep: ReusableSleep,
 }
 
 /// This service's standing with the bucket; gives a booked token back when dropped.
@@ -69,7 +66,7 @@ impl<S, C> RateLimit<S, C> {
             },
             cost,
             fail_fast,
-            sleep: None,
+            sleep: ReusableSleep::default(),
         }
     }
 
@@ -97,13 +94,7 @@ impl<S, C> RateLimit<S, C> {
 
     fn poll_sleep(&mut self, cx: &mut Context<'_>, until: u64) -> Poll<()> {
         let deadline = self.booking.shared.instant(until);
-        let sleep = self
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if sleep.deadline() != deadline {
-            sleep.as_mut().reset(deadline);
-        }
-        sleep.as_mut().poll(cx)
+        self.sleep.poll_until(deadline, cx)
     }
 }
 
