@@ -57,6 +57,33 @@ fn slow_backend(
     })
 }
 
+/// A backend whose first call (to `host`, or to any host with `None`) waits
+/// until the returned sender fires or is dropped; every other call answers at
+/// once.
+fn gated_backend(
+    host: Option<&'static str>,
+) -> (
+    oneshot::Sender<()>,
+    impl Service<Req, Response = (), Error = BoxError, Future: Send> + Clone,
+) {
+    let (tx, rx) = oneshot::channel::<()>();
+    let rx = Arc::new(Mutex::new(Some(rx)));
+    let svc = service_fn(move |req: Req| {
+        let rx = if host.is_none_or(|h| req.uri().host() == Some(h)) {
+            rx.lock().unwrap().take()
+        } else {
+            None
+        };
+        async move {
+            if let Some(rx) = rx {
+                let _ = rx.await;
+            }
+            Ok::<_, BoxError>(())
+        }
+    });
+    (tx, svc)
+}
+
 #[tokio::test(start_paused = true)]
 async fn per_key_concurrency_holds_with_overrides() {
     let layer = KeyedLimitLayer::builder(KeyLimit::new().concurrency(1))
@@ -132,19 +159,8 @@ async fn dropped_futures_give_back_permit_and_token() {
     .unwrap();
     let handle = layer.handle();
     let key = "h.test".to_string();
-    let (tx, rx) = oneshot::channel::<()>();
-    let rx = Arc::new(Mutex::new(Some(rx)));
-    let svc = ServiceBuilder::new()
-        .layer(layer)
-        .service(service_fn(move |_: Req| {
-            let rx = rx.lock().unwrap().take();
-            async move {
-                if let Some(rx) = rx {
-                    let _ = rx.await;
-                }
-                Ok::<_, BoxError>(())
-            }
-        }));
+    let (tx, backend) = gated_backend(None);
+    let svc = ServiceBuilder::new().layer(layer).service(backend);
 
     // First call takes the only token and the only permit, and hangs.
     let mut first = tokio_test::task::spawn(svc.clone().oneshot(get("h.test")));
@@ -180,23 +196,8 @@ async fn map_evicts_idle_keys_only() {
         .build()
         .unwrap();
     let handle = layer.handle();
-    let (tx, rx) = oneshot::channel::<()>();
-    let rx = Arc::new(Mutex::new(Some(rx)));
-    let svc = ServiceBuilder::new()
-        .layer(layer)
-        .service(service_fn(move |req: Req| {
-            let rx = if req.uri().host() == Some("busy.test") {
-                rx.lock().unwrap().take()
-            } else {
-                None
-            };
-            async move {
-                if let Some(rx) = rx {
-                    let _ = rx.await;
-                }
-                Ok::<_, BoxError>(())
-            }
-        }));
+    let (tx, backend) = gated_backend(Some("busy.test"));
+    let svc = ServiceBuilder::new().layer(layer).service(backend);
 
     let mut busy = tokio_test::task::spawn(svc.clone().oneshot(get("busy.test")));
     assert_pending!(busy.poll());
@@ -208,8 +209,7 @@ async fn map_evicts_idle_keys_only() {
     assert_eq!(handle.in_flight(&"busy.test".to_string()), 1);
 
     // With a second busy key, no key is idle: a new key is refused.
-    let (tx2, rx2) = oneshot::channel::<()>();
-    let rx2 = Arc::new(Mutex::new(Some(rx2)));
+    let (tx2, backend) = gated_backend(None);
     let hold = ServiceBuilder::new()
         .layer(
             KeyedLimitLayer::builder(KeyLimit::new().concurrency(1))
@@ -217,15 +217,7 @@ async fn map_evicts_idle_keys_only() {
                 .build()
                 .unwrap(),
         )
-        .service(service_fn(move |_: Req| {
-            let rx = rx2.lock().unwrap().take();
-            async move {
-                if let Some(rx) = rx {
-                    let _ = rx.await;
-                }
-                Ok::<_, BoxError>(())
-            }
-        }));
+        .service(backend);
     let mut held = tokio_test::task::spawn(hold.clone().oneshot(get("one.test")));
     assert_pending!(held.poll());
     let err = hold.clone().oneshot(get("two.test")).await.unwrap_err();
@@ -263,19 +255,8 @@ async fn fail_fast_refuses_with_typed_errors() {
         .fail_fast()
         .build()
         .unwrap();
-    let (tx, rx) = oneshot::channel::<()>();
-    let rx = Arc::new(Mutex::new(Some(rx)));
-    let svc = ServiceBuilder::new()
-        .layer(layer)
-        .service(service_fn(move |_: Req| {
-            let rx = rx.lock().unwrap().take();
-            async move {
-                if let Some(rx) = rx {
-                    let _ = rx.await;
-                }
-                Ok::<_, BoxError>(())
-            }
-        }));
+    let (tx, backend) = gated_backend(None);
+    let svc = ServiceBuilder::new().layer(layer).service(backend);
     let mut held = tokio_test::task::spawn(svc.clone().oneshot(get("c.test")));
     assert_pending!(held.poll());
     let err = svc.clone().oneshot(get("c.test")).await.unwrap_err();
@@ -345,8 +326,7 @@ async fn a_call_waiting_on_its_key_reserves_nothing_downstream() {
     // Global limit 2 inside, per-key limit 1 outside.
     let global = ConcurrencyLimitLayer::new(2).unwrap();
     let global_handle = global.handle();
-    let (tx, rx) = oneshot::channel::<()>();
-    let rx = Arc::new(Mutex::new(Some(rx)));
+    let (tx, backend) = gated_backend(Some("a.test"));
     let svc = ServiceBuilder::new()
         .layer(
             KeyedLimitLayer::builder(KeyLimit::new().concurrency(1))
@@ -354,19 +334,7 @@ async fn a_call_waiting_on_its_key_reserves_nothing_downstream() {
                 .unwrap(),
         )
         .layer(global)
-        .service(service_fn(move |req: Req| {
-            let rx = if req.uri().host() == Some("a.test") {
-                rx.lock().unwrap().take()
-            } else {
-                None
-            };
-            async move {
-                if let Some(rx) = rx {
-                    let _ = rx.await;
-                }
-                Ok::<_, BoxError>(())
-            }
-        }));
+        .service(backend);
     let mut a1 = tokio_test::task::spawn(svc.clone().oneshot(get("a.test")));
     assert_pending!(a1.poll());
     let mut a2 = tokio_test::task::spawn(svc.clone().oneshot(get("a.test")));
@@ -392,19 +360,8 @@ async fn a_free_permit_admits_in_call_without_overtaking_a_queued_call() {
         .unwrap();
     let handle = layer.handle();
     let key = "h.test".to_string();
-    let (tx, rx) = oneshot::channel::<()>();
-    let rx = Arc::new(Mutex::new(Some(rx)));
-    let mut svc = ServiceBuilder::new()
-        .layer(layer)
-        .service(service_fn(move |_: Req| {
-            let rx = rx.lock().unwrap().take();
-            async move {
-                if let Some(rx) = rx {
-                    let _ = rx.await;
-                }
-                Ok::<_, BoxError>(())
-            }
-        }));
+    let (tx, backend) = gated_backend(None);
+    let mut svc = ServiceBuilder::new().layer(layer).service(backend);
 
     // A free permit is taken at the call; an unpolled call gives it back when dropped.
     let unpolled = svc.ready().await.unwrap().call(get("h.test"));
