@@ -309,7 +309,7 @@ fn param<'a>(item: &'a str, key: &str) -> Option<&'a str> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use proptest::prelude::*;
@@ -322,7 +322,8 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
     }
 
-    fn map(pairs: &[(&'static str, &str)]) -> HeaderMap {
+    /// A header map from name/value pairs (for the tests of other modules too).
+    pub(crate) fn map(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
             h.insert(*k, hv(v));

@@ -428,6 +428,7 @@ where
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::headers::tests::map;
 
     fn admit(l: &Learned, e: &Entry, now: Instant) -> Result<(), Hold> {
         l.admit(e, || now)
@@ -439,9 +440,7 @@ mod tests {
         let h = l.entry("h").unwrap();
         let now = Instant::now();
         assert_eq!(admit(&l, &h, now), Ok(()));
-        let mut m = http::HeaderMap::new();
-        m.insert("x-ratelimit-remaining", "1".parse().unwrap());
-        m.insert("x-ratelimit-reset", "2".parse().unwrap());
+        let m = map(&[("x-ratelimit-remaining", "1"), ("x-ratelimit-reset", "2")]);
         l.learn(&h, StatusCode::OK, &m);
         l.done(&h);
         assert_eq!(admit(&l, &h, now), Ok(()));
@@ -461,8 +460,7 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(admit(&l, &h, now), Ok(()));
         }
-        let mut m = http::HeaderMap::new();
-        m.insert("ratelimit", "\"default\";r=2;t=5".parse().unwrap());
+        let m = map(&[("ratelimit", "\"default\";r=2;t=5")]);
         l.learn(&h, StatusCode::OK, &m);
         l.done(&h);
         // Two others are still in flight: nothing is left for a new one.
@@ -475,10 +473,11 @@ mod tests {
         let h = l.entry("h").unwrap();
         let second = Duration::from_secs(1);
         assert_eq!(admit(&l, &h, Instant::now()), Ok(()));
-        let mut m = http::HeaderMap::new();
-        m.insert("x-ratelimit-limit", "2".parse().unwrap());
-        m.insert("x-ratelimit-remaining", "0".parse().unwrap());
-        m.insert("x-ratelimit-reset", "1".parse().unwrap());
+        let m = map(&[
+            ("x-ratelimit-limit", "2"),
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", "1"),
+        ]);
         l.learn(&h, StatusCode::OK, &m);
         l.done(&h);
         let reset = Instant::now() + second;
@@ -491,7 +490,11 @@ mod tests {
         assert_eq!(admit(&l, &h, now), Err(Hold::Answer));
         // The first answer: one left (before the other call in flight) in a
         // window ending in 1 s.
-        m.insert("x-ratelimit-remaining", "1".parse().unwrap());
+        let m = map(&[
+            ("x-ratelimit-limit", "2"),
+            ("x-ratelimit-remaining", "1"),
+            ("x-ratelimit-reset", "1"),
+        ]);
         l.learn(&h, StatusCode::OK, &m);
         l.done(&h);
         assert_eq!(admit(&l, &h, now), Err(Hold::Until(now + second)));
@@ -503,10 +506,11 @@ mod tests {
         let h = l.entry("h").unwrap();
         let now = Instant::now();
         assert_eq!(admit(&l, &h, now), Ok(()));
-        let mut m = http::HeaderMap::new();
-        m.insert("x-ratelimit-limit", "1".parse().unwrap());
-        m.insert("x-ratelimit-remaining", "0".parse().unwrap());
-        m.insert("x-ratelimit-reset", "1".parse().unwrap());
+        let m = map(&[
+            ("x-ratelimit-limit", "1"),
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", "1"),
+        ]);
         l.learn(&h, StatusCode::OK, &m);
         l.done(&h);
         let reset = now + Duration::from_secs(1);
@@ -523,9 +527,7 @@ mod tests {
         let h = l.entry("h").unwrap();
         let now = Instant::now();
         assert_eq!(admit(&l, &h, now), Ok(()));
-        let mut m = http::HeaderMap::new();
-        m.insert("content-type", "text/plain".parse().unwrap());
-        m.insert("retry-after", "5".parse().unwrap());
+        let m = map(&[("content-type", "text/plain"), ("retry-after", "5")]);
         // Retry-After counts on a 429 or a 503 only.
         l.learn(&h, StatusCode::OK, &m);
         l.done(&h);
@@ -564,10 +566,11 @@ mod tests {
         let h = l.entry("h").unwrap();
         let now = Instant::now();
         assert_eq!(admit(&l, &h, now), Ok(()));
-        let mut m = http::HeaderMap::new();
-        m.insert("x-ratelimit-limit", "1".parse().unwrap());
-        m.insert("x-ratelimit-remaining", "0".parse().unwrap());
-        m.insert("x-ratelimit-reset", "1".parse().unwrap());
+        let m = map(&[
+            ("x-ratelimit-limit", "1"),
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", "1"),
+        ]);
         l.learn(&h, StatusCode::OK, &m);
         l.done(&h);
         tokio::time::advance(Duration::from_secs(1)).await;
