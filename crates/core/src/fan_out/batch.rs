@@ -165,7 +165,10 @@ impl<T> Batch<T> {
             let Some(&index) = failed.get(outcome.index) else {
                 continue;
             };
-            if let Some(item) = self.items.iter_mut().find(|item| item.index == index) {
+            // Items are in input order (see `collect`): a binary search, not
+            // a scan per retried item.
+            if let Ok(at) = self.items.binary_search_by_key(&index, |item| item.index) {
+                let item = &mut self.items[at];
                 item.result = outcome.result;
                 item.latency = outcome.latency;
                 item.attempts += 1;
