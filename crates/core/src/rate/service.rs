@@ -170,18 +170,12 @@ impl<S, C> RateLimit<S, C> {
         loop {
             match self.booking.state {
                 State::Ready { .. } => return Poll::Ready(()),
-                State::Idle if self.fail_fast => {
-                    self.booking.state = State::Ready { booked: None };
-                }
                 State::Idle => {
-                    let shared = &self.booking.shared;
-                    let now = shared.now();
-                    let (end, at) = shared.bucket.take_queued(now, 1);
-                    if at <= now {
-                        self.booking.state = State::Ready { booked: Some(end) };
-                    } else {
-                        self.start_waiting(end, at, now);
-                    }
+                    // A waiting limiter books its token in `poll_ready`'s fast
+                    // path and comes here ready or waiting: only a fail-fast
+                    // one is idle here, and it books at `call`, by the cost.
+                    debug_assert!(self.fail_fast);
+                    self.booking.state = State::Ready { booked: None };
                 }
                 State::Waiting { end, at } => {
                     ready!(self.poll_sleep(cx, at));
