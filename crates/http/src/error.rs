@@ -171,6 +171,22 @@ impl Error {
     }
 }
 
+/// Whether `err` is an answer that trying again cannot change: a refused
+/// address, a body over a cap, too many redirects, a rate limit past the
+/// wait cap. Looked for through the whole source chain, since hyper-util
+/// wraps a connector's refusal (the address guard's, after DNS) in its own
+/// connect error.
+pub(crate) fn is_final(err: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(
+        classify(err),
+        Kind::RefusedAddress
+            | Kind::BodyTooLarge
+            | Kind::RequestBodyTooLarge
+            | Kind::RateLimited(_)
+            | Kind::TooManyRedirects
+    )
+}
+
 fn classify(err: &(dyn std::error::Error + 'static)) -> Kind {
     let mut saw_connect = false;
     let mut saw_timeout = false;

@@ -81,11 +81,8 @@ use tower_fanout_core::error::RateLimited;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::body::{BodyTooLarge, RequestBodyTooLarge};
-use crate::guard::RefusedAddress;
-use crate::redirect::TooManyRedirects;
 use crate::timeout::TimedOut;
-use crate::{BoxError, Error, headers};
+use crate::{BoxError, Error, error, headers};
 
 /// Configures a [`RetryLayer`]; made by [`RetryLayer::builder`].
 #[derive(Debug, Clone)]
@@ -343,15 +340,12 @@ fn decide_lazily<B>(
             }
         }
         Err(err) => {
+            if error::is_final(&**err) {
+                return Decision::Done;
+            }
             let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&**err);
             while let Some(e) = next {
-                if e.is::<RefusedAddress>()
-                    || e.is::<BodyTooLarge>()
-                    || e.is::<RequestBodyTooLarge>()
-                    || e.is::<TooManyRedirects>()
-                    || e.is::<TimedOut>()
-                    || e.is::<RateLimited>()
-                {
+                if e.is::<TimedOut>() {
                     return Decision::Done;
                 }
                 if let Some(h) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
@@ -536,6 +530,7 @@ where
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::guard::RefusedAddress;
 
     fn resp(status: u16, retry_after: Option<&str>) -> Result<Response<()>, BoxError> {
         let mut b = Response::builder().status(status);

@@ -366,6 +366,24 @@ async fn guard_refuses_names_resolving_to_private_addresses() {
     assert_eq!(resp.body().as_ref(), b"secret");
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_refused_address_is_answered_at_once_not_retried() {
+    // With the default retry policy: the guard's refusal after DNS comes
+    // wrapped in the client's connect error, and must still be final.
+    let client = Client::builder()
+        .resolver(table_resolver(&[(
+            "evil.test",
+            "169.254.169.254:80".parse().unwrap(),
+        )]))
+        .address_guard(true)
+        .build()
+        .unwrap();
+    let start = tokio::time::Instant::now();
+    let err = client.get("http://evil.test/").await.unwrap_err();
+    assert!(err.is_refused_address(), "{err}");
+    assert_eq!(start.elapsed(), Duration::ZERO, "no backoff, no retry");
+}
+
 #[tokio::test]
 async fn guard_refuses_a_redirect_to_a_private_address() {
     let target = serve(handler(|_| async {
