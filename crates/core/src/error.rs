@@ -203,3 +203,19 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// The answer of a response future polled again after it finished (a
+/// caller's bug; tower's futures panic there, ours answer with an error).
+#[cold]
+#[cfg_attr(
+    not(any(
+        feature = "concurrency",
+        feature = "rate",
+        feature = "backpressure",
+        feature = "adaptive"
+    )),
+    allow(dead_code)
+)]
+pub(crate) fn polled_after_completion() -> crate::BoxError {
+    "response future polled after completion".into()
+}

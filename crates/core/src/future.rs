@@ -7,6 +7,7 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 
 use crate::BoxError;
+use crate::error::polled_after_completion;
 
 pin_project! {
     /// The inner service's response future plus the guard that holds the
@@ -92,9 +93,4 @@ where
             KindProj::Done => Poll::Ready(Err(polled_after_completion())),
         }
     }
-}
-
-#[cold]
-fn polled_after_completion() -> BoxError {
-    "response future polled after completion".into()
 }

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::layer::Shared;
 use crate::BoxError;
 use crate::classify::Classify;
+use crate::error::polled_after_completion;
 use crate::semaphore::Permit;
 
 /// The permit of one call plus what the controller needs to know about its start.
@@ -113,9 +114,9 @@ where
                 }
                 Poll::Ready(output)
             }
-            KindProj::Refused { error } => Poll::Ready(Err(error
-                .take()
-                .unwrap_or_else(|| "response future polled after completion".into()))),
+            KindProj::Refused { error } => {
+                Poll::Ready(Err(error.take().unwrap_or_else(polled_after_completion)))
+            }
         }
     }
 }

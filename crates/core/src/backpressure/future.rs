@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 
 use super::worker::Queue;
 use crate::BoxError;
-use crate::error::Closed;
+use crate::error::{Closed, polled_after_completion};
 
 /// Takes requests whose callers left out of the queue, whatever its types.
 pub(super) trait Unqueue: Send + Sync {
@@ -67,13 +67,11 @@ impl<T> Future for ResponseFuture<T> {
                 Poll::Ready(result.unwrap_or_else(|_| Err(Closed::new().into())))
             }
             State::Failed(error) => {
-                let error = error
-                    .take()
-                    .unwrap_or_else(|| "response future polled after completion".into());
+                let error = error.take().unwrap_or_else(polled_after_completion);
                 self.state = State::Done;
                 Poll::Ready(Err(error))
             }
-            State::Done => Poll::Ready(Err("response future polled after completion".into())),
+            State::Done => Poll::Ready(Err(polled_after_completion())),
         }
     }
 }

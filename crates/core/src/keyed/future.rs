@@ -13,7 +13,7 @@ use tower_service::Service;
 
 use super::map::KeyState;
 use crate::BoxError;
-use crate::error::{Overloaded, RateLimited};
+use crate::error::{Overloaded, RateLimited, polled_after_completion};
 use crate::semaphore::{Acquire, Permit};
 use crate::sleep::ReusableSleep;
 
@@ -222,7 +222,7 @@ where
             match self.as_mut().project().kind.project() {
                 KindProj::Waiting { wait } => {
                     let Some(w) = wait.as_mut() else {
-                        return Poll::Ready(Err("response future polled after completion".into()));
+                        return Poll::Ready(Err(polled_after_completion()));
                     };
                     if w.admitted.is_none() {
                         if let Err(e) = ready!(w.poll_token(cx)) {
@@ -240,7 +240,7 @@ where
                     // Only an admitted call asks the inner service for
                     // readiness, so a waiting one reserves nothing downstream.
                     let Some(svc) = w.svc.as_mut() else {
-                        return Poll::Ready(Err("response future polled after completion".into()));
+                        return Poll::Ready(Err(polled_after_completion()));
                     };
                     if let Err(e) = ready!(svc.poll_ready(cx)) {
                         wait.take();
@@ -253,7 +253,7 @@ where
                     let state = w.state.clone();
                     wait.take();
                     let (Some(mut svc), Some(req)) = (svc, req) else {
-                        return Poll::Ready(Err("response future polled after completion".into()));
+                        return Poll::Ready(Err(polled_after_completion()));
                     };
                     let future = svc.call(req);
                     self.as_mut().project().kind.set(Kind::Called {
@@ -266,7 +266,7 @@ where
                 }
                 KindProj::Admitted { svc, req, guard } => {
                     let Some(inner) = svc.as_mut() else {
-                        return Poll::Ready(Err("response future polled after completion".into()));
+                        return Poll::Ready(Err(polled_after_completion()));
                     };
                     if let Err(e) = ready!(inner.poll_ready(cx)) {
                         // The permit goes back with the failure.
@@ -276,7 +276,7 @@ where
                     }
                     let (svc, req, guard) = (svc.take(), req.take(), guard.take());
                     let (Some(mut svc), Some(req)) = (svc, req) else {
-                        return Poll::Ready(Err("response future polled after completion".into()));
+                        return Poll::Ready(Err(polled_after_completion()));
                     };
                     let future = svc.call(req);
                     self.as_mut()
@@ -291,9 +291,7 @@ where
                     return Poll::Ready(output.map_err(Into::into));
                 }
                 KindProj::Refused { error } => {
-                    return Poll::Ready(Err(error
-                        .take()
-                        .unwrap_or_else(|| "response future polled after completion".into())));
+                    return Poll::Ready(Err(error.take().unwrap_or_else(polled_after_completion)));
                 }
             }
         }
