@@ -80,11 +80,7 @@ impl AimdBuilder {
         if !(self.increase > 0.0 && self.increase.is_finite()) {
             return Err(ConfigError::new("aimd: increase must be a positive number"));
         }
-        if !(self.backoff > 0.0 && self.backoff < 1.0) {
-            return Err(ConfigError::new(
-                "aimd: backoff must be between 0 and 1 exclusive (0.9 cuts by a tenth)",
-            ));
-        }
+        super::validate_backoff("aimd", self.backoff)?;
         Ok(AimdController {
             bounds,
             increase: self.increase,

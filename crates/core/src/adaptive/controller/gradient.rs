@@ -158,9 +158,9 @@ impl GradientController {
         let q = |f: f64| round.rtts[((round.rtts.len() - 1) as f64 * f) as usize];
         let (q1, q3) = (q(0.25).as_secs_f64(), q(0.75).as_secs_f64());
         if q1 > 0.0 {
-            push_capped(&mut self.noise, (q3 / q1).ln() / 1.349, NOISE_ROUNDS);
+            super::push_capped(&mut self.noise, (q3 / q1).ln() / 1.349, NOISE_ROUNDS);
         }
-        push_capped(&mut self.pool, round.rtts.clone(), POOL_ROUNDS);
+        super::push_capped(&mut self.pool, round.rtts.clone(), POOL_ROUNDS);
         let mut all: Vec<Duration> = self.pool.iter().flatten().copied().collect();
         all.sort_unstable();
         // A median of a handful of heavy-tailed answers can sit far below
@@ -169,7 +169,7 @@ impl GradientController {
         if all.len() >= MIN_POOLED
             && let Some(pooled) = all.get(all.len() / 2)
         {
-            push_capped(&mut self.pooled, *pooled, HISTORY);
+            super::push_capped(&mut self.pooled, *pooled, HISTORY);
         }
     }
 
@@ -251,11 +251,7 @@ impl GradientBuilder {
                 "gradient: tolerance must be at least 1 (1.25 lets the RTT grow by a quarter)",
             ));
         }
-        if !(self.backoff > 0.0 && self.backoff < 1.0) {
-            return Err(ConfigError::new(
-                "gradient: backoff must be between 0 and 1 exclusive (0.9 cuts by a tenth)",
-            ));
-        }
+        super::validate_backoff("gradient", self.backoff)?;
         Ok(GradientController::from_builder(self))
     }
 }
@@ -342,13 +338,6 @@ impl GradientController {
         self.limit = self.bounds.clamp(self.limit + step);
         change(old, self.limit, "increase")
     }
-}
-
-fn push_capped<T>(q: &mut VecDeque<T>, value: T, cap: usize) {
-    if q.len() == cap {
-        q.pop_front();
-    }
-    q.push_back(value);
 }
 
 impl Controller for GradientController {

@@ -457,6 +457,25 @@ pub(crate) fn baseline(history: &std::collections::VecDeque<Duration>) -> Option
     sorted.get(sorted.len() / 10).copied()
 }
 
+/// Checks a multiplicative cut: between 0 and 1, exclusive.
+pub(crate) fn validate_backoff(what: &str, backoff: f64) -> Result<(), ConfigError> {
+    if backoff > 0.0 && backoff < 1.0 {
+        Ok(())
+    } else {
+        Err(ConfigError::new(format!(
+            "{what}: backoff must be between 0 and 1 exclusive (0.9 cuts by a tenth)"
+        )))
+    }
+}
+
+/// Appends to a bounded history, dropping the oldest entry when it is full.
+pub(crate) fn push_capped<T>(q: &mut std::collections::VecDeque<T>, value: T, cap: usize) {
+    if q.len() == cap {
+        q.pop_front();
+    }
+    q.push_back(value);
+}
+
 /// An exponentially weighted moving average of durations.
 pub(crate) fn ewma(old: Option<Duration>, sample: Duration, weight: f64) -> Duration {
     match old {

@@ -73,11 +73,7 @@ impl VegasBuilder {
     /// outside (0, 1).
     pub fn build(self) -> Result<VegasController, ConfigError> {
         let bounds = self.bounds.validate("vegas")?;
-        if !(self.backoff > 0.0 && self.backoff < 1.0) {
-            return Err(ConfigError::new(
-                "vegas: backoff must be between 0 and 1 exclusive (0.9 cuts by a tenth)",
-            ));
-        }
+        super::validate_backoff("vegas", self.backoff)?;
         Ok(VegasController {
             bounds,
             backoff: self.backoff,
@@ -94,10 +90,7 @@ impl VegasController {
     fn decide(&mut self, round: &RoundSummary) -> Option<Change> {
         if let Some(median) = round.median {
             self.short = Some(ewma(self.short, median, 0.5));
-            if self.history.len() == HISTORY {
-                self.history.pop_front();
-            }
-            self.history.push_back(median);
+            super::push_capped(&mut self.history, median, HISTORY);
         }
         let old = self.limit as usize;
         let (Some(median), Some(base)) = (round.median, super::baseline(&self.history)) else {
