@@ -32,6 +32,9 @@ pub struct VegasController {
     episodes: Episodes,
     short: Option<Duration>,
     history: VecDeque<Duration>,
+    /// The baseline of `history`, kept with it: the layer reads it after
+    /// every answer, and it changes only once a round.
+    base: Option<Duration>,
 }
 
 /// Builds a [`VegasController`]; see its setters for the defaults.
@@ -82,6 +85,7 @@ impl VegasBuilder {
             episodes: Episodes::default(),
             short: None,
             history: VecDeque::with_capacity(HISTORY),
+            base: None,
         })
     }
 }
@@ -91,9 +95,10 @@ impl VegasController {
         if let Some(median) = round.median {
             self.short = Some(ewma(self.short, median, 0.5));
             super::push_capped(&mut self.history, median, HISTORY);
+            self.base = super::baseline(&self.history);
         }
         let old = self.limit as usize;
-        let (Some(median), Some(base)) = (round.median, super::baseline(&self.history)) else {
+        let (Some(median), Some(base)) = (round.median, self.base) else {
             return None;
         };
         let log = self.limit.max(10.0).log10();
@@ -152,7 +157,7 @@ impl Controller for VegasController {
     fn rtt(&self) -> RttEstimate {
         RttEstimate {
             short: self.short,
-            long: super::baseline(&self.history),
+            long: self.base,
         }
     }
 
