@@ -42,7 +42,9 @@ pub(crate) struct Health {
 
 impl Health {
     pub(crate) fn reached(&self, key: &str) {
-        if self.degraded.swap(false, Ordering::Relaxed) {
+        // A load first: the swap's write would bounce the cache line on
+        // every decision, where only the end of an outage needs it.
+        if self.degraded.load(Ordering::Relaxed) && self.degraded.swap(false, Ordering::Relaxed) {
             tracing::info!(key, "redis reachable again; the shared limit applies");
         }
     }

@@ -1,3 +1,4 @@
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt;
@@ -162,6 +163,7 @@ impl<C, K> RedisRateLimitBuilder<C, K> {
         };
         Ok(RedisRateLimitLayer {
             shared: Arc::new(Shared {
+                single_key: self.store.key(&self.name, None, "gcra"),
                 store: self.store,
                 name: self.name,
                 interval_us,
@@ -260,10 +262,9 @@ impl RedisRateLimitHandle {
 
     async fn read_tokens(&self, key: Option<&str>) -> Result<u64, Error> {
         let shared = &self.shared;
-        let redis_key = shared.store.key(&shared.name, key, "gcra");
         shared
             .store
-            .tokens(&redis_key, shared.interval_us, shared.burst)
+            .tokens(&shared.redis_key(key), shared.interval_us, shared.burst)
             .await
     }
 
@@ -295,6 +296,9 @@ impl<S, C: Clone, K: Clone> Layer<S> for RedisRateLimitLayer<C, K> {
 pub(super) struct Shared {
     store: RedisStore,
     name: String,
+    /// The Redis key of the bucket when the key function gives none (the
+    /// usual case), built once.
+    single_key: String,
     interval_us: u64,
     burst: u32,
     fail_fast: bool,
@@ -316,6 +320,13 @@ impl fmt::Debug for Shared {
 }
 
 impl Shared {
+    fn redis_key(&self, key: Option<&str>) -> Cow<'_, str> {
+        match key {
+            None => Cow::Borrowed(&self.single_key),
+            Some(key) => Cow::Owned(self.store.key(&self.name, Some(key), "gcra")),
+        }
+    }
+
     /// Decides whether a request of `cost` tokens, counted against `key`,
     /// may go ahead: waits for the tokens, or refuses.
     pub(super) async fn admit(
@@ -330,7 +341,7 @@ impl Shared {
             tracing::debug!(key = %self.name, cost, burst = self.burst, "request costs more than the burst");
             return Err(CostExceedsBurst::new(cost, self.burst).into());
         }
-        let redis_key = self.store.key(&self.name, key.as_deref(), "gcra");
+        let redis_key = self.redis_key(key.as_deref());
         let decision = self
             .store
             .gcra(
@@ -354,7 +365,7 @@ impl Shared {
                     // Dropped while waiting: the tokens are given back.
                     let booking = Booking {
                         store: self.store.clone(),
-                        key: redis_key,
+                        key: redis_key.into_owned(),
                         tat,
                         weight_us: self.interval_us.saturating_mul(u64::from(cost)),
                         armed: true,
