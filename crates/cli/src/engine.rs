@@ -56,28 +56,12 @@ pub(crate) struct FetchOptions {
     pub(crate) concurrency: usize,
     pub(crate) rate: Option<Rate>,
     pub(crate) burst: Option<u32>,
-    pub(crate) per_host: Option<usize>,
+    pub(crate) per_host: usize,
     pub(crate) adaptive: bool,
     pub(crate) timeout: Duration,
     pub(crate) max_body: u64,
     pub(crate) retries: u32,
     pub(crate) allow_private: bool,
-}
-
-impl Default for FetchOptions {
-    fn default() -> Self {
-        Self {
-            concurrency: 16,
-            rate: None,
-            burst: None,
-            per_host: Some(8),
-            adaptive: false,
-            timeout: Duration::from_secs(8),
-            max_body: 10 << 20,
-            retries: 2,
-            allow_private: false,
-        }
-    }
 }
 
 /// One item's outcome: a JSON line of `fanout fetch`, an entry of the MCP tool's answer.
@@ -132,10 +116,7 @@ where
 impl FetchOptions {
     /// Builds the stack these options describe.
     pub(crate) fn stack(&self) -> anyhow::Result<Stack> {
-        let host_default = match self.per_host {
-            Some(n) => KeyLimit::new().concurrency(n),
-            None => KeyLimit::new(),
-        };
+        let host_default = KeyLimit::new().concurrency(self.per_host);
         let client = tower_fanout_http::Client::builder()
             .timeout(Some(self.timeout))
             .connect_timeout(Some(self.timeout))

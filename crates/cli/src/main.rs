@@ -94,7 +94,7 @@ impl Limits {
             concurrency: self.concurrency as usize,
             rate: self.rate,
             burst: self.burst,
-            per_host: Some(self.per_host as usize),
+            per_host: self.per_host as usize,
             adaptive: self.adaptive,
             timeout: self.timeout,
             max_body: self.max_body,
