@@ -26,7 +26,7 @@ use crate::timeout::TimedOut;
 /// ```
 pub struct Error {
     kind: Kind,
-    source: Option<BoxError>,
+    source: BoxError,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,24 +49,21 @@ impl Error {
     pub(crate) fn invalid_request(source: impl Into<BoxError>) -> Self {
         Self {
             kind: Kind::InvalidRequest,
-            source: Some(source.into()),
+            source: source.into(),
         }
     }
 
     pub(crate) fn config(message: impl Into<String>) -> Self {
         Self {
             kind: Kind::Config,
-            source: Some(message.into().into()),
+            source: message.into().into(),
         }
     }
 
     /// Classifies an error from the stack by the first known error in its chain.
     pub(crate) fn from_box(source: BoxError) -> Self {
         let kind = classify(&*source);
-        Self {
-            kind,
-            source: Some(source),
-        }
+        Self { kind, source }
     }
 
     /// The attempt (connect, request, response body) took longer than the timeout.
@@ -240,18 +237,15 @@ fn classify(err: &(dyn std::error::Error + 'static)) -> Kind {
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_tuple("tower_fanout_http::Error");
-        d.field(&self.kind);
-        if let Some(source) = &self.source {
-            d.field(source);
-        }
-        d.finish()
+        d.field(&self.kind).field(&self.source).finish()
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (&self.kind, &self.source) {
-            (Kind::RateLimited(d), _) => write!(
+        let source = &self.source;
+        match self.kind {
+            Kind::RateLimited(d) => write!(
                 f,
                 "rate limited: retry after {} ms (longer than the retry cap)",
                 d.as_millis()
@@ -260,7 +254,7 @@ impl fmt::Display for Error {
             // it. hyper-util's wrapper ("client error (Connect)") says little,
             // so the root of the chain (the refused address, the OS error) is
             // named as well.
-            (_, Some(source)) => {
+            _ => {
                 write!(f, "{}: {source}", self.describe())?;
                 let mut root: &(dyn std::error::Error + 'static) = &**source;
                 while let Some(next) = root.source() {
@@ -272,13 +266,12 @@ impl fmt::Display for Error {
                 }
                 Ok(())
             }
-            (_, None) => f.write_str(self.describe()),
         }
     }
 }
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_ref().map(|e| &**e as _)
+        Some(&*self.source)
     }
 }
