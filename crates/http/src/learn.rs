@@ -412,16 +412,12 @@ where
         }
     }
     drop(holding);
-    let in_flight = InFlight {
-        learned: learned.clone(),
-        entry,
-    };
-    let outcome = inner.oneshot(req).await.map_err(Into::into);
-    if let Ok(resp) = &outcome {
-        learned.learn(&in_flight.entry, resp.status(), resp.headers());
+    // From here on, the path of a request admitted at once.
+    LearnFuture::Call {
+        future: inner.oneshot(req),
+        in_flight: Some(InFlight { learned, entry }),
     }
-    drop(in_flight);
-    outcome
+    .await
 }
 
 #[cfg(test)]
