@@ -4,25 +4,11 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
-use support::RedisServer;
-use tower::{Layer, Service, ServiceExt, service_fn};
-use tower_fanout_redis::{RedisRateLimitLayer, RedisStore};
-
-fn store(redis: &RedisServer) -> RedisStore {
-    RedisStore::builder(redis.url())
-        .timeout(Duration::from_millis(200))
-        .probe_interval(Duration::from_millis(100))
-        .build()
-        .unwrap()
-}
-
-fn echo()
--> impl Service<(), Response = (), Error = Infallible, Future: Send> + Clone + Send + 'static {
-    service_fn(|()| async { Ok::<_, Infallible>(()) })
-}
+use support::{RedisServer, echo_unit, outage_store};
+use tower::{Layer, ServiceExt};
+use tower_fanout_redis::RedisRateLimitLayer;
 
 /// Records each event's level and message.
 #[derive(Clone, Default)]
@@ -75,11 +61,12 @@ async fn failing_open_warns_once_per_outage_and_says_when_it_is_over() {
     let events = Events::default();
     tracing::subscriber::set_global_default(events.clone()).unwrap();
     let mut redis = RedisServer::start();
-    let svc = RedisRateLimitLayer::builder(store(&redis), "warned", 1000, Duration::from_secs(1))
-        .fail_open(0.5)
-        .build()
-        .unwrap()
-        .layer(echo());
+    let svc =
+        RedisRateLimitLayer::builder(outage_store(&redis), "warned", 1000, Duration::from_secs(1))
+            .fail_open(0.5)
+            .build()
+            .unwrap()
+            .layer(echo_unit());
     svc.clone().oneshot(()).await.unwrap();
     redis.kill();
     for _ in 0..5 {

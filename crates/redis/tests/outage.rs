@@ -7,32 +7,19 @@ use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
-use support::RedisServer;
-use tower::{Layer, Service, ServiceExt, service_fn};
+use support::{RedisServer, echo_unit, outage_store};
+use tower::{Layer, ServiceExt, service_fn};
 use tower_fanout_core::BoxError;
 use tower_fanout_core::error::{Overloaded, RateLimited};
-use tower_fanout_redis::{Error, RedisConcurrencyLimitLayer, RedisRateLimitLayer, RedisStore};
+use tower_fanout_redis::{Error, RedisConcurrencyLimitLayer, RedisRateLimitLayer};
 
-const TIMEOUT: Duration = Duration::from_millis(200);
+const TIMEOUT: Duration = support::OUTAGE_TIMEOUT;
 /// Scheduling slack on top of the timeout on a loaded machine.
 const SLACK: Duration = Duration::from_millis(300);
-
-fn store(redis: &RedisServer) -> RedisStore {
-    RedisStore::builder(redis.url())
-        .timeout(TIMEOUT)
-        .probe_interval(Duration::from_millis(100))
-        .build()
-        .unwrap()
-}
 
 fn is_unavailable(err: &BoxError) -> bool {
     err.downcast_ref::<Error>()
         .is_some_and(Error::is_unavailable)
-}
-
-fn echo()
--> impl Service<(), Response = (), Error = Infallible, Future: Send> + Clone + Send + 'static {
-    service_fn(|()| async { Ok::<_, Infallible>(()) })
 }
 
 /// Retries `call` (bounded) until it succeeds: the layer's way back after
@@ -58,14 +45,14 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_fails_closed_or_open_and_recovers_after_a_restart() {
     let mut redis = RedisServer::start();
-    let store = store(&redis);
+    let store = outage_store(&redis);
     let closed =
         RedisRateLimitLayer::builder(store.clone(), "closed", 1000, Duration::from_secs(1))
             .fail_fast()
             .fail_closed()
             .build()
             .unwrap()
-            .layer(echo());
+            .layer(echo_unit());
     // A local share of a half: burst 10 → 5, 10 per second → 5 per second.
     let open = RedisRateLimitLayer::builder(store, "open", 10, Duration::from_secs(1))
         .burst(10)
@@ -73,7 +60,7 @@ async fn rate_limit_fails_closed_or_open_and_recovers_after_a_restart() {
         .fail_open(0.5)
         .build()
         .unwrap()
-        .layer(echo());
+        .layer(echo_unit());
     closed.clone().oneshot(()).await.unwrap();
     open.clone().oneshot(()).await.unwrap();
 
@@ -129,7 +116,7 @@ async fn rate_limit_fails_closed_or_open_and_recovers_after_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_limit_fails_closed_or_open_and_recovers_after_a_restart() {
     let mut redis = RedisServer::start();
-    let store = store(&redis);
+    let store = outage_store(&redis);
     let never_ends = || service_fn(|()| std::future::pending::<Result<(), BoxError>>());
     let closed = RedisConcurrencyLimitLayer::builder(store.clone(), "closed", 4)
         .lease(Duration::from_secs(2))
@@ -194,16 +181,17 @@ async fn concurrency_limit_fails_closed_or_open_and_recovers_after_a_restart() {
 async fn failing_open_keeps_one_local_share_per_key() {
     let mut redis = RedisServer::start();
     // Local share of a quarter: burst 8 → 2 per host, refilled every 4 s.
-    let svc = RedisRateLimitLayer::builder(store(&redis), "hosts", 1, Duration::from_secs(1))
-        .burst(8)
-        .key_fn(|host: &&'static str| (*host).to_owned())
-        .fail_fast()
-        .fail_open(0.25)
-        .build()
-        .unwrap()
-        .layer(service_fn(|host: &'static str| async move {
-            Ok::<_, Infallible>(host)
-        }));
+    let svc =
+        RedisRateLimitLayer::builder(outage_store(&redis), "hosts", 1, Duration::from_secs(1))
+            .burst(8)
+            .key_fn(|host: &&'static str| (*host).to_owned())
+            .fail_fast()
+            .fail_open(0.25)
+            .build()
+            .unwrap()
+            .layer(service_fn(|host: &'static str| async move {
+                Ok::<_, Infallible>(host)
+            }));
     redis.kill();
     for host in ["a.example", "b.example"] {
         let mut admitted = 0;
@@ -220,19 +208,19 @@ async fn failing_open_keeps_one_local_share_per_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_redis_costs_callers_at_most_the_timeout() {
     let redis = RedisServer::start();
-    let store = store(&redis);
+    let store = outage_store(&redis);
     let closed =
         RedisRateLimitLayer::builder(store.clone(), "frozen-closed", 1000, Duration::from_secs(1))
             .fail_closed()
             .build()
             .unwrap()
-            .layer(echo());
+            .layer(echo_unit());
     let open = RedisConcurrencyLimitLayer::builder(store, "frozen-open", 4)
         .lease(Duration::from_secs(1))
         .fail_open(0.5)
         .build()
         .unwrap()
-        .layer(echo());
+        .layer(echo_unit());
     closed.clone().oneshot(()).await.unwrap();
     open.clone().oneshot(()).await.unwrap();
 
@@ -284,7 +272,7 @@ async fn a_frozen_redis_costs_callers_at_most_the_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_in_flight_take_their_place_back_after_a_restart() {
     let mut redis = RedisServer::start();
-    let layer = RedisConcurrencyLimitLayer::builder(store(&redis), "restored", 2)
+    let layer = RedisConcurrencyLimitLayer::builder(outage_store(&redis), "restored", 2)
         .lease(Duration::from_millis(600))
         .fail_closed()
         .build()

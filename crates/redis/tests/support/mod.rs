@@ -374,3 +374,24 @@ pub fn env_u64(key: &str) -> u64 {
 pub fn env_str(key: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| panic!("worker needs {key}"))
 }
+
+/// The store timeout of the outage tests: how long a caller may wait on a
+/// Redis that does not answer.
+pub const OUTAGE_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// A store for the outage tests: a short timeout, and a probe every 100 ms
+/// once Redis is found down.
+pub fn outage_store(redis: &RedisServer) -> tower_fanout_redis::RedisStore {
+    tower_fanout_redis::RedisStore::builder(redis.url())
+        .timeout(OUTAGE_TIMEOUT)
+        .probe_interval(Duration::from_millis(100))
+        .build()
+        .unwrap()
+}
+
+/// A service that answers `()` at once.
+pub fn echo_unit()
+-> impl tower::Service<(), Response = (), Error = Infallible, Future: Send> + Clone + Send + 'static
+{
+    tower::service_fn(|()| async { Ok::<_, Infallible>(()) })
+}
