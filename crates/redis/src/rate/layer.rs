@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tower_fanout_core::BoxError;
 use tower_fanout_core::error::{CostExceedsBurst, RateLimited};
-use tower_fanout_core::rate::{RateLimitLayer, UnitCost};
+use tower_fanout_core::rate::{RateLimitBuilder, RateLimitLayer, UnitCost};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -441,11 +441,9 @@ fn cost_of(cost: &u32) -> u32 {
 /// The fail-open fallback: `tower_fanout_core`'s own rate limit, at the
 /// configured share, one bucket per key.
 struct LocalRates {
+    /// Builds one bucket: the template's, and one per key.
+    builder: RateLimitBuilder<LocalCost>,
     template: RateLimitLayer<LocalCost>,
-    rate: u32,
-    period: Duration,
-    burst: u32,
-    fail_fast: bool,
     by_key: Mutex<HashMap<String, RateLimitLayer<LocalCost>>>,
 }
 
@@ -461,27 +459,26 @@ impl LocalRates {
         // small rate stays exact (3 per second at 1/4 is 3 per 4 seconds).
         let period = period.div_f64(share);
         let burst = ((f64::from(burst) * share).floor() as u32).max(1);
-        let make = || -> Result<RateLimitLayer<LocalCost>, Error> {
-            let builder = RateLimitLayer::builder(rate, period)
-                .burst(burst)
-                .cost(cost_of as LocalCost);
-            let builder = if fail_fast {
-                builder.fail_fast()
-            } else {
-                builder
-            };
+        let builder = RateLimitLayer::builder(rate, period)
+            .burst(burst)
+            .cost(cost_of as LocalCost);
+        let builder = if fail_fast {
+            builder.fail_fast()
+        } else {
             builder
-                .build()
-                .map_err(|err| Error::config(format!("fail-open local limit: {err}")))
         };
         Ok(Self {
-            template: make()?,
-            rate,
-            period,
-            burst,
-            fail_fast,
+            template: Self::build(&builder)?,
+            builder,
             by_key: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn build(builder: &RateLimitBuilder<LocalCost>) -> Result<RateLimitLayer<LocalCost>, Error> {
+        builder
+            .clone()
+            .build()
+            .map_err(|err| Error::config(format!("fail-open local limit: {err}")))
     }
 
     fn bucket(&self, key: String) -> Result<RateLimitLayer<LocalCost>, Error> {
@@ -496,17 +493,7 @@ impl LocalRates {
             // Memory stays bounded; a forgotten key starts with a full bucket.
             by_key.clear();
         }
-        let builder = RateLimitLayer::builder(self.rate, self.period)
-            .burst(self.burst)
-            .cost(cost_of as LocalCost);
-        let builder = if self.fail_fast {
-            builder.fail_fast()
-        } else {
-            builder
-        };
-        let layer = builder
-            .build()
-            .map_err(|err| Error::config(format!("fail-open local limit: {err}")))?;
+        let layer = Self::build(&self.builder)?;
         by_key.insert(key, layer.clone());
         Ok(layer)
     }
