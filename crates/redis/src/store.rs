@@ -247,6 +247,18 @@ impl RedisStore {
         result
     }
 
+    /// Runs one of the crate's scripts through [`run`](Self::run).
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        probe: bool,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, Error> {
+        self.run(probe, |mut connection| async move {
+            invocation.invoke_async(&mut connection).await
+        })
+        .await
+    }
+
     /// One GCRA decision (see `scripts::GCRA`).
     pub(crate) async fn gcra(
         &self,
@@ -257,15 +269,14 @@ impl RedisStore {
         book: bool,
     ) -> Result<Gcra, Error> {
         let (admitted, wait_us, tat): (i64, i64, String) = self
-            .run(true, |mut connection| async move {
+            .invoke(
+                true,
                 GCRA.key(key)
                     .arg(interval_us)
                     .arg(burst)
                     .arg(cost)
-                    .arg(u8::from(book))
-                    .invoke_async(&mut connection)
-                    .await
-            })
+                    .arg(u8::from(book)),
+            )
             .await?;
         let wait = Duration::from_micros(u64::try_from(wait_us).unwrap_or(0));
         match admitted {
@@ -285,14 +296,7 @@ impl RedisStore {
         weight_us: u64,
     ) -> Result<bool, Error> {
         let given: i64 = self
-            .run(false, |mut connection| async move {
-                GCRA_GIVE_BACK
-                    .key(key)
-                    .arg(tat)
-                    .arg(weight_us)
-                    .invoke_async(&mut connection)
-                    .await
-            })
+            .invoke(false, GCRA_GIVE_BACK.key(key).arg(tat).arg(weight_us))
             .await?;
         Ok(given == 1)
     }
@@ -307,15 +311,7 @@ impl RedisStore {
         holder: &str,
     ) -> Result<(bool, u64), Error> {
         let (acquired, held): (i64, i64) = self
-            .run(true, |mut connection| async move {
-                ACQUIRE
-                    .key(key)
-                    .arg(limit)
-                    .arg(lease_ms)
-                    .arg(holder)
-                    .invoke_async(&mut connection)
-                    .await
-            })
+            .invoke(true, ACQUIRE.key(key).arg(limit).arg(lease_ms).arg(holder))
             .await?;
         Ok((acquired == 1, u64::try_from(held).unwrap_or(0)))
     }
@@ -328,14 +324,7 @@ impl RedisStore {
         holder: &str,
     ) -> Result<bool, Error> {
         let renewed: i64 = self
-            .run(false, |mut connection| async move {
-                RENEW
-                    .key(key)
-                    .arg(lease_ms)
-                    .arg(holder)
-                    .invoke_async(&mut connection)
-                    .await
-            })
+            .invoke(false, RENEW.key(key).arg(lease_ms).arg(holder))
             .await?;
         Ok(renewed == 1)
     }
@@ -348,25 +337,14 @@ impl RedisStore {
         burst: u32,
     ) -> Result<u64, Error> {
         let tokens: i64 = self
-            .run(true, |mut connection| async move {
-                TOKENS
-                    .key(key)
-                    .arg(interval_us)
-                    .arg(burst)
-                    .invoke_async(&mut connection)
-                    .await
-            })
+            .invoke(true, TOKENS.key(key).arg(interval_us).arg(burst))
             .await?;
         Ok(u64::try_from(tokens).unwrap_or(0))
     }
 
     /// Holders of the semaphore at `key` whose lease has not ended.
     pub(crate) async fn in_flight(&self, key: &str) -> Result<u64, Error> {
-        let held: i64 = self
-            .run(true, |mut connection| async move {
-                IN_FLIGHT.key(key).invoke_async(&mut connection).await
-            })
-            .await?;
+        let held: i64 = self.invoke(true, &IN_FLIGHT.key(key)).await?;
         Ok(u64::try_from(held).unwrap_or(0))
     }
 
