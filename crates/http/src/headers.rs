@@ -130,10 +130,16 @@ fn decimal_nanos(number: &str, unit_ns: u128) -> Option<u128> {
 
 /// A non-negative decimal number of seconds.
 fn seconds(s: &str) -> Option<Duration> {
+    to_duration(seconds_nanos(s)?)
+}
+
+/// A non-negative decimal number of seconds, in nanoseconds; `None` for
+/// anything but digits and a dot.
+fn seconds_nanos(s: &str) -> Option<u128> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         return None;
     }
-    to_duration(decimal_nanos(s, 1_000_000_000)?)
+    decimal_nanos(s, 1_000_000_000)
 }
 
 fn to_duration(nanos: u128) -> Option<Duration> {
@@ -146,7 +152,7 @@ fn to_duration(nanos: u128) -> Option<Duration> {
 pub fn reset(s: &str, now: SystemTime) -> Option<Duration> {
     let s = s.trim();
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        let n = decimal_nanos(s, 1_000_000_000)?;
+        let n = seconds_nanos(s)?;
         if n >= EPOCH_THRESHOLD_NANOS {
             let epoch = now.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_nanos();
             return to_duration(n.saturating_sub(epoch));
@@ -257,14 +263,18 @@ pub fn limit(headers: &HeaderMap) -> Option<u64> {
     if let Some(v) = header(headers, &RATELIMIT)
         && v.contains("limit=")
     {
-        consider(
-            v.split([',', ';'])
-                .filter_map(|kv| kv.trim().split_once('='))
-                .find(|(k, _)| k.trim().eq_ignore_ascii_case("limit"))
-                .and_then(|(_, n)| count(n)),
-        );
+        consider(dict_value(v, "limit").and_then(count));
     }
     found
+}
+
+/// The value of `key` in the earlier `RateLimit` dictionary form
+/// (`limit=100, remaining=0, reset=30`), trimmed.
+fn dict_value<'a>(v: &'a str, key: &str) -> Option<&'a str> {
+    v.split([',', ';'])
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case(key))
+        .map(|(_, val)| val.trim())
 }
 
 /// `"default";q=100;w=60` → the window `w`.
@@ -280,14 +290,8 @@ fn policy_window(v: &str) -> Option<Duration> {
 fn ietf_ratelimit(v: &str) -> Vec<(u64, Option<Duration>)> {
     let mut out = Vec::new();
     if v.contains("remaining=") {
-        let get = |key: &str| {
-            v.split([',', ';'])
-                .filter_map(|kv| kv.trim().split_once('='))
-                .find(|(k, _)| k.trim().eq_ignore_ascii_case(key))
-                .map(|(_, val)| val.trim())
-        };
-        if let Some(r) = get("remaining").and_then(count) {
-            out.push((r, get("reset").and_then(seconds)));
+        if let Some(r) = dict_value(v, "remaining").and_then(count) {
+            out.push((r, dict_value(v, "reset").and_then(seconds)));
         }
         return out;
     }
