@@ -66,6 +66,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 pub mod error;
 
+#[cfg(any(feature = "rate", feature = "adaptive"))]
+mod clock;
 #[cfg(any(feature = "concurrency", feature = "rate"))]
 mod future;
 #[cfg(any(

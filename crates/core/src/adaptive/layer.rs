@@ -9,6 +9,7 @@ use tower_layer::Layer;
 use super::AdaptiveLimit;
 use super::controller::{Controller, GradientController, RttEstimate, Sample};
 use crate::classify::{HttpClassify, Outcome};
+use crate::clock::Clock;
 use crate::semaphore::Semaphore;
 
 /// A concurrency limit that a [`Controller`] moves from what responses say.
@@ -143,7 +144,7 @@ pub(super) struct Shared {
     max_hold_ms: AtomicU64,
     name: &'static str,
     /// The origin of the nanosecond clocks below (so they fit in atomics).
-    epoch: Instant,
+    clock: Clock,
     /// No new call is admitted before this (ns since `epoch`; 0: none).
     admit_at_ns: AtomicU64,
     /// The pacing interval between admissions (ns; 0: not paced).
@@ -257,15 +258,11 @@ impl Shared {
             rtt_long_us: AtomicU64::new(0),
             max_hold_ms: AtomicU64::new(60_000),
             name,
-            epoch: Instant::now(),
+            clock: Clock::start(),
             admit_at_ns: AtomicU64::new(0),
             pace_ns: AtomicU64::new(0),
             next_slot_ns: AtomicU64::new(0),
         }
-    }
-
-    fn ns(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Until when new calls must wait, after a long `Retry-After`; `None`
@@ -275,8 +272,8 @@ impl Shared {
         if at == 0 {
             return None;
         }
-        if at > self.ns(Instant::now()) {
-            return Some(self.epoch + Duration::from_nanos(at));
+        if at > self.clock.now() {
+            return Some(self.clock.instant(at));
         }
         // Over: back to the fast path (unless a new hold came meanwhile).
         let _ = self
@@ -294,14 +291,14 @@ impl Shared {
             return None;
         }
         let now = Instant::now();
-        let now_ns = self.ns(now);
+        let now_ns = self.clock.nanos(now);
         let prev = self
             .next_slot_ns
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |next| {
                 Some(next.max(now_ns).saturating_add(interval))
             })
             .unwrap_or(now_ns);
-        (prev > now_ns).then(|| (now, self.epoch + Duration::from_nanos(prev)))
+        (prev > now_ns).then(|| (now, self.clock.instant(prev)))
     }
 
     /// Feeds one finished call to the controller and applies its decision.
@@ -406,7 +403,7 @@ impl Shared {
             let until = now + wait.min(cap);
             state.hold_until = Some(until);
             self.admit_at_ns
-                .fetch_max(self.ns(until), Ordering::Relaxed);
+                .fetch_max(self.clock.nanos(until), Ordering::Relaxed);
             tracing::debug!(
                 retry_after_ms = duration_ms(wait),
                 limit = self.semaphore.limit(),

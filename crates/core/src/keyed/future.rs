@@ -8,11 +8,11 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use tokio::time::Instant;
 use tower_service::Service;
 
 use super::map::KeyState;
 use crate::BoxError;
+use crate::clock::Clock;
 use crate::error::{Overloaded, RateLimited, polled_after_completion};
 use crate::semaphore::{Acquire, Permit};
 use crate::sleep::ReusableSleep;
@@ -54,7 +54,7 @@ struct Wait<S, Req> {
     svc: Option<S>,
     req: Option<Req>,
     state: Arc<KeyState>,
-    epoch: Instant,
+    clock: Clock,
     fail_fast: bool,
     /// The end of the booked token, while it can still be given back.
     booking: Option<u64>,
@@ -77,15 +77,6 @@ impl<S, Req> Drop for Wait<S, Req> {
 }
 
 impl<S, Req> Wait<S, Req> {
-    fn now(&self) -> u64 {
-        u64::try_from(
-            Instant::now()
-                .saturating_duration_since(self.epoch)
-                .as_nanos(),
-        )
-        .unwrap_or(u64::MAX)
-    }
-
     /// Waits for the key's token; `Err` is a fail-fast refusal.
     fn poll_token(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         if self.token_done {
@@ -96,7 +87,7 @@ impl<S, Req> Wait<S, Req> {
             return Poll::Ready(Ok(()));
         };
         if self.token_at.is_none() && self.booking.is_none() {
-            let now = self.now();
+            let now = self.clock.now();
             if self.fail_fast {
                 match bucket.try_take(now, 1) {
                     Ok(end) => self.booking = Some(end),
@@ -122,7 +113,7 @@ impl<S, Req> Wait<S, Req> {
             }
         }
         if let Some(at) = self.token_at {
-            let deadline = self.epoch + Duration::from_nanos(at);
+            let deadline = self.clock.instant(at);
             ready!(self.sleep.poll_until(deadline, cx));
         }
         self.token_done = true;
@@ -164,7 +155,7 @@ where
         svc: S,
         req: Req,
         state: Arc<KeyState>,
-        epoch: Instant,
+        clock: Clock,
         fail_fast: bool,
     ) -> Self {
         Self {
@@ -173,7 +164,7 @@ where
                     svc: Some(svc),
                     req: Some(req),
                     state,
-                    epoch,
+                    clock,
                     fail_fast,
                     booking: None,
                     token_at: None,

@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::time::Instant;
 
 use super::TooManyKeys;
+use crate::clock::Clock;
 use crate::rate::bucket::TokenBucket;
 use crate::semaphore::Semaphore;
 
@@ -37,7 +37,7 @@ pub(super) struct Keys<K> {
     pub(super) fail_fast: bool,
     // A logical clock for least-recently-used order: cheaper than reading time.
     tick: AtomicU64,
-    epoch: Instant,
+    clock: Clock,
 }
 
 impl<K: Hash + Eq + Clone> Keys<K> {
@@ -54,22 +54,17 @@ impl<K: Hash + Eq + Clone> Keys<K> {
             max_keys,
             fail_fast,
             tick: AtomicU64::new(0),
-            epoch: Instant::now(),
+            clock: Clock::start(),
         }
     }
 
     /// Nanoseconds since the epoch, on tokio's clock.
     pub(super) fn now(&self) -> u64 {
-        u64::try_from(
-            Instant::now()
-                .saturating_duration_since(self.epoch)
-                .as_nanos(),
-        )
-        .unwrap_or(u64::MAX)
+        self.clock.now()
     }
 
-    pub(super) fn epoch(&self) -> Instant {
-        self.epoch
+    pub(super) fn clock(&self) -> Clock {
+        self.clock
     }
 
     fn limit_of(&self, key: &K) -> Resolved {

@@ -98,7 +98,7 @@ where
             self.inner.clone(),
             req,
             state,
-            self.keys.epoch(),
+            self.keys.clock(),
             self.keys.fail_fast,
         )
     }

@@ -2,11 +2,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
 use tower_layer::Layer;
 
 use super::RateLimit;
 use super::bucket::TokenBucket;
+use crate::clock::Clock;
 use crate::error::ConfigError;
 
 /// How many tokens a request costs.
@@ -40,36 +40,7 @@ impl<Req> Cost<Req> for UnitCost {
 #[derive(Debug)]
 pub(super) struct Shared {
     pub(super) bucket: TokenBucket,
-    epoch: Instant,
-}
-
-impl Shared {
-    /// Nanoseconds since the epoch, on tokio's clock (so the paused test
-    /// clock drives the bucket).
-    #[inline]
-    pub(super) fn now(&self) -> u64 {
-        self.nanos(Instant::now())
-    }
-
-    #[inline]
-    pub(super) fn nanos(&self, at: Instant) -> u64 {
-        // Whole seconds and the rest in u64: cheaper than `as_nanos`' u128,
-        // and saturating the same way (after 584 years).
-        // Through std's `checked_duration_since` directly: tokio's
-        // `saturating_duration_since` is one more call that does not inline.
-        let since = at
-            .into_std()
-            .checked_duration_since(self.epoch.into_std())
-            .unwrap_or_default();
-        since
-            .as_secs()
-            .saturating_mul(1_000_000_000)
-            .saturating_add(u64::from(since.subsec_nanos()))
-    }
-
-    pub(super) fn instant(&self, nanos: u64) -> Instant {
-        self.epoch + Duration::from_nanos(nanos)
-    }
+    pub(super) clock: Clock,
 }
 
 /// Configures a [`RateLimitLayer`]; made by [`RateLimitLayer::builder`].
@@ -145,7 +116,7 @@ impl<C> RateLimitBuilder<C> {
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
                 bucket: TokenBucket::new(self.rate, self.period, burst),
-                epoch: Instant::now(),
+                clock: Clock::start(),
             }),
             cost: self.cost,
             fail_fast: self.fail_fast,
@@ -233,7 +204,7 @@ pub struct RateLimitHandle {
 impl RateLimitHandle {
     /// Whole tokens in the bucket now.
     pub fn tokens(&self) -> u32 {
-        self.shared.bucket.tokens(self.shared.now())
+        self.shared.bucket.tokens(self.shared.clock.now())
     }
 
     /// The most tokens the bucket holds.

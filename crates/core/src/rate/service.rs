@@ -93,7 +93,7 @@ impl<S, C> RateLimit<S, C> {
     }
 
     fn poll_sleep(&mut self, cx: &mut Context<'_>, until: u64) -> Poll<()> {
-        let deadline = self.booking.shared.instant(until);
+        let deadline = self.booking.shared.clock.instant(until);
         self.sleep.poll_until(deadline, cx)
     }
 }
@@ -116,7 +116,7 @@ where
             && !self.fail_fast
         {
             let shared = &self.booking.shared;
-            let now = shared.now();
+            let now = shared.clock.now();
             let (end, at) = shared.bucket.take_queued(now, 1);
             if at <= now {
                 self.booking.state = State::Ready { booked: Some(end) };
@@ -210,12 +210,12 @@ impl<S, C> RateLimit<S, C> {
                 1 => {}
                 // The rest of the cost is booked as debt that later callers wait out.
                 more => {
-                    bucket.take_queued(shared.now(), more - 1);
+                    bucket.take_queued(shared.clock.now(), more - 1);
                 }
             },
             None if cost == 0 => {}
             None => {
-                if let Err(wait) = bucket.try_take(shared.now(), cost) {
+                if let Err(wait) = bucket.try_take(shared.clock.now(), cost) {
                     let retry_after = Duration::from_nanos(wait);
                     tracing::debug!(
                         cost,
