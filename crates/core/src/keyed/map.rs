@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-
 use super::TooManyKeys;
 use crate::clock::Clock;
 use crate::rate::bucket::TokenBucket;
