@@ -62,8 +62,8 @@ pub trait Classify<Res> {
     ///
     /// An overload that comes with a long wait is a quota, not congestion:
     /// the adaptive limit lowers itself once and then holds still until the
-    /// wait is over, instead of collapsing to its minimum. The default says
-    /// nothing.
+    /// wait is over, instead of collapsing to its minimum. Asked only of
+    /// responses classified [`Outcome::Overload`]. The default says nothing.
     fn retry_after(&self, response: &Res) -> Option<Duration> {
         let _ = response;
         None

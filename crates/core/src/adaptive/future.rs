@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::layer::Shared;
 use crate::BoxError;
-use crate::classify::Classify;
+use crate::classify::{Classify, Outcome};
 use crate::error::polled_after_completion;
 use crate::semaphore::Permit;
 
@@ -97,7 +97,13 @@ where
                 if let Some(guard) = guard.take() {
                     let outcome = classify
                         .classify(output.as_ref().map_err(|e| &**e as &(dyn Error + 'static)));
-                    let retry_after = output.as_ref().ok().and_then(|r| classify.retry_after(r));
+                    // Only a refusal's `Retry-After` is used: other answers skip the header lookup.
+                    let retry_after = match &output {
+                        Ok(response) if outcome == Outcome::Overload => {
+                            classify.retry_after(response)
+                        }
+                        _ => None,
+                    };
                     let Guard {
                         shared,
                         started,

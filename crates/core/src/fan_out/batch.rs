@@ -179,12 +179,16 @@ impl<T> Batch<T> {
 }
 
 /// Names an error for counting: the refusals of this crate's layers by
-/// their kind (`overloaded`, `rate_limited`, `queue_full`, ...), a timeout
-/// as `timeout`, an I/O error as `io`, anything else as `other`. The
-/// error's `source()` chain is searched too.
+/// their kind (`overloaded`, `rate_limited`, `queue_full`, `too_many_keys`,
+/// ...), a timeout as `timeout`, an I/O error as `io`, anything else as
+/// `other`. The error's `source()` chain is searched too.
 pub fn error_kind(error: &BoxError) -> &'static str {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
     while let Some(e) = current {
+        #[cfg(feature = "keyed")]
+        if e.is::<crate::keyed::TooManyKeys>() {
+            return "too_many_keys";
+        }
         let kind = if e.is::<Overloaded>() {
             "overloaded"
         } else if e.is::<RateLimited>() {
@@ -212,4 +216,49 @@ pub fn error_kind(error: &BoxError) -> &'static str {
         current = e.source();
     }
     "other"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_kind_names_each_refusal_and_looks_through_sources() {
+        let kinds: [(BoxError, &str); 6] = [
+            (Overloaded::new().into(), "overloaded"),
+            (
+                RateLimited::new(Duration::from_secs(1)).into(),
+                "rate_limited",
+            ),
+            (Closed::new().into(), "closed"),
+            (ServicePanicked::new().into(), "panicked"),
+            (std::io::Error::other("reset").into(), "io"),
+            ("something else".into(), "other"),
+        ];
+        for (error, kind) in kinds {
+            assert_eq!(error_kind(&error), kind, "{error}");
+        }
+        // Wrapped by another layer's error: found through `source()`.
+        #[derive(Debug)]
+        struct Wrapper(QueueFull);
+        impl fmt::Display for Wrapper {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("wrapped")
+            }
+        }
+        impl std::error::Error for Wrapper {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let wrapped: BoxError = Wrapper(QueueFull::new(8)).into();
+        assert_eq!(error_kind(&wrapped), "queue_full");
+    }
+
+    #[cfg(feature = "keyed")]
+    #[test]
+    fn error_kind_names_a_full_key_map() {
+        let error: BoxError = crate::keyed::TooManyKeys::new(4).into();
+        assert_eq!(error_kind(&error), "too_many_keys");
+    }
 }

@@ -100,7 +100,8 @@ pub struct Sample {
     pub in_flight: usize,
     /// The limit when the call started.
     pub limit: usize,
-    /// The wait the downstream asked for (`Retry-After`), if it said so.
+    /// The wait the downstream asked for with an overload answer
+    /// (`Retry-After`), if it said so; always `None` for other outcomes.
     pub retry_after: Option<Duration>,
 }
 
