@@ -39,7 +39,7 @@ enum Kind {
     /// Redis answered something the limit's script never returns.
     Reply,
     /// A call failed moments ago; Redis is not asked again until the
-    /// store's probe interval has passed.
+    /// store's probe interval has passed, and then by one caller at a time.
     Skipped,
 }
 
@@ -76,7 +76,7 @@ impl Error {
         Self {
             kind: Kind::Skipped,
             source: Some(
-                "a call to redis failed within the probe interval; not asked again yet".into(),
+                "a call to redis failed moments ago; not asked again until the next probe".into(),
             ),
         }
     }

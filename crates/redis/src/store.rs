@@ -40,7 +40,9 @@ pub const DEFAULT_KEY_PREFIX: &str = "tower-fanout:";
 /// After a failed call, the store does not ask Redis again for a
 /// [probe interval](RedisStoreBuilder::probe_interval): decisions in between
 /// go straight to each layer's fallback (fail closed or fail open), so an
-/// outage costs callers no waiting.
+/// outage costs callers no waiting. After the interval one decision asks
+/// Redis again while the others still fall back, so a Redis that is still
+/// down costs that one caller a timeout, not every caller at once.
 ///
 /// The connection's driver runs on the Tokio runtime (with IO and time
 /// enabled) of the first decision, so keep a store (and its clones) within
@@ -92,7 +94,9 @@ impl RedisStoreBuilder {
     }
 
     /// After a failed call, how long to answer "unavailable" without asking
-    /// Redis. Defaults to [`DEFAULT_PROBE_INTERVAL`]; zero asks every time.
+    /// Redis; then one caller asks again (the probe) while the others keep
+    /// answering "unavailable" until it has its answer. Defaults to
+    /// [`DEFAULT_PROBE_INTERVAL`]; zero asks every time.
     #[must_use]
     pub fn probe_interval(mut self, interval: Duration) -> Self {
         self.probe_interval = interval;
@@ -207,6 +211,32 @@ impl RedisStore {
         Ok(self.inner.connection.get_or_init(|| connection).clone())
     }
 
+    /// Whether a decision may ask Redis: always while Redis answers; after a
+    /// failure, not until the probe interval has passed, and then only the
+    /// one caller that claims the probe. The others go on skipping until
+    /// that probe has its answer (which can take the whole timeout), so a
+    /// Redis that is still down costs one caller a timeout, not every
+    /// caller that arrives once the interval is over.
+    fn claim_probe(&self) -> bool {
+        let skip_until = self.inner.skip_until.load(Ordering::Relaxed);
+        if skip_until == 0 {
+            return true;
+        }
+        let now = self.now();
+        if now < skip_until {
+            return false;
+        }
+        // The claim lapses by itself if the probing caller is dropped.
+        let probe_for = self.inner.probe_interval.saturating_add(self.inner.timeout);
+        let claim = now
+            .saturating_add(u64::try_from(probe_for.as_nanos()).unwrap_or(u64::MAX))
+            .max(1);
+        self.inner
+            .skip_until
+            .compare_exchange(skip_until, claim, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+
     /// Runs one request against Redis within the timeout. `probe` requests
     /// respect the skip window after a failure; background clean-ups
     /// (releases) do not, since nobody waits for them.
@@ -215,11 +245,8 @@ impl RedisStore {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        if probe {
-            let skip_until = self.inner.skip_until.load(Ordering::Relaxed);
-            if skip_until != 0 && self.now() < skip_until {
-                return Err(Error::skipped());
-            }
+        if probe && !self.claim_probe() {
+            return Err(Error::skipped());
         }
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(Error::config(

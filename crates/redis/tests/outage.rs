@@ -306,3 +306,46 @@ async fn calls_in_flight_take_their_place_back_after_a_restart() {
     }
     call.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_the_probe_interval_is_over_one_caller_probes_a_frozen_redis() {
+    let redis = RedisServer::start();
+    let limit = RedisRateLimitLayer::builder(
+        outage_store(&redis),
+        "probe-once",
+        1000,
+        Duration::from_secs(1),
+    )
+    .fail_closed()
+    .build()
+    .unwrap()
+    .layer(echo_unit());
+    limit.clone().oneshot(()).await.unwrap();
+
+    redis.pause();
+    // The first failure starts the probe interval (100 ms in `outage_store`).
+    let err = limit.clone().oneshot(()).await.unwrap_err();
+    let err = err.downcast_ref::<Error>().unwrap();
+    assert!(err.is_timeout(), "{err:?}");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+
+    // Twenty callers once it is over: one asks Redis and waits out the
+    // timeout; the others are answered "unavailable" at once, not each
+    // after its own timeout.
+    let start = Instant::now();
+    let callers: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(limit.clone().oneshot(())))
+        .collect();
+    let mut timeouts = 0;
+    for caller in callers {
+        let err = caller.await.unwrap().unwrap_err();
+        let err = err.downcast_ref::<Error>().unwrap();
+        assert!(err.is_unavailable(), "{err:?}");
+        timeouts += usize::from(err.is_timeout());
+    }
+    assert_eq!(timeouts, 1, "callers that asked the frozen Redis");
+    assert!(start.elapsed() <= TIMEOUT + SLACK, "{:?}", start.elapsed());
+
+    redis.resume();
+    until_ok("fail-closed limit", || limit.clone().oneshot(())).await;
+}
