@@ -303,6 +303,21 @@ impl Acquire {
             .try_acquire()
             .then(|| Permit::taken(self.semaphore.clone()))
     }
+
+    /// A permit: waited for, or, with `fail_fast`, taken only if one is free
+    /// now (`Ready(None)`: none was, so the caller sheds).
+    #[inline]
+    pub(crate) fn poll_or_shed(
+        &mut self,
+        fail_fast: bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Permit>> {
+        if fail_fast {
+            Poll::Ready(self.try_acquire())
+        } else {
+            self.poll_acquire(cx).map(Some)
+        }
+    }
 }
 
 impl Drop for Acquire {

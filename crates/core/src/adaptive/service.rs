@@ -96,21 +96,15 @@ where
                     return Poll::Pending;
                 }
             }
-            if self.fail_fast {
-                match self.acquire.try_acquire() {
-                    Some(permit) => self.permit = Some(permit),
-                    None => {
-                        // Stay ready and answer the call with the refusal, as
-                        // the concurrency layer does.
-                        self.shed = true;
-                        return Poll::Ready(Ok(()));
-                    }
+            match self.acquire.poll_or_shed(self.fail_fast, cx) {
+                Poll::Ready(Some(permit)) => self.permit = Some(permit),
+                Poll::Ready(None) => {
+                    // Stay ready and answer the call with the refusal, as
+                    // the concurrency layer does.
+                    self.shed = true;
+                    return Poll::Ready(Ok(()));
                 }
-            } else {
-                match self.acquire.poll_acquire(cx) {
-                    Poll::Ready(permit) => self.permit = Some(permit),
-                    Poll::Pending => return Poll::Pending,
-                }
+                Poll::Pending => return Poll::Pending,
             }
             self.admitted = None;
             if let Some((now, slot)) = self.shared.pace() {

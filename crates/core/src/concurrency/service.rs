@@ -66,22 +66,16 @@ where
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.permit.is_none() {
-            if self.fail_fast {
-                match self.acquire.try_acquire() {
-                    Some(permit) => self.permit = Some(permit),
-                    None => {
-                        // Like tower's LoadShed: stay ready and answer the
-                        // call with an error, since an error from poll_ready
-                        // would mean this service is broken for good.
-                        self.shed = true;
-                        return Poll::Ready(Ok(()));
-                    }
+            match self.acquire.poll_or_shed(self.fail_fast, cx) {
+                Poll::Ready(Some(permit)) => self.permit = Some(permit),
+                Poll::Ready(None) => {
+                    // Like tower's LoadShed: stay ready and answer the call
+                    // with an error, since an error from poll_ready would
+                    // mean this service is broken for good.
+                    self.shed = true;
+                    return Poll::Ready(Ok(()));
                 }
-            } else {
-                match self.acquire.poll_acquire(cx) {
-                    Poll::Ready(permit) => self.permit = Some(permit),
-                    Poll::Pending => return self.waiting(),
-                }
+                Poll::Pending => return self.waiting(),
             }
         }
         self.shed = false;
