@@ -12,7 +12,7 @@ use support::InFlight;
 use tokio::sync::Semaphore;
 use tower::{Service, ServiceExt, service_fn};
 use tower_fanout_core::backpressure::BackpressureLayer;
-use tower_fanout_core::error::{NoRuntime, QueueFull, ServicePanicked};
+use tower_fanout_core::error::{Closed, NoRuntime, QueueFull, ServicePanicked};
 
 /// An inner service whose calls wait for the test to open a gate.
 #[derive(Clone)]
@@ -332,4 +332,49 @@ async fn idle_workers_take_requests_while_others_are_busy() {
         assert_eq!(handle.in_flight(), 0);
     }
     assert_eq!(inner.started().len(), next as usize);
+}
+
+/// The workers live on the runtime of the first `poll_ready`. When that
+/// runtime shuts down they are gone: a request still queued, and every
+/// later one, must be answered with `Closed` (and its slot freed) rather
+/// than wait for ever on a queue nobody drains.
+#[test]
+fn requests_outliving_the_workers_runtime_get_closed() {
+    let inner = Gated::new();
+    let first = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let (mut svc, running, queued) = first.block_on(async {
+        let mut svc = tower::ServiceBuilder::new()
+            .layer(BackpressureLayer::with_queue(1, 1).unwrap())
+            .service(inner.clone());
+        let running = svc.ready().await.unwrap().call(1);
+        let running = tokio::spawn(running);
+        settle().await;
+        assert_eq!(inner.started(), vec![1]);
+        let queued = svc.ready().await.unwrap().call(2);
+        (svc, running, queued)
+    });
+    drop(running);
+    drop(first);
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    second.block_on(async {
+        let limit = std::time::Duration::from_secs(60);
+        let err = tokio::time::timeout(limit, queued)
+            .await
+            .expect("the queued request is answered, not left waiting")
+            .unwrap_err();
+        assert!(err.is::<Closed>(), "{err}");
+        let err = tokio::time::timeout(limit, async { svc.ready().await.unwrap().call(3).await })
+            .await
+            .expect("a later request gets a slot and an answer")
+            .unwrap_err();
+        assert!(err.is::<Closed>(), "{err}");
+        assert_eq!(svc.handle().slots_in_use(), 0);
+    });
+    assert_eq!(inner.started(), vec![1], "nothing ran after the shutdown");
 }

@@ -8,9 +8,9 @@ use tower_service::Service;
 
 use super::future::{ResponseFuture, Unqueue};
 use super::message::Message;
-use super::worker::{self, Queue};
+use super::worker::{self, Alive, Queue};
 use crate::BoxError;
-use crate::error::{NoRuntime, NotReady, QueueFull};
+use crate::error::{Closed, NoRuntime, NotReady, QueueFull};
 use crate::semaphore::{Acquire, Permit};
 
 /// Queues requests for a fixed pool of workers that drive them to completion.
@@ -93,12 +93,8 @@ where
                 *template = Some(inner);
                 return Err(NoRuntime::new());
             };
-            for worker in 0..self.shared.queue.workers {
-                runtime.spawn(worker::run(
-                    self.shared.queue.clone(),
-                    worker,
-                    inner.clone(),
-                ));
+            for (worker, alive) in Alive::workers(&self.shared.queue).enumerate() {
+                runtime.spawn(worker::run(alive, worker, inner.clone()));
             }
             self.shared.started.store(true, Ordering::Release);
         }
@@ -153,12 +149,17 @@ where
         };
         let queue = &self.shared.queue;
         let (reply, response) = oneshot::channel();
-        queue.push(Message {
+        let message = Message {
             request,
             reply,
             span: tracing::Span::current(),
             _slot: slot,
-        });
+        };
+        if queue.push(message).is_err() {
+            // The workers are gone with their runtime; the message (and its
+            // slot) is dropped here.
+            return ResponseFuture::failed(Closed::new().into());
+        }
         let unqueue: Arc<dyn Unqueue> = queue.clone();
         ResponseFuture::queued(response, unqueue)
     }

@@ -29,6 +29,8 @@ pub(super) struct Queue<Req, Resp> {
     pub(super) slots: Arc<Semaphore>,
     pub(super) busy: AtomicUsize,
     pub(super) workers: usize,
+    /// Worker tasks not yet dropped (see [`Alive`]).
+    alive: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -69,6 +71,7 @@ impl<Req, Resp> Queue<Req, Resp> {
             slots: Arc::new(Semaphore::new(capacity)),
             busy: AtomicUsize::new(0),
             workers,
+            alive: AtomicUsize::new(0),
         }
     }
 
@@ -82,9 +85,13 @@ impl<Req, Resp> Queue<Req, Resp> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(super) fn push(&self, message: Message<Req, Resp>) {
+    /// Queues `message`, or hands it back if no worker is left to take it.
+    pub(super) fn push(&self, message: Message<Req, Resp>) -> Result<(), Message<Req, Resp>> {
         let idle = {
             let mut inner = self.lock();
+            if inner.closed {
+                return Err(message);
+            }
             inner.items.push_back(message);
             self.depth.store(inner.items.len(), Ordering::Relaxed);
             inner.take_idle()
@@ -93,6 +100,7 @@ impl<Req, Resp> Queue<Req, Resp> {
         if let Some(worker) = idle {
             worker.wake();
         }
+        Ok(())
     }
 
     /// Takes the requests whose callers have left (their reply channel is
@@ -126,6 +134,23 @@ impl<Req, Resp> Queue<Req, Resp> {
         idle.into_iter().for_each(Waker::wake);
     }
 
+    /// The last worker is gone (normally after `close`, with nothing left;
+    /// or its runtime shut down): fail what is still queued, and refuse
+    /// what comes later, since nobody will ever take it.
+    fn abandon(&self) {
+        let orphans = {
+            let mut inner = self.lock();
+            inner.closed = true;
+            inner.idle.clear();
+            inner.wakers.iter_mut().for_each(|w| *w = None);
+            self.depth.store(0, Ordering::Relaxed);
+            std::mem::take(&mut inner.items)
+        };
+        // Dropped outside the lock: each drops its reply sender (the caller
+        // gets `Closed`) and frees its slot (a waiting producer wakes).
+        drop(orphans);
+    }
+
     /// The next request for `worker`, or `None` once the queue is closed and
     /// empty.
     fn poll_next(&self, worker: usize, cx: &mut Context<'_>) -> Poll<Option<Message<Req, Resp>>> {
@@ -149,6 +174,29 @@ impl<Req, Resp> Queue<Req, Resp> {
     }
 }
 
+/// Held by each worker task, even before its first poll, so that it is
+/// dropped with the task however the task ends: returning, or dropped by a
+/// runtime shutting down. The last one to go abandons the queue.
+pub(super) struct Alive<Req, Resp>(Arc<Queue<Req, Resp>>);
+
+impl<Req, Resp> Alive<Req, Resp> {
+    /// One guard for each of the queue's workers.
+    pub(super) fn workers(queue: &Arc<Queue<Req, Resp>>) -> impl Iterator<Item = Self> + '_ {
+        // Counted all at once, so a worker dropped while the others are
+        // still being spawned does not find itself the last.
+        queue.alive.fetch_add(queue.workers, Ordering::AcqRel);
+        (0..queue.workers).map(|_| Self(queue.clone()))
+    }
+}
+
+impl<Req, Resp> Drop for Alive<Req, Resp> {
+    fn drop(&mut self) {
+        if self.0.alive.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.abandon();
+        }
+    }
+}
+
 /// Counts a worker as busy for as long as it lives.
 struct Busy<'a>(&'a AtomicUsize);
 
@@ -166,11 +214,12 @@ impl Drop for Busy<'_> {
 }
 
 /// One worker: takes requests in order and drives each to completion.
-pub(super) async fn run<S, Req>(queue: Arc<Queue<Req, S::Response>>, worker: usize, template: S)
+pub(super) async fn run<S, Req>(alive: Alive<Req, S::Response>, worker: usize, template: S)
 where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
 {
+    let queue = &*alive.0;
     let mut service = template.clone();
     // Only where waking a parked worker may mean waking another thread.
     let yield_when_empty = tokio::runtime::Handle::try_current()
