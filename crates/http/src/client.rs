@@ -599,9 +599,18 @@ where
                 {
                     slot.insert(agent.clone());
                 }
-                Pending::Reading {
-                    parts: Some(parts),
-                    body: collect(body, Cap::Request(shared.max_request_body)),
+                if body.is_end_stream() {
+                    // Nothing to read (a GET, most often): the retry loop
+                    // starts here rather than after a read of nothing.
+                    let req = Request::from_parts(parts, Full::new(Bytes::new()));
+                    Pending::Sending {
+                        retry: shared.retry.run(shared.stack.clone(), req),
+                    }
+                } else {
+                    Pending::Reading {
+                        parts: Some(parts),
+                        body: collect(body, Cap::Request(shared.max_request_body)),
+                    }
                 }
             }
         };
