@@ -1,3 +1,4 @@
+use std::borrow::{Borrow, Cow};
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
@@ -98,12 +99,40 @@ impl KeyLimit {
 /// Picks the key a request is limited under.
 ///
 /// Implemented for closures `Fn(&Req) -> K` and for [`AuthorityKey`].
+///
+/// A key is handed over as a [`Cow`] of its [`Lookup`](Self::Lookup) form,
+/// so that one borrowed from the request (a host name, say) is looked up
+/// without being copied: the map builds an owned key only for a key it does
+/// not track yet. A closure's key is its own lookup form, always owned.
+///
+/// ```
+/// use std::borrow::Cow;
+/// use tower_fanout_core::keyed::KeyFn;
+///
+/// struct Tenant;
+///
+/// impl KeyFn<(String, u32)> for Tenant {
+///     type Key = String;
+///     type Lookup = str;
+///
+///     fn key<'r>(&self, req: &'r (String, u32)) -> Cow<'r, str> {
+///         Cow::Borrowed(&req.0)
+///     }
+/// }
+///
+/// let req = ("acme".to_string(), 7);
+/// assert_eq!(Tenant.key(&req), "acme");
+/// ```
 pub trait KeyFn<Req> {
     /// The key: a host name, a tenant id, an API route...
-    type Key: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static;
+    type Key: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static + Borrow<Self::Lookup>;
 
-    /// The key of `req`.
-    fn key(&self, req: &Req) -> Self::Key;
+    /// The form a key is looked up in: `str` for a `String` key, or the key
+    /// itself.
+    type Lookup: ?Sized + Hash + Eq + ToOwned<Owned = Self::Key>;
+
+    /// The key of `req`, borrowed from it when it can be.
+    fn key<'r>(&self, req: &'r Req) -> Cow<'r, Self::Lookup>;
 }
 
 impl<F, Req, K> KeyFn<Req> for F
@@ -112,25 +141,30 @@ where
     K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static,
 {
     type Key = K;
+    type Lookup = K;
 
-    fn key(&self, req: &Req) -> K {
-        self(req)
+    fn key<'r>(&self, req: &'r Req) -> Cow<'r, K> {
+        Cow::Owned(self(req))
     }
 }
 
 /// The default key of an [`http::Request`]: its URI authority (`host` or
 /// `host:port`), in lower case; the empty string when the URI has none.
+/// An authority already in lower case is borrowed from the request.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AuthorityKey;
 
 impl<B> KeyFn<http::Request<B>> for AuthorityKey {
     type Key = String;
+    type Lookup = str;
 
-    fn key(&self, req: &http::Request<B>) -> String {
-        req.uri()
-            .authority()
-            .map(|a| a.as_str().to_ascii_lowercase())
-            .unwrap_or_default()
+    fn key<'r>(&self, req: &'r http::Request<B>) -> Cow<'r, str> {
+        let authority = req.uri().authority().map_or("", |a| a.as_str());
+        if authority.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(authority.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(authority)
+        }
     }
 }
 

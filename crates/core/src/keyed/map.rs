@@ -1,5 +1,6 @@
 //! The bounded map of per-key state.
 
+use std::borrow::{Borrow, Cow};
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,22 +67,31 @@ impl<K: Hash + Eq + Clone> Keys<K> {
         self.clock
     }
 
-    fn limit_of(&self, key: &K) -> Resolved {
+    fn limit_of<Q>(&self, key: &Q) -> Resolved
+    where
+        K: Borrow<Q>,
+        Q: ?Sized + Hash + Eq,
+    {
         self.overrides.get(key).copied().unwrap_or(self.default)
     }
 
-    /// The state of `key`, created (and an idle key evicted) if needed.
-    pub(super) fn get(&self, key: K) -> Result<Arc<KeyState>, TooManyKeys> {
+    /// The state of `key`, created (and an idle key evicted) if needed. A
+    /// borrowed key is turned into an owned one only when it is inserted.
+    pub(super) fn get<Q>(&self, key: Cow<'_, Q>) -> Result<Arc<KeyState>, TooManyKeys>
+    where
+        K: Borrow<Q>,
+        Q: ?Sized + Hash + Eq + ToOwned<Owned = K>,
+    {
         let tick = self.tick.fetch_add(1, Ordering::Relaxed);
         let mut map = self.lock();
-        if let Some(state) = map.get(&key) {
+        if let Some(state) = map.get(&*key) {
             state.last_used.store(tick, Ordering::Relaxed);
             return Ok(state.clone());
         }
         if map.len() >= self.max_keys && !self.evict_one(&mut map) {
             return Err(TooManyKeys::new(self.max_keys));
         }
-        let limit = self.limit_of(&key);
+        let limit = self.limit_of(&*key);
         let state = Arc::new(KeyState {
             semaphore: limit.concurrency.map(|n| Arc::new(Semaphore::new(n))),
             bucket: limit
@@ -89,7 +99,7 @@ impl<K: Hash + Eq + Clone> Keys<K> {
                 .map(|(rate, period, burst)| TokenBucket::new(rate, period, burst)),
             last_used: AtomicU64::new(tick),
         });
-        map.insert(key, state.clone());
+        map.insert(key.into_owned(), state.clone());
         Ok(state)
     }
 
