@@ -59,7 +59,9 @@ impl Semaphore {
     /// Permits held (including ones granted to a waiter that has not run yet).
     pub(crate) fn in_use(&self) -> usize {
         let available = self.state.load(Ordering::Relaxed) >> 1;
-        let limit = i64::try_from(self.limit()).unwrap_or(i64::MAX);
+        // The limit as the state word holds it (capped by `to_state`), or a
+        // huge limit would count the cap's shortfall as permits in use.
+        let limit = to_state(self.limit()) >> 1;
         usize::try_from(limit.saturating_sub(available)).unwrap_or(0)
     }
 
@@ -415,6 +417,22 @@ mod tests {
         s.set_limit(5);
         assert_eq!(s.available(), 3);
         assert_eq!(s.in_use(), 2);
+    }
+
+    #[test]
+    fn counts_stay_right_for_a_limit_beyond_the_state_word() {
+        // `usize::MAX` ("no limit") does not fit the state word, which holds
+        // at most `i64::MAX / 4` permits: nothing is in use all the same.
+        let s = Semaphore::new(usize::MAX);
+        assert_eq!(s.in_use(), 0);
+        assert!(s.try_acquire());
+        assert_eq!(s.in_use(), 1);
+        s.release();
+        s.set_limit(3);
+        assert_eq!((s.in_use(), s.available()), (0, 3));
+        assert!(s.try_acquire());
+        s.set_limit(usize::MAX);
+        assert_eq!(s.in_use(), 1);
     }
 
     #[test]
