@@ -378,3 +378,17 @@ fn requests_outliving_the_workers_runtime_get_closed() {
     });
     assert_eq!(inner.started(), vec![1], "nothing ran after the shutdown");
 }
+
+/// A queue bound is a cap, not a size to allocate up front: an effectively
+/// unbounded queue builds, and serves.
+#[tokio::test(start_paused = true)]
+async fn a_huge_queue_bound_is_not_allocated_up_front() {
+    let svc = tower::ServiceBuilder::new()
+        .layer(BackpressureLayer::with_queue(2, usize::MAX).unwrap())
+        .service(service_fn(
+            |n: u32| async move { Ok::<_, std::io::Error>(n) },
+        ));
+    assert_eq!(svc.handle().queue_capacity(), usize::MAX);
+    assert_eq!(svc.clone().oneshot(5).await.unwrap(), 5);
+    assert_eq!(svc.handle().slots_in_use(), 0);
+}

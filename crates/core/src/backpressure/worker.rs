@@ -14,6 +14,9 @@ use crate::BoxError;
 use crate::error::ServicePanicked;
 use crate::semaphore::Semaphore;
 
+/// Queue entries allocated when the queue is built, whatever its bound.
+const PREALLOCATE_AT_MOST: usize = 1024;
+
 /// The queue shared by a service's clones, its response futures and its workers.
 ///
 /// The requests, the idle workers' wakers and the closed flag sit under one
@@ -62,7 +65,9 @@ impl<Req, Resp> Queue<Req, Resp> {
     pub(super) fn new(workers: usize, capacity: usize) -> Self {
         Self {
             inner: Mutex::new(State {
-                items: VecDeque::with_capacity(capacity),
+                // Room for a usual bound up front; a huge one (`usize::MAX`
+                // for "unbounded") is a cap to grow to, not to allocate.
+                items: VecDeque::with_capacity(capacity.min(PREALLOCATE_AT_MOST)),
                 wakers: vec![None; workers],
                 idle: Vec::with_capacity(workers),
                 closed: false,
