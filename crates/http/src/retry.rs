@@ -465,15 +465,17 @@ where
                     if let Err(e) = ready!(this.inner.poll_ready(cx)) {
                         return Poll::Ready(Err(e.into()));
                     }
-                    // The last allowed attempt takes the request itself; the others a copy.
-                    let req = if *this.retries < settings.max_retries {
-                        this.original.clone()
-                    } else {
-                        this.original.take()
-                    };
-                    let Some(req) = req else {
+                    // Each attempt sends the request it has and keeps a copy
+                    // while retries remain. Sending the original rather than
+                    // a copy matters: its header map has room for the headers
+                    // added below it (`Accept-Encoding`), a copy's has none
+                    // and would grow on every call.
+                    let Some(req) = this.original.take() else {
                         return Poll::Ready(Err("retry: request already sent".into()));
                     };
+                    if *this.retries < settings.max_retries {
+                        *this.original = Some(req.clone());
+                    }
                     let future = this.inner.call(req);
                     this.step.set(RetryStep::Sent { future });
                 }
