@@ -292,14 +292,15 @@ impl Acquire {
     /// Takes a permit only if one is free right now.
     #[inline]
     pub(crate) fn try_acquire(&mut self) -> Option<Permit> {
-        if self.ticket.is_some() {
-            // Already queued: only the queue can admit us, and fairly.
-            let waker = Waker::noop();
-            let mut cx = Context::from_waker(waker);
-            return match self.poll_acquire(&mut cx) {
-                Poll::Ready(p) => Some(p),
-                Poll::Pending => None,
-            };
+        if let Some(granted) = &self.ticket {
+            // Already queued: only the queue can admit us, and fairly. Just
+            // look whether it has; re-polling here would swap the waker the
+            // queue holds for one that wakes nobody.
+            if !granted.load(Ordering::Acquire) {
+                return None;
+            }
+            self.ticket = None;
+            return Some(Permit::taken(self.semaphore.clone()));
         }
         self.semaphore
             .try_acquire()
@@ -433,6 +434,38 @@ mod tests {
         assert!(s.try_acquire());
         s.set_limit(usize::MAX);
         assert_eq!(s.in_use(), 1);
+    }
+
+    #[test]
+    fn try_acquire_while_queued_keeps_the_waiters_waker() {
+        use std::task::Wake;
+        #[derive(Default)]
+        struct Flag(AtomicBool);
+        impl Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let s = Arc::new(Semaphore::new(1));
+        assert!(s.try_acquire());
+        let mut a = Acquire::new(s.clone());
+        let flag = Arc::new(Flag::default());
+        let waker = Waker::from(flag.clone());
+        assert!(
+            a.poll_acquire(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
+        assert!(a.try_acquire().is_none(), "still queued behind the holder");
+        s.release();
+        assert!(
+            flag.0.load(Ordering::SeqCst),
+            "the task that queued is woken"
+        );
+        let permit = a.try_acquire();
+        assert!(permit.is_some(), "and the permit is its own");
+        assert_eq!((s.in_use(), s.waiting()), (1, 0));
+        drop((a, permit));
+        assert_eq!((s.in_use(), s.available()), (0, 1));
     }
 
     #[test]
