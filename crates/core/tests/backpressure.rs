@@ -392,3 +392,39 @@ async fn a_huge_queue_bound_is_not_allocated_up_front() {
     assert_eq!(svc.clone().oneshot(5).await.unwrap(), 5);
     assert_eq!(svc.handle().slots_in_use(), 0);
 }
+
+/// A caller that leaves while its worker waits in the inner service's
+/// `poll_ready` (here for a shared concurrency permit) cancels the request;
+/// the worker must not keep the inner service's place in that wait. Kept,
+/// the permit is later granted to an idle worker's service, and the next
+/// request, taken by the other worker, waits for it for ever.
+#[tokio::test(start_paused = true)]
+async fn cancelled_while_the_inner_service_is_not_ready_leaves_no_reservation() {
+    use tower_fanout_core::concurrency::ConcurrencyLimitLayer;
+    let inner = Gated::new();
+    let limit = ConcurrencyLimitLayer::new(1).unwrap();
+    let permits = limit.handle();
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(BackpressureLayer::with_queue(2, 4).unwrap())
+        .layer(limit)
+        .service(inner.clone());
+    let first = tokio::spawn(svc.ready().await.unwrap().call(1));
+    settle().await;
+    assert_eq!(inner.started(), vec![1]);
+    let second = tokio::spawn(svc.ready().await.unwrap().call(2));
+    settle().await;
+    assert_eq!(permits.waiting(), 1, "the second worker waits for the permit");
+    second.abort();
+    settle().await;
+    inner.gate.add_permits(10);
+    assert_eq!(first.await.unwrap().unwrap(), 1);
+    settle().await;
+    let third = svc.ready().await.unwrap().call(3);
+    let third = tokio::time::timeout(std::time::Duration::from_secs(60), third)
+        .await
+        .expect("the third request gets the permit nobody uses");
+    assert_eq!(third.unwrap(), 3);
+    assert_eq!(inner.started(), vec![1, 3], "2 was never executed");
+    settle().await;
+    assert_eq!((permits.in_flight(), permits.waiting()), (0, 0));
+}

@@ -254,6 +254,7 @@ where
             continue;
         }
         let _busy = Busy::enter(&queue.busy);
+        let mut called = false;
         let outcome = async {
             // The call first: one that finishes at its first poll never
             // registers for the caller's drop (the check above has just
@@ -261,7 +262,7 @@ where
             // each time, so a caller that leaves still cancels it.
             tokio::select! {
                 biased;
-                result = serve(&mut service, request) => Some(result),
+                result = serve(&mut service, request, &mut called) => Some(result),
                 () = reply.closed() => None,
             }
         }
@@ -277,12 +278,26 @@ where
                 service = template.clone();
                 let _ = reply.send(Err(error));
             }
-            None => tracing::debug!("caller dropped a running request; cancelled"),
+            None => {
+                tracing::debug!("caller dropped a running request; cancelled");
+                if !called {
+                    // Cancelled in `poll_ready`: the service may be queued
+                    // for something (a permit of an inner limit) that it
+                    // would be granted while this worker idles, and hold
+                    // against every other caller. Drop it; start afresh.
+                    service = template.clone();
+                }
+            }
         }
     }
 }
 
-async fn serve<S, Req>(service: &mut S, request: Req) -> Result<S::Response, BoxError>
+/// Readies `service` and calls it; `called` is set once `poll_ready` is over.
+async fn serve<S, Req>(
+    service: &mut S,
+    request: Req,
+    called: &mut bool,
+) -> Result<S::Response, BoxError>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
@@ -294,6 +309,7 @@ where
         },
     )
     .await;
+    *called = true;
     let future = ready
         .and_then(|()| {
             catch_unwind(AssertUnwindSafe(|| service.call(request))).map_err(|_| Inner::Panicked)
