@@ -309,13 +309,6 @@ impl Acquire {
 
     /// A permit: waited for, or, with `fail_fast`, taken only if one is free
     /// now (`Ready(None)`: none was, so the caller sheds).
-    #[cfg_attr(
-        not(any(feature = "concurrency", feature = "adaptive")),
-        allow(
-            dead_code,
-            reason = "only the concurrency and adaptive layers wait-or-shed"
-        )
-    )]
     #[inline]
     pub(crate) fn poll_or_shed(
         &mut self,

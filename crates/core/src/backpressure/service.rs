@@ -119,19 +119,12 @@ where
         if self.slot.is_some() {
             return Poll::Ready(Ok(()));
         }
-        let permit = if self.fail_fast {
-            self.acquire.try_acquire()
-        } else {
-            match self.acquire.poll_acquire(cx) {
-                Poll::Ready(permit) => Some(permit),
-                Poll::Pending => {
-                    tracing::trace!(
-                        queue_depth = self.shared.queue.depth(),
-                        "backpressure queue full; waiting"
-                    );
-                    return Poll::Pending;
-                }
-            }
+        let Poll::Ready(permit) = self.acquire.poll_or_shed(self.fail_fast, cx) else {
+            tracing::trace!(
+                queue_depth = self.shared.queue.depth(),
+                "backpressure queue full; waiting"
+            );
+            return Poll::Pending;
         };
         self.shed = permit.is_none();
         self.slot = permit;
