@@ -392,13 +392,21 @@ where
 }
 
 impl RetryLayer {
-    /// Runs `req` through `inner` with this layer's retries, without boxing:
-    /// the client preset awaits this inside its own response future.
-    pub(crate) fn run<S, B>(&self, inner: S, req: Request<B>) -> RetryFuture<S, Request<B>>
+    /// The retry loop over `inner` for a request still to come, without
+    /// boxing: the client preset keeps it inside its own response future and
+    /// gives it the request with [`RetryFuture::start`].
+    pub(crate) fn unstarted<S, B>(&self, inner: S) -> RetryFuture<S, Request<B>>
     where
         S: Service<Request<B>>,
     {
-        RetryFuture::new(self.config.clone(), inner, req)
+        RetryFuture {
+            config: self.config.clone(),
+            inner,
+            original: None,
+            idempotent: false,
+            retries: 0,
+            step: RetryStep::Ready,
+        }
     }
 }
 
@@ -445,6 +453,16 @@ where
             retries: 0,
             step: RetryStep::Ready,
         }
+    }
+
+    /// Gives an [`unstarted`](RetryLayer::unstarted) loop its request.
+    pub(crate) fn start(self: Pin<&mut Self>, req: Request<B>) {
+        let this = self.project();
+        if this.config.settings.max_retries > 0 {
+            this.config.budget.deposit();
+        }
+        *this.idempotent = is_idempotent(req.method());
+        *this.original = Some(req);
     }
 }
 
