@@ -413,7 +413,11 @@ async fn cancelled_while_the_inner_service_is_not_ready_leaves_no_reservation() 
     assert_eq!(inner.started(), vec![1]);
     let second = tokio::spawn(svc.ready().await.unwrap().call(2));
     settle().await;
-    assert_eq!(permits.waiting(), 1, "the second worker waits for the permit");
+    assert_eq!(
+        permits.waiting(),
+        1,
+        "the second worker waits for the permit"
+    );
     second.abort();
     settle().await;
     inner.gate.add_permits(10);
