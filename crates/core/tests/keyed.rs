@@ -385,3 +385,19 @@ async fn a_free_permit_admits_in_call_without_overtaking_a_queued_call() {
     assert_eq!(handle.in_flight(&key), 0);
     drop(tx);
 }
+
+#[test]
+fn the_default_key_is_the_host_and_port_in_lower_case_without_credentials() {
+    use tower_fanout_core::keyed::{AuthorityKey, KeyFn};
+    for (uri, key) in [
+        ("http://api.example.com/a", "api.example.com"),
+        ("https://API.Example.com:8443/a", "api.example.com:8443"),
+        ("http://user:secret@api.example.com/a", "api.example.com"),
+        ("http://a@b@API.example.com:81/", "api.example.com:81"),
+        ("http://[::1]:8080/", "[::1]:8080"),
+        ("/relative", ""),
+    ] {
+        let req = http::Request::get(uri).body(()).unwrap();
+        assert_eq!(AuthorityKey.key(&req), key, "{uri}");
+    }
+}

@@ -149,8 +149,10 @@ where
 }
 
 /// The default key of an [`http::Request`]: its URI authority (`host` or
-/// `host:port`), in lower case; the empty string when the URI has none.
-/// An authority already in lower case is borrowed from the request.
+/// `host:port`), in lower case, without any `user:password@` (so
+/// credentials neither split a host's limit nor show in the keys); the
+/// empty string when the URI has none. An authority already in lower case
+/// is borrowed from the request.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AuthorityKey;
 
@@ -160,6 +162,8 @@ impl<B> KeyFn<http::Request<B>> for AuthorityKey {
 
     fn key<'r>(&self, req: &'r http::Request<B>) -> Cow<'r, str> {
         let authority = req.uri().authority().map_or("", |a| a.as_str());
+        // Userinfo ends at the last `@` (as in http's `Authority::host`).
+        let authority = authority.rsplit('@').next().unwrap_or(authority);
         if authority.bytes().any(|b| b.is_ascii_uppercase()) {
             Cow::Owned(authority.to_ascii_lowercase())
         } else {
