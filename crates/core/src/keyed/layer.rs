@@ -162,8 +162,12 @@ impl<B> KeyFn<http::Request<B>> for AuthorityKey {
 
     fn key<'r>(&self, req: &'r http::Request<B>) -> Cow<'r, str> {
         let authority = req.uri().authority().map_or("", |a| a.as_str());
-        // Userinfo ends at the last `@` (as in http's `Authority::host`).
-        let authority = authority.rsplit('@').next().unwrap_or(authority);
+        // Userinfo ends at the last `@` (as in http's `Authority::host`). A
+        // byte scan: `rsplit` costs several times more on a short string.
+        let authority = match authority.bytes().rposition(|b| b == b'@') {
+            Some(at) => &authority[at + 1..],
+            None => authority,
+        };
         if authority.bytes().any(|b| b.is_ascii_uppercase()) {
             Cow::Owned(authority.to_ascii_lowercase())
         } else {
