@@ -66,16 +66,25 @@ where
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.permit.is_none() {
-            match self.acquire.poll_or_shed(self.fail_fast, cx) {
-                Poll::Ready(Some(permit)) => self.permit = Some(permit),
-                Poll::Ready(None) => {
-                    // Like tower's LoadShed: stay ready and answer the call
-                    // with an error, since an error from poll_ready would
-                    // mean this service is broken for good.
-                    self.shed = true;
-                    return Poll::Ready(Ok(()));
+            // Spelled out rather than through `Acquire::poll_or_shed` (which
+            // the other layers use): through it the bench read 1.03–1.07 of
+            // tower's added time uncontended, this way 0.99–1.03.
+            if self.fail_fast {
+                match self.acquire.try_acquire() {
+                    Some(permit) => self.permit = Some(permit),
+                    None => {
+                        // Like tower's LoadShed: stay ready and answer the
+                        // call with an error, since an error from poll_ready
+                        // would mean this service is broken for good.
+                        self.shed = true;
+                        return Poll::Ready(Ok(()));
+                    }
                 }
-                Poll::Pending => return self.waiting(),
+            } else {
+                match self.acquire.poll_acquire(cx) {
+                    Poll::Ready(permit) => self.permit = Some(permit),
+                    Poll::Pending => return self.waiting(),
+                }
             }
         }
         self.shed = false;
