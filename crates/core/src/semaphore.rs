@@ -318,6 +318,13 @@ impl Acquire {
 
     /// A permit: waited for, or, with `fail_fast`, taken only if one is free
     /// now (`Ready(None)`: none was, so the caller sheds).
+    #[cfg_attr(
+        not(any(feature = "backpressure", feature = "adaptive")),
+        allow(
+            dead_code,
+            reason = "the concurrency layer spells it out on its hot path"
+        )
+    )]
     #[inline]
     pub(crate) fn poll_or_shed(
         &mut self,
