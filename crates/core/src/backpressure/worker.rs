@@ -226,9 +226,12 @@ where
 {
     let queue = &*alive.0;
     let mut service = template.clone();
-    // Only where waking a parked worker may mean waking another thread.
-    let yield_when_empty = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    // Only where waking a parked worker may mean waking another thread, and
+    // only in a pool: a lone worker measured faster without it (contended
+    // bench 1.02–1.08 of `Buffer`'s added time without, 1.10–1.16 with).
+    let yield_when_empty = queue.workers > 1
+        && tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
     loop {
         if yield_when_empty && queue.depth() == 0 {
             // Let the callers this worker has just answered run first: the
