@@ -20,8 +20,8 @@
 //! The workers are spawned on the current Tokio runtime at the first
 //! `poll_ready`, and stop once every clone is dropped and the queue is drained.
 //! If that runtime shuts down first, the requests still queued are answered
-//! with [`Closed`](crate::error::Closed), and so is every later call: keep a
-//! service within the runtime that started it.
+//! with [`Closed`](crate::error::Closed), and `poll_ready` fails with it from
+//! then on: keep a service within the runtime that started it.
 //!
 //! # Reservations
 //! `poll_ready` reserves a queue slot; `call` fills it; a worker frees it when

@@ -1,5 +1,5 @@
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -8,7 +8,7 @@ use tower_service::Service;
 
 use super::future::{ResponseFuture, Unqueue};
 use super::message::Message;
-use super::worker::{self, Alive, Queue};
+use super::worker::{self, Alive, Lifecycle, Queue};
 use crate::BoxError;
 use crate::error::{Closed, NoRuntime, NotReady, QueueFull};
 use crate::semaphore::{Acquire, Permit};
@@ -35,7 +35,6 @@ where
     queue: Arc<Queue<Req, S::Response>>,
     /// The service the workers clone, until they are spawned.
     template: Mutex<Option<S>>,
-    started: AtomicBool,
 }
 
 impl<S, Req> Drop for Shared<S, Req>
@@ -62,7 +61,6 @@ where
             shared: Arc::new(Shared {
                 queue,
                 template: Mutex::new(Some(inner)),
-                started: AtomicBool::new(false),
             }),
             acquire,
             slot: None,
@@ -78,10 +76,13 @@ where
         }
     }
 
-    /// Spawns the workers on the current runtime, once.
-    fn start(&self) -> Result<(), NoRuntime> {
-        if self.shared.started.load(Ordering::Acquire) {
-            return Ok(());
+    /// Spawns the workers on the current runtime, once; `Closed` once they
+    /// are gone with their runtime (the service can never serve again).
+    fn start(&self) -> Result<(), BoxError> {
+        match self.shared.queue.lifecycle() {
+            Lifecycle::Running => return Ok(()),
+            Lifecycle::Abandoned => return Err(Closed::new().into()),
+            Lifecycle::New => {}
         }
         let mut template = self
             .shared
@@ -91,12 +92,12 @@ where
         if let Some(inner) = template.take() {
             let Ok(runtime) = tokio::runtime::Handle::try_current() else {
                 *template = Some(inner);
-                return Err(NoRuntime::new());
+                return Err(NoRuntime::new().into());
             };
             for (worker, alive) in Alive::workers(&self.shared.queue).enumerate() {
                 runtime.spawn(worker::run(alive, worker, inner.clone()));
             }
-            self.shared.started.store(true, Ordering::Release);
+            self.shared.queue.set_running();
         }
         Ok(())
     }

@@ -2,7 +2,7 @@ use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -34,6 +34,26 @@ pub(super) struct Queue<Req, Resp> {
     pub(super) workers: usize,
     /// Worker tasks not yet dropped (see [`Alive`]).
     alive: AtomicUsize,
+    /// A [`Lifecycle`], read by every `poll_ready`.
+    lifecycle: OwnLine,
+}
+
+/// A flag on a cache line of its own: every `poll_ready` reads it, and the
+/// queue's other fields are written on every push and pop.
+#[derive(Debug)]
+#[repr(align(128))]
+struct OwnLine(AtomicU8);
+
+/// Where a queue's workers are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Lifecycle {
+    /// Not spawned yet (no `poll_ready` so far).
+    New = 0,
+    /// Spawned, and at least one is still there.
+    Running = 1,
+    /// All gone, with their runtime or after the last service: nobody will
+    /// take a request again.
+    Abandoned = 2,
 }
 
 #[derive(Debug)]
@@ -77,7 +97,27 @@ impl<Req, Resp> Queue<Req, Resp> {
             busy: AtomicUsize::new(0),
             workers,
             alive: AtomicUsize::new(0),
+            lifecycle: OwnLine(AtomicU8::new(Lifecycle::New as u8)),
         }
+    }
+
+    pub(super) fn lifecycle(&self) -> Lifecycle {
+        match self.lifecycle.0.load(Ordering::Acquire) {
+            0 => Lifecycle::New,
+            1 => Lifecycle::Running,
+            _ => Lifecycle::Abandoned,
+        }
+    }
+
+    /// The workers are spawned; unless they are already gone (a runtime
+    /// shutting down can drop them before this is called).
+    pub(super) fn set_running(&self) {
+        let _ = self.lifecycle.0.compare_exchange(
+            Lifecycle::New as u8,
+            Lifecycle::Running as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
     }
 
     pub(super) fn depth(&self) -> usize {
@@ -143,6 +183,9 @@ impl<Req, Resp> Queue<Req, Resp> {
     /// or its runtime shut down): fail what is still queued, and refuse
     /// what comes later, since nobody will ever take it.
     fn abandon(&self) {
+        self.lifecycle
+            .0
+            .store(Lifecycle::Abandoned as u8, Ordering::Release);
         let orphans = {
             let mut inner = self.lock();
             inner.closed = true;
