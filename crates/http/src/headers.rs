@@ -56,17 +56,20 @@ pub struct Budget {
 
 /// Parses `Retry-After`: delta-seconds or an HTTP-date (a date in the past is zero).
 pub fn retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
+    retry_after_unbounded(value, now).filter(|d| *d <= MAX_WAIT)
+}
+
+/// [`retry_after`] without the one-day bound: a well-formed but very long
+/// wait is still a wait (delta-seconds past `u64` saturate), so the retry
+/// layer can answer it with `RateLimited` rather than take it for no
+/// `Retry-After` at all and retry after a short backoff.
+pub(crate) fn retry_after_unbounded(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
     let s = value.to_str().ok()?.trim();
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-        return s
-            .parse::<u64>()
-            .ok()
-            .map(Duration::from_secs)
-            .filter(|d| *d <= MAX_WAIT);
+        return Some(Duration::from_secs(s.parse::<u64>().unwrap_or(u64::MAX)));
     }
     let at = httpdate::parse_http_date(s).ok()?;
-    let wait = at.duration_since(now).unwrap_or(Duration::ZERO);
-    (wait <= MAX_WAIT).then_some(wait)
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// Parses a Go-style duration (`6m0s`, `1m30.5s`, `250ms`, `1h`, `2.5s`, `90us`)

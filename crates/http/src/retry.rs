@@ -321,10 +321,11 @@ fn decide_lazily<B>(
     match outcome {
         Ok(resp) => {
             let status = resp.status();
+            // Unbounded: a wait past the cap, however long, is `RateLimited`.
             let after = || {
                 resp.headers()
                     .get(RETRY_AFTER)
-                    .and_then(|v| headers::retry_after(v, now()))
+                    .and_then(|v| headers::retry_after_unbounded(v, now()))
             };
             match status {
                 StatusCode::TOO_MANY_REQUESTS => after().map_or(Decision::Backoff, Decision::After),
