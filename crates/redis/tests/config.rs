@@ -120,3 +120,57 @@ fn layers_services_and_errors_cross_threads() {
     send::<tower_fanout_redis::RedisConcurrencyLimit<()>>();
     send::<tower_fanout_redis::rate::ResponseFuture<()>>();
 }
+
+#[test]
+fn a_tiny_fail_open_share_does_not_panic() {
+    // The local bucket's period is the shared period over the share: a
+    // share this small overflows a `Duration`, which must be a config error,
+    // not a panic in `build`.
+    let built = std::panic::catch_unwind(|| {
+        RedisRateLimitLayer::builder(store(), "a", 10, Duration::from_secs(1))
+            .fail_open(1e-300)
+            .build()
+    });
+    let err = built.expect("build panicked").unwrap_err();
+    assert!(config_message(err).contains("share"));
+    // A small but workable share still builds.
+    assert!(
+        RedisRateLimitLayer::builder(store(), "a", 10, Duration::from_secs(1))
+            .fail_open(1e-6)
+            .build()
+            .is_ok()
+    );
+}
+
+#[test]
+fn leases_redis_cannot_hold_are_refused() {
+    let store = || {
+        RedisStore::builder("redis://127.0.0.1:1/")
+            .timeout(Duration::from_micros(100))
+            .build()
+            .unwrap()
+    };
+    // Under a millisecond the lease rounded to 0 ms: the script then
+    // expired the holders' key at once and every caller was admitted.
+    let err = RedisConcurrencyLimitLayer::builder(store(), "a", 1)
+        .lease(Duration::from_micros(900))
+        .fail_closed()
+        .build()
+        .unwrap_err();
+    assert!(config_message(err).contains("lease"));
+    // Past what Redis's PEXPIRE (and Lua's doubles) take, every acquire
+    // failed with a Redis error, as if Redis were down.
+    let err = RedisConcurrencyLimitLayer::builder(store(), "a", 1)
+        .lease(Duration::MAX)
+        .fail_closed()
+        .build()
+        .unwrap_err();
+    assert!(config_message(err).contains("lease"));
+    assert!(
+        RedisConcurrencyLimitLayer::builder(store(), "a", 1)
+            .lease(Duration::from_millis(1))
+            .fail_closed()
+            .build()
+            .is_ok()
+    );
+}

@@ -29,6 +29,10 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 /// ask in step.
 pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_millis(20);
 
+/// The longest lease: with the server's clock (about 1.8e12 ms) added, it
+/// stays exact in a Lua double and within what `PEXPIRE` takes.
+const MAX_LEASE_MS: u64 = 1_000_000_000_000_000;
+
 /// Configures a [`RedisConcurrencyLimitLayer`]; made by [`RedisConcurrencyLimitLayer::builder`].
 #[derive(Debug, Clone)]
 pub struct RedisConcurrencyLimitBuilder {
@@ -89,7 +93,7 @@ impl RedisConcurrencyLimitBuilder {
     ///
     /// # Errors
     /// A zero limit, an empty name or one with `{` or `}`, a lease shorter
-    /// than three store timeouts, a zero retry interval, a fail-open share
+    /// than three store timeouts or 1 ms (or absurdly long), a zero retry interval, a fail-open share
     /// outside (0, 1], or no choice between [`fail_closed`](Self::fail_closed)
     /// and [`fail_open`](Self::fail_open).
     pub fn build(self) -> Result<RedisConcurrencyLimitLayer, Error> {
@@ -104,6 +108,17 @@ impl RedisConcurrencyLimitBuilder {
             return Err(Error::config(format!(
                 "lease {:?} must be at least 3 × the store timeout ({:?}) so renewals land in time; lengthen the lease or shorten the timeout",
                 self.lease, timeout
+            )));
+        }
+        // Redis keeps leases in whole milliseconds, and the scripts add them
+        // to the server's clock in Lua doubles: a lease under 1 ms would be
+        // 0 (the holders' key expired at once, admitting every caller), and
+        // one past `MAX_LEASE_MS` breaks `PEXPIRE` (every acquire fails).
+        let lease_ms = u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX);
+        if lease_ms == 0 || lease_ms > MAX_LEASE_MS {
+            return Err(Error::config(format!(
+                "lease {:?} must be between 1 ms and {MAX_LEASE_MS} ms",
+                self.lease
             )));
         }
         if self.retry_interval.is_zero() {
@@ -122,7 +137,7 @@ impl RedisConcurrencyLimitBuilder {
         let key = self.store.key(&self.name, None, "holders");
         Ok(RedisConcurrencyLimitLayer {
             shared: Arc::new(Shared {
-                lease_ms: u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX),
+                lease_ms,
                 store: self.store,
                 name: self.name,
                 key,

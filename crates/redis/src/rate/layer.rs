@@ -124,7 +124,8 @@ impl<C, K> RedisRateLimitBuilder<C, K> {
     /// # Errors
     /// A zero rate, period or burst; an empty name or one with `{` or `}`;
     /// a period so long that the bucket's times overflow; a fail-open share
-    /// outside (0, 1]; or no choice between [`fail_closed`](Self::fail_closed)
+    /// outside (0, 1] or too small for the local period to fit a `Duration`;
+    /// or no choice between [`fail_closed`](Self::fail_closed)
     /// and [`fail_open`](Self::fail_open).
     pub fn build(self) -> Result<RedisRateLimitLayer<C, K>, Error> {
         check_name(&self.name)?;
@@ -457,7 +458,12 @@ impl LocalRates {
     ) -> Result<Self, Error> {
         // The share scales the period, not the rate, so that a share of a
         // small rate stays exact (3 per second at 1/4 is 3 per 4 seconds).
-        let period = period.div_f64(share);
+        // `Duration::div_f64` panics on overflow: a tiny share is a config error.
+        let period = Duration::try_from_secs_f64(period.as_secs_f64() / share).map_err(|_| {
+            Error::config(format!(
+                "fail-open share {share} is too small: the local limit's period ({period:?} / share) does not fit a Duration"
+            ))
+        })?;
         let burst = ((f64::from(burst) * share).floor() as u32).max(1);
         let builder = RateLimitLayer::builder(rate, period)
             .burst(burst)
