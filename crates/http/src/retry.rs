@@ -166,7 +166,9 @@ impl Config {
         let half = step / 2;
         let span = u64::try_from((step - half).as_nanos()).unwrap_or(u64::MAX);
         let r = self.next_random();
-        half + Duration::from_nanos(if span == 0 { 0 } else { r % (span + 1) })
+        // Uniform in 0..=span; a span of u64::MAX takes any `r` (`span + 1`
+        // overflowed there, and `r % 0` panicked in release builds).
+        half + Duration::from_nanos(r.checked_rem(span.wrapping_add(1)).unwrap_or(r))
     }
 
     fn next_random(&self) -> u64 {
@@ -601,6 +603,19 @@ mod tests {
                     step / 2
                 );
             }
+        }
+    }
+
+    #[test]
+    fn backoff_does_not_overflow_with_huge_settings() {
+        // The upper half of the step is more than u64::MAX nanoseconds wide.
+        let layer = RetryLayer::builder()
+            .backoff(Duration::MAX, Duration::MAX)
+            .build()
+            .unwrap();
+        for n in [0, 1, 31, 40] {
+            let d = layer.config.backoff(n);
+            assert!(d >= Duration::MAX / 2, "retry {n}: {d:?}");
         }
     }
 
