@@ -47,6 +47,9 @@ use tower_fanout_core::error::RateLimited;
 
 use crate::{BoxError, headers};
 
+/// The longest a host is held for, however long it asks.
+const LONGEST_HOLD: Duration = Duration::from_secs(365 * 24 * 3600);
+
 #[derive(Debug, Default)]
 struct Host {
     /// What remains, and until when the figure holds: `None` for a window
@@ -193,7 +196,7 @@ impl Learned {
         if limited
             && let Some(wait) = headers
                 .get(RETRY_AFTER)
-                .and_then(|v| headers::retry_after(v, wall))
+                .and_then(|v| headers::retry_after_unbounded(v, wall))
         {
             budget = Some(headers::Budget {
                 remaining: 0,
@@ -214,7 +217,10 @@ impl Learned {
                     "host budget spent; holding its requests until the reset"
                 );
             }
-            host.window = Some((remaining, Some(now + budget.reset)));
+            // A `Retry-After` past a day is still held (and answered with
+            // `RateLimited`), up to a year so the instant cannot overflow.
+            let reset = budget.reset.min(LONGEST_HOLD);
+            host.window = Some((remaining, Some(now + reset)));
             host.limit = limit.or(host.limit);
         }
         self.notify();

@@ -108,3 +108,35 @@ async fn guard_refuses_loose_ipv4_forms_and_unspecified_addresses() {
     }
     assert_eq!(hits.load(Ordering::SeqCst), 0);
 }
+
+/// A 429 whose `Retry-After` is past a day holds the host like a shorter one
+/// past the cap does: the next call fails with `RateLimited` without leaving.
+#[tokio::test]
+async fn a_retry_after_beyond_a_day_is_learned_too() {
+    for after in ["90", "172800", "99999999999999999999"] {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = hits.clone();
+        let addr = support::serve(handler(move |_| {
+            h.fetch_add(1, Ordering::SeqCst);
+            async move {
+                respond(429)
+                    .header("retry-after", after)
+                    .body(Chunks::full("later"))
+                    .unwrap()
+            }
+        }))
+        .await;
+        let client = tower_fanout_http::Client::builder().build().unwrap();
+        let url = format!("http://{addr}/");
+        for _ in 0..2 {
+            let err = client.get(&url).await.unwrap_err();
+            assert!(err.is_rate_limited(), "Retry-After: {after}: {err}");
+            assert!(err.retry_after().unwrap() >= Duration::from_secs(89));
+        }
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            1,
+            "Retry-After: {after}: the second call never left"
+        );
+    }
+}
