@@ -188,8 +188,10 @@ impl RedisStore {
         let prefix = &self.inner.prefix;
         match sub {
             None => format!("{prefix}{{{name}}}:{kind}"),
-            // A brace in a caller's key would end the hash tag early.
-            Some(sub) => format!("{prefix}{{{name}:{}}}:{kind}", sub.replace(['{', '}'], "_")),
+            // A brace in a caller's key would end the hash tag early; they
+            // are percent-escaped (and so is '%') so that distinct keys stay
+            // distinct limits.
+            Some(sub) => format!("{prefix}{{{name}:{}}}:{kind}", escape_sub(sub)),
         }
     }
 
@@ -389,6 +391,23 @@ impl RedisStore {
     }
 }
 
+/// Escapes `{`, `}` and `%` in a per-key limit's key, one-to-one.
+fn escape_sub(sub: &str) -> std::borrow::Cow<'_, str> {
+    if !sub.contains(['{', '}', '%']) {
+        return std::borrow::Cow::Borrowed(sub);
+    }
+    let mut escaped = String::with_capacity(sub.len() + 8);
+    for c in sub.chars() {
+        match c {
+            '%' => escaped.push_str("%25"),
+            '{' => escaped.push_str("%7B"),
+            '}' => escaped.push_str("%7D"),
+            c => escaped.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(escaped)
+}
+
 /// The answer of one GCRA decision.
 #[derive(Debug)]
 pub(crate) enum Gcra {
@@ -421,7 +440,7 @@ mod tests {
         assert_eq!(store.key("api", None, "gcra"), "tower-fanout:{api}:gcra");
         assert_eq!(
             store.key("api", Some("h{o}st"), "gcra"),
-            "tower-fanout:{api:h_o_st}:gcra"
+            "tower-fanout:{api:h%7Bo%7Dst}:gcra"
         );
     }
 

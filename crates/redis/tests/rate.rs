@@ -258,3 +258,37 @@ async fn the_handle_reads_tokens_from_redis() {
     assert_eq!(handle.tokens_for("7").await.unwrap(), 2);
     assert_eq!(handle.tokens_for("8").await.unwrap(), 4);
 }
+
+#[tokio::test]
+async fn keys_that_differ_only_by_braces_are_distinct_limits() {
+    // A brace in a key must not end the hash tag, but escaping it must keep
+    // distinct keys distinct: "t{1}" and "t_1_" are two tenants.
+    let redis = RedisServer::start();
+    let svc = RedisRateLimitLayer::builder(store(&redis), "tenants", 1, Duration::from_secs(60))
+        .key_fn(|tenant: &String| tenant.clone())
+        .fail_fast()
+        .fail_closed()
+        .build()
+        .unwrap()
+        .layer(service_fn(
+            |t: String| async move { Ok::<_, Infallible>(t) },
+        ));
+    for tenant in ["t{1}", "t_1_", "t%7B1%7D", "t}1{"] {
+        svc.clone()
+            .oneshot(tenant.to_owned())
+            .await
+            .unwrap_or_else(|err| panic!("{tenant}: {err}"));
+    }
+    let err = svc.clone().oneshot("t{1}".to_owned()).await.unwrap_err();
+    assert!(err.is::<RateLimited>());
+
+    let mut conn = redis.connection().await;
+    let keys: Vec<String> = conn.keys("tower-fanout:*").await.unwrap();
+    assert_eq!(keys.len(), 4, "{keys:?}");
+    for key in keys {
+        // One hash tag per key: Redis Cluster hashes what is between the
+        // first '{' and the first '}' after it.
+        assert_eq!(key.matches('{').count(), 1, "{key}");
+        assert_eq!(key.matches('}').count(), 1, "{key}");
+    }
+}
