@@ -227,10 +227,15 @@ impl Learned {
     }
 }
 
-/// The key of a request's host: its authority in lower case, borrowed when
-/// it already is.
+/// The key of a request's host: its authority without userinfo (as the
+/// per-host limits key it: `http://x@host/` is the same host, and its budget
+/// is not escaped that way) in lower case, borrowed when it already is.
 fn host_of<B>(req: &Request<B>) -> Cow<'_, str> {
     let authority = req.uri().authority().map_or("", |a| a.as_str());
+    let authority = match authority.bytes().rposition(|b| b == b'@') {
+        Some(at) => &authority[at + 1..],
+        None => authority,
+    };
     if authority.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(authority.to_ascii_lowercase())
     } else {
