@@ -170,3 +170,32 @@ async fn a_learned_budget_is_not_escaped_with_userinfo() {
     }
     assert_eq!(hits.load(Ordering::SeqCst), 1, "nothing else left");
 }
+
+/// Bodiless answers (HEAD, 204, 304) are read as empty, whatever their
+/// `Content-Length` and `Content-Encoding` say.
+#[tokio::test]
+async fn bodiless_answers_with_length_and_encoding_are_empty() {
+    let addr = support::serve(handler(move |req| async move {
+        let status = if req.uri().path() == "/204" { 204 } else { 200 };
+        let mut r = respond(status).header("content-encoding", "gzip");
+        if status == 200 {
+            r = r.header("content-length", "100000000");
+        }
+        r.body(Chunks::empty()).unwrap()
+    }))
+    .await;
+    let client = tower_fanout_http::Client::builder()
+        .max_response_body(1024)
+        .no_retry()
+        .build()
+        .unwrap();
+    let head = Request::head(format!("http://{addr}/"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client.clone().oneshot(head).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.body().is_empty());
+    let resp = client.get(&format!("http://{addr}/204")).await.unwrap();
+    assert_eq!(resp.status(), 204);
+    assert!(resp.body().is_empty());
+}
