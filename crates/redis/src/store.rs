@@ -247,13 +247,15 @@ impl RedisStore {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        if probe && !self.claim_probe() {
-            return Err(Error::skipped());
-        }
+        // Checked before the probe is claimed: a call that cannot run would
+        // hold the claim, and keep every caller from Redis, until it lapsed.
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(Error::config(
                 "no Tokio runtime: redis limits run on a Tokio runtime with IO and time enabled",
             ));
+        }
+        if probe && !self.claim_probe() {
+            return Err(Error::skipped());
         }
         let connection = self.connection()?;
         let result = match tokio::time::timeout(self.inner.timeout, request(connection)).await {
