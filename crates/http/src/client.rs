@@ -29,7 +29,7 @@ use tower_service::Service;
 use crate::body::{Cap, Collect, collect};
 use crate::guard::{self, Guard, GuardedConnector, GuardedResolver};
 use crate::learn::{Learn, Learned};
-use crate::redirect::RedirectPolicy;
+use crate::redirect::{AfterRedirect, Hop, RedirectPolicy};
 use crate::retry::{RetryFuture, RetryLayer};
 use crate::timeout::TimedOut;
 use crate::{BoxError, Error};
@@ -394,6 +394,8 @@ pin_project! {
         deadline: Option<tokio::time::Sleep>,
         timeout: Option<Duration>,
         cap: usize,
+        // Sent by following a redirect: the outcome is marked so.
+        hop: bool,
     }
 }
 
@@ -409,6 +411,25 @@ impl Future for FetchFuture {
     type Output = Result<Response<Bytes>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let hop = self.hop;
+        match self.poll_attempt(cx) {
+            Poll::Ready(outcome) if hop => Poll::Ready(match outcome {
+                Ok(mut resp) => {
+                    resp.extensions_mut().insert(Hop);
+                    Ok(resp)
+                }
+                Err(e) => Err(AfterRedirect(e).into()),
+            }),
+            other => other,
+        }
+    }
+}
+
+impl FetchFuture {
+    fn poll_attempt(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Response<Bytes>, BoxError>> {
         let mut this = self.project();
         loop {
             let progress = match this.step.as_mut().project() {
@@ -460,10 +481,12 @@ impl Service<Request<Full<Bytes>>> for Fetch {
         // The step is built last, straight into the returned future (built
         // first, it was built aside and its 560 bytes copied in).
         let deadline = self.timeout.map(tokio::time::sleep);
+        let hop = req.extensions().get::<Hop>().is_some();
         FetchFuture {
             deadline,
             timeout: self.timeout,
             cap: self.cap,
+            hop,
             step: Step::Head {
                 sent: self.client.call(req),
             },

@@ -43,6 +43,29 @@ impl fmt::Display for BadRedirectScheme {
 
 impl std::error::Error for BadRedirectScheme {}
 
+/// Marks a request sent by following a redirect (in its extensions), and
+/// the answer it got (in the response's): the retry layer must not start a
+/// non-idempotent request again once it has been redirected, since the
+/// server acted on it (a POST answered 303 has run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Hop;
+
+/// An error met on a redirected request (see [`Hop`]); its source is the error.
+#[derive(Debug)]
+pub(crate) struct AfterRedirect(pub(crate) BoxError);
+
+impl fmt::Display for AfterRedirect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("after a redirect")
+    }
+}
+
+impl std::error::Error for AfterRedirect {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
 /// tower-http's `FollowRedirect` policy for the preset. It counts hops itself
 /// rather than composing tower-http's `Limited`, because `Limited` stops by
 /// returning the last 3xx as if it were the answer, and a caller should see
@@ -82,6 +105,11 @@ impl Policy<Full<Bytes>, BoxError> for RedirectPolicy {
 
     fn on_request(&mut self, request: &mut Request<Full<Bytes>>) {
         Policy::<Full<Bytes>, BoxError>::on_request(&mut self.credentials, request);
+        // Called for the first request too; a hop follows a redirect taken.
+        // Marked after the filter, which may drop extensions cross-origin.
+        if self.remaining < self.max {
+            request.extensions_mut().insert(Hop);
+        }
     }
 
     fn clone_body(&self, body: &Full<Bytes>) -> Option<Full<Bytes>> {

@@ -12,10 +12,14 @@
 //! | no connection (the request never left) | any | backoff, retry |
 //! | a connection lost mid-request | idempotent | backoff, retry |
 //! | refused address, body cap, timeout, anything else | | return it |
+//! | any outcome after the client preset followed a redirect | not idempotent | return it |
 //!
 //! A 429 or a 503 with `Retry-After` says the server did not act on the
 //! request, so any method is retried; 502/503/504 without it may hide a
-//! request that ran, so only idempotent methods are. A timeout is not
+//! request that ran, so only idempotent methods are. Once the client
+//! preset has followed a redirect, the server has acted on the request (a
+//! POST answered 303 has run), and a retry would start it again from the
+//! original: a non-idempotent request is then not retried at all. A timeout is not
 //! retried: a slow server does not need more load.
 //!
 //! When the retries run out, the last response (say a 429) or error is
@@ -81,6 +85,7 @@ use tower_fanout_core::error::RateLimited;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::redirect::{AfterRedirect, Hop};
 use crate::timeout::TimedOut;
 use crate::{BoxError, Error, error, headers};
 
@@ -320,6 +325,11 @@ fn decide_lazily<B>(
     idempotent: bool,
     now: impl FnOnce() -> SystemTime,
 ) -> Decision {
+    // A non-idempotent request that was redirected has been acted on (a
+    // POST answered 303 has run): a retry would start it again.
+    if !idempotent && redirected(outcome) {
+        return Decision::Done;
+    }
     match outcome {
         Ok(resp) => {
             let status = resp.status();
@@ -363,6 +373,24 @@ fn decide_lazily<B>(
             }
             // Not a transport error (a local limit's refusal, a bad URI...).
             Decision::Done
+        }
+    }
+}
+
+/// Whether the outcome is that of a request sent by following a redirect
+/// (marked by the client preset's redirect policy).
+fn redirected<B>(outcome: &Result<Response<B>, BoxError>) -> bool {
+    match outcome {
+        Ok(resp) => resp.extensions().get::<Hop>().is_some(),
+        Err(err) => {
+            let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&**err);
+            while let Some(e) = next {
+                if e.is::<AfterRedirect>() {
+                    return true;
+                }
+                next = e.source();
+            }
+            false
         }
     }
 }

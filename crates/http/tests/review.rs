@@ -199,3 +199,60 @@ async fn bodiless_answers_with_length_and_encoding_are_empty() {
     assert_eq!(resp.status(), 204);
     assert!(resp.body().is_empty());
 }
+
+/// A POST answered with a 303 has run: when the redirected GET then fails
+/// (no connection, or a 429 with `Retry-After`), the retry must not start
+/// again from the POST and run it again.
+#[tokio::test]
+async fn a_post_that_was_redirected_is_not_sent_again_by_a_retry() {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let limited = support::serve(handler(|_| async {
+        respond(429)
+            .header("retry-after", "0")
+            .body(Chunks::full("later"))
+            .unwrap()
+    }))
+    .await;
+    for target in [closed, limited] {
+        let posts = Arc::new(AtomicUsize::new(0));
+        let gets = Arc::new(AtomicUsize::new(0));
+        let (p, g) = (posts.clone(), gets.clone());
+        let origin = support::serve(handler(move |req| {
+            if req.method() == http::Method::POST {
+                p.fetch_add(1, Ordering::SeqCst);
+            } else {
+                g.fetch_add(1, Ordering::SeqCst);
+            }
+            async move {
+                respond(303)
+                    .header("location", format!("http://{target}/done"))
+                    .body(Chunks::empty())
+                    .unwrap()
+            }
+        }))
+        .await;
+        let client = tower_fanout_http::Client::builder()
+            .retry(
+                RetryLayer::builder()
+                    .backoff(Duration::from_millis(1), Duration::from_millis(2))
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let post = Request::post(format!("http://{origin}/order"))
+            .body(Full::new(Bytes::from_static(b"buy one")))
+            .unwrap();
+        let outcome = client.clone().oneshot(post).await;
+        assert_eq!(posts.load(Ordering::SeqCst), 1, "{target}: {outcome:?}");
+        // A GET that was redirected is still retried as before.
+        let get = Request::get(format!("http://{origin}/order"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let outcome = client.clone().oneshot(get).await;
+        assert_eq!(gets.load(Ordering::SeqCst), 4, "{target}: {outcome:?}");
+    }
+}
