@@ -47,8 +47,10 @@ use tower_fanout_core::error::RateLimited;
 
 use crate::{BoxError, headers};
 
-/// The longest a host is held for, however long it asks.
-const LONGEST_HOLD: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The longest a host is held for, however long it asks: a day, the bound
+/// the header parsers put on resets (a bogus value, an epoch sent as
+/// `Retry-After`, holds the host no longer than that).
+const LONGEST_HOLD: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, Default)]
 struct Host {
@@ -217,8 +219,8 @@ impl Learned {
                     "host budget spent; holding its requests until the reset"
                 );
             }
-            // A `Retry-After` past a day is still held (and answered with
-            // `RateLimited`), up to a year so the instant cannot overflow.
+            // A `Retry-After` past a day is still held, and answered with
+            // `RateLimited`, for a day at most (the instant cannot overflow).
             let reset = budget.reset.min(LONGEST_HOLD);
             host.window = Some((remaining, Some(now + reset)));
             host.limit = limit.or(host.limit);
