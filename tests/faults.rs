@@ -550,25 +550,29 @@ async fn flood_429(values: &'static [&'static [u8]]) -> (SocketAddr, Arc<AtomicU
     (addr, hits)
 }
 
-/// `Retry-After` values no client should sleep on: negative, beyond any
-/// sane wait, beyond u64, not a number, not valid text, dates in the past
-/// and far in the future, empty.
+/// `Retry-After` values that say no wait: negative, not a number, not
+/// valid text, dates in the past, empty, zero.
 const ABSURD_RETRY_AFTER: &[&[u8]] = &[
     b"-1",
     b"-99999999999",
-    b"99999999999",
-    b"18446744073709551616",
-    b"99999999999999999999999999999999",
     b"1e9",
     b"NaN",
     b"soon",
     b"\xe6\x98\x8e\xe6\x97\xa5",
     b"Wed, 21 Oct 2015 07:28:00 GMT",
     b"Thu, 01 Jan 1970 00:00:00 GMT",
-    b"Fri, 31 Dec 9999 23:59:59 GMT",
     b"Sun, 99 Foo 2020 99:99:99 GMT",
     b"",
     b"0",
+];
+
+/// `Retry-After` values beyond any sane wait: centuries, beyond u64, a date
+/// in the year 9999. No client should sleep on them, nor hammer the server.
+const BEYOND_ANY_WAIT: &[&[u8]] = &[
+    b"99999999999",
+    b"18446744073709551616",
+    b"99999999999999999999999999999999",
+    b"Fri, 31 Dec 9999 23:59:59 GMT",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -601,9 +605,39 @@ async fn flood_of_429s_with_absurd_retry_after_ends_quickly() {
     run.assert_no_leaks().await;
 }
 
-/// Valid `Retry-After` values above the wait cap, up to the largest the
-/// parser accepts (a day): the client must not sleep, it fails at once with
-/// `RateLimited` and holds the host instead of hammering it.
+/// Waits beyond any sanity are waits past the cap all the same: the client
+/// does not sleep, fails at once with `RateLimited`, and holds the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flood_of_429s_with_retry_after_beyond_any_wait_is_rate_limited() {
+    let (addr, hits) = flood_429(BEYOND_ANY_WAIT).await;
+    let run = run_batch(addr, client()).await;
+    run.assert_all_errors("rate limited", HttpError::is_rate_limited);
+    for item in &run.items {
+        let wait = item
+            .result
+            .as_ref()
+            .err()
+            .and_then(http_error)
+            .and_then(HttpError::retry_after)
+            .unwrap();
+        assert!(
+            wait > MAX_WAIT,
+            "request {}: retry_after {wait:?}",
+            item.index
+        );
+    }
+    let hits = hits.load(Ordering::SeqCst);
+    assert!(
+        (1..=LIMIT).contains(&hits),
+        "{hits} requests reached a server that asked for centuries' pause"
+    );
+    run.assert_elapsed_below(SLACK);
+    run.assert_no_leaks().await;
+}
+
+/// Valid `Retry-After` values above the wait cap, up to a day: the client
+/// must not sleep, it fails at once with `RateLimited` and holds the host
+/// instead of hammering it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flood_of_429s_with_long_retry_after_is_rate_limited() {
     const LONG: &[&[u8]] = &[b"86400", b"3600", b"  120  "];
