@@ -44,6 +44,7 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use tower_fanout_core::error::RateLimited;
+use tower_fanout_core::keyed::{AuthorityKey, KeyFn};
 
 use crate::{BoxError, headers};
 
@@ -229,20 +230,12 @@ impl Learned {
     }
 }
 
-/// The key of a request's host: its authority without userinfo (as the
-/// per-host limits key it: `http://x@host/` is the same host, and its budget
-/// is not escaped that way) in lower case, borrowed when it already is.
+/// The key of a request's host, the one the per-host limits use (core's
+/// [`AuthorityKey`]): the authority without userinfo, so `http://x@host/` is
+/// the same host and does not escape its budget, in lower case, borrowed
+/// when it already is.
 fn host_of<B>(req: &Request<B>) -> Cow<'_, str> {
-    let authority = req.uri().authority().map_or("", |a| a.as_str());
-    let authority = match authority.bytes().rposition(|b| b == b'@') {
-        Some(at) => &authority[at + 1..],
-        None => authority,
-    };
-    if authority.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(authority.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(authority)
-    }
+    AuthorityKey.key(req)
 }
 
 /// Counts a request in flight until dropped.
