@@ -119,8 +119,10 @@ async fn refused_spellings_of_private_addresses_name_the_address() {
     // (decimal, octal, hex, short form), and `localhost` too.
     for host in [
         "2130706433",
+        "0x7f000001",
         "0177.0.0.1",
         "0x7f.0.0.1",
+        "0x7f.1",
         "127.1",
         "localhost",
     ] {
@@ -131,12 +133,19 @@ async fn refused_spellings_of_private_addresses_name_the_address() {
             "{host}: {err}"
         );
     }
-    // IPv6 literals, mapped and plain, are refused before any connection.
+    // Unspecified addresses, and IPv6 literals (plain, mapped, NAT64 and
+    // 6to4 forms embedding 127.0.0.1) are refused before any connection.
     for host in [
+        "0.0.0.0",
+        "0",
+        "[::]",
         "[::ffff:127.0.0.1]",
+        "[::ffff:7f00:1]",
         "[::ffff:a9fe:a9fe]",
         "[::1]",
         "[fd00:ec2::254]",
+        "[64:ff9b::7f00:1]",
+        "[2002:7f00:1::1]",
     ] {
         let err = client.get(&format!("http://{host}:1/")).await.unwrap_err();
         assert!(err.is_refused_address(), "{host}: {err:?}");

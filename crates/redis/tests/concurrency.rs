@@ -5,7 +5,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use redis::AsyncCommands;
 use support::RedisServer;
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_fanout_core::BoxError;
@@ -30,20 +29,11 @@ fn layer(
         .unwrap()
 }
 
-async fn holders(redis: &RedisServer, name: &str) -> u64 {
-    redis
-        .connection()
-        .await
-        .zcard(format!("tower-fanout:{{{name}}}:holders"))
-        .await
-        .unwrap()
-}
-
 /// Waits (bounded) until the holders set has `n` members.
 async fn until_holders(redis: &RedisServer, name: &str, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
-        let held = holders(redis, name).await;
+        let held = redis.holders(name).await;
         if held == n {
             return;
         }
@@ -65,7 +55,7 @@ async fn permits_are_taken_in_poll_ready_and_bounded() {
     let mut b = svc.clone();
     a.ready().await.unwrap();
     b.ready().await.unwrap();
-    assert_eq!(holders(&redis, "bounded").await, 2);
+    assert_eq!(redis.holders("bounded").await, 2);
     // Fail fast: the third gets Overloaded from its call.
     let err = svc.clone().oneshot(()).await.unwrap_err();
     assert!(err.is::<Overloaded>(), "{err}");
@@ -83,7 +73,7 @@ async fn a_dropped_response_future_releases_its_permit() {
     drop(future);
     until_holders(&redis, "drop-future", 0).await;
     svc.ready().await.unwrap();
-    assert_eq!(holders(&redis, "drop-future").await, 1);
+    assert_eq!(redis.holders("drop-future").await, 1);
 }
 
 #[tokio::test]

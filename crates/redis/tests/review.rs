@@ -9,7 +9,6 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use redis::AsyncCommands;
 use support::RedisServer;
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_fanout_core::BoxError;
@@ -19,20 +18,11 @@ fn never_ends() -> impl Service<(), Response = (), Error = BoxError> + Clone + S
     service_fn(|()| std::future::pending::<Result<(), BoxError>>())
 }
 
-async fn holders(redis: &RedisServer, name: &str) -> u64 {
-    redis
-        .connection()
-        .await
-        .zcard(format!("tower-fanout:{{{name}}}:holders"))
-        .await
-        .unwrap()
-}
-
 /// Checks, for a while, that the holders set stays empty (a leaked holder
 /// would stay for the whole 30 s lease).
 async fn stays_empty(redis: &RedisServer, name: &str) {
     for _ in 0..20 {
-        assert_eq!(holders(redis, name).await, 0, "a holder leaked");
+        assert_eq!(redis.holders(name).await, 0, "a holder leaked");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -60,7 +50,7 @@ async fn a_service_dropped_while_its_acquire_is_in_flight_leaves_no_holder() {
     warm.ready().await.unwrap();
     drop(warm);
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while holders(&redis, "drop-in-flight").await != 0 {
+    while redis.holders("drop-in-flight").await != 0 {
         assert!(std::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -89,7 +79,7 @@ async fn an_acquire_that_times_out_leaves_no_holder() {
     warm.ready().await.unwrap();
     drop(warm);
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while holders(&redis, "timed-out").await != 0 {
+    while redis.holders("timed-out").await != 0 {
         assert!(std::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -203,6 +203,16 @@ impl RedisServer {
             .await
             .unwrap()
     }
+
+    /// Holders of the concurrency limit `name` on Redis, expired or not.
+    pub async fn holders(&self, name: &str) -> u64 {
+        redis::AsyncCommands::zcard(
+            &mut self.connection().await,
+            format!("tower-fanout:{{{name}}}:holders"),
+        )
+        .await
+        .unwrap()
+    }
 }
 
 impl Drop for RedisServer {
