@@ -609,30 +609,7 @@ async fn flood_of_429s_with_absurd_retry_after_ends_quickly() {
 /// does not sleep, fails at once with `RateLimited`, and holds the host.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flood_of_429s_with_retry_after_beyond_any_wait_is_rate_limited() {
-    let (addr, hits) = flood_429(BEYOND_ANY_WAIT).await;
-    let run = run_batch(addr, client()).await;
-    run.assert_all_errors("rate limited", HttpError::is_rate_limited);
-    for item in &run.items {
-        let wait = item
-            .result
-            .as_ref()
-            .err()
-            .and_then(http_error)
-            .and_then(HttpError::retry_after)
-            .unwrap();
-        assert!(
-            wait > MAX_WAIT,
-            "request {}: retry_after {wait:?}",
-            item.index
-        );
-    }
-    let hits = hits.load(Ordering::SeqCst);
-    assert!(
-        (1..=LIMIT).contains(&hits),
-        "{hits} requests reached a server that asked for centuries' pause"
-    );
-    run.assert_elapsed_below(SLACK);
-    run.assert_no_leaks().await;
+    flood_of_429s_is_rate_limited(BEYOND_ANY_WAIT, Duration::MAX).await;
 }
 
 /// Valid `Retry-After` values above the wait cap, up to a day: the client
@@ -641,7 +618,16 @@ async fn flood_of_429s_with_retry_after_beyond_any_wait_is_rate_limited() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flood_of_429s_with_long_retry_after_is_rate_limited() {
     const LONG: &[&[u8]] = &[b"86400", b"3600", b"  120  "];
-    let (addr, hits) = flood_429(LONG).await;
+    flood_of_429s_is_rate_limited(LONG, Duration::from_secs(86_400)).await;
+}
+
+/// A batch against a server answering 429 with the `Retry-After` values
+/// `after` (each past the cap, at most `longest`): every request fails at
+/// once with `RateLimited` carrying a wait past the cap, and once one
+/// answer has said "come back later" the host is held, so only the requests
+/// already in flight at that moment reach the server.
+async fn flood_of_429s_is_rate_limited(after: &'static [&'static [u8]], longest: Duration) {
+    let (addr, hits) = flood_429(after).await;
     let run = run_batch(addr, client()).await;
     run.assert_all_errors("rate limited", HttpError::is_rate_limited);
     for item in &run.items {
@@ -653,17 +639,15 @@ async fn flood_of_429s_with_long_retry_after_is_rate_limited() {
             .and_then(HttpError::retry_after)
             .unwrap();
         assert!(
-            wait > MAX_WAIT && wait <= Duration::from_secs(86_400),
+            wait > MAX_WAIT && wait <= longest,
             "request {}: retry_after {wait:?}",
             item.index
         );
     }
-    // Once one answer has said "come back later", the host is held: only
-    // the requests already in flight at that moment reach the server.
     let hits = hits.load(Ordering::SeqCst);
     assert!(
         (1..=LIMIT).contains(&hits),
-        "{hits} requests reached a server that asked for an hour's pause"
+        "{hits} requests reached a server that asked for a long pause"
     );
     run.assert_elapsed_below(SLACK);
     run.assert_no_leaks().await;
