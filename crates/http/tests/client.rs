@@ -679,10 +679,18 @@ async fn learned_wait_past_the_cap_returns_rate_limited() {
         200
     );
     // The host said nothing remains for an hour: longer than the 60 s cap.
-    let err = client.get(&format!("http://{addr}/")).await.unwrap_err();
-    assert!(err.is_rate_limited(), "{err}");
-    assert!(err.retry_after().unwrap() > Duration::from_secs(3500));
-    assert_eq!(hits.load(Ordering::SeqCst), 1, "the second call never left");
+    // The budget is the host's, whatever userinfo a URI carries (as the
+    // per-host limits are keyed): `http://x@host/` is held too.
+    for url in [
+        format!("http://{addr}/"),
+        format!("http://someone@{addr}/"),
+        format!("http://a:b@{addr}/"),
+    ] {
+        let err = client.get(&url).await.unwrap_err();
+        assert!(err.is_rate_limited(), "{url}: {err}");
+        assert!(err.retry_after().unwrap() > Duration::from_secs(3500));
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "the later calls never left");
 }
 
 #[tokio::test]

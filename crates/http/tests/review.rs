@@ -99,36 +99,6 @@ async fn a_retry_after_beyond_a_day_is_learned_too() {
     }
 }
 
-/// A learned budget belongs to the host, whatever userinfo a URI carries
-/// (as the per-host limits are keyed): `http://x@host/` is held too.
-#[tokio::test]
-async fn a_learned_budget_is_not_escaped_with_userinfo() {
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    let addr = support::serve(handler(move |_| {
-        h.fetch_add(1, Ordering::SeqCst);
-        async {
-            respond(200)
-                .header("ratelimit", "\"default\";r=0;t=3600")
-                .body(Chunks::full("last one"))
-                .unwrap()
-        }
-    }))
-    .await;
-    let client = tower_fanout_http::Client::builder().build().unwrap();
-    let resp = client.get(&format!("http://{addr}/")).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    for url in [
-        format!("http://{addr}/"),
-        format!("http://someone@{addr}/"),
-        format!("http://a:b@{addr}/"),
-    ] {
-        let err = client.get(&url).await.unwrap_err();
-        assert!(err.is_rate_limited(), "{url}: {err}");
-    }
-    assert_eq!(hits.load(Ordering::SeqCst), 1, "nothing else left");
-}
-
 /// Bodiless answers (HEAD, 204, 304) are read as empty, whatever their
 /// `Content-Length` and `Content-Encoding` say.
 #[tokio::test]
