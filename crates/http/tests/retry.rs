@@ -182,3 +182,20 @@ async fn the_budget_stops_a_retry_storm() {
     assert!(retries < 20, "{retries} retries for 20 requests");
     assert_eq!(hits.load(Ordering::SeqCst), total_attempts);
 }
+
+/// A `Retry-After` longer than a day is still a `Retry-After` past the cap:
+/// the request fails at once with `RateLimited`, it is not retried after a
+/// 100 ms backoff as if the server had said nothing.
+#[tokio::test(start_paused = true)]
+async fn retry_after_beyond_a_day_is_rate_limited_not_hammered() {
+    for after in ["172800", "99999999999999999999"] {
+        let (addr, hits) = scripted(vec![(429, Some(after.into()))]);
+        let (outcome, _) = run(RetryLayer::default(), addr, http::Method::GET).await;
+        let err = outcome.unwrap_err();
+        let limited = err
+            .downcast_ref::<RateLimited>()
+            .unwrap_or_else(|| panic!("Retry-After: {after}: {err}"));
+        assert!(limited.retry_after() >= Duration::from_secs(172_800));
+        assert_eq!(hits.load(Ordering::SeqCst), 1, "Retry-After: {after}");
+    }
+}

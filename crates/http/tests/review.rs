@@ -1,5 +1,5 @@
-//! Regression tests from a review of the retry decisions, on the paused
-//! clock against a real server (see `retry.rs` for why this shape).
+//! Regression tests from a review of the client preset: learned holds,
+//! bodiless answers, redirected requests and retries, against real servers.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -9,63 +9,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use support::{Chunks, handler, respond, serve_on_thread};
-use tower::{BoxError, Layer, ServiceExt, service_fn};
-use tower_fanout_core::error::RateLimited;
+use http::Request;
+use http_body_util::Full;
+use support::{Chunks, handler, respond};
+use tower::ServiceExt;
 use tower_fanout_http::retry::RetryLayer;
-
-/// A server answering every request with `status` and `Retry-After: after`.
-fn always(status: u16, after: &'static str) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    let addr = serve_on_thread(handler(move |_| {
-        h.fetch_add(1, Ordering::SeqCst);
-        async move {
-            respond(status)
-                .header("retry-after", after)
-                .body(Chunks::full("later"))
-                .unwrap()
-        }
-    }));
-    (addr, hits)
-}
-
-async fn send(retry: RetryLayer, addr: std::net::SocketAddr) -> Result<Response<Bytes>, BoxError> {
-    let raw: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let forward = service_fn(move |req: Request<Full<Bytes>>| {
-        let raw = raw.clone();
-        async move {
-            let resp = raw.request(req).await?;
-            let (parts, body) = resp.into_parts();
-            let body = body.collect().await?.to_bytes();
-            Ok::<_, BoxError>(Response::from_parts(parts, body))
-        }
-    });
-    let req = Request::get(format!("http://{addr}/"))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    retry.layer(forward).oneshot(req).await
-}
-
-/// A `Retry-After` longer than a day is still a `Retry-After` past the cap:
-/// the request fails at once with `RateLimited`, it is not retried after a
-/// 100 ms backoff as if the server had said nothing.
-#[tokio::test(start_paused = true)]
-async fn retry_after_beyond_a_day_is_rate_limited_not_hammered() {
-    for after in ["172800", "99999999999999999999"] {
-        let (addr, hits) = always(429, after);
-        let err = send(RetryLayer::default(), addr).await.unwrap_err();
-        let limited = err
-            .downcast_ref::<RateLimited>()
-            .unwrap_or_else(|| panic!("Retry-After: {after}: {err}"));
-        assert!(limited.retry_after() >= Duration::from_secs(172_800));
-        assert_eq!(hits.load(Ordering::SeqCst), 1, "Retry-After: {after}");
-    }
-}
 
 /// A 429 whose `Retry-After` is past a day holds the host like a shorter one
 /// past the cap does: the next call fails with `RateLimited` without leaving.
