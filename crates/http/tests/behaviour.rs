@@ -4,11 +4,11 @@
 mod support;
 
 use std::io::Write;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{Chunks, handler, respond, serve};
+use support::{Chunks, counted, handler, respond, serve};
 use tower_fanout_core::keyed::KeyLimit;
 use tower_fanout_http::Client;
 
@@ -60,22 +60,17 @@ async fn span_names_method_host_and_status_never_the_query() {
 async fn a_sleeping_retry_holds_no_permit() {
     // The host allows one call in flight. The first call draws a 429 with
     // Retry-After: 1; while it sleeps, a second call runs and finishes.
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    let addr = serve(handler(move |_| {
-        let n = h.fetch_add(1, Ordering::SeqCst);
-        async move {
-            if n == 0 {
-                respond(429)
-                    .header("retry-after", "1")
-                    .body(Chunks::empty())
-                    .unwrap()
-            } else {
-                respond(200).body(Chunks::full("ok")).unwrap()
-            }
+    let (counting, hits) = counted(move |n| async move {
+        if n == 0 {
+            respond(429)
+                .header("retry-after", "1")
+                .body(Chunks::empty())
+                .unwrap()
+        } else {
+            respond(200).body(Chunks::full("ok")).unwrap()
         }
-    }))
-    .await;
+    });
+    let addr = serve(counting).await;
     let client = Client::builder()
         .host_default(KeyLimit::new().concurrency(1))
         // Learning would (rightly) hold the second call until the reset too.
@@ -156,10 +151,7 @@ async fn refused_spellings_of_private_addresses_name_the_address() {
 /// back at once: the next request goes, and nothing stays counted in flight.
 #[tokio::test]
 async fn a_dropped_request_gives_its_permit_back() {
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    let addr = serve(handler(move |_| {
-        let n = h.fetch_add(1, Ordering::SeqCst);
+    let (counting, hits) = counted(move |n| {
         async move {
             if n == 0 {
                 // The first request is never answered.
@@ -167,8 +159,8 @@ async fn a_dropped_request_gives_its_permit_back() {
             }
             respond(200).body(Chunks::full("ok")).unwrap()
         }
-    }))
-    .await;
+    });
+    let addr = serve(counting).await;
     let client = Client::builder()
         .host_default(KeyLimit::new().concurrency(1))
         .build()

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
-use support::{Chunks, handler, respond, serve, table_resolver};
+use support::{Chunks, counted, handler, respond, serve, table_resolver};
 use tower::ServiceExt;
 use tower_fanout_core::keyed::KeyLimit;
 use tower_fanout_http::guard::RefusedAddress;
@@ -91,18 +91,13 @@ async fn per_host_limits_hold_under_load() {
 
 #[tokio::test]
 async fn wait_cap_returns_rate_limited_without_sleeping() {
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    let addr = serve(handler(move |_| {
-        h.fetch_add(1, Ordering::SeqCst);
-        async {
-            respond(429)
-                .header("retry-after", "120")
-                .body(Chunks::empty())
-                .unwrap()
-        }
-    }))
-    .await;
+    let (counting, hits) = counted(move |_| async {
+        respond(429)
+            .header("retry-after", "120")
+            .body(Chunks::empty())
+            .unwrap()
+    });
+    let addr = serve(counting).await;
     let client = Client::builder()
         .retry(
             RetryLayer::builder()
@@ -297,13 +292,9 @@ async fn slow_body_times_out() {
 
 #[tokio::test]
 async fn guard_refuses_names_resolving_to_private_addresses() {
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    let local = serve(handler(move |_| {
-        h.fetch_add(1, Ordering::SeqCst);
-        async { respond(200).body(Chunks::full("secret")).unwrap() }
-    }))
-    .await;
+    let (counting, hits) =
+        counted(move |_| async { respond(200).body(Chunks::full("secret")).unwrap() });
+    let local = serve(counting).await;
     let resolver = table_resolver(&[
         ("evil.test", "169.254.169.254:80".parse().unwrap()),
         ("intranet.test", "10.0.0.1:80".parse().unwrap()),
@@ -657,18 +648,13 @@ async fn a_body_cut_short_is_a_body_error() {
 
 #[tokio::test]
 async fn learned_wait_past_the_cap_returns_rate_limited() {
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    let addr = serve(handler(move |_| {
-        h.fetch_add(1, Ordering::SeqCst);
-        async {
-            respond(200)
-                .header("ratelimit", "\"default\";r=0;t=3600")
-                .body(Chunks::full("last one"))
-                .unwrap()
-        }
-    }))
-    .await;
+    let (counting, hits) = counted(move |_| async {
+        respond(200)
+            .header("ratelimit", "\"default\";r=0;t=3600")
+            .body(Chunks::full("last one"))
+            .unwrap()
+    });
+    let addr = serve(counting).await;
     let client = Client::builder().build().unwrap();
     assert_eq!(
         client

@@ -23,7 +23,7 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use support::{Chunks, handler, respond, serve_on_thread};
+use support::{Chunks, counted, respond, serve_on_thread};
 use tokio::time::Instant;
 use tower::{BoxError, Layer, ServiceExt, service_fn};
 use tower_fanout_core::error::RateLimited;
@@ -31,11 +31,8 @@ use tower_fanout_http::retry::RetryLayer;
 
 /// A server answering each request with the next status and `Retry-After` of `script`.
 fn scripted(script: Vec<(u16, Option<String>)>) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
     let script = Arc::new(script);
-    let addr = serve_on_thread(handler(move |_| {
-        let n = h.fetch_add(1, Ordering::SeqCst);
+    let (counting, hits) = counted(move |n| {
         let (status, after) = script.get(n).cloned().unwrap_or((200, None));
         async move {
             let mut r = respond(status);
@@ -44,7 +41,8 @@ fn scripted(script: Vec<(u16, Option<String>)>) -> (std::net::SocketAddr, Arc<At
             }
             r.body(Chunks::full("done")).unwrap()
         }
-    }));
+    });
+    let addr = serve_on_thread(counting);
     (addr, hits)
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
-use support::{Chunks, handler, respond};
+use support::{Chunks, counted, handler, respond};
 use tower::ServiceExt;
 use tower_fanout_http::retry::RetryLayer;
 
@@ -20,18 +20,13 @@ use tower_fanout_http::retry::RetryLayer;
 #[tokio::test]
 async fn a_retry_after_beyond_a_day_is_learned_too() {
     for after in ["90", "172800", "99999999999999999999"] {
-        let hits = Arc::new(AtomicUsize::new(0));
-        let h = hits.clone();
-        let addr = support::serve(handler(move |_| {
-            h.fetch_add(1, Ordering::SeqCst);
-            async move {
-                respond(429)
-                    .header("retry-after", after)
-                    .body(Chunks::full("later"))
-                    .unwrap()
-            }
-        }))
-        .await;
+        let (counting, hits) = counted(move |_| async move {
+            respond(429)
+                .header("retry-after", after)
+                .body(Chunks::full("later"))
+                .unwrap()
+        });
+        let addr = support::serve(counting).await;
         let client = tower_fanout_http::Client::builder().build().unwrap();
         let url = format!("http://{addr}/");
         for _ in 0..2 {

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -107,6 +108,18 @@ where
     Fut: Future<Output = Response<Chunks>> + Send + 'static,
 {
     Arc::new(move |req| Box::pin(f(req)))
+}
+
+/// A handler that counts the requests it gets, and the count: `f` answers
+/// each request given its number (0 for the first).
+pub(crate) fn counted<F, Fut>(f: F) -> (Handler, Arc<AtomicUsize>)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Chunks>> + Send + 'static,
+{
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    (handler(move |_| f(h.fetch_add(1, Ordering::SeqCst))), hits)
 }
 
 /// Serves `handler` on a fresh 127.0.0.1 port (HTTP/1 and HTTP/2) on the current runtime.
