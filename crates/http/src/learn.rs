@@ -436,15 +436,32 @@ mod tests {
         l.admit(e, || now)
     }
 
+    /// A request's answer arrives: what a `status` answer with `fields`
+    /// says is learned, and the request is no longer in flight.
+    fn answer(l: &Learned, e: &Entry, status: StatusCode, fields: &[(&'static str, &str)]) {
+        l.learn(e, status, &map(fields));
+        l.done(e);
+    }
+
+    /// A window of one request, spent, resetting in 1 s.
+    const SPENT_WINDOW_OF_ONE: &[(&str, &str)] = &[
+        ("x-ratelimit-limit", "1"),
+        ("x-ratelimit-remaining", "0"),
+        ("x-ratelimit-reset", "1"),
+    ];
+
     #[tokio::test(start_paused = true)]
     async fn spent_budget_holds_until_reset() {
         let l = Learned::new(8, Duration::from_secs(60));
         let h = l.entry("h").unwrap();
         let now = Instant::now();
         assert_eq!(admit(&l, &h, now), Ok(()));
-        let m = map(&[("x-ratelimit-remaining", "1"), ("x-ratelimit-reset", "2")]);
-        l.learn(&h, StatusCode::OK, &m);
-        l.done(&h);
+        answer(
+            &l,
+            &h,
+            StatusCode::OK,
+            &[("x-ratelimit-remaining", "1"), ("x-ratelimit-reset", "2")],
+        );
         assert_eq!(admit(&l, &h, now), Ok(()));
         l.done(&h);
         assert_eq!(
@@ -462,9 +479,12 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(admit(&l, &h, now), Ok(()));
         }
-        let m = map(&[("ratelimit", "\"default\";r=2;t=5")]);
-        l.learn(&h, StatusCode::OK, &m);
-        l.done(&h);
+        answer(
+            &l,
+            &h,
+            StatusCode::OK,
+            &[("ratelimit", "\"default\";r=2;t=5")],
+        );
         // Two others are still in flight: nothing is left for a new one.
         assert!(admit(&l, &h, now).is_err());
     }
@@ -475,13 +495,16 @@ mod tests {
         let h = l.entry("h").unwrap();
         let second = Duration::from_secs(1);
         assert_eq!(admit(&l, &h, Instant::now()), Ok(()));
-        let m = map(&[
-            ("x-ratelimit-limit", "2"),
-            ("x-ratelimit-remaining", "0"),
-            ("x-ratelimit-reset", "1"),
-        ]);
-        l.learn(&h, StatusCode::OK, &m);
-        l.done(&h);
+        answer(
+            &l,
+            &h,
+            StatusCode::OK,
+            &[
+                ("x-ratelimit-limit", "2"),
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", "1"),
+            ],
+        );
         let reset = Instant::now() + second;
         assert_eq!(admit(&l, &h, Instant::now()), Err(Hold::Until(reset)));
         // At the reset: a new window of 2, then hold for its first answer.
@@ -492,13 +515,16 @@ mod tests {
         assert_eq!(admit(&l, &h, now), Err(Hold::Answer));
         // The first answer: one left (before the other call in flight) in a
         // window ending in 1 s.
-        let m = map(&[
-            ("x-ratelimit-limit", "2"),
-            ("x-ratelimit-remaining", "1"),
-            ("x-ratelimit-reset", "1"),
-        ]);
-        l.learn(&h, StatusCode::OK, &m);
-        l.done(&h);
+        answer(
+            &l,
+            &h,
+            StatusCode::OK,
+            &[
+                ("x-ratelimit-limit", "2"),
+                ("x-ratelimit-remaining", "1"),
+                ("x-ratelimit-reset", "1"),
+            ],
+        );
         assert_eq!(admit(&l, &h, now), Err(Hold::Until(now + second)));
     }
 
@@ -508,13 +534,7 @@ mod tests {
         let h = l.entry("h").unwrap();
         let now = Instant::now();
         assert_eq!(admit(&l, &h, now), Ok(()));
-        let m = map(&[
-            ("x-ratelimit-limit", "1"),
-            ("x-ratelimit-remaining", "0"),
-            ("x-ratelimit-reset", "1"),
-        ]);
-        l.learn(&h, StatusCode::OK, &m);
-        l.done(&h);
+        answer(&l, &h, StatusCode::OK, SPENT_WINDOW_OF_ONE);
         let reset = now + Duration::from_secs(1);
         assert_eq!(admit(&l, &h, reset), Ok(()));
         assert_eq!(admit(&l, &h, reset), Err(Hold::Answer));
@@ -529,14 +549,12 @@ mod tests {
         let h = l.entry("h").unwrap();
         let now = Instant::now();
         assert_eq!(admit(&l, &h, now), Ok(()));
-        let m = map(&[("content-type", "text/plain"), ("retry-after", "5")]);
+        let fields = &[("content-type", "text/plain"), ("retry-after", "5")];
         // Retry-After counts on a 429 or a 503 only.
-        l.learn(&h, StatusCode::OK, &m);
-        l.done(&h);
+        answer(&l, &h, StatusCode::OK, fields);
         assert_eq!(h.lock().window, None);
         assert_eq!(admit(&l, &h, now), Ok(()));
-        l.learn(&h, StatusCode::TOO_MANY_REQUESTS, &m);
-        l.done(&h);
+        answer(&l, &h, StatusCode::TOO_MANY_REQUESTS, fields);
         assert_eq!(
             admit(&l, &h, now),
             Err(Hold::Until(now + Duration::from_secs(5)))
@@ -568,13 +586,7 @@ mod tests {
         let h = l.entry("h").unwrap();
         let now = Instant::now();
         assert_eq!(admit(&l, &h, now), Ok(()));
-        let m = map(&[
-            ("x-ratelimit-limit", "1"),
-            ("x-ratelimit-remaining", "0"),
-            ("x-ratelimit-reset", "1"),
-        ]);
-        l.learn(&h, StatusCode::OK, &m);
-        l.done(&h);
+        answer(&l, &h, StatusCode::OK, SPENT_WINDOW_OF_ONE);
         tokio::time::advance(Duration::from_secs(1)).await;
         // The new window's one request is in flight; the next one holds.
         assert_eq!(admit(&l, &h, Instant::now()), Ok(()));
