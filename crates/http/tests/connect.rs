@@ -40,20 +40,30 @@ fn hanging_listener() -> Option<(tokio::net::TcpListener, Vec<TcpStream>, Socket
     None
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_hanging_connect_fails_after_the_connect_timeout() {
-    let Some((_listener, _queued, addr)) = hanging_listener() else {
-        return;
-    };
+/// A GET to `addr` without retries, with these timeouts: its error, and how
+/// long it took on the paused clock.
+async fn get_with(
+    addr: SocketAddr,
+    connect_timeout: Option<Duration>,
+    timeout: Duration,
+) -> (tower_fanout_http::Error, Duration) {
     let client = Client::builder()
-        .connect_timeout(Some(Duration::from_secs(2)))
-        .timeout(Some(Duration::from_secs(60)))
+        .connect_timeout(connect_timeout)
+        .timeout(Some(timeout))
         .no_retry()
         .build()
         .unwrap();
     let start = Instant::now();
     let err = client.get(&format!("http://{addr}/")).await.unwrap_err();
-    let waited = start.elapsed();
+    (err, start.elapsed())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_connect_fails_after_the_connect_timeout() {
+    let Some((_listener, _queued, addr)) = hanging_listener() else {
+        return;
+    };
+    let (err, waited) = get_with(addr, Some(Duration::from_secs(2)), Duration::from_secs(60)).await;
     assert!(err.is_connect(), "{err:?}");
     assert!(
         !err.is_timeout(),
@@ -70,15 +80,7 @@ async fn without_a_connect_timeout_the_attempt_timeout_ends_the_wait() {
     let Some((_listener, _queued, addr)) = hanging_listener() else {
         return;
     };
-    let client = Client::builder()
-        .connect_timeout(None)
-        .timeout(Some(Duration::from_secs(5)))
-        .no_retry()
-        .build()
-        .unwrap();
-    let start = Instant::now();
-    let err = client.get(&format!("http://{addr}/")).await.unwrap_err();
-    let waited = start.elapsed();
+    let (err, waited) = get_with(addr, None, Duration::from_secs(5)).await;
     assert!(err.is_timeout(), "{err:?}");
     assert!(
         waited >= Duration::from_secs(5) && waited < Duration::from_millis(5100),
