@@ -5,7 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::RedisServer;
+use support::{RedisServer, never_ends};
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_fanout_core::BoxError;
 use tower_fanout_core::error::Overloaded;
@@ -27,23 +27,6 @@ fn layer(
         .fail_closed()
         .build()
         .unwrap()
-}
-
-/// Waits (bounded) until the holders set has `n` members.
-async fn until_holders(redis: &RedisServer, name: &str, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let held = redis.holders(name).await;
-        if held == n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{held} holders, expected {n}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn never_ends() -> impl Service<(), Response = (), Error = BoxError> + Clone {
-    service_fn(|()| std::future::pending::<Result<(), BoxError>>())
 }
 
 #[tokio::test]
@@ -69,9 +52,9 @@ async fn a_dropped_response_future_releases_its_permit() {
     let mut svc = layer.layer(never_ends());
     svc.ready().await.unwrap();
     let future = svc.call(());
-    until_holders(&redis, "drop-future", 1).await;
+    redis.until_holders("drop-future", 1).await;
     drop(future);
-    until_holders(&redis, "drop-future", 0).await;
+    redis.until_holders("drop-future", 0).await;
     svc.ready().await.unwrap();
     assert_eq!(redis.holders("drop-future").await, 1);
 }
@@ -82,9 +65,9 @@ async fn a_dropped_ready_service_releases_its_permit() {
     let layer = layer(&redis, "drop-ready", 1, Duration::from_secs(30));
     let mut svc = layer.layer(never_ends());
     svc.ready().await.unwrap();
-    until_holders(&redis, "drop-ready", 1).await;
+    redis.until_holders("drop-ready", 1).await;
     drop(svc);
-    until_holders(&redis, "drop-ready", 0).await;
+    redis.until_holders("drop-ready", 0).await;
 }
 
 #[tokio::test]
@@ -103,7 +86,7 @@ async fn a_finished_call_releases_its_permit() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-    until_holders(&redis, "finished", 0).await;
+    redis.until_holders("finished", 0).await;
 }
 
 #[tokio::test]
@@ -116,7 +99,7 @@ async fn a_long_call_renews_its_lease() {
         Ok::<_, BoxError>(())
     }));
     let call = tokio::spawn(long.oneshot(()));
-    until_holders(&redis, "renew", 1).await;
+    redis.until_holders("renew", 1).await;
 
     // For more than three leases, nobody else gets the permit.
     let probe = layer.layer(service_fn(|()| async { Ok::<_, BoxError>(()) }));
@@ -131,7 +114,7 @@ async fn a_long_call_renews_its_lease() {
     }
     call.await.unwrap().unwrap();
     // Then it is free again.
-    until_holders(&redis, "renew", 0).await;
+    redis.until_holders("renew", 0).await;
     probe.oneshot(()).await.unwrap();
 }
 
@@ -168,7 +151,7 @@ async fn waiting_callers_get_permits_as_they_free_up() {
         call.await.unwrap().unwrap();
     }
     assert!(max.load(std::sync::atomic::Ordering::SeqCst) <= 2);
-    until_holders(&redis, "wait", 0).await;
+    redis.until_holders("wait", 0).await;
 }
 
 #[tokio::test]

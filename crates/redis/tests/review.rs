@@ -9,14 +9,9 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use support::RedisServer;
-use tower::{Layer, Service, ServiceExt, service_fn};
-use tower_fanout_core::BoxError;
+use support::{RedisServer, never_ends};
+use tower::{Layer, ServiceExt};
 use tower_fanout_redis::{RedisConcurrencyLimitLayer, RedisStore};
-
-fn never_ends() -> impl Service<(), Response = (), Error = BoxError> + Clone + Send + 'static {
-    service_fn(|()| std::future::pending::<Result<(), BoxError>>())
-}
 
 /// Checks, for a while, that the holders set stays empty (a leaked holder
 /// would stay for the whole 30 s lease).
@@ -49,11 +44,7 @@ async fn a_service_dropped_while_its_acquire_is_in_flight_leaves_no_holder() {
     let mut warm = svc.clone();
     warm.ready().await.unwrap();
     drop(warm);
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while redis.holders("drop-in-flight").await != 0 {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    redis.until_holders("drop-in-flight", 0).await;
 
     redis.pause();
     let mut pending = svc.clone();
@@ -78,11 +69,7 @@ async fn an_acquire_that_times_out_leaves_no_holder() {
     let mut warm = svc.clone();
     warm.ready().await.unwrap();
     drop(warm);
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while redis.holders("timed-out").await != 0 {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    redis.until_holders("timed-out", 0).await;
 
     redis.pause();
     let err = svc.clone().oneshot(()).await.unwrap_err();

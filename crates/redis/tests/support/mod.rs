@@ -204,6 +204,19 @@ impl RedisServer {
             .unwrap()
     }
 
+    /// Waits (bounded) until the concurrency limit `name` has `n` holders.
+    pub async fn until_holders(&self, name: &str, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let held = self.holders(name).await;
+            if held == n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{held} holders, expected {n}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Holders of the concurrency limit `name` on Redis, expired or not.
     pub async fn holders(&self, name: &str) -> u64 {
         redis::AsyncCommands::zcard(
@@ -397,6 +410,13 @@ pub fn outage_store(redis: &RedisServer) -> tower_fanout_redis::RedisStore {
         .probe_interval(Duration::from_millis(100))
         .build()
         .unwrap()
+}
+
+/// A service whose calls never finish (they hold their permit).
+pub fn never_ends()
+-> impl tower::Service<(), Response = (), Error = tower_fanout_core::BoxError> + Clone + Send + 'static
+{
+    tower::service_fn(|()| std::future::pending::<Result<(), tower_fanout_core::BoxError>>())
 }
 
 /// A service that answers `()` at once.
