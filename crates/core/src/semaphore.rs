@@ -13,7 +13,7 @@
 //! `available` goes negative while a shrink is being paid off.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -25,6 +25,10 @@ const ONE: i64 = 2;
 pub(crate) struct Semaphore {
     state: AtomicI64,
     limit: AtomicUsize,
+    /// Odd while `set_limit` is between its two steps (limit, then state
+    /// word), so `in_use` can tell whether the two values it read belong
+    /// together: a seqlock around a change that is rare and already locked.
+    limit_changes: AtomicUsize,
     waiting: AtomicUsize,
     waiters: Mutex<VecDeque<Waiter>>,
 }
@@ -40,6 +44,7 @@ impl Semaphore {
         Self {
             state: AtomicI64::new(to_state(limit)),
             limit: AtomicUsize::new(limit),
+            limit_changes: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             waiters: Mutex::new(VecDeque::new()),
         }
@@ -58,11 +63,27 @@ impl Semaphore {
 
     /// Permits held (including ones granted to a waiter that has not run yet).
     pub(crate) fn in_use(&self) -> usize {
-        let available = self.state.load(Ordering::Relaxed) >> 1;
-        // The limit as the state word holds it (capped by `to_state`), or a
-        // huge limit would count the cap's shortfall as permits in use.
-        let limit = to_state(self.limit()) >> 1;
-        usize::try_from(limit.saturating_sub(available)).unwrap_or(0)
+        let mut spins = 0u32;
+        loop {
+            let before = self.limit_changes.load(Ordering::Acquire);
+            let limit = self.limit.load(Ordering::Relaxed);
+            let available = self.state.load(Ordering::Relaxed) >> 1;
+            fence(Ordering::Acquire);
+            if before & 1 == 0 && self.limit_changes.load(Ordering::Relaxed) == before {
+                // The limit as the state word holds it (capped by `to_state`),
+                // or a huge limit would count the cap's shortfall as in use.
+                let limit = to_state(limit) >> 1;
+                return usize::try_from(limit.saturating_sub(available)).unwrap_or(0);
+            }
+            // A limit change is half done: a few instructions, unless the
+            // thread making it was preempted between them.
+            if spins < 64 {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
     }
 
     /// Tasks queued for a permit.
@@ -117,9 +138,12 @@ impl Semaphore {
     )]
     pub(crate) fn set_limit(&self, new_limit: usize) {
         let mut waiters = self.lock();
+        self.limit_changes.fetch_add(1, Ordering::Relaxed);
+        fence(Ordering::Release);
         let old = self.limit.swap(new_limit, Ordering::Relaxed);
         let delta = to_state(new_limit) - to_state(old);
         self.state.fetch_add(delta, Ordering::AcqRel);
+        self.limit_changes.fetch_add(1, Ordering::Release);
         self.grant_locked(&mut waiters);
     }
 
@@ -485,5 +509,29 @@ mod tests {
         s.set_limit(1);
         assert!(s.poll_acquire(&mut cx(), &mut a).is_ready());
         assert_eq!(s.in_use(), 1);
+    }
+
+    #[test]
+    fn in_use_never_reads_a_limit_change_half_done() {
+        // The limit and the state word move in two steps; a reader between
+        // them saw the new limit with the old permits: 990 in use here while
+        // nothing is held.
+        let s = Arc::new(Semaphore::new(10));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mover = {
+            let (s, stop) = (s.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for i in 0..200_000 {
+                    s.set_limit(if i % 2 == 0 { 1000 } else { 10 });
+                }
+                stop.store(true, Ordering::Relaxed);
+            })
+        };
+        let mut reads = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            assert_eq!(s.in_use(), 0, "after {reads} reads");
+            reads += 1;
+        }
+        mover.join().unwrap();
     }
 }
