@@ -5,11 +5,11 @@
 ///
 /// Implemented for every `Fn(&Req) -> String`, so a closure will do. The
 /// string is appended to the layer's name inside the Redis key's hash tag
-/// (with `{`, `}` and `%` percent-escaped, so that distinct strings stay
-/// distinct limits), so each per-host limit is one key on one Redis Cluster
-/// slot. Keep the
-/// number of distinct keys bounded (hosts, tenants, API names), not one per
-/// request: each key lives in Redis until its limit is idle.
+/// (with `{`, `}` and `%` percent-escaped, and the name's own `:` and `%`,
+/// so that distinct strings and names stay distinct limits), so each
+/// per-host limit is one key on one Redis Cluster slot. Keep the number of
+/// distinct keys bounded (hosts, tenants, API names), not one per request:
+/// each key lives in Redis until its limit is idle.
 pub trait LimitKey<Req> {
     /// The key of the limit `req` counts against, or `None` for the
     /// layer's single limit.

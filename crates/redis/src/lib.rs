@@ -39,6 +39,10 @@
 //! # Keys
 //! Keys look like `tower-fanout:{name}:gcra` or `tower-fanout:{name:host}:gcra`:
 //! the braces are a hash tag, so Redis Cluster keeps each limit on one slot.
+//! Distinct limits get distinct keys: a `:` or `%` in a layer's name is
+//! percent-escaped (the limit `api:v1` is `tower-fanout:{api%3Av1}:gcra`, not
+//! the limit `api` for the key `v1`), and so are `{`, `}` and `%` in a
+//! per-request key. Names may not contain `{` or `}`.
 //! Every key expires once its limit is idle. The store itself talks to one
 //! Redis (standalone, a primary, or a cluster proxy): it does not follow
 //! Redis Cluster redirects.

@@ -184,14 +184,17 @@ impl RedisStore {
     /// The Redis key for the limit `name` (and `sub`, a per-host key), with
     /// the whole limit name in a hash tag so that Redis Cluster keeps it on
     /// one slot.
+    ///
+    /// One-to-one: the name's `:` and `%` are percent-escaped, so the first
+    /// `:` in the tag ends the name (the limit `a:b` is not the limit `a`
+    /// for the key `b`); the key's `{`, `}` and `%` are escaped, so a brace
+    /// cannot end the hash tag early. (Names refuse braces at build.)
     pub(crate) fn key(&self, name: &str, sub: Option<&str>, kind: &str) -> String {
         let prefix = &self.inner.prefix;
+        let name = escape(name, &[':']);
         match sub {
             None => format!("{prefix}{{{name}}}:{kind}"),
-            // A brace in a caller's key would end the hash tag early; they
-            // are percent-escaped (and so is '%') so that distinct keys stay
-            // distinct limits.
-            Some(sub) => format!("{prefix}{{{name}:{}}}:{kind}", escape_sub(sub)),
+            Some(sub) => format!("{prefix}{{{name}:{}}}:{kind}", escape(sub, &['{', '}'])),
         }
     }
 
@@ -393,21 +396,22 @@ impl RedisStore {
     }
 }
 
-/// Escapes `{`, `}` and `%` in a per-key limit's key, one-to-one.
-fn escape_sub(sub: &str) -> std::borrow::Cow<'_, str> {
-    if !sub.contains(['{', '}', '%']) {
-        return std::borrow::Cow::Borrowed(sub);
+/// Percent-escapes `%` and the `special` characters (all ASCII), one-to-one.
+fn escape<'a>(part: &'a str, special: &[char]) -> std::borrow::Cow<'a, str> {
+    let escaped = |c: char| c == '%' || special.contains(&c);
+    if !part.contains(escaped) {
+        return std::borrow::Cow::Borrowed(part);
     }
-    let mut escaped = String::with_capacity(sub.len() + 8);
-    for c in sub.chars() {
-        match c {
-            '%' => escaped.push_str("%25"),
-            '{' => escaped.push_str("%7B"),
-            '}' => escaped.push_str("%7D"),
-            c => escaped.push(c),
+    let mut out = String::with_capacity(part.len() + 8);
+    for c in part.chars() {
+        if escaped(c) {
+            // Writing to a String cannot fail.
+            let _ = fmt::Write::write_fmt(&mut out, format_args!("%{:02X}", u32::from(c)));
+        } else {
+            out.push(c);
         }
     }
-    std::borrow::Cow::Owned(escaped)
+    std::borrow::Cow::Owned(out)
 }
 
 /// The answer of one GCRA decision.
@@ -443,6 +447,13 @@ mod tests {
         assert_eq!(
             store.key("api", Some("h{o}st"), "gcra"),
             "tower-fanout:{api:h%7Bo%7Dst}:gcra"
+        );
+        // A name's ':' and '%' are escaped: "a:b" is not "a" keyed "b".
+        assert_eq!(store.key("a:b", None, "gcra"), "tower-fanout:{a%3Ab}:gcra");
+        assert_eq!(store.key("a", Some("b"), "gcra"), "tower-fanout:{a:b}:gcra");
+        assert_eq!(
+            store.key("a%3Ab", Some("c:d%"), "gcra"),
+            "tower-fanout:{a%253Ab:c:d%25}:gcra"
         );
     }
 

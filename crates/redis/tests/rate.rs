@@ -292,3 +292,56 @@ async fn keys_that_differ_only_by_braces_are_distinct_limits() {
         assert_eq!(key.matches('}').count(), 1, "{key}");
     }
 }
+
+#[tokio::test]
+async fn a_name_with_a_colon_is_not_another_names_key() {
+    // The limit "a:b" and the limit "a" for the key "b" are two limits: the
+    // name's ':' (and '%') are escaped in the Redis key, so that no name
+    // reads as another name followed by a key.
+    let redis = RedisServer::start();
+    let layer = |name: &str| {
+        RedisRateLimitLayer::builder(store(&redis), name, 1, Duration::from_secs(60))
+            .fail_fast()
+            .fail_closed()
+    };
+    let whole = layer("a:b").build().unwrap().layer(echo());
+    let keyed = layer("a")
+        .key_fn(|n: &u32| {
+            if *n == 0 {
+                "b".to_owned()
+            } else {
+                "b:c".to_owned()
+            }
+        })
+        .build()
+        .unwrap()
+        .layer(echo());
+    let nested = layer("a:b")
+        .key_fn(|_: &u32| "c".to_owned())
+        .build()
+        .unwrap()
+        .layer(echo());
+    let escaped = layer("a%3Ab").build().unwrap().layer(echo());
+    // Each spends its only token; none may find it spent by another.
+    whole.clone().oneshot(0).await.unwrap();
+    keyed.clone().oneshot(0).await.unwrap();
+    keyed.clone().oneshot(1).await.unwrap();
+    nested.clone().oneshot(0).await.unwrap();
+    escaped.clone().oneshot(0).await.unwrap();
+    let err = whole.clone().oneshot(0).await.unwrap_err();
+    assert!(err.is::<RateLimited>(), "{err}");
+
+    let mut conn = redis.connection().await;
+    let mut keys: Vec<String> = conn.keys("tower-fanout:*").await.unwrap();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "tower-fanout:{a%253Ab}:gcra",
+            "tower-fanout:{a%3Ab:c}:gcra",
+            "tower-fanout:{a%3Ab}:gcra",
+            "tower-fanout:{a:b:c}:gcra",
+            "tower-fanout:{a:b}:gcra",
+        ]
+    );
+}
