@@ -68,6 +68,20 @@ pub trait Classify<Res> {
         let _ = response;
         None
     }
+
+    /// How much of the call layers below spent waiting on purpose (a
+    /// [`DeliberateWait`](crate::DeliberateWait)): the adaptive limit takes
+    /// it off the call's latency, so that a call queued behind a per-host
+    /// gate or sleeping out a `Retry-After` does not read as a slow
+    /// downstream.
+    ///
+    /// Asked of every response (errors carry none). The default says
+    /// nothing: a classifier of your own for `http::Response`s should
+    /// return [`HttpClassify`]'s answer here.
+    fn waited(&self, response: &Res) -> Duration {
+        let _ = response;
+        Duration::ZERO
+    }
 }
 
 impl<F, Res> Classify<Res> for F
@@ -140,6 +154,14 @@ impl<B> Classify<http::Response<B>> for HttpClassify {
         let value = response.headers().get(http::header::RETRY_AFTER)?;
         let secs: f64 = value.to_str().ok()?.trim().parse().ok()?;
         (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)))
+    }
+
+    /// The response's [`DeliberateWait`](crate::DeliberateWait) extension, if any.
+    fn waited(&self, response: &http::Response<B>) -> Duration {
+        response
+            .extensions()
+            .get::<crate::DeliberateWait>()
+            .map_or(Duration::ZERO, |w| w.duration())
     }
 }
 

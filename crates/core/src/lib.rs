@@ -66,6 +66,12 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 pub mod error;
 
+#[cfg(any(feature = "adaptive", feature = "keyed"))]
+mod wait;
+#[cfg(any(feature = "adaptive", feature = "keyed"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "adaptive", feature = "keyed"))))]
+pub use self::wait::DeliberateWait;
+
 #[cfg(any(feature = "rate", feature = "adaptive"))]
 mod clock;
 #[cfg(any(feature = "concurrency", feature = "rate"))]

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
@@ -104,6 +105,13 @@ where
                         }
                         _ => None,
                     };
+                    // What layers below spent waiting on purpose is not the
+                    // downstream's latency. An error carries no such note:
+                    // its sample keeps the whole time (only its outcome counts).
+                    let waited = match &output {
+                        Ok(response) => classify.waited(response),
+                        Err(_) => Duration::ZERO,
+                    };
                     let Guard {
                         shared,
                         started,
@@ -115,7 +123,15 @@ where
                     // Decide first, then give the permit back: a decrease
                     // is then paid off by this very permit, instead of the
                     // permit admitting one more call into the overload.
-                    shared.record(started, admitted, in_flight, limit, outcome, retry_after);
+                    shared.record(
+                        started,
+                        admitted,
+                        waited,
+                        in_flight,
+                        limit,
+                        outcome,
+                        retry_after,
+                    );
                     drop(_permit);
                 }
                 Poll::Ready(output)

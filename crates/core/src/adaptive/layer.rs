@@ -302,10 +302,16 @@ impl Shared {
     }
 
     /// Feeds one finished call to the controller and applies its decision.
+    ///
+    /// `waited` is the part of the call that layers below spent waiting on
+    /// purpose (a [`DeliberateWait`](crate::DeliberateWait)): it is no
+    /// part of the RTT, for the controller or for the estimates kept here.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn record(
         &self,
         started: Instant,
         admitted: Instant,
+        waited: Duration,
         in_flight: usize,
         limit: usize,
         outcome: Outcome,
@@ -313,7 +319,9 @@ impl Shared {
     ) {
         let now = Instant::now();
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let rtt = now.saturating_duration_since(started);
+        let rtt = now
+            .saturating_duration_since(started)
+            .saturating_sub(waited);
         if outcome == Outcome::Success {
             state.rtt = Some(super::controller::ewma(state.rtt, rtt, 0.1));
             state.min_rtt.push(now, rtt);

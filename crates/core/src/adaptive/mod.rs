@@ -39,6 +39,14 @@
 //!   [`max_hold`](AdaptiveLimitLayer::max_hold)), since each would only be
 //!   refused, and the limit is neither lowered nor moved meanwhile, so it
 //!   neither collapses to its minimum nor freezes for good.
+//! - A call's latency is the downstream's, not the waits of layers below
+//!   (the client preset's per-host gates, its learned rate-limit holds, its
+//!   retry sleeps): a response carrying a
+//!   [`DeliberateWait`](crate::DeliberateWait) gives the controller a
+//!   sample reduced by it (read by [`Classify::waited`](crate::classify::Classify::waited)).
+//!   Otherwise one host's rate limit, making its calls queue, would read as
+//!   a slow downstream and lower the limit for every host. An error carries
+//!   none: its sample keeps the whole time, which only its outcome is read for.
 //! - Caller errors (other 4xx) neither raise nor lower the limit.
 //! - A call whose future is dropped gives its permit back and reports
 //!   nothing.

@@ -94,7 +94,9 @@ pub use self::windowed::{WindowedBuilder, WindowedController};
 pub struct Sample {
     /// What the response meant.
     pub outcome: Outcome,
-    /// From `call` to the response.
+    /// From `call` to the response, less the time layers below spent
+    /// waiting on purpose, as the response reported it
+    /// ([`DeliberateWait`](crate::DeliberateWait)).
     pub rtt: Duration,
     /// Permits in use when the call started, this one included.
     pub in_flight: usize,
