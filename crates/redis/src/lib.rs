@@ -27,7 +27,15 @@
 //!
 //! No caller waits on Redis longer than the store's timeout. The store
 //! reconnects by itself, and the first decision after Redis comes back
-//! uses it again, with no rebuild of the layers.
+//! uses it again, with no rebuild of the layers. After a call times out the
+//! store dials a new connection for the next one, so a connection that went
+//! silent without an error (a peer host gone, a NAT or firewall that dropped
+//! the flow) costs one probe interval, not the minutes the kernel takes to
+//! give up on it. If Redis was only frozen or slow, commands sent on the old
+//! connection may run after newer ones when it catches up: a concurrency
+//! permit whose acquire timed out may then be taken, by nobody, until its
+//! lease ends, and a rate decision that timed out may still spend its
+//! tokens. Nothing is held longer than that.
 //!
 //! The limits live in Redis's memory only as long as Redis keeps them: a
 //! Redis restarted without persistence starts every bucket full and every

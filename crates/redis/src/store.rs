@@ -3,7 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, OnceLock};
+use std::sync::{Arc, LazyLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -34,7 +34,10 @@ pub const DEFAULT_KEY_PREFIX: &str = "tower-fanout:";
 /// One multiplexed connection carries every decision of every layer built
 /// on this store (and on its clones), so many tasks share one socket and
 /// each decision costs one round trip. The connection is opened on first
-/// use and reopened by itself after Redis goes away and comes back.
+/// use and reopened by itself after Redis goes away and comes back. After a
+/// call times out, the next call dials a new connection: one that went
+/// silent (a peer host gone without a word, a NAT or firewall that dropped
+/// the flow) is replaced within a probe interval.
 ///
 /// Every call to Redis is bounded by the store's [timeout](RedisStoreBuilder::timeout).
 /// After a failed call, the store does not ask Redis again for a
@@ -55,13 +58,22 @@ pub struct RedisStore {
 struct Inner {
     client: redis::Client,
     config: ConnectionManagerConfig,
-    connection: OnceLock<ConnectionManager>,
+    /// The connection calls use now; `None` until the first call, which
+    /// must run inside the runtime the connection's driver will run on.
+    connection: RwLock<Option<Connection>>,
     timeout: Duration,
     probe_interval: Duration,
     prefix: String,
     epoch: Instant,
     /// Nanoseconds since `epoch` until which Redis is not asked (0: ask).
     skip_until: AtomicU64,
+}
+
+/// One connection (a lazy, self-reconnecting manager) and its generation:
+/// 0 for the first, one more for each replacement.
+struct Connection {
+    generation: u64,
+    manager: ConnectionManager,
 }
 
 impl fmt::Debug for RedisStore {
@@ -145,7 +157,7 @@ impl RedisStoreBuilder {
             inner: Arc::new(Inner {
                 client,
                 config,
-                connection: OnceLock::new(),
+                connection: RwLock::new(None),
                 timeout: self.timeout,
                 probe_interval: self.probe_interval,
                 prefix: self.prefix,
@@ -202,18 +214,120 @@ impl RedisStore {
         u64::try_from(self.inner.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    fn connection(&self) -> Result<ConnectionManager, Error> {
-        if let Some(connection) = self.inner.connection.get() {
-            return Ok(connection.clone());
+    /// The connection to use, and its generation (for [`replace`](Self::replace)).
+    fn connection(&self) -> Result<(u64, ConnectionManager), Error> {
+        // A poisoned lock holds a whole `Option<Connection>` all the same:
+        // nothing panics between its reads and writes.
+        if let Some(current) = &*self
+            .inner
+            .connection
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            return Ok((current.generation, current.manager.clone()));
         }
-        // Lazy: the manager connects (and reconnects) on its own, inside the
-        // runtime of the first decision.
-        let connection = ConnectionManager::new_lazy_with_config(
+        let mut slot = self
+            .inner
+            .connection
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let current = match slot.take() {
+            Some(current) => current,
+            None => Connection {
+                generation: 0,
+                manager: self.new_manager()?,
+            },
+        };
+        let answer = (current.generation, current.manager.clone());
+        *slot = Some(current);
+        Ok(answer)
+    }
+
+    /// A manager that connects (and reconnects after I/O errors) on its
+    /// own, from its first use, inside the runtime of the call that makes it.
+    fn new_manager(&self) -> Result<ConnectionManager, Error> {
+        ConnectionManager::new_lazy_with_config(
             self.inner.client.clone(),
             self.inner.config.clone(),
         )
-        .map_err(Error::redis)?;
-        Ok(self.inner.connection.get_or_init(|| connection).clone())
+        .map_err(Error::redis)
+    }
+
+    /// Called after a call on the connection of `generation` timed out:
+    /// replaces that connection with a fresh lazy one, so the next call
+    /// dials anew. redis-rs reconnects only after an I/O error, and a
+    /// connection that went silent (a peer host gone without FIN or RST, a
+    /// NAT or firewall that dropped the flow) gives none until the kernel
+    /// gives up on it, many minutes later; without this every probe would
+    /// time out on it until then.
+    ///
+    /// Only the current generation is replaced: calls that time out
+    /// together on one connection replace it once, and a call that started
+    /// on an older connection never replaces a newer one. The old
+    /// connection closes when the last call still on it ends (within the
+    /// timeout).
+    ///
+    /// The price, when Redis was only slow or frozen: commands sent on the
+    /// old connection may run after commands sent on the new one. The harm
+    /// is bounded, script by script (see `scripts`):
+    /// - `GCRA` of a timed-out decision books tokens nobody uses, as it
+    ///   would without a new connection; they come back as the bucket
+    ///   refills. Its give-back is sent only after its answer, so it never
+    ///   overtakes it; one whose TAT a late booking moved is declined (the
+    ///   strict side).
+    /// - `ACQUIRE` of a timed-out attempt (or of a renewal taking its place
+    ///   back) may run after the release its caller then sent on the new
+    ///   connection: the holder is added with nobody to renew or release
+    ///   it, and takes one place until its lease ends (the next `ACQUIRE`
+    ///   drops it then; an idle key expires by itself). Never longer: no
+    ///   leak; each such holder costs one place for one lease at most.
+    /// - `RENEW` run late finds a released holder gone and adds nothing
+    ///   (`ZADD XX` after `ZSCORE`); otherwise it sets the lease end from
+    ///   its own run time, as an in-order renewal would.
+    /// - A late `ZREM` (release) removes only its own holder id, which no
+    ///   live call uses: each attempt has an id of its own, and a released
+    ///   permit's renewals are stopped first.
+    /// - `TOKENS` and `IN_FLIGHT` only read.
+    ///
+    /// Each connection matches its own replies, so no answer is misread.
+    fn replace(&self, generation: u64) {
+        let mut slot = self
+            .inner
+            .connection
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if slot
+            .as_ref()
+            .is_none_or(|current| current.generation != generation)
+        {
+            return;
+        }
+        let Ok(manager) = self.new_manager() else {
+            // Only a bad config fails here, and the first manager was made
+            // with the same one: keep the old connection.
+            return;
+        };
+        let old = slot.replace(Connection {
+            generation: generation.wrapping_add(1),
+            manager,
+        });
+        drop(slot);
+        tracing::debug!(
+            generation,
+            "redis call timed out; the next call dials a new connection"
+        );
+        drop(old);
+    }
+
+    /// The generation of the connection in use, if any.
+    #[cfg(test)]
+    fn generation(&self) -> Option<u64> {
+        self.inner
+            .connection
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|current| current.generation)
     }
 
     /// Whether a decision may ask Redis: always while Redis answers; after a
@@ -260,11 +374,14 @@ impl RedisStore {
         if probe && !self.claim_probe() {
             return Err(Error::skipped());
         }
-        let connection = self.connection()?;
+        let (generation, connection) = self.connection()?;
         let result = match tokio::time::timeout(self.inner.timeout, request(connection)).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(err)) => Err(Error::redis(err)),
-            Err(elapsed) => Err(Error::timeout(elapsed)),
+            Err(elapsed) => {
+                self.replace(generation);
+                Err(Error::timeout(elapsed))
+            }
         };
         match &result {
             Ok(_) => self.inner.skip_until.store(0, Ordering::Relaxed),
@@ -455,6 +572,35 @@ mod tests {
             store.key("a%3Ab", Some("c:d%"), "gcra"),
             "tower-fanout:{a%253Ab:c:d%25}:gcra"
         );
+    }
+
+    #[tokio::test]
+    async fn calls_timing_out_together_replace_their_connection_once() {
+        // The requests never touch the connection: no Redis is needed, and
+        // the lazy managers never dial.
+        let store = RedisStore::builder("redis://127.0.0.1:1/")
+            .timeout(Duration::from_millis(50))
+            .build()
+            .unwrap();
+        let stall = |store: RedisStore| async move {
+            store
+                .run(false, |_| std::future::pending::<redis::RedisResult<()>>())
+                .await
+        };
+        assert_eq!(store.generation(), None);
+        let callers: Vec<_> = (0..16)
+            .map(|_| tokio::spawn(stall(store.clone())))
+            .collect();
+        for caller in callers {
+            assert!(caller.await.unwrap().unwrap_err().is_timeout());
+        }
+        assert_eq!(store.generation(), Some(1), "16 timeouts on one connection");
+        assert!(stall(store.clone()).await.unwrap_err().is_timeout());
+        assert_eq!(store.generation(), Some(2));
+        // A call that started on an older connection leaves the newer one be.
+        store.replace(1);
+        store.replace(0);
+        assert_eq!(store.generation(), Some(2));
     }
 
     #[test]

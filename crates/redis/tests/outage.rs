@@ -7,11 +7,11 @@ use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
-use support::{RedisServer, echo_unit, outage_store};
+use support::{BlackholeProxy, RedisServer, echo_unit, outage_store};
 use tower::{Layer, ServiceExt, service_fn};
 use tower_fanout_core::BoxError;
 use tower_fanout_core::error::{Overloaded, RateLimited};
-use tower_fanout_redis::{Error, RedisConcurrencyLimitLayer, RedisRateLimitLayer};
+use tower_fanout_redis::{Error, RedisConcurrencyLimitLayer, RedisRateLimitLayer, RedisStore};
 
 const TIMEOUT: Duration = support::OUTAGE_TIMEOUT;
 /// Scheduling slack on top of the timeout on a loaded machine.
@@ -348,4 +348,70 @@ async fn once_the_probe_interval_is_over_one_caller_probes_a_frozen_redis() {
 
     redis.resume();
     until_ok("fail-closed limit", || limit.clone().oneshot(())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackholed_connection_is_replaced_after_a_timeout() {
+    // The connection goes silent without an error (a NAT drops the flow, a
+    // host vanishes): redis-rs never sees an I/O error, so only the store
+    // can decide to dial again, which a fresh connection then serves.
+    const PROBE: Duration = Duration::from_millis(100);
+    let redis = RedisServer::start();
+    let proxy = BlackholeProxy::start(redis.port()).await;
+    let store = RedisStore::builder(proxy.url())
+        .timeout(TIMEOUT)
+        .probe_interval(PROBE)
+        .build()
+        .unwrap();
+    let rate =
+        RedisRateLimitLayer::builder(store.clone(), "blackholed", 1000, Duration::from_secs(1))
+            .fail_closed()
+            .build()
+            .unwrap()
+            .layer(echo_unit());
+    let concurrency = RedisConcurrencyLimitLayer::builder(store, "blackholed", 4)
+        .lease(Duration::from_secs(1))
+        .fail_fast()
+        .fail_closed()
+        .build()
+        .unwrap()
+        .layer(echo_unit());
+    for _ in 0..3 {
+        rate.clone().oneshot(()).await.unwrap();
+        concurrency.clone().oneshot(()).await.unwrap();
+    }
+    assert_eq!(proxy.accepted(), 1, "one multiplexed connection");
+
+    proxy.blackhole();
+    // Several decisions in flight on the silent connection: each times out.
+    let start = Instant::now();
+    let callers: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(rate.clone().oneshot(())))
+        .collect();
+    for caller in callers {
+        let err = caller.await.unwrap().unwrap_err();
+        let err = err.downcast_ref::<Error>().unwrap();
+        assert!(err.is_unavailable() && err.is_timeout(), "{err:?}");
+    }
+    assert!(start.elapsed() <= TIMEOUT + SLACK, "{:?}", start.elapsed());
+
+    // Once the probe interval is over, decisions go through a new
+    // connection. (Before the fix every probe timed out on the old one.)
+    tokio::time::sleep(PROBE).await;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match rate.clone().oneshot(()).await {
+            Ok(()) => break,
+            Err(err) => {
+                assert!(is_unavailable(&err), "{err}");
+                assert!(
+                    Instant::now() < deadline,
+                    "no decision through a fresh connection 3 s after the blackhole: {err}"
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(proxy.accepted() >= 2, "{} connections", proxy.accepted());
+    concurrency.clone().oneshot(()).await.unwrap();
 }

@@ -1,5 +1,6 @@
-//! Fixtures: a real `redis-server` on a free loopback port, a counting HTTP
-//! server, and worker processes (this test binary, re-executed).
+//! Fixtures: a real `redis-server` on a free loopback port, a TCP proxy in
+//! front of it that can blackhole its connections, a counting HTTP server,
+//! and worker processes (this test binary, re-executed).
 #![allow(dead_code, clippy::unwrap_used, unreachable_pub)]
 
 use std::convert::Infallible;
@@ -17,7 +18,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 /// Finds `redis-server`, or fails the test saying how to install it:
 /// these tests must not pass silently without a real Redis.
@@ -231,6 +232,89 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A TCP proxy on 127.0.0.1 in front of a server on another loopback port.
+/// [`blackhole`](Self::blackhole) makes the connections it has go silent,
+/// as when a NAT or firewall drops a flow's state or the peer host vanishes
+/// without a FIN or RST: nothing more is forwarded either way, yet both
+/// sockets stay open, so no side sees an error. Connections made after it
+/// are forwarded normally. Everything stops when the proxy is dropped.
+pub struct BlackholeProxy {
+    addr: SocketAddr,
+    accepted: Arc<AtomicU64>,
+    /// Bumped by each blackhole; a connection accepted under an older value
+    /// stops forwarding.
+    blackholes: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BlackholeProxy {
+    /// Forwards each connection made to it to `127.0.0.1:upstream_port`.
+    pub async fn start(upstream_port: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let (blackholes, _) = tokio::sync::watch::channel(0u64);
+        let (counted, watched) = (accepted.clone(), blackholes.subscribe());
+        let task = tokio::spawn(async move {
+            // Dropped with this task (when the proxy is): aborts every
+            // connection's task, which closes its sockets.
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                counted.fetch_add(1, Ordering::SeqCst);
+                let mut blackholed = watched.clone();
+                let epoch = *blackholed.borrow_and_update();
+                connections.spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream_port)).await
+                    else {
+                        return;
+                    };
+                    let silenced = async { blackholed.wait_for(|now| *now > epoch).await.is_ok() };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        true = silenced => {
+                            // Silent from now on: hold both sockets open,
+                            // reading and writing nothing.
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                });
+                while connections.try_join_next().is_some() {}
+            }
+        });
+        Self {
+            addr,
+            accepted,
+            blackholes,
+            task,
+        }
+    }
+
+    /// The proxy's address as a Redis URL.
+    pub fn url(&self) -> String {
+        format!("redis://{}/", self.addr)
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Silences every connection accepted so far (see the type's docs).
+    pub fn blackhole(&self) {
+        self.blackholes.send_modify(|epoch| *epoch += 1);
+    }
+}
+
+impl Drop for BlackholeProxy {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
