@@ -18,6 +18,7 @@ use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pin_project_lite::pin_project;
 use tower::ServiceExt;
+use tower_fanout_core::DeliberateWait;
 use tower_fanout_core::keyed::{
     AuthorityKey, KeyLimit, KeyedLimit, KeyedLimitHandle, KeyedLimitLayer,
 };
@@ -38,7 +39,7 @@ const DEFAULT_AGENT: &str = concat!("tower-fanout-http/", env!("CARGO_PKG_VERSIO
 
 type Connector = GuardedConnector<hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>>;
 type Raw = HyperClient<Connector, Full<Bytes>>;
-type Stack = FollowRedirect<Learn<KeyedLimit<Fetch, AuthorityKey, String>>, RedirectPolicy>;
+type Stack = FollowRedirect<Learn<Gated<KeyedLimit<Fetch, AuthorityKey, String>>>, RedirectPolicy>;
 
 /// hyper-util's client behind an `Arc`: its `request` takes `&self`, so each
 /// call needs no clone of the client (which copies its whole configuration).
@@ -350,7 +351,7 @@ impl ClientBuilder {
             cap: self.max_response_body,
         };
 
-        let limited = limits.layer(fetch);
+        let limited = Gated(limits.layer(fetch));
         // Without retries the layer still runs, with zero retries: one
         // concrete stack type, and nothing boxed but the response future.
         let retry = self.retry.clone().unwrap_or_else(RetryLayer::never);
@@ -478,6 +479,8 @@ impl Service<Request<Full<Bytes>>> for Fetch {
     }
 
     fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
+        // The attempt is past its host's gate: tell the `Gated` future polling it.
+        SENT.set(true);
         // The step is built last, straight into the returned future (built
         // first, it was built aside and its 560 bytes copied in).
         let deadline = self.timeout.map(tokio::time::sleep);
@@ -491,6 +494,104 @@ impl Service<Request<Full<Bytes>>> for Fetch {
                 sent: self.client.call(req),
             },
         }
+    }
+}
+
+thread_local! {
+    /// Set by [`Fetch::call`], the moment an attempt leaves its host's gate,
+    /// for the [`Gated`] future whose poll it happens in.
+    static SENT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The per-host gate (core's keyed limit), timed: a response that waited
+/// for its host's permit or token carries the wait as a [`DeliberateWait`],
+/// so an adaptive limit above the client does not read it as latency.
+///
+/// The keyed future waits and then calls [`Fetch`] inside one of its polls;
+/// it says nothing about which of the two a `Pending` came from. `Fetch::call`
+/// marks the moment in a thread-local flag (a poll runs on one thread), so a
+/// `Pending` before it is the gate's. A call the gate admits at once (the
+/// usual case) reads no clock: the time is read when the gate first keeps
+/// the call waiting and again when it lets it through.
+///
+/// Each hop of a redirect passes its host's gate; only the last hop's wait
+/// reaches the caller (tower-http's `FollowRedirect` drops the responses
+/// before it).
+#[derive(Clone)]
+struct Gated<S>(S);
+
+impl<S> Service<Request<Full<Bytes>>> for Gated<S>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<Bytes>>,
+{
+    type Response = Response<Bytes>;
+    type Error = S::Error;
+    type Future = GatedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
+        GatedFuture {
+            inner: self.0.call(req),
+            gate: Gate::Open,
+        }
+    }
+}
+
+/// Where an attempt stands at its host's gate.
+#[derive(Clone, Copy)]
+enum Gate {
+    /// Not past it, and not kept waiting so far.
+    Open,
+    /// Not past it: kept waiting since then.
+    Waiting(tokio::time::Instant),
+    /// Past it, after waiting that long.
+    Sent(Duration),
+}
+
+pin_project! {
+    /// The response future of [`Gated`].
+    struct GatedFuture<F> {
+        #[pin]
+        inner: F,
+        gate: Gate,
+    }
+}
+
+impl<F, E> Future for GatedFuture<F>
+where
+    F: Future<Output = Result<Response<Bytes>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let output = match *this.gate {
+            Gate::Sent(_) => ready!(this.inner.poll(cx)),
+            before => {
+                // Saved and restored, should a client's gate ever be polled
+                // inside another's.
+                let outer = SENT.replace(false);
+                let output = this.inner.poll(cx);
+                let sent = SENT.replace(outer);
+                *this.gate = match before {
+                    Gate::Waiting(since) if sent => Gate::Sent(since.elapsed()),
+                    _ if sent => Gate::Sent(Duration::ZERO),
+                    Gate::Open if output.is_pending() => Gate::Waiting(tokio::time::Instant::now()),
+                    unchanged => unchanged,
+                };
+                ready!(output)
+            }
+        };
+        Poll::Ready(match (output, *this.gate) {
+            (Ok(mut resp), Gate::Sent(waited)) if !waited.is_zero() => {
+                DeliberateWait::add_to(resp.extensions_mut(), waited);
+                Ok(resp)
+            }
+            (output, _) => output,
+        })
     }
 }
 

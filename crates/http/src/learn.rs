@@ -26,6 +26,10 @@
 //!
 //! A wait longer than the retry layer's cap (`max_wait`) is not slept: the
 //! request fails at once with `RateLimited`, as a long `Retry-After` does.
+//!
+//! A response whose request was held carries the hold as a
+//! [`DeliberateWait`], so an adaptive limit above the client does not read
+//! the host's budget as the host's latency.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -43,6 +47,7 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 use tower_service::Service;
 
+use tower_fanout_core::DeliberateWait;
 use tower_fanout_core::error::RateLimited;
 use tower_fanout_core::keyed::{AuthorityKey, KeyFn};
 
@@ -398,12 +403,15 @@ where
     S::Error: Into<BoxError>,
 {
     let holding = Holding::new(&learned);
-    loop {
+    // When the hold began (the first look), to note how long it lasted.
+    let mut since = None;
+    let held = loop {
         // Registered before looking, so news that lands in between is not missed.
         let news = learned.news.notified();
         let now = Instant::now();
+        let began = *since.get_or_insert(now);
         match learned.admit(&entry, || now) {
-            Ok(()) => break,
+            Ok(()) => break now - began,
             Err(Hold::Until(until)) if until - now > learned.max_wait => {
                 let wait = until - now;
                 tracing::warn!(
@@ -416,14 +424,17 @@ where
             Err(Hold::Until(until)) => tokio::time::sleep_until(until).await,
             Err(Hold::Answer) => news.await,
         }
-    }
+    };
     drop(holding);
-    // From here on, the path of a request admitted at once.
-    LearnFuture::Call {
+    // From here on, the path of a request admitted at once. The hold was a
+    // wait on purpose, not the host's latency: an adaptive limit above is told.
+    let mut resp = LearnFuture::Call {
         future: inner.oneshot(req),
         in_flight: Some(InFlight { learned, entry }),
     }
-    .await
+    .await?;
+    DeliberateWait::add_to(resp.extensions_mut(), held);
+    Ok(resp)
 }
 
 #[cfg(test)]

@@ -42,6 +42,15 @@
 //! # }
 //! ```
 //!
+//! # Under an adaptive limit
+//! The client's waits on purpose (for a host's permit or token, for a
+//! learned budget to reset, a retry's sleeps) are no part of the
+//! downstream's latency. A response that waited so carries the total as a
+//! [`DeliberateWait`](tower_fanout_core::DeliberateWait) extension, which
+//! core's adaptive limit takes off the latency it records: one host's rate
+//! limit then does not lower the limit for the calls to every other host.
+//! A response that waited for nothing carries none.
+//!
 //! # Errors
 //! Every failure is one [`Error`] with predicates (`is_timeout`,
 //! `is_connect`, `is_body_too_large`, `is_rate_limited`,

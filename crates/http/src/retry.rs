@@ -25,6 +25,15 @@
 //! When the retries run out, the last response (say a 429) or error is
 //! returned as it is.
 //!
+//! # Under an adaptive limit
+//! A response that came after a retry carries the sleeps before it (plus
+//! any wait earlier attempts noted) as a [`DeliberateWait`]: an adaptive
+//! limit above takes them off the call's latency, since they are waits on
+//! purpose, not the downstream's slowness. The time the failed attempts
+//! spent at the server is still counted: the downstream did take it (a 503
+//! after two seconds says it is slow), and the adaptive limit sees no other
+//! sign of those attempts. An error carries no wait.
+//!
 //! # Where it goes
 //! Outside the limits: a request sleeping before its next attempt holds no
 //! permit and no token, and each attempt pays for its own. The request is
@@ -81,6 +90,7 @@ use std::time::{Duration, SystemTime};
 use http::{Method, Request, Response, StatusCode, header::RETRY_AFTER};
 use pin_project_lite::pin_project;
 use tower::retry::budget::{Budget, TpsBudget};
+use tower_fanout_core::DeliberateWait;
 use tower_fanout_core::error::RateLimited;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -377,6 +387,20 @@ fn decide_lazily<B>(
     }
 }
 
+/// The outcome, its response noting `waited` more as a [`DeliberateWait`]
+/// (an error carries none).
+fn noting<B>(
+    mut outcome: Result<Response<B>, BoxError>,
+    waited: Duration,
+) -> Result<Response<B>, BoxError> {
+    if !waited.is_zero()
+        && let Ok(resp) = &mut outcome
+    {
+        DeliberateWait::add_to(resp.extensions_mut(), waited);
+    }
+    outcome
+}
+
 /// Whether the outcome is that of a request sent by following a redirect
 /// (marked by the client preset's redirect policy).
 fn redirected<B>(outcome: &Result<Response<B>, BoxError>) -> bool {
@@ -436,6 +460,7 @@ impl RetryLayer {
             original: None,
             idempotent: false,
             retries: 0,
+            waited: Duration::ZERO,
             step: RetryStep::Ready,
         }
     }
@@ -453,6 +478,9 @@ pin_project! {
         original: Option<Req>,
         idempotent: bool,
         retries: u32,
+        // Spent waiting on purpose before the attempt now running: the
+        // sleeps, and what earlier attempts noted (`DeliberateWait`).
+        waited: Duration,
         #[pin]
         step: RetryStep<S::Future>,
     }
@@ -482,6 +510,7 @@ where
             inner,
             original: Some(req),
             retries: 0,
+            waited: Duration::ZERO,
             step: RetryStep::Ready,
         }
     }
@@ -534,8 +563,9 @@ where
                         // Retrying is off: the answer, whatever it is, goes back as it is.
                         return Poll::Ready(outcome);
                     }
+                    let waited = *this.waited;
                     let wait = match decide_lazily(&outcome, *this.idempotent, SystemTime::now) {
-                        Decision::Done => return Poll::Ready(outcome),
+                        Decision::Done => return Poll::Ready(noting(outcome, waited)),
                         Decision::After(d) if d > settings.max_wait => {
                             tracing::warn!(
                                 retry_after_ms = d.as_millis() as u64,
@@ -548,13 +578,24 @@ where
                         Decision::Backoff => this.config.backoff(*this.retries),
                     };
                     if *this.retries >= settings.max_retries {
-                        return Poll::Ready(outcome);
+                        return Poll::Ready(noting(outcome, waited));
                     }
                     if !this.config.budget.withdraw() {
                         tracing::debug!("retry budget spent; returning the outcome");
-                        return Poll::Ready(outcome);
+                        return Poll::Ready(noting(outcome, waited));
                     }
                     *this.retries += 1;
+                    // The attempt's own waits and the sleep ahead are no
+                    // part of the downstream's latency; the attempt's time
+                    // at the server is (it held the call as much as the
+                    // last one does).
+                    let noted = match &outcome {
+                        Ok(r) => r.extensions().get::<DeliberateWait>().copied(),
+                        Err(_) => None,
+                    };
+                    *this.waited = waited
+                        .saturating_add(noted.unwrap_or_default().duration())
+                        .saturating_add(wait);
                     tracing::debug!(
                         retry = *this.retries,
                         wait_ms = wait.as_millis() as u64,
