@@ -194,7 +194,13 @@ impl Fetcher {
         let stack = self.stack.clone();
         let service = tower::service_fn(move |req: Result<Req, String>| {
             let stack = stack.clone();
-            async move { stack.oneshot(req.map_err(BoxError::from)?).await }
+            async move {
+                let response = stack.oneshot(req.map_err(BoxError::from)?).await?;
+                // Only the status and the size are reported: the body is
+                // dropped as soon as the item ends, so a batch holds at most
+                // a window of bodies, not all of them until the last is in.
+                Ok::<_, BoxError>((response.status(), response.body().len() as u64))
+            }
         });
         let batch = match fan_out(service, requests).concurrency(self.concurrency) {
             Ok(fan) => fan.on_progress(on_progress).collect().await,
@@ -214,13 +220,13 @@ impl Fetcher {
                 let attempts = counter.0.load(Ordering::Relaxed).max(1);
                 let latency_ms = u64::try_from(outcome.latency.as_millis()).unwrap_or(u64::MAX);
                 match outcome.result {
-                    Ok(response) => Record {
-                        ok: response.status().is_success(),
-                        status: Some(response.status().as_u16()),
+                    Ok((status, bytes)) => Record {
+                        ok: status.is_success(),
+                        status: Some(status.as_u16()),
                         error: None,
                         attempts,
                         latency_ms,
-                        bytes: response.body().len() as u64,
+                        bytes,
                         id: item.id,
                         url: item.url,
                     },

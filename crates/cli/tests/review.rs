@@ -1,0 +1,95 @@
+//! Defects found in the review of the `fanout` binary, each with the test
+//! that showed it, run as a user would against loopback servers.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::process::Command;
+use tower_fanout_sim::{Jitter, Model, Sim};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fanout");
+
+/// A field of `/proc/<pid>/status` in KiB (`VmHWM`: the peak resident set).
+#[cfg(target_os = "linux")]
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("no {field} in {status}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// `fanout fetch` keeps each response's status and size, not its body: at
+/// most `--concurrency` bodies are in memory at once. It used to keep every
+/// body until the whole batch was done, so 32 bodies of 8 MiB fetched two at
+/// a time held 256 MiB (1000 items of up to 10 MiB, the defaults, 10 GB).
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_holds_at_most_a_window_of_bodies() {
+    const BODY: usize = 8 << 20;
+    const ITEMS: usize = 32;
+    let sim = Sim::new(
+        Model::new()
+            .latency(Duration::from_millis(1), Jitter::None)
+            .body_bytes(BODY),
+        1,
+    );
+    let server = sim.serve().await.unwrap();
+    // The last item goes to a listener that accepts and does not answer
+    // until the child's memory has been read: by then every other item
+    // but at most one has finished.
+    let hold = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut input: String = (0..ITEMS)
+        .map(|i| format!("http://{}/big/{i}\n", server.addr()))
+        .collect();
+    input.push_str(&format!("http://{}/last\n", hold.local_addr().unwrap()));
+    let mut child = Command::new(BIN)
+        .args([
+            "fetch",
+            "--allow-private",
+            "--concurrency",
+            "2",
+            "--retries",
+            "0",
+            "--timeout",
+            "60s",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).await.unwrap();
+    drop(stdin);
+    let (last, _) = tokio::time::timeout(Duration::from_secs(60), hold.accept())
+        .await
+        .expect("the last item started in time")
+        .unwrap();
+    let served = sim.stats().successes;
+    assert!(served >= ITEMS as u64 - 1, "all but one done: {served}");
+    let peak = status_kib(child.id().unwrap(), "VmHWM:");
+    drop(last);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("fanout finished in time")
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "the held item fails");
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.contains(&format!("\"bytes\":{BODY}")))
+            .count(),
+        ITEMS
+    );
+    // Two bodies in flight (and their copies while they are read) plus the
+    // program itself: far below the 256 MiB of 32 bodies.
+    let bound = (ITEMS as u64 * BODY as u64 / 1024) / 2;
+    assert!(peak < bound, "peak resident {peak} KiB, bound {bound} KiB");
+}
