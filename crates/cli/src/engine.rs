@@ -130,8 +130,12 @@ impl FetchOptions {
             BoxError::from,
         ));
         if self.adaptive {
+            // Up to --concurrency, starting at the controller's usual 5 or
+            // at the bound when it is lower (an initial limit above the max
+            // is refused).
             let controller = GradientController::builder()
-                .max(self.concurrency.max(2))
+                .max(self.concurrency)
+                .initial(self.concurrency.min(5))
                 .build()?;
             stack = layered(AdaptiveLimitLayer::new(controller), stack);
         } else {

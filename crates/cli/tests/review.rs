@@ -93,3 +93,107 @@ async fn fetch_holds_at_most_a_window_of_bodies() {
     let bound = (ITEMS as u64 * BODY as u64 / 1024) / 2;
     assert!(peak < bound, "peak resident {peak} KiB, bound {bound} KiB");
 }
+
+async fn fetch_with(args: &[&str], stdin: &str) -> (Option<i32>, String, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let _ = input.write_all(stdin.as_bytes()).await;
+    drop(input);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("fanout finished in time")
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// `--adaptive` with a `--concurrency` below the controller's initial limit
+/// of 5 was refused at start ("gradient: initial limit 5 is outside [1, 2]",
+/// about a setting the command line does not have); it now starts at the
+/// concurrency and stays within it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adaptive_accepts_a_concurrency_below_five() {
+    let sim = Sim::new(
+        Model::new().latency(Duration::from_millis(5), Jitter::None),
+        1,
+    );
+    let server = sim.serve().await.unwrap();
+    let input: String = (0..12)
+        .map(|i| format!("http://{}/a/{i}\n", server.addr()))
+        .collect();
+    for concurrency in ["1", "3"] {
+        let args = [
+            "fetch",
+            "--allow-private",
+            "--adaptive",
+            "--concurrency",
+            concurrency,
+        ];
+        let (code, stdout, stderr) = fetch_with(&args, &input).await;
+        assert_eq!(code, Some(0), "--concurrency {concurrency}: {stderr}");
+        assert_eq!(stdout.lines().count(), 12);
+    }
+    assert_eq!(sim.stats().successes, 24);
+}
+
+mod mcp {
+    use super::*;
+    use rmcp::ServiceExt;
+    use rmcp::model::CallToolRequestParams;
+    use rmcp::transport::TokioChildProcess;
+    use serde_json::Value;
+
+    fn args(tag: &str, addr: std::net::SocketAddr, n: usize) -> serde_json::Map<String, Value> {
+        let items: Vec<Value> = (0..n)
+            .map(|i| serde_json::json!({ "id": format!("{tag}-{i}"), "url": format!("http://{addr}/{tag}/{i}") }))
+            .collect();
+        let mut map = serde_json::Map::new();
+        map.insert("items".into(), Value::Array(items));
+        map
+    }
+
+    /// With `--adaptive`, the adaptive limit is the bound shared by
+    /// concurrent tool calls: it never goes above `--concurrency` (it was
+    /// raised to 2 for a concurrency of 1, when the server started at all).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn adaptive_bound_holds_across_tool_calls() {
+        let sim = Sim::new(
+            Model::new().latency(Duration::from_millis(20), Jitter::None),
+            1,
+        );
+        let server = sim.serve().await.unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["mcp", "--allow-private", "--adaptive", "--concurrency", "1"]);
+        let client = ().serve(TokioChildProcess::new(cmd).unwrap()).await.unwrap();
+        let call = |tag: &'static str| {
+            client.call_tool(
+                CallToolRequestParams::new("batch_fetch_urls").with_arguments(args(
+                    tag,
+                    server.addr(),
+                    10,
+                )),
+            )
+        };
+        let (a, b) = tokio::time::timeout(Duration::from_secs(60), async {
+            tokio::join!(call("a"), call("b"))
+        })
+        .await
+        .expect("both tool calls answered in time");
+        for page in [a.unwrap(), b.unwrap()] {
+            assert_eq!(page.structured_content.unwrap()["succeeded"], 10);
+        }
+        let stats = sim.stats();
+        assert_eq!(stats.peak_in_service, 1, "{stats:?}");
+        client.cancel().await.unwrap();
+    }
+}
