@@ -120,31 +120,110 @@ impl Sim {
     }
 
     /// Answers one request, as the `Service` and the HTTP server do.
+    ///
+    /// The request is admitted (or refused) here, at the call; the slot it
+    /// takes is held by the returned future, which gives it back when it
+    /// ends or is dropped, polled or not.
     pub fn respond(&self) -> impl Future<Output = Response<Body>> + Send + 'static + use<> {
         let inner = self.inner.clone();
         let arrived = Instant::now();
-        let admission = inner.admit(arrived);
+        let admission = match inner.admit(arrived) {
+            Admission::Serve => Admitted::Serve(Slot {
+                inner: inner.clone(),
+            }),
+            Admission::Queue(go) => Admitted::Queue(Waiting {
+                inner: inner.clone(),
+                go,
+            }),
+            Admission::Refuse {
+                status,
+                retry_after,
+            } => Admitted::Refuse {
+                status,
+                retry_after,
+            },
+            Admission::Drop => Admitted::Drop,
+        };
         async move {
             match admission {
-                Admission::Refuse {
+                Admitted::Refuse {
                     status,
                     retry_after,
                 } => {
                     tokio::time::sleep(inner.model.refusal_latency).await;
                     refusal(status, retry_after)
                 }
-                Admission::Drop => std::future::pending().await,
-                Admission::Serve => inner.serve(arrived).await,
-                Admission::Queue(go) => {
-                    // The slot is ours once `go` fires; if we are dropped
-                    // first, the sender sees it and passes the slot on.
-                    if go.await.is_err() {
-                        return refusal(StatusCode::SERVICE_UNAVAILABLE, None);
+                Admitted::Drop => std::future::pending().await,
+                Admitted::Serve(slot) => inner.serve(arrived, slot).await,
+                Admitted::Queue(waiting) => match waiting.slot().await {
+                    Some(slot) => inner.serve(arrived, slot).await,
+                    None => refusal(StatusCode::SERVICE_UNAVAILABLE, None),
+                },
+            }
+        }
+    }
+}
+
+/// An admission with the guard of what it holds, made before the response
+/// future is first polled.
+enum Admitted {
+    Refuse {
+        status: StatusCode,
+        retry_after: Option<Duration>,
+    },
+    Drop,
+    Serve(Slot),
+    Queue(Waiting),
+}
+
+/// A queued request: the queue sends on `go` when it hands the request a
+/// slot (already counted in service).
+struct Waiting {
+    inner: Arc<Inner>,
+    go: oneshot::Receiver<()>,
+}
+
+impl Waiting {
+    /// Waits for a slot, applying scheduled capacity changes at their time
+    /// (a rise starts queued requests then, not at the next arrival or
+    /// departure). `None` if the queue went away without a slot.
+    async fn slot(mut self) -> Option<Slot> {
+        loop {
+            let change = self.inner.next_change_at();
+            tokio::select! {
+                biased;
+                handed = &mut self.go => {
+                    if handed.is_err() {
+                        return None;
                     }
-                    inner.serve(arrived).await
+                    return Some(Slot {
+                        inner: self.inner.clone(),
+                    });
+                }
+                () = sleep_until_some(change) => {
+                    let mut state = self.inner.lock();
+                    self.inner.apply_changes(&mut state, Instant::now());
                 }
             }
         }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        // Closed, the queue can no longer hand us a slot; one it handed us
+        // before (and we never took) goes back, to the next in the queue.
+        self.go.close();
+        if self.go.try_recv().is_ok() {
+            self.inner.release(Instant::now());
+        }
+    }
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -177,6 +256,13 @@ impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every critical section is a few infallible steps.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// When the next scheduled capacity change is due, if one is left.
+    fn next_change_at(&self) -> Option<Instant> {
+        let next = self.lock().next_change;
+        let change = self.model.changes.get(next)?;
+        self.start.checked_add(change.at)
     }
 
     fn apply_changes(&self, state: &mut State, now: Instant) {
@@ -258,11 +344,8 @@ impl Inner {
         }
     }
 
-    /// Serves an admitted request; the slot is taken already.
-    async fn serve(self: Arc<Self>, arrived: Instant) -> Response<Body> {
-        let slot = Slot {
-            inner: self.clone(),
-        };
+    /// Serves an admitted request in the slot it holds.
+    async fn serve(self: Arc<Self>, arrived: Instant, slot: Slot) -> Response<Body> {
         let latency = {
             let mut state = self.lock();
             let base = self.model.latency.sample(&mut state.rng);

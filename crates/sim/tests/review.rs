@@ -1,0 +1,124 @@
+//! Defects found in the review of the simulated downstream, each with the
+//! test that showed it; on the paused clock.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use http::{Request, StatusCode};
+use tokio::time::{self, Instant};
+use tower::{Service, ServiceExt};
+use tower_fanout_sim::{Jitter, Model, Overflow, Sim};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// One call, answered within `within` or reported as `None`.
+async fn status_within(sim: &Sim, within: Duration) -> Option<StatusCode> {
+    time::timeout(within, sim.clone().oneshot(Request::new(())))
+        .await
+        .ok()
+        .map(|r| r.unwrap().status())
+}
+
+/// A call's future dropped before it is ever polled gives its slot back: it
+/// was taken at the call, and the guard that gives it back was only made on
+/// the first poll, so the slot stayed taken for good (every later call was
+/// refused with 429).
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_unpolled_gives_its_slot_back() {
+    let sim = Sim::new(
+        Model::new().concurrency(1).latency(ms(100), Jitter::None),
+        1,
+    );
+    for _ in 0..3 {
+        drop(sim.clone().call(Request::new(())));
+    }
+    assert_eq!(status_within(&sim, ms(200)).await, Some(StatusCode::OK));
+    assert_eq!(sim.stats().peak_in_service, 1);
+}
+
+/// A queued call handed the slot of a finished one, then dropped before its
+/// next poll, passes the slot on: it kept it for good, and with a capacity of
+/// one the next call waited in the queue forever.
+#[tokio::test(start_paused = true)]
+async fn a_queued_call_dropped_after_its_turn_came_passes_the_slot_on() {
+    let sim = Sim::new(
+        Model::new()
+            .concurrency(1)
+            .overflow(Overflow::Queue { max: 4 })
+            .latency(ms(100), Jitter::None),
+        1,
+    );
+    let first = tokio::spawn(sim.clone().oneshot(Request::new(())));
+    tokio::task::yield_now().await;
+    let queued = sim.clone().call(Request::new(()));
+    // The first call ends at 100 ms and hands its slot to the queued one,
+    // which is never polled again.
+    assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
+    drop(queued);
+    let start = Instant::now();
+    assert_eq!(status_within(&sim, ms(500)).await, Some(StatusCode::OK));
+    assert_eq!(start.elapsed(), ms(100), "served at once, not queued");
+}
+
+/// A scheduled capacity change starts queued calls at its time. It was
+/// applied only when a call arrived or ended, so after a change from 0 to 2
+/// (an outage ending) the queued calls waited forever, and after a rise from
+/// 1 to 4 they waited for the one call in service to end.
+#[tokio::test(start_paused = true)]
+async fn queued_calls_start_when_the_capacity_rises() {
+    let outage = Sim::new(
+        Model::new()
+            .concurrency(0)
+            .overflow(Overflow::Queue { max: 8 })
+            .latency(ms(100), Jitter::None)
+            .change_at(Duration::from_secs(1), Some(2), None),
+        1,
+    );
+    let start = Instant::now();
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let sim = outage.clone();
+            tokio::spawn(async move {
+                let status = status_within(&sim, Duration::from_secs(10)).await;
+                (status, Instant::now())
+            })
+        })
+        .collect();
+    let mut ends = Vec::new();
+    for call in calls {
+        let (status, at) = call.await.unwrap();
+        assert_eq!(status, Some(StatusCode::OK));
+        ends.push(at - start);
+    }
+    ends.sort();
+    assert_eq!(ends, [ms(1100), ms(1100), ms(1200)]);
+
+    let rise = Sim::new(
+        Model::new()
+            .concurrency(1)
+            .overflow(Overflow::Queue { max: 8 })
+            .latency(Duration::from_secs(1), Jitter::None)
+            .change_at(ms(100), Some(4), None),
+        1,
+    );
+    let start = Instant::now();
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let sim = rise.clone();
+            tokio::spawn(async move {
+                let status = status_within(&sim, Duration::from_secs(10)).await;
+                (status, Instant::now())
+            })
+        })
+        .collect();
+    let mut ends = Vec::new();
+    for call in calls {
+        let (status, at) = call.await.unwrap();
+        assert_eq!(status, Some(StatusCode::OK));
+        ends.push(at - start);
+    }
+    ends.sort();
+    assert_eq!(ends, [ms(1000), ms(1100), ms(1100), ms(1100)]);
+}
