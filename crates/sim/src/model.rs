@@ -168,12 +168,13 @@ impl Model {
         self
     }
 
-    /// Latency grows above `at` requests in service.
+    /// Latency grows above `at` requests in service; a negative (or NaN)
+    /// slope is taken as 0, latency that does not grow.
     #[must_use]
     pub fn knee(mut self, at: usize, slope: f64) -> Self {
         self.knee = Some(Knee {
             at: at.max(1),
-            slope,
+            slope: if slope > 0.0 { slope } else { 0.0 },
         });
         self
     }
@@ -228,12 +229,11 @@ impl Model {
 
     /// The mean unloaded latency, computed from the distribution.
     pub fn unloaded_mean(&self) -> Duration {
-        self.latency.base
-            + match self.latency.jitter {
-                Jitter::None => Duration::ZERO,
-                Jitter::Exponential { mean } => mean,
-                Jitter::LogNormal { median, sigma } => median.mul_f64((sigma * sigma / 2.0).exp()),
-            }
+        self.latency.base.saturating_add(match self.latency.jitter {
+            Jitter::None => Duration::ZERO,
+            Jitter::Exponential { mean } => mean,
+            Jitter::LogNormal { median, sigma } => scale(median, (sigma * sigma / 2.0).exp()),
+        })
     }
 }
 
@@ -241,13 +241,22 @@ impl Latency {
     pub(crate) fn sample(&self, rng: &mut crate::rng::Rng) -> Duration {
         let extra = match self.jitter {
             Jitter::None => Duration::ZERO,
-            Jitter::Exponential { mean } => mean.mul_f64(-rng.unit().ln()),
+            Jitter::Exponential { mean } => scale(mean, -rng.unit().ln()),
             Jitter::LogNormal { median, sigma } => {
-                median.mul_f64((sigma * rng.normal()).exp().min(1e4))
+                scale(median, (sigma * rng.normal()).exp().min(1e4))
             }
         };
-        self.base + extra
+        self.base.saturating_add(extra)
     }
+}
+
+/// `d` × `factor`, saturating at `Duration::MAX` instead of panicking on a
+/// product too large for a `Duration`; a negative or NaN factor gives zero.
+pub(crate) fn scale(d: Duration, factor: f64) -> Duration {
+    if d.is_zero() || factor.is_nan() || factor <= 0.0 {
+        return Duration::ZERO;
+    }
+    Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(Duration::MAX)
 }
 
 impl Knee {

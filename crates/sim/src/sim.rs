@@ -18,6 +18,10 @@ use crate::model::{Model, Overflow};
 use crate::rng::Rng;
 use crate::stats::{Recorder, Stats};
 
+/// The longest wait the rate capacity computes (its interval, its burst
+/// tolerance), so that the times it adds stay within the clock's range.
+const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 /// The response body of the simulated downstream.
 pub type Body = Full<Bytes>;
 
@@ -312,8 +316,13 @@ impl Inner {
         if let (Some(per_second), Some(cap)) = (state.rate, self.model.rate)
             && per_second > 0.0
         {
-            let interval = Duration::from_secs_f64(1.0 / per_second);
-            let tolerance = interval * cap.burst.saturating_sub(1);
+            // A rate too low for a `Duration` waits a century, not a panic.
+            let interval = Duration::try_from_secs_f64(1.0 / per_second)
+                .unwrap_or(CENTURY)
+                .min(CENTURY);
+            let tolerance = interval
+                .saturating_mul(cap.burst.saturating_sub(1))
+                .min(CENTURY);
             let tat = state.tat.unwrap_or(now).max(now);
             let allowed_at = tat.checked_sub(tolerance).unwrap_or(now);
             if allowed_at > now {
@@ -350,7 +359,7 @@ impl Inner {
             let mut state = self.lock();
             let base = self.model.latency.sample(&mut state.rng);
             let factor = self.model.knee.map_or(1.0, |k| k.factor(state.in_service));
-            base.mul_f64(factor)
+            crate::model::scale(base, factor)
         };
         tokio::time::sleep(latency).await;
         let now = Instant::now();

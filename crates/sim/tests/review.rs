@@ -122,3 +122,57 @@ async fn queued_calls_start_when_the_capacity_rises() {
     ends.sort();
     assert_eq!(ends, [ms(1000), ms(1100), ms(1100), ms(1100)]);
 }
+
+/// Odd but representable models answer (or, for a latency past any wait,
+/// keep the call waiting) instead of panicking in the call: a negative or
+/// NaN knee slope ("cannot convert float seconds to Duration: value is
+/// negative" once the knee was passed), a rate so low its interval is past
+/// what a `Duration` holds, a latency of `Duration::MAX` plus jitter
+/// ("overflow when adding durations").
+#[tokio::test(start_paused = true)]
+async fn odd_models_answer_instead_of_panicking() {
+    for slope in [-2.0, f64::NAN, f64::NEG_INFINITY] {
+        let sim = Sim::new(
+            Model::new().knee(1, slope).latency(ms(100), Jitter::None),
+            1,
+        );
+        let calls: Vec<_> = (0..3)
+            .map(|_| {
+                let sim = sim.clone();
+                tokio::spawn(async move { status_within(&sim, ms(200)).await })
+            })
+            .collect();
+        for call in calls {
+            assert_eq!(call.await.unwrap(), Some(StatusCode::OK), "slope {slope}");
+        }
+    }
+
+    let slow = Sim::new(
+        Model::new()
+            .rate(1e-300, 1)
+            .latency(ms(10), Jitter::None)
+            .change_at(Duration::from_secs(5), None, Some(1e-310)),
+        1,
+    );
+    assert_eq!(status_within(&slow, ms(100)).await, Some(StatusCode::OK));
+    let refused = slow.clone().oneshot(Request::new(())).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().contains_key("retry-after"));
+    time::advance(Duration::from_secs(5)).await;
+    assert_eq!(
+        status_within(&slow, ms(100)).await,
+        Some(StatusCode::TOO_MANY_REQUESTS)
+    );
+
+    let never = Sim::new(
+        Model::new().latency(
+            Duration::MAX,
+            Jitter::Exponential {
+                mean: Duration::from_secs(1),
+            },
+        ),
+        1,
+    );
+    assert_eq!(status_within(&never, Duration::from_secs(10)).await, None);
+    assert_eq!(never.stats().admitted, 1);
+}
