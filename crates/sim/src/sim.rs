@@ -112,8 +112,8 @@ impl Sim {
         let now = Instant::now();
         let mut state = self.inner.lock();
         let in_service = state.in_service;
-        state.stats = Recorder::new(now);
-        state.stats.set_in_service(now, in_service);
+        // The calls in service load the new window, but were admitted before it.
+        state.stats = Recorder::new(now).carrying(in_service);
     }
 
     /// The concurrency capacity in force now (after any scheduled change).

@@ -76,6 +76,14 @@ impl Recorder {
         }
     }
 
+    /// A window that starts with `in_service` calls already in service:
+    /// their load counts, their admission (before the window) does not.
+    pub(crate) fn carrying(mut self, in_service: usize) -> Self {
+        self.in_service = in_service;
+        self.peak = in_service;
+        self
+    }
+
     fn advance(&mut self, now: Instant) {
         let dt = now.saturating_duration_since(self.last).as_secs_f64();
         self.area += dt * self.in_service as f64;

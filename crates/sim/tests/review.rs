@@ -176,3 +176,24 @@ async fn odd_models_answer_instead_of_panicking() {
     assert_eq!(status_within(&never, Duration::from_secs(10)).await, None);
     assert_eq!(never.stats().admitted, 1);
 }
+
+/// After `reset_stats` (a warm-up's end), the calls still in service count
+/// for load in the new window but not as admitted in it: they were counted
+/// as admitted again, so `admitted` could exceed `arrivals` and the
+/// admission rate after a warm-up read high.
+#[tokio::test(start_paused = true)]
+async fn reset_stats_does_not_count_calls_in_service_as_admitted_again() {
+    let sim = Sim::new(Model::new().latency(ms(100), Jitter::None), 1);
+    let calls: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(sim.clone().oneshot(Request::new(()))))
+        .collect();
+    time::sleep(ms(50)).await;
+    sim.reset_stats();
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!(status_within(&sim, ms(200)).await, Some(StatusCode::OK));
+    let s = sim.stats();
+    assert_eq!((s.arrivals, s.admitted, s.successes), (1, 1, 6), "{s:?}");
+    assert_eq!(s.peak_in_service, 5);
+}
