@@ -54,12 +54,14 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
             ));
         }
     };
-    if !(seconds > 0.0 && seconds < 86_400.0 * 365.0) {
+    // Checked after the conversion too: a value below a nanosecond is zero.
+    let duration = Duration::try_from_secs_f64(seconds).unwrap_or(Duration::ZERO);
+    if !(seconds > 0.0 && seconds < 86_400.0 * 365.0) || duration.is_zero() {
         return Err(format!(
             "duration `{s}` must be more than zero and less than a year"
         ));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    Ok(duration)
 }
 
 /// A size such as `10MiB`, `512KiB`, `1MB` or a plain number of bytes.

@@ -197,3 +197,23 @@ mod mcp {
         client.cancel().await.unwrap();
     }
 }
+
+/// A duration that passes "more than zero" but rounds to zero nanoseconds
+/// (`0.0000001ms`) was accepted as a zero timeout, which failed every item
+/// ("no complete response within 0 ms"); it is refused like `0s`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_that_rounds_to_zero_is_refused() {
+    let sim = Sim::new(
+        Model::new().latency(Duration::from_millis(1), Jitter::None),
+        1,
+    );
+    let server = sim.serve().await.unwrap();
+    let input = format!("http://{}/t\n", server.addr());
+    for timeout in ["0s", "0.0000001ms"] {
+        let args = ["fetch", "--allow-private", "--timeout", timeout];
+        let (code, stdout, stderr) = fetch_with(&args, &input).await;
+        assert_eq!(code, Some(2), "--timeout {timeout}: {stdout}");
+        assert!(stderr.contains("more than zero"), "{stderr}");
+    }
+    assert_eq!(sim.stats().arrivals, 0);
+}
