@@ -568,30 +568,44 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let output = match *this.gate {
-            Gate::Sent(_) => ready!(this.inner.poll(cx)),
-            before => {
-                // Saved and restored, should a client's gate ever be polled
-                // inside another's.
-                let outer = SENT.replace(false);
-                let output = this.inner.poll(cx);
-                let sent = SENT.replace(outer);
-                *this.gate = match before {
-                    Gate::Waiting(since) if sent => Gate::Sent(since.elapsed()),
-                    _ if sent => Gate::Sent(Duration::ZERO),
-                    Gate::Open if output.is_pending() => Gate::Waiting(tokio::time::Instant::now()),
-                    unchanged => unchanged,
-                };
-                ready!(output)
+        let before = *this.gate;
+        // The answer is returned as the inner future gives it, and noted in
+        // place: taken out of its `Poll` and put back, it was copied whole
+        // twice.
+        if let Gate::Sent(waited) = before {
+            if waited.is_zero() {
+                return this.inner.poll(cx);
             }
+            let mut poll = this.inner.poll(cx);
+            note(&mut poll, waited);
+            return poll;
+        }
+        // Saved and restored, should a client's gate ever be polled inside
+        // another's.
+        let outer = SENT.replace(false);
+        let mut poll = this.inner.poll(cx);
+        let sent = SENT.replace(outer);
+        *this.gate = match before {
+            Gate::Waiting(since) if sent => Gate::Sent(since.elapsed()),
+            _ if sent => Gate::Sent(Duration::ZERO),
+            Gate::Open if poll.is_pending() => Gate::Waiting(tokio::time::Instant::now()),
+            unchanged => unchanged,
         };
-        Poll::Ready(match (output, *this.gate) {
-            (Ok(mut resp), Gate::Sent(waited)) if !waited.is_zero() => {
-                DeliberateWait::add_to(resp.extensions_mut(), waited);
-                Ok(resp)
-            }
-            (output, _) => output,
-        })
+        if poll.is_pending() {
+            // A fresh `Pending`: returning `poll` copied its whole size.
+            return Poll::Pending;
+        }
+        if let Gate::Sent(waited) = *this.gate {
+            note(&mut poll, waited);
+        }
+        poll
+    }
+}
+
+/// Adds `waited` to a ready answer's [`DeliberateWait`].
+fn note<E>(poll: &mut Poll<Result<Response<Bytes>, E>>, waited: Duration) {
+    if let Poll::Ready(Ok(resp)) = poll {
+        DeliberateWait::add_to(resp.extensions_mut(), waited);
     }
 }
 

@@ -387,18 +387,16 @@ fn decide_lazily<B>(
     }
 }
 
-/// The outcome, its response noting `waited` more as a [`DeliberateWait`]
-/// (an error carries none).
-fn noting<B>(
-    mut outcome: Result<Response<B>, BoxError>,
-    waited: Duration,
-) -> Result<Response<B>, BoxError> {
+/// Notes `waited` more on the outcome's response as a [`DeliberateWait`]
+/// (an error carries none). In place: the outcome moved through here was
+/// copied whole, twice, on every request.
+#[inline]
+fn note<B>(outcome: &mut Result<Response<B>, BoxError>, waited: Duration) {
     if !waited.is_zero()
-        && let Ok(resp) = &mut outcome
+        && let Ok(resp) = outcome
     {
         DeliberateWait::add_to(resp.extensions_mut(), waited);
     }
-    outcome
 }
 
 /// Whether the outcome is that of a request sent by following a redirect
@@ -558,14 +556,17 @@ where
                     this.step.set(RetryStep::Sent { future });
                 }
                 RetryStepProj::Sent { future } => {
-                    let outcome = ready!(future.poll(cx)).map_err(Into::into);
+                    let mut outcome = ready!(future.poll(cx)).map_err(Into::into);
                     if settings.max_retries == 0 {
                         // Retrying is off: the answer, whatever it is, goes back as it is.
                         return Poll::Ready(outcome);
                     }
                     let waited = *this.waited;
                     let wait = match decide_lazily(&outcome, *this.idempotent, SystemTime::now) {
-                        Decision::Done => return Poll::Ready(noting(outcome, waited)),
+                        Decision::Done => {
+                            note(&mut outcome, waited);
+                            return Poll::Ready(outcome);
+                        }
                         Decision::After(d) if d > settings.max_wait => {
                             tracing::warn!(
                                 retry_after_ms = d.as_millis() as u64,
@@ -578,11 +579,13 @@ where
                         Decision::Backoff => this.config.backoff(*this.retries),
                     };
                     if *this.retries >= settings.max_retries {
-                        return Poll::Ready(noting(outcome, waited));
+                        note(&mut outcome, waited);
+                        return Poll::Ready(outcome);
                     }
                     if !this.config.budget.withdraw() {
                         tracing::debug!("retry budget spent; returning the outcome");
-                        return Poll::Ready(noting(outcome, waited));
+                        note(&mut outcome, waited);
+                        return Poll::Ready(outcome);
                     }
                     *this.retries += 1;
                     // The attempt's own waits and the sleep ahead are no
