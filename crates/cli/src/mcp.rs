@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::{Json, Parameters};
 use rmcp::model::{ServerCapabilities, ServerConfig};
-use rmcp::{ServerHandler, ServiceExt, tool, tool_handler, tool_router};
+use rmcp::service::RequestContext;
+use rmcp::{RoleServer, ServerHandler, ServiceExt, tool, tool_handler, tool_router};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -111,9 +112,16 @@ impl FanoutServer {
     async fn batch_fetch_urls(
         &self,
         Parameters(input): Parameters<BatchFetchInput>,
+        context: RequestContext<RoleServer>,
     ) -> Result<Json<BatchPage>, String> {
         let items = self.check(input)?;
-        let records = self.state.fetcher.fetch_all(items, |_| {}).await;
+        // rmcp signals a cancelled call (the client's notifications/cancelled)
+        // on this token and leaves its handler running: dropping the fetch
+        // is what stops the batch and gives its share of the limits back.
+        let records = tokio::select! {
+            records = self.state.fetcher.fetch_all(items, |_| {}) => records,
+            () = context.ct.cancelled() => return Err("cancelled by the client".to_string()),
+        };
         let batch_id = format!("b{}", self.state.next_batch.fetch_add(1, Ordering::Relaxed));
         let records = Arc::new(records);
         {

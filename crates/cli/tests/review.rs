@@ -196,6 +196,74 @@ mod mcp {
         assert_eq!(stats.peak_in_service, 1, "{stats:?}");
         client.cancel().await.unwrap();
     }
+
+    /// A tool call the client cancels (here by dropping `call_tool`'s
+    /// future, as a client's timeout does, which sends
+    /// `notifications/cancelled`) stops fetching. rmcp does not drop a
+    /// cancelled handler, it only signals it; the tool ignored the signal,
+    /// so the whole batch went on hitting the downstream and held the
+    /// shared limits: a later call waited behind the abandoned one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_tool_call_stops_fetching() {
+        let sim = Sim::new(
+            Model::new().latency(Duration::from_secs(1), Jitter::None),
+            1,
+        );
+        let server = sim.serve().await.unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "mcp",
+            "--allow-private",
+            "--per-host",
+            "2",
+            "--retries",
+            "0",
+        ]);
+        let client = ().serve(TokioChildProcess::new(cmd).unwrap()).await.unwrap();
+        let abandoned = client.call_tool(
+            CallToolRequestParams::new("batch_fetch_urls").with_arguments(args(
+                "a",
+                server.addr(),
+                40,
+            )),
+        );
+        // Poll the call until its first two requests reached the
+        // downstream, then drop it.
+        let started = async {
+            for _ in 0..1000 {
+                if sim.stats().arrivals >= 2 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("the batch never started");
+        };
+        tokio::select! {
+            _ = abandoned => panic!("the 40-item batch ended before it was cancelled"),
+            () = started => {}
+        }
+        let arrived = sim.stats().arrivals;
+        let next = tokio::time::timeout(
+            Duration::from_secs(30),
+            client.call_tool(
+                CallToolRequestParams::new("batch_fetch_urls").with_arguments(args(
+                    "b",
+                    server.addr(),
+                    1,
+                )),
+            ),
+        )
+        .await
+        .expect("the next call answered in time")
+        .unwrap();
+        assert_eq!(next.structured_content.unwrap()["succeeded"], 1);
+        assert_eq!(
+            sim.stats().arrivals,
+            arrived + 1,
+            "only the next call's item reached the downstream after the cancel"
+        );
+        client.cancel().await.unwrap();
+    }
 }
 
 /// A duration that passes "more than zero" but rounds to zero nanoseconds
