@@ -23,6 +23,8 @@ struct JsonItem {
 
 /// Parses `text` in either form, accepting at most `max_items`.
 pub(crate) fn parse(text: &str, max_items: usize) -> Result<Vec<Item>, String> {
+    // A UTF-8 byte order mark (some editors write one) is not part of the input.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let trimmed = text.trim_start();
     let items = if trimmed.starts_with('[') {
         parse_json(trimmed)?

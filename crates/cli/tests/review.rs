@@ -285,3 +285,29 @@ async fn a_timeout_that_rounds_to_zero_is_refused() {
     }
     assert_eq!(sim.stats().arrivals, 0);
 }
+
+/// An input saved with a UTF-8 byte order mark (as some Windows editors do)
+/// was refused: the invisible mark was read as part of the first URL
+/// ("line 1: `http://…` is not a valid URL") and hid the JSON form's `[`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_with_a_byte_order_mark_is_read() {
+    let sim = Sim::new(
+        Model::new().latency(Duration::from_millis(1), Jitter::None),
+        1,
+    );
+    let server = sim.serve().await.unwrap();
+    let addr = server.addr();
+    let inputs = [
+        format!("\u{feff}http://{addr}/lines/1\nhttp://{addr}/lines/2\n"),
+        format!(
+            r#"{}[{{"id":"a","url":"http://{addr}/json/a"}}]"#,
+            '\u{feff}'
+        ),
+    ];
+    for (input, expected) in inputs.iter().zip([2, 1]) {
+        let (code, stdout, stderr) = fetch_with(&["fetch", "--allow-private"], input).await;
+        assert_eq!(code, Some(0), "{stderr}");
+        assert_eq!(stdout.lines().count(), expected, "{stdout}");
+    }
+    assert_eq!(sim.stats().successes, 3);
+}
