@@ -27,7 +27,8 @@ pub struct ItemResult<T> {
 /// Where a fan-out stands.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Progress {
-    /// The batch size, when the iterator knows it.
+    /// The batch size: from the start when the iterator knows it, else
+    /// once the iterator is exhausted (the last request started).
     pub total: Option<usize>,
     /// Requests started so far.
     pub started: usize,

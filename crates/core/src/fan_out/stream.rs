@@ -125,6 +125,15 @@ where
         while !self.exhausted && self.tasks.len() < self.window {
             let Some(request) = self.requests.next() else {
                 self.exhausted = true;
+                // The size is known now: say it, so that the progress
+                // shows the end (`completed == total`) to a callback or a
+                // watch even when the iterator did not know its size.
+                if self.progress.total.is_none() {
+                    self.progress.total = Some(self.next_index);
+                    if let Some(watch) = &self.watch {
+                        watch.send_modify(|p| p.total = Some(self.next_index));
+                    }
+                }
                 break;
             };
             let index = self.next_index;
