@@ -20,7 +20,7 @@ use http::{Request, StatusCode};
 use http_body_util::Full;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_fanout::BoxError;
-use tower_fanout::adaptive::{AdaptiveLimitLayer, GradientController};
+use tower_fanout::adaptive::{AdaptiveLimitLayer, AimdController};
 use tower_fanout::http::Client;
 use tower_fanout::keyed::KeyLimit;
 use tower_fanout::rate::RateLimitLayer;
@@ -66,8 +66,12 @@ async fn main() -> Result<(), BoxError> {
             KeyLimit::new().rate(18, Duration::from_secs(1)).burst(5),
         )
         .build()?;
-    let adaptive =
-        AdaptiveLimitLayer::new(GradientController::builder().initial(8).max(32).build()?);
+    // AIMD, not the default gradient controller: one limit spans two hosts
+    // whose normal latencies differ (80-150 ms search, 20 ms records), and
+    // a controller that reads RTT would take the slower host's normal for
+    // queueing against the faster one's baseline. Both answer overload with
+    // a 429, which is what AIMD reads.
+    let adaptive = AdaptiveLimitLayer::new(AimdController::builder().initial(8).max(32).build()?);
     let limit = adaptive.handle();
     let stack = ServiceBuilder::new()
         .layer(

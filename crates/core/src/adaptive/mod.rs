@@ -16,6 +16,12 @@
 //! | [`VegasController`] | estimated queue at the downstream | the downstream queues and latency is not heavy-tailed |
 //! | [`WindowedController::preset`] | error rate and mean latency per 20 answers | you want the simple, predictable rule (max 50) |
 //!
+//! One limit over several downstreams whose normal latencies differ (a
+//! 20 ms API and a 150 ms one behind one layer) suits [`AimdController`]:
+//! the RTT readers take the slower one's normal latency for queueing
+//! against the faster one's baseline, and drift down. Or give each
+//! downstream its own adaptive layer.
+//!
 //! Every controller starts with a slow start (except the windowed preset):
 //! it doubles per round trip until the first sign of overload, so a
 //! capacity of 200 is found from 5 in about six round trips.
