@@ -39,6 +39,9 @@ pub use tower_fanout_core::rate;
 #[cfg(feature = "adaptive")]
 #[cfg_attr(docsrs, doc(cfg(feature = "adaptive")))]
 pub use tower_fanout_core::{adaptive, classify};
+#[cfg(any(feature = "adaptive", feature = "keyed"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "adaptive", feature = "keyed"))))]
+pub use tower_fanout_core::DeliberateWait;
 /// The HTTP client preset: per-host limits, Retry-After, rate-limit headers, address guard.
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
