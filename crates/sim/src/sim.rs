@@ -338,6 +338,7 @@ impl Inner {
         let free = state.concurrency.is_none_or(|c| state.in_service < c);
         if free && state.queue.is_empty() {
             state.in_service += 1;
+            state.stats.admission();
             state.stats.set_in_service(now, state.in_service);
             return Admission::Serve;
         }
@@ -391,6 +392,7 @@ impl Inner {
             };
             if tx.send(()).is_ok() {
                 state.in_service += 1;
+                state.stats.admission();
                 state.stats.set_in_service(now, state.in_service);
             }
         }

@@ -92,15 +92,19 @@ impl Recorder {
 
     pub(crate) fn set_in_service(&mut self, now: Instant, n: usize) {
         self.advance(now);
-        if n > self.in_service {
-            self.admitted += (n - self.in_service) as u64;
-        }
         self.in_service = n;
         self.peak = self.peak.max(n);
     }
 
     pub(crate) fn set_queued(&mut self, n: usize) {
         self.peak_queued = self.peak_queued.max(n);
+    }
+
+    /// A call went into service, at once or from the queue. Counted here,
+    /// not from rises of the in-service count: a queued call that takes the
+    /// slot of one that ended leaves that count as it was.
+    pub(crate) fn admission(&mut self) {
+        self.admitted += 1;
     }
 
     pub(crate) fn arrival(&mut self) {

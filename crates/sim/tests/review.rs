@@ -197,3 +197,28 @@ async fn reset_stats_does_not_count_calls_in_service_as_admitted_again() {
     assert_eq!((s.arrivals, s.admitted, s.successes), (1, 1, 6), "{s:?}");
     assert_eq!(s.peak_in_service, 5);
 }
+
+/// A queued call started when a slot frees counts as admitted, as `Stats`
+/// documents ("admitted into service (now or after queueing)"): the slot's
+/// release and the queued call's start were one step, the in-service count
+/// did not move, and the admission went uncounted.
+#[tokio::test(start_paused = true)]
+async fn queued_calls_count_as_admitted_when_they_start() {
+    let sim = Sim::new(
+        Model::new()
+            .concurrency(2)
+            .overflow(Overflow::Queue { max: 8 })
+            .latency(ms(100), Jitter::None),
+        1,
+    );
+    let calls: Vec<_> = (0..6)
+        .map(|_| tokio::spawn(sim.clone().oneshot(Request::new(()))))
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+    let s = sim.stats();
+    assert_eq!((s.arrivals, s.admitted, s.successes), (6, 6, 6), "{s:?}");
+    assert_eq!(s.peak_queued, 4);
+    assert!((s.admitted_rate - 20.0).abs() < 1e-9, "{s:?}");
+}
