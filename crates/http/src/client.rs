@@ -479,8 +479,6 @@ impl Service<Request<Full<Bytes>>> for Fetch {
     }
 
     fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
-        // The attempt is past its host's gate: tell the `Gated` future polling it.
-        SENT.set(true);
         // The step is built last, straight into the returned future (built
         // first, it was built aside and its 560 bytes copied in).
         let deadline = self.timeout.map(tokio::time::sleep);
@@ -497,22 +495,15 @@ impl Service<Request<Full<Bytes>>> for Fetch {
     }
 }
 
-thread_local! {
-    /// Set by [`Fetch::call`], the moment an attempt leaves its host's gate,
-    /// for the [`Gated`] future whose poll it happens in.
-    static SENT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
 /// The per-host gate (core's keyed limit), timed: a response that waited
 /// for its host's permit or token carries the wait as a [`DeliberateWait`],
 /// so an adaptive limit above the client does not read it as latency.
 ///
-/// The keyed future waits and then calls [`Fetch`] inside one of its polls;
-/// it says nothing about which of the two a `Pending` came from. `Fetch::call`
-/// marks the moment in a thread-local flag (a poll runs on one thread), so a
-/// `Pending` before it is the gate's. A call the gate admits at once (the
-/// usual case) reads no clock: the time is read when the gate first keeps
-/// the call waiting and again when it lets it through.
+/// The keyed future says when it is past the gate
+/// ([`is_admitted`](tower_fanout_core::keyed::ResponseFuture::is_admitted)),
+/// so a `Pending` before that is the gate's. A call the gate admits at once
+/// (the usual case) reads no clock: the time is read when the gate first
+/// keeps the call waiting and again when it lets it through.
 ///
 /// Each hop of a redirect passes its host's gate; only the last hop's wait
 /// reaches the caller (tower-http's `FollowRedirect` drops the responses
@@ -523,6 +514,7 @@ struct Gated<S>(S);
 impl<S> Service<Request<Full<Bytes>>> for Gated<S>
 where
     S: Service<Request<Full<Bytes>>, Response = Response<Bytes>>,
+    S::Future: Admission,
 {
     type Response = Response<Bytes>;
     type Error = S::Error;
@@ -560,14 +552,25 @@ pin_project! {
     }
 }
 
+/// A gate's future that says when the call is past the gate.
+trait Admission {
+    fn is_admitted(&self) -> bool;
+}
+
+impl<S: Service<Req>, Req> Admission for tower_fanout_core::keyed::ResponseFuture<S, Req> {
+    fn is_admitted(&self) -> bool {
+        tower_fanout_core::keyed::ResponseFuture::is_admitted(self)
+    }
+}
+
 impl<F, E> Future for GatedFuture<F>
 where
-    F: Future<Output = Result<Response<Bytes>, E>>,
+    F: Future<Output = Result<Response<Bytes>, E>> + Admission,
 {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         let before = *this.gate;
         // The answer is returned as the inner future gives it, and noted in
         // place: taken out of its `Poll` and put back, it was copied whole
@@ -580,11 +583,8 @@ where
             note(&mut poll, waited);
             return poll;
         }
-        // Saved and restored, should a client's gate ever be polled inside
-        // another's.
-        let outer = SENT.replace(false);
-        let mut poll = this.inner.poll(cx);
-        let sent = SENT.replace(outer);
+        let mut poll = this.inner.as_mut().poll(cx);
+        let sent = this.inner.as_ref().get_ref().is_admitted();
         *this.gate = match before {
             Gate::Waiting(since) if sent => Gate::Sent(since.elapsed()),
             _ if sent => Gate::Sent(Duration::ZERO),

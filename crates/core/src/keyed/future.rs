@@ -199,6 +199,18 @@ where
             },
         }
     }
+
+    /// Whether the call is past its key's gate: its token and permit are
+    /// granted, so a `Pending` from here on is the inner service's. A layer
+    /// above can time the gate's wait alone with it (the http client notes
+    /// it as a [`DeliberateWait`](crate::DeliberateWait)).
+    pub fn is_admitted(&self) -> bool {
+        match &self.kind {
+            Kind::Waiting { wait } => wait.as_ref().is_some_and(|w| w.admitted.is_some()),
+            Kind::Admitted { .. } | Kind::Called { .. } => true,
+            Kind::Refused { .. } => false,
+        }
+    }
 }
 
 impl<S, Req> Future for ResponseFuture<S, Req>
