@@ -235,7 +235,7 @@ impl Fetcher {
                         url: item.url,
                     },
                     Err(error) => Record {
-                        error: Some(chain(&*error)),
+                        error: Some(describe(&*error)),
                         attempts,
                         latency_ms,
                         ..failed(item, String::new())
@@ -257,6 +257,22 @@ fn failed(item: Item, error: String) -> Record {
         latency_ms: 0,
         bytes: 0,
     }
+}
+
+/// An item's error as one line, in the CLI's terms: the body cap is the
+/// `--max-body` flag here, not the library setting the error names.
+fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(cap) = e.downcast_ref::<tower_fanout_http::BodyTooLarge>() {
+            return format!(
+                "response body too large: over the --max-body cap of {} bytes",
+                cap.limit()
+            );
+        }
+        next = e.source();
+    }
+    chain(error)
 }
 
 /// An error and its sources, as one line.

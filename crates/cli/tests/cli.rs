@@ -344,3 +344,20 @@ mod mcp {
         client.cancel().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_max_body_names_the_flag() {
+    let sim = quick_sim();
+    let server = sim.serve().await.unwrap();
+    let input = format!("http://{}/big\n", server.addr());
+    let run = fanout(&["fetch", "--allow-private", "--max-body", "50"], &input).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let records = lines(&run.stdout);
+    let error = records[0]["error"].as_str().unwrap();
+    // The library's setting (`max_response_body`) means nothing to a CLI user.
+    assert!(
+        error.contains("--max-body") && !error.contains("max_response_body"),
+        "{error}"
+    );
+    assert!(error.contains("50 bytes"), "{error}");
+}
