@@ -1,6 +1,7 @@
 //! The simulated downstream as a real HTTP/1 server on the loopback interface.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -8,8 +9,12 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 
 use crate::Sim;
+
+/// How long the server stops accepting after an accept fails.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(10);
 
 /// A running loopback server; [`shutdown`](Self::shutdown) stops it.
 ///
@@ -58,11 +63,23 @@ impl Sim {
         let sim = self.clone();
         let task = tokio::spawn(async move {
             let mut connections = JoinSet::new();
+            // After a failed accept, a short pause before the next one (the
+            // connections already open go on being served meanwhile).
+            let mut pause = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+            let mut paused = false;
             loop {
                 tokio::select! {
                     _ = &mut stop_rx => break,
-                    accepted = listener.accept() => {
-                        let Ok((stream, _)) = accepted else { continue };
+                    () = &mut pause, if paused => paused = false,
+                    accepted = listener.accept(), if !paused => {
+                        let Ok((stream, _)) = accepted else {
+                            // Out of file descriptors (EMFILE, as under a
+                            // client with no limit) lasts until a connection
+                            // closes: retrying at once spun a core meanwhile.
+                            pause.as_mut().reset(Instant::now() + ACCEPT_PAUSE);
+                            paused = true;
+                            continue;
+                        };
                         let sim = sim.clone();
                         connections.spawn(async move {
                             let service = service_fn(move |_req| {
