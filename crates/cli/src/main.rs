@@ -80,7 +80,7 @@ struct Limits {
     /// Retries per item (429/503 honour Retry-After; others back off).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=10))]
     retries: u32,
-    /// Items accepted in one input at most.
+    /// Items accepted in one input at most (and the input is read up to 16 KiB per item).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_items: u32,
     /// Allow loopback, private, link-local and metadata addresses (refused by default).
@@ -170,18 +170,43 @@ async fn demo(json: bool, requests: usize) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Input bytes allowed per item of `--max-items`: room for a long URL, its
+/// id and JSON punctuation, and comment lines between them.
+const INPUT_BYTES_PER_ITEM: u64 = 16 * 1024;
+
 async fn fetch(path: Option<PathBuf>, limits: &Limits) -> anyhow::Result<ExitCode> {
-    let mut text = String::new();
+    // The input is read whole before anything is fetched (it is checked
+    // whole), so it is bounded too: an endless or huge input is refused
+    // once past the bound instead of filling memory.
+    let bound = u64::from(limits.max_items) * INPUT_BYTES_PER_ITEM;
+    let mut bytes = Vec::new();
     let read = match &path {
         Some(p) if p.as_os_str() != "-" => {
-            std::fs::File::open(p).and_then(|mut f| f.read_to_string(&mut text))
+            std::fs::File::open(p).and_then(|f| f.take(bound + 1).read_to_end(&mut bytes))
         }
-        _ => std::io::stdin().read_to_string(&mut text),
+        _ => std::io::stdin().take(bound + 1).read_to_end(&mut bytes),
     };
     if let Err(e) = read {
         eprintln!("fanout: cannot read the input: {e}");
         return Ok(ExitCode::from(2));
     }
+    if bytes.len() as u64 > bound {
+        eprintln!(
+            "fanout: bad input, nothing fetched: the input is over {} KiB ({} KiB for each of \
+             --max-items {}); split it or raise --max-items",
+            bound / 1024,
+            INPUT_BYTES_PER_ITEM / 1024,
+            limits.max_items
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("fanout: cannot read the input: it is not UTF-8 text ({e})");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let items = match input::parse(&text, limits.max_items as usize) {
         Ok(items) => items,
         Err(e) => {

@@ -361,3 +361,35 @@ async fn a_body_over_max_body_names_the_flag() {
     );
     assert!(error.contains("50 bytes"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_without_end_is_refused_once_past_its_bound() {
+    // `--max-items 1` allows a small input; the producer never stops.
+    let mut child = Command::new(BIN)
+        .args(["fetch", "--max-items", "1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let chunk = "# a comment line that is not a URL\n".repeat(1024);
+    let mut written = 0usize;
+    // Up to 256 MiB: the bounded reader stops (and the pipe breaks) long before.
+    while written < 256 << 20 {
+        if input.write_all(chunk.as_bytes()).await.is_err() {
+            break;
+        }
+        written += chunk.len();
+    }
+    drop(input);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("fanout finished in time")
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--max-items"), "{stderr}");
+    assert!(written < 16 << 20, "read {written} bytes before refusing");
+}
