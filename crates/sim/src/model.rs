@@ -145,8 +145,17 @@ impl Model {
     }
 
     /// A rate capacity with burst; beyond it, 429 with `Retry-After`.
+    ///
+    /// # Panics
+    ///
+    /// If `per_second` is not above zero (0, negative or NaN). A zero rate
+    /// reads as an outage, but the simulation has no rate outage: it would
+    /// take such a rate as no limit at all. Model an outage with a
+    /// concurrency of 0 instead (`.concurrency(0)`, or
+    /// `.change_at(at, Some(0), None)` for one that starts later).
     #[must_use]
     pub fn rate(mut self, per_second: f64, burst: u32) -> Self {
+        check_rate(per_second);
         self.rate = Some(RateCap {
             per_second,
             burst: burst.max(1),
@@ -194,6 +203,15 @@ impl Model {
     }
 
     /// Changes the capacity at `at` after the start.
+    ///
+    /// A new `rate` applies only to a model with a rate capacity
+    /// ([`rate`](Self::rate)), whose burst it keeps.
+    ///
+    /// # Panics
+    ///
+    /// If `rate` is `Some` of a rate that is not above zero, as
+    /// [`rate`](Self::rate) does: for an outage from `at` on, change the
+    /// concurrency to `Some(0)`.
     #[must_use]
     pub fn change_at(
         mut self,
@@ -201,6 +219,9 @@ impl Model {
         concurrency: Option<usize>,
         rate: Option<f64>,
     ) -> Self {
+        if let Some(per_second) = rate {
+            check_rate(per_second);
+        }
         self.changes.push(CapacityChange {
             at,
             concurrency,
@@ -250,6 +271,15 @@ impl Latency {
     }
 }
 
+/// Refuses a rate the simulation would take as no limit (see [`Model::rate`]).
+fn check_rate(per_second: f64) {
+    assert!(
+        per_second > 0.0,
+        "a simulated rate must be more than zero requests per second, not {per_second}: \
+         a zero rate would mean no limit, not an outage; for an outage set the concurrency to 0"
+    );
+}
+
 /// `d` × `factor`, saturating at `Duration::MAX` instead of panicking on a
 /// product too large for a `Duration`; a negative or NaN factor gives zero.
 pub(crate) fn scale(d: Duration, factor: f64) -> Duration {
@@ -265,6 +295,49 @@ impl Knee {
             1.0
         } else {
             1.0 + self.slope * (in_service - self.at) as f64 / self.at as f64
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A zero rate reads as an outage but used to mean "no limit" (the
+    /// simulation skips a rate that is not above zero), so it is refused
+    /// where it is written, like a negative or NaN rate.
+    #[test]
+    fn a_rate_that_is_not_above_zero_is_refused() {
+        for per_second in [0.0, -0.0, -5.0, f64::NAN] {
+            let built = std::panic::catch_unwind(|| Model::new().rate(per_second, 5));
+            let message = built.expect_err(&format!("rate({per_second}, 5) was accepted"));
+            let message = message
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .unwrap_or_default();
+            assert!(
+                message.contains("more than zero"),
+                "{per_second}: {message}"
+            );
+            let changed = std::panic::catch_unwind(|| {
+                Model::new()
+                    .rate(10.0, 5)
+                    .change_at(Duration::from_secs(1), None, Some(per_second))
+            });
+            assert!(
+                changed.is_err(),
+                "change_at(.., Some({per_second})) was accepted"
+            );
+        }
+        // Positive rates, however small or large, are taken as they are.
+        for per_second in [1e-300, 0.5, 1e9, f64::INFINITY] {
+            let model = Model::new().rate(per_second, 1).change_at(
+                Duration::from_secs(1),
+                None,
+                Some(per_second),
+            );
+            assert_eq!(model.rate.map(|r| r.per_second), Some(per_second));
+            assert_eq!(model.changes[0].rate, Some(per_second));
         }
     }
 }
