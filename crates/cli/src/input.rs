@@ -1,23 +1,67 @@
 //! The `fetch` input: one URL a line, or a JSON array of `{"id": "...", "url": "..."}`.
 //!
 //! Input is checked whole before anything is fetched, and the first problem
-//! is reported with the line or item it is on.
+//! is reported with the line or item it is on. Items are numbered from 1 in
+//! both forms (a line by its line number, a JSON item by its position), and
+//! an item without an id is named by its number; the MCP tool's items follow
+//! the same rules ([`InputItem`], [`name_items`]).
 
-use serde::Deserialize;
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Deserializer, de::Error as _};
 
 /// One item to fetch.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub(crate) struct Item {
-    /// The caller's name for the item; the line number or array position when not given.
+    /// The caller's name for the item; when not given, its number counting
+    /// from 1 (its line number in the line form).
     pub(crate) id: String,
     /// An absolute http or https URL.
     pub(crate) url: String,
 }
 
-#[derive(Deserialize)]
+/// An id as the caller gave it: a string, or a number (kept as written).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GivenId(String);
+
+impl<'de> Deserialize<'de> for GivenId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(deserializer)? {
+            serde_json::Value::String(s) => Ok(Self(s)),
+            serde_json::Value::Number(x) => Ok(Self(x.to_string())),
+            other => Err(D::Error::custom(format!(
+                "id must be a string or a number, not {other}"
+            ))),
+        }
+    }
+}
+
+impl JsonSchema for GivenId {
+    fn schema_name() -> Cow<'static, str> {
+        "ItemId".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({ "type": ["string", "number"] })
+    }
+}
+
+/// One URL to fetch.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct JsonItem {
-    id: Option<serde_json::Value>,
+pub(crate) struct InputItem {
+    /// Your name for this item (a string or a number), echoed in its result.
+    /// When absent, the item's number counting from 1 (`N.1`, `N.2`, ... if
+    /// another item was given `N` as its id).
+    #[serde(default)]
+    id: Option<GivenId>,
+    /// An absolute http or https URL.
     url: String,
 }
 
@@ -55,23 +99,54 @@ fn parse_json(text: &str) -> Result<Vec<Item>, String> {
         serde_json::from_str(text).map_err(|e| format!("invalid JSON input: {e}"))?;
     let mut items = Vec::with_capacity(raw.len());
     for (n, value) in raw.into_iter().enumerate() {
-        let item: JsonItem = serde_json::from_value(value).map_err(|e| {
-            format!("item {n}: {e} (each item is {{\"id\": \"...\", \"url\": \"...\"}})")
+        let item: InputItem = serde_json::from_value(value).map_err(|e| {
+            format!(
+                "item {}: {e} (each item is {{\"id\": \"...\", \"url\": \"...\"}})",
+                n + 1
+            )
         })?;
-        let id = match item.id {
-            None => n.to_string(),
-            Some(serde_json::Value::String(s)) => s,
-            Some(serde_json::Value::Number(x)) => x.to_string(),
-            Some(other) => {
-                return Err(format!(
-                    "item {n}: id must be a string or a number, not {other}"
-                ));
-            }
-        };
-        check_url(&item.url).map_err(|e| format!("item {n} (id {id}): {e}"))?;
-        items.push(Item { id, url: item.url });
+        items.push(item);
     }
-    Ok(items)
+    name_items(items)
+}
+
+/// Names the items of a JSON list (`fetch`'s JSON form, the MCP tool's
+/// `items`) and checks their URLs: a given id is kept, and must not be given
+/// to two items; an item without one is named by its number counting from 1,
+/// or, when another item was given that number as its id, by the first of
+/// `N.1`, `N.2`, ... that no item was given.
+pub(crate) fn name_items(items: Vec<InputItem>) -> Result<Vec<Item>, String> {
+    let mut given: HashMap<&str, usize> = HashMap::new();
+    for (n, item) in items.iter().enumerate() {
+        if let Some(GivenId(id)) = &item.id
+            && let Some(first) = given.insert(id, n + 1)
+        {
+            return Err(format!(
+                "items {first} and {} both have the id `{id}`; ids must be unique",
+                n + 1
+            ));
+        }
+    }
+    let mut named = Vec::with_capacity(items.len());
+    for (n, item) in items.iter().enumerate() {
+        let number = n + 1;
+        let id = match &item.id {
+            Some(GivenId(id)) => id.clone(),
+            None if !given.contains_key(number.to_string().as_str()) => number.to_string(),
+            // Each given id rules out at most one stand-in, so one of the
+            // first `given.len() + 1` is free.
+            None => (1..=given.len() + 1)
+                .map(|k| format!("{number}.{k}"))
+                .find(|id| !given.contains_key(id.as_str()))
+                .unwrap_or_else(|| format!("{number}.0")),
+        };
+        check_url(&item.url).map_err(|e| format!("item {number} (id {id}): {e}"))?;
+        named.push(Item {
+            id,
+            url: item.url.clone(),
+        });
+    }
+    Ok(named)
 }
 
 /// Checks a whole list: size and unique ids.
@@ -153,7 +228,7 @@ mod tests {
     fn json_items_with_and_without_ids() {
         let items = parse(r#"[{"id":"a","url":"https://a.test/"},{"url":"https://b.test/"},{"id":7,"url":"http://c.test"}]"#, 10).unwrap();
         let ids: Vec<_> = items.iter().map(|i| i.id.as_str()).collect();
-        assert_eq!(ids, ["a", "1", "7"]);
+        assert_eq!(ids, ["a", "2", "7"]);
     }
 
     #[test]
@@ -173,12 +248,12 @@ mod tests {
         assert!(
             parse(r#"[{"id":"a","url":"https://a.test/"},{"id":"b"}]"#, 10)
                 .unwrap_err()
-                .starts_with("item 1")
+                .starts_with("item 2")
         );
         assert!(
             parse(r#"[{"id":"a","url":"file:///etc/passwd"}]"#, 10)
                 .unwrap_err()
-                .contains("item 0 (id a)")
+                .contains("item 1 (id a)")
         );
         assert!(parse("[1, 2", 10).unwrap_err().starts_with("invalid JSON"));
         assert!(
@@ -198,7 +273,11 @@ mod tests {
         );
         assert!(parse("", 10).unwrap_err().contains("no URLs"));
         let dup = r#"[{"id":"a","url":"https://a.test/"},{"id":"a","url":"https://b.test/"}]"#;
-        assert!(parse(dup, 10).unwrap_err().contains("more than once"));
+        assert!(
+            parse(dup, 10)
+                .unwrap_err()
+                .contains("items 1 and 2 both have the id `a`")
+        );
     }
 
     mod props {

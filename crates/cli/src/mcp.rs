@@ -19,22 +19,12 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{Fetcher, Record};
-use crate::input::{self, Item};
+use crate::input::{self, InputItem, Item};
 
 /// Results returned per page.
 const PAGE: usize = 10;
 /// Finished batches kept for paging; older ones are forgotten.
 const KEPT_BATCHES: usize = 16;
-
-/// One URL to fetch.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct InputItem {
-    /// Your name for this item, echoed in its result; its position when absent.
-    id: Option<String>,
-    /// An absolute http or https URL.
-    url: String,
-}
 
 /// The batch to fetch.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -174,12 +164,8 @@ impl FanoutServer {
                 input.items.len()
             ));
         }
-        let mut items = Vec::with_capacity(input.items.len());
-        for (n, item) in input.items.into_iter().enumerate() {
-            let id = item.id.unwrap_or_else(|| n.to_string());
-            input::check_url(&item.url).map_err(|e| format!("item {n} (id {id}): {e}"))?;
-            items.push(Item { id, url: item.url });
-        }
+        // Named and checked as `fanout fetch` does its JSON form.
+        let items = input::name_items(input.items)?;
         input::check(items, max)
     }
 }

@@ -153,7 +153,7 @@ async fn bad_input_is_named_and_nothing_is_fetched() {
         (
             vec!["fetch", "--allow-private"],
             format!(r#"[{{"id":"a","url":"http://{addr}/"}},{{"id":"b"}}]"#),
-            "item 1",
+            "item 2",
         ),
         (
             vec!["fetch", "--allow-private", "--max-items", "2"],

@@ -1,0 +1,222 @@
+//! Item ids follow one rule in `fanout fetch` (both input forms) and in the
+//! MCP tool `batch_fetch_urls`: an id given as a string or a number is kept,
+//! an item without one is named by its number counting from 1 (its line
+//! number in the line form), never clashing with an id given to another
+//! item, and messages number items the same way.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use rmcp::ServiceExt;
+use rmcp::model::CallToolRequestParams;
+use rmcp::service::{RoleClient, RunningService};
+use rmcp::transport::TokioChildProcess;
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+use tower_fanout_sim::{Jitter, Model, Sim};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fanout");
+
+fn quick_sim() -> Sim {
+    Sim::new(
+        Model::new().latency(Duration::from_millis(1), Jitter::None),
+        1,
+    )
+}
+
+/// `fanout fetch --allow-private` on `stdin`: the ids of its records, or its
+/// message when it refused the input (exit 2).
+async fn fetch(stdin: &str) -> Result<Vec<String>, String> {
+    let mut child = Command::new(BIN)
+        .args(["fetch", "--allow-private"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let _ = input.write_all(stdin.as_bytes()).await;
+    drop(input);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("fanout finished in time")
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    );
+    match out.status.code() {
+        Some(0) => Ok(stdout
+            .lines()
+            .map(|l| {
+                let record: Value = serde_json::from_str(l).unwrap();
+                record["id"].as_str().unwrap().to_string()
+            })
+            .collect()),
+        Some(2) => {
+            assert!(stdout.is_empty(), "{stdout}");
+            Err(stderr)
+        }
+        other => panic!("fanout fetch exited {other:?}: {stderr}"),
+    }
+}
+
+async fn mcp_server() -> RunningService<RoleClient, ()> {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["mcp", "--allow-private"]);
+    ().serve(TokioChildProcess::new(cmd).unwrap())
+        .await
+        .unwrap()
+}
+
+/// `batch_fetch_urls` with `items`: the ids of its results, or the text of
+/// the error it answered.
+async fn mcp(
+    client: &RunningService<RoleClient, ()>,
+    items: &Value,
+) -> Result<Vec<String>, String> {
+    let mut args = serde_json::Map::new();
+    args.insert("items".into(), items.clone());
+    let call =
+        client.call_tool(CallToolRequestParams::new("batch_fetch_urls").with_arguments(args));
+    let answer = tokio::time::timeout(Duration::from_secs(60), call)
+        .await
+        .expect("the tool answered in time");
+    match answer {
+        Ok(r) if r.is_error != Some(true) => {
+            let page = r.structured_content.unwrap();
+            Ok(page["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_str().unwrap().to_string())
+                .collect())
+        }
+        Ok(r) => Err(serde_json::to_string(&r.content).unwrap()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn urls(addr: SocketAddr) -> [String; 3] {
+    [0, 1, 2].map(|i| format!("http://{addr}/{i}"))
+}
+
+/// The MCP tool refused `{"id": 7}` ("invalid type: integer `7`, expected a
+/// string") while `fetch` takes the same JSON and names the item "7".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mcp_tool_takes_numeric_ids_as_fetch_does() {
+    let sim = quick_sim();
+    let server = sim.serve().await.unwrap();
+    let [a, b, _] = urls(server.addr());
+    let client = mcp_server().await;
+
+    let items = json!([{"id": 7, "url": a}, {"id": "b", "url": b}]);
+    assert_eq!(fetch(&items.to_string()).await.unwrap(), ["7", "b"]);
+    assert_eq!(mcp(&client, &items).await.unwrap(), ["7", "b"]);
+
+    // Other kinds of id are refused by both, with the same words.
+    let items = json!([{"id": true, "url": a}]);
+    let from_fetch = fetch(&items.to_string()).await.unwrap_err();
+    let from_mcp = mcp(&client, &items).await.unwrap_err();
+    for message in [from_fetch, from_mcp] {
+        assert!(message.contains("string or a number"), "{message}");
+    }
+    assert_eq!(sim.stats().arrivals, 4);
+    client.cancel().await.unwrap();
+}
+
+/// Line-form ids were 1-based line numbers and JSON-form automatic ids
+/// 0-based positions (also in `batch_fetch_urls`), so the same three URLs
+/// were named 1, 2, 3 or 0, 1, 2 depending on the form; messages said
+/// "item 1" of the second item. Every form counts from 1 now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automatic_ids_count_from_one_in_every_form() {
+    let sim = quick_sim();
+    let server = sim.serve().await.unwrap();
+    let [a, b, c] = urls(server.addr());
+    let client = mcp_server().await;
+
+    let lines = format!("{a}\n{b}\n{c}\n");
+    assert_eq!(fetch(&lines).await.unwrap(), ["1", "2", "3"]);
+    let items = json!([{"url": a}, {"url": b}, {"url": c}]);
+    assert_eq!(fetch(&items.to_string()).await.unwrap(), ["1", "2", "3"]);
+    assert_eq!(mcp(&client, &items).await.unwrap(), ["1", "2", "3"]);
+
+    // A bad second item is "item 2", as a bad second line is "line 2".
+    let from_lines = fetch(&format!("{a}\nftp://x.test/f\n")).await.unwrap_err();
+    assert!(from_lines.contains("line 2:"), "{from_lines}");
+    let bad = json!([{"url": a}, {"url": "ftp://x.test/f"}]);
+    let from_fetch = fetch(&bad.to_string()).await.unwrap_err();
+    let from_mcp = mcp(&client, &bad).await.unwrap_err();
+    for message in [from_fetch, from_mcp] {
+        assert!(message.contains("item 2 (id 2):"), "{message}");
+    }
+    let missing = fetch(&json!([{"url": a}, {"id": "b"}]).to_string())
+        .await
+        .unwrap_err();
+    assert!(missing.contains("item 2: missing field `url`"), "{missing}");
+    assert_eq!(sim.stats().arrivals, 9);
+    client.cancel().await.unwrap();
+}
+
+/// An item without an id was named by its position even when another item
+/// had been given that very id, and the batch was then refused: "id `1`
+/// appears more than once" of an input that gave `1` once. An automatic id
+/// now steps aside for a given one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_automatic_id_never_clashes_with_a_given_one() {
+    let sim = quick_sim();
+    let server = sim.serve().await.unwrap();
+    let [a, b, c] = urls(server.addr());
+    let client = mcp_server().await;
+
+    let cases = [
+        (json!([{"id": "1", "url": a}, {"url": b}]), ["1", "2"]),
+        (json!([{"id": 0, "url": a}, {"url": b}]), ["0", "2"]),
+        (json!([{"url": a}, {"id": "1", "url": b}]), ["1.1", "1"]),
+        (json!([{"url": a}, {"id": 1, "url": b}]), ["1.1", "1"]),
+        (json!([{"url": a}, {"id": "2", "url": b}]), ["1", "2"]),
+    ];
+    let mut fetched = 0;
+    for (items, ids) in cases {
+        assert_eq!(fetch(&items.to_string()).await.unwrap(), ids, "{items}");
+        assert_eq!(mcp(&client, &items).await.unwrap(), ids, "{items}");
+        fetched += 4;
+    }
+    // Even when the first stand-in is taken too.
+    let items = json!([{"url": a}, {"id": "1", "url": b}, {"id": "1.1", "url": c}]);
+    assert_eq!(
+        fetch(&items.to_string()).await.unwrap(),
+        ["1.2", "1", "1.1"]
+    );
+    assert_eq!(mcp(&client, &items).await.unwrap(), ["1.2", "1", "1.1"]);
+    fetched += 6;
+    assert_eq!(sim.stats().arrivals, fetched);
+    client.cancel().await.unwrap();
+}
+
+/// Ids given twice are still refused, and the message names both items.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_given_id_used_twice_is_refused_naming_both_items() {
+    let sim = quick_sim();
+    let server = sim.serve().await.unwrap();
+    let [a, b, c] = urls(server.addr());
+    let client = mcp_server().await;
+
+    for items in [
+        json!([{"id": "x", "url": a}, {"url": b}, {"id": "x", "url": c}]),
+        json!([{"id": 5, "url": a}, {"url": b}, {"id": "5", "url": c}]),
+    ] {
+        let from_fetch = fetch(&items.to_string()).await.unwrap_err();
+        let from_mcp = mcp(&client, &items).await.unwrap_err();
+        for message in [from_fetch, from_mcp] {
+            assert!(message.contains("items 1 and 3"), "{items}: {message}");
+        }
+    }
+    assert_eq!(sim.stats().arrivals, 0);
+    client.cancel().await.unwrap();
+}
