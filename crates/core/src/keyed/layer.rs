@@ -86,6 +86,8 @@ impl KeyLimit {
                         "{what}: burst must be at least 1 token (a bucket of 0 admits nothing)"
                     )));
                 }
+                crate::rate::bucket::check_refill(rate, period, burst)
+                    .map_err(|e| ConfigError::new(format!("{what}: {e}")))?;
                 Some((rate, period, burst))
             }
         };
@@ -231,7 +233,8 @@ where
     ///
     /// # Errors
     /// A zero concurrency, rate, period, burst or `max_keys`, or a burst
-    /// without a rate, in the default or in any override.
+    /// without a rate, in the default or in any override; a bucket that
+    /// takes more than 292 years to refill (`period / rate × burst`).
     pub fn build(self) -> Result<KeyedLimitLayer<F, K>, ConfigError> {
         if self.max_keys == 0 {
             return Err(ConfigError::new(

@@ -13,6 +13,35 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// The longest a full bucket may take to refill (`interval × burst`), in
+/// nanoseconds: about 292 years.
+///
+/// The TAT is kept in a `u64` of nanoseconds. Admitted takes keep it within
+/// `now + interval × burst`, so with this bound it fits for the first 292
+/// years of a process, and a booking that saturates (a long queue of
+/// waiters) can never pass for one inside the bound. Past it the sums
+/// saturated: with a period of `Duration::MAX` every call after the first
+/// was admitted.
+pub(crate) const MAX_REFILL_NANOS: u64 = u64::MAX / 2;
+
+/// Checks that a bucket of `rate` tokens per `period`, holding `burst`,
+/// refills within [`MAX_REFILL_NANOS`]; the error says what to change.
+pub(crate) fn check_refill(rate: u32, period: Duration, burst: u32) -> Result<(), String> {
+    let interval = period.as_nanos().div_ceil(u128::from(rate.max(1))).max(1);
+    let refill = interval.saturating_mul(u128::from(burst));
+    if refill <= u128::from(MAX_REFILL_NANOS) {
+        return Ok(());
+    }
+    const YEAR_NANOS: f64 = 365.25 * 86_400e9;
+    Err(format!(
+        "a full bucket (burst {burst} at {rate} per {period:?}) takes {:.0} years to refill, \
+         more than the {:.0} years a bucket can count; use a shorter period or a smaller burst \
+         (a budget that never refills: a period of 100 years already outlives the process)",
+        refill as f64 / YEAR_NANOS,
+        MAX_REFILL_NANOS as f64 / YEAR_NANOS,
+    ))
+}
+
 /// A shared token bucket in GCRA form.
 #[derive(Debug)]
 pub(crate) struct TokenBucket {
@@ -24,7 +53,8 @@ pub(crate) struct TokenBucket {
 }
 
 impl TokenBucket {
-    /// `rate` tokens every `period`, holding at most `burst`. Both non-zero.
+    /// `rate` tokens every `period`, holding at most `burst`. Both non-zero,
+    /// and passed by [`check_refill`].
     pub(crate) fn new(rate: u32, period: Duration, burst: u32) -> Self {
         let period = u64::try_from(period.as_nanos()).unwrap_or(u64::MAX);
         let interval = period.div_ceil(u64::from(rate.max(1))).max(1);
@@ -191,6 +221,28 @@ mod tests {
         let (first, _) = b.take_queued(0, 1);
         let (_second, _) = b.take_queued(0, 1);
         assert!(!b.give_back(first, 1));
+    }
+
+    #[test]
+    fn at_the_refill_bound_saturated_bookings_admit_nothing() {
+        // The longest refill `check_refill` lets through, one token of it.
+        let period = Duration::from_nanos(MAX_REFILL_NANOS);
+        assert!(check_refill(1, period, 1).is_ok());
+        assert!(check_refill(1, period + Duration::from_nanos(1), 1).is_err());
+        assert!(check_refill(2, period, 3).is_err());
+        let b = TokenBucket::new(1, period, 1);
+        let now = 1000 * SEC;
+        assert!(b.try_take(now, 1).is_ok());
+        // Waiters book past the end of the clock: the TAT saturates ...
+        for _ in 0..4 {
+            let (_, at) = b.take_queued(now, 1);
+            assert!(at > now);
+        }
+        // ... and still reads as far ahead, for as long as a process lives.
+        for now in [now, 100 * 365 * 86_400 * SEC] {
+            assert!(b.try_take(now, 1).is_err());
+            assert_eq!(b.tokens(now), 0);
+        }
     }
 
     #[test]

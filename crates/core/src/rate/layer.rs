@@ -95,7 +95,9 @@ impl<C> RateLimitBuilder<C> {
     /// Checks the settings and builds the layer.
     ///
     /// # Errors
-    /// A zero rate, period or burst: such a bucket would never admit anything.
+    /// A zero rate, period or burst: such a bucket would never admit
+    /// anything. A bucket that takes more than 292 years to refill
+    /// (`period / rate × burst`): its clock cannot count that far.
     pub fn build(self) -> Result<RateLimitLayer<C>, ConfigError> {
         if self.rate == 0 {
             return Err(ConfigError::new(
@@ -113,6 +115,8 @@ impl<C> RateLimitBuilder<C> {
                 "rate limit burst must be at least 1 token (a bucket of 0 admits nothing)",
             ));
         }
+        super::bucket::check_refill(self.rate, self.period, burst)
+            .map_err(|e| ConfigError::new(format!("rate limit: {e}")))?;
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
                 bucket: TokenBucket::new(self.rate, self.period, burst),

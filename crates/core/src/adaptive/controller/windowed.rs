@@ -160,7 +160,7 @@ impl Controller for WindowedController {
             return change(old, self.limit as f64, reason);
         }
         if errors < 0.01 && mean.is_some_and(|m| m < self.fast) {
-            self.limit = (old + self.step_up).min(self.bounds.max);
+            self.limit = old.saturating_add(self.step_up).min(self.bounds.max);
             return change(old, self.limit as f64, "increase");
         }
         None

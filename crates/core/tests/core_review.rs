@@ -1,0 +1,142 @@
+//! Defects found in the review of the core layers (rate, concurrency,
+//! keyed, adaptive, backpressure), each with the test that showed it; on
+//! tokio's paused clock.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+/// A bucket whose refill does not fit the nanosecond clock (a period of
+/// `Duration::MAX`, the natural way to write "a budget that never
+/// refills") saturated its arithmetic and admitted every call after the
+/// first: the bound of burst + rate × t was gone. Such a setting is now
+/// refused when the layer is built, with what to change.
+#[cfg(feature = "rate")]
+#[tokio::test(start_paused = true)]
+async fn a_refill_beyond_the_clock_is_refused_at_build() {
+    use tower::{ServiceExt, service_fn};
+    use tower_fanout_core::error::RateLimited;
+    use tower_fanout_core::rate::RateLimitLayer;
+
+    for (rate, period, burst) in [
+        (1, Duration::MAX, 1),
+        (2, Duration::MAX, 2),
+        (1, Duration::from_secs(400 * 365 * 86_400), 1),
+        (1, Duration::from_secs(100 * 365 * 86_400), 10),
+    ] {
+        match RateLimitLayer::builder(rate, period)
+            .burst(burst)
+            .fail_fast()
+            .build()
+        {
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("shorter period") && msg.contains("smaller burst"),
+                    "{msg}"
+                );
+            }
+            Ok(layer) => {
+                // What the old code did: every call admitted.
+                let svc = tower::ServiceBuilder::new()
+                    .layer(layer)
+                    .service(service_fn(|()| async { Ok::<_, std::io::Error>(()) }));
+                let mut admitted = 0u32;
+                for _ in 0..10 {
+                    match svc.clone().oneshot(()).await {
+                        Ok(()) => admitted += 1,
+                        Err(e) => assert!(e.is::<RateLimited>(), "{e}"),
+                    }
+                }
+                panic!(
+                    "{rate} per {period:?}, burst {burst}: built, and admitted {admitted} of 10 at once"
+                );
+            }
+        }
+    }
+
+    // A century's refill still fits: one call, then a refusal that says a century.
+    let layer = RateLimitLayer::builder(1, Duration::from_secs(100 * 365 * 86_400))
+        .fail_fast()
+        .build()
+        .unwrap();
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(service_fn(|()| async { Ok::<_, std::io::Error>(()) }));
+    svc.clone().oneshot(()).await.unwrap();
+    let e = svc.clone().oneshot(()).await.unwrap_err();
+    let limited = e.downcast_ref::<RateLimited>().unwrap();
+    assert_eq!(
+        limited.retry_after(),
+        Duration::from_secs(100 * 365 * 86_400)
+    );
+}
+
+/// The same bound for a keyed limit's per-key bucket.
+#[cfg(feature = "keyed")]
+#[test]
+fn a_keyed_refill_beyond_the_clock_is_refused_at_build() {
+    use tower_fanout_core::keyed::{KeyLimit, KeyedLimitLayer};
+
+    let err = KeyedLimitLayer::builder(KeyLimit::new().rate(1, Duration::MAX))
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("keyed limit default"), "{err}");
+    assert!(err.contains("shorter period"), "{err}");
+    let err = KeyedLimitLayer::builder(KeyLimit::new())
+        .limit_for("quota.example", KeyLimit::new().rate(3, Duration::MAX))
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("quota.example"), "{err}");
+}
+
+/// A windowed controller whose step up is `usize::MAX` ("straight to the
+/// max") overflowed `limit + step`: a panic in a debug build, and in a
+/// release build a limit that wrapped round to below where it was.
+#[cfg(feature = "adaptive")]
+#[test]
+fn a_huge_windowed_step_goes_to_the_max() {
+    use tokio::time::Instant;
+    use tower_fanout_core::adaptive::WindowedController;
+    use tower_fanout_core::adaptive::controller::{Change, Controller, Sample};
+    use tower_fanout_core::classify::Outcome;
+
+    let mut c = WindowedController::builder()
+        .steps(usize::MAX, usize::MAX)
+        .build()
+        .unwrap();
+    let now = Instant::now();
+    let fast = Sample {
+        outcome: Outcome::Success,
+        rtt: Duration::from_millis(10),
+        in_flight: 5,
+        limit: 5,
+        retry_after: None,
+    };
+    let mut last = None;
+    for _ in 0..20 {
+        last = c.update(&fast, now);
+    }
+    assert_eq!(
+        last,
+        Some(Change {
+            limit: 50,
+            reason: "increase"
+        })
+    );
+    let refused = Sample {
+        outcome: Outcome::Overload,
+        ..fast
+    };
+    for _ in 0..20 {
+        last = c.update(&refused, now);
+    }
+    assert_eq!(
+        last,
+        Some(Change {
+            limit: 2,
+            reason: "errors"
+        })
+    );
+}
