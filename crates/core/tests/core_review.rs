@@ -140,3 +140,44 @@ fn a_huge_windowed_step_goes_to_the_max() {
         })
     );
 }
+
+/// A gradient controller built with a huge tolerance ("never cut on
+/// latency": the builder takes any finite tolerance of at least 1)
+/// panicked at its first round with a baseline, in
+/// `Duration::mul_f64` (baseline × tolerance overflows a `Duration`),
+/// inside the response future of the call that ended the round.
+#[cfg(feature = "adaptive")]
+#[tokio::test(start_paused = true)]
+async fn a_huge_gradient_tolerance_never_cuts_on_latency() {
+    use tokio::time::Instant;
+    use tower_fanout_core::adaptive::GradientController;
+    use tower_fanout_core::adaptive::controller::{Controller, Sample};
+    use tower_fanout_core::classify::Outcome;
+
+    for tolerance in [1e300, f64::MAX] {
+        let mut c = GradientController::builder()
+            .tolerance(tolerance)
+            .build()
+            .unwrap();
+        let t0 = Instant::now();
+        let mut limit = c.initial_limit();
+        let mut changes = Vec::new();
+        for i in 0..400u64 {
+            // Quick answers, then ten times slower: no latency cut ever.
+            let rtt = Duration::from_millis(if i < 200 { 10 } else { 100 });
+            let sample = Sample {
+                outcome: Outcome::Success,
+                rtt,
+                in_flight: limit,
+                limit,
+                retry_after: None,
+            };
+            if let Some(change) = c.update(&sample, t0 + Duration::from_millis(10 * (i + 1))) {
+                changes.push(change);
+                limit = change.limit;
+            }
+        }
+        assert!(c.rtt().long.is_some(), "a baseline was learnt");
+        assert!(changes.iter().all(|c| c.reason != "latency"), "{changes:?}");
+    }
+}

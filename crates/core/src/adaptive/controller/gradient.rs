@@ -274,7 +274,7 @@ impl GradientController {
         };
         if let (Some(median), Some(baseline)) = (median, self.baseline()) {
             let threshold = self.threshold(n);
-            let target = baseline.mul_f64(threshold);
+            let target = scaled(baseline, threshold);
             if median > target {
                 self.probe = 0;
                 let leaving = std::mem::take(&mut self.slow_start);
@@ -297,7 +297,7 @@ impl GradientController {
             // so probe with small steps only, and end slow start a round
             // before the threshold would be crossed (doubling past a knee
             // overshoots it by far).
-            if median > baseline.mul_f64(1.0 + (threshold - 1.0) / 2.0) {
+            if median > scaled(baseline, 1.0 + (threshold - 1.0) / 2.0) {
                 self.probe = 0;
                 self.leaving = std::mem::take(&mut self.slow_start);
             }
@@ -338,6 +338,12 @@ impl GradientController {
         self.limit = self.bounds.clamp(self.limit + step);
         change(old, self.limit, "increase")
     }
+}
+
+/// `d × factor`, or `Duration::MAX` past it: a huge tolerance (the builder
+/// takes any finite one) made `Duration::mul_f64` panic.
+fn scaled(d: Duration, factor: f64) -> Duration {
+    Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(Duration::MAX)
 }
 
 impl Controller for GradientController {
