@@ -27,9 +27,9 @@
 //! A wait longer than the retry layer's cap (`max_wait`) is not slept: the
 //! request fails at once with `RateLimited`, as a long `Retry-After` does.
 //!
-//! A response whose request was held carries the hold as a
-//! [`DeliberateWait`], so an adaptive limit above the client does not read
-//! the host's budget as the host's latency.
+//! A hold is not noted as a [`DeliberateWait`](tower_fanout_core::DeliberateWait):
+//! it is the host's own word on its capacity, which an adaptive limit above
+//! the client should hear (as latency), like a `Retry-After`.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -47,7 +47,6 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 use tower_service::Service;
 
-use tower_fanout_core::DeliberateWait;
 use tower_fanout_core::error::RateLimited;
 use tower_fanout_core::keyed::{AuthorityKey, KeyFn};
 
@@ -403,15 +402,12 @@ where
     S::Error: Into<BoxError>,
 {
     let holding = Holding::new(&learned);
-    // When the hold began (the first look), to note how long it lasted.
-    let mut since = None;
-    let held = loop {
+    loop {
         // Registered before looking, so news that lands in between is not missed.
         let news = learned.news.notified();
         let now = Instant::now();
-        let began = *since.get_or_insert(now);
         match learned.admit(&entry, || now) {
-            Ok(()) => break now - began,
+            Ok(()) => break,
             Err(Hold::Until(until)) if until - now > learned.max_wait => {
                 let wait = until - now;
                 tracing::warn!(
@@ -424,17 +420,14 @@ where
             Err(Hold::Until(until)) => tokio::time::sleep_until(until).await,
             Err(Hold::Answer) => news.await,
         }
-    };
+    }
     drop(holding);
-    // From here on, the path of a request admitted at once. The hold was a
-    // wait on purpose, not the host's latency: an adaptive limit above is told.
-    let mut resp = LearnFuture::Call {
+    // From here on, the path of a request admitted at once.
+    LearnFuture::Call {
         future: inner.oneshot(req),
         in_flight: Some(InFlight { learned, entry }),
     }
-    .await?;
-    DeliberateWait::add_to(resp.extensions_mut(), held);
-    Ok(resp)
+    .await
 }
 
 #[cfg(test)]

@@ -43,13 +43,16 @@
 //! ```
 //!
 //! # Under an adaptive limit
-//! The client's waits on purpose (for a host's permit or token, for a
-//! learned budget to reset, a retry's sleeps) are no part of the
-//! downstream's latency. A response that waited so carries the total as a
-//! [`DeliberateWait`](tower_fanout_core::DeliberateWait) extension, which
-//! core's adaptive limit takes off the latency it records: one host's rate
-//! limit then does not lower the limit for the calls to every other host.
-//! A response that waited for nothing carries none.
+//! A call's wait at its host's gate (the permit or token of a
+//! [`host_limit`](ClientBuilder::host_limit) you configured) is your
+//! policy, not the downstream's latency: a response that waited there
+//! carries the wait as a [`DeliberateWait`](tower_fanout_core::DeliberateWait)
+//! extension, which core's adaptive limit takes off the latency it records,
+//! so one host's configured limit does not lower the limit for the calls to
+//! every other host. A response that waited for nothing carries none. The
+//! waits the downstream asked for (a learned budget's hold, a retry's sleep
+//! on `Retry-After` or after a failure) are not noted: they are its word on
+//! its capacity, and an adaptive limit above should hear them as latency.
 //!
 //! # Errors
 //! Every failure is one [`Error`] with predicates (`is_timeout`,

@@ -26,13 +26,14 @@
 //! returned as it is.
 //!
 //! # Under an adaptive limit
-//! A response that came after a retry carries the sleeps before it (plus
-//! any wait earlier attempts noted) as a [`DeliberateWait`]: an adaptive
-//! limit above takes them off the call's latency, since they are waits on
-//! purpose, not the downstream's slowness. The time the failed attempts
-//! spent at the server is still counted: the downstream did take it (a 503
-//! after two seconds says it is slow), and the adaptive limit sees no other
-//! sign of those attempts. An error carries no wait.
+//! A response that came after a retry carries the waits its earlier
+//! attempts noted as a [`DeliberateWait`] (their time at a per-host gate),
+//! added to its own. The sleeps between attempts are not noted: a
+//! `Retry-After` or a failure to back off from is the downstream's word on
+//! its capacity, which an adaptive limit above should hear as latency (it
+//! sees no other sign of the attempts the retry hid). Nor is the failed
+//! attempts' time at the server (a 503 after two seconds says it is slow).
+//! An error carries no wait.
 //!
 //! # Where it goes
 //! Outside the limits: a request sleeping before its next attempt holds no
@@ -476,8 +477,8 @@ pin_project! {
         original: Option<Req>,
         idempotent: bool,
         retries: u32,
-        // Spent waiting on purpose before the attempt now running: the
-        // sleeps, and what earlier attempts noted (`DeliberateWait`).
+        // What earlier attempts noted as waits on purpose (`DeliberateWait`:
+        // their time at a per-host gate), to add to the last one's.
         waited: Duration,
         #[pin]
         step: RetryStep<S::Future>,
@@ -588,17 +589,14 @@ where
                         return Poll::Ready(outcome);
                     }
                     *this.retries += 1;
-                    // The attempt's own waits and the sleep ahead are no
-                    // part of the downstream's latency; the attempt's time
-                    // at the server is (it held the call as much as the
-                    // last one does).
+                    // The attempt's own waits at a gate are no part of the
+                    // downstream's latency; its time at the server and the
+                    // sleep ahead are (the downstream asked for the sleep).
                     let noted = match &outcome {
                         Ok(r) => r.extensions().get::<DeliberateWait>().copied(),
                         Err(_) => None,
                     };
-                    *this.waited = waited
-                        .saturating_add(noted.unwrap_or_default().duration())
-                        .saturating_add(wait);
+                    *this.waited = waited.saturating_add(noted.unwrap_or_default().duration());
                     tracing::debug!(
                         retry = *this.retries,
                         wait_ms = wait.as_millis() as u64,

@@ -1,7 +1,8 @@
-//! The client notes its waits on purpose (per-host gate, learned hold,
-//! retry sleep) as a `DeliberateWait` on the response, and an adaptive limit
-//! above it therefore does not read one host's rate limit as a slow
-//! downstream.
+//! The client notes the waits at a host's configured gate as a
+//! `DeliberateWait` on the response, and an adaptive limit above it
+//! therefore does not read one host's configured rate limit as a slow
+//! downstream; the waits the downstream asked for (a learned hold, a retry's
+//! sleep) are not noted, and reach the adaptive limit as latency.
 //!
 //! On the paused clock, against a server on its own thread (real clock): the
 //! client is built without timers of its own (no timeouts, no pool reaper),
@@ -109,7 +110,7 @@ async fn a_wait_at_the_hosts_rate_gate_is_noted() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_learned_hold_is_noted() {
+async fn a_learned_hold_is_not_noted() {
     let addr = one_a_second();
     let client = quiet().build().unwrap();
     let url = format!("http://{addr}/");
@@ -118,11 +119,12 @@ async fn a_learned_hold_is_noted() {
     // The first answer said nothing remains for a second: the next request is held that long.
     let resp = client.get(&url).await.unwrap();
     assert_eq!(start.elapsed(), Duration::from_secs(1));
-    assert_eq!(waited(&resp), Some(Duration::from_secs(1)));
+    // The host's own word on its capacity: latency, for an adaptive limit.
+    assert_eq!(waited(&resp), None);
 }
 
 #[tokio::test(start_paused = true)]
-async fn retry_sleeps_are_noted() {
+async fn retry_sleeps_are_not_noted() {
     let (server, hits) = counted(|n| async move {
         match n {
             0 => respond(429).header("retry-after", "2"),
@@ -137,7 +139,39 @@ async fn retry_sleeps_are_noted() {
     let resp = client.get(&format!("http://{addr}/")).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 3);
-    assert_eq!(waited(&resp), Some(Duration::from_secs(3)));
+    // The server asked for both sleeps: latency, for an adaptive limit.
+    assert_eq!(waited(&resp), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_earlier_attempts_wait_at_the_gate_is_carried_to_the_answer() {
+    // One token a second. After a first call takes the token at 0 s, the
+    // second call's first attempt waits for the token of 1 s and gets a 503;
+    // its retry waits for the token of 2 s.
+    let (server, hits) = counted(|n| async move {
+        match n {
+            1 => respond(503).header("retry-after", "0"),
+            _ => respond(200),
+        }
+        .body(Chunks::full("ok"))
+        .unwrap()
+    });
+    let addr = serve_on_thread(server);
+    let client = quiet()
+        .host_limit(
+            addr.to_string(),
+            KeyLimit::new().rate(1, Duration::from_secs(1)).burst(1),
+        )
+        .build()
+        .unwrap();
+    let url = format!("http://{addr}/");
+    let start = Instant::now();
+    assert_eq!(waited(&client.get(&url).await.unwrap()), None);
+    let resp = client.get(&url).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    assert_eq!(waited(&resp), Some(Duration::from_secs(2)));
 }
 
 /// Sends `n` GETs to `addr` at once through an adaptive limit (windowed: 5
@@ -199,7 +233,7 @@ async fn the_adaptive_limit_holds_while_calls_queue_at_a_hosts_rate_gate() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_adaptive_limit_holds_while_a_learned_budget_holds_calls() {
+async fn a_learned_budget_reaches_the_adaptive_limit_as_latency() {
     let addr = one_a_second();
     // No limit of its own but a concurrency that never binds, which
     // `keep_still` reads.
@@ -208,10 +242,11 @@ async fn the_adaptive_limit_holds_while_a_learned_budget_holds_calls() {
         .build()
         .unwrap();
     let (lowest, noted) = crowd(client, addr, 30).await;
+    // The host said it takes one a second: an adaptive limit that hears it
+    // sends fewer at once (a limit that held at 16 released 16 at each reset).
     assert!(
-        lowest >= 16,
-        "the limit fell to {lowest} while the host's learned budget held calls"
+        lowest < 16,
+        "the limit stayed at {lowest} while the host's budget held calls"
     );
-    // The first 16 go out before any answer says the budget is spent.
-    assert_eq!(noted, 14, "every call after the first answers was held");
+    assert_eq!(noted, 0, "a learned hold is not a wait on purpose");
 }
