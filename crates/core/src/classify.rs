@@ -72,8 +72,7 @@ pub trait Classify<Res> {
     /// How much of the call layers below spent waiting on purpose (a
     /// [`DeliberateWait`](crate::DeliberateWait)): the adaptive limit takes
     /// it off the call's latency, so that a call queued behind a per-host
-    /// gate or sleeping out a `Retry-After` does not read as a slow
-    /// downstream.
+    /// gate of the caller's own does not read as a slow downstream.
     ///
     /// Asked of every response (errors carry none). The default says
     /// nothing: a classifier of your own for `http::Response`s should

@@ -4,8 +4,13 @@
 use std::time::Duration;
 
 /// The part of one call that layers below the adaptive limit spent waiting
-/// on purpose (for a per-host permit or token, for a learned rate-limit
-/// budget to reset, in a retry's sleep), not on the downstream.
+/// on purpose, on a limit of the caller's own (a per-host permit or token),
+/// not on the downstream.
+///
+/// Waits the downstream asked for (a `Retry-After` slept out, a rate-limit
+/// budget it said was spent) are not deliberate in this sense: they are its
+/// word on its capacity, and an adaptive limit should hear them as latency,
+/// or it keeps its limit up and the calls it lets through meet the same cap.
 ///
 /// A layer that waits on purpose adds its wait to the response's
 /// extensions with [`add_to`](Self::add_to); the

@@ -45,14 +45,17 @@
 //!   [`max_hold`](AdaptiveLimitLayer::max_hold)), since each would only be
 //!   refused, and the limit is neither lowered nor moved meanwhile, so it
 //!   neither collapses to its minimum nor freezes for good.
-//! - A call's latency is the downstream's, not the waits of layers below
-//!   (the client preset's per-host gates, its learned rate-limit holds, its
-//!   retry sleeps): a response carrying a
-//!   [`DeliberateWait`](crate::DeliberateWait) gives the controller a
-//!   sample reduced by it (read by [`Classify::waited`](crate::classify::Classify::waited)).
-//!   Otherwise one host's rate limit, making its calls queue, would read as
-//!   a slow downstream and lower the limit for every host. An error carries
-//!   none: its sample keeps the whole time, which only its outcome is read for.
+//! - A call's latency is the downstream's, not the waits of the caller's own
+//!   limits below (the client preset's configured per-host gates): a
+//!   response carrying a [`DeliberateWait`](crate::DeliberateWait) gives
+//!   the controller a sample reduced by it (read by
+//!   [`Classify::waited`](crate::classify::Classify::waited)). Otherwise one
+//!   host's configured rate limit, making its calls queue, would read as a
+//!   slow downstream and lower the limit for every host. Waits the
+//!   downstream asked for (the client's learned rate-limit holds, its retry
+//!   sleeps) stay in the latency: they are the downstream's capacity. An
+//!   error carries none: its sample keeps the whole time, which only its
+//!   outcome is read for.
 //! - Caller errors (other 4xx) neither raise nor lower the limit.
 //! - A call whose future is dropped gives its permit back and reports
 //!   nothing.
