@@ -61,7 +61,7 @@ async fn a_deliberate_wait_is_taken_off_the_sample() {
     svc.clone().oneshot((ms(1000), ms(900), 200)).await.unwrap();
     // No wait noted: the whole second is the downstream's.
     svc.clone().oneshot((ms(1000), ms(0), 200)).await.unwrap();
-    // An overload answer after a retry's sleep: the sleep is not its latency either.
+    // An overload answer after a wait at a gate: the wait is not its latency either.
     svc.clone().oneshot((ms(700), ms(500), 429)).await.unwrap();
     // A wait noted longer than the call (a clock that disagrees) gives zero, not a panic.
     svc.clone().oneshot((ms(10), ms(50), 200)).await.unwrap();
