@@ -181,3 +181,39 @@ async fn a_huge_gradient_tolerance_never_cuts_on_latency() {
         assert!(changes.iter().all(|c| c.reason != "latency"), "{changes:?}");
     }
 }
+
+/// What the rate module's docs now say of a waiting limiter with costs
+/// above one (they said "at most one request's cost minus one" ahead):
+/// each service held ready books a token, and each then books the rest of
+/// its cost as debt, so four services ready together on a bucket of 4
+/// admit 16 tokens at once; the next caller waits all of it out.
+#[cfg(feature = "rate")]
+#[tokio::test(start_paused = true)]
+async fn services_ready_together_each_run_ahead_by_the_rest_of_their_cost() {
+    use tokio::time::Instant;
+    use tower::{Service, ServiceExt, service_fn};
+    use tower_fanout_core::rate::RateLimitLayer;
+
+    let layer = RateLimitLayer::builder(1, Duration::from_secs(1))
+        .burst(4)
+        .cost(|c: &u32| *c)
+        .build()
+        .unwrap();
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(service_fn(|_: u32| async { Ok::<_, std::io::Error>(()) }));
+    let start = Instant::now();
+    let mut ready = Vec::new();
+    for _ in 0..4 {
+        let mut s = svc.clone();
+        s.ready().await.unwrap();
+        ready.push(s);
+    }
+    for mut s in ready {
+        s.call(4).await.unwrap();
+    }
+    assert_eq!(start.elapsed(), Duration::ZERO, "16 tokens at once");
+    // 16 taken from a bucket of 4 at 1 a second: the next token is there at 13 s.
+    svc.clone().oneshot(1).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(13));
+}

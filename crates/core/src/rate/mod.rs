@@ -17,9 +17,15 @@
 //! Waiting callers book one token in `poll_ready` (the request is not known
 //! yet) and pay the rest of the cost in `call`. When the bucket is short of
 //! that rest, it goes into debt, which the following callers wait out; so a
-//! waiting limiter can run ahead of the bound by at most one request's
-//! cost minus one. A fail-fast limiter checks the full cost in `call` and
-//! never runs ahead.
+//! waiting limiter runs ahead of the bound by the rest of the cost (cost
+//! minus one) of each call whose service was ready before the rest of the
+//! previous one was booked. Calls made one at a time (`oneshot` on one
+//! thread) run ahead by at most one request's cost minus one; services
+//! held ready together (several threads, or `ready()` on many clones before
+//! calling them) each hold a token, so up to `burst` of them can run ahead
+//! together, by up to `burst × (cost − 1)` (the following callers then wait
+//! all of it out). A fail-fast limiter checks the full cost in `call` and
+//! never runs ahead: use it where a cost above one must never run ahead.
 //!
 //! # Sharing
 //! The bucket is held in an `Arc` inside the layer: every service the layer
