@@ -4,23 +4,48 @@
 //! features, so a user pays only for what they use. See
 //! [`tower_fanout_core`] for the layers themselves.
 //!
-//! ```
-//! use tower::{ServiceBuilder, ServiceExt, service_fn};
-//! use tower_fanout::concurrency::ConcurrencyLimitLayer;
+//! # Features
 //!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), tower_fanout::BoxError> {
-//! let svc = ServiceBuilder::new()
-//!     .layer(ConcurrencyLimitLayer::new(4)?)
-//!     .service(service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
-//! assert_eq!(svc.oneshot(7).await?, 7);
-//! # Ok(())
-//! # }
-//! ```
+//! | feature | module | default |
+//! |---|---|---|
+//! | `concurrency` | `concurrency`: `ConcurrencyLimitLayer` | yes |
+//! | `rate` | `rate`: `RateLimitLayer` | yes |
+//! | `backpressure` | `backpressure`: `BackpressureLayer` | yes |
+//! | `adaptive` | `adaptive`, `classify`: `AdaptiveLimitLayer` and its controllers; `DeliberateWait` (also with `keyed`) | yes |
+//! | `keyed` | `keyed`: `KeyedLimitLayer`, `KeyLimit` (turns on `concurrency` and `rate` in the core crate) | yes |
+//! | `fan-out` | `fan_out`: the batch API | yes |
+//! | `http` | `http`: the HTTP client preset (`tower-fanout-http`) | no |
+//! | `redis` | `redis`: limits shared through Redis (`tower-fanout-redis`) | no |
+//! | `sim` | `sim`: the simulated downstream (`tower-fanout-sim`) | no |
+//! | `full` | all of the above | no |
+//!
+//! `BoxError` and `error` (the refusals and `ConfigError`) are always there.
+//!
+#![cfg_attr(
+    feature = "concurrency",
+    doc = r#"
+```
+use tower::{ServiceBuilder, ServiceExt, service_fn};
+use tower_fanout::concurrency::ConcurrencyLimitLayer;
+
+# #[tokio::main(flavor = "current_thread")]
+# async fn main() -> Result<(), tower_fanout::BoxError> {
+let svc = ServiceBuilder::new()
+    .layer(ConcurrencyLimitLayer::new(4)?)
+    .service(service_fn(|x: u8| async move { Ok::<_, std::convert::Infallible>(x) }));
+assert_eq!(svc.oneshot(7).await?, 7);
+# Ok(())
+# }
+```
+"#
+)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use tower_fanout_core::{BoxError, error};
 
+#[cfg(any(feature = "adaptive", feature = "keyed"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "adaptive", feature = "keyed"))))]
+pub use tower_fanout_core::DeliberateWait;
 #[cfg(feature = "backpressure")]
 #[cfg_attr(docsrs, doc(cfg(feature = "backpressure")))]
 pub use tower_fanout_core::backpressure;
@@ -39,9 +64,6 @@ pub use tower_fanout_core::rate;
 #[cfg(feature = "adaptive")]
 #[cfg_attr(docsrs, doc(cfg(feature = "adaptive")))]
 pub use tower_fanout_core::{adaptive, classify};
-#[cfg(any(feature = "adaptive", feature = "keyed"))]
-#[cfg_attr(docsrs, doc(cfg(any(feature = "adaptive", feature = "keyed"))))]
-pub use tower_fanout_core::DeliberateWait;
 /// The HTTP client preset: per-host limits, Retry-After, rate-limit headers, address guard.
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
