@@ -44,11 +44,43 @@ macro_rules! unit_error {
     };
 }
 
-unit_error!(
-    /// A fail-fast concurrency limit had no free permit.
-    Overloaded,
-    "concurrency limit reached: no permit free; wait for one (drop `.fail_fast()`) or raise the limit"
-);
+/// A fail-fast concurrency limit had no free permit (or, for an adaptive
+/// limit, was holding new calls after a long `Retry-After`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Overloaded {
+    /// Refused by an adaptive limit's hold, not for want of a permit: the
+    /// message then names the hold, since raising the limit would not help.
+    held: bool,
+}
+
+impl Overloaded {
+    /// Creates the error.
+    pub const fn new() -> Self {
+        Self { held: false }
+    }
+
+    /// The refusal of an adaptive limit holding new calls after a long
+    /// `Retry-After`.
+    #[cfg_attr(not(feature = "adaptive"), allow(dead_code))]
+    pub(crate) const fn held() -> Self {
+        Self { held: true }
+    }
+}
+
+impl fmt::Display for Overloaded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.held {
+            "adaptive limit holding new calls: the downstream answered with a long Retry-After \
+             (a spent quota); wait for the hold to end (drop `.fail_fast()`) or shorten it with \
+             `max_hold`"
+        } else {
+            "concurrency limit reached: no permit free; wait for one (drop `.fail_fast()`) or \
+             raise the limit"
+        })
+    }
+}
+
+impl std::error::Error for Overloaded {}
 
 unit_error!(
     /// The backpressure layer's workers are gone: every service was dropped or
@@ -103,11 +135,10 @@ impl RateLimited {
 
 impl fmt::Display for RateLimited {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "rate limited: retry after {} ms",
-            self.retry_after.as_millis()
-        )
+        // In milliseconds with their fraction: above 1000 calls a second a
+        // wait is under a millisecond, which whole milliseconds showed as 0.
+        let ms = self.retry_after.as_nanos() as f64 / 1e6;
+        write!(f, "rate limited: retry after {ms} ms")
     }
 }
 

@@ -217,3 +217,52 @@ async fn services_ready_together_each_run_ahead_by_the_rest_of_their_cost() {
     svc.clone().oneshot(1).await.unwrap();
     assert_eq!(start.elapsed(), Duration::from_secs(13));
 }
+
+/// Above 1000 calls a second a fail-fast refusal's wait is under a
+/// millisecond, and the message said "retry after 0 ms".
+#[test]
+fn a_sub_millisecond_retry_after_is_not_shown_as_zero() {
+    use tower_fanout_core::error::RateLimited;
+
+    let msg = RateLimited::new(Duration::from_micros(200)).to_string();
+    assert_eq!(msg, "rate limited: retry after 0.2 ms");
+    let msg = RateLimited::new(Duration::from_millis(100)).to_string();
+    assert_eq!(msg, "rate limited: retry after 100 ms");
+}
+
+/// A fail-fast adaptive limit holding new calls after a long Retry-After
+/// refused with the message of a full limit ("no permit free ... raise the
+/// limit"), which sends a user to the wrong remedy: the hold is named now.
+#[cfg(feature = "adaptive")]
+#[tokio::test(start_paused = true)]
+async fn a_refusal_during_a_hold_names_the_hold() {
+    use tower::{ServiceExt, service_fn};
+    use tower_fanout_core::adaptive::{AdaptiveLimitLayer, AimdController};
+    use tower_fanout_core::error::Overloaded;
+
+    let controller = AimdController::builder().initial(4).build().unwrap();
+    let layer = AdaptiveLimitLayer::new(controller).fail_fast();
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(service_fn(|()| async {
+            Ok::<_, std::io::Error>(
+                http::Response::builder()
+                    .status(429)
+                    .header("retry-after", "30")
+                    .body(())
+                    .unwrap(),
+            )
+        }));
+    let answer = svc.clone().oneshot(()).await.unwrap();
+    assert_eq!(answer.status(), 429);
+    let err = svc.clone().oneshot(()).await.unwrap_err();
+    assert!(err.is::<Overloaded>(), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("Retry-After") && msg.contains("max_hold"),
+        "{msg}"
+    );
+    // A full limit still says so.
+    let full = Overloaded::new().to_string();
+    assert!(full.contains("no permit free"), "{full}");
+}

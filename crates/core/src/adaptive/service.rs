@@ -24,7 +24,8 @@ pub struct AdaptiveLimit<S, K> {
     permit: Option<Permit>,
     classify: K,
     fail_fast: bool,
-    shed: bool,
+    /// The refusal `call` answers with, when `poll_ready` shed (fail-fast).
+    shed: Option<Overloaded>,
     /// Waits out a hold (no permit yet) or a pacing slot (with a permit).
     sleep: ReusableSleep,
     /// The pacing slot of the permit held, until it has come.
@@ -43,7 +44,7 @@ impl<S, K> AdaptiveLimit<S, K> {
             permit: None,
             classify,
             fail_fast,
-            shed: false,
+            shed: None,
             sleep: ReusableSleep::default(),
             pace_slot: None,
             admitted: None,
@@ -89,7 +90,7 @@ where
             // each would only be refused.
             if let Some(until) = self.shared.held_until() {
                 if self.fail_fast {
-                    self.shed = true;
+                    self.shed = Some(Overloaded::held());
                     return Poll::Ready(Ok(()));
                 }
                 if self.sleep.poll_until(until, cx).is_pending() {
@@ -101,7 +102,7 @@ where
                 Poll::Ready(None) => {
                     // Stay ready and answer the call with the refusal, as
                     // the concurrency layer does.
-                    self.shed = true;
+                    self.shed = Some(Overloaded::new());
                     return Poll::Ready(Ok(()));
                 }
                 Poll::Pending => return Poll::Pending,
@@ -120,7 +121,7 @@ where
             }
             self.pace_slot = None;
         }
-        self.shed = false;
+        self.shed = None;
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
@@ -138,14 +139,16 @@ where
                 };
                 ResponseFuture::called(self.inner.call(req), guard, self.classify.clone())
             }
-            None if std::mem::take(&mut self.shed) => {
-                tracing::debug!(
-                    limit = self.shared.semaphore.limit(),
-                    "adaptive limit reached; shed"
-                );
-                ResponseFuture::refused(Overloaded::new())
-            }
-            None => ResponseFuture::refused(NotReady::new()),
+            None => match self.shed.take() {
+                Some(refusal) => {
+                    tracing::debug!(
+                        limit = self.shared.semaphore.limit(),
+                        "adaptive limit reached; shed"
+                    );
+                    ResponseFuture::refused(refusal)
+                }
+                None => ResponseFuture::refused(NotReady::new()),
+            },
         }
     }
 }
@@ -160,7 +163,7 @@ impl<S: Clone, K: Clone> Clone for AdaptiveLimit<S, K> {
             permit: None,
             classify: self.classify.clone(),
             fail_fast: self.fail_fast,
-            shed: false,
+            shed: None,
             sleep: ReusableSleep::default(),
             pace_slot: None,
             admitted: None,
