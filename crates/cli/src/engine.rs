@@ -5,6 +5,8 @@
 //! attempt counter → the HTTP client preset (per-host limits, timeouts,
 //! body cap, address guard).
 
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
@@ -20,7 +22,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_fanout_core::BoxError;
 use tower_fanout_core::adaptive::{AdaptiveLimitLayer, GradientController};
 use tower_fanout_core::concurrency::ConcurrencyLimitLayer;
-use tower_fanout_core::fan_out::{Progress, fan_out};
+use tower_fanout_core::fan_out::{ItemResult, Progress, fan_out};
 use tower_fanout_core::keyed::KeyLimit;
 use tower_fanout_core::rate::RateLimitLayer;
 use tower_fanout_http::retry::RetryLayer;
@@ -178,12 +180,33 @@ impl FetchOptions {
 }
 
 impl Fetcher {
-    /// Fetches every item, `concurrency` at a time, reporting progress.
+    /// Fetches every item, `concurrency` at a time, reporting progress;
+    /// returns the records in input order.
     pub(crate) async fn fetch_all(
         &self,
         items: Vec<Item>,
         on_progress: impl Fn(&Progress) + Send + Sync + 'static,
     ) -> Vec<Record> {
+        let mut records = Vec::with_capacity(items.len());
+        self.fetch_each(items, on_progress, |record| {
+            records.push(record);
+            ControlFlow::Continue(())
+        })
+        .await;
+        records
+    }
+
+    /// Fetches every item, `concurrency` at a time, reporting progress, and
+    /// hands each record to `on_record` in input order as soon as it and
+    /// every record before it are done: a slow item holds back the records
+    /// after it, not the whole batch. `on_record` returning `Break` stops
+    /// the batch (the requests in flight are dropped).
+    pub(crate) async fn fetch_each(
+        &self,
+        items: Vec<Item>,
+        on_progress: impl Fn(&Progress) + Send + Sync + 'static,
+        mut on_record: impl FnMut(Record) -> ControlFlow<()>,
+    ) {
         let attempts: Vec<Attempts> = items.iter().map(|_| Attempts::default()).collect();
         let mut requests = Vec::with_capacity(items.len());
         for (item, counter) in items.iter().zip(&attempts) {
@@ -206,43 +229,72 @@ impl Fetcher {
                 Ok::<_, BoxError>((response.status(), response.body().len() as u64))
             }
         });
-        let batch = match fan_out(service, requests).concurrency(self.concurrency) {
-            Ok(fan) => fan.on_progress(on_progress).collect().await,
+        let mut items: Vec<Option<Item>> = items.into_iter().map(Some).collect();
+        let mut stream = match fan_out(service, requests).concurrency(self.concurrency) {
+            Ok(fan) => fan.on_progress(on_progress).stream(),
             Err(e) => {
                 let error = e.to_string();
-                return items
-                    .into_iter()
-                    .map(|item| failed(item, error.clone()))
-                    .collect();
+                for item in items.into_iter().flatten() {
+                    if on_record(failed(item, error.clone())).is_break() {
+                        return;
+                    }
+                }
+                return;
             }
         };
-        items
-            .into_iter()
-            .zip(batch.into_items())
-            .zip(attempts)
-            .map(|((item, outcome), counter)| {
-                let attempts = counter.0.load(Ordering::Relaxed).max(1);
-                let latency_ms = u64::try_from(outcome.latency.as_millis()).unwrap_or(u64::MAX);
-                match outcome.result {
-                    Ok((status, bytes)) => Record {
-                        ok: status.is_success(),
-                        status: Some(status.as_u16()),
-                        error: None,
-                        attempts,
-                        latency_ms,
-                        bytes,
-                        id: item.id,
-                        url: item.url,
-                    },
-                    Err(error) => Record {
-                        error: Some(describe(&*error)),
-                        attempts,
-                        latency_ms,
-                        ..failed(item, String::new())
-                    },
+        // Records done but waiting for an earlier one (at most the window's
+        // worth beyond a slow item, and records are small).
+        let mut done = BTreeMap::new();
+        let mut next = 0;
+        while let Some(outcome) = stream.next().await {
+            let index = outcome.index;
+            let Some(item) = items.get_mut(index).and_then(Option::take) else {
+                continue;
+            };
+            done.insert(index, record(item, outcome, &attempts[index]));
+            while let Some(record) = done.remove(&next) {
+                next += 1;
+                if on_record(record).is_break() {
+                    return;
                 }
-            })
-            .collect()
+            }
+        }
+        // Every item has its record by now; one whose task could not say
+        // which item it ran (never seen) still gets an answer.
+        for (index, item) in items.into_iter().enumerate().skip(next) {
+            let record = match (done.remove(&index), item) {
+                (Some(record), _) => record,
+                (None, Some(item)) => failed(item, "no answer for this item".to_string()),
+                (None, None) => continue,
+            };
+            if on_record(record).is_break() {
+                return;
+            }
+        }
+    }
+}
+
+/// One finished item's record.
+fn record(item: Item, outcome: ItemResult<(http::StatusCode, u64)>, counter: &Attempts) -> Record {
+    let attempts = counter.0.load(Ordering::Relaxed).max(1);
+    let latency_ms = u64::try_from(outcome.latency.as_millis()).unwrap_or(u64::MAX);
+    match outcome.result {
+        Ok((status, bytes)) => Record {
+            ok: status.is_success(),
+            status: Some(status.as_u16()),
+            error: None,
+            attempts,
+            latency_ms,
+            bytes,
+            id: item.id,
+            url: item.url,
+        },
+        Err(error) => Record {
+            error: Some(describe(&*error)),
+            attempts,
+            latency_ms,
+            ..failed(item, String::new())
+        },
     }
 }
 

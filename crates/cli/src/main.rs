@@ -12,6 +12,7 @@ mod mcp;
 mod units;
 
 use std::io::{IsTerminal, Read, Write};
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -215,30 +216,60 @@ async fn fetch(path: Option<PathBuf>, limits: &Limits) -> anyhow::Result<ExitCod
         }
     };
     let fetcher = limits.options().fetcher()?;
-    let bar = progress_bar(items.len());
-    let records = fetcher
-        .fetch_all(items, {
+    let total = items.len();
+    let bar = progress_bar(total);
+    // Each record is written as soon as it and the ones before it are done,
+    // so a long batch shows its results as it goes and an interrupted one
+    // keeps what it fetched.
+    let (mut ok, mut failed) = (0usize, 0usize);
+    let mut write_error = None;
+    let fetched = fetcher.fetch_each(
+        items,
+        {
             let bar = bar.clone();
             move |p| {
                 bar.set_position(p.completed as u64);
                 bar.set_message(format!("{} ok, {} failed", p.succeeded, p.failed));
             }
-        })
-        .await;
-    bar.finish_and_clear();
-    let mut stdout = std::io::stdout().lock();
-    for record in &records {
-        serde_json::to_writer(&mut stdout, record)?;
-        stdout.write_all(b"\n")?;
-    }
-    stdout.flush()?;
-    let failed = records.iter().filter(|r| !r.ok).count();
-    eprintln!(
-        "fanout: {} fetched, {} ok, {} failed",
-        records.len(),
-        records.len() - failed,
-        failed
+        },
+        |record| {
+            if record.ok {
+                ok += 1;
+            } else {
+                failed += 1;
+            }
+            let written = bar.suspend(|| {
+                let mut stdout = std::io::stdout().lock();
+                serde_json::to_writer(&mut stdout, &record)?;
+                stdout.write_all(b"\n")?;
+                stdout.flush()
+            });
+            match written {
+                Ok(()) => ControlFlow::Continue(()),
+                // Nobody reads on (a closed pipe, say): stop fetching.
+                Err(e) => {
+                    write_error = Some(e);
+                    ControlFlow::Break(())
+                }
+            }
+        },
     );
+    let interrupted = tokio::select! {
+        () = fetched => false,
+        _ = tokio::signal::ctrl_c() => true,
+    };
+    bar.finish_and_clear();
+    if let Some(e) = write_error {
+        return Err(anyhow::Error::new(e).context("cannot write the results"));
+    }
+    if interrupted {
+        eprintln!(
+            "fanout: interrupted: {} of {total} written, {ok} ok, {failed} failed",
+            ok + failed
+        );
+        return Ok(ExitCode::from(130));
+    }
+    eprintln!("fanout: {} fetched, {ok} ok, {failed} failed", ok + failed);
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {

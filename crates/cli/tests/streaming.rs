@@ -1,0 +1,83 @@
+//! `fanout fetch` writes each record as soon as it and the ones before it
+//! are done, and an interrupt (Ctrl-C) keeps what was written.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+use tower_fanout_sim::{Jitter, Model, Sim};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fanout");
+
+fn sim(latency: Duration) -> Sim {
+    Sim::new(
+        Model::new().latency(latency, Jitter::None).body_bytes(10),
+        1,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_come_out_as_they_finish_and_an_interrupt_keeps_them() {
+    let (fast, slow) = (sim(Duration::from_millis(5)), sim(Duration::from_secs(600)));
+    let (fast_server, slow_server) = (fast.serve().await.unwrap(), slow.serve().await.unwrap());
+    // Two quick items, a slow one, a quick one behind it.
+    let input = format!(
+        "http://{f}/1\nhttp://{f}/2\nhttp://{s}/3\nhttp://{f}/4\n",
+        f = fast_server.addr(),
+        s = slow_server.addr()
+    );
+    let mut child = Command::new(BIN)
+        .args(["fetch", "--allow-private", "--timeout", "10min"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).await.unwrap();
+    drop(stdin);
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        // Before, nothing was written until the slow item ended, 10 minutes on.
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("a record while the slow item runs")
+            .unwrap()
+            .unwrap();
+        let record: serde_json::Value = serde_json::from_str(&line).unwrap();
+        ids.push(record["id"].as_str().unwrap().to_string());
+    }
+    // In input order: item 4 is done too, but waits behind item 3.
+    assert_eq!(ids, ["1", "2"]);
+    // Wait until item 4 has been answered, then interrupt.
+    let started = tokio::time::Instant::now();
+    while fast.stats().arrivals < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "item 4 was never sent"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("fanout ends at the interrupt")
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted: 2 of 4 written"), "{stderr}");
+    assert_eq!(
+        lines.next_line().await.unwrap(),
+        None,
+        "nothing more is written"
+    );
+}
