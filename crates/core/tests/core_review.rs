@@ -266,3 +266,49 @@ async fn a_refusal_during_a_hold_names_the_hold() {
     let full = Overloaded::new().to_string();
     assert!(full.contains("no permit free"), "{full}");
 }
+
+/// What the rate module's docs now say of a rate limit over a concurrency
+/// limit: tokens are taken as services get ready, so callers that took
+/// theirs 100 ms apart and then queued for permits go out together when
+/// the permits free together (10/s with a burst of 1 here, and three calls
+/// at the same instant).
+#[cfg(all(feature = "rate", feature = "concurrency"))]
+#[tokio::test(start_paused = true)]
+async fn tokens_taken_before_a_permit_wait_go_out_together() {
+    use std::sync::{Arc, Mutex};
+    use tokio::time::Instant;
+    use tower::{ServiceExt, service_fn};
+    use tower_fanout_core::concurrency::ConcurrencyLimitLayer;
+    use tower_fanout_core::rate::RateLimitLayer;
+
+    let start = Instant::now();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let svc = tower::ServiceBuilder::new()
+        .layer(
+            RateLimitLayer::builder(10, Duration::from_secs(1))
+                .burst(1)
+                .build()
+                .unwrap(),
+        )
+        .layer(ConcurrencyLimitLayer::new(3).unwrap())
+        .service(service_fn({
+            let calls = calls.clone();
+            move |_: u32| {
+                let now = start.elapsed();
+                calls.lock().unwrap().push(now.as_millis());
+                // Every answer comes at the next whole second.
+                let end = Duration::from_secs(now.as_secs() + 1);
+                async move {
+                    tokio::time::sleep(end - now).await;
+                    Ok::<_, std::io::Error>(())
+                }
+            }
+        }));
+    let tasks: Vec<_> = (0..6)
+        .map(|i| tokio::spawn(svc.clone().oneshot(i)))
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(*calls.lock().unwrap(), [0, 100, 200, 1000, 1000, 1000]);
+}

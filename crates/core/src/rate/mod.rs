@@ -35,6 +35,17 @@
 //! Outside the concurrency limit, so that a caller waiting for a token holds
 //! no concurrency permit.
 //!
+//! The bound is on admissions: a token is taken when a service gets ready,
+//! before it waits for the inner service's readiness. Callers that got their
+//! tokens one interval apart and then queued for the concurrency limit's
+//! permits go out together when permits free together (the answers of one
+//! round trip arriving at once): a downstream then sees more calls at once
+//! than `burst`, though never more than the tokens taken. Where the
+//! downstream refuses such bunches (a rate cap with a small burst), give the
+//! rate limit a burst of at least the concurrency limit, or put it inside
+//! the concurrency limit (a caller then holds a permit while it waits for
+//! its token).
+//!
 //! # Refusals
 //! By default `poll_ready` waits for a token, and waiting callers are served
 //! in the order they arrived (each books its slot). With
