@@ -1,4 +1,5 @@
-//! The `fetch` input: one URL a line, or a JSON array of `{"id": "...", "url": "..."}`.
+//! The `fetch` input: one URL a line, or a JSON array of `{"id": "...", "url": "..."}`
+//! (also wrapped as the MCP tool's arguments, `{"items": [...]}`).
 //!
 //! Input is checked whole before anything is fetched, and the first problem
 //! is reported with the line or item it is on. Items are numbered from 1 in
@@ -71,7 +72,13 @@ pub(crate) fn parse(text: &str, max_items: usize) -> Result<Vec<Item>, String> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let trimmed = text.trim_start();
     let items = if trimmed.starts_with('[') {
-        parse_json(trimmed)?
+        let raw = serde_json::from_str(trimmed).map_err(|e| format!("invalid JSON input: {e}"))?;
+        parse_json(raw)?
+    } else if trimmed.starts_with('{') {
+        // The MCP tool's arguments, `{"items": [...]}` (no URL starts with `{`).
+        let batch: Batch =
+            serde_json::from_str(trimmed).map_err(|e| format!("invalid JSON input: {e}"))?;
+        parse_json(batch.items)?
     } else {
         parse_lines(text)?
     };
@@ -94,9 +101,14 @@ fn parse_lines(text: &str) -> Result<Vec<Item>, String> {
     Ok(items)
 }
 
-fn parse_json(text: &str) -> Result<Vec<Item>, String> {
-    let raw: Vec<serde_json::Value> =
-        serde_json::from_str(text).map_err(|e| format!("invalid JSON input: {e}"))?;
+/// The MCP tool's arguments, which `fetch` takes as well as the bare array.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Batch {
+    items: Vec<serde_json::Value>,
+}
+
+fn parse_json(raw: Vec<serde_json::Value>) -> Result<Vec<Item>, String> {
     let mut items = Vec::with_capacity(raw.len());
     for (n, value) in raw.into_iter().enumerate() {
         let item: InputItem = serde_json::from_value(value).map_err(|e| {

@@ -1,4 +1,5 @@
-//! Item ids follow one rule in `fanout fetch` (both input forms) and in the
+//! `fanout fetch` and the MCP tool `batch_fetch_urls` take the same items.
+//! Their ids follow one rule in `fanout fetch` (both input forms) and in the
 //! MCP tool `batch_fetch_urls`: an id given as a string or a number is kept,
 //! an item without one is named by its number counting from 1 (its line
 //! number in the line form), never clashing with an id given to another
@@ -218,5 +219,36 @@ async fn a_given_id_used_twice_is_refused_naming_both_items() {
         }
     }
     assert_eq!(sim.stats().arrivals, 0);
+    client.cancel().await.unwrap();
+}
+
+/// The tool's arguments, `{"items": [...]}`, given to `fetch` were read as
+/// the line form ("line 1: `{"items":...` is not a valid URL"); `fetch`
+/// takes them as it takes the bare array, so a tool call can be replayed
+/// from the command line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_takes_the_mcp_tools_arguments_too() {
+    let sim = quick_sim();
+    let server = sim.serve().await.unwrap();
+    let [a, b, _] = urls(server.addr());
+    let client = mcp_server().await;
+
+    let items = json!([{"id": "x", "url": a}, {"url": b}]);
+    let arguments = json!({ "items": items });
+    assert_eq!(mcp(&client, &items).await.unwrap(), ["x", "2"]);
+    assert_eq!(fetch(&arguments.to_string()).await.unwrap(), ["x", "2"]);
+    assert_eq!(
+        fetch(&format!("\n  {arguments:#}\n")).await.unwrap(),
+        ["x", "2"]
+    );
+
+    // What the tool refuses, fetch refuses in the same words.
+    let unknown = json!({ "items": items, "limit": 3 });
+    let message = fetch(&unknown.to_string()).await.unwrap_err();
+    assert!(message.contains("unknown field `limit`"), "{message}");
+    let bad = json!({ "items": [{"url": a}, {"url": "ftp://x.test/f"}] });
+    let message = fetch(&bad.to_string()).await.unwrap_err();
+    assert!(message.contains("item 2 (id 2):"), "{message}");
+    assert_eq!(sim.stats().arrivals, 6);
     client.cancel().await.unwrap();
 }
