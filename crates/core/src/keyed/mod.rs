@@ -26,6 +26,12 @@
 //! reserves nothing in the inner service: a global limit placed inside is
 //! taken only by calls their key has admitted.
 //!
+//! As with the [rate limit](crate::rate), a key's rate bounds admissions:
+//! calls that took their tokens apart and then queued for the key's
+//! permits (or for the inner service) go out together when those free
+//! together. A key whose downstream refuses bunches wants a burst of at
+//! least its concurrency.
+//!
 //! # Refusals
 //! Waiting is the default. With [`fail_fast`](KeyedLimitBuilder::fail_fast)
 //! a key with no permit free answers [`Overloaded`](crate::error::Overloaded)
