@@ -86,7 +86,9 @@ unit_error!(
     /// The backpressure layer's workers are gone: every service was dropped or
     /// the runtime is shutting down.
     Closed,
-    "backpressure queue closed: its workers have stopped"
+    "backpressure queue closed: its workers have stopped with the Tokio runtime they ran on \
+     (the one of the service's first `poll_ready`); build the service on the runtime that \
+     calls it"
 );
 
 unit_error!(

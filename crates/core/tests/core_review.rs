@@ -312,3 +312,36 @@ async fn tokens_taken_before_a_permit_wait_go_out_together() {
     }
     assert_eq!(*calls.lock().unwrap(), [0, 100, 200, 1000, 1000, 1000]);
 }
+
+/// A backpressure service first used on one runtime (a start-up or test
+/// runtime) spawns its workers there; once that runtime is gone every call
+/// is refused with `Closed`, whose message said only "its workers have
+/// stopped", not why nor what to do.
+#[cfg(feature = "backpressure")]
+#[test]
+fn closed_says_the_workers_runtime_is_gone_and_what_to_do() {
+    use tower::{ServiceExt, service_fn};
+    use tower_fanout_core::backpressure::BackpressureLayer;
+    use tower_fanout_core::error::Closed;
+
+    let svc = tower::ServiceBuilder::new()
+        .layer(BackpressureLayer::new(1).unwrap())
+        .service(service_fn(
+            |n: u32| async move { Ok::<_, std::io::Error>(n) },
+        ));
+    let first = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    assert_eq!(first.block_on(svc.clone().oneshot(1)).unwrap(), 1);
+    drop(first);
+    let second = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let err = second.block_on(svc.clone().oneshot(2)).unwrap_err();
+    assert!(err.is::<Closed>(), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("runtime") && msg.contains("build the service"),
+        "{msg}"
+    );
+}
