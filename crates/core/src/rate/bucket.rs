@@ -279,6 +279,59 @@ mod tests {
                 }
             }
 
+            /// Waiting bookings, give-backs (of the latest booking, or of
+            /// an older one, which is refused) and fail-fast takes mixed:
+            /// over every window between two admissions, the tokens admitted
+            /// (a booking's at its slot, a take's at once; given back: none)
+            /// stay within burst + window / interval.
+            #[test]
+            fn give_backs_keep_every_window_within_the_bound(
+                rate in 1u32..50,
+                burst in 1u32..8,
+                steps in proptest::collection::vec((0u64..300_000_000, 0u8..4, 1u32..4), 1..120),
+            ) {
+                let b = TokenBucket::new(rate, Duration::from_secs(1), burst);
+                let mut now = 0u64;
+                // (admitted at, tokens, booking end while it can be given back)
+                let mut admitted: Vec<(u64, u32, Option<u64>)> = Vec::new();
+                for (dt, op, cost) in steps {
+                    now += dt;
+                    let cost = cost.min(burst);
+                    match op {
+                        0 => {
+                            let (end, at) = b.take_queued(now, 1);
+                            admitted.push((at.max(now), 1, Some(end)));
+                        }
+                        1 | 2 => {
+                            // Give back the latest booking still held, or
+                            // (op 2) the oldest: only the latest can be.
+                            let held = admitted.iter().enumerate().filter(|(_, a)| a.2.is_some());
+                            let pick = if op == 1 { held.last() } else { held.min_by_key(|(_, a)| a.0) };
+                            if let Some((i, &(_, _, Some(end)))) = pick
+                                && b.give_back(end, 1)
+                            {
+                                admitted.remove(i);
+                            }
+                        }
+                        _ => {
+                            if b.try_take(now, cost).is_ok() {
+                                admitted.push((now, cost, None));
+                            }
+                        }
+                    }
+                }
+                let mut times: Vec<(u64, u32)> = admitted.iter().map(|a| (a.0, a.1)).collect();
+                times.sort_unstable();
+                for i in 0..times.len() {
+                    let mut tokens = 0u64;
+                    for &(t, n) in &times[i..] {
+                        tokens += u64::from(n);
+                        let bound = u64::from(burst) + (t - times[i].0) / b.interval();
+                        prop_assert!(tokens <= bound, "{} tokens in [{}, {}], bound {}", tokens, times[i].0, t, bound);
+                    }
+                }
+            }
+
             /// A refused request is told a wait after which it is admitted.
             #[test]
             fn retry_after_is_exact(
