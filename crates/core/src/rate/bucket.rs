@@ -305,8 +305,8 @@ mod tests {
                         1 | 2 => {
                             // Give back the latest booking still held, or
                             // (op 2) the oldest: only the latest can be.
-                            let held = admitted.iter().enumerate().filter(|(_, a)| a.2.is_some());
-                            let pick = if op == 1 { held.last() } else { held.min_by_key(|(_, a)| a.0) };
+                            let mut held = admitted.iter().enumerate().filter(|(_, a)| a.2.is_some());
+                            let pick = if op == 1 { held.next_back() } else { held.min_by_key(|(_, a)| a.0) };
                             if let Some((i, &(_, _, Some(end)))) = pick
                                 && b.give_back(end, 1)
                             {
