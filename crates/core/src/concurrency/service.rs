@@ -48,7 +48,8 @@ impl<S> ConcurrencyLimit<S> {
         &mut self.inner
     }
 
-    /// Consumes the limit, returning the inner service (and any held permit).
+    /// Consumes the limit, returning the inner service; a permit it held goes
+    /// back to the limit.
     pub fn into_inner(self) -> S {
         self.inner
     }
