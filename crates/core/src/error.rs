@@ -222,6 +222,17 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    #[cfg_attr(
+        not(any(
+            feature = "concurrency",
+            feature = "rate",
+            feature = "backpressure",
+            feature = "adaptive",
+            feature = "keyed",
+            feature = "fan-out"
+        )),
+        allow(dead_code, reason = "only the layers' builders make one")
+    )]
     pub(crate) fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
