@@ -48,7 +48,7 @@ enum Command {
         #[command(flatten)]
         limits: Limits,
     },
-    /// Serve an MCP tool, batch_fetch_urls, on standard input and output.
+    /// Serve MCP tools (batch_fetch_urls, get_batch_results) on standard input and output.
     Mcp {
         #[command(flatten)]
         limits: Limits,
@@ -81,7 +81,7 @@ struct Limits {
     /// Retries per item (429/503 honour Retry-After; others back off).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=10))]
     retries: u32,
-    /// Items accepted in one input at most (and the input is read up to 16 KiB per item).
+    /// Items accepted in one batch at most (fetch reads its input up to 16 KiB per item).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_items: u32,
     /// Allow loopback, private, link-local and metadata addresses (refused by default).
@@ -188,7 +188,12 @@ async fn fetch(path: Option<PathBuf>, limits: &Limits) -> anyhow::Result<ExitCod
         _ => std::io::stdin().take(bound + 1).read_to_end(&mut bytes),
     };
     if let Err(e) = read {
-        eprintln!("fanout: cannot read the input: {e}");
+        match &path {
+            Some(p) if p.as_os_str() != "-" => {
+                eprintln!("fanout: cannot read the input {}: {e}", p.display());
+            }
+            _ => eprintln!("fanout: cannot read the input: {e}"),
+        }
         return Ok(ExitCode::from(2));
     }
     if bytes.len() as u64 > bound {

@@ -393,3 +393,14 @@ async fn an_input_without_end_is_refused_once_past_its_bound() {
     assert!(stderr.contains("--max-items"), "{stderr}");
     assert!(written < 16 << 20, "read {written} bytes before refusing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_input_file_is_named() {
+    let run = fanout(&["fetch", "/nonexistent/urls.txt"], "").await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("/nonexistent/urls.txt"),
+        "{}",
+        run.stderr
+    );
+}
