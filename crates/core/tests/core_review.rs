@@ -182,14 +182,87 @@ async fn a_huge_gradient_tolerance_never_cuts_on_latency() {
     }
 }
 
-/// What the rate module's docs now say of a waiting limiter with costs
-/// above one (they said "at most one request's cost minus one" ahead):
-/// each service held ready books a token, and each then books the rest of
-/// its cost as debt, so four services ready together on a bucket of 4
-/// admit 16 tokens at once; the next caller waits all of it out.
+/// A waiting limiter with costs above one keeps the bound however many
+/// services were ready together: each books a token in `poll_ready`, and
+/// a call whose rest of the cost is not there yet waits for it before the
+/// inner service sees it. Before, four services ready together on a bucket
+/// of 4 each called at once with a cost of 4: 16 tokens in no time.
 #[cfg(feature = "rate")]
 #[tokio::test(start_paused = true)]
-async fn services_ready_together_each_run_ahead_by_the_rest_of_their_cost() {
+async fn services_ready_together_keep_the_bound_with_costs() {
+    use std::sync::{Arc, Mutex};
+    use tokio::time::Instant;
+    use tower::{Service, ServiceExt, service_fn};
+    use tower_fanout_core::rate::RateLimitLayer;
+
+    let layer = RateLimitLayer::builder(1, Duration::from_secs(1))
+        .burst(4)
+        .cost(|c: &u32| *c)
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let arrivals = Arc::new(Mutex::new(Vec::new()));
+    let seen = arrivals.clone();
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(service_fn(move |cost: u32| {
+            seen.lock().unwrap().push((start.elapsed(), cost));
+            async { Ok::<_, std::io::Error>(()) }
+        }));
+    let mut ready = Vec::new();
+    for _ in 0..4 {
+        let mut s = svc.clone();
+        s.ready().await.unwrap();
+        ready.push(s);
+    }
+    let calls: Vec<_> = ready.iter_mut().map(|s| s.call(4)).collect();
+    for call in futures_util_join(calls).await {
+        call.unwrap();
+    }
+    // 4 tokens at 0 s, then 3 more a call as the bucket refills: at most
+    // burst + rate x t, to the token.
+    let secs = |n| Duration::from_secs(n);
+    assert_eq!(
+        *arrivals.lock().unwrap(),
+        [(secs(3), 4), (secs(6), 4), (secs(9), 4), (secs(12), 4)]
+    );
+    svc.clone().oneshot(1).await.unwrap();
+    assert_eq!(start.elapsed(), secs(13));
+}
+
+/// Polls every future to completion, together.
+#[cfg(feature = "rate")]
+async fn futures_util_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futures {
+        set.push(Box::pin(f));
+    }
+    let mut out: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in set.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(Option::unwrap).collect()
+}
+
+/// A call waiting for the rest of its cost that the caller drops gives the
+/// tokens back: the next caller does not wait for them.
+#[cfg(feature = "rate")]
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_while_waiting_for_its_cost_gives_the_tokens_back() {
     use tokio::time::Instant;
     use tower::{Service, ServiceExt, service_fn};
     use tower_fanout_core::rate::RateLimitLayer;
@@ -203,19 +276,20 @@ async fn services_ready_together_each_run_ahead_by_the_rest_of_their_cost() {
         .layer(layer)
         .service(service_fn(|_: u32| async { Ok::<_, std::io::Error>(()) }));
     let start = Instant::now();
-    let mut ready = Vec::new();
-    for _ in 0..4 {
-        let mut s = svc.clone();
-        s.ready().await.unwrap();
-        ready.push(s);
-    }
-    for mut s in ready {
-        s.call(4).await.unwrap();
-    }
-    assert_eq!(start.elapsed(), Duration::ZERO, "16 tokens at once");
-    // 16 taken from a bucket of 4 at 1 a second: the next token is there at 13 s.
+    // Spend 3 of the 4 tokens.
+    svc.clone().oneshot(3).await.unwrap();
+    // A call of 4 has 1 token there and waits 3 s for the rest; dropped.
+    let mut s = svc.clone();
+    s.ready().await.unwrap();
+    let call = s.call(4);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), call)
+            .await
+            .is_err()
+    );
+    // Its 4 tokens went back: 1 is there now (at 0.5 s), so a call of 1 goes at once.
     svc.clone().oneshot(1).await.unwrap();
-    assert_eq!(start.elapsed(), Duration::from_secs(13));
+    assert_eq!(start.elapsed(), Duration::from_millis(500));
 }
 
 /// Above 1000 calls a second a fail-fast refusal's wait is under a

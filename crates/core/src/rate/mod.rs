@@ -15,17 +15,16 @@
 //! with [`CostExceedsBurst`](crate::error::CostExceedsBurst).
 //!
 //! Waiting callers book one token in `poll_ready` (the request is not known
-//! yet) and pay the rest of the cost in `call`. When the bucket is short of
-//! that rest, it goes into debt, which the following callers wait out; so a
-//! waiting limiter runs ahead of the bound by the rest of the cost (cost
-//! minus one) of each call whose service was ready before the rest of the
-//! previous one was booked. Calls made one at a time (`oneshot` on one
-//! thread) run ahead by at most one request's cost minus one; services
-//! held ready together (several threads, or `ready()` on many clones before
-//! calling them) each hold a token, so up to `burst` of them can run ahead
-//! together, by up to `burst × (cost − 1)` (the following callers then wait
-//! all of it out). A fail-fast limiter checks the full cost in `call` and
-//! never runs ahead: use it where a cost above one must never run ahead.
+//! yet) and the rest of the cost in `call`. When the rest is not there yet,
+//! the call waits for it in its response future before the inner service
+//! sees the request, so the bound holds for any cost and however many
+//! services were ready together. For that wait the ready inner service goes
+//! into the response future and a clone takes its place, which is why the
+//! rate limit's inner service must be `Clone` (tower's hyper clients and
+//! stacks of tower layers are). A caller that drops the response future
+//! while it waits gives its tokens back when nobody booked after it. A
+//! fail-fast limiter checks the full cost in `call` and refuses with the
+//! exact wait instead.
 //!
 //! # Sharing
 //! The bucket is held in an `Arc` inside the layer: every service the layer
@@ -89,5 +88,10 @@ mod service;
 pub use self::layer::{Cost, RateLimitBuilder, RateLimitHandle, RateLimitLayer, UnitCost};
 pub use self::service::RateLimit;
 
-/// The response future of [`RateLimit`]: the inner future, or a refusal.
-pub type ResponseFuture<F> = crate::future::ResponseFuture<F, ()>;
+/// The response future of [`RateLimit`]: the inner future, a refusal, or a
+/// call waiting for the rest of its cost.
+pub type ResponseFuture<S, Req> = crate::future::ResponseFuture<
+    <S as tower_service::Service<Req>>::Future,
+    (),
+    self::service::DeferredCall<S, Req>,
+>;

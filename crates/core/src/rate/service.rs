@@ -10,6 +10,7 @@ use super::layer::{Cost, Shared};
 use super::{RateLimitHandle, ResponseFuture};
 use crate::BoxError;
 use crate::error::{CostExceedsBurst, NotReady, RateLimited};
+use crate::future::Cold;
 
 /// Takes tokens from a shared bucket for each request.
 ///
@@ -100,13 +101,13 @@ impl<S, C> RateLimit<S, C> {
 
 impl<S, C, Req> Service<Req> for RateLimit<S, C>
 where
-    S: Service<Req>,
+    S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
     C: Cost<Req>,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S, Req>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -131,7 +132,7 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let State::Ready { booked } = self.booking.state else {
-            return ResponseFuture::refused_boxed(not_ready());
+            return ResponseFuture::cold(not_ready());
         };
         // The call consumes the booking: from here on nothing is given back.
         self.booking.state = State::Idle;
@@ -141,12 +142,140 @@ where
         // to check. Otherwise the cold path settles the cost and returns only
         // a refusal (a thin pointer), so that both paths build the future
         // here, in registers, rather than merging two futures through memory.
-        if (cost != 1 || booked.is_none())
-            && let Some(refusal) = self.settle_cost(booked, cost)
-        {
-            return ResponseFuture::refused_boxed(refusal);
-        }
+        let req = if cost != 1 || booked.is_none() {
+            match self.settle(booked, cost, req) {
+                Ok(req) => req,
+                Err(cold) => return ResponseFuture::cold(cold),
+            }
+        } else {
+            req
+        };
         ResponseFuture::called(self.inner.call(req), ())
+    }
+}
+
+/// How the cost of a call was settled.
+enum Settled {
+    /// Every token is there: call now.
+    Now,
+    /// The call may not go ahead.
+    Refused(BoxError),
+    /// The rest of the cost is booked and arrives later: call then.
+    Later(Later),
+}
+
+/// The rest of a call's cost, booked but not there yet.
+#[derive(Debug, Clone, Copy)]
+struct Later {
+    /// When the tokens are there.
+    at: u64,
+    /// The end of their booking, and how many they are: given back if the
+    /// caller leaves before the call.
+    end: u64,
+    tokens: u32,
+    /// The end of the token booked in `poll_ready`.
+    first: u64,
+}
+
+impl<S, C> RateLimit<S, C> {
+    /// Settles a cost other than the one token booked in `poll_ready`:
+    /// gives the request back if the call goes ahead now, or the refusal or
+    /// deferred call, boxed, for the response future (out of line, so the
+    /// common path of `call` stays small).
+    #[inline(never)]
+    fn settle<Req>(
+        &mut self,
+        booked: Option<u64>,
+        cost: u32,
+        req: Req,
+    ) -> Result<Req, Box<Cold<DeferredCall<S, Req>>>>
+    where
+        S: Service<Req> + Clone,
+    {
+        match self.settle_cost(booked, cost) {
+            Settled::Now => Ok(req),
+            Settled::Refused(refusal) => Err(Box::new(Cold::Refused(refusal))),
+            Settled::Later(later) => Err(self.defer(req, later)),
+        }
+    }
+
+    /// Hands the call, with the ready inner service, to the response future,
+    /// which makes it once the rest of its cost is there; a clone takes the
+    /// inner service's place here.
+    #[cold]
+    fn defer<Req>(&mut self, req: Req, later: Later) -> Box<Cold<DeferredCall<S, Req>>>
+    where
+        S: Service<Req> + Clone,
+    {
+        let fresh = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, fresh);
+        let now = self.booking.shared.clock.now();
+        tracing::debug!(
+            tokens = later.tokens,
+            wait_ms = Duration::from_nanos(later.at.saturating_sub(now)).as_millis() as u64,
+            "rate limited; the call waits for the rest of its cost"
+        );
+        Box::new(Cold::Deferred(DeferredCall(Waiting {
+            svc: Some(ready),
+            req: Some(req),
+            shared: self.booking.shared.clone(),
+            later: Some(later),
+            sleep: ReusableSleep::default(),
+        })))
+    }
+}
+
+/// A call whose cost is not all there yet, held by its response future until
+/// it is: the ready inner service and the request (in the future's box for
+/// rare states, so the response future of every other call stays small).
+pub struct DeferredCall<S, Req>(Waiting<S, Req>);
+
+struct Waiting<S, Req> {
+    svc: Option<S>,
+    req: Option<Req>,
+    shared: Arc<Shared>,
+    /// `None` once the call is made (nothing to give back then).
+    later: Option<Later>,
+    sleep: ReusableSleep,
+}
+
+impl<S, Req> Drop for Waiting<S, Req> {
+    fn drop(&mut self) {
+        // Left before the call: the tokens go back if nothing was booked
+        // behind them (otherwise they stay booked, the strict side).
+        if let Some(later) = self.later.take() {
+            let bucket = &self.shared.bucket;
+            if bucket.give_back(later.end, later.tokens) {
+                bucket.give_back(later.first, 1);
+            }
+        }
+    }
+}
+
+impl<S, Req> crate::future::Deferred<S::Future, ()> for DeferredCall<S, Req>
+where
+    S: Service<Req>,
+{
+    fn poll_call(&mut self, cx: &mut Context<'_>) -> Poll<Result<(S::Future, ()), BoxError>> {
+        let waiting = &mut self.0;
+        let Some(later) = waiting.later else {
+            return Poll::Ready(Err(crate::error::polled_after_completion()));
+        };
+        let deadline = waiting.shared.clock.instant(later.at);
+        ready!(waiting.sleep.poll_until(deadline, cx));
+        waiting.later = None;
+        match (waiting.svc.take(), waiting.req.take()) {
+            (Some(mut svc), Some(req)) => Poll::Ready(Ok((svc.call(req), ()))),
+            _ => Poll::Ready(Err(crate::error::polled_after_completion())),
+        }
+    }
+}
+
+impl<S, Req> fmt::Debug for DeferredCall<S, Req> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeferredCall")
+            .field("later", &self.0.later)
+            .finish_non_exhaustive()
     }
 }
 
@@ -185,10 +314,9 @@ impl<S, C> RateLimit<S, C> {
         }
     }
 
-    /// Settles a cost other than the one token booked in `poll_ready`;
-    /// returns the refusal if the call may not go ahead.
-    #[inline(never)]
-    fn settle_cost(&mut self, booked: Option<u64>, cost: u32) -> Option<Box<BoxError>> {
+    /// Settles a cost other than the one token booked in `poll_ready`.
+    #[inline]
+    fn settle_cost(&mut self, booked: Option<u64>, cost: u32) -> Settled {
         let shared = &self.booking.shared;
         let bucket = &shared.bucket;
         if cost > bucket.burst() {
@@ -200,17 +328,29 @@ impl<S, C> RateLimit<S, C> {
                 burst = bucket.burst(),
                 "request costs more than the burst"
             );
-            return Some(Box::new(CostExceedsBurst::new(cost, bucket.burst()).into()));
+            return Settled::Refused(CostExceedsBurst::new(cost, bucket.burst()).into());
         }
         match booked {
-            Some(end) => match cost {
+            Some(first) => match cost {
                 0 => {
-                    bucket.give_back(end, 1);
+                    bucket.give_back(first, 1);
                 }
                 1 => {}
-                // The rest of the cost is booked as debt that later callers wait out.
+                // The rest of the cost is booked now; if it is not there
+                // yet, the call waits for it (in its response future), so
+                // the bound holds whatever the cost and however many
+                // services were ready together.
                 more => {
-                    bucket.take_queued(shared.clock.now(), more - 1);
+                    let now = shared.clock.now();
+                    let (end, at) = bucket.take_queued(now, more - 1);
+                    if at > now {
+                        return Settled::Later(Later {
+                            at,
+                            end,
+                            tokens: more - 1,
+                            first,
+                        });
+                    }
                 }
             },
             None if cost == 0 => {}
@@ -222,18 +362,18 @@ impl<S, C> RateLimit<S, C> {
                         retry_after_ms = retry_after.as_millis() as u64,
                         "rate limited; refused"
                     );
-                    return Some(Box::new(RateLimited::new(retry_after).into()));
+                    return Settled::Refused(RateLimited::new(retry_after).into());
                 }
             }
         }
-        None
+        Settled::Now
     }
 }
 
 #[cold]
 #[inline(never)]
-fn not_ready() -> Box<BoxError> {
-    Box::new(NotReady::new().into())
+fn not_ready<D>() -> Box<Cold<D>> {
+    Box::new(Cold::Refused(NotReady::new().into()))
 }
 
 impl<S: Clone, C: Clone> Clone for RateLimit<S, C> {
