@@ -1,46 +1,14 @@
 //! The `fanout` binary, run as a user would, against loopback servers.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
 use tower_fanout_sim::{Jitter, Model, Sim};
 
-const BIN: &str = env!("CARGO_BIN_EXE_fanout");
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-async fn fanout(args: &[&str], stdin: &str) -> Run {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    // A child that refuses its flags exits without reading: a broken pipe
-    // here is part of that answer, not a failure.
-    let _ = input.write_all(stdin.as_bytes()).await;
-    drop(input);
-    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
-        .await
-        .expect("fanout finished in time")
-        .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
-}
+mod support;
+use support::{finish, mcp_client, run as fanout, spawn};
 
 fn quick_sim() -> Sim {
     Sim::new(
@@ -66,7 +34,7 @@ async fn fetch_writes_one_json_line_per_item_and_exits_0() {
         .map(|i| format!("http://{}/p/{i}\n", server.addr()))
         .collect();
     let run = fanout(&["fetch", "--allow-private", "--concurrency", "4"], &input).await;
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
     let records = lines(&run.stdout);
     assert_eq!(records.len(), 30);
     for (n, r) in records.iter().enumerate() {
@@ -100,7 +68,7 @@ async fn json_input_keeps_ids_and_failures_exit_1() {
         server.addr()
     );
     let run = fanout(&["fetch", "--allow-private", "--retries", "1"], &input).await;
-    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
     let records = lines(&run.stdout);
     assert_eq!(records[0]["id"], "good");
     assert_eq!(records[0]["ok"], true);
@@ -120,7 +88,7 @@ async fn the_address_guard_is_on_by_default() {
     let sim = quick_sim();
     let server = sim.serve().await.unwrap();
     let run = fanout(&["fetch"], &format!("http://{}/x\n", server.addr())).await;
-    assert_eq!(run.code, 1);
+    assert_eq!(run.code, Some(1));
     let records = lines(&run.stdout);
     assert!(
         records[0]["error"].as_str().unwrap().contains("refused"),
@@ -188,7 +156,7 @@ async fn bad_input_is_named_and_nothing_is_fetched() {
     ];
     for (args, input, message) in cases {
         let run = fanout(&args, &input).await;
-        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert_eq!(run.code, Some(2), "{args:?}: {}", run.stderr);
         assert!(
             run.stderr.contains(message),
             "{args:?}: expected `{message}` in {}",
@@ -204,7 +172,7 @@ async fn bad_input_is_named_and_nothing_is_fetched() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_unlimited_draws_429s_and_the_recommended_stack_none() {
     let run = fanout(&["demo", "--json", "--requests", "150"], "").await;
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
     let rows: Vec<Value> = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(rows.len(), 8);
     let row = |name: &str| rows.iter().find(|r| r["strategy"] == name).unwrap().clone();
@@ -219,9 +187,7 @@ async fn demo_unlimited_draws_429s_and_the_recommended_stack_none() {
 
 mod mcp {
     use super::*;
-    use rmcp::ServiceExt;
     use rmcp::model::CallToolRequestParams;
-    use rmcp::transport::TokioChildProcess;
 
     fn args(items: Vec<(String, String)>) -> serde_json::Map<String, Value> {
         let items: Vec<Value> = items
@@ -237,9 +203,7 @@ mod mcp {
     async fn batch_fetch_tool_answers_pages_and_refuses_bad_input() {
         let sim = quick_sim();
         let server = sim.serve().await.unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.args(["mcp", "--allow-private", "--max-items", "30"]);
-        let client = ().serve(TokioChildProcess::new(cmd).unwrap()).await.unwrap();
+        let client = mcp_client(&["mcp", "--allow-private", "--max-items", "30"]).await;
 
         let tools = client.list_all_tools().await.unwrap();
         let names: Vec<_> = tools.iter().map(|t| t.name.to_string()).collect();
@@ -311,16 +275,15 @@ mod mcp {
             3,
         );
         let server = sim.serve().await.unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.args([
+        let client = mcp_client(&[
             "mcp",
             "--allow-private",
             "--per-host",
             "4",
             "--retries",
             "0",
-        ]);
-        let client = ().serve(TokioChildProcess::new(cmd).unwrap()).await.unwrap();
+        ])
+        .await;
         let batch = |tag: &str| {
             let items = (0..20)
                 .map(|i| {
@@ -351,7 +314,7 @@ async fn a_body_over_max_body_names_the_flag() {
     let server = sim.serve().await.unwrap();
     let input = format!("http://{}/big\n", server.addr());
     let run = fanout(&["fetch", "--allow-private", "--max-body", "50"], &input).await;
-    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
     let records = lines(&run.stdout);
     let error = records[0]["error"].as_str().unwrap();
     // The library's setting (`max_response_body`) means nothing to a CLI user.
@@ -365,14 +328,7 @@ async fn a_body_over_max_body_names_the_flag() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_input_without_end_is_refused_once_past_its_bound() {
     // `--max-items 1` allows a small input; the producer never stops.
-    let mut child = Command::new(BIN)
-        .args(["fetch", "--max-items", "1"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn(&["fetch", "--max-items", "1"]);
     let mut input = child.stdin.take().unwrap();
     let chunk = "# a comment line that is not a URL\n".repeat(1024);
     let mut written = 0usize;
@@ -384,20 +340,16 @@ async fn an_input_without_end_is_refused_once_past_its_bound() {
         written += chunk.len();
     }
     drop(input);
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("fanout finished in time")
-        .unwrap();
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("--max-items"), "{stderr}");
+    let run = finish(child, Duration::from_secs(60)).await;
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("--max-items"), "{}", run.stderr);
     assert!(written < 16 << 20, "read {written} bytes before refusing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_input_file_is_named() {
     let run = fanout(&["fetch", "/nonexistent/urls.txt"], "").await;
-    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
     assert!(
         run.stderr.contains("/nonexistent/urls.txt"),
         "{}",

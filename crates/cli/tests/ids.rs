@@ -7,19 +7,15 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
-use rmcp::ServiceExt;
 use rmcp::model::CallToolRequestParams;
 use rmcp::service::{RoleClient, RunningService};
-use rmcp::transport::TokioChildProcess;
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
 use tower_fanout_sim::{Jitter, Model, Sim};
 
-const BIN: &str = env!("CARGO_BIN_EXE_fanout");
+mod support;
+use support::{Run, mcp_client, run};
 
 fn quick_sim() -> Sim {
     Sim::new(
@@ -31,26 +27,12 @@ fn quick_sim() -> Sim {
 /// `fanout fetch --allow-private` on `stdin`: the ids of its records, or its
 /// message when it refused the input (exit 2).
 async fn fetch(stdin: &str) -> Result<Vec<String>, String> {
-    let mut child = Command::new(BIN)
-        .args(["fetch", "--allow-private"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let _ = input.write_all(stdin.as_bytes()).await;
-    drop(input);
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("fanout finished in time")
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    );
-    match out.status.code() {
+    let Run {
+        code,
+        stdout,
+        stderr,
+    } = run(&["fetch", "--allow-private"], stdin).await;
+    match code {
         Some(0) => Ok(stdout
             .lines()
             .map(|l| {
@@ -64,14 +46,6 @@ async fn fetch(stdin: &str) -> Result<Vec<String>, String> {
         }
         other => panic!("fanout fetch exited {other:?}: {stderr}"),
     }
-}
-
-async fn mcp_server() -> RunningService<RoleClient, ()> {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["mcp", "--allow-private"]);
-    ().serve(TokioChildProcess::new(cmd).unwrap())
-        .await
-        .unwrap()
 }
 
 /// `batch_fetch_urls` with `items`: the ids of its results, or the text of
@@ -113,7 +87,7 @@ async fn the_mcp_tool_takes_numeric_ids_as_fetch_does() {
     let sim = quick_sim();
     let server = sim.serve().await.unwrap();
     let [a, b, _] = urls(server.addr());
-    let client = mcp_server().await;
+    let client = mcp_client(&["mcp", "--allow-private"]).await;
 
     let items = json!([{"id": 7, "url": a}, {"id": "b", "url": b}]);
     assert_eq!(fetch(&items.to_string()).await.unwrap(), ["7", "b"]);
@@ -139,7 +113,7 @@ async fn automatic_ids_count_from_one_in_every_form() {
     let sim = quick_sim();
     let server = sim.serve().await.unwrap();
     let [a, b, c] = urls(server.addr());
-    let client = mcp_server().await;
+    let client = mcp_client(&["mcp", "--allow-private"]).await;
 
     let lines = format!("{a}\n{b}\n{c}\n");
     assert_eq!(fetch(&lines).await.unwrap(), ["1", "2", "3"]);
@@ -173,7 +147,7 @@ async fn an_automatic_id_never_clashes_with_a_given_one() {
     let sim = quick_sim();
     let server = sim.serve().await.unwrap();
     let [a, b, c] = urls(server.addr());
-    let client = mcp_server().await;
+    let client = mcp_client(&["mcp", "--allow-private"]).await;
 
     let cases = [
         (json!([{"id": "1", "url": a}, {"url": b}]), ["1", "2"]),
@@ -206,7 +180,7 @@ async fn a_given_id_used_twice_is_refused_naming_both_items() {
     let sim = quick_sim();
     let server = sim.serve().await.unwrap();
     let [a, b, c] = urls(server.addr());
-    let client = mcp_server().await;
+    let client = mcp_client(&["mcp", "--allow-private"]).await;
 
     for items in [
         json!([{"id": "x", "url": a}, {"url": b}, {"id": "x", "url": c}]),
@@ -231,7 +205,7 @@ async fn fetch_takes_the_mcp_tools_arguments_too() {
     let sim = quick_sim();
     let server = sim.serve().await.unwrap();
     let [a, b, _] = urls(server.addr());
-    let client = mcp_server().await;
+    let client = mcp_client(&["mcp", "--allow-private"]).await;
 
     let items = json!([{"id": "x", "url": a}, {"url": b}]);
     let arguments = json!({ "items": items });

@@ -2,15 +2,19 @@
 //! that showed it, run as a user would against loopback servers.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::process::Command;
 use tower_fanout_sim::{Jitter, Model, Sim};
 
-const BIN: &str = env!("CARGO_BIN_EXE_fanout");
+mod support;
+use support::{finish, mcp_client, run as fanout, spawn};
+
+/// A downstream that answers every call after `latency`.
+fn sim(latency: Duration) -> Sim {
+    Sim::new(Model::new().latency(latency, Jitter::None), 1)
+}
 
 /// A field of `/proc/<pid>/status` in KiB (`VmHWM`: the peak resident set).
 #[cfg(target_os = "linux")]
@@ -47,23 +51,16 @@ async fn fetch_holds_at_most_a_window_of_bodies() {
         .map(|i| format!("http://{}/big/{i}\n", server.addr()))
         .collect();
     input.push_str(&format!("http://{}/last\n", hold.local_addr().unwrap()));
-    let mut child = Command::new(BIN)
-        .args([
-            "fetch",
-            "--allow-private",
-            "--concurrency",
-            "2",
-            "--retries",
-            "0",
-            "--timeout",
-            "60s",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn(&[
+        "fetch",
+        "--allow-private",
+        "--concurrency",
+        "2",
+        "--retries",
+        "0",
+        "--timeout",
+        "60s",
+    ]);
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(input.as_bytes()).await.unwrap();
     drop(stdin);
@@ -75,14 +72,10 @@ async fn fetch_holds_at_most_a_window_of_bodies() {
     assert!(served >= ITEMS as u64 - 1, "all but one done: {served}");
     let peak = status_kib(child.id().unwrap(), "VmHWM:");
     drop(last);
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("fanout finished in time")
-        .unwrap();
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(out.status.code(), Some(1), "the held item fails");
+    let run = finish(child, Duration::from_secs(60)).await;
+    assert_eq!(run.code, Some(1), "the held item fails");
     assert_eq!(
-        stdout
+        run.stdout
             .lines()
             .filter(|l| l.contains(&format!("\"bytes\":{BODY}")))
             .count(),
@@ -94,39 +87,13 @@ async fn fetch_holds_at_most_a_window_of_bodies() {
     assert!(peak < bound, "peak resident {peak} KiB, bound {bound} KiB");
 }
 
-async fn fetch_with(args: &[&str], stdin: &str) -> (Option<i32>, String, String) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let _ = input.write_all(stdin.as_bytes()).await;
-    drop(input);
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("fanout finished in time")
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
-
 /// `--adaptive` with a `--concurrency` below the controller's initial limit
 /// of 5 was refused at start ("gradient: initial limit 5 is outside [1, 2]",
 /// about a setting the command line does not have); it now starts at the
 /// concurrency and stays within it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adaptive_accepts_a_concurrency_below_five() {
-    let sim = Sim::new(
-        Model::new().latency(Duration::from_millis(5), Jitter::None),
-        1,
-    );
+    let sim = sim(Duration::from_millis(5));
     let server = sim.serve().await.unwrap();
     let input: String = (0..12)
         .map(|i| format!("http://{}/a/{i}\n", server.addr()))
@@ -139,18 +106,21 @@ async fn adaptive_accepts_a_concurrency_below_five() {
             "--concurrency",
             concurrency,
         ];
-        let (code, stdout, stderr) = fetch_with(&args, &input).await;
-        assert_eq!(code, Some(0), "--concurrency {concurrency}: {stderr}");
-        assert_eq!(stdout.lines().count(), 12);
+        let run = fanout(&args, &input).await;
+        assert_eq!(
+            run.code,
+            Some(0),
+            "--concurrency {concurrency}: {}",
+            run.stderr
+        );
+        assert_eq!(run.stdout.lines().count(), 12);
     }
     assert_eq!(sim.stats().successes, 24);
 }
 
 mod mcp {
     use super::*;
-    use rmcp::ServiceExt;
     use rmcp::model::CallToolRequestParams;
-    use rmcp::transport::TokioChildProcess;
     use serde_json::Value;
 
     fn args(tag: &str, addr: std::net::SocketAddr, n: usize) -> serde_json::Map<String, Value> {
@@ -167,14 +137,10 @@ mod mcp {
     /// raised to 2 for a concurrency of 1, when the server started at all).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn adaptive_bound_holds_across_tool_calls() {
-        let sim = Sim::new(
-            Model::new().latency(Duration::from_millis(20), Jitter::None),
-            1,
-        );
+        let sim = sim(Duration::from_millis(20));
         let server = sim.serve().await.unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.args(["mcp", "--allow-private", "--adaptive", "--concurrency", "1"]);
-        let client = ().serve(TokioChildProcess::new(cmd).unwrap()).await.unwrap();
+        let client =
+            mcp_client(&["mcp", "--allow-private", "--adaptive", "--concurrency", "1"]).await;
         let call = |tag: &'static str| {
             client.call_tool(
                 CallToolRequestParams::new("batch_fetch_urls").with_arguments(args(
@@ -205,21 +171,17 @@ mod mcp {
     /// shared limits: a later call waited behind the abandoned one.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_cancelled_tool_call_stops_fetching() {
-        let sim = Sim::new(
-            Model::new().latency(Duration::from_secs(1), Jitter::None),
-            1,
-        );
+        let sim = sim(Duration::from_secs(1));
         let server = sim.serve().await.unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.args([
+        let client = mcp_client(&[
             "mcp",
             "--allow-private",
             "--per-host",
             "2",
             "--retries",
             "0",
-        ]);
-        let client = ().serve(TokioChildProcess::new(cmd).unwrap()).await.unwrap();
+        ])
+        .await;
         let abandoned = client.call_tool(
             CallToolRequestParams::new("batch_fetch_urls").with_arguments(args(
                 "a",
@@ -271,17 +233,14 @@ mod mcp {
 /// ("no complete response within 0 ms"); it is refused like `0s`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_that_rounds_to_zero_is_refused() {
-    let sim = Sim::new(
-        Model::new().latency(Duration::from_millis(1), Jitter::None),
-        1,
-    );
+    let sim = sim(Duration::from_millis(1));
     let server = sim.serve().await.unwrap();
     let input = format!("http://{}/t\n", server.addr());
     for timeout in ["0s", "0.0000001ms"] {
         let args = ["fetch", "--allow-private", "--timeout", timeout];
-        let (code, stdout, stderr) = fetch_with(&args, &input).await;
-        assert_eq!(code, Some(2), "--timeout {timeout}: {stdout}");
-        assert!(stderr.contains("more than zero"), "{stderr}");
+        let run = fanout(&args, &input).await;
+        assert_eq!(run.code, Some(2), "--timeout {timeout}: {}", run.stdout);
+        assert!(run.stderr.contains("more than zero"), "{}", run.stderr);
     }
     assert_eq!(sim.stats().arrivals, 0);
 }
@@ -291,10 +250,7 @@ async fn a_timeout_that_rounds_to_zero_is_refused() {
 /// ("line 1: `http://…` is not a valid URL") and hid the JSON form's `[`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_input_with_a_byte_order_mark_is_read() {
-    let sim = Sim::new(
-        Model::new().latency(Duration::from_millis(1), Jitter::None),
-        1,
-    );
+    let sim = sim(Duration::from_millis(1));
     let server = sim.serve().await.unwrap();
     let addr = server.addr();
     let inputs = [
@@ -305,9 +261,9 @@ async fn an_input_with_a_byte_order_mark_is_read() {
         ),
     ];
     for (input, expected) in inputs.iter().zip([2, 1]) {
-        let (code, stdout, stderr) = fetch_with(&["fetch", "--allow-private"], input).await;
-        assert_eq!(code, Some(0), "{stderr}");
-        assert_eq!(stdout.lines().count(), expected, "{stdout}");
+        let run = fanout(&["fetch", "--allow-private"], input).await;
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        assert_eq!(run.stdout.lines().count(), expected, "{}", run.stdout);
     }
     assert_eq!(sim.stats().successes, 3);
 }

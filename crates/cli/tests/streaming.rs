@@ -2,14 +2,13 @@
 //! are done, and an interrupt (Ctrl-C) keeps what was written.
 #![allow(clippy::unwrap_used)]
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::Command;
 use tower_fanout_sim::{Jitter, Model, Sim};
 
-const BIN: &str = env!("CARGO_BIN_EXE_fanout");
+mod support;
+use support::{finish, spawn};
 
 fn sim(latency: Duration) -> Sim {
     Sim::new(
@@ -28,14 +27,7 @@ async fn records_come_out_as_they_finish_and_an_interrupt_keeps_them() {
         f = fast_server.addr(),
         s = slow_server.addr()
     );
-    let mut child = Command::new(BIN)
-        .args(["fetch", "--allow-private", "--timeout", "10min"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn(&["fetch", "--allow-private", "--timeout", "10min"]);
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(input.as_bytes()).await.unwrap();
     drop(stdin);
@@ -68,13 +60,14 @@ async fn records_come_out_as_they_finish_and_an_interrupt_keeps_them() {
         .status()
         .unwrap();
     assert!(killed.success());
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("fanout ends at the interrupt")
-        .unwrap();
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(out.status.code(), Some(130), "{stderr}");
-    assert!(stderr.contains("interrupted: 2 of 4 written"), "{stderr}");
+    // fanout ends at the interrupt.
+    let run = finish(child, Duration::from_secs(30)).await;
+    assert_eq!(run.code, Some(130), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("interrupted: 2 of 4 written"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(
         lines.next_line().await.unwrap(),
         None,
