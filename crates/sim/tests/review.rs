@@ -21,6 +21,29 @@ async fn status_within(sim: &Sim, within: Duration) -> Option<StatusCode> {
         .map(|r| r.unwrap().status())
 }
 
+/// Starts `n` calls at once and checks that each is answered 200 within 10 s:
+/// when each ended, counted from the start, earliest first.
+async fn ends_of_calls(sim: &Sim, n: usize) -> Vec<Duration> {
+    let start = Instant::now();
+    let calls: Vec<_> = (0..n)
+        .map(|_| {
+            let sim = sim.clone();
+            tokio::spawn(async move {
+                let status = status_within(&sim, Duration::from_secs(10)).await;
+                (status, Instant::now())
+            })
+        })
+        .collect();
+    let mut ends = Vec::new();
+    for call in calls {
+        let (status, at) = call.await.unwrap();
+        assert_eq!(status, Some(StatusCode::OK));
+        ends.push(at - start);
+    }
+    ends.sort();
+    ends
+}
+
 /// A call's future dropped before it is ever polled gives its slot back: it
 /// was taken at the call, and the guard that gives it back was only made on
 /// the first poll, so the slot stayed taken for good (every later call was
@@ -76,24 +99,10 @@ async fn queued_calls_start_when_the_capacity_rises() {
             .change_at(Duration::from_secs(1), Some(2), None),
         1,
     );
-    let start = Instant::now();
-    let calls: Vec<_> = (0..3)
-        .map(|_| {
-            let sim = outage.clone();
-            tokio::spawn(async move {
-                let status = status_within(&sim, Duration::from_secs(10)).await;
-                (status, Instant::now())
-            })
-        })
-        .collect();
-    let mut ends = Vec::new();
-    for call in calls {
-        let (status, at) = call.await.unwrap();
-        assert_eq!(status, Some(StatusCode::OK));
-        ends.push(at - start);
-    }
-    ends.sort();
-    assert_eq!(ends, [ms(1100), ms(1100), ms(1200)]);
+    assert_eq!(
+        ends_of_calls(&outage, 3).await,
+        [ms(1100), ms(1100), ms(1200)]
+    );
 
     let rise = Sim::new(
         Model::new()
@@ -103,24 +112,10 @@ async fn queued_calls_start_when_the_capacity_rises() {
             .change_at(ms(100), Some(4), None),
         1,
     );
-    let start = Instant::now();
-    let calls: Vec<_> = (0..4)
-        .map(|_| {
-            let sim = rise.clone();
-            tokio::spawn(async move {
-                let status = status_within(&sim, Duration::from_secs(10)).await;
-                (status, Instant::now())
-            })
-        })
-        .collect();
-    let mut ends = Vec::new();
-    for call in calls {
-        let (status, at) = call.await.unwrap();
-        assert_eq!(status, Some(StatusCode::OK));
-        ends.push(at - start);
-    }
-    ends.sort();
-    assert_eq!(ends, [ms(1000), ms(1100), ms(1100), ms(1100)]);
+    assert_eq!(
+        ends_of_calls(&rise, 4).await,
+        [ms(1000), ms(1100), ms(1100), ms(1100)]
+    );
 }
 
 /// Odd but representable models answer (or, for a latency past any wait,
