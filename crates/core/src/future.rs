@@ -67,7 +67,9 @@ pin_project! {
 pub(crate) enum Cold<D> {
     /// Refused before the inner service was called.
     Refused(BoxError),
-    /// A call made later, by the response future.
+    /// A call made later, by the response future (only the rate limit
+    /// defers calls).
+    #[cfg_attr(not(feature = "rate"), allow(dead_code))]
     Deferred(D),
 }
 
