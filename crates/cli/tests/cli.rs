@@ -178,7 +178,11 @@ async fn demo_unlimited_draws_429s_and_the_recommended_stack_none() {
     let row = |name: &str| rows.iter().find(|r| r["strategy"] == name).unwrap().clone();
     let unlimited = row("no limit");
     assert!(unlimited["http_429"].as_u64().unwrap() > 50, "{unlimited}");
-    assert_eq!(unlimited["peak_in_flight"], 150);
+    // Not exactly 150: a quick 429 can come back before the last call
+    // starts (seen once in CI: 149). Far above the recommended bound is the
+    // point.
+    let peak = unlimited["peak_in_flight"].as_u64().unwrap();
+    assert!((51..=150).contains(&peak), "{unlimited}");
     let recommended = row("recommended stack");
     assert_eq!(recommended["http_429"], 0, "{recommended}");
     assert_eq!(recommended["succeeded"], 150);
