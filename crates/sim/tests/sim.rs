@@ -225,33 +225,62 @@ async fn dropped_client_frees_its_slot() {
     assert_eq!(call(&sim).await.status(), StatusCode::OK);
 }
 
+/// The downstream over real HTTP on loopback: a request over the cap is
+/// refused with a 429 while another is in service, an admitted one is
+/// answered in full, and a shut-down server answers nothing.
 #[tokio::test]
 async fn serves_real_http_on_loopback() {
     use http_body_util::{BodyExt, Empty};
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
 
-    let model = Model::new()
-        .concurrency(1)
-        .latency(ms(20), Jitter::None)
-        .body_bytes(1024);
-    let sim = Sim::new(model, 1);
-    let server = sim.serve().await.unwrap();
-    assert!(server.addr().ip().is_loopback());
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    // The first request is held in service (an hour) and the second sent
+    // only once the first is admitted, so they overlap whatever the
+    // scheduling. (Both sent at once with 20 ms of service, a loaded
+    // machine could finish the first before the second arrived: two 200s.)
+    let held = Sim::new(
+        Model::new()
+            .concurrency(1)
+            .latency(Duration::from_secs(3600), Jitter::None),
+        1,
+    );
+    let server = held.serve().await.unwrap();
+    assert!(server.addr().ip().is_loopback());
     let uri: http::Uri = format!("http://{}/item", server.addr()).parse().unwrap();
-    let (a, b) = tokio::join!(client.get(uri.clone()), client.get(uri.clone()));
-    let mut statuses = vec![a.as_ref().unwrap().status(), b.as_ref().unwrap().status()];
-    statuses.sort();
-    assert_eq!(statuses, [StatusCode::OK, StatusCode::TOO_MANY_REQUESTS]);
-    let ok = if a.as_ref().unwrap().status() == StatusCode::OK {
-        a
-    } else {
-        b
-    };
-    let body = ok.unwrap().into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(body.len(), 1024);
-    assert_eq!(sim.stats().successes, 1);
+    let first = tokio::spawn(client.get(uri.clone()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while held.stats().admitted == 0 {
+        assert!(Instant::now() < deadline, "the first request never arrived");
+        time::sleep(ms(5)).await;
+    }
+    let second = client.get(uri.clone()).await.unwrap();
+    assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
+    let s = held.stats();
+    assert_eq!(
+        (s.arrivals, s.admitted, s.refused_429, s.successes),
+        (2, 1, 1, 0)
+    );
     server.shutdown().await;
+    assert!(
+        first.await.unwrap().is_err(),
+        "the shutdown cut the request in service"
+    );
     assert!(client.get(uri).await.is_err(), "the server is gone");
+
+    let quick = Sim::new(
+        Model::new()
+            .concurrency(1)
+            .latency(ms(20), Jitter::None)
+            .body_bytes(1024),
+        1,
+    );
+    let server = quick.serve().await.unwrap();
+    let uri: http::Uri = format!("http://{}/item", server.addr()).parse().unwrap();
+    let ok = client.get(uri).await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    let body = ok.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), 1024);
+    assert_eq!(quick.stats().successes, 1);
+    server.shutdown().await;
 }
