@@ -32,15 +32,28 @@ async fn per_host_limits_hold_under_load() {
     // host -> (in flight, peak)
     let seen: Arc<Mutex<HashMap<String, (usize, usize)>>> = Arc::default();
     let s = seen.clone();
+    let limits: HashMap<&str, usize> = [("github.test", 3), ("stripe.test", 5), ("other.test", 2)]
+        .into_iter()
+        .collect();
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
     let addr = serve(handler(move |req| {
         let seen = s.clone();
+        let host = req.headers()["host"].to_str().unwrap().to_string();
+        let limit = limits[host.split(':').next().unwrap()];
         async move {
-            let host = req.headers()["host"].to_str().unwrap().to_string();
             {
                 let mut m = seen.lock().unwrap();
                 let e = m.entry(host.clone()).or_default();
                 e.0 += 1;
                 e.1 = e.1.max(e.0);
+            }
+            // Each request is held until its host has had its limit in
+            // flight at once, so the peak reaches the limit by design, not
+            // only if the requests happen to overlap (on a loaded machine
+            // they may not). A limit set too low never gets there: the
+            // requests go on after 10 s and the peak check below fails.
+            while seen.lock().unwrap()[&host].1 < limit && tokio::time::Instant::now() < give_up {
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
             seen.lock().unwrap().get_mut(&host).unwrap().0 -= 1;
