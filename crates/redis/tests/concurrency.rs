@@ -17,8 +17,13 @@ fn layer(
     limit: usize,
     lease: Duration,
 ) -> RedisConcurrencyLimitLayer {
+    // A sixth of the lease (at most 2 s): a renewal that times out leaves
+    // time for the next before the lease ends, and Redis may take more than
+    // the default 250 ms on a loaded machine. None of these tests is about
+    // an outage.
+    let timeout = (lease / 6).min(Duration::from_secs(2));
     let store = RedisStore::builder(redis.url())
-        .timeout(Duration::from_millis(200))
+        .timeout(timeout)
         .build()
         .unwrap();
     RedisConcurrencyLimitLayer::builder(store, name, limit)
@@ -92,16 +97,19 @@ async fn a_finished_call_releases_its_permit() {
 #[tokio::test]
 async fn a_long_call_renews_its_lease() {
     let redis = RedisServer::start();
-    let lease = Duration::from_millis(600);
+    // Renewed every 400 ms with a 200 ms timeout: one renewal may fail (a
+    // stall of the loaded machine) and the next still lands in time. With a
+    // lease of 600 ms and a timeout of 200 ms, one slow answer lost it.
+    let lease = Duration::from_millis(1200);
     let layer = layer(&redis, "renew", 1, lease);
     let long = layer.layer(service_fn(|()| async {
-        tokio::time::sleep(Duration::from_millis(2000)).await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
         Ok::<_, BoxError>(())
     }));
     let call = tokio::spawn(long.oneshot(()));
     redis.until_holders("renew", 1).await;
 
-    // For more than three leases, nobody else gets the permit.
+    // For more than two leases, nobody else gets the permit.
     let probe = layer.layer(service_fn(|()| async { Ok::<_, BoxError>(()) }));
     while !call.is_finished() {
         if let Ok(()) = probe.clone().oneshot(()).await {
@@ -121,7 +129,11 @@ async fn a_long_call_renews_its_lease() {
 #[tokio::test]
 async fn waiting_callers_get_permits_as_they_free_up() {
     let redis = RedisServer::start();
-    let store = RedisStore::open(&redis.url()).unwrap();
+    // Not the default 250 ms timeout: this test is not about outages.
+    let store = RedisStore::builder(redis.url())
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
     let layer = RedisConcurrencyLimitLayer::builder(store, "wait", 2)
         .lease(Duration::from_secs(30))
         .retry_interval(Duration::from_millis(5))
