@@ -4,18 +4,26 @@
 mod support;
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use support::{BlackholeProxy, RedisServer, echo_unit, outage_store};
+use tokio::sync::Notify;
 use tower::{Layer, ServiceExt, service_fn};
 use tower_fanout_core::BoxError;
 use tower_fanout_core::error::{Overloaded, RateLimited};
 use tower_fanout_redis::{Error, RedisConcurrencyLimitLayer, RedisRateLimitLayer, RedisStore};
 
 const TIMEOUT: Duration = support::OUTAGE_TIMEOUT;
-/// Scheduling slack on top of the timeout on a loaded machine.
-const SLACK: Duration = Duration::from_millis(300);
+/// Scheduling slack on top of the timeout on a loaded machine: under the
+/// timeout, so that a bound of one timeout plus slack still fails when a
+/// caller waits out two (300 ms, with a 200 ms timeout, was little for a
+/// loaded machine).
+const SLACK: Duration = Duration::from_millis(900);
+/// The leases of these tests: the least the store timeout allows (three
+/// timeouts), so that a renewal is due every timeout.
+const LEASE: Duration = Duration::from_secs(3);
 
 fn is_unavailable(err: &BoxError) -> bool {
     err.downcast_ref::<Error>()
@@ -119,7 +127,7 @@ async fn concurrency_limit_fails_closed_or_open_and_recovers_after_a_restart() {
     let store = outage_store(&redis);
     let never_ends = || service_fn(|()| std::future::pending::<Result<(), BoxError>>());
     let closed = RedisConcurrencyLimitLayer::builder(store.clone(), "closed", 4)
-        .lease(Duration::from_secs(2))
+        .lease(LEASE)
         .fail_fast()
         .fail_closed()
         .build()
@@ -127,7 +135,7 @@ async fn concurrency_limit_fails_closed_or_open_and_recovers_after_a_restart() {
         .layer(never_ends());
     // A local share of a half: 2 of the 4 permits.
     let open = RedisConcurrencyLimitLayer::builder(store, "open", 4)
-        .lease(Duration::from_secs(2))
+        .lease(LEASE)
         .fail_fast()
         .fail_open(0.5)
         .build()
@@ -216,7 +224,7 @@ async fn a_frozen_redis_costs_callers_at_most_the_timeout() {
             .unwrap()
             .layer(echo_unit());
     let open = RedisConcurrencyLimitLayer::builder(store, "frozen-open", 4)
-        .lease(Duration::from_secs(1))
+        .lease(LEASE)
         .fail_open(0.5)
         .build()
         .unwrap()
@@ -273,26 +281,35 @@ async fn a_frozen_redis_costs_callers_at_most_the_timeout() {
 async fn calls_in_flight_take_their_place_back_after_a_restart() {
     let mut redis = RedisServer::start();
     let layer = RedisConcurrencyLimitLayer::builder(outage_store(&redis), "restored", 2)
-        .lease(Duration::from_millis(600))
+        .lease(LEASE)
         .fail_closed()
         .build()
         .unwrap();
     let handle = layer.handle();
-    let svc = layer.layer(service_fn(|()| async {
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        Ok::<_, BoxError>(())
+    // The call runs until the test ends it, not for a fixed 3 s that a slow
+    // restart on a loaded machine could use up before the check below.
+    let end = Arc::new(Notify::new());
+    let svc = layer.layer(service_fn({
+        let end = end.clone();
+        move |()| {
+            let end = end.clone();
+            async move {
+                end.notified().await;
+                Ok::<_, BoxError>(())
+            }
+        }
     }));
     let call = tokio::spawn(svc.oneshot(()));
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while handle.in_flight().await.unwrap() != 1 {
         assert!(Instant::now() < deadline, "the call never took its permit");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
     // A fresh Redis knows no holder; the running call's next renewal (every
-    // 200 ms) puts it back.
+    // third of the lease) puts it back.
     redis.restart();
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(1) = handle.in_flight().await {
             break;
@@ -304,6 +321,7 @@ async fn calls_in_flight_take_their_place_back_after_a_restart() {
         assert!(!call.is_finished());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    end.notify_one();
     call.await.unwrap().unwrap();
 }
 
@@ -370,7 +388,7 @@ async fn a_blackholed_connection_is_replaced_after_a_timeout() {
             .unwrap()
             .layer(echo_unit());
     let concurrency = RedisConcurrencyLimitLayer::builder(store, "blackholed", 4)
-        .lease(Duration::from_secs(1))
+        .lease(LEASE)
         .fail_fast()
         .fail_closed()
         .build()
@@ -398,7 +416,8 @@ async fn a_blackholed_connection_is_replaced_after_a_timeout() {
     // Once the probe interval is over, decisions go through a new
     // connection. (Before the fix every probe timed out on the old one.)
     tokio::time::sleep(PROBE).await;
-    let deadline = Instant::now() + Duration::from_secs(3);
+    // A few store timeouts of 1 s fit in this bound, as 15 of 200 ms did.
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match rate.clone().oneshot(()).await {
             Ok(()) => break,
@@ -406,7 +425,7 @@ async fn a_blackholed_connection_is_replaced_after_a_timeout() {
                 assert!(is_unavailable(&err), "{err}");
                 assert!(
                     Instant::now() < deadline,
-                    "no decision through a fresh connection 3 s after the blackhole: {err}"
+                    "no decision through a fresh connection 10 s after the blackhole: {err}"
                 );
             }
         }
