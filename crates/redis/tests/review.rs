@@ -65,7 +65,9 @@ async fn a_service_dropped_while_its_acquire_is_in_flight_leaves_no_holder() {
 #[tokio::test]
 async fn an_acquire_that_times_out_leaves_no_holder() {
     let redis = RedisServer::start();
-    let svc = layer(&redis, "timed-out", Duration::from_millis(200)).layer(never_ends());
+    // 1 s: the warm-up acquire must be answered within it on a loaded
+    // machine; the paused Redis below answers nothing, whatever the timeout.
+    let svc = layer(&redis, "timed-out", Duration::from_secs(1)).layer(never_ends());
     let mut warm = svc.clone();
     warm.ready().await.unwrap();
     drop(warm);
@@ -91,8 +93,10 @@ fn poll_once<F: Future>(future: F) -> Poll<F::Output> {
 #[tokio::test]
 async fn a_call_outside_a_runtime_does_not_hold_the_probe() {
     let mut redis = RedisServer::start();
+    // The reconnect after the restart must be answered within the timeout:
+    // 2 s, not 200 ms, on a loaded machine. (A killed Redis refuses at once.)
     let store = RedisStore::builder(redis.url())
-        .timeout(Duration::from_millis(200))
+        .timeout(Duration::from_secs(2))
         .probe_interval(Duration::from_millis(300))
         .build()
         .unwrap();
