@@ -48,8 +48,10 @@ pub struct RedisConcurrencyLimitBuilder {
 impl RedisConcurrencyLimitBuilder {
     /// How long a holder's permit lasts without renewal; a permit of a
     /// process that died comes back after at most this long. Defaults to
-    /// [`DEFAULT_LEASE`]. Must be at least three times the store's timeout,
-    /// so that each renewal lands before the lease ends.
+    /// [`DEFAULT_LEASE`]. Must be at least three times the store's timeout:
+    /// renewals start every third of the lease, and one that fails (after
+    /// up to a whole timeout) is retried at once, so one failed renewal
+    /// still leaves a retry that lands before the lease ends.
     #[must_use]
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;

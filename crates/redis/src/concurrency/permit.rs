@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
@@ -106,31 +107,71 @@ impl Drop for Pending {
 
 /// Keeps a long call's lease alive.
 async fn renew(shared: Arc<Shared>, holder: String) {
-    let every = shared.lease / 3;
-    let mut warned = false;
+    // Warned once per permit, not at every renewal.
+    let warned = AtomicBool::new(false);
+    renew_on_schedule(shared.lease, || renew_once(&shared, &holder, &warned)).await;
+}
+
+/// What one renewal attempt learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Renewal {
+    /// Redis answered (the lease was renewed, or lost and handled).
+    Answered,
+    /// Redis did not answer in time, or failed.
+    Failed,
+}
+
+/// Runs `attempt` every third of the lease, counted from each attempt's
+/// start, and a sixth of the lease after a failed one. An attempt can take
+/// a whole store timeout, which may be a third of the lease: counted from
+/// its end at the regular pace, one timed-out renewal put the next one
+/// right at the end of the lease. This way the retry starts when the
+/// failure is known, a third of the lease before the end.
+async fn renew_on_schedule<F, Fut>(lease: std::time::Duration, mut attempt: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Renewal>,
+{
+    let (every, soon) = (lease / 3, lease / 6);
+    let mut next = tokio::time::Instant::now() + every;
     loop {
-        tokio::time::sleep(every).await;
-        match shared
-            .store
-            .renew(&shared.key, shared.lease_ms, &holder)
-            .await
-        {
-            Ok(true) => tracing::trace!(key = shared.limit_name(), "lease renewed"),
-            Ok(false) => {
-                // The holder is gone: Redis lost it (a restart without
-                // persistence) or the lease ran out while Redis was
-                // unreachable. Take the place back if there is room, so the
-                // call counts again.
-                match shared
-                    .store
-                    .acquire(&shared.key, shared.limit, shared.lease_ms, &holder)
-                    .await
-                {
-                    Ok((true, _)) => {
-                        tracing::debug!(key = shared.limit_name(), "lease lost, taken back");
-                    }
-                    Ok((false, held)) if !warned => {
-                        warned = true;
+        tokio::time::sleep_until(next).await;
+        let started = tokio::time::Instant::now();
+        next = started
+            + match attempt().await {
+                Renewal::Answered => every,
+                Renewal::Failed => soon,
+            };
+    }
+}
+
+/// One renewal; takes the place back if Redis lost it.
+async fn renew_once(shared: &Shared, holder: &str, warned: &AtomicBool) -> Renewal {
+    match shared
+        .store
+        .renew(&shared.key, shared.lease_ms, holder)
+        .await
+    {
+        Ok(true) => {
+            tracing::trace!(key = shared.limit_name(), "lease renewed");
+            Renewal::Answered
+        }
+        Ok(false) => {
+            // The holder is gone: Redis lost it (a restart without
+            // persistence) or the lease ran out while Redis was
+            // unreachable. Take the place back if there is room, so the
+            // call counts again.
+            match shared
+                .store
+                .acquire(&shared.key, shared.limit, shared.lease_ms, holder)
+                .await
+            {
+                Ok((true, _)) => {
+                    tracing::debug!(key = shared.limit_name(), "lease lost, taken back");
+                    Renewal::Answered
+                }
+                Ok((false, held)) => {
+                    if !warned.swap(true, Ordering::Relaxed) {
                         tracing::warn!(
                             key = shared.limit_name(),
                             in_flight = held,
@@ -138,15 +179,88 @@ async fn renew(shared: Arc<Shared>, holder: String) {
                             "lease lost and no room to take it back; the limit is exceeded until this call ends"
                         );
                     }
-                    Ok((false, _)) => {}
-                    Err(error) => {
-                        tracing::debug!(key = shared.limit_name(), %error, "lease lost; taking it back failed, will retry");
-                    }
+                    Renewal::Answered
+                }
+                Err(error) => {
+                    tracing::debug!(key = shared.limit_name(), %error, "lease lost; taking it back failed, will retry");
+                    Renewal::Failed
                 }
             }
-            Err(error) => {
-                tracing::debug!(key = shared.limit_name(), %error, "lease renewal failed; will retry");
-            }
         }
+        Err(error) => {
+            tracing::debug!(key = shared.limit_name(), %error, "lease renewal failed; will retry");
+            Renewal::Failed
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::{Renewal, renew_on_schedule};
+
+    /// At the shortest lease the builder allows (three store timeouts), a
+    /// renewal that takes the whole timeout and fails is retried while the
+    /// last renewed lease still runs. Counted from the failure's end at the
+    /// regular pace, the retry came at the very end of the lease.
+    #[tokio::test(start_paused = true)]
+    async fn a_timed_out_renewal_is_retried_before_the_lease_ends() {
+        let lease = Duration::from_secs(3);
+        let timeout = lease / 3;
+        let begin = Instant::now();
+        let starts = Arc::new(Mutex::new(Vec::new()));
+        let recorded = starts.clone();
+        let schedule = renew_on_schedule(lease, move || {
+            let recorded = recorded.clone();
+            async move {
+                let second = {
+                    let mut starts = recorded.lock().unwrap();
+                    starts.push(begin.elapsed());
+                    starts.len() == 2
+                };
+                if second {
+                    // Redis silent: the store gives up after its timeout.
+                    tokio::time::sleep(timeout).await;
+                    Renewal::Failed
+                } else {
+                    Renewal::Answered
+                }
+            }
+        });
+        let _ = tokio::time::timeout(Duration::from_millis(6500), schedule).await;
+
+        let starts = starts.lock().unwrap().clone();
+        let secs = |s: u64| Duration::from_secs(s);
+        // Renewed at 1 s (so held until 4 s); the 2 s attempt fails at 3 s
+        // and is retried at once; then every third of the lease again.
+        assert_eq!(
+            starts,
+            [secs(1), secs(2), secs(3), secs(4), secs(5), secs(6)]
+        );
+        assert!(starts[2] + timeout <= starts[0] + lease);
+    }
+
+    /// A store that fails at once is not hammered: a sixth of the lease
+    /// between attempts.
+    #[tokio::test(start_paused = true)]
+    async fn failing_renewals_are_spaced_a_sixth_of_the_lease_apart() {
+        let lease = Duration::from_secs(6);
+        let begin = Instant::now();
+        let starts = Arc::new(Mutex::new(Vec::new()));
+        let recorded = starts.clone();
+        let schedule = renew_on_schedule(lease, move || {
+            recorded.lock().unwrap().push(begin.elapsed());
+            async { Renewal::Failed }
+        });
+        let _ = tokio::time::timeout(Duration::from_millis(5500), schedule).await;
+        let starts = starts.lock().unwrap().clone();
+        let secs = |s: u64| Duration::from_secs(s);
+        assert_eq!(starts, [secs(2), secs(3), secs(4), secs(5)]);
     }
 }
