@@ -285,6 +285,23 @@ fn zero_workers_or_queue_is_refused() {
     assert!(queue.to_string().contains("queue bound"), "{queue}");
 }
 
+/// Every worker is a task with a slot allocated up front: a pool beyond
+/// the bound is refused at build time, where it used to panic (capacity
+/// overflow) in `layer()`.
+#[test]
+fn too_many_workers_is_refused_with_what_to_use_instead() {
+    for workers in [BackpressureLayer::<u32>::MAX_WORKERS + 1, usize::MAX] {
+        let err = BackpressureLayer::<u32>::new(workers).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("at most 65536") && msg.contains("ConcurrencyLimitLayer"),
+            "{msg}"
+        );
+    }
+    let max = BackpressureLayer::<u32>::with_queue(BackpressureLayer::<u32>::MAX_WORKERS, 1);
+    assert!(max.is_ok());
+}
+
 #[tokio::test(start_paused = true)]
 async fn default_queue_is_three_per_worker() {
     let svc = tower::ServiceBuilder::new()

@@ -151,7 +151,7 @@ async fn per_key_rate_waits_without_slowing_other_keys() {
 async fn dropped_futures_give_back_permit_and_token() {
     let layer = KeyedLimitLayer::builder(
         KeyLimit::new()
-            .concurrency(1)
+            .concurrency(2)
             .rate(1, Duration::from_secs(1))
             .burst(1),
     )
@@ -162,31 +162,125 @@ async fn dropped_futures_give_back_permit_and_token() {
     let (tx, backend) = gated_backend(None);
     let svc = ServiceBuilder::new().layer(layer).service(backend);
 
-    // First call takes the only token and the only permit, and hangs.
+    // First call takes a permit and the only token, and hangs.
     let mut first = tokio_test::task::spawn(svc.clone().oneshot(get("h.test")));
     assert_pending!(first.poll());
     assert_eq!(handle.in_flight(&key), 1);
     assert_eq!(handle.tokens(&key), Some(0));
 
-    // Second call books the next token (due in 1 s) and waits.
+    // Second call takes the other permit and books the next token (due in
+    // 1 s): it holds a permit but waits at the gate still.
     let mut second = tokio_test::task::spawn(svc.clone().oneshot(get("h.test")));
     assert_pending!(second.poll());
-    drop(second);
-    // Its booking was the latest, so it is given back exactly.
-    tokio::time::advance(Duration::from_secs(1)).await;
-    assert_eq!(handle.tokens(&key), Some(1));
+    assert_eq!(handle.in_flight(&key), 1);
+    assert_eq!(handle.waiting(&key), 1);
 
-    // A third call now has its token but waits for the permit.
+    // A third call waits for a permit, booking nothing; it leaves the queue.
     let mut third = tokio_test::task::spawn(svc.clone().oneshot(get("h.test")));
     assert_pending!(third.poll());
-    assert_eq!(handle.waiting(&key), 1);
+    assert_eq!(handle.waiting(&key), 2);
     drop(third);
+    assert_eq!(handle.waiting(&key), 1);
+
+    // Dropping the second returns its permit and its booking, which was the
+    // latest, so exactly: the token due in 1 s is in the bucket then.
+    drop(second);
     assert_eq!(handle.waiting(&key), 0);
+    assert_eq!(handle.in_flight(&key), 1);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(handle.tokens(&key), Some(1));
 
     // Dropping the call in flight returns its permit.
     drop(first);
     assert_eq!(handle.in_flight(&key), 0);
     drop(tx);
+}
+
+/// The handle counts calls: one holding its permit while it waits for its
+/// token is waiting, and in flight once the token is in.
+#[tokio::test(start_paused = true)]
+async fn a_call_waiting_for_its_token_counts_as_waiting_until_it_goes_out() {
+    let layer = KeyedLimitLayer::builder(
+        KeyLimit::new()
+            .concurrency(2)
+            .rate(1, Duration::from_secs(1))
+            .burst(1),
+    )
+    .build()
+    .unwrap();
+    let handle = layer.handle();
+    let key = "h.test".to_string();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(service_fn(|_: Req| {
+            std::future::pending::<Result<(), BoxError>>()
+        }));
+    let mut first = tokio_test::task::spawn(svc.clone().oneshot(get("h.test")));
+    assert_pending!(first.poll());
+    let mut second = tokio_test::task::spawn(svc.clone().oneshot(get("h.test")));
+    assert_pending!(second.poll());
+    assert_eq!((handle.in_flight(&key), handle.waiting(&key)), (1, 1));
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(second.is_woken());
+    assert_pending!(second.poll());
+    assert_eq!((handle.in_flight(&key), handle.waiting(&key)), (2, 0));
+    drop((first, second));
+    assert_eq!((handle.in_flight(&key), handle.waiting(&key)), (0, 0));
+}
+
+/// A key's rate bounds what reaches the downstream, not only admissions:
+/// only a call holding the key's permit books a token, so calls queued for
+/// permits that free together still go out a token apart. (With tokens
+/// booked first, the last three calls below went out together at 1 s: they
+/// had booked theirs at 300, 400 and 500 ms while the permits were busy.)
+#[tokio::test(start_paused = true)]
+async fn calls_go_out_a_token_apart_when_permits_free_together() {
+    let layer = KeyedLimitLayer::builder(
+        KeyLimit::new()
+            .concurrency(3)
+            .rate(10, Duration::from_secs(1))
+            .burst(1),
+    )
+    .build()
+    .unwrap();
+    let start = Instant::now();
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let svc = ServiceBuilder::new().layer(layer).service(service_fn({
+        let sent = sent.clone();
+        move |_: Req| {
+            let now = start.elapsed();
+            sent.lock().unwrap().push(now);
+            // Every answer comes at the next whole second, so permits free together.
+            let end = Duration::from_secs(now.as_secs() + 1);
+            async move {
+                tokio::time::sleep(end - now).await;
+                Ok::<_, BoxError>(())
+            }
+        }
+    }));
+    let calls: Vec<_> = (0..9)
+        .map(|_| tokio::spawn(svc.clone().oneshot(get("h.test"))))
+        .collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    let sent = sent.lock().unwrap().clone();
+    let ms = |v: u64| Duration::from_millis(v);
+    assert_eq!(
+        sent,
+        [0, 100, 200, 1000, 1100, 1200, 2000, 2100, 2200].map(ms)
+    );
+    // Over every window, at most burst + rate × length went out.
+    for (i, a) in sent.iter().enumerate() {
+        for (j, b) in sent.iter().enumerate().skip(i) {
+            let allowed = 1 + (*b - *a).as_millis() / 100;
+            assert!(
+                (j - i + 1) as u128 <= allowed,
+                "{a:?}..{b:?}: {} sent",
+                j - i + 1
+            );
+        }
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -270,6 +364,36 @@ async fn fail_fast_refuses_with_typed_errors() {
         err.downcast_ref::<RateLimited>().unwrap().retry_after(),
         Duration::from_secs(2)
     );
+}
+
+/// Fail fast with both limits: the permit is taken first and goes back
+/// with a `RateLimited` refusal, so an empty bucket never holds a permit.
+#[tokio::test(start_paused = true)]
+async fn fail_fast_rate_refusal_returns_the_permit() {
+    let layer = KeyedLimitLayer::builder(
+        KeyLimit::new()
+            .concurrency(1)
+            .rate(1, Duration::from_secs(1))
+            .burst(1),
+    )
+    .fail_fast()
+    .build()
+    .unwrap();
+    let handle = layer.handle();
+    let key = "h.test".to_string();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(service_fn(|_: Req| async { Ok::<_, BoxError>(()) }));
+    svc.clone().oneshot(get("h.test")).await.unwrap();
+    let err = svc.clone().oneshot(get("h.test")).await.unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<RateLimited>().unwrap().retry_after(),
+        Duration::from_secs(1)
+    );
+    assert_eq!(handle.in_flight(&key), 0);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    svc.clone().oneshot(get("h.test")).await.unwrap();
+    assert_eq!(handle.in_flight(&key), 0);
 }
 
 #[tokio::test(start_paused = true)]

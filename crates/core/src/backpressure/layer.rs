@@ -20,6 +20,13 @@ pub struct BackpressureLayer<Req> {
 }
 
 impl<Req> BackpressureLayer<Req> {
+    /// The most workers a layer may have. Every worker is a task spawned
+    /// on first use, with a slot in the queue's state, so the pool is
+    /// allocated whole: bound the calls in flight beyond this with a
+    /// [`ConcurrencyLimitLayer`](crate::concurrency::ConcurrencyLimitLayer)
+    /// instead.
+    pub const MAX_WORKERS: usize = 1 << 16;
+
     /// `workers` calls in flight at most, and a queue of `3 × workers`.
     ///
     /// Three per worker keeps every worker fed between a caller's wake-up
@@ -27,7 +34,8 @@ impl<Req> BackpressureLayer<Req> {
     /// in-flight bound.
     ///
     /// # Errors
-    /// Zero workers: nothing would ever drain the queue.
+    /// Zero workers (nothing would ever drain the queue), or more than
+    /// [`MAX_WORKERS`](Self::MAX_WORKERS).
     pub fn new(workers: usize) -> Result<Self, ConfigError> {
         Self::with_queue(workers, workers.saturating_mul(3))
     }
@@ -35,12 +43,20 @@ impl<Req> BackpressureLayer<Req> {
     /// `workers` calls in flight at most, and at most `queue` waiting.
     ///
     /// # Errors
-    /// Zero workers or a zero queue bound.
+    /// Zero workers, more than [`MAX_WORKERS`](Self::MAX_WORKERS), or a
+    /// zero queue bound.
     pub fn with_queue(workers: usize, queue: usize) -> Result<Self, ConfigError> {
         if workers == 0 {
             return Err(ConfigError::new(
                 "backpressure needs at least 1 worker (0 workers would never drain the queue)",
             ));
+        }
+        if workers > Self::MAX_WORKERS {
+            return Err(ConfigError::new(format!(
+                "backpressure workers must be at most {} (each is a task spawned up front); \
+                 bound more calls in flight with a ConcurrencyLimitLayer",
+                Self::MAX_WORKERS
+            )));
         }
         if queue == 0 {
             return Err(ConfigError::new(

@@ -1,9 +1,10 @@
-//! The keyed limit's response future: wait for the key's token and permit, then call.
+//! The keyed limit's response future: wait for the key's permit and token, then call.
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -18,11 +19,12 @@ use crate::semaphore::{Acquire, Permit};
 use crate::sleep::ReusableSleep;
 
 pin_project! {
-    /// Waits for the key's token, then its permit, then runs the inner call
+    /// Waits for the key's permit, then its token, then runs the inner call
     /// while holding the permit.
     ///
-    /// Dropping it while it waits gives back the booked token and leaves the
-    /// permit queue; dropping it while the call runs returns the permit.
+    /// Dropping it while it waits leaves the permit queue, or returns the
+    /// permit and gives back the booked token; dropping it while the call
+    /// runs returns the permit.
     pub struct ResponseFuture<S, Req>
     where
         S: Service<Req>,
@@ -61,10 +63,15 @@ struct Wait<S, Req> {
     /// When the booked token arrives, if it was not there at once.
     token_at: Option<u64>,
     token_done: bool,
+    /// Whether this call is counted in the key's `awaiting_token`.
+    counted: bool,
     sleep: ReusableSleep,
     acquire: Option<Acquire>,
-    /// The key's admission, once granted: `Some(None)` for a key without a
-    /// concurrency limit. Held while the inner service gets ready.
+    /// The key's permit once granted (`Some(None)` for a key without a
+    /// concurrency limit), held while the token is awaited.
+    permit: Option<Option<Permit>>,
+    /// The key's admission, permit and token both granted: the permit, held
+    /// while the inner service gets ready.
     admitted: Option<Option<Permit>>,
 }
 
@@ -73,10 +80,18 @@ impl<S, Req> Drop for Wait<S, Req> {
         if let (Some(end), Some(bucket)) = (self.booking.take(), self.state.bucket.as_ref()) {
             bucket.give_back(end, 1);
         }
+        self.uncount();
     }
 }
 
 impl<S, Req> Wait<S, Req> {
+    /// Takes the call out of the key's count of token waiters.
+    fn uncount(&mut self) {
+        if std::mem::take(&mut self.counted) {
+            self.state.awaiting_token.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     /// Waits for the key's token; `Err` is a fail-fast refusal.
     fn poll_token(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         if self.token_done {
@@ -109,6 +124,8 @@ impl<S, Req> Wait<S, Req> {
                         "keyed rate limit; waiting for a token"
                     );
                     self.token_at = Some(at);
+                    self.state.awaiting_token.fetch_add(1, Ordering::Relaxed);
+                    self.counted = true;
                 }
             }
         }
@@ -116,6 +133,7 @@ impl<S, Req> Wait<S, Req> {
             let deadline = self.clock.instant(at);
             ready!(self.sleep.poll_until(deadline, cx));
         }
+        self.uncount();
         self.token_done = true;
         Poll::Ready(Ok(()))
     }
@@ -169,8 +187,10 @@ where
                     booking: None,
                     token_at: None,
                     token_done: false,
+                    counted: false,
                     sleep: ReusableSleep::default(),
                     acquire: None,
+                    permit: None,
                     admitted: None,
                 })),
             },
@@ -200,7 +220,7 @@ where
         }
     }
 
-    /// Whether the call is past its key's gate: its token and permit are
+    /// Whether the call is past its key's gate: its permit and token are
     /// granted, so a `Pending` from here on is the inner service's. A layer
     /// above can time the gate's wait alone with it (the http client notes
     /// it as a [`DeliberateWait`](crate::DeliberateWait)).
@@ -228,17 +248,27 @@ where
                         return Poll::Ready(Err(polled_after_completion()));
                     };
                     if w.admitted.is_none() {
+                        // The permit first: only calls holding one book
+                        // tokens, so a call goes out as its token arrives
+                        // and the key's rate bounds what reaches the
+                        // downstream. Tokens booked before a permit wait
+                        // would let calls that got theirs apart go out
+                        // together when permits free together.
+                        if w.permit.is_none() {
+                            match ready!(w.poll_permit(cx)) {
+                                Ok(permit) => w.permit = Some(permit),
+                                Err(e) => {
+                                    wait.take();
+                                    return Poll::Ready(Err(e));
+                                }
+                            }
+                        }
                         if let Err(e) = ready!(w.poll_token(cx)) {
+                            // Dropping the wait returns the permit.
                             wait.take();
                             return Poll::Ready(Err(e));
                         }
-                        match ready!(w.poll_permit(cx)) {
-                            Ok(permit) => w.admitted = Some(permit),
-                            Err(e) => {
-                                wait.take();
-                                return Poll::Ready(Err(e));
-                            }
-                        }
+                        w.admitted = w.permit.take();
                     }
                     // Only an admitted call asks the inner service for
                     // readiness, so a waiting one reserves nothing downstream.

@@ -341,12 +341,16 @@ impl<K: Hash + Eq + Clone> KeyedLimitHandle<K> {
         self.keys.len()
     }
 
-    /// Calls in flight for `key` (0 for an unknown key or one without a concurrency limit).
+    /// Calls in flight for `key`: past its gate, holding a permit and their
+    /// token (0 for an unknown key or one without a concurrency limit).
+    /// A call holding a permit while it waits for its token is counted in
+    /// [`waiting`](Self::waiting) instead.
     pub fn in_flight(&self, key: &K) -> usize {
         self.keys.in_flight(key)
     }
 
-    /// Tasks waiting for a permit of `key`.
+    /// Calls waiting at `key`'s gate: for a permit, or for their token
+    /// (holding their permit, if the key has a concurrency limit).
     pub fn waiting(&self, key: &K) -> usize {
         self.keys.waiting(key)
     }

@@ -3,7 +3,7 @@
 use std::borrow::{Borrow, Cow};
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -24,6 +24,9 @@ pub(super) struct Resolved {
 pub(super) struct KeyState {
     pub(super) semaphore: Option<Arc<Semaphore>>,
     pub(super) bucket: Option<TokenBucket>,
+    /// Calls waiting for their token (holding their permit, if the key has
+    /// a concurrency limit): at the gate still, not in flight.
+    pub(super) awaiting_token: AtomicUsize,
     last_used: AtomicU64,
 }
 
@@ -97,6 +100,7 @@ impl<K: Hash + Eq + Clone> Keys<K> {
             bucket: limit
                 .rate
                 .map(|(rate, period, burst)| TokenBucket::new(rate, period, burst)),
+            awaiting_token: AtomicUsize::new(0),
             last_used: AtomicU64::new(tick),
         });
         map.insert(key.into_owned(), state.clone());
@@ -131,14 +135,24 @@ impl<K: Hash + Eq + Clone> Keys<K> {
         self.lock().get(key).map(|s| f(s))
     }
 
+    /// Permits held by calls past the gate: a call waiting for its token
+    /// holds one too, and is counted as waiting instead.
     pub(super) fn in_flight(&self, key: &K) -> usize {
-        self.with(key, |s| s.semaphore.as_ref().map_or(0, |s| s.in_use()))
-            .unwrap_or(0)
+        self.with(key, |s| {
+            s.semaphore.as_ref().map_or(0, |sem| {
+                let awaiting = s.awaiting_token.load(Ordering::Relaxed);
+                sem.in_use().saturating_sub(awaiting)
+            })
+        })
+        .unwrap_or(0)
     }
 
     pub(super) fn waiting(&self, key: &K) -> usize {
-        self.with(key, |s| s.semaphore.as_ref().map_or(0, |s| s.waiting()))
-            .unwrap_or(0)
+        self.with(key, |s| {
+            s.semaphore.as_ref().map_or(0, |sem| sem.waiting())
+                + s.awaiting_token.load(Ordering::Relaxed)
+        })
+        .unwrap_or(0)
     }
 
     pub(super) fn tokens(&self, key: &K) -> Option<u32> {

@@ -19,18 +19,20 @@
 //!
 //! # Where it goes
 //! The key is known only with the request, so `poll_ready` is always ready
-//! and the response future does the waiting: for the key's token first, then
-//! its permit, then the inner service's readiness (on a clone of it, so the
-//! inner service must be `Clone`, as a hyper client is), then the call. A
-//! call waiting for a token holds no permit, and a call waiting on its key
-//! reserves nothing in the inner service: a global limit placed inside is
-//! taken only by calls their key has admitted.
+//! and the response future does the waiting: for the key's permit first,
+//! then its token, then the inner service's readiness (on a clone of it, so
+//! the inner service must be `Clone`, as a hyper client is), then the call.
+//! A call waiting on its key reserves nothing in the inner service: a global
+//! limit placed inside is taken only by calls their key has admitted.
 //!
-//! As with the [rate limit](crate::rate), a key's rate bounds admissions:
-//! calls that took their tokens apart and then queued for the key's
-//! permits (or for the inner service) go out together when those free
-//! together. A key whose downstream refuses bunches wants a burst of at
-//! least its concurrency.
+//! Only a call holding the key's permit books a token, so a call goes out
+//! as its token arrives: the key's rate bounds what reaches the downstream,
+//! even when permits free together (calls that booked tokens apart and then
+//! queued for permits would go out together). A call waiting for its token
+//! holds its permit (the handle counts it as waiting, not in flight); that
+//! costs no throughput, as any call that could take the permit would need a
+//! token of the same bucket first. A limit placed inside can still hold admitted calls back,
+//! and those go out together when it frees.
 //!
 //! # Refusals
 //! Waiting is the default. With [`fail_fast`](KeyedLimitBuilder::fail_fast)

@@ -14,8 +14,8 @@ use crate::semaphore::Permit;
 ///
 /// The key is known only once the request is, so `poll_ready` is always
 /// ready (as tower's `Buffer` is) and the whole wait happens in the response
-/// future, which owns a clone of the inner service: first the key's token,
-/// then its permit, then the inner service's readiness, then the call. A
+/// future, which owns a clone of the inner service: first the key's permit,
+/// then its token, then the inner service's readiness, then the call. A
 /// call still waiting on its key reserves nothing in the inner service.
 pub struct KeyedLimit<S, F, K> {
     inner: S,
