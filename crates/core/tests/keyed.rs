@@ -22,6 +22,14 @@ fn get(host: &str) -> Req {
         .unwrap()
 }
 
+/// `concurrency` in flight, and one token a second with a burst of one.
+fn one_a_second(concurrency: usize) -> KeyLimit {
+    KeyLimit::new()
+        .concurrency(concurrency)
+        .rate(1, Duration::from_secs(1))
+        .burst(1)
+}
+
 /// Tracks calls in flight and the peak, per host.
 #[derive(Clone, Default)]
 struct Meter(Arc<Mutex<HashMap<String, (usize, usize)>>>);
@@ -149,14 +157,7 @@ async fn per_key_rate_waits_without_slowing_other_keys() {
 
 #[tokio::test(start_paused = true)]
 async fn dropped_futures_give_back_permit_and_token() {
-    let layer = KeyedLimitLayer::builder(
-        KeyLimit::new()
-            .concurrency(2)
-            .rate(1, Duration::from_secs(1))
-            .burst(1),
-    )
-    .build()
-    .unwrap();
+    let layer = KeyedLimitLayer::builder(one_a_second(2)).build().unwrap();
     let handle = layer.handle();
     let key = "h.test".to_string();
     let (tx, backend) = gated_backend(None);
@@ -200,14 +201,7 @@ async fn dropped_futures_give_back_permit_and_token() {
 /// token is waiting, and in flight once the token is in.
 #[tokio::test(start_paused = true)]
 async fn a_call_waiting_for_its_token_counts_as_waiting_until_it_goes_out() {
-    let layer = KeyedLimitLayer::builder(
-        KeyLimit::new()
-            .concurrency(2)
-            .rate(1, Duration::from_secs(1))
-            .burst(1),
-    )
-    .build()
-    .unwrap();
+    let layer = KeyedLimitLayer::builder(one_a_second(2)).build().unwrap();
     let handle = layer.handle();
     let key = "h.test".to_string();
     let svc = ServiceBuilder::new()
@@ -370,15 +364,10 @@ async fn fail_fast_refuses_with_typed_errors() {
 /// with a `RateLimited` refusal, so an empty bucket never holds a permit.
 #[tokio::test(start_paused = true)]
 async fn fail_fast_rate_refusal_returns_the_permit() {
-    let layer = KeyedLimitLayer::builder(
-        KeyLimit::new()
-            .concurrency(1)
-            .rate(1, Duration::from_secs(1))
-            .burst(1),
-    )
-    .fail_fast()
-    .build()
-    .unwrap();
+    let layer = KeyedLimitLayer::builder(one_a_second(1))
+        .fail_fast()
+        .build()
+        .unwrap();
     let handle = layer.handle();
     let key = "h.test".to_string();
     let svc = ServiceBuilder::new()
