@@ -18,6 +18,7 @@ use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pin_project_lite::pin_project;
 use tower::ServiceExt;
+use tower::util::Either;
 use tower_fanout_core::DeliberateWait;
 use tower_fanout_core::keyed::{
     AuthorityKey, KeyLimit, KeyedLimit, KeyedLimitHandle, KeyedLimitLayer,
@@ -39,7 +40,11 @@ const DEFAULT_AGENT: &str = concat!("tower-fanout-http/", env!("CARGO_PKG_VERSIO
 
 type Connector = GuardedConnector<hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>>;
 type Raw = HyperClient<Connector, Full<Bytes>>;
-type Stack = FollowRedirect<Learn<Gated<KeyedLimit<Fetch, AuthorityKey, String>>>, RedirectPolicy>;
+type Limited = Learn<Gated<KeyedLimit<Fetch, AuthorityKey, String>>>;
+/// With redirects off (`max_redirects(0)`) the redirect layer is left out:
+/// it copies every request for a next hop and inserts an extension into
+/// every answer, about 1 700 instructions a request on loopback.
+type Stack = Either<FollowRedirect<Limited, RedirectPolicy>, Limited>;
 
 /// hyper-util's client behind an `Arc`: its `request` takes `&self`, so each
 /// call needs no clone of the client (which copies its whole configuration).
@@ -148,7 +153,8 @@ impl ClientBuilder {
     /// tower-http's `FollowRedirect` (301/302 turn a POST into a GET, 303 a GET,
     /// 307/308 resend as is), and every response carries the URI it came from
     /// as tower-http's `RequestUri` extension. A retry starts again from the
-    /// original request.
+    /// original request. With 0 the redirect layer is left out of the stack,
+    /// so it costs nothing and responses carry no `RequestUri`.
     pub fn max_redirects(mut self, max: usize) -> Self {
         self.max_redirects = max;
         self
@@ -360,8 +366,13 @@ impl ClientBuilder {
             self.learn_rate_limits
                 .then(|| Arc::new(Learned::new(self.max_hosts, retry.max_wait()))),
         );
-        let stack: Stack =
-            FollowRedirect::with_policy(learned, RedirectPolicy::new(self.max_redirects));
+        let stack: Stack = match self.max_redirects {
+            0 => Either::Right(learned),
+            max => Either::Left(FollowRedirect::with_policy(
+                learned,
+                RedirectPolicy::new(max),
+            )),
+        };
         Ok(Client {
             shared: Arc::new(Shared {
                 stack,

@@ -901,7 +901,7 @@ async fn accept_encoding_is_what_decompression_handles_and_a_callers_own_is_kept
 /// without its body, a 303 keeps a HEAD, a 307 resends the request as it was;
 /// relative and absolute `Location`s resolve against the current URI; every
 /// answer carries the URI it came from; a redirect off http/https fails; with
-/// `max_redirects(0)` a 3xx is the answer.
+/// `max_redirects(0)` a 3xx is the answer (and the layer is left out).
 #[tokio::test]
 async fn redirects_follow_tower_http_rules_and_location_forms() {
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -997,5 +997,10 @@ async fn redirects_follow_tower_http_rules_and_location_forms() {
         resp.status(),
         302,
         "with no hops allowed, a 3xx is the answer"
+    );
+    assert_eq!(
+        uri_of(&resp),
+        None,
+        "with redirects off the redirect layer is not in the stack"
     );
 }
