@@ -60,19 +60,16 @@ struct Wait<S, Req> {
     fail_fast: bool,
     /// The end of the booked token, while it can still be given back.
     booking: Option<u64>,
-    /// When the booked token arrives, if it was not there at once.
+    /// When the booked token arrives, if it was not there at once; while
+    /// it is awaited the call is counted in the key's `awaiting_token`.
     token_at: Option<u64>,
     token_done: bool,
-    /// Whether this call is counted in the key's `awaiting_token`.
-    counted: bool,
     sleep: ReusableSleep,
     acquire: Option<Acquire>,
     /// The key's permit once granted (`Some(None)` for a key without a
-    /// concurrency limit), held while the token is awaited.
+    /// concurrency limit), held while the token is awaited and then while
+    /// the inner service gets ready.
     permit: Option<Option<Permit>>,
-    /// The key's admission, permit and token both granted: the permit, held
-    /// while the inner service gets ready.
-    admitted: Option<Option<Permit>>,
 }
 
 impl<S, Req> Drop for Wait<S, Req> {
@@ -80,16 +77,16 @@ impl<S, Req> Drop for Wait<S, Req> {
         if let (Some(end), Some(bucket)) = (self.booking.take(), self.state.bucket.as_ref()) {
             bucket.give_back(end, 1);
         }
-        self.uncount();
+        if self.token_at.is_some() && !self.token_done {
+            self.state.awaiting_token.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
 impl<S, Req> Wait<S, Req> {
-    /// Takes the call out of the key's count of token waiters.
-    fn uncount(&mut self) {
-        if std::mem::take(&mut self.counted) {
-            self.state.awaiting_token.fetch_sub(1, Ordering::Relaxed);
-        }
+    /// Past the key's gate: permit and token both granted.
+    fn admitted(&self) -> bool {
+        self.permit.is_some() && self.token_done
     }
 
     /// Waits for the key's token; `Err` is a fail-fast refusal.
@@ -125,15 +122,14 @@ impl<S, Req> Wait<S, Req> {
                     );
                     self.token_at = Some(at);
                     self.state.awaiting_token.fetch_add(1, Ordering::Relaxed);
-                    self.counted = true;
                 }
             }
         }
         if let Some(at) = self.token_at {
             let deadline = self.clock.instant(at);
             ready!(self.sleep.poll_until(deadline, cx));
+            self.state.awaiting_token.fetch_sub(1, Ordering::Relaxed);
         }
-        self.uncount();
         self.token_done = true;
         Poll::Ready(Ok(()))
     }
@@ -187,11 +183,9 @@ where
                     booking: None,
                     token_at: None,
                     token_done: false,
-                    counted: false,
                     sleep: ReusableSleep::default(),
                     acquire: None,
                     permit: None,
-                    admitted: None,
                 })),
             },
         }
@@ -226,7 +220,7 @@ where
     /// it as a [`DeliberateWait`](crate::DeliberateWait)).
     pub fn is_admitted(&self) -> bool {
         match &self.kind {
-            Kind::Waiting { wait } => wait.as_ref().is_some_and(|w| w.admitted.is_some()),
+            Kind::Waiting { wait } => wait.as_ref().is_some_and(|w| w.admitted()),
             Kind::Admitted { .. } | Kind::Called { .. } => true,
             Kind::Refused { .. } => false,
         }
@@ -247,7 +241,7 @@ where
                     let Some(w) = wait.as_mut() else {
                         return Poll::Ready(Err(polled_after_completion()));
                     };
-                    if w.admitted.is_none() {
+                    if !w.admitted() {
                         // The permit first: only calls holding one book
                         // tokens, so a call goes out as its token arrives
                         // and the key's rate bounds what reaches the
@@ -268,7 +262,6 @@ where
                             wait.take();
                             return Poll::Ready(Err(e));
                         }
-                        w.admitted = w.permit.take();
                     }
                     // Only an admitted call asks the inner service for
                     // readiness, so a waiting one reserves nothing downstream.
@@ -281,7 +274,7 @@ where
                     }
                     // The call consumes the token: nothing is given back now.
                     w.booking = None;
-                    let permit = w.admitted.take().flatten();
+                    let permit = w.permit.take().flatten();
                     let (svc, req) = (w.svc.take(), w.req.take());
                     let state = w.state.clone();
                     wait.take();

@@ -31,8 +31,8 @@
 //! queued for permits would go out together). A call waiting for its token
 //! holds its permit (the handle counts it as waiting, not in flight); that
 //! costs no throughput, as any call that could take the permit would need a
-//! token of the same bucket first. A limit placed inside can still hold admitted calls back,
-//! and those go out together when it frees.
+//! token of the same bucket first. A limit placed inside can still hold
+//! admitted calls back, and those go out together when it frees.
 //!
 //! # Refusals
 //! Waiting is the default. With [`fail_fast`](KeyedLimitBuilder::fail_fast)
