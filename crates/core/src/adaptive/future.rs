@@ -88,7 +88,8 @@ where
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
+        let mut kind = self.project().kind;
+        match kind.as_mut().project() {
             KindProj::Called {
                 future,
                 guard,
@@ -134,6 +135,9 @@ where
                     );
                     drop(_permit);
                 }
+                // Done: a poll after this one answers an error rather than
+                // polling the finished inner future again.
+                kind.set(Kind::Refused { error: None });
                 Poll::Ready(output)
             }
             KindProj::Refused { error } => {

@@ -41,6 +41,9 @@ pin_project! {
         Admitted { svc: Option<S>, req: Option<Req>, guard: Option<Guard> },
         Called { #[pin] future: F, guard: Option<Guard> },
         Refused { error: Option<BoxError> },
+        // Answered after the call: still admitted (a layer above reads
+        // `is_admitted` after the poll that finished the call).
+        Done,
     }
 }
 
@@ -221,7 +224,7 @@ where
     pub fn is_admitted(&self) -> bool {
         match &self.kind {
             Kind::Waiting { wait } => wait.as_ref().is_some_and(|w| w.admitted()),
-            Kind::Admitted { .. } | Kind::Called { .. } => true,
+            Kind::Admitted { .. } | Kind::Called { .. } | Kind::Done => true,
             Kind::Refused { .. } => false,
         }
     }
@@ -314,11 +317,15 @@ where
                     let output = ready!(future.poll(cx));
                     // Free the permit as soon as the answer is in.
                     guard.take();
+                    // Done: a poll after this one answers an error rather
+                    // than polling the finished inner future again.
+                    self.as_mut().project().kind.set(Kind::Done);
                     return Poll::Ready(output.map_err(Into::into));
                 }
                 KindProj::Refused { error } => {
                     return Poll::Ready(Err(error.take().unwrap_or_else(polled_after_completion)));
                 }
+                KindProj::Done => return Poll::Ready(Err(polled_after_completion())),
             }
         }
     }

@@ -56,8 +56,13 @@ impl TokenBucket {
     /// `rate` tokens every `period`, holding at most `burst`. Both non-zero,
     /// and passed by [`check_refill`].
     pub(crate) fn new(rate: u32, period: Duration, burst: u32) -> Self {
-        let period = u64::try_from(period.as_nanos()).unwrap_or(u64::MAX);
-        let interval = period.div_ceil(u64::from(rate.max(1))).max(1);
+        // In u128, as `check_refill` does: a period past the u64 clock (584
+        // years) with a rate to match still has an interval that fits, and
+        // saturating the period first made it shorter than configured
+        // (`Duration::MAX` at `u32::MAX` a period: one token every 4.3 s
+        // instead of every 136 years).
+        let interval = period.as_nanos().div_ceil(u128::from(rate.max(1))).max(1);
+        let interval = u64::try_from(interval).unwrap_or(u64::MAX);
         Self {
             tat: AtomicU64::new(0),
             interval,

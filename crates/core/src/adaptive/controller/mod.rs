@@ -314,7 +314,8 @@ impl Round {
         let started = now.checked_sub(sample.rtt).unwrap_or(now);
         let round_trip =
             started >= start && self.successes >= min_samples && self.fresh.successes >= min_fresh;
-        if !(round_trip || elapsed >= length * 4) {
+        // Saturating: a huge RTT sample must not overflow the product.
+        if !(round_trip || elapsed >= length.saturating_mul(4)) {
             return None;
         }
         self.rtts.sort_unstable();
@@ -483,7 +484,11 @@ pub(crate) fn push_capped<T>(q: &mut std::collections::VecDeque<T>, value: T, ca
 pub(crate) fn ewma(old: Option<Duration>, sample: Duration, weight: f64) -> Duration {
     match old {
         None => sample,
-        Some(old) => old.mul_f64(1.0 - weight) + sample.mul_f64(weight),
+        // Saturating: with both near `Duration::MAX` the rounded halves
+        // add up past it.
+        Some(old) => old
+            .mul_f64(1.0 - weight)
+            .saturating_add(sample.mul_f64(weight)),
     }
 }
 

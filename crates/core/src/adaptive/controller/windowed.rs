@@ -138,7 +138,7 @@ impl Controller for WindowedController {
             Outcome::CallerError => return None,
             Outcome::Success => {
                 self.successes += 1;
-                self.latency_sum += sample.rtt;
+                self.latency_sum = self.latency_sum.saturating_add(sample.rtt);
             }
             Outcome::Overload | Outcome::Failure => self.errors += 1,
         }
