@@ -121,7 +121,8 @@ impl ClientBuilder {
         self
     }
 
-    /// How long an idle pooled connection is kept (default 90 s).
+    /// How long an idle pooled connection is kept (default 90 s; `None`, or
+    /// anything past a century such as `Duration::MAX`: for ever).
     pub fn pool_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.pool_idle_timeout = timeout;
         self
@@ -343,7 +344,11 @@ impl ClientBuilder {
             .wrap_connector(http);
         let connector = GuardedConnector::new(https, guard.clone());
         let mut raw = HyperClient::builder(TokioExecutor::new());
-        raw.pool_idle_timeout(self.pool_idle_timeout)
+        // hyper-util's idle sweeper adds the timeout to an `Instant`, which
+        // overflows (a panic in its task) for `Duration::MAX`; past a century
+        // it means no timeout, which `None` says without the addition.
+        const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+        raw.pool_idle_timeout(self.pool_idle_timeout.filter(|t| *t <= FOREVER))
             .pool_max_idle_per_host(self.pool_max_idle_per_host)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new());

@@ -202,6 +202,12 @@ fn header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
     headers.get(name)?.to_str().ok()
 }
 
+/// Every field line of a structured-field list (`RateLimit`,
+/// `RateLimit-Policy`): a list may be split across lines (RFC 9651 §3.1).
+fn lines<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
+    headers.get_all(name).iter().filter_map(|v| v.to_str().ok())
+}
+
 /// Whether any header name is a rate-limit field. One pass over the names is
 /// cheaper than six hashed lookups, and most responses carry none of these.
 pub(crate) fn may_carry_budget(headers: &HeaderMap) -> bool {
@@ -216,7 +222,9 @@ pub fn budget(headers: &HeaderMap, now: SystemTime) -> Option<Budget> {
     if !may_carry_budget(headers) {
         return None;
     }
-    let window = header(headers, &RATELIMIT_POLICY).and_then(policy_window);
+    let window = lines(headers, &RATELIMIT_POLICY)
+        .filter_map(policy_window)
+        .min();
     let mut found: Option<Budget> = None;
     let mut consider = |remaining: Option<u64>, reset: Option<Duration>| {
         let (Some(remaining), Some(reset)) = (remaining, reset.or(window)) else {
@@ -229,7 +237,7 @@ pub fn budget(headers: &HeaderMap, now: SystemTime) -> Option<Budget> {
             _ => candidate,
         });
     };
-    if let Some(v) = header(headers, &RATELIMIT) {
+    for v in lines(headers, &RATELIMIT) {
         for (remaining, reset) in ietf_ratelimit(v) {
             consider(Some(remaining), reset);
         }
@@ -258,14 +266,12 @@ pub fn limit(headers: &HeaderMap) -> Option<u64> {
     for name in &LIMITS {
         consider(header(headers, name).and_then(count));
     }
-    if let Some(policy) = header(headers, &RATELIMIT_POLICY) {
+    for policy in lines(headers, &RATELIMIT_POLICY) {
         for item in policy.split(',') {
             consider(param(item, "q").and_then(count));
         }
     }
-    if let Some(v) = header(headers, &RATELIMIT)
-        && v.contains("limit=")
-    {
+    for v in lines(headers, &RATELIMIT).filter(|v| v.contains("limit=")) {
         consider(dict_value(v, "limit").and_then(count));
     }
     found
@@ -468,6 +474,35 @@ pub(crate) mod tests {
             None
         );
         assert_eq!(budget(&map(&[("x-ratelimit-remaining", "3")]), now()), None);
+    }
+
+    /// A structured-field list may be split across field lines (RFC 9651
+    /// §3.1): `RateLimit` and `RateLimit-Policy` sent as one line per
+    /// policy are one list, and the spent policy on the second line counts.
+    #[test]
+    fn ratelimit_lists_split_across_field_lines_are_read_whole() {
+        let mut h = HeaderMap::new();
+        h.append(RATELIMIT, hv("\"minute\";r=50;t=30"));
+        h.append(RATELIMIT, hv("\"hour\";r=0;t=600"));
+        assert_eq!(
+            budget(&h, now()),
+            Some(Budget {
+                remaining: 0,
+                reset: Duration::from_secs(600)
+            })
+        );
+        let mut h = HeaderMap::new();
+        h.append(RATELIMIT, hv("\"hour\";r=0"));
+        h.append(RATELIMIT_POLICY, hv("\"minute\";q=60"));
+        h.append(RATELIMIT_POLICY, hv("\"hour\";q=10;w=3600"));
+        assert_eq!(limit(&h), Some(10));
+        assert_eq!(
+            budget(&h, now()),
+            Some(Budget {
+                remaining: 0,
+                reset: Duration::from_secs(3600)
+            })
+        );
     }
 
     proptest! {
