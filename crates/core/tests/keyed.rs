@@ -500,7 +500,7 @@ async fn a_free_permit_admits_in_call_without_overtaking_a_queued_call() {
 }
 
 #[test]
-fn the_default_key_is_the_host_and_port_in_lower_case_without_credentials() {
+fn the_default_key_is_the_host_in_lower_case_without_credentials_or_default_port() {
     use tower_fanout_core::keyed::{AuthorityKey, KeyFn};
     for (uri, key) in [
         ("http://api.example.com/a", "api.example.com"),
@@ -509,6 +509,18 @@ fn the_default_key_is_the_host_and_port_in_lower_case_without_credentials() {
         ("http://a@b@API.example.com:81/", "api.example.com:81"),
         ("http://[::1]:8080/", "[::1]:8080"),
         ("/relative", ""),
+        // The scheme's default port and a fully qualified name's trailing
+        // dot name the same host: they must not split its limit.
+        ("https://api.example.com:443/a", "api.example.com"),
+        ("http://api.example.com:80/a", "api.example.com"),
+        ("https://API.example.com.:443/", "api.example.com"),
+        ("http://api.example.com./a", "api.example.com"),
+        ("http://u@api.example.com.:8080/", "api.example.com:8080"),
+        ("https://[::1]:443/", "[::1]"),
+        // Other ports stay, and a default port of the other scheme too.
+        ("http://api.example.com:443/", "api.example.com:443"),
+        ("https://api.example.com:80/", "api.example.com:80"),
+        ("http://[::443]/", "[::443]"),
     ] {
         let req = http::Request::get(uri).body(()).unwrap();
         assert_eq!(AuthorityKey.key(&req), key, "{uri}");

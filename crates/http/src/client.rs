@@ -190,7 +190,9 @@ impl ClientBuilder {
     }
 
     /// A limit for one host, by URI authority: `"api.github.com"`, or
-    /// `"host:8443"` when URIs carry a port.
+    /// `"host:8443"` when URIs carry a port other than their scheme's
+    /// default (`https://api.github.com:443/` and `https://api.github.com./`
+    /// count against `"api.github.com"`).
     pub fn host_limit(mut self, authority: impl Into<String>, limit: KeyLimit) -> Self {
         self.host_limits
             .push((authority.into().to_ascii_lowercase(), limit));

@@ -152,9 +152,12 @@ where
 
 /// The default key of an [`http::Request`]: its URI authority (`host` or
 /// `host:port`), in lower case, without any `user:password@` (so
-/// credentials neither split a host's limit nor show in the keys); the
-/// empty string when the URI has none. An authority already in lower case
-/// is borrowed from the request.
+/// credentials neither split a host's limit nor show in the keys), without
+/// the scheme's default port (`:443` for https, `:80` for http) and without
+/// a fully qualified name's trailing dot, so that `https://API.example.com.:443/`
+/// counts against `api.example.com` like every other way of writing it; the
+/// empty string when the URI has none. A key that is a slice of the
+/// authority as written is borrowed from the request.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AuthorityKey;
 
@@ -163,17 +166,40 @@ impl<B> KeyFn<http::Request<B>> for AuthorityKey {
     type Lookup = str;
 
     fn key<'r>(&self, req: &'r http::Request<B>) -> Cow<'r, str> {
-        let authority = req.uri().authority().map_or("", |a| a.as_str());
+        let uri = req.uri();
+        let authority = uri.authority().map_or("", |a| a.as_str());
         // Userinfo ends at the last `@` (as in http's `Authority::host`). A
         // byte scan: `rsplit` costs several times more on a short string.
         let authority = match authority.bytes().rposition(|b| b == b'@') {
             Some(at) => &authority[at + 1..],
             None => authority,
         };
-        if authority.bytes().any(|b| b.is_ascii_uppercase()) {
-            Cow::Owned(authority.to_ascii_lowercase())
+        // The port starts at the last `:`, unless that is inside an IPv6
+        // literal (`[::1]`, which ends the authority when it has no port).
+        let (written_host, port) = match authority.bytes().rposition(|b| b == b':') {
+            Some(colon) if !authority.ends_with(']') => authority.split_at(colon),
+            _ => (authority, ""),
+        };
+        let default_port = match uri.scheme_str() {
+            Some(s) if s.eq_ignore_ascii_case("https") => ":443",
+            Some(s) if s.eq_ignore_ascii_case("http") => ":80",
+            _ => "",
+        };
+        // `host:` (an empty port) is the default port too.
+        let port = if port.len() <= 1 || port == default_port {
+            ""
         } else {
-            Cow::Borrowed(authority)
+            port
+        };
+        let host = written_host.strip_suffix('.').unwrap_or(written_host);
+        let upper = host.bytes().any(|b| b.is_ascii_uppercase());
+        if !upper && (port.is_empty() || host.len() == written_host.len()) {
+            // The host alone, or the host and port as written.
+            Cow::Borrowed(&authority[..host.len() + port.len()])
+        } else {
+            let mut key = host.to_ascii_lowercase();
+            key.push_str(port);
+            Cow::Owned(key)
         }
     }
 }
@@ -205,7 +231,7 @@ where
 {
     /// Gives `key` its own limit instead of the default (for [`AuthorityKey`],
     /// write the authority in lower case: `"api.github.com"`, or `"host:8443"`
-    /// when the URI carries a port).
+    /// when the URI carries a port other than its scheme's default).
     pub fn limit_for(mut self, key: impl Into<K>, limit: KeyLimit) -> Self {
         self.overrides.push((key.into(), limit));
         self
