@@ -526,3 +526,33 @@ fn the_default_key_is_the_host_in_lower_case_without_credentials_or_default_port
         assert_eq!(AuthorityKey.key(&req), key, "{uri}");
     }
 }
+
+proptest::proptest! {
+    /// The default key agrees with http's own reading of the authority
+    /// (`Authority::host`, `Authority::port_u16`), lower-cased, without a
+    /// trailing dot or the scheme's default port.
+    #[test]
+    fn the_default_key_agrees_with_http_on_host_and_port(
+        https in proptest::bool::ANY,
+        userinfo in proptest::option::of("[a-zA-Z0-9:]{0,6}"),
+        host in "([a-zA-Z0-9-]{1,8}\\.){0,3}[a-zA-Z0-9-]{1,8}\\.?|\\[::[0-9a-fA-F]{1,4}\\]|[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}",
+        port in proptest::option::of(proptest::sample::select(vec![80u16, 443, 8080, 1, 65535])),
+    ) {
+        use tower_fanout_core::keyed::{AuthorityKey, KeyFn};
+        let scheme = if https { "https" } else { "http" };
+        let userinfo = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
+        let port_part = port.map(|p| format!(":{p}")).unwrap_or_default();
+        let uri = format!("{scheme}://{userinfo}{host}{port_part}/x");
+        let req = http::Request::get(uri.as_str()).body(()).unwrap();
+        let authority = req.uri().authority().unwrap();
+        let mut expected = authority.host().to_ascii_lowercase();
+        if expected.ends_with('.') {
+            expected.pop();
+        }
+        let default = if https { 443 } else { 80 };
+        if let Some(p) = authority.port_u16().filter(|&p| p != default) {
+            expected.push_str(&format!(":{p}"));
+        }
+        proptest::prop_assert_eq!(AuthorityKey.key(&req).into_owned(), expected, "{}", uri);
+    }
+}
