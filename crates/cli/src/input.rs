@@ -220,6 +220,21 @@ pub(crate) fn check_url(url: &str) -> Result<(), String> {
     if uri.host().is_none_or(str::is_empty) {
         return Err(format!("`{url}` has no host"));
     }
+    // `http::Uri` takes any digits as the port, and a port past 65535 reads
+    // as none: the request would go to the scheme's default port instead.
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    let after_host = host_port
+        .rfind(']')
+        .map_or(host_port, |i| &host_port[i + 1..]);
+    if let Some((_, port)) = after_host.rsplit_once(':')
+        && !port.is_empty()
+        && port.parse::<u16>().is_err()
+    {
+        return Err(format!(
+            "`{url}`: port {port} is out of range (a port is 0 to 65535)"
+        ));
+    }
     Ok(())
 }
 
@@ -290,6 +305,33 @@ mod tests {
                 .unwrap_err()
                 .contains("items 1 and 2 both have the id `a`")
         );
+    }
+
+    /// A port past 65535 is no port at all to the HTTP stack, which then
+    /// dialled the scheme's default port: `http://host:99999/` fetched
+    /// `http://host:80/` and reported it as the item's answer.
+    #[test]
+    fn a_port_out_of_range_is_refused() {
+        for url in [
+            "http://127.0.0.1:99999/",
+            "http://127.0.0.1:65536/x",
+            "https://user:pw@example.test:4294967296/",
+            "http://[::1]:70000/",
+            "http://example.test:00000000000000000000080000/",
+        ] {
+            let err = check_url(url).unwrap_err();
+            assert!(err.contains("port"), "{url}: {err}");
+        }
+        for url in [
+            "http://127.0.0.1:65535/",
+            "http://[::1]:8080/",
+            "http://u:p@example.test:443/",
+            "http://example.test/",
+            "http://example.test:/",
+            "http://[::1]/",
+        ] {
+            assert_eq!(check_url(url), Ok(()), "{url}");
+        }
     }
 
     mod props {

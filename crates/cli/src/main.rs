@@ -81,7 +81,7 @@ struct Limits {
     /// Retries per item (429/503 honour Retry-After; others back off).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=10))]
     retries: u32,
-    /// Items accepted in one batch at most (fetch reads its input up to 16 KiB per item).
+    /// Items accepted in one batch at most (fetch reads its input, and mcp each message, up to 16 KiB per item).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_items: u32,
     /// Allow loopback, private, link-local and metadata addresses (refused by default).

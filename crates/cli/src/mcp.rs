@@ -195,10 +195,26 @@ impl ServerHandler for FanoutServer {
     }
 }
 
+/// The longest message line read: room for a tool call of `max_items`
+/// items at the 16 KiB an item that `fanout fetch` reads, and never less
+/// than rmcp's default. rmcp drops a longer line unread and unanswered, so
+/// with its default (16 MiB) a batch that `--max-items` allows could leave
+/// its client waiting for an answer that never came.
+fn max_line_length(max_items: usize) -> usize {
+    let per_item = usize::try_from(crate::INPUT_BYTES_PER_ITEM).unwrap_or(usize::MAX);
+    max_items
+        .saturating_mul(per_item)
+        .saturating_add(64 * 1024)
+        .max(rmcp::transport::async_rw::DEFAULT_MAX_LINE_LENGTH)
+}
+
 /// Serves MCP on stdin/stdout until the client closes stdin.
 pub(crate) async fn serve(fetcher: Fetcher, max_items: usize) -> anyhow::Result<()> {
+    let (stdin, stdout) = rmcp::transport::stdio();
+    let transport = rmcp::transport::async_rw::AsyncRwTransport::new_server(stdin, stdout)
+        .with_max_line_length(max_line_length(max_items));
     let server = FanoutServer::new(fetcher, max_items)
-        .serve(rmcp::transport::stdio())
+        .serve(transport)
         .await?;
     server.waiting().await?;
     Ok(())

@@ -132,7 +132,10 @@ impl RedisConcurrencyLimitBuilder {
         let local = match fallback {
             Fallback::Closed => None,
             Fallback::Open { share } => {
-                let permits = ((self.limit as f64 * share).floor() as usize).max(1);
+                // A tokio semaphore holds at most `MAX_PERMITS` (and panics
+                // past it): a share of a limit that large is no bound anyway.
+                let permits =
+                    ((self.limit as f64 * share).floor() as usize).clamp(1, Semaphore::MAX_PERMITS);
                 Some(Arc::new(Semaphore::new(permits)))
             }
         };

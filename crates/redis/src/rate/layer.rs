@@ -113,6 +113,9 @@ impl<C, K> RedisRateLimitBuilder<C, K> {
     /// (0 < share ≤ 1) of this one: `rate × share` per period, with a burst
     /// of `burst × share` (at least 1). With `n` processes sharing the
     /// limit, `1 / n` keeps the total within the limit during an outage.
+    /// A waiting request costing more than that local burst takes its cost
+    /// in turns at the local rate; failing fast, it is refused with
+    /// `CostExceedsBurst` until Redis is back.
     #[must_use]
     pub fn fail_open(mut self, share: f64) -> Self {
         self.fallback = Some(Fallback::Open { share });
@@ -446,6 +449,9 @@ struct LocalRates {
     builder: RateLimitBuilder<LocalCost>,
     template: RateLimitLayer<LocalCost>,
     by_key: Mutex<HashMap<String, RateLimitLayer<LocalCost>>>,
+    /// The local bucket's burst: `burst × share`, at least 1.
+    burst: u32,
+    fail_fast: bool,
 }
 
 impl LocalRates {
@@ -477,6 +483,8 @@ impl LocalRates {
             template: Self::build(&builder)?,
             builder,
             by_key: Mutex::new(HashMap::new()),
+            burst,
+            fail_fast,
         })
     }
 
@@ -509,9 +517,24 @@ impl LocalRates {
             None => self.template.clone(),
             Some(key) => self.bucket(key)?,
         };
-        let mut svc = layer.layer(Admit);
-        poll_fn(|cx| svc.poll_ready(cx)).await?;
-        svc.call(cost).await
+        // The shared limit admits a cost up to its burst; the local bucket
+        // holds only `burst × share`. A waiting caller takes a larger cost in
+        // turns of at most the local burst, so it goes ahead at the local
+        // rate instead of failing with `CostExceedsBurst` all outage long.
+        // (Failing fast, it cannot wait for the later turns: refused.)
+        let mut left = cost;
+        while left > 0 {
+            let turn = if self.fail_fast {
+                left
+            } else {
+                left.min(self.burst)
+            };
+            let mut svc = layer.clone().layer(Admit);
+            poll_fn(|cx| svc.poll_ready(cx)).await?;
+            svc.call(turn).await?;
+            left -= turn;
+        }
+        Ok(())
     }
 }
 

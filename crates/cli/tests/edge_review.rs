@@ -1,0 +1,93 @@
+//! Edge cases found in review: URLs the HTTP stack would misread, and MCP
+//! tool calls as large as `--max-items` allows.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tower_fanout_sim::{Jitter, Model, Sim};
+
+mod support;
+use support::{run, spawn};
+
+/// A port past 65535 read as no port, so `http://host:99999/` went to the
+/// scheme's default port (80) and its answer was reported for the item.
+/// It is bad input now, in `fetch` and in the MCP tool alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_out_of_range_is_bad_input() {
+    let sim = Sim::new(
+        Model::new().latency(Duration::from_millis(1), Jitter::None),
+        1,
+    );
+    let server = sim.serve().await.unwrap();
+    let addr = server.addr();
+    let input = format!("http://{addr}/ok\nhttp://127.0.0.1:99999/\n");
+    let out = run(&["fetch", "--allow-private"], &input).await;
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("line 2") && out.stderr.contains("port 99999"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.is_empty());
+    assert_eq!(sim.stats().arrivals, 0, "bad input sent no request");
+}
+
+/// Writes one JSON-RPC message as a line.
+async fn send(stdin: &mut tokio::process::ChildStdin, message: &Value) {
+    let mut line = serde_json::to_vec(message).unwrap();
+    line.push(b'\n');
+    stdin.write_all(&line).await.unwrap();
+    stdin.flush().await.unwrap();
+}
+
+/// A tool call as large as `--max-items` allows (16 KiB an item, as
+/// `fetch` reads) got no answer when its line passed rmcp's default 16 MiB
+/// line cap: the server dropped it unread, and the client waited forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_call_within_max_items_is_answered_however_long_its_line() {
+    const ITEMS: usize = 1100;
+    let mut child = spawn(&["mcp", "--max-items", &ITEMS.to_string()]);
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut items: Vec<Value> = (0..ITEMS)
+        .map(|i| json!({"url": format!("https://example.test/{i:05}/{}", "a".repeat(16_000))}))
+        .collect();
+    // The last item is bad: the whole batch is refused before anything is
+    // fetched, and the answer names it, which shows the line was read.
+    items[ITEMS - 1] = json!({"url": "not a url"});
+    let call = json!({
+        "jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "batch_fetch_urls", "arguments": {"items": items}},
+    });
+    assert!(serde_json::to_vec(&call).unwrap().len() > 16 << 20);
+    send(
+        &mut stdin,
+        &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "edge-review", "version": "1"}}}),
+    )
+    .await;
+    send(
+        &mut stdin,
+        &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .await;
+    send(&mut stdin, &call).await;
+    let answer = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let message: Value = serde_json::from_str(&line).unwrap();
+            if message["id"] == json!(2) {
+                return message;
+            }
+        }
+        panic!("the server closed its output without answering the call");
+    })
+    .await
+    .expect("the tool call was answered");
+    let text = answer.to_string();
+    assert_eq!(answer["result"]["isError"], json!(true), "{text}");
+    assert!(text.contains(&format!("item {ITEMS}")), "{text}");
+    drop(stdin);
+}
