@@ -8,7 +8,7 @@ use tower_fanout_core::keyed::TooManyKeys;
 
 use crate::BoxError;
 use crate::body::{BodyTooLarge, ReadBody, RequestBodyTooLarge};
-use crate::guard::RefusedAddress;
+use crate::guard::{PortOutOfRange, RefusedAddress};
 use crate::redirect::TooManyRedirects;
 use crate::timeout::TimedOut;
 
@@ -169,7 +169,7 @@ impl Error {
 }
 
 /// Whether `err` is an answer that trying again cannot change: a refused
-/// address, a body over a cap, too many redirects, a rate limit past the
+/// address, an invalid request (a port out of range), a body over a cap, too many redirects, a rate limit past the
 /// wait cap. Looked for through the whole source chain, since hyper-util
 /// wraps a connector's refusal (the address guard's, after DNS) in its own
 /// connect error.
@@ -177,6 +177,7 @@ pub(crate) fn is_final(err: &(dyn std::error::Error + 'static)) -> bool {
     matches!(
         classify(err),
         Kind::RefusedAddress
+            | Kind::InvalidRequest
             | Kind::BodyTooLarge
             | Kind::RequestBodyTooLarge
             | Kind::RateLimited(_)
@@ -191,6 +192,9 @@ fn classify(err: &(dyn std::error::Error + 'static)) -> Kind {
     while let Some(e) = next {
         if e.is::<RefusedAddress>() {
             return Kind::RefusedAddress;
+        }
+        if e.is::<PortOutOfRange>() {
+            return Kind::InvalidRequest;
         }
         if e.is::<BodyTooLarge>() {
             return Kind::BodyTooLarge;

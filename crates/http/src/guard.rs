@@ -326,6 +326,15 @@ where
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
+        // Checked here, once per new connection, rather than per request:
+        // `http::Uri` takes any digits as a port and reads one past 65535 as
+        // none, so hyper-util would dial the scheme's default port instead.
+        // A pooled connection is keyed by the authority as written, so such
+        // a URI never finds one and always comes here.
+        if let Some(port) = port_out_of_range(&uri) {
+            let error = PortOutOfRange(port.to_owned());
+            return Box::pin(std::future::ready(Err(error.into())));
+        }
         if let Err(refused) = self.guard.check_uri(&uri) {
             tracing::debug!(host = %refused.host(), "address guard refused a URI");
             return Box::pin(std::future::ready(Err(refused.into())));
@@ -338,6 +347,35 @@ where
     }
 }
 
+/// The port written in `uri`'s authority when it is not a valid port
+/// number (digits past 65535).
+fn port_out_of_range(uri: &Uri) -> Option<&str> {
+    let authority = uri.authority()?.as_str();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    // An IPv6 literal's colons are not the port's.
+    let after_host = host_port
+        .rfind(']')
+        .map_or(host_port, |i| &host_port[i + 1..]);
+    let (_, port) = after_host.rsplit_once(':')?;
+    (!port.is_empty() && port.parse::<u16>().is_err()).then_some(port)
+}
+
+/// A URI's port is not a port number; the request was not sent.
+#[derive(Debug)]
+pub(crate) struct PortOutOfRange(String);
+
+impl fmt::Display for PortOutOfRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "port {} is out of range (a port is 0 to 65535); the request was not sent",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for PortOutOfRange {}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -345,6 +383,24 @@ mod tests {
 
     fn bad(s: &str) -> bool {
         is_forbidden(s.parse().unwrap())
+    }
+
+    #[test]
+    fn ports_past_65535_are_found_and_others_are_not() {
+        for (uri, port) in [
+            ("http://h:99999/", Some("99999")),
+            ("http://u:1@h:65536/", Some("65536")),
+            ("http://[::1]:70000/", Some("70000")),
+            ("http://h:65535/", None),
+            ("http://h:/", None),
+            ("http://h/", None),
+            ("http://[::1]/", None),
+            ("http://[::1]:80/", None),
+            ("http://u:99999@h/", None),
+        ] {
+            let uri: Uri = uri.parse().unwrap();
+            assert_eq!(port_out_of_range(&uri), port, "{uri}");
+        }
     }
 
     #[test]

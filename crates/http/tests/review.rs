@@ -127,3 +127,38 @@ async fn a_post_that_was_redirected_is_not_sent_again_by_a_retry() {
         assert_eq!(gets.load(Ordering::SeqCst), 4, "{target}: {outcome:?}");
     }
 }
+
+/// A port past 65535 is no port to `http::Uri` (`port_u16()` is `None`),
+/// and hyper-util then dialled the scheme's default port: a request for
+/// `http://host:99999/` went to `http://host:80/`. It is refused as an
+/// invalid request instead, with the port named, and not retried. A
+/// redirect to such a URI is not followed (tower-http does not resolve its
+/// location): the 3xx is the answer.
+#[tokio::test(start_paused = true)]
+async fn a_port_past_65535_is_refused_not_sent_to_the_default_port() {
+    let addr = support::serve(handler(|_| async {
+        respond(302)
+            .header("location", "http://127.0.0.1:70000/next")
+            .body(Chunks::full(""))
+            .unwrap()
+    }))
+    .await;
+    let client = tower_fanout_http::Client::builder()
+        .address_guard(false)
+        .build()
+        .unwrap();
+    for url in [
+        "http://127.0.0.1:99999/",
+        "http://u:p@127.0.0.1:4294967377/",
+    ] {
+        let err = client.get(url).await.unwrap_err();
+        assert!(err.is_invalid_request(), "{url}: {err:?}");
+        assert!(err.to_string().contains("port"), "{url}: {err}");
+        assert!(err.to_string().contains("out of range"), "{url}: {err}");
+    }
+    let redirected = client
+        .get(&format!("http://{addr}/redirect"))
+        .await
+        .unwrap();
+    assert_eq!(redirected.status(), 302);
+}
