@@ -21,7 +21,8 @@
 //! Every layer waits by default and fails fast when asked. `poll_ready`
 //! reserves capacity, `call` consumes it, and dropping a ready service or
 //! an unfinished response future gives it back. Each layer has a handle that
-//! reads its live state with atomic loads.
+//! reads its live state with atomic loads (the keyed layer's handle finds a
+//! key in its map under the map's lock).
 //!
 //! Errors follow tower: services return [`BoxError`], and a refusal is a
 //! small type from [`error`] to downcast.

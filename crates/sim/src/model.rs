@@ -231,9 +231,19 @@ impl Model {
         self
     }
 
-    /// Each successful answer carries a body of this many bytes.
+    /// Each successful answer carries a body of this many bytes, allocated
+    /// for it (so a size the machine cannot hold fails in the call).
+    ///
+    /// # Panics
+    ///
+    /// If `bytes` is more than `isize::MAX`, more than any allocation can
+    /// hold: every successful call would panic ("capacity overflow").
     #[must_use]
     pub fn body_bytes(mut self, bytes: usize) -> Self {
+        assert!(
+            isize::try_from(bytes).is_ok(),
+            "a simulated body of {bytes} bytes cannot be allocated (at most isize::MAX bytes)"
+        );
         self.body_bytes = bytes;
         self
     }
@@ -302,6 +312,24 @@ impl Knee {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A body larger than any allocation is refused where it is written: it
+    /// was taken, and every successful call then panicked with "capacity
+    /// overflow" making it.
+    #[test]
+    fn a_body_no_allocation_can_hold_is_refused() {
+        for bytes in [usize::MAX, isize::MAX as usize + 1] {
+            let built = std::panic::catch_unwind(|| Model::new().body_bytes(bytes));
+            let message = built.expect_err(&format!("body_bytes({bytes}) was accepted"));
+            let message = message
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .unwrap_or_default();
+            assert!(message.contains("cannot be allocated"), "{message}");
+        }
+        let largest = Model::new().body_bytes(isize::MAX as usize);
+        assert_eq!(largest.body_bytes, isize::MAX as usize);
+    }
 
     /// A zero rate reads as an outage but used to mean "no limit" (the
     /// simulation skips a rate that is not above zero), so it is refused

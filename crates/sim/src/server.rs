@@ -1,8 +1,12 @@
 //! The simulated downstream as a real HTTP/1 server on the loopback interface.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -51,8 +55,41 @@ impl Drop for ServerHandle {
     }
 }
 
+/// Reads the request body to its end while the answer is prepared, and
+/// answers 400 without it (the slot given back) if the body breaks off.
+///
+/// hyper notices a client that hangs up only while it reads the connection,
+/// and stops reading it when a request body is left unread: a client gone
+/// mid-body then held its slot to the end of the latency (for a silent drop,
+/// until shutdown).
+async fn answer(
+    mut body: Incoming,
+    response: impl Future<Output = Response<crate::Body>>,
+) -> Response<crate::Body> {
+    let mut response = std::pin::pin!(response);
+    loop {
+        tokio::select! {
+            biased;
+            answer = &mut response => return answer,
+            frame = body.frame() => match frame {
+                Some(Ok(_)) => {}
+                None => return response.await,
+                Some(Err(_)) => {
+                    let mut bad = Response::new(crate::Body::default());
+                    *bad.status_mut() = StatusCode::BAD_REQUEST;
+                    return bad;
+                }
+            },
+        }
+    }
+}
+
 impl Sim {
     /// Serves this downstream over HTTP/1 on `127.0.0.1`, on a free port.
+    ///
+    /// Each request is admitted when its head arrives; its body, if any, is
+    /// read and discarded. A client that hangs up gives its slot back; a
+    /// request whose body breaks off is answered 400.
     ///
     /// # Errors
     /// The listener could not be bound.
@@ -82,9 +119,12 @@ impl Sim {
                         };
                         let sim = sim.clone();
                         connections.spawn(async move {
-                            let service = service_fn(move |_req| {
+                            let service = service_fn(move |req: Request<Incoming>| {
                                 let response = sim.respond();
-                                async move { Ok::<_, std::convert::Infallible>(response.await) }
+                                async move {
+                                    let answer = answer(req.into_body(), response).await;
+                                    Ok::<_, std::convert::Infallible>(answer)
+                                }
                             });
                             let _ = http1::Builder::new()
                                 .serve_connection(TokioIo::new(stream), service)

@@ -111,9 +111,10 @@ impl Sim {
     pub fn reset_stats(&self) {
         let now = Instant::now();
         let mut state = self.inner.lock();
-        let in_service = state.in_service;
-        // The calls in service load the new window, but were admitted before it.
-        state.stats = Recorder::new(now).carrying(in_service);
+        let (in_service, queued) = (state.in_service, state.queue.len());
+        // The calls in service load the new window, but were admitted before
+        // it; the calls queued are in its queue.
+        state.stats = Recorder::new(now).carrying(in_service, queued);
     }
 
     /// The concurrency capacity in force now (after any scheduled change).
@@ -217,9 +218,12 @@ impl Drop for Waiting {
     fn drop(&mut self) {
         // Closed, the queue can no longer hand us a slot; one it handed us
         // before (and we never took) goes back, to the next in the queue.
+        // Otherwise we leave the queue: a caller that gave up holds no place.
         self.go.close();
         if self.go.try_recv().is_ok() {
             self.inner.release(Instant::now());
+        } else {
+            self.inner.lock().queue.retain(|tx| !tx.is_closed());
         }
     }
 }
@@ -236,7 +240,9 @@ fn refusal(status: StatusCode, retry_after: Option<Duration>) -> Response<Body> 
     *response.status_mut() = status;
     if let Some(wait) = retry_after {
         // Whole seconds, rounded up, at least 1, as real servers send it.
-        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let secs = wait
+            .as_secs()
+            .saturating_add(u64::from(wait.subsec_nanos() > 0));
         response.headers_mut().insert(
             http::header::RETRY_AFTER,
             http::HeaderValue::from(secs.max(1)),
@@ -307,8 +313,12 @@ impl Inner {
                 state.quota_used = 0;
             }
             if state.quota_used >= quota.limit {
-                let end = quota.window * u32::try_from(index + 1).unwrap_or(u32::MAX);
-                let wait = end.saturating_sub(elapsed);
+                // The rest of the window, exact for any window and any run.
+                let rest = window - elapsed.as_nanos() % window;
+                let wait = Duration::new(
+                    u64::try_from(rest / 1_000_000_000).unwrap_or(u64::MAX),
+                    (rest % 1_000_000_000) as u32,
+                );
                 return refuse(state, StatusCode::TOO_MANY_REQUESTS, Some(wait));
             }
             state.quota_used += 1;

@@ -76,11 +76,13 @@ impl Recorder {
         }
     }
 
-    /// A window that starts with `in_service` calls already in service:
-    /// their load counts, their admission (before the window) does not.
-    pub(crate) fn carrying(mut self, in_service: usize) -> Self {
+    /// A window that starts with `in_service` calls already in service and
+    /// `queued` waiting: their load and queue depth count, their admission
+    /// (before the window) does not.
+    pub(crate) fn carrying(mut self, in_service: usize, queued: usize) -> Self {
         self.in_service = in_service;
         self.peak = in_service;
+        self.peak_queued = queued;
         self
     }
 

@@ -1,5 +1,6 @@
 //! Defects found in the review of the simulated downstream, each with the
-//! test that showed it; on the paused clock.
+//! test that showed it; on the paused clock, but for the one over real HTTP
+//! on 127.0.0.1.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -216,4 +217,155 @@ async fn queued_calls_count_as_admitted_when_they_start() {
     assert_eq!((s.arrivals, s.admitted, s.successes), (6, 6, 6), "{s:?}");
     assert_eq!(s.peak_queued, 4);
     assert!((s.admitted_rate - 20.0).abs() < 1e-9, "{s:?}");
+}
+
+/// The quota's `Retry-After` is the rest of the window in whole seconds,
+/// rounded up, however long the window or the run: rounding up the rest of
+/// a `Duration::MAX` window overflowed ("attempt to add with overflow" in a
+/// debug build, `Retry-After: 1` in a release one), and past `u32::MAX`
+/// windows the window's end was taken as `u32::MAX` windows, already past,
+/// so a 10 s window sent `Retry-After: 1`.
+#[tokio::test(start_paused = true)]
+async fn quota_retry_after_is_the_rest_of_any_window() {
+    let retry_after = |response: http::Response<tower_fanout_sim::Body>| {
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        response.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+
+    let endless = Sim::new(Model::new().quota(0, Duration::MAX), 1);
+    let refused = endless.clone().oneshot(Request::new(())).await.unwrap();
+    assert_eq!(retry_after(refused), u64::MAX.to_string());
+
+    let sim = Sim::new(
+        Model::new()
+            .quota(1, Duration::from_secs(10))
+            .latency(ms(10), Jitter::None)
+            .refusal_latency(Duration::ZERO),
+        1,
+    );
+    // The start of window number 2^32 + 1, some 1361 years in.
+    time::advance(Duration::from_secs(10 * ((1 << 32) + 1))).await;
+    assert_eq!(
+        status_within(&sim, Duration::from_secs(1)).await,
+        Some(StatusCode::OK)
+    );
+    time::advance(ms(2490)).await;
+    let refused = sim.clone().oneshot(Request::new(())).await.unwrap();
+    assert_eq!(retry_after(refused), "8", "7.5 s rounded up");
+}
+
+/// A queued call whose caller gave up (a client timeout, a closed
+/// connection) leaves the queue: it kept its place, so a queue of callers
+/// that had all given up refused the next with 503 as if full, and
+/// `peak_queued` counted them.
+#[tokio::test(start_paused = true)]
+async fn queued_calls_that_give_up_leave_the_queue() {
+    let sim = Sim::new(
+        Model::new()
+            .concurrency(1)
+            .overflow(Overflow::Queue { max: 2 })
+            .latency(Duration::from_secs(1), Jitter::None),
+        1,
+    );
+    let first = tokio::spawn(sim.clone().oneshot(Request::new(())));
+    tokio::task::yield_now().await;
+    for _ in 0..3 {
+        assert_eq!(status_within(&sim, ms(100)).await, None, "queued");
+    }
+    assert_eq!(sim.stats().refused_other, 0, "{:?}", sim.stats());
+    assert_eq!(sim.stats().peak_queued, 1);
+    // Two wait their turn: the first ends at 1 s, the next at 2 s.
+    let waiting: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(sim.clone().oneshot(Request::new(()))))
+        .collect();
+    assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
+    for call in waiting {
+        assert_eq!(call.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+    let s = sim.stats();
+    assert_eq!(
+        (s.arrivals, s.admitted, s.successes, s.refused_other),
+        (6, 3, 3, 0),
+        "{s:?}"
+    );
+    assert_eq!(s.peak_queued, 2);
+}
+
+/// A client that hangs up while its request body is still on the way gives
+/// its slot back over HTTP, as one that hangs up after sending it does. The
+/// server never read request bodies, and hyper stops reading a connection
+/// whose body is left unread, so it never saw the hang-up: the slot stayed
+/// taken to the end of the latency (for a silent drop, until shutdown), and
+/// every later request was refused.
+#[tokio::test]
+async fn a_client_that_hangs_up_mid_body_gives_its_slot_back() {
+    use tokio::io::AsyncWriteExt;
+
+    let heads_and_bodies: [(&str, &str); 3] = [
+        ("content-length: 10", "01234"),
+        ("content-length: 10", ""),
+        ("transfer-encoding: chunked", "5\r\nhello\r\n"),
+    ];
+    for (header, sent) in heads_and_bodies {
+        let sim = Sim::new(
+            Model::new()
+                .concurrency(1)
+                .latency(Duration::from_secs(3600), Jitter::None),
+            1,
+        );
+        let server = sim.serve().await.unwrap();
+        let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+        let request = format!("POST /item HTTP/1.1\r\nhost: sim\r\n{header}\r\n\r\n{sent}");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sim.stats().admitted == 0 {
+            assert!(Instant::now() < deadline, "the request never arrived");
+            time::sleep(ms(5)).await;
+        }
+        drop(stream);
+        // Free again once the server sees the hang-up: a call then gets in
+        // (and is held), instead of a 429 after the refusal's 1 ms.
+        loop {
+            let status = status_within(&sim, ms(100)).await;
+            if status.is_none() {
+                break;
+            }
+            assert_eq!(status, Some(StatusCode::TOO_MANY_REQUESTS));
+            assert!(
+                Instant::now() < deadline,
+                "{header} with {sent:?} sent: the slot is still taken"
+            );
+            time::sleep(ms(20)).await;
+        }
+        server.shutdown().await;
+    }
+}
+
+/// `peak_queued` after `reset_stats` counts the calls still queued at the
+/// reset, as `peak_in_service` counts the calls still in service: the new
+/// window started at 0 queued, so with two queued at the reset it read 1
+/// (the depth after the first of them started).
+#[tokio::test(start_paused = true)]
+async fn reset_stats_counts_the_calls_still_queued() {
+    let sim = Sim::new(
+        Model::new()
+            .concurrency(1)
+            .overflow(Overflow::Queue { max: 4 })
+            .latency(ms(100), Jitter::None),
+        1,
+    );
+    let calls: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(sim.clone().oneshot(Request::new(()))))
+        .collect();
+    time::sleep(ms(50)).await;
+    sim.reset_stats();
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+    let s = sim.stats();
+    assert_eq!((s.peak_in_service, s.peak_queued), (1, 2), "{s:?}");
+    assert_eq!((s.arrivals, s.admitted, s.successes), (0, 2, 3), "{s:?}");
 }
