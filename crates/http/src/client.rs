@@ -856,6 +856,18 @@ where
     }
 }
 
+#[cfg(test)]
+impl Client {
+    /// The learned budgets, when learning is on (for the cancellation tests).
+    pub(crate) fn learned(&self) -> Option<Arc<Learned>> {
+        let learn = match &self.shared.stack {
+            Either::Left(redirects) => redirects.get_ref(),
+            Either::Right(learn) => learn,
+        };
+        learn.learned().cloned()
+    }
+}
+
 #[cfg(all(test, not(any(feature = "webpki-roots", feature = "native-roots"))))]
 mod no_roots {
     #![allow(clippy::unwrap_used)]

@@ -388,6 +388,28 @@ where
     }
 }
 
+#[cfg(test)]
+impl<S> Learn<S> {
+    /// The learned budgets, when learning is on.
+    pub(crate) fn learned(&self) -> Option<&Arc<Learned>> {
+        self.learned.as_ref()
+    }
+}
+
+#[cfg(test)]
+impl Learned {
+    /// Requests counted in flight, over every host, and requests marked
+    /// as holding for news: both zero at rest.
+    pub(crate) fn counts(&self) -> (u64, usize) {
+        let in_flight = self
+            .lock()
+            .values()
+            .map(|e| u64::from(e.lock().in_flight))
+            .sum();
+        (in_flight, self.holding.load(Ordering::SeqCst))
+    }
+}
+
 /// The path of a request whose host has no budget left: wait for the reset
 /// (or the window's first answer), then call.
 async fn wait_then_call<S, B, ResB>(

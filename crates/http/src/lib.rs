@@ -61,6 +61,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod body;
+#[cfg(test)]
+mod cancel_tests;
 mod client;
 mod error;
 pub mod guard;

@@ -301,6 +301,29 @@ impl Shared {
         (prev > now_ns).then(|| (now, self.clock.instant(prev)))
     }
 
+    /// Gives back a pacing slot its holder leaves unused (dropped before
+    /// the slot came). The slots booked after it stay where they are, but
+    /// the end of the booked slots comes one interval closer, so the next
+    /// call takes the place of the one that left (when a later booking
+    /// remains, the two may go together: the pace over the slots is kept).
+    /// A slot whose time has come is not given back; nor is anything while
+    /// unpaced (one atomic load).
+    pub(super) fn give_back_slot(&self, slot: Instant) {
+        let interval = self.pace_ns.load(Ordering::Relaxed);
+        if interval == 0 {
+            return;
+        }
+        let now = self.clock.now();
+        if self.clock.nanos(slot) <= now {
+            return;
+        }
+        let _ = self
+            .next_slot_ns
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |next| {
+                (next > now).then(|| next.saturating_sub(interval).max(now))
+            });
+    }
+
     /// Feeds one finished call to the controller and applies its decision.
     ///
     /// `waited` is the part of the call that layers below spent waiting on

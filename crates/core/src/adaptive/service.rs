@@ -29,10 +29,25 @@ pub struct AdaptiveLimit<S, K> {
     /// Waits out a hold (no permit yet) or a pacing slot (with a permit).
     sleep: ReusableSleep,
     /// The pacing slot of the permit held, until it has come.
-    pace_slot: Option<Instant>,
+    pace_slot: Option<PaceSlot>,
     /// When the permit was taken, if pacing then delayed the call: the call
     /// belongs to the limit of then.
     admitted: Option<Instant>,
+}
+
+/// A pacing slot booked with a permit, until it has come. A service dropped
+/// before then (its caller gave up) gives it back, or each caller that gave
+/// up would push every later call's slot one interval further out.
+#[derive(Debug)]
+struct PaceSlot {
+    at: Instant,
+    shared: Arc<Shared>,
+}
+
+impl Drop for PaceSlot {
+    fn drop(&mut self) {
+        self.shared.give_back_slot(self.at);
+    }
 }
 
 impl<S, K> AdaptiveLimit<S, K> {
@@ -112,11 +127,14 @@ where
                 // The slot is taken now, with the permit, so that permits
                 // freed together go out one slot apart.
                 self.admitted = Some(now);
-                self.pace_slot = Some(slot);
+                self.pace_slot = Some(PaceSlot {
+                    at: slot,
+                    shared: self.shared.clone(),
+                });
             }
         }
-        if let Some(slot) = self.pace_slot {
-            if self.sleep.poll_until(slot, cx).is_pending() {
+        if let Some(slot) = &self.pace_slot {
+            if self.sleep.poll_until(slot.at, cx).is_pending() {
                 return Poll::Pending;
             }
             self.pace_slot = None;
