@@ -14,6 +14,7 @@
 //! | `RateLimit-Remaining` / `RateLimit-Reset` | value | seconds |
 //! | `X-RateLimit-Remaining` / `X-RateLimit-Reset` | value | seconds, epoch seconds, or a duration |
 //! | `x-ratelimit-remaining-requests` / `x-ratelimit-reset-requests` | value | a duration: `6m0s`, `1m30.5s`, `250ms` |
+//! | `x-ratelimit-remaining-tokens` / `x-ratelimit-reset-tokens` | value (each request costs at least one token) | a duration |
 //!
 //! `RateLimit-Policy: "default";q=100;w=60` supplies the window (`w`) when a
 //! remaining count comes without a reset.
@@ -177,7 +178,10 @@ fn count(s: &str) -> Option<u64> {
 
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-const PAIRS: [(HeaderName, HeaderName); 3] = [
+/// Each remaining count and its reset. The tokens budget (OpenAI's
+/// `x-ratelimit-*-tokens`) counts too: every request costs at least one
+/// token, so the tokens left bound the requests that can still succeed.
+const PAIRS: [(HeaderName, HeaderName); 4] = [
     (
         HeaderName::from_static("ratelimit-remaining"),
         HeaderName::from_static("ratelimit-reset"),
@@ -189,6 +193,10 @@ const PAIRS: [(HeaderName, HeaderName); 3] = [
     (
         HeaderName::from_static("x-ratelimit-remaining-requests"),
         HeaderName::from_static("x-ratelimit-reset-requests"),
+    ),
+    (
+        HeaderName::from_static("x-ratelimit-remaining-tokens"),
+        HeaderName::from_static("x-ratelimit-reset-tokens"),
     ),
 ];
 
@@ -222,35 +230,61 @@ pub fn budget(headers: &HeaderMap, now: SystemTime) -> Option<Budget> {
     if !may_carry_budget(headers) {
         return None;
     }
+    let mut found: Option<Budget> = None;
+    each_budget(headers, now, |c| found = Some(tighter(found, c)));
+    found
+}
+
+/// The tightest budget a response states (or `first`, when a
+/// `Retry-After` has decided it), and the tightest of those that outlast
+/// it: what binds once the first resets.
+pub(crate) fn budget_and_after(
+    headers: &HeaderMap,
+    now: SystemTime,
+    first: Option<Budget>,
+) -> Option<(Budget, Option<Budget>)> {
+    let mut all: Vec<Budget> = Vec::new();
+    if may_carry_budget(headers) {
+        each_budget(headers, now, |c| all.push(c));
+    }
+    let first = first.or_else(|| all.iter().fold(None, |f, c| Some(tighter(f, *c))))?;
+    let after = all
+        .iter()
+        .filter(|c| c.reset > first.reset)
+        .fold(None, |f, c| Some(tighter(f, *c)));
+    Some((first, after))
+}
+
+/// The tighter of two budgets: fewer remaining, or as many and a later reset.
+fn tighter(found: Option<Budget>, c: Budget) -> Budget {
+    match found {
+        Some(b) if b.remaining < c.remaining => b,
+        Some(b) if b.remaining == c.remaining && b.reset >= c.reset => b,
+        _ => c,
+    }
+}
+
+/// Calls `f` with every budget a response states (a remaining count with
+/// a reset, or with the policy's window when it gives none).
+fn each_budget(headers: &HeaderMap, now: SystemTime, mut f: impl FnMut(Budget)) {
     let window = lines(headers, &RATELIMIT_POLICY)
         .filter_map(policy_window)
         .min();
-    let mut found: Option<Budget> = None;
-    let mut consider = |remaining: Option<u64>, reset: Option<Duration>| {
-        let (Some(remaining), Some(reset)) = (remaining, reset.or(window)) else {
-            return;
-        };
-        let candidate = Budget { remaining, reset };
-        found = Some(match found {
-            Some(b) if b.remaining < remaining => b,
-            Some(b) if b.remaining == remaining && b.reset >= reset => b,
-            _ => candidate,
-        });
+    let mut consider = |remaining: u64, reset: Option<Duration>| {
+        if let Some(reset) = reset.or(window) {
+            f(Budget { remaining, reset });
+        }
     };
     for v in lines(headers, &RATELIMIT) {
         for (remaining, reset) in ietf_ratelimit(v) {
-            consider(Some(remaining), reset);
+            consider(remaining, reset);
         }
     }
     for (rem, rst) in &PAIRS {
         if let Some(remaining) = header(headers, rem).and_then(count) {
-            consider(
-                Some(remaining),
-                header(headers, rst).and_then(|s| reset(s, now)),
-            );
+            consider(remaining, header(headers, rst).and_then(|s| reset(s, now)));
         }
     }
-    found
 }
 
 /// The size of the host's window, when a response says it: `X-RateLimit-Limit`,

@@ -18,7 +18,12 @@
 //! Counting is conservative: a response's `remaining` is lowered by the
 //! requests still in flight to that host, since the server may not have
 //! counted them yet when it answered. That can cost a short wait, never a 429
-//! (as long as this process is the host's only client).
+//! (as long as this process is the host's only client). Within a window that
+//! has not reset, what remains only goes down: answers overtake each other,
+//! and one saying more than the client holds is taken for an older one. When
+//! an answer states several budgets (policies, or OpenAI's requests and
+//! tokens), the tightest holds, and the next tightest that outlasts it binds
+//! once it resets.
 //!
 //! Entries are kept per host in a map bounded by `max_hosts`; when it is
 //! full, hosts with nothing in flight and no wait ahead are forgotten first,
@@ -64,16 +69,23 @@ struct Host {
     window: Option<(u64, Option<Instant>)>,
     /// The window's size, when the host has said it.
     limit: Option<u64>,
+    /// What remains once `window` resets, and until when, when the host's
+    /// answer stated a budget that outlasts the tightest one.
+    after: Option<(u64, Instant)>,
     in_flight: u32,
 }
 
 impl Host {
-    /// Nothing in flight and no wait ahead: the entry can be forgotten.
+    /// Nothing in flight and no wait ahead: the entry can be forgotten. A
+    /// window begun at a reset whose end no answer told (`None`) holds
+    /// nobody once nothing is in flight: a host that stopped sending the
+    /// fields left such an entry for ever.
     fn idle(&self, now: Instant) -> bool {
         self.in_flight == 0
             && self
                 .window
-                .is_none_or(|(_, until)| until.is_some_and(|u| u <= now))
+                .is_none_or(|(_, until)| until.is_none_or(|u| u <= now))
+            && self.after.is_none_or(|(_, until)| until <= now)
     }
 }
 
@@ -155,11 +167,17 @@ impl Learned {
         let mut host = entry.lock();
         if host.window.is_some() {
             let now = now();
-            // A window that has reset starts again at its known size, or ends.
+            // A window that has reset starts again at its known size, or ends;
+            // unless a budget that outlasts it binds tighter.
             if let Some((_, Some(until))) = host.window
                 && until <= now
             {
-                host.window = host.limit.map(|n| (n, None));
+                host.window = match (host.after.take(), host.limit) {
+                    (Some((n, end)), limit) if end > now && limit.is_none_or(|l| n <= l) => {
+                        Some((n, Some(end)))
+                    }
+                    (_, limit) => limit.map(|n| (n, None)),
+                };
             }
             match host.window {
                 Some((0, Some(until))) => return Err(Hold::Until(until)),
@@ -199,18 +217,15 @@ impl Learned {
             return;
         }
         let (now, wall) = (Instant::now(), SystemTime::now());
-        let mut budget = headers::budget(headers, wall);
-        if limited
-            && let Some(wait) = headers
-                .get(RETRY_AFTER)
-                .and_then(|v| headers::retry_after_unbounded(v, wall))
-        {
-            budget = Some(headers::Budget {
+        let retry_after = headers
+            .get(RETRY_AFTER)
+            .filter(|_| limited)
+            .and_then(|v| headers::retry_after_unbounded(v, wall))
+            .map(|wait| headers::Budget {
                 remaining: 0,
                 reset: wait,
             });
-        }
-        let Some(budget) = budget else {
+        let Some((budget, after)) = headers::budget_and_after(headers, wall, retry_after) else {
             return;
         };
         let limit = headers::limit(headers);
@@ -226,8 +241,35 @@ impl Learned {
             }
             // A `Retry-After` past a day is still held, and answered with
             // `RateLimited`, for a day at most (the instant cannot overflow).
-            let reset = budget.reset.min(LONGEST_HOLD);
-            host.window = Some((remaining, Some(now + reset)));
+            let until = now + budget.reset.min(LONGEST_HOLD);
+            let after = after.map(|b| {
+                (
+                    b.remaining.saturating_sub(others),
+                    now + b.reset.min(LONGEST_HOLD),
+                )
+            });
+            let (remaining, until) = match host.window {
+                // Within a window that has not reset, what remains only goes
+                // down: answers overtake each other, and one that says more
+                // is older than one already heard (or of a window that
+                // cannot be told apart). A lower figure is taken with its
+                // reset, unless that reset is already past.
+                Some((held, Some(end))) if end > now => {
+                    if remaining < held && until > now {
+                        host.after = after;
+                        (remaining, until)
+                    } else if remaining == held {
+                        (held, end.max(until))
+                    } else {
+                        (held, end)
+                    }
+                }
+                _ => {
+                    host.after = after;
+                    (remaining, until)
+                }
+            };
+            host.window = Some((remaining, Some(until)));
             host.limit = limit.or(host.limit);
         }
         self.notify();
