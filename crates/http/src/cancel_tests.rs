@@ -35,7 +35,7 @@ use tower_service::Service;
 
 use crate::retry::RetryLayer;
 use crate::{Client, Error};
-use support::{Chunks, handler, respond, serve_on_thread};
+use support::{Chunks, handler, respond, serve_on_thread, serve_tls_on_thread};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -44,21 +44,11 @@ fn ms(n: u64) -> Duration {
 /// Serves [`answer`] over plain HTTP/1, or over TLS (HTTP/2 by ALPN), from
 /// a thread of its own on the real clock.
 fn server(tls: bool) -> SocketAddr {
-    if !tls {
-        return serve_on_thread(answer());
+    if tls {
+        serve_tls_on_thread(answer())
+    } else {
+        serve_on_thread(answer())
     }
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            tx.send(support::serve_tls(answer()).await).unwrap();
-            std::future::pending::<()>().await;
-        });
-    });
-    rx.recv().unwrap()
 }
 
 /// Answers by path; every request body is read first.

@@ -133,6 +133,21 @@ pub(crate) async fn serve(handler: Handler) -> SocketAddr {
 /// Serves `handler` from its own thread and runtime, on the real clock, so a
 /// test runtime on the paused clock sees none of the server's timers.
 pub(crate) fn serve_on_thread(handler: Handler) -> SocketAddr {
+    on_own_thread(|| serve(handler))
+}
+
+/// [`serve_tls`] from its own thread and runtime, on the real clock.
+pub(crate) fn serve_tls_on_thread(handler: Handler) -> SocketAddr {
+    on_own_thread(|| serve_tls(handler))
+}
+
+/// Runs `start` (which spawns a server on the current runtime and returns
+/// its address) on a thread and runtime of its own, kept alive for ever.
+fn on_own_thread<F, Fut>(start: F) -> SocketAddr
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = SocketAddr>,
+{
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -140,9 +155,8 @@ pub(crate) fn serve_on_thread(handler: Handler) -> SocketAddr {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            accept_loop(listener, handler).await;
+            tx.send(start().await).unwrap();
+            std::future::pending::<()>().await;
         });
     });
     rx.recv().unwrap()
