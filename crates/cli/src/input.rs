@@ -222,15 +222,7 @@ pub(crate) fn check_url(url: &str) -> Result<(), String> {
     }
     // `http::Uri` takes any digits as the port, and a port past 65535 reads
     // as none: the request would go to the scheme's default port instead.
-    let authority = uri.authority().map_or("", |a| a.as_str());
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
-    let after_host = host_port
-        .rfind(']')
-        .map_or(host_port, |i| &host_port[i + 1..]);
-    if let Some((_, port)) = after_host.rsplit_once(':')
-        && !port.is_empty()
-        && port.parse::<u16>().is_err()
-    {
+    if let Some(port) = tower_fanout_http::guard::port_out_of_range(&uri) {
         return Err(format!(
             "`{url}`: port {port} is out of range (a port is 0 to 65535)"
         ));

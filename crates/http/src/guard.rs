@@ -348,8 +348,19 @@ where
 }
 
 /// The port written in `uri`'s authority when it is not a valid port
-/// number (digits past 65535).
-fn port_out_of_range(uri: &Uri) -> Option<&str> {
+/// number (digits past 65535), which `http::Uri` reads as no port at all
+/// (`port_u16()` is `None`), so a connection would go to the scheme's
+/// default port instead. The client's connector refuses such a URI; a
+/// caller checking its input up front can ask the same question.
+///
+/// ```
+/// use tower_fanout_http::guard::port_out_of_range;
+/// let uri: http::Uri = "http://example.com:99999/".parse().unwrap();
+/// assert_eq!(port_out_of_range(&uri), Some("99999"));
+/// let uri: http::Uri = "http://[::1]:8080/".parse().unwrap();
+/// assert_eq!(port_out_of_range(&uri), None);
+/// ```
+pub fn port_out_of_range(uri: &Uri) -> Option<&str> {
     let authority = uri.authority()?.as_str();
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
     // An IPv6 literal's colons are not the port's.
