@@ -13,11 +13,15 @@
 //! Refused: unspecified, loopback, private (RFC 1918), link-local (which holds
 //! `169.254.169.254`), CGNAT `100.64.0.0/10` (Alibaba's `100.100.100.200`),
 //! the IETF, benchmarking, documentation, multicast, broadcast and reserved
-//! IPv4 ranges; IPv6 loopback, unique-local `fc00::/7` (AWS's
-//! `fd00:ec2::254`), link-local, site-local, multicast, documentation, and
-//! every form that embeds an IPv4 address (mapped `::ffff:a.b.c.d`,
-//! compatible `::a.b.c.d`, NAT64 `64:ff9b::/96`, 6to4 `2002::/16`), which is
-//! judged by the IPv4 address inside.
+//! IPv4 ranges. In IPv6, the forms that embed an IPv4 address (mapped
+//! `::ffff:a.b.c.d`, compatible `::a.b.c.d`, NAT64 `64:ff9b::/96`, 6to4
+//! `2002::/16`) are judged by the IPv4 address inside; every other address
+//! outside global unicast `2000::/3` is refused: loopback, unique-local
+//! `fc00::/7` (AWS's `fd00:ec2::254`), link-local, site-local, multicast,
+//! local-use NAT64 `64:ff9b:1::/48`, SIIT's `::ffff:0:a.b.c.d` and reserved
+//! space, none of it a public host's; and inside `2000::/3`, Teredo
+//! `2001::/32`, benchmarking `2001:2::/48` and documentation `2001:db8::/32`
+//! and `3fff::/20`.
 
 use std::fmt;
 use std::future::Future;
@@ -70,15 +74,16 @@ fn v6_forbidden(ip: Ipv6Addr) -> bool {
         return v4_forbidden(v4);
     }
     let s = ip.segments();
-    ip.is_unspecified()
-        || ip.is_loopback()
-        || (s[0] & 0xfe00) == 0xfc00 // unique local, fd00:ec2::254
-        || (s[0] & 0xffc0) == 0xfe80 // link-local
-        || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
-        || (s[0] & 0xff00) == 0xff00 // multicast
+    // Only 2000::/3 holds public unicast hosts. Outside it: `::`, `::1`,
+    // unique-local (fd00:ec2::254), link-local, site-local, multicast,
+    // discard-only, local-use NAT64 64:ff9b:1::/48 and SIIT ::ffff:0:0:0/96
+    // (both translated by a local gateway to any IPv4 address, private ones
+    // included), and unallocated space a private network may still route.
+    (s[0] & 0xe000) != 0x2000
         || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+        || (s[0] == 0x3fff && s[1] < 0x1000) // documentation 3fff::/20
         || (s[0] == 0x2001 && s[1] == 0) // Teredo: tunnels to anywhere
-        || (s[0] == 0x0100 && s[1..4] == [0, 0, 0]) // discard-only
+        || (s[0] == 0x2001 && s[1] == 2 && s[2] == 0) // benchmarking
 }
 
 /// The IPv4 address an IPv6 address stands for, in the forms that embed one.
@@ -112,7 +117,9 @@ impl Guard {
     pub(crate) fn new(enabled: bool, allow: Vec<IpAddr>) -> Self {
         Self {
             enabled,
-            allow: allow.into(),
+            // Compared in canonical form: `::ffff:10.0.0.5` is 10.0.0.5 (a
+            // socket to one reaches the other), whichever way either is written.
+            allow: allow.into_iter().map(|ip| ip.to_canonical()).collect(),
         }
     }
 
@@ -121,7 +128,7 @@ impl Guard {
     }
 
     fn refuses(&self, ip: IpAddr) -> bool {
-        self.enabled && is_forbidden(ip) && !self.allow.contains(&ip)
+        self.enabled && is_forbidden(ip) && !self.allow.contains(&ip.to_canonical())
     }
 
     /// Refuses what the guard can tell from the URI alone: the scheme, and
