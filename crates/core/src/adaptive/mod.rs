@@ -70,6 +70,8 @@
 //! service it wraps, and every clone, shares them. `poll_ready` takes a
 //! permit (and, while paced, waits for its slot), the response future holds
 //! it and gives it back when it completes or is dropped. A ready service that is never called holds its permit.
+//! A service whose inner `poll_ready` fails gives its permit back with the
+//! error.
 //! A service dropped while it waits for its pacing slot gives the slot back,
 //! so callers that give up do not push later calls' slots further out.
 //!

@@ -140,7 +140,14 @@ where
             self.pace_slot = None;
         }
         self.shed = None;
-        self.inner.poll_ready(cx).map_err(Into::into)
+        let ready = self.inner.poll_ready(cx);
+        if let Poll::Ready(Err(_)) = ready {
+            // Broken for good (tower): the permit goes back rather than stay
+            // with a service that may be kept around and never called.
+            self.permit = None;
+            self.admitted = None;
+        }
+        ready.map_err(Into::into)
     }
 
     fn call(&mut self, req: Req) -> Self::Future {

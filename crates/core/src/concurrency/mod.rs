@@ -21,6 +21,8 @@
 //! into the response future, which returns it when it completes or is
 //! dropped. A ready service that is never called holds its permit until it
 //! is dropped, so do not park ready services. Waiters are served in FIFO order.
+//! A service whose inner `poll_ready` fails gives its permit back with the
+//! error.
 //!
 //! # Refusals
 //! By default callers wait in `poll_ready`. With

@@ -89,7 +89,11 @@ where
             }
         }
         self.shed = false;
-        self.inner.poll_ready(cx).map_err(Into::into)
+        let ready = self.inner.poll_ready(cx);
+        if let Poll::Ready(Err(_)) = ready {
+            self.inner_failed();
+        }
+        ready.map_err(Into::into)
     }
 
     #[inline]
@@ -113,6 +117,15 @@ impl<S> ConcurrencyLimit<S> {
             "waiting for a permit"
         );
         Poll::Pending
+    }
+
+    /// The inner service failed its `poll_ready`: it is broken (tower), so
+    /// the permit goes back rather than stay with a service that may be
+    /// kept around and never called, holding up every other clone.
+    #[cold]
+    #[inline(never)]
+    fn inner_failed(&mut self) {
+        self.permit = None;
     }
 
     #[cold]

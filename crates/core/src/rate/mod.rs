@@ -52,6 +52,9 @@
 //! bucket short fails with [`RateLimited`](crate::error::RateLimited), which
 //! carries the wait after which it would have been admitted.
 //!
+//! A service whose inner `poll_ready` fails gives its booked token back with
+//! the error (when nobody booked behind it), and is no longer ready.
+//!
 //! # Example
 //! ```
 //! use std::time::Duration;

@@ -121,12 +121,12 @@ where
             let (end, at) = shared.bucket.take_queued(now, 1);
             if at <= now {
                 self.booking.state = State::Ready { booked: Some(end) };
-                return self.inner.poll_ready(cx).map_err(Into::into);
+                return self.poll_inner(cx);
             }
             self.start_waiting(end, at, now);
         }
         ready!(self.poll_booking(cx));
-        self.inner.poll_ready(cx).map_err(Into::into)
+        self.poll_inner(cx)
     }
 
     #[inline]
@@ -279,9 +279,35 @@ impl<S, Req> fmt::Debug for DeferredCall<S, Req> {
     }
 }
 
+impl<S, C> RateLimit<S, C> {
+    /// The inner service's readiness, once this service may call.
+    #[inline]
+    fn poll_inner<Req>(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>>
+    where
+        S: Service<Req>,
+        S::Error: Into<BoxError>,
+    {
+        let ready = self.inner.poll_ready(cx);
+        if let Poll::Ready(Err(_)) = ready {
+            self.inner_failed();
+        }
+        ready.map_err(Into::into)
+    }
+}
+
 // Everything but the fast paths, out of line so that `poll_ready` and `call`
 // stay small enough to inline into the caller.
 impl<S, C> RateLimit<S, C> {
+    /// The inner service failed its `poll_ready`: it is broken (tower), so
+    /// the booked token goes back (if nothing was booked behind it) and the
+    /// service is no longer ready, rather than the token being spent on a
+    /// call that never happens.
+    #[cold]
+    #[inline(never)]
+    fn inner_failed(&mut self) {
+        self.booking.give_back();
+    }
+
     #[cold]
     #[inline(never)]
     fn start_waiting(&mut self, end: u64, at: u64, now: u64) {
