@@ -14,6 +14,7 @@ use tower_fanout_core::BoxError;
 use tower_fanout_core::adaptive::{AdaptiveLimitLayer, AimdController};
 use tower_fanout_core::backpressure::BackpressureLayer;
 use tower_fanout_core::concurrency::ConcurrencyLimitLayer;
+use tower_fanout_core::error::NotReady;
 use tower_fanout_core::keyed::{KeyLimit, KeyedLimitLayer};
 use tower_fanout_core::rate::RateLimitLayer;
 use tower_test::mock;
@@ -166,4 +167,52 @@ async fn every_layer_boxes_as_a_clone_sync_service() {
         let req = http::Request::get("http://example.com/").body(()).unwrap();
         assert_eq!(svc.oneshot(req).await.unwrap(), 200);
     }
+}
+
+/// Answers one call through `svc` with `response` after 100 ms.
+async fn answer_one<S>(svc: &S, upstream: &mut mock::Handle<(), http::Response<()>>, status: u16)
+where
+    S: tower::Service<(), Response = http::Response<()>, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    let call = tokio::spawn(svc.clone().oneshot(()));
+    let (_, send) = upstream.next_request().await.unwrap();
+    tokio::time::advance(Duration::from_millis(100)).await;
+    let response = http::Response::builder()
+        .status(status)
+        .header("retry-after", "0")
+        .body(())
+        .unwrap();
+    send.send_response(response);
+    call.await.unwrap().unwrap();
+}
+
+/// While admissions are paced, a service holding a permit is not ready
+/// until its slot comes (and its inner service has not been asked). A
+/// `call` made anyway went straight to the inner service: past the pace,
+/// and into an inner service never polled ready (tower's own services panic
+/// there, as the mock does). It is refused with `NotReady` instead, like a
+/// call without a permit.
+#[tokio::test(start_paused = true)]
+async fn adaptive_call_before_its_pacing_slot_is_not_ready() {
+    let layer = AdaptiveLimitLayer::new(aimd(4));
+    let (inner, mut upstream) = mock::pair::<(), http::Response<()>>();
+    let svc = layer.layer(inner);
+    // A success gives the pace its RTT; a 429 with Retry-After turns it on.
+    answer_one(&svc, &mut upstream, 200).await;
+    answer_one(&svc, &mut upstream, 429).await;
+
+    let mut first = mock::Spawn::new(svc.clone());
+    assert_ready_ok!(first.poll_ready());
+    let mut paced = mock::Spawn::new(svc.clone());
+    assert_pending!(paced.poll_ready());
+    let mut early = tokio_test::task::spawn(paced.call(()));
+    let err = assert_ready_err!(early.poll());
+    assert!(err.is::<NotReady>(), "{err}");
+    // The service keeps its permit and its slot: once the slot comes it is
+    // ready and its call goes out.
+    tokio::time::advance(Duration::from_millis(100)).await;
+    assert_ready_ok!(paced.poll_ready());
+    let _call = paced.call(());
+    assert!(upstream.next_request().await.is_some());
 }

@@ -151,6 +151,12 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
+        // A permit whose pacing slot has not come is not readiness (nor has
+        // the inner service been asked): such a call would skip the pace and
+        // reach an inner service not ready. It keeps the permit and the slot.
+        if self.pace_slot.is_some() {
+            return ResponseFuture::refused(NotReady::new());
+        }
         match self.permit.take() {
             Some(permit) => {
                 let started = Instant::now();
