@@ -21,10 +21,12 @@ use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_fanout_core::BoxError;
 use tower_fanout_core::adaptive::{AdaptiveLimitLayer, GradientController};
+use tower_fanout_core::classify::{Classify, HttpClassify, Outcome};
 use tower_fanout_core::concurrency::ConcurrencyLimitLayer;
 use tower_fanout_core::fan_out::{ItemResult, Progress, fan_out};
 use tower_fanout_core::keyed::KeyLimit;
 use tower_fanout_core::rate::RateLimitLayer;
+use tower_fanout_http::guard::RefusedAddress;
 use tower_fanout_http::retry::RetryLayer;
 
 use crate::input::Item;
@@ -118,28 +120,9 @@ where
 impl FetchOptions {
     /// Builds the stack these options describe.
     pub(crate) fn stack(&self) -> anyhow::Result<Stack> {
-        let host_default = KeyLimit::new().concurrency(self.per_host);
-        let client = tower_fanout_http::Client::builder()
-            .timeout(Some(self.timeout))
-            .connect_timeout(Some(self.timeout))
-            .max_response_body(usize::try_from(self.max_body).unwrap_or(usize::MAX))
-            .address_guard(!self.allow_private)
-            .host_default(host_default)
-            .no_retry()
-            .build()?;
-        let mut stack: Stack = BoxCloneSyncService::new(ServiceExt::<Req>::map_err(
-            CountAttempts(client),
-            BoxError::from,
-        ));
+        let mut stack = self.client()?;
         if self.adaptive {
-            // Up to --concurrency, starting at the controller's usual 5 or
-            // at the bound when it is lower (an initial limit above the max
-            // is refused).
-            let controller = GradientController::builder()
-                .max(self.concurrency)
-                .initial(self.concurrency.min(5))
-                .build()?;
-            stack = layered(AdaptiveLimitLayer::new(controller), stack);
+            stack = layered(self.adaptive_limit()?, stack);
         } else {
             // Shared by every batch this stack serves (the MCP server runs
             // several tool calls at once): the bound holds across them.
@@ -158,6 +141,68 @@ impl FetchOptions {
             );
         }
         Ok(stack)
+    }
+
+    /// The bottom of the stack: the client preset, attempts counted.
+    fn client(&self) -> anyhow::Result<Stack> {
+        let host_default = KeyLimit::new().concurrency(self.per_host);
+        let client = tower_fanout_http::Client::builder()
+            .timeout(Some(self.timeout))
+            .connect_timeout(Some(self.timeout))
+            .max_response_body(usize::try_from(self.max_body).unwrap_or(usize::MAX))
+            .address_guard(!self.allow_private)
+            .host_default(host_default)
+            .no_retry()
+            .build()?;
+        Ok(BoxCloneSyncService::new(ServiceExt::<Req>::map_err(
+            CountAttempts(client),
+            BoxError::from,
+        )))
+    }
+
+    /// The limit `--adaptive` puts over the client.
+    fn adaptive_limit(&self) -> anyhow::Result<AdaptiveLimitLayer<FetchClassify>> {
+        // Up to --concurrency, starting at the controller's usual 5 or at
+        // the bound when it is lower (an initial limit above the max is
+        // refused).
+        let controller = GradientController::builder()
+            .max(self.concurrency)
+            .initial(self.concurrency.min(5))
+            .build()?;
+        Ok(AdaptiveLimitLayer::new(controller).classify(FetchClassify))
+    }
+}
+
+/// How `--adaptive` reads an answer: as core's [`HttpClassify`] does, except
+/// that a refusal by the address guard is the caller's mistake. hyper-util
+/// wraps a refusal made after DNS in its connect error, which `HttpClassify`
+/// counts as overload, so refused URLs cut the limit of every host.
+#[derive(Debug, Clone, Copy)]
+struct FetchClassify;
+
+impl Classify<Response<Bytes>> for FetchClassify {
+    fn classify(
+        &self,
+        result: Result<&Response<Bytes>, &(dyn std::error::Error + 'static)>,
+    ) -> Outcome {
+        if let Err(error) = result {
+            let mut next = Some(error);
+            while let Some(e) = next {
+                if e.is::<RefusedAddress>() {
+                    return Outcome::CallerError;
+                }
+                next = e.source();
+            }
+        }
+        HttpClassify.classify(result)
+    }
+
+    fn retry_after(&self, response: &Response<Bytes>) -> Option<Duration> {
+        HttpClassify.retry_after(response)
+    }
+
+    fn waited(&self, response: &Response<Bytes>) -> Duration {
+        HttpClassify.waited(response)
     }
 }
 
@@ -340,4 +385,54 @@ pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
         next = e.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn options() -> FetchOptions {
+        FetchOptions {
+            concurrency: 8,
+            rate: None,
+            burst: None,
+            per_host: 8,
+            adaptive: true,
+            timeout: Duration::from_secs(8),
+            max_body: 1024,
+            retries: 0,
+            allow_private: false,
+        }
+    }
+
+    /// A URL the address guard refuses after DNS (`localhost` resolves to
+    /// loopback) was read by `--adaptive` as an overloaded downstream:
+    /// hyper-util wraps the refusal in its connect error, which core's
+    /// `HttpClassify` counts as overload. A batch (or an MCP client: the
+    /// limit is shared by every tool call) with a few such URLs cut the
+    /// limit for every host to its minimum: four refusals took it from 5
+    /// to 1. A refusal is the caller's mistake, which leaves it alone. (The
+    /// controller still lets an unsaturated limit settle by 10 % a round,
+    /// at most a round a call: four calls leave at least 5 × 0.9⁴ ≈ 3.3.)
+    #[tokio::test]
+    async fn guard_refusals_do_not_lower_the_adaptive_limit() {
+        let opts = options();
+        let layer = opts.adaptive_limit().unwrap();
+        let handle = layer.handle();
+        let stack = layered(layer, opts.client().unwrap());
+        assert_eq!(handle.limit(), 5);
+        for port in 1..=4 {
+            let req = Request::get(format!("http://localhost:{port}/"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let err = stack.clone().oneshot(req).await.unwrap_err();
+            assert!(chain(&*err).contains("address guard refused"), "{err}");
+        }
+        assert!(
+            handle.limit() >= 3,
+            "refusals cut the limit to {}",
+            handle.limit()
+        );
+    }
 }
