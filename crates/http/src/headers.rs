@@ -55,7 +55,8 @@ pub struct Budget {
     pub reset: Duration,
 }
 
-/// Parses `Retry-After`: delta-seconds or an HTTP-date (a date in the past is zero).
+/// Parses `Retry-After`: delta-seconds or an HTTP-date (a date in the past
+/// is zero). A decimal number of seconds (`1.5`) is read as one too.
 pub fn retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
     retry_after_unbounded(value, now).filter(|d| *d <= MAX_WAIT)
 }
@@ -68,6 +69,18 @@ pub(crate) fn retry_after_unbounded(value: &HeaderValue, now: SystemTime) -> Opt
     let s = value.to_str().ok()?.trim();
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
         return Some(Duration::from_secs(s.parse::<u64>().unwrap_or(u64::MAX)));
+    }
+    // Not RFC 9110's delta-seconds, but plain: read as no `Retry-After`, a
+    // 429 saying `1.5` was retried after a 100 ms backoff, three times over.
+    if let Some((int, frac)) = s.split_once('.')
+        && !(int.is_empty() && frac.is_empty())
+        && int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+    {
+        // Only a whole part past 20 digits fails to parse: it saturates too.
+        let nanos = seconds_nanos(s).unwrap_or(u128::MAX);
+        return Some(
+            u64::try_from(nanos).map_or(Duration::from_secs(u64::MAX), Duration::from_nanos),
+        );
     }
     let at = httpdate::parse_http_date(s).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))

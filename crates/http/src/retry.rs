@@ -10,7 +10,7 @@
 //! | 429 without `Retry-After` | any | backoff, retry |
 //! | 502, 503, 504 | idempotent | backoff, retry |
 //! | no connection (the request never left) | any | backoff, retry |
-//! | a connection lost mid-request | idempotent | backoff, retry |
+//! | a connection lost mid-request (response body included) | idempotent | backoff, retry |
 //! | refused address, body cap, timeout, anything else | | return it |
 //! | any outcome after the client preset followed a redirect | not idempotent | return it |
 //!
@@ -83,14 +83,13 @@ use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
 use http::{Method, Request, Response, StatusCode, header::RETRY_AFTER};
 use pin_project_lite::pin_project;
-use tower::retry::budget::{Budget, TpsBudget};
 use tower_fanout_core::DeliberateWait;
 use tower_fanout_core::error::RateLimited;
 use tower_layer::Layer;
@@ -136,6 +135,8 @@ impl RetryBuilder {
 
     /// The retry budget: `retry_percent` retries per request (0.2 = one in
     /// five) plus `min_per_sec` retries a second at any load (defaults 0.2, 10).
+    /// Both are counted over the last 10 s: `min_per_sec` is a reserve of
+    /// ten times as many retries, refilled as the retries taken age out.
     pub fn budget(mut self, min_per_sec: u32, retry_percent: f32) -> Self {
         self.min_per_sec = min_per_sec;
         self.retry_percent = retry_percent;
@@ -154,7 +155,7 @@ impl RetryBuilder {
                 self.base_backoff, self.max_backoff
             )));
         }
-        if !(0.0..=1000.0).contains(&self.retry_percent) || self.min_per_sec >= i32::MAX as u32 {
+        if !(0.0..=1000.0).contains(&self.retry_percent) {
             return Err(Error::config(format!(
                 "retry budget percent must be within 0..=1000 (got {})",
                 self.retry_percent
@@ -166,8 +167,103 @@ impl RetryBuilder {
 
 struct Config {
     settings: RetryBuilder,
-    budget: TpsBudget,
+    budget: RetryBudget,
     rng: AtomicU64,
+}
+
+/// Millionths of a retry: a deposit of `retry_percent` is exact to six
+/// places, where tower's `TpsBudget` withdrew a whole number of deposits
+/// for each retry (`floor(1 / retry_percent)`: 0.6 allowed one retry a
+/// request, 0.35 one in two).
+const RETRY: i64 = 1_000_000;
+
+/// One second each: deposits and withdrawals count for 10 s.
+const BUDGET_SLOTS: usize = 10;
+const BUDGET_SLOT: Duration = Duration::from_secs(1);
+
+/// The retry budget: deposits of `retry_percent` retries for each request,
+/// less the retries taken, over the last 10 s, plus a reserve of
+/// `min_per_sec` × 10. The window is tower's `TpsBudget`'s, kept as it was
+/// (the current second's tally is committed to its slot when the second
+/// is over); only the amounts are exact. One lock a call, as there.
+struct RetryBudget {
+    window: Mutex<Window>,
+    deposit: i64,
+    reserve: i64,
+}
+
+struct Window {
+    slots: [i64; BUDGET_SLOTS],
+    index: usize,
+    since: tokio::time::Instant,
+    current: i64,
+}
+
+impl RetryBudget {
+    fn new(min_per_sec: u32, retry_percent: f32) -> Self {
+        RetryBudget {
+            window: Mutex::new(Window {
+                slots: [0; BUDGET_SLOTS],
+                index: 0,
+                since: tokio::time::Instant::now(),
+                current: 0,
+            }),
+            // Checked at build: 0..=1000, so at most 10⁹.
+            deposit: (f64::from(retry_percent) * RETRY as f64).round() as i64,
+            reserve: i64::from(min_per_sec)
+                .saturating_mul(BUDGET_SLOTS as i64)
+                .saturating_mul(RETRY),
+        }
+    }
+
+    /// The window, moved on to the present.
+    fn now(&self) -> std::sync::MutexGuard<'_, Window> {
+        // The lock guards plain integers: a panic elsewhere leaves them usable.
+        let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        let now = tokio::time::Instant::now();
+        let mut elapsed = now.saturating_duration_since(w.since);
+        if elapsed < BUDGET_SLOT {
+            return w;
+        }
+        let (i, tally) = (w.index, w.current);
+        w.slots[i] = tally;
+        w.current = 0;
+        let mut i = (i + 1) % BUDGET_SLOTS;
+        // Past ten slots every one is clear: no need to count the rest.
+        let mut cleared = 0;
+        while elapsed > BUDGET_SLOT && cleared < BUDGET_SLOTS {
+            w.slots[i] = 0;
+            elapsed -= BUDGET_SLOT;
+            i = (i + 1) % BUDGET_SLOTS;
+            cleared += 1;
+        }
+        w.index = i;
+        w.since = now;
+        w
+    }
+
+    fn deposit(&self) {
+        if self.deposit == 0 {
+            return;
+        }
+        let mut w = self.now();
+        w.current = w.current.saturating_add(self.deposit);
+    }
+
+    fn withdraw(&self) -> bool {
+        let mut w = self.now();
+        let balance = w
+            .slots
+            .iter()
+            .fold(self.reserve.saturating_add(w.current), |sum, slot| {
+                sum.saturating_add(*slot)
+            });
+        if balance < RETRY {
+            return false;
+        }
+        w.current -= RETRY;
+        true
+    }
 }
 
 impl Config {
@@ -241,11 +337,7 @@ impl RetryLayer {
     fn from_checked(settings: RetryBuilder) -> Self {
         RetryLayer {
             config: Arc::new(Config {
-                budget: TpsBudget::new(
-                    Duration::from_secs(10),
-                    settings.min_per_sec,
-                    settings.retry_percent,
-                ),
+                budget: RetryBudget::new(settings.min_per_sec, settings.retry_percent),
                 settings,
                 rng: AtomicU64::new(seed()),
             }),
@@ -375,6 +467,17 @@ fn decide_lazily<B>(
                 if let Some(h) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
                     // A connect error means the request never left.
                     return if h.is_connect() || idempotent {
+                        Decision::Backoff
+                    } else {
+                        Decision::Done
+                    };
+                }
+                // hyper's own error outside hyper-util's: the connection
+                // failed while the response body was read (a reset, a close
+                // short of its length). A corrupt encoding is an io error
+                // of the decoder instead, and is not retried.
+                if e.is::<hyper::Error>() {
+                    return if idempotent {
                         Decision::Backoff
                     } else {
                         Decision::Done

@@ -1,0 +1,195 @@
+//! Regression tests from a review of the retry loop, `Retry-After`, the
+//! timeouts and the body cap, against real servers on 127.0.0.1.
+//!
+//! Timing tests run on the paused clock the way `tests/retry.rs` does: the
+//! server is on its own thread and runtime, and the `RetryLayer` drives a
+//! bare hyper-util client that sets no timers, so the only timer is the
+//! retry's own sleep and the attempts' offsets are exact.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use support::{Chunks, counted, respond, serve_on_thread};
+use tokio::time::Instant;
+use tower::{BoxError, Layer, ServiceExt, service_fn};
+use tower_fanout_http::retry::RetryLayer;
+
+/// A server answering request `n` with `script(n)`: a status and a `Retry-After`.
+fn scripted(
+    script: impl Fn(usize) -> (u16, Option<&'static str>) + Send + Sync + 'static,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    let (counting, hits) = counted(move |n| {
+        let (status, after) = script(n);
+        async move {
+            let mut r = respond(status);
+            if let Some(after) = after {
+                r = r.header("retry-after", after);
+            }
+            r.body(Chunks::full("answer")).unwrap()
+        }
+    });
+    (serve_on_thread(counting), hits)
+}
+
+/// Sends one request through `retry` over a forwarding `service_fn` (a bare
+/// hyper-util client, no timers); returns the outcome and the paused-clock
+/// offset of each attempt.
+async fn run(
+    retry: &RetryLayer,
+    addr: SocketAddr,
+    method: http::Method,
+) -> (Result<Response<Bytes>, BoxError>, Vec<Duration>) {
+    let raw: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let start = Instant::now();
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let a = attempts.clone();
+    let forward = service_fn(move |req: Request<Full<Bytes>>| {
+        a.lock().unwrap().push(start.elapsed());
+        let raw = raw.clone();
+        async move {
+            let resp = raw.request(req).await?;
+            let (parts, body) = resp.into_parts();
+            let body = body.collect().await?.to_bytes();
+            Ok::<_, BoxError>(Response::from_parts(parts, body))
+        }
+    });
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}/"))
+        .body(Full::new(Bytes::from_static(b"payload")))
+        .unwrap();
+    let outcome = retry.layer(forward).oneshot(req).await;
+    let attempts = attempts.lock().unwrap().clone();
+    (outcome, attempts)
+}
+
+/// The budget allows `retry_percent` retries per request, whatever the
+/// ratio. tower's `TpsBudget` withdrew `floor(1 / ratio)` deposits a retry,
+/// so 0.6 allowed a retry for every request (100 % in a storm) and 0.35
+/// one for every second request (50 %).
+#[tokio::test(start_paused = true)]
+async fn the_budget_keeps_the_configured_ratio_in_a_storm() {
+    // Every answer is a 503 that asks for no wait: only the budget stops retries.
+    let (addr, hits) = scripted(|_| (503, Some("0")));
+    for (percent, expected) in [(0.6, 60), (0.35, 35), (0.2, 20)] {
+        let retry = RetryLayer::builder()
+            .max_retries(1)
+            .budget(0, percent)
+            .build()
+            .unwrap();
+        let before = hits.load(Ordering::SeqCst);
+        for _ in 0..100 {
+            let (outcome, _) = run(&retry, addr, http::Method::GET).await;
+            assert_eq!(outcome.unwrap().status(), 503);
+        }
+        let retries = hits.load(Ordering::SeqCst) - before - 100;
+        assert_eq!(
+            retries, expected,
+            "budget {percent}: {retries} retries for 100 requests"
+        );
+    }
+}
+
+/// `Retry-After: 1.5` is not RFC delta-seconds, but its meaning is plain:
+/// read as no `Retry-After` at all, the 429 was retried after a 50-100 ms
+/// backoff, three times within the second and a half the server asked for.
+#[tokio::test(start_paused = true)]
+async fn a_fractional_retry_after_is_waited_not_hammered() {
+    let (addr, hits) = scripted(|n| {
+        if n == 0 {
+            (429, Some("1.5"))
+        } else {
+            (200, None)
+        }
+    });
+    let (outcome, attempts) = run(&RetryLayer::default(), addr, http::Method::POST).await;
+    assert_eq!(outcome.unwrap().status(), 200);
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    assert_eq!(attempts, [Duration::ZERO, Duration::from_millis(1500)]);
+}
+
+/// A raw HTTP/1.1 server: request `n` (0-based) is answered with
+/// `answers(n)`, written as is, and the connection is then closed. The
+/// request head and any `Content-Length` body are read first, so the close
+/// is a clean FIN rather than a reset over unread bytes.
+fn raw_server(
+    answers: impl Fn(usize) -> Vec<u8> + Send + 'static,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if stream.read(&mut byte).unwrap_or(0) == 0 {
+                    break;
+                }
+                head.push(byte[0]);
+            }
+            let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+            let length = text
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            let mut body = vec![0u8; length];
+            let _ = stream.read_exact(&mut body);
+            let n = h.fetch_add(1, Ordering::SeqCst);
+            let _ = stream.write_all(&answers(n));
+            let _ = stream.flush();
+            // Dropped: the connection closes.
+        }
+    });
+    (addr, hits)
+}
+
+/// A GET whose response is cut off mid-body (the connection closes after 10
+/// of 100 announced bytes) lost its connection mid-request: it is retried
+/// like one cut off before the head. It returned `is_body` at once. A POST
+/// cut off the same way is not retried (it may have run).
+#[tokio::test]
+async fn an_idempotent_request_whose_body_is_cut_off_is_retried() {
+    let answers = |n: usize| {
+        if n.is_multiple_of(2) {
+            b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789".to_vec()
+        } else {
+            b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\nwhole".to_vec()
+        }
+    };
+    let (addr, hits) = raw_server(answers);
+    let client = tower_fanout_http::Client::builder()
+        .retry(
+            RetryLayer::builder()
+                .backoff(Duration::from_millis(1), Duration::from_millis(2))
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let resp = client.get(&format!("http://{addr}/")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(&resp.body()[..], b"whol");
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+
+    let post = Request::post(format!("http://{addr}/"))
+        .body(Full::new(Bytes::from_static(b"order")))
+        .unwrap();
+    let err = client.clone().oneshot(post).await.unwrap_err();
+    assert!(err.is_body(), "{err:?}");
+    assert_eq!(hits.load(Ordering::SeqCst), 3, "the POST went once");
+}
