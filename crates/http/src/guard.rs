@@ -180,7 +180,9 @@ impl RefusedAddress {
         }
     }
 
-    /// The host name (or IP literal) of the request.
+    /// The host name (or IP literal) of the request; for a refused scheme, the
+    /// scheme and host as written (`ftp://example.com`), so the message shows
+    /// what was refused.
     pub fn host(&self) -> &str {
         &self.host
     }
