@@ -115,7 +115,9 @@ impl ClientBuilder {
 
     /// Time allowed for each attempt, from connecting to the last byte of the
     /// body (default 30 s; `None`: no limit). Waits between retries are not
-    /// counted: they are bounded by the retry settings.
+    /// counted: they are bounded by the retry settings. A streamed request
+    /// body is read into memory before the first attempt, within a timeout
+    /// of its own of the same length.
     pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
         self.timeout = timeout;
         self
@@ -384,6 +386,7 @@ impl ClientBuilder {
             shared: Arc::new(Shared {
                 stack,
                 max_request_body: self.max_request_body,
+                timeout: self.timeout,
                 user_agent: self.user_agent.clone(),
                 guard,
                 retry,
@@ -650,6 +653,8 @@ pub struct Client {
 struct Shared {
     stack: Stack,
     max_request_body: usize,
+    // Bounds reading a streamed request body too (the attempts have their own).
+    timeout: Option<Duration>,
     user_agent: Option<HeaderValue>,
     guard: Guard,
     retry: RetryLayer,
@@ -768,6 +773,7 @@ where
                     Before::Reading {
                         parts: Some(parts),
                         body: collect(body, Cap::Request(shared.max_request_body)),
+                        deadline: None,
                     }
                 }
             }
@@ -808,7 +814,15 @@ pin_project! {
     #[project = BeforeProj]
     enum Before<B> {
         Refused { error: Option<Error> },
-        Reading { parts: Option<http::request::Parts>, #[pin] body: Collect<B> },
+        Reading {
+            parts: Option<http::request::Parts>,
+            #[pin]
+            body: Collect<B>,
+            // Set when the body first keeps the call waiting: a body already
+            // in memory (a `Full`) reads no clock and sets no timer. Boxed,
+            // so the response future does not grow for every request.
+            deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+        },
         Started,
     }
 }
@@ -830,10 +844,31 @@ where
                         Error::from_box("response future polled after completion".into())
                     })));
                 }
-                BeforeProj::Reading { parts, body } => {
-                    let body = match ready!(body.poll(cx)) {
-                        Ok(body) => body,
-                        Err(e) => return Poll::Ready(Err(Error::from_box(e))),
+                BeforeProj::Reading {
+                    parts,
+                    body,
+                    deadline,
+                } => {
+                    let body = match body.poll(cx) {
+                        Poll::Ready(Ok(body)) => body,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::from_box(e))),
+                        Poll::Pending => {
+                            // A body that never ends would hold the call
+                            // for ever: no attempt, and so no attempt
+                            // timeout, has started.
+                            if let Some(after) = this.shared.timeout
+                                && deadline
+                                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(after)))
+                                    .as_mut()
+                                    .poll(cx)
+                                    .is_ready()
+                            {
+                                return Poll::Ready(Err(Error::from_box(
+                                    TimedOut::reading_request_body(after).into(),
+                                )));
+                            }
+                            return Poll::Pending;
+                        }
                     };
                     let Some(parts) = parts.take() else {
                         return Poll::Ready(Err(Error::from_box(

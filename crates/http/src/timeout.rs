@@ -3,15 +3,29 @@
 use std::fmt;
 use std::time::Duration;
 
-/// An attempt took longer than the configured timeout.
+/// An attempt took longer than the configured timeout, or a streamed request
+/// body was not read within it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimedOut {
     after: Duration,
+    request_body: bool,
 }
 
 impl TimedOut {
     pub(crate) fn new(after: Duration) -> Self {
-        Self { after }
+        Self {
+            after,
+            request_body: false,
+        }
+    }
+
+    /// The request body, read into memory before the first attempt, did not
+    /// end within the timeout.
+    pub(crate) fn reading_request_body(after: Duration) -> Self {
+        Self {
+            after,
+            request_body: true,
+        }
     }
 
     /// The timeout that passed.
@@ -22,11 +36,18 @@ impl TimedOut {
 
 impl fmt::Display for TimedOut {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "no complete response within {} ms (connect, headers and body)",
-            self.after.as_millis()
-        )
+        let ms = self.after.as_millis();
+        if self.request_body {
+            write!(
+                f,
+                "the request body did not end within {ms} ms; send a body that ends, or raise `timeout`"
+            )
+        } else {
+            write!(
+                f,
+                "no complete response within {ms} ms (connect, headers and body); raise `timeout` if the server is known to be slow"
+            )
+        }
     }
 }
 

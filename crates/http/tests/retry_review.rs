@@ -193,3 +193,42 @@ async fn an_idempotent_request_whose_body_is_cut_off_is_retried() {
     assert!(err.is_body(), "{err:?}");
     assert_eq!(hits.load(Ordering::SeqCst), 3, "the POST went once");
 }
+
+/// A streamed request body that never ends is bounded by the client's
+/// `timeout`: it is read into memory before the first attempt, outside the
+/// attempt's deadline, and a request with `timeout(100 ms)` waited for ever.
+#[tokio::test(start_paused = true)]
+async fn a_stalled_request_body_times_out() {
+    let (addr, hits) = scripted(|_| (200, None));
+    let client = tower_fanout_http::Client::builder()
+        .timeout(Some(Duration::from_millis(100)))
+        .build()
+        .unwrap();
+    let req = Request::post(format!("http://{addr}/"))
+        .body(Stalled)
+        .unwrap();
+    let start = Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(3600), client.oneshot(req)).await;
+    let err = outcome.expect("still waiting after an hour").unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    assert_eq!(start.elapsed(), Duration::from_millis(100));
+    let message = err.to_string();
+    assert!(message.contains("request body"), "{message}");
+    assert!(message.contains("`timeout`"), "{message}");
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "nothing was sent");
+}
+
+/// A request body that never yields a frame nor ends.
+struct Stalled;
+
+impl http_body::Body for Stalled {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Pending
+    }
+}
