@@ -21,12 +21,11 @@ use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_fanout_core::BoxError;
 use tower_fanout_core::adaptive::{AdaptiveLimitLayer, GradientController};
-use tower_fanout_core::classify::{Classify, HttpClassify, Outcome};
 use tower_fanout_core::concurrency::ConcurrencyLimitLayer;
 use tower_fanout_core::fan_out::{ItemResult, Progress, fan_out};
 use tower_fanout_core::keyed::KeyLimit;
 use tower_fanout_core::rate::RateLimitLayer;
-use tower_fanout_http::guard::RefusedAddress;
+use tower_fanout_http::ClientClassify;
 use tower_fanout_http::retry::RetryLayer;
 
 use crate::input::Item;
@@ -161,7 +160,7 @@ impl FetchOptions {
     }
 
     /// The limit `--adaptive` puts over the client.
-    fn adaptive_limit(&self) -> anyhow::Result<AdaptiveLimitLayer<FetchClassify>> {
+    fn adaptive_limit(&self) -> anyhow::Result<AdaptiveLimitLayer<ClientClassify>> {
         // Up to --concurrency, starting at the controller's usual 5 or at
         // the bound when it is lower (an initial limit above the max is
         // refused).
@@ -169,40 +168,7 @@ impl FetchOptions {
             .max(self.concurrency)
             .initial(self.concurrency.min(5))
             .build()?;
-        Ok(AdaptiveLimitLayer::new(controller).classify(FetchClassify))
-    }
-}
-
-/// How `--adaptive` reads an answer: as core's [`HttpClassify`] does, except
-/// that a refusal by the address guard is the caller's mistake. hyper-util
-/// wraps a refusal made after DNS in its connect error, which `HttpClassify`
-/// counts as overload, so refused URLs cut the limit of every host.
-#[derive(Debug, Clone, Copy)]
-struct FetchClassify;
-
-impl Classify<Response<Bytes>> for FetchClassify {
-    fn classify(
-        &self,
-        result: Result<&Response<Bytes>, &(dyn std::error::Error + 'static)>,
-    ) -> Outcome {
-        if let Err(error) = result {
-            let mut next = Some(error);
-            while let Some(e) = next {
-                if e.is::<RefusedAddress>() {
-                    return Outcome::CallerError;
-                }
-                next = e.source();
-            }
-        }
-        HttpClassify.classify(result)
-    }
-
-    fn retry_after(&self, response: &Response<Bytes>) -> Option<Duration> {
-        HttpClassify.retry_after(response)
-    }
-
-    fn waited(&self, response: &Response<Bytes>) -> Duration {
-        HttpClassify.waited(response)
+        Ok(AdaptiveLimitLayer::new(controller).classify(ClientClassify))
     }
 }
 

@@ -185,6 +185,33 @@ pub(crate) fn is_final(err: &(dyn std::error::Error + 'static)) -> bool {
     )
 }
 
+/// Whether `err` is the caller's own doing rather than the downstream's
+/// answer: a refused address, an invalid request, a body over a cap, too many
+/// redirects, a bad configuration. Looked for through the whole chain, as
+/// [`is_final`] does.
+pub(crate) fn is_callers_mistake(err: &(dyn std::error::Error + 'static)) -> bool {
+    // The client's own `Error` knows its kind (an invalid request's or a
+    // configuration's source is a bare message the chain cannot tell).
+    let mut next = Some(err);
+    let mut kind = None;
+    while let Some(e) = next {
+        if let Some(error) = e.downcast_ref::<Error>() {
+            kind = Some(error.kind);
+            break;
+        }
+        next = e.source();
+    }
+    matches!(
+        kind.unwrap_or_else(|| classify(err)),
+        Kind::RefusedAddress
+            | Kind::InvalidRequest
+            | Kind::BodyTooLarge
+            | Kind::RequestBodyTooLarge
+            | Kind::TooManyRedirects
+            | Kind::Config
+    )
+}
+
 fn classify(err: &(dyn std::error::Error + 'static)) -> Kind {
     let mut saw_connect = false;
     let mut saw_timeout = false;

@@ -54,6 +54,11 @@
 //! on `Retry-After` or after a failure) are not noted: they are its word on
 //! its capacity, and an adaptive limit above should hear them as latency.
 //!
+//! Give that limit [`ClientClassify`] rather than core's default
+//! `HttpClassify`: a URL the address guard refuses fails inside hyper-util's
+//! connect error, which `HttpClassify` reads as overload, so a few such URLs
+//! would cut the limit every host shares.
+//!
 //! # Errors
 //! Every failure is one [`Error`] with predicates (`is_timeout`,
 //! `is_connect`, `is_body_too_large`, `is_rate_limited`,
@@ -61,6 +66,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod body;
+mod classify;
 #[cfg(test)]
 mod cancel_tests;
 mod client;
@@ -73,6 +79,7 @@ pub mod retry;
 mod timeout;
 
 pub use self::body::{BodyTooLarge, RequestBodyTooLarge};
+pub use self::classify::ClientClassify;
 pub use self::client::{Client, ClientBuilder};
 pub use self::error::Error;
 pub use self::redirect::TooManyRedirects;

@@ -1,0 +1,51 @@
+//! How core's adaptive limit should read the client's answers.
+
+use std::error::Error as StdError;
+use std::time::{Duration, SystemTime};
+
+use tower_fanout_core::classify::{Classify, HttpClassify, Outcome};
+
+use crate::error::is_callers_mistake;
+
+/// Core's [`HttpClassify`], knowing this crate's errors: give it to an
+/// [`AdaptiveLimitLayer`](tower_fanout_core::adaptive::AdaptiveLimitLayer)
+/// stacked over a [`Client`](crate::Client).
+///
+/// `HttpClassify` reads any connect error as overload, and hyper-util wraps
+/// a refusal the address guard makes after DNS in its connect error; so,
+/// under `HttpClassify`, a few URLs naming private addresses (or a port past
+/// 65535) cut the limit that every host's calls share. Here a refused
+/// address, an invalid request, a body over a cap, too many redirects and a
+/// configuration error are the caller's mistake
+/// ([`Outcome::CallerError`]): they say nothing of the downstream's load.
+/// Everything else is answered as `HttpClassify` answers it, except that
+/// [`retry_after`](Classify::retry_after) also reads an HTTP-date
+/// (through [`headers::retry_after`](crate::headers::retry_after)).
+///
+/// ```
+/// use tower_fanout_core::adaptive::{AdaptiveLimitLayer, GradientController};
+/// use tower_fanout_http::ClientClassify;
+///
+/// let layer = AdaptiveLimitLayer::new(GradientController::default()).classify(ClientClassify);
+/// # let _ = layer;
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientClassify;
+
+impl<B> Classify<http::Response<B>> for ClientClassify {
+    fn classify(&self, result: Result<&http::Response<B>, &(dyn StdError + 'static)>) -> Outcome {
+        match result {
+            Err(error) if is_callers_mistake(error) => Outcome::CallerError,
+            _ => HttpClassify.classify(result),
+        }
+    }
+
+    fn retry_after(&self, response: &http::Response<B>) -> Option<Duration> {
+        let value = response.headers().get(http::header::RETRY_AFTER)?;
+        crate::headers::retry_after(value, SystemTime::now())
+    }
+
+    fn waited(&self, response: &http::Response<B>) -> Duration {
+        HttpClassify.waited(response)
+    }
+}

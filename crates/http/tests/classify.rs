@@ -1,0 +1,110 @@
+//! `ClientClassify`: how an adaptive limit over the client reads its errors.
+//! Core's `HttpClassify` reads every connect error as overload, and
+//! hyper-util wraps the address guard's refusal after DNS (and the port
+//! check) in its connect error, so refused URLs cut a shared limit.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::{Duration, SystemTime};
+
+use support::{Chunks, respond, serve, table_resolver};
+use tower_fanout_core::classify::{Classify, HttpClassify, Outcome};
+use tower_fanout_http::{Client, ClientClassify};
+
+type Response = http::Response<bytes::Bytes>;
+
+fn outcomes(err: &tower_fanout_http::Error) -> (Outcome, Outcome) {
+    let err: &(dyn std::error::Error + 'static) = err;
+    (
+        Classify::<Response>::classify(&HttpClassify, Err(err)),
+        Classify::<Response>::classify(&ClientClassify, Err(err)),
+    )
+}
+
+/// A name resolving to a loopback address is refused by the guard inside
+/// hyper-util's connect error: overload to `HttpClassify`, the caller's
+/// mistake to `ClientClassify`. So is a port past 65535.
+#[tokio::test]
+async fn guard_refusals_and_bad_ports_are_the_callers_mistake() {
+    let addr = serve(support::handler(|_| async {
+        respond(200).body(Chunks::full("reached")).unwrap()
+    }))
+    .await;
+    let client = Client::builder()
+        .resolver(table_resolver(&[("inside.test", addr)]))
+        .address_guard(true)
+        .no_retry()
+        .build()
+        .unwrap();
+    let err = client
+        .get(&format!("http://inside.test:{}/", addr.port()))
+        .await
+        .unwrap_err();
+    assert!(err.is_refused_address(), "{err}");
+    assert_eq!(outcomes(&err), (Outcome::Overload, Outcome::CallerError));
+
+    let err = client.get("http://inside.test:99999/").await.unwrap_err();
+    assert!(err.is_invalid_request(), "{err}");
+    assert_eq!(outcomes(&err), (Outcome::Overload, Outcome::CallerError));
+}
+
+/// A body over the cap is the caller's cap, not the downstream's load; a
+/// refused connection is still overload, as `HttpClassify` says.
+#[tokio::test]
+async fn caps_are_the_callers_and_refused_connections_are_overload() {
+    let addr = serve(support::handler(|_| async {
+        respond(200)
+            .body(Chunks::full(vec![b'x'; 64 * 1024]))
+            .unwrap()
+    }))
+    .await;
+    let client = Client::builder()
+        .max_response_body(1024)
+        .no_retry()
+        .build()
+        .unwrap();
+    let err = client.get(&format!("http://{addr}/")).await.unwrap_err();
+    assert!(err.is_body_too_large(), "{err}");
+    assert_eq!(outcomes(&err).1, Outcome::CallerError);
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let err = client.get(&format!("http://{closed}/")).await.unwrap_err();
+    assert!(err.is_connect(), "{err}");
+    assert_eq!(outcomes(&err), (Outcome::Overload, Outcome::Overload));
+}
+
+/// Responses are read as `HttpClassify` reads them, and `Retry-After` as an
+/// HTTP-date is read too (`HttpClassify` reads only seconds).
+#[test]
+fn responses_and_retry_after_dates() {
+    let resp = |status: u16, after: Option<String>| {
+        let mut b = http::Response::builder().status(status);
+        if let Some(after) = after {
+            b = b.header("retry-after", after);
+        }
+        b.body(bytes::Bytes::new()).unwrap()
+    };
+    for status in [200, 301, 404, 429, 500, 503] {
+        let r = resp(status, None);
+        assert_eq!(
+            ClientClassify.classify(Ok(&r)),
+            HttpClassify.classify(Ok(&r)),
+            "{status}"
+        );
+    }
+    let r = resp(429, Some("7".into()));
+    assert_eq!(ClientClassify.retry_after(&r), Some(Duration::from_secs(7)));
+    let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(60));
+    let r = resp(429, Some(date));
+    assert_eq!(HttpClassify.retry_after(&r), None);
+    let wait = ClientClassify.retry_after(&r).unwrap();
+    // The date is to the second, and read a moment later.
+    assert!(
+        wait > Duration::from_secs(55) && wait <= Duration::from_secs(60),
+        "{wait:?}"
+    );
+}
