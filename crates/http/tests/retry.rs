@@ -89,15 +89,31 @@ async fn retry_after_seconds_is_waited_exactly() {
 
 #[tokio::test(start_paused = true)]
 async fn retry_after_http_date_is_honoured() {
-    // An HTTP-date has whole seconds: "now + 3 s" rounds down to 2..=3 s away.
-    let at = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3));
+    // An HTTP-date has whole seconds: "now + 3 s" rounds down to 2..=3 s
+    // away from `before`. The layer reads the wall clock (which no paused
+    // clock stops) when the 503 is in, somewhere between `before` and
+    // `after`, and waits from there to the date: not a fixed 2..=3 s, since
+    // the server's thread and the round trip take real time (under load,
+    // enough to bring the wait below 2 s one run in a hundred).
+    let before = SystemTime::now();
+    let at = httpdate::fmt_http_date(before + Duration::from_secs(3));
+    let date = httpdate::parse_http_date(&at).unwrap();
     let (addr, _) = scripted(vec![(503, Some(at))]);
     let (outcome, attempts) = run(RetryLayer::default(), addr, http::Method::POST).await;
+    let after = SystemTime::now();
     assert_eq!(outcome.unwrap().status(), 200);
     assert_eq!(attempts.len(), 2);
+    let longest = date.duration_since(before).unwrap();
     assert!(
-        attempts[1] > Duration::from_secs(2) && attempts[1] <= Duration::from_secs(3),
-        "{attempts:?}"
+        longest > Duration::from_secs(2) && longest <= Duration::from_secs(3),
+        "{longest:?}"
+    );
+    let shortest = date.duration_since(after).unwrap_or(Duration::ZERO);
+    // The paused clock jumps to the sleep's deadline rounded up to the
+    // timer's 1 ms tick.
+    assert!(
+        attempts[1] >= shortest && attempts[1] <= longest + Duration::from_millis(1),
+        "{attempts:?}: the date was {shortest:?} to {longest:?} away"
     );
 }
 
