@@ -323,7 +323,8 @@ fn failed(item: Item, error: String) -> Record {
 }
 
 /// An item's error as one line, in the CLI's terms: the body cap is the
-/// `--max-body` flag here, not the library setting the error names.
+/// `--max-body` flag here, not the library setting the error names, and a
+/// `Retry-After` past the retry layer's wait cap says when to come back.
 fn describe(error: &(dyn std::error::Error + 'static)) -> String {
     let mut next = Some(error);
     while let Some(e) = next {
@@ -331,6 +332,14 @@ fn describe(error: &(dyn std::error::Error + 'static)) -> String {
             return format!(
                 "response body too large: over the --max-body cap of {} bytes",
                 cap.limit()
+            );
+        }
+        if let Some(limited) = e.downcast_ref::<tower_fanout_core::error::RateLimited>() {
+            // The library's message names its `max_wait`, which no flag sets.
+            return format!(
+                "rate limited: the server asked to wait {} s before another request, \
+                 longer than fanout waits for a Retry-After; fetch this item again later",
+                limited.retry_after().as_secs_f64().ceil()
             );
         }
         next = e.source();
@@ -399,6 +408,45 @@ mod tests {
             handle.limit() >= 3,
             "refusals cut the limit to {}",
             handle.limit()
+        );
+    }
+
+    /// A `Retry-After` past the retry layer's cap fails the item with the
+    /// library's `RateLimited`, whose message said to raise `max_wait`: a
+    /// setting no flag of the CLI reaches. The item says the wait instead.
+    #[tokio::test]
+    async fn a_retry_after_past_the_cap_says_when_to_come_back() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = socket.read(&mut buf).await;
+                    let _ = socket
+                        .write_all(
+                            b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 3600\r\n\
+                              content-length: 0\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
+                });
+            }
+        });
+        let opts = FetchOptions {
+            adaptive: false,
+            retries: 2,
+            allow_private: true,
+            ..options()
+        };
+        let req = Request::get(format!("http://{addr}/"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let err = opts.stack().unwrap().oneshot(req).await.unwrap_err();
+        let text = describe(&*err);
+        assert!(
+            text.contains("wait 3600 s") && !text.contains("max_wait"),
+            "{text}"
         );
     }
 }

@@ -66,7 +66,8 @@ impl Error {
         Self { kind, source }
     }
 
-    /// The attempt (connect, request, response body) took longer than the timeout.
+    /// The attempt (connect, request, response body), or reading a streamed
+    /// request body before it, took longer than the timeout.
     pub fn is_timeout(&self) -> bool {
         self.kind == Kind::Timeout
     }
@@ -278,7 +279,7 @@ impl fmt::Display for Error {
         match self.kind {
             Kind::RateLimited(d) => write!(
                 f,
-                "rate limited: retry after {} ms (longer than the retry cap)",
+                "rate limited: retry after {} ms (longer than the retry layer's max_wait; raise it to wait that long)",
                 d.as_millis()
             ),
             // Name the cause too: an agent reading only the top line must see

@@ -66,9 +66,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod body;
-mod classify;
 #[cfg(test)]
 mod cancel_tests;
+mod classify;
 mod client;
 mod error;
 pub mod guard;

@@ -42,8 +42,9 @@
 //! buffers request bodies up to a bound for this).
 //!
 //! # Budget
-//! Each request deposits into a [`TpsBudget`] and each retry withdraws; with
-//! the budget empty, the outcome is returned instead of retried. By default
+//! Each request deposits into a budget and each retry withdraws (the window
+//! of tower's `TpsBudget`, with exact fractions); with the budget empty, the
+//! outcome is returned instead of retried. By default
 //! 20 % of requests may be retried, plus 10 retries a second at any load.
 //!
 //! # Example
