@@ -108,6 +108,14 @@ where
                 }
             }
         };
+        // Nothing left in flight and the size still unknown: this may be the
+        // last item (a window of 1, a chunk that ended the batch). Refill
+        // now, so the iterator is found exhausted before this item's report
+        // and the report shows the end; otherwise that was only seen on the
+        // call after the last item, which reports nothing.
+        if self.tasks.is_empty() && self.progress.total.is_none() {
+            self.fill();
+        }
         self.record(&item);
         Some(item)
     }
