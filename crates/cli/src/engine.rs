@@ -253,8 +253,10 @@ impl Fetcher {
                 return;
             }
         };
-        // Records done but waiting for an earlier one (at most the window's
-        // worth beyond a slow item, and records are small).
+        // Records done but waiting for an earlier one. The window slides on
+        // past a slow item (the downstream stays busy), so up to the rest of
+        // the batch can wait here; each record takes its item's place in
+        // `items`, so memory stays that of the input, and records are small.
         let mut done = BTreeMap::new();
         let mut next = 0;
         while let Some(outcome) = stream.next().await {

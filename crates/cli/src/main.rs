@@ -5,6 +5,16 @@
 //! - `fanout fetch [FILE|-]`: fetch a list of URLs, one JSON line per item.
 //! - `fanout mcp`: an MCP server on stdio with a bounded `batch_fetch_urls` tool.
 
+/// `eprintln!` without its panic: with standard error closed (`2>&1 | head
+/// -1` once `head` is gone) a message nobody can read is dropped, instead
+/// of `eprintln!` panicking and the exit code becoming 101.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod demo;
 mod engine;
 mod input;
@@ -17,6 +27,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -113,7 +124,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("fanout: cannot start the runtime: {e}");
+            note!("fanout: cannot start the runtime: {e}");
             return ExitCode::from(2);
         }
     };
@@ -130,7 +141,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("fanout: {e:#}");
+            note!("fanout: {e:#}");
             ExitCode::from(2)
         }
     }
@@ -163,11 +174,17 @@ async fn demo(json: bool, requests: usize) -> anyhow::Result<ExitCode> {
     })
     .await?;
     let _ = bars.clear();
-    if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+    let text = if json {
+        serde_json::to_string_pretty(&rows)? + "\n"
     } else {
-        print!("{}", demo::table(&rows));
-    }
+        demo::table(&rows)
+    };
+    // Not `print!`, which panics when nobody reads on (a closed pipe).
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .context("cannot write the results")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -190,14 +207,14 @@ async fn fetch(path: Option<PathBuf>, limits: &Limits) -> anyhow::Result<ExitCod
     if let Err(e) = read {
         match &path {
             Some(p) if p.as_os_str() != "-" => {
-                eprintln!("fanout: cannot read the input {}: {e}", p.display());
+                note!("fanout: cannot read the input {}: {e}", p.display());
             }
-            _ => eprintln!("fanout: cannot read the input: {e}"),
+            _ => note!("fanout: cannot read the input: {e}"),
         }
         return Ok(ExitCode::from(2));
     }
     if bytes.len() as u64 > bound {
-        eprintln!(
+        note!(
             "fanout: bad input, nothing fetched: the input is over {} KiB ({} KiB for each of \
              --max-items {}); split it or raise --max-items",
             bound / 1024,
@@ -209,14 +226,14 @@ async fn fetch(path: Option<PathBuf>, limits: &Limits) -> anyhow::Result<ExitCod
     let text = match String::from_utf8(bytes) {
         Ok(text) => text,
         Err(e) => {
-            eprintln!("fanout: cannot read the input: it is not UTF-8 text ({e})");
+            note!("fanout: cannot read the input: it is not UTF-8 text ({e})");
             return Ok(ExitCode::from(2));
         }
     };
     let items = match input::parse(&text, limits.max_items as usize) {
         Ok(items) => items,
         Err(e) => {
-            eprintln!("fanout: bad input, nothing fetched: {e}");
+            note!("fanout: bad input, nothing fetched: {e}");
             return Ok(ExitCode::from(2));
         }
     };
@@ -268,13 +285,13 @@ async fn fetch(path: Option<PathBuf>, limits: &Limits) -> anyhow::Result<ExitCod
         return Err(anyhow::Error::new(e).context("cannot write the results"));
     }
     if interrupted {
-        eprintln!(
+        note!(
             "fanout: interrupted: {} of {total} written, {ok} ok, {failed} failed",
             ok + failed
         );
         return Ok(ExitCode::from(130));
     }
-    eprintln!("fanout: {} fetched, {ok} ok, {failed} failed", ok + failed);
+    note!("fanout: {} fetched, {ok} ok, {failed} failed", ok + failed);
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {
