@@ -3,6 +3,13 @@
 //! refusal each `.fail_fast()` layer answers with, the queue's default
 //! bound, bad configuration refused when the layer is built, and the live
 //! state each handle reads.
+#![cfg(all(
+    feature = "adaptive",
+    feature = "backpressure",
+    feature = "concurrency",
+    feature = "keyed",
+    feature = "rate"
+))]
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::convert::Infallible;
