@@ -15,7 +15,7 @@
 //! | `keyed` | `keyed`: `KeyedLimitLayer`, `KeyLimit` (turns on `concurrency` and `rate` in the core crate) | yes |
 //! | `fan-out` | `fan_out`: the batch API | yes |
 //! | `http` | `http`: the HTTP client preset (`tower-fanout-http`) | no |
-//! | `native-roots` | with `http`: the client trusts the system's certificate store as well as the bundled roots | no |
+//! | `native-roots` | with `http`: `ClientBuilder::native_roots(true)`, to trust the system's certificate store instead of the bundled Mozilla roots (the feature alone changes nothing) | no |
 //! | `redis` | `redis`: limits shared through Redis (`tower-fanout-redis`) | no |
 //! | `sim` | `sim`: the simulated downstream (`tower-fanout-sim`) | no |
 //! | `full` | all of the above | no |
