@@ -36,6 +36,8 @@ enum Kind {
     Timeout,
     /// Redis could not be reached, or answered with an error.
     Redis,
+    /// The limit's key holds a value of another type (`WRONGTYPE`).
+    KeyType,
     /// Redis answered something the limit's script never returns.
     Reply,
     /// A call failed moments ago; Redis is not asked again until the
@@ -59,8 +61,12 @@ impl Error {
     }
 
     pub(crate) fn redis(err: redis::RedisError) -> Self {
+        let kind = match reply_code(&err) {
+            Some("WRONGTYPE") => Kind::KeyType,
+            _ => Kind::Redis,
+        };
         Self {
-            kind: Kind::Redis,
+            kind,
             source: Some(Box::new(err)),
         }
     }
@@ -81,6 +87,11 @@ impl Error {
         }
     }
 
+    /// Redis answered that the limit's key holds another type of value.
+    pub(crate) fn is_key_type(&self) -> bool {
+        self.kind == Kind::KeyType
+    }
+
     /// The request never left: a recent failure kept Redis from being asked.
     pub(crate) fn was_skipped(&self) -> bool {
         self.kind == Kind::Skipped
@@ -93,7 +104,7 @@ impl Error {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self.kind,
-            Kind::Timeout | Kind::Redis | Kind::Reply | Kind::Skipped
+            Kind::Timeout | Kind::Redis | Kind::KeyType | Kind::Reply | Kind::Skipped
         )
     }
 
@@ -112,6 +123,9 @@ impl Error {
             Kind::Config => "invalid configuration",
             Kind::Timeout => "redis limit unavailable: no answer within the timeout",
             Kind::Redis => "redis limit unavailable",
+            Kind::KeyType => {
+                "redis limit unavailable: its key in Redis holds another type of value (another program writes under this key prefix: give the store a key_prefix of its own, or delete the key)"
+            }
             Kind::Reply => "redis limit unavailable: unexpected reply from the limit script",
             Kind::Skipped => "redis limit unavailable: redis failed moments ago",
         }
@@ -147,8 +161,29 @@ impl std::error::Error for Error {
     }
 }
 
+/// The code of a Redis error reply, as the command inside a script gave
+/// it: Redis 7 passes it on (`READONLY You can't write ...`), older
+/// versions wrap it (`ERR Error running script (call to f_...):
+/// @user_script:4: @user_script: 4: -READONLY You can't write ...`).
+pub(crate) fn reply_code(err: &redis::RedisError) -> Option<&str> {
+    let code = err.code()?;
+    if code != "ERR" {
+        return Some(code);
+    }
+    let wrapped = err.detail().and_then(|detail| {
+        let (_, rest) = detail.split_once(": -")?;
+        let wrapped = rest.split_whitespace().next()?;
+        wrapped
+            .bytes()
+            .all(|b| b.is_ascii_uppercase())
+            .then_some(wrapped)
+    });
+    Some(wrapped.unwrap_or(code))
+}
+
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use std::error::Error as _;
 
@@ -169,5 +204,28 @@ mod tests {
         assert!(err.is_unavailable());
         assert!(!err.is_timeout());
         assert!(err.source().is_some_and(|s| s.is::<redis::RedisError>()));
+    }
+
+    fn reply(bytes: &[u8]) -> redis::RedisError {
+        redis::parse_redis_value(bytes)
+            .and_then(redis::Value::extract_error)
+            .unwrap_err()
+    }
+
+    #[test]
+    fn reply_codes_are_read_through_script_errors() {
+        // Redis 7 passes the failing command's code on.
+        let err = reply(b"-READONLY You can't write against a read only replica. script: 72, on @user_script:17.\r\n");
+        assert_eq!(reply_code(&err), Some("READONLY"));
+        // Redis before 7 wraps it in a script error.
+        let err = reply(b"-ERR Error running script (call to f_72): @user_script:4: @user_script: 4: -READONLY You can't write against a read only replica.\r\n");
+        assert_eq!(reply_code(&err), Some("READONLY"));
+        let err = reply(b"-ERR Error running script (call to f_72): @user_script:9: @user_script: 9: -WRONGTYPE Operation against a key holding the wrong kind of value\r\n");
+        assert_eq!(reply_code(&err), Some("WRONGTYPE"));
+        assert!(Error::redis(err).to_string().contains("key_prefix"));
+        let err = reply(b"-ERR user_script:5: attempt to compare nil with number\r\n");
+        assert_eq!(reply_code(&err), Some("ERR"));
+        let io = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert_eq!(reply_code(&io), None);
     }
 }

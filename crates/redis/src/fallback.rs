@@ -38,6 +38,9 @@ impl Fallback {
 #[derive(Debug, Default)]
 pub(crate) struct Health {
     degraded: AtomicBool,
+    /// Whether a key holding another type of value was reported: it stays
+    /// so until someone deletes it, so it is warned of once.
+    clobbered: AtomicBool,
 }
 
 impl Health {
@@ -49,7 +52,25 @@ impl Health {
         }
     }
 
-    pub(crate) fn failed(&self, key: &str, fallback: Fallback, error: &Error) {
+    /// `key` names the limit; `redis_key` is the key the decision used.
+    pub(crate) fn failed(&self, key: &str, redis_key: &str, fallback: Fallback, error: &Error) {
+        if error.is_key_type() {
+            // Redis is up and the other keys work: not an outage (which
+            // would flip to "reachable again" at the next good key, a warn
+            // and an info per request when keys alternate).
+            if self.clobbered.swap(true, Ordering::Relaxed) {
+                tracing::debug!(key, redis_key, %error, "limit key holds another type of value");
+            } else {
+                tracing::warn!(
+                    key,
+                    redis_key,
+                    ?fallback,
+                    error = %DisplayChain(error),
+                    "a limit's key in redis holds another type of value; its requests fall back until the key is deleted"
+                );
+            }
+            return;
+        }
         if self.degraded.swap(true, Ordering::Relaxed) {
             tracing::debug!(key, %error, "redis unavailable");
             return;

@@ -31,7 +31,9 @@
 //! store dials a new connection for the next one, so a connection that went
 //! silent without an error (a peer host gone, a NAT or firewall that dropped
 //! the flow) costs one probe interval, not the minutes the kernel takes to
-//! give up on it. If Redis was only frozen or slow, commands sent on the old
+//! give up on it. So does an answer of READONLY: after a failover the old
+//! primary, now a replica, keeps its clients connected, and the store dials
+//! the address again to reach the new primary. If Redis was only frozen or slow, commands sent on the old
 //! connection may run after newer ones when it catches up: a concurrency
 //! permit whose acquire timed out may then be taken, by nobody, until its
 //! lease ends, and a rate decision that timed out may still spend its

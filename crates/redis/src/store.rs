@@ -37,7 +37,10 @@ pub const DEFAULT_KEY_PREFIX: &str = "tower-fanout:";
 /// use and reopened by itself after Redis goes away and comes back. After a
 /// call times out, the next call dials a new connection: one that went
 /// silent (a peer host gone without a word, a NAT or firewall that dropped
-/// the flow) is replaced within a probe interval.
+/// the flow) is replaced within a probe interval. So is one that Redis
+/// answers READONLY: a primary demoted to replica in a failover keeps its
+/// clients connected, and the store dials the address again to reach the
+/// new primary (behind a DNS name or endpoint that follows it).
 ///
 /// Every call to Redis is bounded by the store's [timeout](RedisStoreBuilder::timeout).
 /// After a failed call, the store does not ask Redis again for a
@@ -45,7 +48,9 @@ pub const DEFAULT_KEY_PREFIX: &str = "tower-fanout:";
 /// go straight to each layer's fallback (fail closed or fail open), so an
 /// outage costs callers no waiting. After the interval one decision asks
 /// Redis again while the others still fall back, so a Redis that is still
-/// down costs that one caller a timeout, not every caller at once.
+/// down costs that one caller a timeout, not every caller at once. An error
+/// about one key only (`WRONGTYPE`: another program's value where a limit
+/// keeps its state) fails that limit's decisions, not the others'.
 ///
 /// The connection's driver runs on the Tokio runtime (with IO and time
 /// enabled) of the first decision, so keep a store (and its clones) within
@@ -253,8 +258,10 @@ impl RedisStore {
         .map_err(Error::redis)
     }
 
-    /// Called after a call on the connection of `generation` timed out:
-    /// replaces that connection with a fresh lazy one, so the next call
+    /// Called after a call on the connection of `generation` timed out, or
+    /// was answered READONLY by a primary demoted to replica (which keeps
+    /// its clients connected; a write there never succeeds): replaces that
+    /// connection with a fresh lazy one, so the next call
     /// dials anew. redis-rs reconnects only after an I/O error, and a
     /// connection that went silent (a peer host gone without FIN or RST, a
     /// NAT or firewall that dropped the flow) gives none until the kernel
@@ -290,7 +297,7 @@ impl RedisStore {
     /// - `TOKENS` and `IN_FLIGHT` only read.
     ///
     /// Each connection matches its own replies, so no answer is misread.
-    fn replace(&self, generation: u64) {
+    fn replace(&self, generation: u64, reason: &'static str) {
         let mut slot = self
             .inner
             .connection
@@ -314,7 +321,8 @@ impl RedisStore {
         drop(slot);
         tracing::debug!(
             generation,
-            "redis call timed out; the next call dials a new connection"
+            reason,
+            "the next redis call dials a new connection"
         );
         drop(old);
     }
@@ -375,25 +383,40 @@ impl RedisStore {
             return Err(Error::skipped());
         }
         let (generation, connection) = self.connection()?;
-        let result = match tokio::time::timeout(self.inner.timeout, request(connection)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(Error::redis(err)),
-            Err(elapsed) => {
-                self.replace(generation);
-                Err(Error::timeout(elapsed))
-            }
-        };
-        match &result {
-            Ok(_) => self.inner.skip_until.store(0, Ordering::Relaxed),
-            Err(_) if !self.inner.probe_interval.is_zero() => {
-                let probe_interval =
-                    u64::try_from(self.inner.probe_interval.as_nanos()).unwrap_or(u64::MAX);
-                self.inner.skip_until.store(
-                    self.now().saturating_add(probe_interval).max(1),
-                    Ordering::Relaxed,
-                );
-            }
-            Err(_) => {}
+        // Whether Redis answered in a way that says it can decide for other
+        // keys: a success, or an error about this call's own key.
+        let (result, answered) =
+            match tokio::time::timeout(self.inner.timeout, request(connection)).await {
+                Ok(Ok(value)) => (Ok(value), true),
+                Ok(Err(err)) => {
+                    let code = crate::error::reply_code(&err);
+                    if code == Some("READONLY") {
+                        // A primary demoted to replica keeps its clients'
+                        // connections, and redis-rs reconnects only after
+                        // an I/O error: dial again, to whatever node the
+                        // address leads to now (the new primary, after a
+                        // failover behind a DNS name or an endpoint).
+                        self.replace(generation, "redis answered READONLY (a replica)");
+                    }
+                    let about_the_key = code == Some("WRONGTYPE");
+                    (Err(Error::redis(err)), about_the_key)
+                }
+                Err(elapsed) => {
+                    self.replace(generation, "redis call timed out");
+                    (Err(Error::timeout(elapsed)), false)
+                }
+            };
+        if answered {
+            // An error about one key (another program's value there) says
+            // nothing about the other limits on this store: they keep asking.
+            self.inner.skip_until.store(0, Ordering::Relaxed);
+        } else if !self.inner.probe_interval.is_zero() {
+            let probe_interval =
+                u64::try_from(self.inner.probe_interval.as_nanos()).unwrap_or(u64::MAX);
+            self.inner.skip_until.store(
+                self.now().saturating_add(probe_interval).max(1),
+                Ordering::Relaxed,
+            );
         }
         result
     }
@@ -598,8 +621,8 @@ mod tests {
         assert!(stall(store.clone()).await.unwrap_err().is_timeout());
         assert_eq!(store.generation(), Some(2));
         // A call that started on an older connection leaves the newer one be.
-        store.replace(1);
-        store.replace(0);
+        store.replace(1, "test");
+        store.replace(0, "test");
         assert_eq!(store.generation(), Some(2));
     }
 

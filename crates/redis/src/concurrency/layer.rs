@@ -329,7 +329,8 @@ impl Shared {
                         // was lost, the holder is removed (or expires).
                         drop(pending);
                     }
-                    self.health.failed(&self.name, self.fallback, &error);
+                    self.health
+                        .failed(&self.name, &self.key, self.fallback, &error);
                     return match &self.local {
                         None => Err(error.into()),
                         Some(local) if self.fail_fast => match local.clone().try_acquire_owned() {

@@ -11,7 +11,8 @@
 //! # Reservations
 //! `poll_ready` takes a permit and keeps it in the service; `call` moves it
 //! into the response future, which releases it (one `ZREM`, sent from a
-//! task of its own) when it completes or is dropped. A call that lasts
+//! task of its own) when it completes or is dropped. A service whose inner
+//! `poll_ready` fails releases its permit with the error. A call that lasts
 //! renews its lease every third of it (a failed renewal is retried a
 //! sixth of the lease after it started). If a process dies without
 //! releasing, its permits come back when their leases end: a crashed

@@ -84,7 +84,17 @@ where
                         Err(error) => State::Refused(error),
                     };
                 }
-                State::Ready(_) => return self.inner.poll_ready(cx).map_err(Into::into),
+                State::Ready(_) => {
+                    let ready = self.inner.poll_ready(cx);
+                    if let Poll::Ready(Err(_)) = ready {
+                        // The inner service is broken (tower): the permit
+                        // goes back rather than stay, renewed, with a
+                        // service that may be kept and never called,
+                        // holding up every process sharing the limit.
+                        self.state = State::Idle;
+                    }
+                    return ready.map_err(Into::into);
+                }
                 State::Refused(_) => return Poll::Ready(Ok(())),
             }
         }

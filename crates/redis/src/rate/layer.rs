@@ -390,7 +390,8 @@ impl Shared {
                 Err(RateLimited::new(retry_after).into())
             }
             Err(error) => {
-                self.health.failed(&self.name, self.fallback, &error);
+                self.health
+                    .failed(&self.name, &redis_key, self.fallback, &error);
                 match &self.local {
                     Some(local) => local.admit(key, cost).await,
                     None => Err(error.into()),
