@@ -310,18 +310,31 @@ impl ClientBuilder {
     /// Checks the settings and builds the client.
     ///
     /// # Errors
-    /// A zero limit, body cap or host count, a bad per-host limit, or TLS
-    /// roots that cannot be loaded.
+    /// A zero limit, body cap, timeout or host count, a bad per-host limit,
+    /// or TLS roots that cannot be loaded.
     pub fn build(self) -> Result<Client, Error> {
         if let Some(bad) = &self.bad_user_agent {
             return Err(Error::config(format!(
                 "user_agent {bad:?} is not a valid header value: use visible ASCII and spaces only"
             )));
         }
-        if self.max_response_body == 0 || self.max_hosts == 0 {
+        if self.max_response_body == 0 || self.max_request_body == 0 || self.max_hosts == 0 {
             return Err(Error::config(
-                "max_response_body and max_hosts must be at least 1",
+                "max_response_body, max_request_body and max_hosts must be at least 1 \
+                 (a request without a body passes any max_request_body)",
             ));
+        }
+        // A zero timeout fails every request ("no complete response within
+        // 0 ms"); `None` is how to say "no limit".
+        for (name, timeout) in [
+            ("timeout", self.timeout),
+            ("connect_timeout", self.connect_timeout),
+        ] {
+            if timeout == Some(Duration::ZERO) {
+                return Err(Error::config(format!(
+                    "{name} must be more than zero: use None for no limit"
+                )));
+            }
         }
         let mut limits = KeyedLimitLayer::builder(self.host_default).max_keys(self.max_hosts);
         for (host, limit) in &self.host_limits {

@@ -287,13 +287,32 @@ impl fmt::Display for Error {
             // so the root of the chain (the refused address, the OS error) is
             // named as well.
             _ => {
-                write!(f, "{}: {source}", self.describe())?;
+                // A refusal's own message names the host, the address and
+                // why; repeating "refused by the guard" above it says nothing.
+                if self.kind == Kind::RefusedAddress {
+                    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&**source);
+                    while let Some(e) = next {
+                        if let Some(refused) = e.downcast_ref::<RefusedAddress>() {
+                            return write!(f, "{refused}");
+                        }
+                        next = e.source();
+                    }
+                }
+                // A source that already starts with the kind (core's
+                // `ConfigError` says "invalid configuration: ...") is not
+                // prefixed twice.
+                let text = source.to_string();
+                if text.starts_with(self.describe()) {
+                    f.write_str(&text)?;
+                } else {
+                    write!(f, "{}: {text}", self.describe())?;
+                }
                 let mut root: &(dyn std::error::Error + 'static) = &**source;
                 while let Some(next) = root.source() {
                     root = next;
                 }
                 let root = root.to_string();
-                if !source.to_string().contains(&root) {
+                if !text.contains(&root) {
                     write!(f, ": {root}")?;
                 }
                 Ok(())

@@ -43,6 +43,14 @@ async fn guard_refusals_and_bad_ports_are_the_callers_mistake() {
         .unwrap_err();
     assert!(err.is_refused_address(), "{err}");
     assert_eq!(outcomes(&err), (Outcome::Overload, Outcome::CallerError));
+    // The refusal's own message, once: it read "address refused by the
+    // guard: client error (Connect): address guard refused ...".
+    let text = err.to_string();
+    assert!(
+        text.starts_with("address guard refused inside.test (127.0.0.1)"),
+        "{text}"
+    );
+    assert_eq!(text.matches("refused").count(), 1, "{text}");
 
     let err = client.get("http://inside.test:99999/").await.unwrap_err();
     assert!(err.is_invalid_request(), "{err}");

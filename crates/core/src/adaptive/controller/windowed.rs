@@ -119,6 +119,12 @@ impl WindowedBuilder {
                 "windowed: window must hold at least 1 answer",
             ));
         }
+        if self.step_up == 0 || self.step_down == 0 {
+            return Err(ConfigError::new(
+                "windowed: both steps must be at least 1 (a zero increase never raises the \
+                 limit, a zero decrease never lowers it on errors or latency)",
+            ));
+        }
         if self.fast > self.slow {
             return Err(ConfigError::new(
                 "windowed: the fast latency must not be above the slow one",
@@ -183,6 +189,21 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::super::test_support::*;
     use super::*;
+
+    /// `steps(2, 0)` was accepted and then never lowered the limit, on any
+    /// error rate or latency (the other controllers refuse a backoff that
+    /// cannot lower theirs).
+    #[test]
+    fn zero_steps_are_refused_when_built() {
+        for (up, down) in [(2, 0), (0, 3), (0, 0)] {
+            let err = WindowedController::builder()
+                .steps(up, down)
+                .build()
+                .unwrap_err();
+            assert!(err.to_string().contains("steps"), "{err}");
+        }
+        assert!(WindowedController::builder().steps(1, 1).build().is_ok());
+    }
 
     #[test]
     fn preset_steps() {
