@@ -325,3 +325,35 @@ async fn an_inner_ready_error_gives_the_redis_permit_back() {
     }
     drop(broken);
 }
+
+/// Failing open, a caller that began waiting for the local share during an
+/// outage waited for a local permit after Redis came back, for as long as
+/// the local calls lasted (here for ever), while new callers went straight
+/// to Redis, which had room. It asks Redis again as it waits now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_waiting_on_the_local_share_goes_to_redis_once_it_is_back() {
+    let mut redis = RedisServer::start();
+    let store = support::outage_store(&redis);
+    // A local share of 1 out of 4.
+    let limit = RedisConcurrencyLimitLayer::builder(store, "back-from-local", 4)
+        .lease(Duration::from_secs(3))
+        .fail_open(0.25)
+        .build()
+        .unwrap();
+    redis.kill();
+
+    // The only local permit, held by a call that never ends.
+    let mut holder = limit.layer(support::never_ends());
+    holder.ready().await.unwrap();
+    let _held = holder.call(());
+    let waiter = tokio::spawn(limit.layer(echo_unit()).oneshot(()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "the local share holds 1");
+
+    redis.restart();
+    tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("still waiting for the local permit 10 s after Redis came back")
+        .unwrap()
+        .unwrap();
+}

@@ -2,6 +2,7 @@ use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -299,49 +300,104 @@ impl Shared {
     /// unavailable and the layer fails open.
     pub(super) async fn acquire(self: Arc<Self>) -> Result<Permit, BoxError> {
         loop {
-            let pending = Pending::new(self.clone(), self.next_holder());
-            let decision = self
-                .store
-                .acquire(&self.key, self.limit, self.lease_ms, pending.holder())
-                .await;
-            match decision {
-                Ok((true, held)) => {
-                    self.health.reached(&self.name);
-                    tracing::trace!(key = %self.name, in_flight = held, limit = self.limit, "permit taken");
-                    return Ok(pending.into_permit());
-                }
-                Ok((false, held)) => {
-                    self.health.reached(&self.name);
-                    pending.forget();
+            match self.ask().await {
+                Ok(Ok(permit)) => return Ok(permit),
+                Ok(Err(held)) => {
                     if self.fail_fast {
                         tracing::debug!(key = %self.name, in_flight = held, limit = self.limit, "concurrency limit reached; shed");
                         return Err(Overloaded::new().into());
                     }
                     tracing::trace!(key = %self.name, in_flight = held, "waiting for a permit");
-                    tokio::time::sleep(self.retry_wait()).await;
                 }
                 Err(error) => {
-                    if error.was_skipped() || error.is_config() {
-                        // Nothing was sent: nothing to take back.
-                        pending.forget();
-                    } else {
-                        // Dropped armed: if Redis added us before the answer
-                        // was lost, the holder is removed (or expires).
-                        drop(pending);
-                    }
                     self.health
                         .failed(&self.name, &self.key, self.fallback, &error);
-                    return match &self.local {
-                        None => Err(error.into()),
-                        Some(local) if self.fail_fast => match local.clone().try_acquire_owned() {
-                            Ok(permit) => Ok(Permit::Local(permit)),
-                            Err(_) => Err(Overloaded::new().into()),
-                        },
-                        Some(local) => match local.clone().acquire_owned().await {
-                            Ok(permit) => Ok(Permit::Local(permit)),
-                            Err(_) => Err(Overloaded::new().into()),
-                        },
-                    };
+                    match &self.local {
+                        None => return Err(error.into()),
+                        Some(local) if self.fail_fast => {
+                            return match local.clone().try_acquire_owned() {
+                                Ok(permit) => Ok(Permit::Local(permit)),
+                                Err(_) => Err(Overloaded::new().into()),
+                            };
+                        }
+                        Some(local) => {
+                            if let Some(permit) = self.wait_locally(local).await? {
+                                return Ok(permit);
+                            }
+                            // Redis is back, and full: wait for it there.
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(self.retry_wait()).await;
+        }
+    }
+
+    /// One attempt on Redis: the permit, or the holders counted when full.
+    async fn ask(self: &Arc<Self>) -> Result<Result<Permit, u64>, Error> {
+        let pending = Pending::new(self.clone(), self.next_holder());
+        let decision = self
+            .store
+            .acquire(&self.key, self.limit, self.lease_ms, pending.holder())
+            .await;
+        match decision {
+            Ok((true, held)) => {
+                self.health.reached(&self.name);
+                tracing::trace!(key = %self.name, in_flight = held, limit = self.limit, "permit taken");
+                Ok(Ok(pending.into_permit()))
+            }
+            Ok((false, held)) => {
+                self.health.reached(&self.name);
+                pending.forget();
+                Ok(Err(held))
+            }
+            Err(error) => {
+                if error.was_skipped() || error.is_config() {
+                    // Nothing was sent: nothing to take back.
+                    pending.forget();
+                } else {
+                    // Dropped armed: if Redis added us before the answer
+                    // was lost, the holder is removed (or expires).
+                    drop(pending);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Failing open, waits for a permit of the local share, and asks Redis
+    /// again every retry interval meanwhile (the store answers at once
+    /// while Redis is known down). A caller that began waiting during an
+    /// outage otherwise waited for a local permit after Redis came back,
+    /// as long as the local calls lasted, while new callers went to Redis.
+    /// `None`: Redis is back, and full.
+    async fn wait_locally(
+        self: &Arc<Self>,
+        local: &Arc<Semaphore>,
+    ) -> Result<Option<Permit>, BoxError> {
+        // Kept across the attempts on Redis, so the caller keeps its place
+        // in the local queue.
+        let mut local_wait = std::pin::pin!(local.clone().acquire_owned());
+        loop {
+            let mut retry = std::pin::pin!(tokio::time::sleep(self.retry_wait()));
+            let local_permit = std::future::poll_fn(|cx| {
+                if let Poll::Ready(permit) = local_wait.as_mut().poll(cx) {
+                    return Poll::Ready(Some(permit));
+                }
+                retry.as_mut().poll(cx).map(|()| None)
+            })
+            .await;
+            if let Some(permit) = local_permit {
+                return match permit {
+                    Ok(permit) => Ok(Some(Permit::Local(permit))),
+                    Err(_) => Err(Overloaded::new().into()),
+                };
+            }
+            match self.ask().await {
+                Ok(Ok(permit)) => return Ok(Some(permit)),
+                Ok(Err(_)) => return Ok(None),
+                Err(error) => {
+                    tracing::trace!(key = %self.name, %error, "redis still unavailable; waiting for a local permit");
                 }
             }
         }

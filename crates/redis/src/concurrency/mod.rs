@@ -37,7 +37,9 @@
 //! refuses with [`Error`](crate::Error) (`is_unavailable()`);
 //! [`fail_open`](RedisConcurrencyLimitBuilder::fail_open) takes a permit
 //! from a local semaphore holding a share of the limit, and logs a warning
-//! once per outage. Calls admitted locally during an outage are not
+//! once per outage. A caller waiting for a local permit asks Redis again
+//! every retry interval, and takes a permit there once Redis is back.
+//! Calls admitted locally during an outage are not
 //! counted on Redis when it comes back, so the sum may briefly run over
 //! the limit by the local shares.
 //!
