@@ -42,7 +42,9 @@ pub(crate) struct PageInput {
     batch_id: String,
     /// The first result to return (the `next_offset` of the previous page).
     offset: usize,
-    /// How many results to return (at most 100; 10 by default).
+    /// How many results to return: 1 to 100 (a value outside is taken to
+    /// the nearest), 10 by default.
+    #[schemars(range(min = 1, max = 100))]
     limit: Option<usize>,
 }
 
@@ -218,4 +220,20 @@ pub(crate) async fn serve(fetcher: Fetcher, max_items: usize) -> anyhow::Result<
         .await?;
     server.waiting().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The page size is taken to 1..=100; the schema an agent reads said
+    /// any number (0 gave one result, 500 gave 100).
+    #[test]
+    fn the_page_limit_schema_states_its_range() {
+        let schema = serde_json::to_value(schemars::schema_for!(PageInput)).unwrap();
+        let limit = &schema["properties"]["limit"];
+        assert_eq!(limit["minimum"], 1, "{limit}");
+        assert_eq!(limit["maximum"], 100, "{limit}");
+    }
 }
