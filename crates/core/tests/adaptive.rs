@@ -391,6 +391,15 @@ impl tracing::Subscriber for Capture {
 async fn every_change_is_a_tracing_event() {
     let capture = Capture::default();
     let _guard = tracing::subscriber::set_default(capture.clone());
+    // tracing caches a callsite's interest process-wide when the callsite is
+    // first hit, and while only one dispatcher is registered it asks the
+    // hitting thread's own default. Another test of this binary reaching the
+    // limit change event first, on a thread with no subscriber, cached
+    // "never" and the event below never reached `capture` (1 run in ~500 of
+    // this binary under load). A second registered dispatcher, held for the
+    // test, rebuilds what is cached and makes tracing ask the registered
+    // dispatchers (both interested) from then on, whichever thread hits it.
+    let _anchor = tracing::Dispatch::new(Capture::default());
     let layer = AdaptiveLimitLayer::new(aimd(10));
     let svc = ServiceBuilder::new()
         .layer(layer)
