@@ -251,7 +251,8 @@ where
     /// arrives and the map is full, the least recently used idle key is
     /// forgotten; a key with calls in flight, waiters, or a bucket still
     /// refilling is never forgotten. With no idle key, the call fails with
-    /// [`TooManyKeys`](super::TooManyKeys).
+    /// [`TooManyKeys`](super::TooManyKeys). A key without any limit is not
+    /// tracked, so it takes no room and is never refused.
     pub fn max_keys(mut self, max_keys: usize) -> Self {
         self.max_keys = max_keys;
         self
@@ -372,7 +373,8 @@ impl<K> fmt::Debug for KeyedLimitHandle<K> {
 }
 
 impl<K: Hash + Eq + Clone> KeyedLimitHandle<K> {
-    /// Keys tracked right now (at most `max_keys`).
+    /// Keys tracked right now (at most `max_keys`; a key without any limit
+    /// is never tracked).
     pub fn keys(&self) -> usize {
         self.keys.len()
     }

@@ -19,6 +19,13 @@ pub(super) struct Resolved {
     pub(super) rate: Option<(u32, Duration, u32)>,
 }
 
+impl Resolved {
+    /// Neither a concurrency limit nor a rate: nothing to keep for the key.
+    fn is_unlimited(&self) -> bool {
+        self.concurrency.is_none() && self.rate.is_none()
+    }
+}
+
 /// One key's limits.
 #[derive(Debug)]
 pub(super) struct KeyState {
@@ -36,6 +43,9 @@ pub(super) struct Keys<K> {
     map: Mutex<HashMap<K, Arc<KeyState>>>,
     default: Resolved,
     overrides: HashMap<K, Resolved>,
+    /// The state every key without limits shares: it has no permits and no
+    /// bucket, so it is kept out of the map and takes none of its room.
+    unlimited: Arc<KeyState>,
     max_keys: usize,
     pub(super) fail_fast: bool,
     // A logical clock for least-recently-used order: cheaper than reading time.
@@ -54,6 +64,12 @@ impl<K: Hash + Eq + Clone> Keys<K> {
             map: Mutex::new(HashMap::new()),
             default,
             overrides,
+            unlimited: Arc::new(KeyState {
+                semaphore: None,
+                bucket: None,
+                awaiting_token: AtomicUsize::new(0),
+                last_used: AtomicU64::new(0),
+            }),
             max_keys,
             fail_fast,
             tick: AtomicU64::new(0),
@@ -80,21 +96,34 @@ impl<K: Hash + Eq + Clone> Keys<K> {
 
     /// The state of `key`, created (and an idle key evicted) if needed. A
     /// borrowed key is turned into an owned one only when it is inserted.
+    ///
+    /// A key without limits gets the shared unlimited state and is not
+    /// tracked: it needs no room, so it is never refused for want of it,
+    /// and takes none from keys that have limits. With an unlimited default
+    /// such a key is told apart without the map's lock (a look-up in the
+    /// overrides, none when there are none).
     pub(super) fn get<Q>(&self, key: Cow<'_, Q>) -> Result<Arc<KeyState>, TooManyKeys>
     where
         K: Borrow<Q>,
         Q: ?Sized + Hash + Eq + ToOwned<Owned = K>,
     {
+        if self.default.is_unlimited() && !self.overrides.contains_key(&*key) {
+            return Ok(self.unlimited.clone());
+        }
         let tick = self.tick.fetch_add(1, Ordering::Relaxed);
         let mut map = self.lock();
         if let Some(state) = map.get(&*key) {
             state.last_used.store(tick, Ordering::Relaxed);
             return Ok(state.clone());
         }
+        let limit = self.limit_of(&*key);
+        if limit.is_unlimited() {
+            // An override without limits, under a limited default.
+            return Ok(self.unlimited.clone());
+        }
         if map.len() >= self.max_keys && !self.evict_one(&mut map) {
             return Err(TooManyKeys::new(self.max_keys));
         }
-        let limit = self.limit_of(&*key);
         let state = Arc::new(KeyState {
             semaphore: limit.concurrency.map(|n| Arc::new(Semaphore::new(n))),
             bucket: limit

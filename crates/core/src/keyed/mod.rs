@@ -15,7 +15,9 @@
 //! recently used *idle* key is forgotten (no call waiting or in flight, its
 //! bucket full again), so the map cannot grow without end and forgetting a
 //! key never loosens its limit. If every key is busy, the call fails with
-//! [`TooManyKeys`].
+//! [`TooManyKeys`]. A key without any limit (no concurrency, no rate: the
+//! default [`KeyLimit::new`], or such an override) has nothing to keep, so
+//! it is not tracked: it takes no room in the map and is never refused.
 //!
 //! # Where it goes
 //! The key is known only with the request, so `poll_ready` is always ready
