@@ -194,10 +194,10 @@ impl ClientBuilder {
     /// A limit for one host, by URI authority: `"api.github.com"`, or
     /// `"host:8443"` when URIs carry a port other than their scheme's
     /// default (`https://api.github.com:443/` and `https://api.github.com./`
-    /// count against `"api.github.com"`).
+    /// count against `"api.github.com"`). Written in any case, and with or
+    /// without a fully qualified name's trailing dot.
     pub fn host_limit(mut self, authority: impl Into<String>, limit: KeyLimit) -> Self {
-        self.host_limits
-            .push((authority.into().to_ascii_lowercase(), limit));
+        self.host_limits.push((host_key(authority.into()), limit));
         self
     }
 
@@ -407,6 +407,22 @@ impl ClientBuilder {
             }),
         })
     }
+}
+
+/// An override's authority keyed as [`AuthorityKey`] keys requests: in lower
+/// case and without the host's trailing dot (`"API.example.com.:8443"` is
+/// `"api.example.com:8443"`), which no request's key keeps.
+fn host_key(authority: String) -> String {
+    let mut key = authority.to_ascii_lowercase();
+    // The port starts at the last `:` outside an IPv6 literal (`[::1]`).
+    let host_end = match key.rfind([':', ']']) {
+        Some(i) if key.as_bytes()[i] == b':' => i,
+        _ => key.len(),
+    };
+    if host_end > 1 && key[..host_end].ends_with('.') {
+        key.remove(host_end - 1);
+    }
+    key
 }
 
 /// One attempt: send, decompress, read the body up to the cap, all within the timeout.
