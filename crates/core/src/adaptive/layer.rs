@@ -354,14 +354,21 @@ impl Shared {
         }
         // Admitted, not started: a call that waited for its pacing slot
         // across a decrease was let in by the old limit.
-        if outcome == Outcome::Overload && state.last_decrease.is_some_and(|at| admitted <= at) {
-            return;
-        }
+        let stale =
+            outcome == Outcome::Overload && state.last_decrease.is_some_and(|at| admitted <= at);
+        // A spent quota is spent however old the call that says so: its
+        // long `Retry-After` holds new calls even when its episode was
+        // already answered by a decrease (the new calls went out into the
+        // spent quota, each to be refused).
         if outcome == Outcome::Overload
             && let Some(wait) = retry_after
+            && (!stale || Self::is_long(&state, rtt, wait))
             && self.retry_after(&mut state, now, rtt, wait)
         {
             self.set_pace(&state, now);
+            return;
+        }
+        if stale {
             return;
         }
         let sample = Sample {
@@ -429,7 +436,7 @@ impl Shared {
                 "retry-after: pacing admissions"
             );
         }
-        if wait > (srtt * LONG_RETRY_AFTER_RTTS).max(LONG_RETRY_AFTER_MIN) {
+        if Self::is_long(state, rtt, wait) {
             let cap = Duration::from_millis(self.max_hold_ms.load(Ordering::Relaxed));
             let until = now + wait.min(cap);
             state.hold_until = Some(until);
@@ -443,6 +450,14 @@ impl Shared {
             return true;
         }
         newly_paced
+    }
+
+    /// Whether a `Retry-After` marks a quota spent: more than four RTTs
+    /// (the moving average, or this call's before any success) and more
+    /// than 1 s.
+    fn is_long(state: &State, rtt: Duration, wait: Duration) -> bool {
+        let srtt = state.rtt.unwrap_or(rtt);
+        wait > (srtt * LONG_RETRY_AFTER_RTTS).max(LONG_RETRY_AFTER_MIN)
     }
 
     /// Sets the pacing interval from the limit and the lowest RTT, or clears it.

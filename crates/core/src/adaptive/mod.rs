@@ -44,7 +44,9 @@
 //!   congestion: no new call goes out until the wait is over (at most
 //!   [`max_hold`](AdaptiveLimitLayer::max_hold)), since each would only be
 //!   refused, and the limit is neither lowered nor moved meanwhile, so it
-//!   neither collapses to its minimum nor freezes for good.
+//!   neither collapses to its minimum nor freezes for good. This holds for
+//!   the answer of a call admitted before the last decrease too: that
+//!   episode is answered, but the quota is spent all the same.
 //! - A call's latency is the downstream's, not the waits of the caller's own
 //!   limits below (the client preset's configured per-host gates): a
 //!   response carrying a [`DeliberateWait`](crate::DeliberateWait) gives

@@ -22,21 +22,23 @@ use crate::error::ConfigError;
 /// - **Latency**: each round (at least one RTT and thirty successes, or as
 ///   many as the limit) compares the round's median RTT with the baseline:
 ///   the lowest, over the last 128 rounds, of the median pooled over eight
-///   rounds (and at least 20 answers). Medians, because LLM-like latency has heavy tails that would
-///   swing a mean; pooled, because the minimum of many small-sample medians
-///   sits far below the typical one. A median above `tolerance` × baseline
+///   rounds (and over more while those hold fewer than 20 answers).
+///   Medians, because LLM-like latency has heavy tails that would swing a
+///   mean; pooled, because the minimum of many small-sample medians sits
+///   far below the typical one. A median above `tolerance` × baseline
 ///   (default 1.25, widened up to 3 when the RTTs inside a round are spread
 ///   wide) cuts by threshold·baseline/median, at most halving. A cut that
 ///   ends slow start, or comes the round after it ended, halves: the last
 ///   doubling overshot the knee, and the first answers under a new limit
 ///   are the quick ones, so the gradient would cut too little.
-/// - **Growth**, if the limit was in use: ×2 per round during slow start
-///   (until the first signal); then, like TCP CUBIC, back quickly towards
-///   the capacity last seen (half the gap per round), slowly around it
-///   (+2 % per round, at least a quarter call, within 2 % or one call of
-///   it), and past it a probe whose step doubles every round (4 %, 8 %,
-///   16 %, then 32 %): a capacity that doubled is found in about six round
-///   trips while a steady one is overrun rarely and by little. Once the
+/// - **Growth**, if the limit was in use and some of the round's calls
+///   succeeded (a round of failures alone is no sign of room): ×2 per round
+///   during slow start (until the first signal); then, like TCP CUBIC, back
+///   quickly towards the capacity last seen (half the gap per round), slowly
+///   around it (+2 % per round, at least a quarter call, within 2 % or one
+///   call of it), and past it a probe whose step doubles every round (4 %,
+///   8 %, 16 %, then 32 %): a capacity that doubled is found in about six
+///   round trips while a steady one is overrun rarely and by little. Once the
 ///   median RTT is half way to the threshold, slow start ends and probing
 ///   starts over from 4 %: the knee is near. Slow start reads only the
 ///   answers of calls made under the limit it doubled to (it waits for a
@@ -76,7 +78,8 @@ pub struct GradientController {
     rate_capped: bool,
     episodes: Episodes,
     short: Option<Duration>,
-    /// The last rounds' RTTs, pooled for a low-noise median.
+    /// The last rounds' RTTs, pooled for a low-noise median: eight rounds,
+    /// or as many as hold `MIN_POOLED` answers.
     pool: VecDeque<Vec<Duration>>,
     /// Pooled medians: the baseline is their minimum.
     pooled: VecDeque<Duration>,
@@ -160,7 +163,20 @@ impl GradientController {
         if q1 > 0.0 {
             super::push_capped(&mut self.noise, (q3 / q1).ln() / 1.349, NOISE_ROUNDS);
         }
-        super::push_capped(&mut self.pool, round.rtts.clone(), POOL_ROUNDS);
+        // The last eight rounds, and more while those hold fewer than
+        // MIN_POOLED answers: at a limit of one or two a round holds an
+        // answer or two, eight such rounds never made a pooled median, and
+        // the baseline stayed where it was for good (a downstream that got
+        // slower for good kept the limit at its minimum).
+        self.pool.push_back(round.rtts.clone());
+        let mut answers: usize = self.pool.iter().map(Vec::len).sum();
+        while self.pool.len() > POOL_ROUNDS
+            && let Some(oldest) = self.pool.front()
+            && answers - oldest.len() >= MIN_POOLED
+        {
+            answers -= oldest.len();
+            self.pool.pop_front();
+        }
         let mut all: Vec<Duration> = self.pool.iter().flatten().copied().collect();
         all.sort_unstable();
         // A median of a handful of heavy-tailed answers can sit far below
@@ -214,7 +230,7 @@ impl GradientController {
             rate_capped: false,
             episodes: Episodes::default(),
             short: None,
-            pool: VecDeque::with_capacity(POOL_ROUNDS),
+            pool: VecDeque::with_capacity(POOL_ROUNDS + 1),
             pooled: VecDeque::with_capacity(HISTORY),
             noise: VecDeque::with_capacity(NOISE_ROUNDS),
         }
@@ -312,6 +328,10 @@ impl GradientController {
                 self.limit = self.bounds.clamp((self.limit * 0.9).max(ceiling));
                 return change(old, self.limit, "idle");
             }
+            return None;
+        }
+        if round.successes == 0 {
+            // Nothing but failures (500s): no evidence the limit has room.
             return None;
         }
         if self.slow_start {

@@ -250,6 +250,8 @@ pub(crate) struct RoundSummary {
     pub(crate) saturated: bool,
     /// The most calls in flight any of the round's calls started with.
     pub(crate) max_in_flight: usize,
+    /// How many of the round's calls succeeded (stale ones included).
+    pub(crate) successes: usize,
     /// The round's success RTTs, sorted.
     pub(crate) rtts: Vec<Duration>,
     /// The median RTT of the successes of calls started since the limit
@@ -324,6 +326,7 @@ impl Round {
             median: self.rtts.get(self.rtts.len() / 2).copied(),
             saturated: self.saturated * 2 >= self.samples,
             max_in_flight: self.max_in_flight,
+            successes: self.successes,
             rtts: std::mem::take(&mut self.rtts),
             fresh_median: self.fresh.rtts.get(self.fresh.rtts.len() / 2).copied(),
             fresh_successes: self.fresh.successes,
@@ -383,7 +386,10 @@ impl Episodes {
     /// Other samples go into the round (`length` is the RTT estimate, see
     /// [`Round::push`]), which calls for a decision when it is over, after
     /// at least `min_fresh` successes of calls started since the limit last
-    /// moved.
+    /// moved. A caller error calls for nothing and goes into no round: it
+    /// says nothing about the load, so it neither raises nor lowers the
+    /// limit (a round of 404s alone ended on time and, its calls having
+    /// kept the limit in use, doubled it in slow start).
     pub(crate) fn push(
         &mut self,
         sample: &Sample,
@@ -392,6 +398,9 @@ impl Episodes {
         limit: f64,
         min_fresh: usize,
     ) -> Option<Step> {
+        if sample.outcome == Outcome::CallerError {
+            return None;
+        }
         let started = now.checked_sub(sample.rtt);
         let before = |at: Option<Instant>| at.is_some_and(|at| started.is_none_or(|s| s <= at));
         let stale = before(self.last_decrease);

@@ -13,12 +13,13 @@ use crate::error::ConfigError;
 
 /// Estimates the calls queued at the downstream as
 /// `limit × (1 − baseline / rtt)` once per round trip and keeps it between
-/// α = 3·log10(limit) and β = 6·log10(limit) (Netflix concurrency-limits'
-/// Vegas): below α it grows by log10(limit) (by β, at most a tenth of the
-/// limit, when nothing queues),
-/// above β it steps back to the middle of the band (at most halving);
-/// overload cuts by ×0.9 or to the concurrency delivered. Slow start
-/// doubles until the first signal.
+/// α = 3·log10(limit) and β = 6·log10(limit), the logarithm taken as at
+/// least 1 (α = 3 and β = 6 up to a limit of 10; Netflix
+/// concurrency-limits' Vegas): below α it grows by log10(limit) (by β, at
+/// most a tenth of the limit, when nothing queues), above β it steps back
+/// to the middle of the band (at most halving); overload cuts by ×0.9 and
+/// at least one call (to half, the last limit without overload, when it
+/// ends slow start). Slow start doubles until the first signal.
 ///
 /// Like TCP Vegas it reacts before the downstream refuses anything, so it
 /// suits servers that queue; its queue estimate is noisy under heavy-tailed
