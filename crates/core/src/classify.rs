@@ -61,9 +61,11 @@ pub trait Classify<Res> {
     /// How long the downstream asked us to wait (a `Retry-After`), if it said so.
     ///
     /// An overload that comes with a long wait is a quota, not congestion:
-    /// the adaptive limit lowers itself once and then holds still until the
-    /// wait is over, instead of collapsing to its minimum. Asked only of
-    /// responses classified [`Outcome::Overload`]. The default says nothing.
+    /// the adaptive limit sends no new call until the wait is over and
+    /// leaves its limit where it is, instead of collapsing to its minimum; a
+    /// short one turns pacing on (the [adaptive module](crate::adaptive)'s
+    /// rules). Asked only of responses classified [`Outcome::Overload`]. The
+    /// default says nothing.
     fn retry_after(&self, response: &Res) -> Option<Duration> {
         let _ = response;
         None
