@@ -1,6 +1,9 @@
 use std::collections::HashMap;
 use std::fmt;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 
 use tokio::task::{Id, JoinSet};
 use tokio::time::Instant;
@@ -31,6 +34,7 @@ where
             requests: self.requests,
             next_index: 0,
             tasks: JoinSet::new(),
+            stopped: Arc::new(AtomicBool::new(false)),
             running: HashMap::new(),
             window: self.window,
             chunked: self.chunked,
@@ -67,6 +71,11 @@ pub struct Completions<S, I, T> {
     requests: I,
     next_index: usize,
     tasks: JoinSet<ItemResult<T>>,
+    /// Set when the stream is dropped, before its tasks are aborted: a task
+    /// polled after that goes no further. The `JoinSet` aborts its tasks one
+    /// at a time while other workers run, so an aborted task's permit could
+    /// wake a sibling not yet aborted, which then sent its request.
+    stopped: Arc<AtomicBool>,
     /// Which item a task runs and since when, to answer for it if it panics.
     running: HashMap<Id, (usize, Instant)>,
     window: usize,
@@ -148,8 +157,17 @@ where
             self.next_index += 1;
             let mut service = self.service.clone();
             let started = Instant::now();
+            let stopped = self.stopped.clone();
             let handle = self.tasks.spawn(async move {
-                let result = call(&mut service, request).await;
+                let mut call = std::pin::pin!(call(&mut service, request));
+                let result = poll_fn(|cx| {
+                    if stopped.load(Ordering::Acquire) {
+                        // The abort that follows drops this task.
+                        return Poll::Pending;
+                    }
+                    call.as_mut().poll(cx)
+                })
+                .await;
                 ItemResult {
                     index,
                     result,
@@ -196,6 +214,13 @@ where
         .await
         .map_err(Into::into)?;
     service.call(request).await.map_err(Into::into)
+}
+
+impl<S, I, T> Drop for Completions<S, I, T> {
+    fn drop(&mut self) {
+        // Before the fields drop (and the `JoinSet` aborts the tasks).
+        self.stopped.store(true, Ordering::Release);
+    }
 }
 
 impl<S, I, T> fmt::Debug for Completions<S, I, T> {
