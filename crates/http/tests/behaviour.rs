@@ -41,6 +41,19 @@ async fn span_names_method_host_and_status_never_the_query() {
         .with_ansi(false)
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
+    // tracing caches a callsite's interest process-wide when it is first
+    // hit, asking the hitting thread's default while one dispatcher is
+    // registered: another test of this binary reaching the span first, on a
+    // thread with no subscriber, could cache "never" (the same race made
+    // core's every_change_is_a_tracing_event fail ~1 run in 500 under load).
+    // A second registered dispatcher, held for the test, rebuilds the cache
+    // and makes tracing ask the registered (interested) dispatchers.
+    let _anchor = tracing::Dispatch::new(
+        tracing_subscriber::fmt()
+            .with_writer(std::io::sink)
+            .with_max_level(tracing::Level::DEBUG)
+            .finish(),
+    );
     let client = Client::builder().build().unwrap();
     let resp = client
         .get(&format!("http://{addr}/v1/items?api_key=s3cret"))
