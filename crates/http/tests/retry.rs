@@ -14,18 +14,11 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use support::{Chunks, counted, respond, serve_on_thread};
-use tokio::time::Instant;
-use tower::{BoxError, Layer, ServiceExt, service_fn};
+use support::{Chunks, counted, respond, serve_on_thread, through_retry};
 use tower_fanout_core::error::RateLimited;
 use tower_fanout_http::retry::RetryLayer;
 
@@ -46,41 +39,10 @@ fn scripted(script: Vec<(u16, Option<String>)>) -> (std::net::SocketAddr, Arc<At
     (addr, hits)
 }
 
-/// Sends one GET through `retry` over a forwarding `service_fn`; returns the
-/// outcome and the paused-clock offset of each attempt.
-async fn run(
-    retry: RetryLayer,
-    addr: std::net::SocketAddr,
-    method: http::Method,
-) -> (Result<Response<Bytes>, BoxError>, Vec<Duration>) {
-    let raw: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let start = Instant::now();
-    let attempts = Arc::new(Mutex::new(Vec::new()));
-    let a = attempts.clone();
-    let forward = service_fn(move |req: Request<Full<Bytes>>| {
-        a.lock().unwrap().push(start.elapsed());
-        let raw = raw.clone();
-        async move {
-            let resp = raw.request(req).await?;
-            let (parts, body) = resp.into_parts();
-            let body = body.collect().await?.to_bytes();
-            Ok::<_, BoxError>(Response::from_parts(parts, body))
-        }
-    });
-    let req = Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}/"))
-        .body(Full::new(Bytes::from_static(b"payload")))
-        .unwrap();
-    let outcome = retry.layer(forward).oneshot(req).await;
-    let attempts = attempts.lock().unwrap().clone();
-    (outcome, attempts)
-}
-
 #[tokio::test(start_paused = true)]
 async fn retry_after_seconds_is_waited_exactly() {
     let (addr, hits) = scripted(vec![(429, Some("2".into()))]);
-    let (outcome, attempts) = run(RetryLayer::default(), addr, http::Method::POST).await;
+    let (outcome, attempts) = through_retry(&RetryLayer::default(), addr, http::Method::POST).await;
     assert_eq!(outcome.unwrap().status(), 200);
     assert_eq!(hits.load(Ordering::SeqCst), 2);
     // Retried after 2 s on the paused clock, not a nanosecond before.
@@ -99,7 +61,7 @@ async fn retry_after_http_date_is_honoured() {
     let at = httpdate::fmt_http_date(before + Duration::from_secs(3));
     let date = httpdate::parse_http_date(&at).unwrap();
     let (addr, _) = scripted(vec![(503, Some(at))]);
-    let (outcome, attempts) = run(RetryLayer::default(), addr, http::Method::POST).await;
+    let (outcome, attempts) = through_retry(&RetryLayer::default(), addr, http::Method::POST).await;
     let after = SystemTime::now();
     assert_eq!(outcome.unwrap().status(), 200);
     assert_eq!(attempts.len(), 2);
@@ -124,7 +86,7 @@ async fn each_retry_waits_what_its_answer_says() {
         (503, Some("4".into())),
         (429, Some("0".into())),
     ]);
-    let (outcome, attempts) = run(RetryLayer::default(), addr, http::Method::GET).await;
+    let (outcome, attempts) = through_retry(&RetryLayer::default(), addr, http::Method::GET).await;
     assert_eq!(outcome.unwrap().status(), 200);
     assert_eq!(hits.load(Ordering::SeqCst), 4);
     let secs = |s| Duration::from_secs(s);
@@ -138,7 +100,7 @@ async fn past_the_cap_returns_rate_limited_at_once() {
         .max_wait(Duration::from_secs(60))
         .build()
         .unwrap();
-    let (outcome, attempts) = run(retry, addr, http::Method::GET).await;
+    let (outcome, attempts) = through_retry(&retry, addr, http::Method::GET).await;
     let err = outcome.unwrap_err();
     assert_eq!(
         err.downcast_ref::<RateLimited>().unwrap().retry_after(),
@@ -156,7 +118,7 @@ async fn backoff_for_502_on_get_only_and_retries_run_out() {
         .backoff(Duration::from_millis(100), Duration::from_secs(1))
         .build()
         .unwrap();
-    let (outcome, attempts) = run(retry.clone(), addr, http::Method::GET).await;
+    let (outcome, attempts) = through_retry(&retry, addr, http::Method::GET).await;
     assert_eq!(
         outcome.unwrap().status(),
         502,
@@ -175,7 +137,7 @@ async fn backoff_for_502_on_get_only_and_retries_run_out() {
     );
 
     let before = hits.load(Ordering::SeqCst);
-    let (outcome, attempts) = run(retry, addr, http::Method::POST).await;
+    let (outcome, attempts) = through_retry(&retry, addr, http::Method::POST).await;
     assert_eq!(outcome.unwrap().status(), 502);
     assert_eq!(attempts.len(), 1, "a POST is not retried on 502");
     assert_eq!(hits.load(Ordering::SeqCst), before + 1);
@@ -189,7 +151,7 @@ async fn the_budget_stops_a_retry_storm() {
     let retry = RetryLayer::builder().budget(1, 0.0).build().unwrap();
     let mut total_attempts = 0;
     for _ in 0..20 {
-        let (_, attempts) = run(retry.clone(), addr, http::Method::GET).await;
+        let (_, attempts) = through_retry(&retry, addr, http::Method::GET).await;
         total_attempts += attempts.len();
     }
     let retries = total_attempts - 20;
@@ -204,7 +166,7 @@ async fn the_budget_stops_a_retry_storm() {
 async fn retry_after_beyond_a_day_is_rate_limited_not_hammered() {
     for after in ["172800", "99999999999999999999"] {
         let (addr, hits) = scripted(vec![(429, Some(after.into()))]);
-        let (outcome, _) = run(RetryLayer::default(), addr, http::Method::GET).await;
+        let (outcome, _) = through_retry(&RetryLayer::default(), addr, http::Method::GET).await;
         let err = outcome.unwrap_err();
         let limited = err
             .downcast_ref::<RateLimited>()

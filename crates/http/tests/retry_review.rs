@@ -11,18 +11,16 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use support::{Chunks, counted, respond, serve_on_thread};
+use http::Request;
+use http_body_util::Full;
+use support::{Chunks, counted, respond, serve_on_thread, through_retry};
 use tokio::time::Instant;
-use tower::{BoxError, Layer, ServiceExt, service_fn};
+use tower::ServiceExt;
 use tower_fanout_http::retry::RetryLayer;
 
 /// A server answering request `n` with `script(n)`: a status and a `Retry-After`.
@@ -42,38 +40,6 @@ fn scripted(
     (serve_on_thread(counting), hits)
 }
 
-/// Sends one request through `retry` over a forwarding `service_fn` (a bare
-/// hyper-util client, no timers); returns the outcome and the paused-clock
-/// offset of each attempt.
-async fn run(
-    retry: &RetryLayer,
-    addr: SocketAddr,
-    method: http::Method,
-) -> (Result<Response<Bytes>, BoxError>, Vec<Duration>) {
-    let raw: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let start = Instant::now();
-    let attempts = Arc::new(Mutex::new(Vec::new()));
-    let a = attempts.clone();
-    let forward = service_fn(move |req: Request<Full<Bytes>>| {
-        a.lock().unwrap().push(start.elapsed());
-        let raw = raw.clone();
-        async move {
-            let resp = raw.request(req).await?;
-            let (parts, body) = resp.into_parts();
-            let body = body.collect().await?.to_bytes();
-            Ok::<_, BoxError>(Response::from_parts(parts, body))
-        }
-    });
-    let req = Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}/"))
-        .body(Full::new(Bytes::from_static(b"payload")))
-        .unwrap();
-    let outcome = retry.layer(forward).oneshot(req).await;
-    let attempts = attempts.lock().unwrap().clone();
-    (outcome, attempts)
-}
-
 /// The budget allows `retry_percent` retries per request, whatever the
 /// ratio. tower's `TpsBudget` withdrew `floor(1 / ratio)` deposits a retry,
 /// so 0.6 allowed a retry for every request (100 % in a storm) and 0.35
@@ -90,7 +56,7 @@ async fn the_budget_keeps_the_configured_ratio_in_a_storm() {
             .unwrap();
         let before = hits.load(Ordering::SeqCst);
         for _ in 0..100 {
-            let (outcome, _) = run(&retry, addr, http::Method::GET).await;
+            let (outcome, _) = through_retry(&retry, addr, http::Method::GET).await;
             assert_eq!(outcome.unwrap().status(), 503);
         }
         let retries = hits.load(Ordering::SeqCst) - before - 100;
@@ -113,7 +79,7 @@ async fn a_fractional_retry_after_is_waited_not_hammered() {
             (200, None)
         }
     });
-    let (outcome, attempts) = run(&RetryLayer::default(), addr, http::Method::POST).await;
+    let (outcome, attempts) = through_retry(&RetryLayer::default(), addr, http::Method::POST).await;
     assert_eq!(outcome.unwrap().status(), 200);
     assert_eq!(hits.load(Ordering::SeqCst), 2);
     assert_eq!(attempts, [Duration::ZERO, Duration::from_millis(1500)]);

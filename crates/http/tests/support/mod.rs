@@ -269,3 +269,55 @@ pub(crate) fn test_tls_config() -> rustls::ClientConfig {
         .with_root_certificates(roots)
         .with_no_client_auth()
 }
+
+/// Sends one request (body `payload`) to `addr` through `retry` over a
+/// forwarding `service_fn` (a bare hyper-util client: no timers of its own);
+/// returns the outcome and the paused-clock offset of each attempt.
+/// (Generic over the layer because this module is also built inside the
+/// crate, where the crate is not `tower_fanout_http`.)
+pub(crate) async fn through_retry<L, S>(
+    retry: &L,
+    addr: SocketAddr,
+    method: http::Method,
+) -> (Result<Response<Bytes>, tower::BoxError>, Vec<Duration>)
+where
+    L: tower::Layer<RawForward, Service = S>,
+    S: tower::Service<Request<http_body_util::Full<Bytes>>, Response = Response<Bytes>>,
+    S::Error: Into<tower::BoxError>,
+{
+    use http_body_util::{BodyExt, Full};
+    use tower::ServiceExt;
+
+    let raw: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let start = tokio::time::Instant::now();
+    let attempts = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let a = attempts.clone();
+    let forward =
+        tower::util::BoxCloneService::new(tower::service_fn(move |req: Request<Full<Bytes>>| {
+            a.lock().unwrap().push(start.elapsed());
+            let raw = raw.clone();
+            async move {
+                let resp = raw.request(req).await?;
+                let (parts, body) = resp.into_parts();
+                let body = body.collect().await?.to_bytes();
+                Ok::<_, tower::BoxError>(Response::from_parts(parts, body))
+            }
+        }));
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}/"))
+        .body(Full::new(Bytes::from_static(b"payload")))
+        .unwrap();
+    let outcome = retry.layer(forward).oneshot(req).await.map_err(Into::into);
+    let attempts = attempts.lock().unwrap().clone();
+    (outcome, attempts)
+}
+
+/// The service [`through_retry`] puts under the layer: a bare hyper-util
+/// client that reads each body whole.
+pub(crate) type RawForward = tower::util::BoxCloneService<
+    Request<http_body_util::Full<Bytes>>,
+    Response<Bytes>,
+    tower::BoxError,
+>;
