@@ -5,42 +5,14 @@
 
 mod support;
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{Chunks, Handler, handler, respond, serve, table_resolver};
-use tokio::net::TcpListener;
+use support::{Chunks, handler, respond, serve, serve_counting, table_resolver};
 use tokio::sync::{Barrier, Semaphore};
 use tower_fanout_core::keyed::KeyLimit;
 use tower_fanout_http::Client;
-
-/// Serves `handler` on a fresh 127.0.0.1 port, counting the connections it accepts.
-async fn serve_counting(handler: Handler) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            let handler = handler.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let handler = handler.clone();
-                    async move { Ok::<_, Infallible>(handler(req).await) }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, accepted)
-}
 
 /// With no limit for hosts by default (as `fanout demo` configures it) and
 /// room for one tracked host, as many hosts as like go out at once: a host

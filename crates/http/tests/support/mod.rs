@@ -124,10 +124,16 @@ where
 
 /// Serves `handler` on a fresh 127.0.0.1 port (HTTP/1 and HTTP/2) on the current runtime.
 pub(crate) async fn serve(handler: Handler) -> SocketAddr {
+    serve_counting(handler).await.0
+}
+
+/// [`serve`], counting the connections the server accepts.
+pub(crate) async fn serve_counting(handler: Handler) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(accept_loop(listener, handler));
-    addr
+    let accepted = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(accept_loop(listener, handler, accepted.clone()));
+    (addr, accepted)
 }
 
 /// Serves `handler` from its own thread and runtime, on the real clock, so a
@@ -162,11 +168,12 @@ where
     rx.recv().unwrap()
 }
 
-async fn accept_loop(listener: TcpListener, handler: Handler) {
+async fn accept_loop(listener: TcpListener, handler: Handler, accepted: Arc<AtomicUsize>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             return;
         };
+        accepted.fetch_add(1, Ordering::SeqCst);
         let handler = handler.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
