@@ -2,10 +2,12 @@
 #![cfg(feature = "keyed")]
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
+mod support;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use support::Meter;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_test::{assert_pending, assert_ready};
@@ -28,25 +30,6 @@ fn one_a_second(concurrency: usize) -> KeyLimit {
         .concurrency(concurrency)
         .rate(1, Duration::from_secs(1))
         .burst(1)
-}
-
-/// Tracks calls in flight and the peak, per host.
-#[derive(Clone, Default)]
-struct Meter(Arc<Mutex<HashMap<String, (usize, usize)>>>);
-
-impl Meter {
-    fn enter(&self, host: &str) {
-        let mut m = self.0.lock().unwrap();
-        let e = m.entry(host.to_string()).or_default();
-        e.0 += 1;
-        e.1 = e.1.max(e.0);
-    }
-    fn leave(&self, host: &str) {
-        self.0.lock().unwrap().get_mut(host).unwrap().0 -= 1;
-    }
-    fn peak(&self, host: &str) -> usize {
-        self.0.lock().unwrap().get(host).map_or(0, |e| e.1)
-    }
 }
 
 /// A backend where each call takes 100 ms.

@@ -6,11 +6,13 @@
 #![cfg(feature = "keyed")]
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
+mod support;
+
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use support::Meter;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_test::{assert_pending, assert_ready};
@@ -28,25 +30,6 @@ fn get(host: &str) -> Req {
 
 fn key(host: &str) -> String {
     host.to_string()
-}
-
-/// Calls in flight per host, and the peak of each.
-#[derive(Clone, Default)]
-struct Meter(Arc<Mutex<HashMap<String, (usize, usize)>>>);
-
-impl Meter {
-    fn enter(&self, host: &str) {
-        let mut m = self.0.lock().unwrap();
-        let e = m.entry(host.to_string()).or_default();
-        e.0 += 1;
-        e.1 = e.1.max(e.0);
-    }
-    fn leave(&self, host: &str) {
-        self.0.lock().unwrap().get_mut(host).unwrap().0 -= 1;
-    }
-    fn peak(&self, host: &str) -> usize {
-        self.0.lock().unwrap().get(host).map_or(0, |e| e.1)
-    }
 }
 
 /// A backend where calls to `slow` hosts wait for `release` and every other

@@ -1,5 +1,5 @@
 //! Helpers shared by the contract tests.
-#![allow(dead_code, unreachable_pub, missing_docs)]
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
 use std::future::Future;
 use std::pin::Pin;
@@ -73,4 +73,23 @@ pub fn seed() -> u64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5EED_F00D)
+}
+
+/// Calls in flight per key (host), and the peak of each: for the keyed tests.
+#[derive(Clone, Default)]
+pub struct Meter(Arc<std::sync::Mutex<std::collections::HashMap<String, (usize, usize)>>>);
+
+impl Meter {
+    pub fn enter(&self, host: &str) {
+        let mut m = self.0.lock().unwrap();
+        let e = m.entry(host.to_string()).or_default();
+        e.0 += 1;
+        e.1 = e.1.max(e.0);
+    }
+    pub fn leave(&self, host: &str) {
+        self.0.lock().unwrap().get_mut(host).unwrap().0 -= 1;
+    }
+    pub fn peak(&self, host: &str) -> usize {
+        self.0.lock().unwrap().get(host).map_or(0, |e| e.1)
+    }
 }
