@@ -512,3 +512,56 @@ pub fn echo_unit()
 {
     tower::service_fn(|()| async { Ok::<_, Infallible>(()) })
 }
+
+/// Records each event's level and fields (`name=value ...`), for every
+/// test of a binary: a global subscriber, since tracing caches each
+/// callsite's interest process-wide (a thread-local one beside tests on
+/// other threads can miss events). Tests filter by what they look for.
+#[derive(Clone, Default)]
+pub struct Events(pub Arc<std::sync::Mutex<Vec<(tracing::Level, String)>>>);
+
+impl Events {
+    pub fn global() -> &'static Self {
+        static EVENTS: std::sync::OnceLock<Events> = std::sync::OnceLock::new();
+        EVENTS.get_or_init(|| {
+            let events = Self::default();
+            tracing::subscriber::set_global_default(events.clone()).unwrap();
+            events
+        })
+    }
+
+    pub fn count(&self, level: tracing::Level, needles: &[&str]) -> usize {
+        let events = self.0.lock().unwrap();
+        events
+            .iter()
+            .filter(|(l, text)| *l == level && needles.iter().all(|n| text.contains(n)))
+            .count()
+    }
+}
+
+impl tracing::Subscriber for Events {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Fields(String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!("{}={value:?} ", field.name()));
+            }
+        }
+        let mut fields = Fields(String::new());
+        event.record(&mut fields);
+        self.0
+            .lock()
+            .unwrap()
+            .push((*event.metadata().level(), fields.0));
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
