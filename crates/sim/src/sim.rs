@@ -51,11 +51,55 @@ struct State {
     next_change: usize,
     in_service: usize,
     queue: VecDeque<oneshot::Sender<()>>,
-    /// GCRA: the theoretical arrival time of the next request.
-    tat: Option<Instant>,
+    /// GCRA: when the next request would be admitted were there no burst.
+    tat: Tat,
     quota_window: u64,
     quota_used: u32,
     stats: Recorder,
+}
+
+/// The rate capacity's theoretical arrival time (GCRA), kept as `booked`
+/// intervals after `anchor` so that it is computed, not summed: the `k`th
+/// interval ends at exactly `k / per_second` (no nanosecond rounding adds up
+/// over a run), and a change of rate re-books what is owed at the new rate.
+#[derive(Debug)]
+struct Tat {
+    anchor: Instant,
+    /// Intervals booked after `anchor` (fractional after a change of rate).
+    booked: f64,
+}
+
+impl Tat {
+    /// `anchor` plus `intervals` at `per_second`; a wait past what a
+    /// `Duration` holds (a rate too low) is a century, not a panic.
+    fn after(&self, intervals: f64, per_second: f64) -> Instant {
+        let wait = Duration::try_from_secs_f64(intervals / per_second)
+            .unwrap_or(CENTURY)
+            .min(CENTURY);
+        self.anchor + wait
+    }
+
+    /// The theoretical arrival time at `per_second`.
+    fn at(&self, per_second: f64) -> Instant {
+        if self.booked > 0.0 {
+            self.after(self.booked, per_second)
+        } else {
+            self.anchor
+        }
+    }
+
+    /// At `at` the rate changes from `from`: what is owed then (in
+    /// requests) stays owed, at the new rate, so a rise takes effect at once
+    /// and a fall brings no fresh burst.
+    fn change_rate(&mut self, at: Instant, from: f64) {
+        let owed = if self.at(from) > at {
+            self.booked - at.saturating_duration_since(self.anchor).as_secs_f64() * from
+        } else {
+            0.0
+        };
+        self.anchor = at;
+        self.booked = if owed > 0.0 { owed } else { 0.0 };
+    }
 }
 
 /// What the admission step decided for one request.
@@ -80,7 +124,10 @@ impl Sim {
             next_change: 0,
             in_service: 0,
             queue: VecDeque::new(),
-            tat: None,
+            tat: Tat {
+                anchor: now,
+                booked: 0.0,
+            },
             quota_window: 0,
             quota_used: 0,
             stats: Recorder::new(now),
@@ -285,6 +332,10 @@ impl Inner {
                 state.concurrency = Some(c);
             }
             if let Some(r) = change.rate {
+                if let (Some(from), Some(_)) = (state.rate, self.model.rate) {
+                    let at = self.start.checked_add(change.at).unwrap_or(now).min(now);
+                    state.tat.change_rate(at, from);
+                }
                 state.rate = Some(r);
             }
             state.next_change += 1;
@@ -326,20 +377,24 @@ impl Inner {
         if let (Some(per_second), Some(cap)) = (state.rate, self.model.rate)
             && per_second > 0.0
         {
-            // A rate too low for a `Duration` waits a century, not a panic.
-            let interval = Duration::try_from_secs_f64(1.0 / per_second)
-                .unwrap_or(CENTURY)
-                .min(CENTURY);
-            let tolerance = interval
-                .saturating_mul(cap.burst.saturating_sub(1))
-                .min(CENTURY);
-            let tat = state.tat.unwrap_or(now).max(now);
-            let allowed_at = tat.checked_sub(tolerance).unwrap_or(now);
-            if allowed_at > now {
-                let wait = allowed_at - now;
-                return refuse(state, StatusCode::TOO_MANY_REQUESTS, Some(wait));
+            // Idle long enough, the bucket is full: booking restarts now.
+            if state.tat.at(per_second) <= now {
+                state.tat = Tat {
+                    anchor: now,
+                    booked: 0.0,
+                };
             }
-            state.tat = Some(tat + interval);
+            // Admitted once the theoretical arrival time is at most
+            // `burst - 1` intervals ahead of now.
+            let ahead = state.tat.booked - f64::from(cap.burst.saturating_sub(1));
+            if ahead > 0.0 {
+                let allowed_at = state.tat.after(ahead, per_second);
+                if allowed_at > now {
+                    let wait = allowed_at - now;
+                    return refuse(state, StatusCode::TOO_MANY_REQUESTS, Some(wait));
+                }
+            }
+            state.tat.booked += 1.0;
         }
         if self.model.drop_rate > 0.0 && state.rng.unit() <= self.model.drop_rate {
             state.stats.drop();
