@@ -22,7 +22,10 @@
 //! Run: `cargo bench --bench soak --features full` (`SOAK_REQUESTS=400000`
 //! for a longer soak). Under `cargo test
 //! --all-targets` (no `--bench` argument) it does a run of 2 000 requests.
-//! Nothing is asserted on time.
+//! Nothing is asserted on time or memory; a phase fails (and with it the
+//! bench, exit 1) when an answer is missing, the full stack answers with a
+//! refusal or an error of its own, its handles do not all read 0 after the
+//! run, or the run outlasts its deadline.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -124,8 +127,9 @@ fn parent() {
         print!("{stdout}");
         eprint!("{}", String::from_utf8_lossy(&out.stderr));
         if !out.status.success() {
-            println!("phase {phase} failed: {}", out.status);
-            return;
+            // A failed phase fails the bench (and `cargo test --all-targets`).
+            eprintln!("phase {phase} failed: {}", out.status);
+            std::process::exit(1);
         }
         let peak = stdout
             .lines()
@@ -257,7 +261,12 @@ fn phase(limited: bool) {
     let rows: Arc<Mutex<Vec<Row>>> = Arc::default();
     let counts = Arc::new(Counts::default());
     let started = Instant::now();
+    // Bounded in time: a hang (a lost wakeup, a leaked permit the callers
+    // wait for) fails the phase instead of stalling it. 100 000 requests take
+    // about 13 s; this allows over ten times that.
+    let deadline = Duration::from_secs(60 + (size.requests / 1_000) as u64);
     rt.block_on(async {
+      tokio::time::timeout(deadline, async {
         let sim = Sim::new(model(), 8);
         let downstream_now = Arc::new(AtomicUsize::new(0));
         // The Sim, counting what it has in hand (in service or refusing).
@@ -369,15 +378,33 @@ fn phase(limited: bool) {
         // What is left after the last harvest.
         harvest(&sim, &counts);
         if let Some(h) = handles.as_ref() {
+            let left = || {
+                [
+                    h.backpressure.queue_depth(),
+                    h.backpressure.slots_in_use(),
+                    h.backpressure.in_flight(),
+                    h.adaptive.in_flight(),
+                    h.concurrency.in_flight(),
+                ]
+            };
+            // A worker gives its slot back just after its caller has the
+            // answer: wait for the last ones (within the phase's deadline).
+            while left() != [0; 5] {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let [queue, slots, busy, adaptive, concurrency] = left();
             println!(
-                "after the run: backpressure queue {} / slots {} / workers busy {}, adaptive in flight {}, concurrency in flight {}",
-                h.backpressure.queue_depth(),
-                h.backpressure.slots_in_use(),
-                h.backpressure.in_flight(),
-                h.adaptive.in_flight(),
-                h.concurrency.in_flight(),
+                "after the run: backpressure queue {queue} / slots {slots} / workers busy {busy}, adaptive in flight {adaptive}, concurrency in flight {concurrency}",
             );
         }
+      })
+      .await
+      .unwrap_or_else(|_| {
+          panic!(
+              "the run did not finish within {deadline:?} (a hang, or permits, slots or \
+               queue places never given back: the handles never read 0)"
+          )
+      });
     });
     let elapsed = started.elapsed();
     stop.store(true, Ordering::Relaxed);
@@ -464,8 +491,31 @@ fn phase(limited: bool) {
         }
     );
     println!("answers by kind:");
-    for (kind, count) in counts.kinds.lock().unwrap().iter() {
+    let kinds = counts.kinds.lock().unwrap().clone();
+    for (kind, count) in &kinds {
         println!("  {kind:<30} {count:>8}");
+    }
+    // Every request got an answer, once.
+    let answered: u64 = kinds.values().sum();
+    assert_eq!(
+        answered, n as u64,
+        "answers by kind do not add up to the requests"
+    );
+    if limited {
+        // Every layer of the stack waits (none fails fast), and nothing in it
+        // closes: a refusal or an error of its own is a fault.
+        for kind in [
+            "Overloaded",
+            "RateLimited",
+            "QueueFull",
+            "Closed",
+            "other error",
+        ] {
+            assert!(
+                !kinds.contains_key(kind),
+                "the stack answered {kind}: {kinds:?}"
+            );
+        }
     }
     println!(
         "downstream saw: {} arrivals, {} served, {} refused 429, {} refused other, peak {} in service",
