@@ -501,6 +501,57 @@ mod tests {
         assert_eq!((s.in_use(), s.available()), (0, 1));
     }
 
+    /// The race `poll_acquire_slow` covers: a release lands after the fast
+    /// path failed and before the waiters flag is up, so it adds its permit
+    /// without handing it to anybody. The slow path, entered with that
+    /// permit free, must take it; without its look after raising the flag
+    /// it queued a waiter nobody would ever wake (found surviving in a
+    /// mutation pass: no other test reaches this interleaving).
+    #[test]
+    fn a_release_between_fast_path_and_flag_is_not_lost() {
+        let s = Semaphore::new(1);
+        assert!(s.try_acquire());
+        // The fast path of a second caller fails here ...
+        assert!(!s.try_acquire());
+        // ... the holder releases before that caller takes the lock ...
+        s.release();
+        // ... and the caller goes on into the slow path.
+        let mut ticket = None;
+        assert!(s.poll_acquire_slow(&mut cx(), &mut ticket).is_ready());
+        assert!(ticket.is_none());
+        assert_eq!((s.in_use(), s.waiting()), (1, 0));
+    }
+
+    /// A permit a release has added but not yet handed over (the releaser
+    /// is on its way to the waiters' lock) belongs to the oldest waiter: a
+    /// newcomer's fast path may not barge in and take it. Made
+    /// deterministic by holding the lock while the releasing thread is
+    /// between its two steps. Found surviving in a mutation pass (the
+    /// waiters flag dropped from `try_acquire`).
+    #[test]
+    fn a_newcomer_cannot_take_a_permit_on_its_way_to_a_waiter() {
+        let s = Arc::new(Semaphore::new(1));
+        assert!(s.try_acquire());
+        let mut waiter = None;
+        assert!(s.poll_acquire(&mut cx(), &mut waiter).is_pending());
+        let guard = s.lock();
+        let releaser = {
+            let s = s.clone();
+            std::thread::spawn(move || s.release())
+        };
+        // Wait (bounded) for the release's first step: the permit added.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while s.available() == 0 {
+            assert!(std::time::Instant::now() < deadline, "release never ran");
+            std::thread::yield_now();
+        }
+        assert!(!s.try_acquire(), "a newcomer barged past the queue");
+        drop(guard);
+        releaser.join().unwrap();
+        assert!(s.poll_acquire(&mut cx(), &mut waiter).is_ready());
+        assert_eq!((s.in_use(), s.available()), (1, 0));
+    }
+
     #[test]
     fn grow_wakes_waiters() {
         let s = Semaphore::new(0);
