@@ -193,17 +193,9 @@ pub(crate) fn is_final(err: &(dyn std::error::Error + 'static)) -> bool {
 pub(crate) fn is_callers_mistake(err: &(dyn std::error::Error + 'static)) -> bool {
     // The client's own `Error` knows its kind (an invalid request's or a
     // configuration's source is a bare message the chain cannot tell).
-    let mut next = Some(err);
-    let mut kind = None;
-    while let Some(e) = next {
-        if let Some(error) = e.downcast_ref::<Error>() {
-            kind = Some(error.kind);
-            break;
-        }
-        next = e.source();
-    }
+    let kind = find_in_chain::<Error>(err).map_or_else(|| classify(err), |e| e.kind);
     matches!(
-        kind.unwrap_or_else(|| classify(err)),
+        kind,
         Kind::RefusedAddress
             | Kind::InvalidRequest
             | Kind::BodyTooLarge
@@ -211,6 +203,13 @@ pub(crate) fn is_callers_mistake(err: &(dyn std::error::Error + 'static)) -> boo
             | Kind::TooManyRedirects
             | Kind::Config
     )
+}
+
+/// The first error of type `T` in `err`'s source chain, `err` included.
+pub(crate) fn find_in_chain<'e, T: std::error::Error + 'static>(
+    err: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e T> {
+    std::iter::successors(Some(err), |e| e.source()).find_map(|e| e.downcast_ref::<T>())
 }
 
 fn classify(err: &(dyn std::error::Error + 'static)) -> Kind {
@@ -289,14 +288,10 @@ impl fmt::Display for Error {
             _ => {
                 // A refusal's own message names the host, the address and
                 // why; repeating "refused by the guard" above it says nothing.
-                if self.kind == Kind::RefusedAddress {
-                    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&**source);
-                    while let Some(e) = next {
-                        if let Some(refused) = e.downcast_ref::<RefusedAddress>() {
-                            return write!(f, "{refused}");
-                        }
-                        next = e.source();
-                    }
+                if self.kind == Kind::RefusedAddress
+                    && let Some(refused) = find_in_chain::<RefusedAddress>(&**source)
+                {
+                    return write!(f, "{refused}");
                 }
                 // A source that already starts with the kind (core's
                 // `ConfigError` says "invalid configuration: ...") is not

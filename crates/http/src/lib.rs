@@ -92,14 +92,10 @@ pub use tower_fanout_core::BoxError;
 /// does, but knowing this crate's [`Error`]: pass it to `FanOut::error_kinds` so a
 /// batch's summary counts `timeout`, `connect`, `body_too_large`, ... instead of `other`.
 pub fn error_kind(error: &BoxError) -> &'static str {
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
-    while let Some(e) = next {
-        if let Some(http) = e.downcast_ref::<Error>() {
-            return http.kind_name();
-        }
-        next = e.source();
+    match error::find_in_chain::<Error>(error.as_ref()) {
+        Some(http) => http.kind_name(),
+        None => tower_fanout_core::fan_out::error_kind(error),
     }
-    tower_fanout_core::fan_out::error_kind(error)
 }
 
 #[cfg(test)]

@@ -509,16 +509,7 @@ fn note<B>(outcome: &mut Result<Response<B>, BoxError>, waited: Duration) {
 fn redirected<B>(outcome: &Result<Response<B>, BoxError>) -> bool {
     match outcome {
         Ok(resp) => resp.extensions().get::<Hop>().is_some(),
-        Err(err) => {
-            let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&**err);
-            while let Some(e) = next {
-                if e.is::<AfterRedirect>() {
-                    return true;
-                }
-                next = e.source();
-            }
-            false
-        }
+        Err(err) => crate::error::find_in_chain::<AfterRedirect>(&**err).is_some(),
     }
 }
 
