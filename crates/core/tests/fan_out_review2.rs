@@ -3,22 +3,12 @@
 #![cfg(feature = "fan-out")]
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use tokio::time::sleep;
-use tower::service_fn;
+use support::sleeper;
 use tower_fanout_core::fan_out::{FanOut, Progress, fan_out};
-
-fn sleeper() -> impl tower::Service<u64, Response = u64, Error = std::io::Error, Future: Send>
-+ Clone
-+ Send
-+ 'static {
-    service_fn(|ms: u64| async move {
-        sleep(Duration::from_millis(ms)).await;
-        Ok::<_, std::io::Error>(ms)
-    })
-}
 
 /// Runs `fan` to its end and returns every progress report its callback got.
 async fn reports<S, I>(fan: FanOut<S, I>) -> Vec<Progress>

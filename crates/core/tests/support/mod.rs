@@ -93,3 +93,15 @@ impl Meter {
         self.0.lock().unwrap().get(host).map_or(0, |e| e.1)
     }
 }
+
+/// A service that sleeps the number of milliseconds it is given, then
+/// answers it: for the fan-out tests, on the paused clock.
+pub fn sleeper() -> impl tower::Service<u64, Response = u64, Error = std::io::Error, Future: Send>
++ Clone
++ Send
++ 'static {
+    tower::service_fn(|ms: u64| async move {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        Ok::<_, std::io::Error>(ms)
+    })
+}
