@@ -414,13 +414,9 @@ impl ClientBuilder {
 /// `"api.example.com:8443"`), which no request's key keeps.
 fn host_key(authority: String) -> String {
     let mut key = authority.to_ascii_lowercase();
-    // The port starts at the last `:` outside an IPv6 literal (`[::1]`).
-    let host_end = match key.rfind([':', ']']) {
-        Some(i) if key.as_bytes()[i] == b':' => i,
-        _ => key.len(),
-    };
-    if host_end > 1 && key[..host_end].ends_with('.') {
-        key.remove(host_end - 1);
+    let (host, _) = guard::split_port(&key);
+    if host.len() > 1 && host.ends_with('.') {
+        key.remove(host.len() - 1);
     }
     key
 }
@@ -941,5 +937,24 @@ mod no_roots {
         let err = super::Client::builder().build().unwrap_err();
         assert!(err.is_config());
         assert!(err.to_string().contains("webpki-roots"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod host_key_tests {
+    use super::host_key;
+
+    #[test]
+    fn overrides_are_keyed_as_requests_are() {
+        for (written, key) in [
+            ("API.example.com.", "api.example.com"),
+            ("API.example.com.:8443", "api.example.com:8443"),
+            ("api.example.com:8443", "api.example.com:8443"),
+            ("[::1]:8080", "[::1]:8080"),
+            ("[::1]", "[::1]"),
+            (".", "."),
+        ] {
+            assert_eq!(host_key(written.to_owned()), key, "{written}");
+        }
     }
 }

@@ -372,12 +372,21 @@ where
 pub fn port_out_of_range(uri: &Uri) -> Option<&str> {
     let authority = uri.authority()?.as_str();
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
-    // An IPv6 literal's colons are not the port's.
-    let after_host = host_port
-        .rfind(']')
-        .map_or(host_port, |i| &host_port[i + 1..]);
-    let (_, port) = after_host.rsplit_once(':')?;
+    let port = split_port(host_port).1?;
     (!port.is_empty() && port.parse::<u16>().is_err()).then_some(port)
+}
+
+/// `host[:port]` split at the port's `:`: the last one outside an IPv6
+/// literal, whose colons are not the port's (`[::1]:8080`).
+pub(crate) fn split_port(host_port: &str) -> (&str, Option<&str>) {
+    let host_end = host_port.rfind(']').map_or(0, |i| i + 1);
+    match host_port[host_end..].rfind(':') {
+        Some(i) => (
+            &host_port[..host_end + i],
+            Some(&host_port[host_end + i + 1..]),
+        ),
+        None => (host_port, None),
+    }
 }
 
 /// A URI's port is not a port number; the request was not sent.
