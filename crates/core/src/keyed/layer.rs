@@ -240,8 +240,10 @@ where
     K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static,
 {
     /// Gives `key` its own limit instead of the default (for [`AuthorityKey`],
-    /// write the authority in lower case: `"api.github.com"`, or `"host:8443"`
-    /// when the URI carries a port other than its scheme's default).
+    /// write the authority as it keys requests: in lower case, without a
+    /// trailing dot, `"api.github.com"`, or `"host:8443"` when the URI
+    /// carries a port other than its scheme's default; the key is used as
+    /// given).
     pub fn limit_for(mut self, key: impl Into<K>, limit: KeyLimit) -> Self {
         self.overrides.push((key.into(), limit));
         self
