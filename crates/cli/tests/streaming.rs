@@ -55,8 +55,10 @@ async fn records_come_out_as_they_finish_and_an_interrupt_keeps_them() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let pid = child.id().unwrap().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-INT", &pid])
+    // The shell's builtin `kill`: `/bin/kill` comes with procps, which a
+    // minimal Debian lacks (the redis tests' support signals the same way).
+    let killed = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -INT {pid}")])
         .status()
         .unwrap();
     assert!(killed.success());
