@@ -43,7 +43,6 @@ pin_project! {
     ///
     /// Dropped before completion, it gives the permit back and reports
     /// nothing: a cancelled call says nothing about the downstream's load.
-    #[derive(Debug)]
     pub struct ResponseFuture<F, K> {
         #[pin]
         kind: Kind<F, K>,
@@ -52,10 +51,21 @@ pin_project! {
 
 pin_project! {
     #[project = KindProj]
-    #[derive(Debug)]
     enum Kind<F, K> {
         Called { #[pin] future: F, guard: Option<Guard>, classify: K },
         Refused { error: Option<BoxError> },
+    }
+}
+
+// By hand: a classifier is often a closure, which is never `Debug`.
+impl<F: fmt::Debug, K> fmt::Debug for ResponseFuture<F, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("ResponseFuture");
+        match &self.kind {
+            Kind::Called { future, guard, .. } => d.field("future", future).field("guard", guard),
+            Kind::Refused { error } => d.field("error", error),
+        };
+        d.finish_non_exhaustive()
     }
 }
 

@@ -16,11 +16,22 @@ use crate::semaphore::Semaphore;
 ///
 /// Cloning the layer, or calling [`layer`](Layer::layer) more than once,
 /// shares one limit and one controller.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AdaptiveLimitLayer<K = HttpClassify> {
     shared: Arc<Shared>,
     classify: K,
     fail_fast: bool,
+}
+
+// By hand: a classifier is often a closure, which is never `Debug`.
+impl<K> fmt::Debug for AdaptiveLimitLayer<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdaptiveLimitLayer")
+            .field("shared", &self.shared)
+            .field("classify", &std::any::type_name::<K>())
+            .field("fail_fast", &self.fail_fast)
+            .finish()
+    }
 }
 
 impl AdaptiveLimitLayer {
@@ -43,6 +54,7 @@ impl Default for AdaptiveLimitLayer {
 
 impl<K> AdaptiveLimitLayer<K> {
     /// Reads responses with your own classifier instead.
+    #[must_use]
     pub fn classify<K2>(self, classify: K2) -> AdaptiveLimitLayer<K2> {
         AdaptiveLimitLayer {
             shared: self.shared,

@@ -1,3 +1,4 @@
+use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -16,7 +17,6 @@ use crate::sleep::ReusableSleep;
 /// each finished call to the limit's controller.
 ///
 /// Built by [`AdaptiveLimitLayer`](super::AdaptiveLimitLayer).
-#[derive(Debug)]
 pub struct AdaptiveLimit<S, K> {
     inner: S,
     shared: Arc<Shared>,
@@ -181,6 +181,19 @@ where
                 None => ResponseFuture::refused(NotReady::new()),
             },
         }
+    }
+}
+
+// By hand: a classifier is often a closure, which is never `Debug`.
+impl<S: fmt::Debug, K> fmt::Debug for AdaptiveLimit<S, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdaptiveLimit")
+            .field("inner", &self.inner)
+            .field("shared", &self.shared)
+            .field("holds_permit", &self.permit.is_some())
+            .field("classify", &std::any::type_name::<K>())
+            .field("fail_fast", &self.fail_fast)
+            .finish_non_exhaustive()
     }
 }
 
