@@ -17,6 +17,7 @@ pin_project! {
     /// The guard is dropped as soon as the inner future completes, and with
     /// the future if the caller drops it first: capacity never leaks.
     #[derive(Debug)]
+    #[must_use = "futures do nothing unless you `.await` or poll them"]
     pub struct ResponseFuture<F, G, D = Never> {
         #[pin]
         kind: Kind<F, G, D>,

@@ -108,6 +108,7 @@ impl fmt::Debug for ClientBuilder {
 
 impl ClientBuilder {
     /// Time allowed to open a TCP connection (default 10 s; `None`: no limit).
+    #[must_use]
     pub fn connect_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.connect_timeout = timeout;
         self
@@ -118,6 +119,7 @@ impl ClientBuilder {
     /// counted: they are bounded by the retry settings. A streamed request
     /// body is read into memory before the first attempt, within a timeout
     /// of its own of the same length.
+    #[must_use]
     pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
         self.timeout = timeout;
         self
@@ -125,12 +127,14 @@ impl ClientBuilder {
 
     /// How long an idle pooled connection is kept (default 90 s; `None`, or
     /// anything past a century such as `Duration::MAX`: for ever).
+    #[must_use]
     pub fn pool_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.pool_idle_timeout = timeout;
         self
     }
 
     /// Idle connections kept per host (default 32).
+    #[must_use]
     pub fn pool_max_idle_per_host(mut self, max: usize) -> Self {
         self.pool_max_idle_per_host = max;
         self
@@ -138,6 +142,7 @@ impl ClientBuilder {
 
     /// The largest response body read, after decompression (default 10 MiB).
     /// A larger one fails with [`Error::is_body_too_large`].
+    #[must_use]
     pub fn max_response_body(mut self, bytes: usize) -> Self {
         self.max_response_body = bytes;
         self
@@ -145,6 +150,7 @@ impl ClientBuilder {
 
     /// The largest request body accepted (default 10 MiB). Request bodies are
     /// buffered so a retry or a 307/308 redirect can send them again.
+    #[must_use]
     pub fn max_request_body(mut self, bytes: usize) -> Self {
         self.max_request_body = bytes;
         self
@@ -158,12 +164,14 @@ impl ClientBuilder {
     /// as tower-http's `RequestUri` extension. A retry starts again from the
     /// original request. With 0 the redirect layer is left out of the stack,
     /// so it costs nothing and responses carry no `RequestUri`.
+    #[must_use]
     pub fn max_redirects(mut self, max: usize) -> Self {
         self.max_redirects = max;
         self
     }
 
     /// Ask for gzip and brotli and decompress responses (default on).
+    #[must_use]
     pub fn decompression(mut self, on: bool) -> Self {
         self.decompression = on;
         self
@@ -173,6 +181,7 @@ impl ClientBuilder {
     /// addresses after DNS resolution, and schemes other than http/https
     /// (default off; turn it on for URLs an agent or a user supplies). See
     /// [`guard`](crate::guard).
+    #[must_use]
     pub fn address_guard(mut self, on: bool) -> Self {
         self.address_guard = on;
         self
@@ -180,12 +189,14 @@ impl ClientBuilder {
 
     /// Let `ip` through the address guard anyway (a proxy or an internal
     /// service the operator means to reach). Exact addresses only.
+    #[must_use]
     pub fn address_guard_allow(mut self, ip: std::net::IpAddr) -> Self {
         self.guard_allow.push(ip);
         self
     }
 
     /// The limit for each host without an override (default 16 in flight).
+    #[must_use]
     pub fn host_default(mut self, limit: KeyLimit) -> Self {
         self.host_default = limit;
         self
@@ -196,24 +207,28 @@ impl ClientBuilder {
     /// default (`https://api.github.com:443/` and `https://api.github.com./`
     /// count against `"api.github.com"`). Written in any case, and with or
     /// without a fully qualified name's trailing dot.
+    #[must_use]
     pub fn host_limit(mut self, authority: impl Into<String>, limit: KeyLimit) -> Self {
         self.host_limits.push((host_key(authority.into()), limit));
         self
     }
 
     /// Hosts tracked at most, for limits and learned budgets (default 1024).
+    #[must_use]
     pub fn max_hosts(mut self, max: usize) -> Self {
         self.max_hosts = max;
         self
     }
 
     /// The retry settings (default: [`RetryLayer::builder`]'s defaults).
+    #[must_use]
     pub fn retry(mut self, retry: RetryLayer) -> Self {
         self.retry = Some(retry);
         self
     }
 
     /// Send each request once, never retrying.
+    #[must_use]
     pub fn no_retry(mut self) -> Self {
         self.retry = None;
         self
@@ -221,6 +236,7 @@ impl ClientBuilder {
 
     /// Learn each host's budget from its rate-limit headers and hold its
     /// requests while nothing remains (default on). See [`headers`](crate::headers).
+    #[must_use]
     pub fn learn_rate_limits(mut self, on: bool) -> Self {
         self.learn_rate_limits = on;
         self
@@ -230,6 +246,7 @@ impl ClientBuilder {
     /// `tower-fanout-http/<version>`; some APIs, GitHub's among them, refuse
     /// requests without one). `None` sends none. A value that is not a valid
     /// header value makes [`build`](Self::build) fail.
+    #[must_use]
     pub fn user_agent(mut self, agent: Option<&str>) -> Self {
         self.bad_user_agent = None;
         self.user_agent = match agent.map(HeaderValue::from_str) {
@@ -246,6 +263,7 @@ impl ClientBuilder {
     /// Use this rustls configuration (custom roots, client certificates)
     /// instead of the default one; ALPN is still set for HTTP/2 and HTTP/1.1.
     /// The [`rustls`](crate::rustls) re-export names the matching version.
+    #[must_use]
     pub fn tls_config(mut self, config: rustls::ClientConfig) -> Self {
         self.tls_config = Some(config);
         self
@@ -253,6 +271,7 @@ impl ClientBuilder {
 
     /// Resolve names with `resolver` instead of the system's `getaddrinfo`.
     /// The address guard checks what it returns.
+    #[must_use]
     pub fn resolver<R, I>(mut self, resolver: R) -> Self
     where
         R: Service<Name, Response = I> + Clone + Send + Sync + 'static,
@@ -267,6 +286,7 @@ impl ClientBuilder {
     /// Trust the operating system's certificate store instead of the
     /// compiled-in Mozilla roots.
     #[cfg(feature = "native-roots")]
+    #[must_use]
     pub fn native_roots(mut self, on: bool) -> Self {
         self.native_roots = on;
         self

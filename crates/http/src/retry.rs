@@ -114,6 +114,7 @@ pub struct RetryBuilder {
 impl RetryBuilder {
     /// Retries after the first attempt (default 3). With 0, every answer is
     /// returned as it is, a 429 included.
+    #[must_use]
     pub fn max_retries(mut self, n: u32) -> Self {
         self.max_retries = n;
         self
@@ -121,6 +122,7 @@ impl RetryBuilder {
 
     /// The longest `Retry-After` to wait (default 60 s). A longer one fails
     /// the request at once with [`RateLimited`], so the caller can decide.
+    #[must_use]
     pub fn max_wait(mut self, max: Duration) -> Self {
         self.max_wait = max;
         self
@@ -128,6 +130,7 @@ impl RetryBuilder {
 
     /// The first backoff and its ceiling (default 100 ms doubling up to 10 s).
     /// Each wait is drawn uniformly from the upper half of the current step.
+    #[must_use]
     pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
         self.base_backoff = base;
         self.max_backoff = max;
@@ -138,6 +141,7 @@ impl RetryBuilder {
     /// five) plus `min_per_sec` retries a second at any load (defaults 0.2, 10).
     /// Both are counted over the last 10 s: `min_per_sec` is a reserve of
     /// ten times as many retries, refilled as the retries taken age out.
+    #[must_use]
     pub fn budget(mut self, min_per_sec: u32, retry_percent: f32) -> Self {
         self.min_per_sec = min_per_sec;
         self.retry_percent = retry_percent;

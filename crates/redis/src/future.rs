@@ -11,6 +11,7 @@ use tower_fanout_core::BoxError;
 /// decision on Redis, the wait for tokens, then the inner call.
 ///
 /// Dropping it before the tokens arrive gives the booking back.
+#[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct ResponseFuture<T> {
     inner: Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>,
 }

@@ -43,6 +43,7 @@ pin_project! {
     ///
     /// Dropped before completion, it gives the permit back and reports
     /// nothing: a cancelled call says nothing about the downstream's load.
+    #[must_use = "futures do nothing unless you `.await` or poll them"]
     pub struct ResponseFuture<F, K> {
         #[pin]
         kind: Kind<F, K>,

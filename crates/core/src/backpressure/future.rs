@@ -25,6 +25,7 @@ impl<Req: Send, Resp: Send> Unqueue for Queue<Req, Resp> {
 ///
 /// Dropping it before a worker has started the request takes the request out
 /// of the queue; dropping it later cancels the running call.
+#[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct ResponseFuture<T> {
     state: State<T>,
 }

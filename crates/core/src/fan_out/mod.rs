@@ -87,6 +87,7 @@ where
 }
 
 /// A configured fan-out, run by [`collect`](FanOut::collect) or [`stream`](FanOut::stream).
+#[must_use = "a fan-out does nothing until it is run with `.collect()` or `.stream()`"]
 pub struct FanOut<S, I> {
     service: S,
     requests: I,
@@ -128,7 +129,6 @@ impl<S, I> FanOut<S, I> {
     }
 
     /// Calls `f` with the progress after every completed request.
-    #[must_use]
     pub fn on_progress(mut self, f: impl Fn(&Progress) + Send + Sync + 'static) -> Self {
         self.on_progress = Some(Arc::new(f));
         self
@@ -146,7 +146,6 @@ impl<S, I> FanOut<S, I> {
     }
 
     /// Names errors in the [`Summary`]'s `by_kind` counts; [`error_kind`] by default.
-    #[must_use]
     pub fn error_kinds(mut self, classify: fn(&crate::BoxError) -> &'static str) -> Self {
         self.error_kind = classify;
         self

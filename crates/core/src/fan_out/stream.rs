@@ -66,6 +66,7 @@ where
 ///
 /// Call [`next`](Completions::next) until it returns `None`. Dropping it
 /// aborts the requests still in flight.
+#[must_use = "a fan-out runs only while its completions are read with `.next()`"]
 pub struct Completions<S, I, T> {
     service: S,
     requests: I,

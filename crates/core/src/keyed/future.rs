@@ -25,6 +25,7 @@ pin_project! {
     /// Dropping it while it waits leaves the permit queue, or returns the
     /// permit and gives back the booked token; dropping it while the call
     /// runs returns the permit.
+    #[must_use = "futures do nothing unless you `.await` or poll them"]
     pub struct ResponseFuture<S, Req>
     where
         S: Service<Req>,

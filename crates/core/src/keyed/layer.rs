@@ -39,18 +39,21 @@ impl KeyLimit {
     }
 
     /// At most `max` calls in flight for the key.
+    #[must_use]
     pub const fn concurrency(mut self, max: usize) -> Self {
         self.concurrency = Some(max);
         self
     }
 
     /// At most `rate` calls per `period` for the key (a token bucket, burst `rate` by default).
+    #[must_use]
     pub const fn rate(mut self, rate: u32, period: Duration) -> Self {
         self.rate = Some((rate, period));
         self
     }
 
     /// The most calls the key's bucket admits at once; needs [`rate`](Self::rate).
+    #[must_use]
     pub const fn burst(mut self, burst: u32) -> Self {
         self.burst = Some(burst);
         self
@@ -244,6 +247,7 @@ where
     /// trailing dot, `"api.github.com"`, or `"host:8443"` when the URI
     /// carries a port other than its scheme's default; the key is used as
     /// given).
+    #[must_use]
     pub fn limit_for(mut self, key: impl Into<K>, limit: KeyLimit) -> Self {
         self.overrides.push((key.into(), limit));
         self
@@ -255,6 +259,7 @@ where
     /// refilling is never forgotten. With no idle key, the call fails with
     /// [`TooManyKeys`](super::TooManyKeys). A key without any limit is not
     /// tracked, so it takes no room and is never refused.
+    #[must_use]
     pub fn max_keys(mut self, max_keys: usize) -> Self {
         self.max_keys = max_keys;
         self
@@ -263,6 +268,7 @@ where
     /// Refuse at once instead of waiting: [`Overloaded`](crate::error::Overloaded)
     /// when the key has no permit free, [`RateLimited`](crate::error::RateLimited)
     /// when its bucket is empty.
+    #[must_use]
     pub fn fail_fast(mut self) -> Self {
         self.fail_fast = true;
         self

@@ -74,6 +74,7 @@ impl<C> RateLimitBuilder<C> {
     }
 
     /// Charges each request the tokens `cost` returns for it.
+    #[must_use]
     pub fn cost<C2>(self, cost: C2) -> RateLimitBuilder<C2> {
         RateLimitBuilder {
             rate: self.rate,

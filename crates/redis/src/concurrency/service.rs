@@ -141,6 +141,7 @@ pin_project! {
     ///
     /// The permit is released as soon as the inner future completes, and
     /// with the future if the caller drops it first.
+    #[must_use = "futures do nothing unless you `.await` or poll them"]
     pub struct ResponseFuture<F> {
         #[pin]
         kind: Kind<F>,

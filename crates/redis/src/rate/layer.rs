@@ -63,6 +63,7 @@ impl<C, K> RedisRateLimitBuilder<C, K> {
 
     /// Charges each request the tokens `cost` returns for it (a closure
     /// `Fn(&Req) -> u32` will do).
+    #[must_use]
     pub fn cost<C2>(self, cost: C2) -> RedisRateLimitBuilder<C2, K> {
         RedisRateLimitBuilder {
             store: self.store,
@@ -79,6 +80,7 @@ impl<C, K> RedisRateLimitBuilder<C, K> {
 
     /// Gives each key its own limit, with the same settings: say, one limit
     /// per host with `|req: &http::Request<B>| host_of(req)`.
+    #[must_use]
     pub fn key_fn<K2>(self, key: K2) -> RedisRateLimitBuilder<C, K2> {
         RedisRateLimitBuilder {
             store: self.store,
