@@ -1,7 +1,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
@@ -12,7 +12,10 @@ use tower_service::Service;
 use super::layer::Shared;
 use super::permit::Permit;
 
-type Acquire = Pin<Box<dyn Future<Output = Result<Permit, BoxError>> + Send>>;
+/// The acquire in progress. In a `Mutex` only to make the service `Sync`
+/// (Redis's futures are not, and a `!Sync` service cannot go into a
+/// `BoxCloneSyncService`); it is reached through `get_mut`, never locked.
+type Acquire = Mutex<Pin<Box<dyn Future<Output = Result<Permit, BoxError>> + Send>>>;
 
 /// Holds a permit of a limit kept on Redis for each call in flight.
 ///
@@ -76,9 +79,11 @@ where
         loop {
             match &mut self.state {
                 State::Idle => {
-                    self.state = State::Acquiring(Box::pin(self.shared.clone().acquire()));
+                    let acquire = Box::pin(self.shared.clone().acquire());
+                    self.state = State::Acquiring(Mutex::new(acquire));
                 }
                 State::Acquiring(acquire) => {
+                    let acquire = acquire.get_mut().unwrap_or_else(PoisonError::into_inner);
                     self.state = match ready!(acquire.as_mut().poll(cx)) {
                         Ok(permit) => State::Ready(permit),
                         Err(error) => State::Refused(error),
