@@ -27,6 +27,16 @@
 //! Errors follow tower: services return [`BoxError`], and a refusal is a
 //! small type from [`error`] to downcast.
 //!
+//! # With tower's own layers
+//! The concurrency, rate, backpressure and adaptive limits wait in
+//! `poll_ready`, as tower's own limits do, and tower's `Timeout` times only
+//! the response future: to bound a wait for capacity, put the timeout
+//! around the whole call (`tokio::time::timeout` over `oneshot`), or a
+//! `Buffer` between the `Timeout` and the limit, or shed with tower's
+//! `LoadShed` (or the layer's own `fail_fast`). The keyed limit waits in its
+//! response future, which `Timeout` does time. A caller that gives up
+//! leaves the queue of waiters either way.
+//!
 //! # Recommended order
 //! Outermost first: backpressure (bounded memory), rate limit (waits hold
 //! nothing downstream), concurrency limit (a permit only while the call
