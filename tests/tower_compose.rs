@@ -24,6 +24,8 @@ use http_body_util::{BodyExt, Full};
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_fanout::BoxError;
+use tower_fanout::adaptive::{AdaptiveLimitLayer, AimdController};
+use tower_fanout::classify::{HttpClassify, Outcome};
 use tower_fanout::concurrency::ConcurrencyLimitLayer;
 use tower_fanout::keyed::{KeyLimit, KeyedLimitLayer};
 use tower_fanout::rate::RateLimitLayer;
@@ -283,4 +285,37 @@ async fn trace_layer_between_our_layers_over_an_unsync_body() {
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, text);
     }
+}
+
+/// tower's `LoadShed` refusal is an overload to the default classifier, as
+/// our own fail-fast `Overloaded` and tower's `Elapsed` are: an adaptive
+/// limit over a shedding stack lowers its limit instead of counting a
+/// plain failure.
+#[tokio::test(start_paused = true)]
+async fn adaptive_limit_hears_towers_load_shed_as_overload() {
+    let shed: BoxError = Box::new(tower::load_shed::error::Overloaded::new());
+    assert_eq!(HttpClassify::error(&*shed), Outcome::Overload);
+
+    let adaptive = AdaptiveLimitLayer::new(
+        AimdController::builder()
+            .initial(4)
+            .slow_start(false)
+            .build()
+            .unwrap(),
+    );
+    let handle = adaptive.handle();
+    let svc = ServiceBuilder::new()
+        .layer(adaptive)
+        .load_shed()
+        .concurrency_limit(1)
+        .service(service_fn(|_req: ()| async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok::<_, Infallible>(Response::new(()))
+        }));
+    let first = tokio::spawn(svc.clone().oneshot(()));
+    tokio::task::yield_now().await;
+    let err = svc.clone().oneshot(()).await.unwrap_err();
+    assert!(err.is::<tower::load_shed::error::Overloaded>(), "{err}");
+    assert!(handle.limit() < 4, "limit {}", handle.limit());
+    first.await.unwrap().unwrap();
 }

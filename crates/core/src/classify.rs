@@ -15,7 +15,7 @@
 //! | 429, 502, 503, 504 | [`Outcome::Overload`] |
 //! | other 4xx | [`Outcome::CallerError`]: neither raises nor lowers the limit |
 //! | other 5xx | [`Outcome::Failure`] |
-//! | a timeout (tokio's or tower's `Elapsed`), a refused, reset or aborted connection, a connect error | [`Outcome::Overload`] |
+//! | a timeout (tokio's or tower's `Elapsed`), a fail-fast limit's refusal below (our [`Overloaded`](crate::error::Overloaded), tower's `LoadShed`), a refused, reset or aborted connection, a connect error | [`Outcome::Overload`] |
 //! | any other error | [`Outcome::Failure`] |
 //!
 //! ```
@@ -135,11 +135,14 @@ fn is_overload_error(err: &(dyn Error + 'static)) -> bool {
             K::ConnectionRefused | K::ConnectionReset | K::ConnectionAborted | K::TimedOut
         );
     }
-    // tower's `timeout::error::Elapsed` and hyper-util's connect errors are
-    // recognised by their messages, so that this crate needs neither as a
-    // dependency.
+    // tower's `timeout::error::Elapsed` and `load_shed::error::Overloaded`
+    // (the shed of a limit below, like our own fail-fast `Overloaded`) and
+    // hyper-util's connect errors are recognised by their messages, so that
+    // this crate needs neither as a dependency.
     let text = err.to_string();
-    text == "request timed out" || text.starts_with("client error (Connect)")
+    text == "request timed out"
+        || text == "service overloaded"
+        || text.starts_with("client error (Connect)")
 }
 
 impl<B> Classify<http::Response<B>> for HttpClassify {
