@@ -539,3 +539,26 @@ proptest::proptest! {
         proptest::prop_assert_eq!(AuthorityKey.key(&req).into_owned(), expected, "{}", uri);
     }
 }
+
+/// The handle looks a key up in any form it borrows as, as `HashMap::get`
+/// does: a host as a `&str`, not only as a `&String` built for the call.
+#[tokio::test(start_paused = true)]
+async fn handle_reads_a_key_by_str() {
+    let layer = KeyedLimitLayer::builder(one_a_second(2))
+        .limit_for("api.example.com", KeyLimit::new().concurrency(3))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(service_fn(|_req: Req| async { Ok::<_, BoxError>(()) }));
+    svc.oneshot(get("other.example.com")).await.unwrap();
+
+    assert_eq!(handle.max_in_flight("api.example.com"), Some(3));
+    assert_eq!(handle.max_in_flight("other.example.com"), Some(2));
+    assert_eq!(handle.tokens("other.example.com"), Some(0));
+    assert_eq!(handle.in_flight("other.example.com"), 0);
+    assert_eq!(handle.waiting("other.example.com"), 0);
+    // The owned form still works.
+    assert_eq!(handle.tokens(&"other.example.com".to_owned()), Some(0));
+}

@@ -380,6 +380,8 @@ impl<K> fmt::Debug for KeyedLimitHandle<K> {
     }
 }
 
+/// Each look-up takes the key in any form it borrows as (a `&str` for the
+/// default `String` keys), as `HashMap::get` does.
 impl<K: Hash + Eq + Clone> KeyedLimitHandle<K> {
     /// Keys tracked right now (at most `max_keys`; a key without any limit
     /// is never tracked).
@@ -391,23 +393,39 @@ impl<K: Hash + Eq + Clone> KeyedLimitHandle<K> {
     /// token (0 for an unknown key or one without a concurrency limit).
     /// A call holding a permit while it waits for its token is counted in
     /// [`waiting`](Self::waiting) instead.
-    pub fn in_flight(&self, key: &K) -> usize {
+    pub fn in_flight<Q>(&self, key: &Q) -> usize
+    where
+        K: Borrow<Q>,
+        Q: ?Sized + Hash + Eq,
+    {
         self.keys.in_flight(key)
     }
 
     /// Calls waiting at `key`'s gate: for a permit, or for their token
     /// (holding their permit, if the key has a concurrency limit).
-    pub fn waiting(&self, key: &K) -> usize {
+    pub fn waiting<Q>(&self, key: &Q) -> usize
+    where
+        K: Borrow<Q>,
+        Q: ?Sized + Hash + Eq,
+    {
         self.keys.waiting(key)
     }
 
     /// Whole tokens in `key`'s bucket (`None` for an unknown key or one without a rate).
-    pub fn tokens(&self, key: &K) -> Option<u32> {
+    pub fn tokens<Q>(&self, key: &Q) -> Option<u32>
+    where
+        K: Borrow<Q>,
+        Q: ?Sized + Hash + Eq,
+    {
         self.keys.tokens(key)
     }
 
     /// The limit `key` gets, whether or not it is tracked yet.
-    pub fn max_in_flight(&self, key: &K) -> Option<usize> {
+    pub fn max_in_flight<Q>(&self, key: &Q) -> Option<usize>
+    where
+        K: Borrow<Q>,
+        Q: ?Sized + Hash + Eq,
+    {
         self.keys.max_in_flight(key)
     }
 }

@@ -160,13 +160,21 @@ impl<K: Hash + Eq + Clone> Keys<K> {
         self.lock().len()
     }
 
-    fn with<T>(&self, key: &K, f: impl FnOnce(&KeyState) -> T) -> Option<T> {
+    fn with<Q, T>(&self, key: &Q, f: impl FnOnce(&KeyState) -> T) -> Option<T>
+    where
+        K: Borrow<Q>,
+        Q: ?Sized + Hash + Eq,
+    {
         self.lock().get(key).map(|s| f(s))
     }
 
     /// Permits held by calls past the gate: a call waiting for its token
     /// holds one too, and is counted as waiting instead.
-    pub(super) fn in_flight(&self, key: &K) -> usize {
+    pub(super) fn in_flight<Q>(&self, key: &Q) -> usize
+    where
+        K: Borrow<Q>,
+        Q: ?Sized + Hash + Eq,
+    {
         self.with(key, |s| {
             s.semaphore.as_ref().map_or(0, |sem| {
                 let awaiting = s.awaiting_token.load(Ordering::Relaxed);
@@ -176,7 +184,11 @@ impl<K: Hash + Eq + Clone> Keys<K> {
         .unwrap_or(0)
     }
 
-    pub(super) fn waiting(&self, key: &K) -> usize {
+    pub(super) fn waiting<Q>(&self, key: &Q) -> usize
+    where
+        K: Borrow<Q>,
+        Q: ?Sized + Hash + Eq,
+    {
         self.with(key, |s| {
             s.semaphore.as_ref().map_or(0, |sem| sem.waiting())
                 + s.awaiting_token.load(Ordering::Relaxed)
@@ -184,13 +196,21 @@ impl<K: Hash + Eq + Clone> Keys<K> {
         .unwrap_or(0)
     }
 
-    pub(super) fn tokens(&self, key: &K) -> Option<u32> {
+    pub(super) fn tokens<Q>(&self, key: &Q) -> Option<u32>
+    where
+        K: Borrow<Q>,
+        Q: ?Sized + Hash + Eq,
+    {
         let now = self.now();
         self.with(key, |s| s.bucket.as_ref().map(|b| b.tokens(now)))
             .flatten()
     }
 
-    pub(super) fn max_in_flight(&self, key: &K) -> Option<usize> {
+    pub(super) fn max_in_flight<Q>(&self, key: &Q) -> Option<usize>
+    where
+        K: Borrow<Q>,
+        Q: ?Sized + Hash + Eq,
+    {
         self.limit_of(key).concurrency
     }
 

@@ -65,8 +65,9 @@
 //!
 //! let req = http::Request::get("https://api.github.com/repos").body(())?;
 //! svc.clone().oneshot(req).await?;
-//! assert_eq!(handle.max_in_flight(&"api.github.com".to_string()), Some(3));
-//! assert_eq!(handle.max_in_flight(&"example.com".to_string()), Some(8));
+//! assert_eq!(handle.max_in_flight("api.github.com"), Some(3));
+//! assert_eq!(handle.max_in_flight("example.com"), Some(8));
+//! assert_eq!(handle.in_flight("api.github.com"), 0);
 //! # Ok(())
 //! # }
 //! ```
