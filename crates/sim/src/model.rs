@@ -24,6 +24,7 @@ pub struct Model {
 
 /// What happens to a request beyond the concurrency capacity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Overflow {
     /// Answered at once with this status (429 or 503, say).
     Refuse(StatusCode),
@@ -65,6 +66,7 @@ pub struct Latency {
 
 /// The random part of the latency.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub enum Jitter {
     /// None: every request takes `base`.
     None,

@@ -6,7 +6,10 @@ use http::StatusCode;
 use tokio::time::Instant;
 
 /// A snapshot of what the downstream saw over a measurement window.
+///
+/// Read through [`Sim::stats`](crate::Sim::stats); new measures may be added.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Stats {
     /// The window's length.
     pub elapsed: Duration,
