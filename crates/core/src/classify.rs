@@ -244,6 +244,26 @@ mod tests {
         );
     }
 
+    /// Stands in for tower's `load_shed::error::Overloaded` (the facade's
+    /// `tests/tower_compose.rs` uses the real one).
+    #[derive(Debug)]
+    struct TowerOverloaded;
+    impl std::fmt::Display for TowerOverloaded {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("service overloaded")
+        }
+    }
+    impl Error for TowerOverloaded {}
+
+    #[test]
+    fn tower_load_shed_is_overload() {
+        assert_eq!(HttpClassify::error(&TowerOverloaded), Outcome::Overload);
+        assert_eq!(
+            HttpClassify::error(&Wrapped(Box::new(TowerOverloaded))),
+            Outcome::Overload
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn tokio_timeout_is_overload() {
         let elapsed = tokio::time::timeout(Duration::from_millis(1), std::future::pending::<()>())

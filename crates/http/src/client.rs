@@ -331,7 +331,8 @@ impl ClientBuilder {
     ///
     /// # Errors
     /// A zero limit, body cap, timeout or host count, a bad per-host limit,
-    /// or TLS roots that cannot be loaded.
+    /// a [`user_agent`](Self::user_agent) that is not a valid header value,
+    /// or TLS roots that cannot be loaded ([`Error::is_config`]).
     pub fn build(self) -> Result<Client, Error> {
         if let Some(bad) = &self.bad_user_agent {
             return Err(Error::config(format!(

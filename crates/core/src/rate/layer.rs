@@ -153,7 +153,8 @@ impl RateLimitLayer {
     /// `rate` requests per `period`, with a burst of `rate`.
     ///
     /// # Errors
-    /// A zero rate or period.
+    /// A zero rate or period, or a period longer than 292 years (see
+    /// [`RateLimitBuilder::build`]).
     pub fn new(rate: u32, period: Duration) -> Result<Self, ConfigError> {
         Self::builder(rate, period).build()
     }
