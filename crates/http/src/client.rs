@@ -763,7 +763,6 @@ impl Client {
 impl<B> Service<Request<B>> for Client
 where
     B: Body + Send + 'static,
-    B::Data: Send,
     B::Error: Into<BoxError>,
 {
     type Response = Response<Bytes>;

@@ -73,6 +73,43 @@ fn the_client_takes_the_bodies_tower_users_have() {
     assert_client_of::<UnsyncBoxBody<Bytes, std::io::Error>, _>(&client);
     // A proxy forwarding what its server received.
     assert_client_of::<hyper::body::Incoming, _>(&client);
+    // The client copies each chunk out as it reads it: the chunk type need
+    // not be `Send` (only the body is kept across polls).
+    assert_client_of::<LocalChunks, _>(&client);
+}
+
+/// A chunk that is not `Send`.
+struct LocalChunk(Bytes, std::marker::PhantomData<std::rc::Rc<()>>);
+
+impl bytes::Buf for LocalChunk {
+    fn remaining(&self) -> usize {
+        self.0.remaining()
+    }
+    fn chunk(&self) -> &[u8] {
+        self.0.chunk()
+    }
+    fn advance(&mut self, n: usize) {
+        self.0.advance(n);
+    }
+}
+
+/// A `Send` body whose chunks are not `Send`.
+struct LocalChunks(Option<Bytes>);
+
+impl http_body::Body for LocalChunks {
+    type Data = LocalChunk;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<LocalChunk>, Infallible>>> {
+        let chunk = self
+            .0
+            .take()
+            .map(|b| LocalChunk(b, std::marker::PhantomData));
+        std::task::Poll::Ready(chunk.map(|c| Ok(http_body::Frame::data(c))))
+    }
 }
 
 fn unsync_body(text: &'static str) -> UnsyncBoxBody<Bytes, BoxError> {
@@ -115,6 +152,22 @@ async fn core_layers_over_the_client_box_and_send_an_unsync_body() {
     let response = tokio::spawn(boxed.oneshot(req)).await.unwrap().unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.body(), "hello");
+}
+
+/// A body whose chunks are not `Send` is read and sent.
+#[tokio::test]
+async fn the_client_sends_a_body_whose_chunks_are_not_send() {
+    let addr = serve(handler(|req: Request<hyper::body::Incoming>| async move {
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        Response::new(Chunks::full(body))
+    }))
+    .await;
+    let client = Client::builder().build().unwrap();
+    let req = Request::post(format!("http://{addr}/echo"))
+        .body(LocalChunks(Some(Bytes::from_static(b"local"))))
+        .unwrap();
+    let response = tokio::spawn(client.oneshot(req)).await.unwrap().unwrap();
+    assert_eq!(response.body(), "local");
 }
 
 /// The retry layer alone over any service of `http::Request`, boxed.
