@@ -440,6 +440,26 @@ async fn a_server_stream_cap_below_the_host_limit_queues_on_one_connection() {
     assert_eq!(server.used(), 1);
 }
 
+/// On a fresh connection the client opens streams before the server's
+/// SETTINGS are in (h2 assumes 100 until then), and the server refuses
+/// those past its cap with REFUSED_STREAM: never processed, so POSTs are
+/// sent again as GETs are, and every request succeeds.
+#[tokio::test(start_paused = true)]
+async fn streams_refused_past_the_servers_cap_on_a_fresh_connection_are_retried() {
+    let (h, seen) = peak_server(4);
+    let server = serve_h2(h, Some(4)).await;
+    let client = client(server.addr)
+        .host_default(KeyLimit::new().concurrency(16))
+        .build()
+        .unwrap();
+    let results = burst(&client, &url(server.addr, "/"), &[Method::POST], 16).await;
+    assert!(results.iter().all(|r| *r == Ok(200)), "{results:?}");
+    assert_eq!(seen.lock().unwrap().1, 4);
+    // hyper-util started a connection for each of the first callers and
+    // kept the first to agree on h2; all streams went on that one.
+    assert_eq!(server.used(), 1);
+}
+
 // ------------------------------------------ 2. REFUSED_STREAM and GOAWAY
 
 fn opened_by(log: &Mutex<Vec<Opened>>, method: &Method) -> usize {
@@ -448,6 +468,36 @@ fn opened_by(log: &Mutex<Vec<Opened>>, method: &Method) -> usize {
         .iter()
         .filter(|o| o.method == *method)
         .count()
+}
+
+/// A stream reset with REFUSED_STREAM before the server processed it is
+/// sent again, whatever its method (RFC 9113 §8.7); hyper-util's own retry
+/// of canceled requests does not cover it (the stream had been opened).
+#[tokio::test(start_paused = true)]
+async fn a_refused_stream_is_retried_for_get_and_post() {
+    for method in [Method::GET, Method::POST] {
+        let (addr, log) = serve_frames(
+            |conn, n| {
+                if (conn, n) == (0, 0) {
+                    Act::Refuse
+                } else {
+                    Act::Answer
+                }
+            },
+            None,
+        )
+        .await;
+        let client = client(addr).build().unwrap();
+        let resp = client
+            .oneshot(request(method.clone(), &url(addr, "/")))
+            .await;
+        assert_eq!(resp.unwrap().body().as_ref(), b"ok", "{method}");
+        assert_eq!(
+            opened_by(&log, &method),
+            2,
+            "{method}: refused, then answered"
+        );
+    }
 }
 
 /// ... within the retry settings: with retries off, or the budget empty,
@@ -501,6 +551,35 @@ async fn a_stream_reset_after_it_was_read_is_retried_for_get_only() {
             "{method}: {outcome:?}"
         );
         assert_eq!(opened_by(&log, &method), sent, "{method}");
+    }
+}
+
+/// GOAWAY naming a last stream below streams in flight: those were not
+/// processed, and go again on a new connection, POSTs included; the one
+/// at the last id is answered on the old connection, once.
+#[tokio::test(start_paused = true)]
+async fn streams_above_a_goaways_last_id_are_retried_on_a_new_connection() {
+    for method in [Method::GET, Method::POST] {
+        // Two streams a connection: the warm-up GET, then the first of three.
+        let (addr, log) = serve_frames(|_, _| Act::Answer, Some(2)).await;
+        let client = client(addr).build().unwrap();
+        let url = url(addr, "/");
+        client.get(&url).await.unwrap();
+        let results = burst(&client, &url, std::slice::from_ref(&method), 3).await;
+        assert!(
+            results.iter().all(|r| *r == Ok(200)),
+            "{method}: {results:?}"
+        );
+        let log = log.lock().unwrap();
+        let on = |conn| {
+            log.iter()
+                .filter(|o| o.conn == conn && o.method == method)
+                .count()
+        };
+        // Connection 0: the warm-up GET and the three; connection 1: the
+        // two never processed.
+        let first = if method == Method::GET { 4 } else { 3 };
+        assert_eq!((on(0), on(1)), (first, 2), "{method}: {log:?}");
     }
 }
 
