@@ -89,14 +89,16 @@ fn answer() -> support::Handler {
 }
 
 /// A client with no timers of its own (the paused clock moves only for
-/// its waits), a gate of 2 at a time and 20 a second per host, quick
-/// backoffs and a budget that never runs out.
+/// its waits; no h2 pings, whose timeout the clock would reach while the
+/// server's bytes are on the way), a gate of 2 at a time and 20 a second
+/// per host, quick backoffs and a budget that never runs out.
 fn client(pool: usize) -> Client {
     Client::builder()
         .tls_config(support::test_tls_config())
         .timeout(None)
         .connect_timeout(None)
         .pool_idle_timeout(None)
+        .http2_keep_alive_interval(None)
         .pool_max_idle_per_host(pool)
         .host_default(
             KeyLimit::new()

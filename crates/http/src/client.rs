@@ -74,6 +74,8 @@ pub struct ClientBuilder {
     timeout: Option<Duration>,
     pool_idle_timeout: Option<Duration>,
     pool_max_idle_per_host: usize,
+    http2_keep_alive_interval: Option<Duration>,
+    http2_keep_alive_timeout: Duration,
     max_response_body: usize,
     max_request_body: usize,
     max_redirects: usize,
@@ -98,6 +100,8 @@ impl fmt::Debug for ClientBuilder {
         f.debug_struct("ClientBuilder")
             .field("connect_timeout", &self.connect_timeout)
             .field("timeout", &self.timeout)
+            .field("http2_keep_alive_interval", &self.http2_keep_alive_interval)
+            .field("http2_keep_alive_timeout", &self.http2_keep_alive_timeout)
             .field("max_response_body", &self.max_response_body)
             .field("address_guard", &self.address_guard)
             .field("host_default", &self.host_default)
@@ -137,6 +141,34 @@ impl ClientBuilder {
     #[must_use]
     pub fn pool_max_idle_per_host(mut self, max: usize) -> Self {
         self.pool_max_idle_per_host = max;
+        self
+    }
+
+    /// How long an HTTP/2 connection with requests in flight may go without
+    /// reading anything before it is pinged (default 30 s; `None`: never
+    /// pinged; anything past a century, such as `Duration::MAX`, is never).
+    /// A connection that does not answer within
+    /// [`http2_keep_alive_timeout`](Self::http2_keep_alive_timeout) is closed,
+    /// so a dead one (a NAT or load balancer that dropped it, a peer gone
+    /// without a word) is left for a new one: otherwise every request to the
+    /// host, all multiplexed on it, runs into its timeout until the system
+    /// gives the connection up, which takes minutes. Idle connections are
+    /// not pinged (servers count pings on idle connections against a
+    /// client); a request on one that has read nothing for longer than this
+    /// is pinged as it starts.
+    #[must_use]
+    pub fn http2_keep_alive_interval(mut self, interval: Option<Duration>) -> Self {
+        self.http2_keep_alive_interval = interval;
+        self
+    }
+
+    /// How long an HTTP/2 ping may go unanswered before the connection is
+    /// closed as dead, failing its requests (default 20 s; anything past a
+    /// century waits for ever). Idempotent requests are retried on a new
+    /// connection; others fail, since the server may have processed them.
+    #[must_use]
+    pub fn http2_keep_alive_timeout(mut self, timeout: Duration) -> Self {
+        self.http2_keep_alive_timeout = timeout;
         self
     }
 
@@ -330,7 +362,8 @@ impl ClientBuilder {
     /// Checks the settings and builds the client.
     ///
     /// # Errors
-    /// A zero limit, body cap, timeout or host count, a bad per-host limit,
+    /// A zero limit, body cap, timeout (HTTP/2 keep-alive ones included) or
+    /// host count, a bad per-host limit,
     /// a [`user_agent`](Self::user_agent) that is not a valid header value,
     /// or TLS roots that cannot be loaded ([`Error::is_config`]).
     pub fn build(self) -> Result<Client, Error> {
@@ -357,6 +390,16 @@ impl ClientBuilder {
                 )));
             }
         }
+        if self.http2_keep_alive_interval == Some(Duration::ZERO) {
+            return Err(Error::config(
+                "http2_keep_alive_interval must be more than zero: use None for no pings",
+            ));
+        }
+        if self.http2_keep_alive_timeout.is_zero() {
+            return Err(Error::config(
+                "http2_keep_alive_timeout must be more than zero: it is how long a ping may go unanswered",
+            ));
+        }
         let mut limits = KeyedLimitLayer::builder(self.host_default).max_keys(self.max_hosts);
         for (host, limit) in &self.host_limits {
             limits = limits.limit_for(host.clone(), *limit);
@@ -382,12 +425,17 @@ impl ClientBuilder {
             .wrap_connector(http);
         let connector = GuardedConnector::new(https, guard.clone());
         let mut raw = HyperClient::builder(TokioExecutor::new());
-        // hyper-util's idle sweeper adds the timeout to an `Instant`, which
-        // overflows (a panic in its task) for `Duration::MAX`; past a century
-        // it means no timeout, which `None` says without the addition.
+        // hyper-util's idle sweeper, and hyper's h2 pings, add these to an
+        // `Instant`, which overflows (a panic in the connection's or the
+        // sweeper's task) for `Duration::MAX`; past a century they mean
+        // never, which `None` (or a century, for the ping's timeout) says
+        // without the overflow.
         const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
         raw.pool_idle_timeout(self.pool_idle_timeout.filter(|t| *t <= FOREVER))
             .pool_max_idle_per_host(self.pool_max_idle_per_host)
+            // Needs the timer below, or hyper ignores it.
+            .http2_keep_alive_interval(self.http2_keep_alive_interval.filter(|t| *t <= FOREVER))
+            .http2_keep_alive_timeout(self.http2_keep_alive_timeout.min(FOREVER))
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new());
         let raw: Raw = raw.build(connector);
@@ -723,6 +771,11 @@ impl Client {
             timeout: Some(Duration::from_secs(30)),
             pool_idle_timeout: Some(Duration::from_secs(90)),
             pool_max_idle_per_host: 32,
+            // A request on a connection that has read nothing for 30 s pings
+            // at once, and a dead connection is left after 20 s: inside the
+            // request's 30 s timeout, so a GET goes again on a new one.
+            http2_keep_alive_interval: Some(Duration::from_secs(30)),
+            http2_keep_alive_timeout: Duration::from_secs(20),
             max_response_body: 10 * 1024 * 1024,
             max_request_body: 10 * 1024 * 1024,
             max_redirects: 10,

@@ -132,10 +132,10 @@ enum Act {
     Refuse,
     /// Reads the request to its end, then resets it with this code.
     ResetAfterRead(u32),
-    /// From this stream on, the connection reads and discards everything,
-    /// PINGs included, and never writes again (a black-holed connection).
-    #[allow(dead_code)] // until the keep-alive test
-    Silent,
+    /// Answers as `Answer` does; from then on the connection reads and
+    /// discards everything, PINGs included, and never writes again (a
+    /// black-holed connection).
+    AnswerThenSilence,
 }
 
 const REFUSED_STREAM: u32 = 0x7;
@@ -271,10 +271,6 @@ where
                         out.extend(frame(RST_STREAM, 0, id, &REFUSED_STREAM.to_be_bytes()));
                         ended = false;
                     }
-                    Act::Silent => {
-                        silent = true;
-                        ended = false;
-                    }
                     act => {
                         open.insert(id, act);
                     }
@@ -288,14 +284,15 @@ where
                 Act::ResetAfterRead(code) => {
                     out.extend(frame(RST_STREAM, 0, id, &code.to_be_bytes()));
                 }
-                _ => {
+                act => {
                     // `:status: 200` is entry 8 of HPACK's static table.
                     out.extend(frame(HEADERS, END_HEADERS, id, &[0x88]));
                     out.extend(frame(DATA, END_STREAM, id, b"ok"));
+                    silent = act == Act::AnswerThenSilence;
                 }
             }
         }
-        if !out.is_empty() && !silent {
+        if !out.is_empty() {
             io.write_all(&out).await?;
             io.flush().await?;
         }
@@ -860,4 +857,89 @@ async fn redirects_over_h2_strip_credentials_across_origins_and_pass_the_guard()
         .unwrap();
     let err = guarded.get(&url(a.addr, "/private")).await.unwrap_err();
     assert!(err.is_refused_address(), "{err}");
+}
+
+// ------------------------------------------------------- 6. keep-alive
+
+/// A pooled connection that goes silent (a NAT or a load balancer that
+/// forgot it, a peer gone without a FIN) holds every later stream to the
+/// host: by default the client pings a connection with streams open that
+/// has read nothing for 30 s, closes it when no answer comes within 20 s,
+/// and the GET goes again on a new connection. (Without pings the GET ran
+/// into its 30 s timeout, which is not retried, and the next requests to
+/// the host went to the same dead connection.)
+#[tokio::test(start_paused = true)]
+async fn a_silent_pooled_connection_is_found_by_ping_and_replaced() {
+    let (addr, log) = serve_frames(
+        |conn, n| {
+            if (conn, n) == (0, 0) {
+                Act::AnswerThenSilence
+            } else {
+                Act::Answer
+            }
+        },
+        None,
+    )
+    .await;
+    let client = client(addr).build().unwrap();
+    let url = url(addr, "/");
+    client.get(&url).await.unwrap();
+    // Idle for a minute: pooled still (90 s), and not pinged while idle.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let start = Instant::now();
+    let resp = client.get(&url).await;
+    let waited = start.elapsed();
+    assert_eq!(resp.unwrap().body().as_ref(), b"ok");
+    // Pinged at once (nothing read for 60 s), given up after 20 s, then
+    // one backoff (50 to 100 ms) before the retry.
+    assert!(
+        waited >= Duration::from_millis(20_050) && waited <= Duration::from_millis(20_100),
+        "{waited:?}"
+    );
+    client.get(&url).await.unwrap();
+    // The silent connection logs nothing past its first stream.
+    let conns: Vec<usize> = log.lock().unwrap().iter().map(|o| o.conn).collect();
+    assert_eq!(conns, [0, 1, 1]);
+}
+
+/// Keep-alive settings a connection cannot work with fail at build, saying
+/// which; ones past any real need (`Duration::MAX`) work as "never" and do
+/// not overflow the deadline hyper computes when it pings (a panic in the
+/// connection's task, which lost the connection and its streams).
+#[tokio::test(start_paused = true)]
+async fn http2_keep_alive_settings_fail_at_build_or_work() {
+    let err = Client::builder()
+        .http2_keep_alive_interval(Some(Duration::ZERO))
+        .build()
+        .unwrap_err();
+    assert!(
+        err.is_config() && err.to_string().contains("http2_keep_alive_interval"),
+        "{err}"
+    );
+    let err = Client::builder()
+        .http2_keep_alive_timeout(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert!(
+        err.is_config() && err.to_string().contains("http2_keep_alive_timeout"),
+        "{err}"
+    );
+    for interval in [Some(Duration::from_secs(1)), Some(Duration::MAX), None] {
+        let server = serve_h2(
+            handler(|_| async { respond(200).body(Chunks::full("ok")).unwrap() }),
+            None,
+        )
+        .await;
+        let client = client(server.addr)
+            .http2_keep_alive_interval(interval)
+            .http2_keep_alive_timeout(Duration::MAX)
+            .build()
+            .unwrap();
+        let url = url(server.addr, "/");
+        client.get(&url).await.unwrap();
+        // Idle past the interval: the next stream is pinged at once.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        client.get(&url).await.unwrap();
+        assert_eq!(server.accepted.load(Ordering::SeqCst), 1, "{interval:?}");
+    }
 }
