@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use tower_fanout_core::classify::{Classify, HttpClassify, Outcome};
 
-use crate::error::is_callers_mistake;
+use crate::error;
 
 /// Core's [`HttpClassify`], knowing this crate's errors: give it to an
 /// [`AdaptiveLimitLayer`](tower_fanout_core::adaptive::AdaptiveLimitLayer)
@@ -17,7 +17,9 @@ use crate::error::is_callers_mistake;
 /// 65535) cut the limit that every host's calls share. Here a refused
 /// address, an invalid request, a body over a cap, too many redirects and a
 /// configuration error are the caller's mistake
-/// ([`Outcome::CallerError`]): they say nothing of the downstream's load.
+/// ([`Outcome::CallerError`]): they say nothing of the downstream's load. An
+/// attempt that ran past the client's `timeout` ([`TimedOut`](crate::TimedOut),
+/// which `HttpClassify` does not know) is overload, as a timeout is in core.
 /// Everything else is answered as `HttpClassify` answers it, except that
 /// [`retry_after`](Classify::retry_after) also reads an HTTP-date
 /// (through [`headers::retry_after`](crate::headers::retry_after)).
@@ -35,8 +37,8 @@ pub struct ClientClassify;
 impl<B> Classify<http::Response<B>> for ClientClassify {
     fn classify(&self, result: Result<&http::Response<B>, &(dyn StdError + 'static)>) -> Outcome {
         match result {
-            Err(error) if is_callers_mistake(error) => Outcome::CallerError,
-            _ => HttpClassify.classify(result),
+            Err(err) => error::outcome(err).unwrap_or_else(|| HttpClassify.classify(result)),
+            Ok(_) => HttpClassify.classify(result),
         }
     }
 

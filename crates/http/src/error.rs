@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use tower_fanout_core::classify::Outcome;
 use tower_fanout_core::error::{Overloaded, RateLimited};
 use tower_fanout_core::keyed::TooManyKeys;
 
@@ -186,23 +187,33 @@ pub(crate) fn is_final(err: &(dyn std::error::Error + 'static)) -> bool {
     )
 }
 
-/// Whether `err` is the caller's own doing rather than the downstream's
-/// answer: a refused address, an invalid request, a body over a cap, too many
-/// redirects, a bad configuration. Looked for through the whole chain, as
-/// [`is_final`] does.
-pub(crate) fn is_callers_mistake(err: &(dyn std::error::Error + 'static)) -> bool {
+/// What `err` says of the downstream's load, where this crate knows better
+/// than core's `HttpClassify`: the caller's own doing (a refused address, an
+/// invalid request, a body over a cap, too many redirects, a bad
+/// configuration, a request body that never ended) or an attempt timeout
+/// (overload). `None`: ask `HttpClassify`. Looked for through the whole
+/// chain, as [`is_final`] does.
+pub(crate) fn outcome(err: &(dyn std::error::Error + 'static)) -> Option<Outcome> {
     // The client's own `Error` knows its kind (an invalid request's or a
     // configuration's source is a bare message the chain cannot tell).
     let kind = find_in_chain::<Error>(err).map_or_else(|| classify(err), |e| e.kind);
-    matches!(
-        kind,
+    match kind {
         Kind::RefusedAddress
-            | Kind::InvalidRequest
-            | Kind::BodyTooLarge
-            | Kind::RequestBodyTooLarge
-            | Kind::TooManyRedirects
-            | Kind::Config
-    )
+        | Kind::InvalidRequest
+        | Kind::BodyTooLarge
+        | Kind::RequestBodyTooLarge
+        | Kind::TooManyRedirects
+        | Kind::Config => Some(Outcome::CallerError),
+        // A request body that never ended is the caller's stream, not the
+        // downstream's load.
+        Kind::Timeout if find_in_chain::<TimedOut>(err).is_some_and(TimedOut::is_request_body) => {
+            Some(Outcome::CallerError)
+        }
+        // The attempt timeout is this crate's own type, which core's
+        // `HttpClassify` cannot know: it read a timed-out answer as a plain failure.
+        Kind::Timeout => Some(Outcome::Overload),
+        _ => None,
+    }
 }
 
 /// The first error of type `T` in `err`'s source chain, `err` included.

@@ -28,6 +28,12 @@ impl TimedOut {
         }
     }
 
+    /// The caller's streamed request body did not end in time (not the
+    /// downstream's doing).
+    pub(crate) fn is_request_body(&self) -> bool {
+        self.request_body
+    }
+
     /// The timeout that passed.
     pub fn after(&self) -> Duration {
         self.after

@@ -57,6 +57,27 @@ async fn guard_refusals_and_bad_ports_are_the_callers_mistake() {
     assert_eq!(outcomes(&err), (Outcome::Overload, Outcome::CallerError));
 }
 
+/// An attempt past the client's `timeout` is overload, as a timeout is to
+/// core's classifier: `HttpClassify` does not know this crate's `TimedOut`
+/// and read it as a plain failure, so an adaptive limit over the client
+/// never lowered for a downstream too slow to answer.
+#[tokio::test(start_paused = true)]
+async fn an_attempt_timeout_is_overload() {
+    let addr = serve(support::handler(|_| async {
+        std::future::pending::<()>().await;
+        unreachable!("the handler never answers")
+    }))
+    .await;
+    let client = Client::builder()
+        .timeout(Some(Duration::from_secs(1)))
+        .no_retry()
+        .build()
+        .unwrap();
+    let err = client.get(&format!("http://{addr}/")).await.unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    assert_eq!(outcomes(&err), (Outcome::Failure, Outcome::Overload));
+}
+
 /// A body over the cap is the caller's cap, not the downstream's load; a
 /// refused connection is still overload, as `HttpClassify` says.
 #[tokio::test]

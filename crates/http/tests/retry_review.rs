@@ -182,6 +182,13 @@ async fn a_stalled_request_body_times_out() {
     assert!(message.contains("request body"), "{message}");
     assert!(message.contains("`timeout`"), "{message}");
     assert_eq!(hits.load(Ordering::SeqCst), 0, "nothing was sent");
+    // The caller's stream, not the downstream's load.
+    let err: &(dyn std::error::Error + 'static) = &err;
+    let outcome = tower_fanout_core::classify::Classify::<http::Response<Bytes>>::classify(
+        &tower_fanout_http::ClientClassify,
+        Err(err),
+    );
+    assert_eq!(outcome, tower_fanout_core::classify::Outcome::CallerError);
 }
 
 /// A request body that never yields a frame nor ends.
