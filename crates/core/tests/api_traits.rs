@@ -145,6 +145,14 @@ fn builders_are_debug_and_send() {
     builder(&WindowedController::builder());
     let batch: FanOut<_, _> = fan_out(client(), std::iter::empty::<Req>());
     builder(&batch);
+    // Keyed, it holds requests set aside: still `Send`, of a request that
+    // is not `Sync`, and so is its stream.
+    let keyed = batch
+        .per_key(|req: &Req| req.uri().host().map(str::to_owned), 2)
+        .unwrap();
+    builder(&keyed);
+    let stream = keyed.stream();
+    builder(&stream);
 }
 
 /// Every layer, with the options a user passes as closures (a cost, a key,

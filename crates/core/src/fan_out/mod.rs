@@ -22,6 +22,19 @@
 //! sliding window (the default) keeps the downstream busier; chunks are
 //! there for APIs that bill or rate-limit per chunk.
 //!
+//! # Keys: one slow host must not hold the window
+//! A call waiting at a per-key limit underneath (a per-host
+//! [`KeyedLimitLayer`](crate::keyed::KeyedLimitLayer), whose `poll_ready`
+//! cannot know the key) holds its window slot while it waits, so a list
+//! that names one host's URLs before another's runs only that host's limit
+//! at a time, and a slow host's items pile up in the window as the fast
+//! ones finish. [`FanOut::per_key`] gives the window the same key and
+//! bound: a request whose key is full is set aside and the ones after it
+//! start in its place, up to [`lookahead`](FanOut::lookahead) set aside
+//! (4 × the concurrency by default), so a stream still holds at most
+//! concurrency + lookahead requests. Use it whenever the service limits
+//! each key; results come out as without it.
+//!
 //! # Cancellation
 //! Each request runs in its own Tokio task. Dropping the stream (or the
 //! `collect` future) aborts the tasks in flight, which drops their response
@@ -54,14 +67,17 @@
 //! ```
 
 mod batch;
+mod per_key;
 mod stream;
 
 use std::fmt;
+use std::hash::Hash;
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
 pub use self::batch::{Batch, ItemResult, Progress, Summary, error_kind};
+pub use self::per_key::{PerKey, Unkeyed};
 pub use self::stream::Completions;
 use crate::error::ConfigError;
 
@@ -83,12 +99,17 @@ where
         on_progress: None,
         watch: None,
         error_kind,
+        admission: Unkeyed,
+        keyed: false,
     }
 }
 
 /// A configured fan-out, run by [`collect`](FanOut::collect) or [`stream`](FanOut::stream).
+///
+/// `W` is how the window admits requests: [`Unkeyed`] (each in turn) unless
+/// [`per_key`](FanOut::per_key) made it a [`PerKey`].
 #[must_use = "a fan-out does nothing until it is run with `.collect()` or `.stream()`"]
-pub struct FanOut<S, I> {
+pub struct FanOut<S, I, W = Unkeyed> {
     service: S,
     requests: I,
     total: Option<usize>,
@@ -97,9 +118,12 @@ pub struct FanOut<S, I> {
     on_progress: Option<ProgressFn>,
     watch: Option<watch::Sender<Progress>>,
     error_kind: fn(&crate::BoxError) -> &'static str,
+    admission: W,
+    /// Set by `per_key`, which a chunked run refuses.
+    keyed: bool,
 }
 
-impl<S, I> FanOut<S, I> {
+impl<S, I, W> FanOut<S, I, W> {
     /// At most `n` requests in flight at once (a sliding window).
     ///
     /// # Errors
@@ -118,10 +142,14 @@ impl<S, I> FanOut<S, I> {
     /// Runs the batch in chunks of `size`, each finished before the next starts.
     ///
     /// # Errors
-    /// A chunk size of zero.
+    /// A chunk size of zero; a fan-out with [`per_key`](Self::per_key)
+    /// (see there).
     pub fn chunked(mut self, size: usize) -> Result<Self, ConfigError> {
         if size == 0 {
             return Err(ConfigError::new("fan-out chunk size must be at least 1"));
+        }
+        if self.keyed {
+            return Err(ConfigError::new(CHUNKED_PER_KEY));
         }
         self.window = size;
         self.chunked = true;
@@ -152,12 +180,103 @@ impl<S, I> FanOut<S, I> {
     }
 }
 
-impl<S, I> fmt::Debug for FanOut<S, I> {
+const CHUNKED_PER_KEY: &str = "fan-out per_key needs a sliding window, not chunks: a chunk \
+     waits for its slowest item before the next starts, so a request set aside for a busy key \
+     could not start in its place; drop `.chunked(n)` (use `.concurrency(n)`) or `.per_key(..)`";
+
+impl<S, I, Req> FanOut<S, I, Unkeyed>
+where
+    I: Iterator<Item = Req>,
+{
+    /// Starts at most `max_per_key` requests of one key at once, the key
+    /// being `key_fn(&request)`: a request whose key has that many started
+    /// and unfinished is set aside, and the requests after it start in its
+    /// place; it starts as soon as its key has room, before any request
+    /// read after it (oldest first).
+    ///
+    /// Use it when the service limits each key underneath (a per-host
+    /// limit, [`KeyedLimitLayer`](crate::keyed::KeyedLimitLayer)) with the
+    /// same `max_per_key`: without it, a call waiting at its key's gate
+    /// holds a window slot, so one busy or slow key can fill the window
+    /// while other keys sit idle.
+    ///
+    /// Requests are read ahead of the window at most
+    /// [`lookahead`](FanOut::lookahead) (4 × the concurrency by default):
+    /// when that many are set aside, the fan-out waits for a request to
+    /// finish instead of reading further, so a stream holds at most
+    /// concurrency + lookahead requests, and one key's requests can still
+    /// fill the window if more than that are in a row. Results are not
+    /// held back: [`stream`](FanOut::stream) yields them as they finish,
+    /// [`collect`](FanOut::collect) returns them in input order.
+    ///
+    /// # Errors
+    /// A `max_per_key` of zero; a [`chunked`](Self::chunked) fan-out (a
+    /// chunk waits for its slowest item, so nothing could start in a
+    /// set-aside request's place).
+    #[allow(
+        clippy::type_complexity,
+        reason = "the keyed fan-out's type, spelt out once so the docs show it"
+    )]
+    pub fn per_key<F, K>(
+        self,
+        key_fn: F,
+        max_per_key: usize,
+    ) -> Result<FanOut<S, I, PerKey<F, K, Req>>, ConfigError>
+    where
+        F: Fn(&Req) -> K,
+        K: Hash + Eq + Clone,
+    {
+        if max_per_key == 0 {
+            return Err(ConfigError::new(
+                "fan-out max_per_key must be at least 1 (0 would start no request); \
+                 to leave keys unbounded, do not call `per_key`",
+            ));
+        }
+        if self.chunked {
+            return Err(ConfigError::new(CHUNKED_PER_KEY));
+        }
+        Ok(FanOut {
+            service: self.service,
+            requests: self.requests,
+            total: self.total,
+            window: self.window,
+            chunked: false,
+            on_progress: self.on_progress,
+            watch: self.watch,
+            error_kind: self.error_kind,
+            admission: PerKey::new(key_fn, max_per_key),
+            keyed: true,
+        })
+    }
+}
+
+impl<S, I, F, K, Req> FanOut<S, I, PerKey<F, K, Req>> {
+    /// Sets aside at most `n` requests whose key is busy (4 × the
+    /// concurrency by default): when `n` are, the fan-out waits for a
+    /// request to finish instead of reading further. Memory holds at most
+    /// concurrency + `n` requests.
+    ///
+    /// # Errors
+    /// Zero: a request read while its key is busy has to wait somewhere.
+    pub fn lookahead(mut self, n: usize) -> Result<Self, ConfigError> {
+        if n == 0 {
+            return Err(ConfigError::new(
+                "fan-out lookahead must be at least 1: a request read while its key is busy \
+                 is held there until the key has room",
+            ));
+        }
+        self.admission.set_lookahead(n);
+        Ok(self)
+    }
+}
+
+impl<S, I, W: fmt::Debug> fmt::Debug for FanOut<S, I, W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FanOut")
             .field("total", &self.total)
             .field("window", &self.window)
             .field("chunked", &self.chunked)
+            .field("admission", &self.admission)
             .finish_non_exhaustive()
     }
 }

@@ -10,13 +10,15 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use super::batch::{Batch, ItemResult, Progress};
+use super::per_key::{Admission, Unkeyed};
 use super::{FanOut, ProgressFn};
 use crate::BoxError;
 use crate::error::ServicePanicked;
 
-impl<S, I, Req> FanOut<S, I>
+impl<S, I, Req, W> FanOut<S, I, W>
 where
     I: Iterator<Item = Req>,
+    W: Admission<Req>,
     S: Service<Req> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Response: Send + 'static,
@@ -24,11 +26,12 @@ where
     Req: Send + 'static,
 {
     /// Runs the batch and yields each result as it finishes.
-    pub fn stream(self) -> Completions<S, I, S::Response> {
+    pub fn stream(mut self) -> Completions<S, I, S::Response, W> {
         let progress = Progress {
             total: self.total,
             ..Progress::default()
         };
+        self.admission.start(self.window);
         Completions {
             service: self.service,
             requests: self.requests,
@@ -43,6 +46,7 @@ where
             on_progress: self.on_progress,
             watch: self.watch,
             error_kind: self.error_kind,
+            admission: self.admission,
         }
     }
 
@@ -67,7 +71,7 @@ where
 /// Call [`next`](Completions::next) until it returns `None`. Dropping it
 /// aborts the requests still in flight.
 #[must_use = "a fan-out runs only while its completions are read with `.next()`"]
-pub struct Completions<S, I, T> {
+pub struct Completions<S, I, T, W = Unkeyed> {
     service: S,
     requests: I,
     next_index: usize,
@@ -86,11 +90,14 @@ pub struct Completions<S, I, T> {
     on_progress: Option<ProgressFn>,
     watch: Option<tokio::sync::watch::Sender<Progress>>,
     error_kind: fn(&BoxError) -> &'static str,
+    /// Holds the requests set aside for a busy key, with `per_key`.
+    admission: W,
 }
 
-impl<S, I, Req> Completions<S, I, S::Response>
+impl<S, I, Req, W> Completions<S, I, S::Response, W>
 where
     I: Iterator<Item = Req>,
+    W: Admission<Req>,
     S: Service<Req> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Response: Send + 'static,
@@ -103,6 +110,7 @@ where
         let item = match self.tasks.join_next_with_id().await? {
             Ok((id, item)) => {
                 self.running.remove(&id);
+                self.admission.finished(item.index);
                 item
             }
             Err(error) => {
@@ -110,6 +118,7 @@ where
                     .running
                     .remove(&error.id())
                     .unwrap_or((usize::MAX, Instant::now()));
+                self.admission.finished(index);
                 ItemResult {
                     index,
                     result: Err(ServicePanicked::new().into()),
@@ -135,12 +144,21 @@ where
         &self.progress
     }
 
-    /// Starts requests until the window is full (or, in chunks, the chunk).
+    /// Starts requests until the window is full (or, in chunks, the chunk):
+    /// first those set aside whose key has room now, then new ones, as long
+    /// as there is room to set one aside.
     fn fill(&mut self) {
         if self.chunked && !self.tasks.is_empty() {
             return;
         }
-        while !self.exhausted && self.tasks.len() < self.window {
+        while self.tasks.len() < self.window {
+            if let Some((index, request)) = self.admission.take_ready() {
+                self.spawn(index, request);
+                continue;
+            }
+            if self.exhausted || !self.admission.can_read() {
+                break;
+            }
             let Some(request) = self.requests.next() else {
                 self.exhausted = true;
                 // The size is known now: say it, so that the progress
@@ -156,30 +174,37 @@ where
             };
             let index = self.next_index;
             self.next_index += 1;
-            let mut service = self.service.clone();
-            let started = Instant::now();
-            let stopped = self.stopped.clone();
-            let handle = self.tasks.spawn(async move {
-                let mut call = std::pin::pin!(call(&mut service, request));
-                let result = poll_fn(|cx| {
-                    if stopped.load(Ordering::Acquire) {
-                        // The abort that follows drops this task.
-                        return Poll::Pending;
-                    }
-                    call.as_mut().poll(cx)
-                })
-                .await;
-                ItemResult {
-                    index,
-                    result,
-                    latency: started.elapsed(),
-                    attempts: 1,
-                }
-            });
-            self.running.insert(handle.id(), (index, started));
-            self.progress.started += 1;
+            if let Some(request) = self.admission.offer(index, request) {
+                self.spawn(index, request);
+            }
         }
         self.progress.in_flight = self.tasks.len();
+    }
+
+    /// Starts the request read at `index`.
+    fn spawn(&mut self, index: usize, request: Req) {
+        let mut service = self.service.clone();
+        let started = Instant::now();
+        let stopped = self.stopped.clone();
+        let handle = self.tasks.spawn(async move {
+            let mut call = std::pin::pin!(call(&mut service, request));
+            let result = poll_fn(|cx| {
+                if stopped.load(Ordering::Acquire) {
+                    // The abort that follows drops this task.
+                    return Poll::Pending;
+                }
+                call.as_mut().poll(cx)
+            })
+            .await;
+            ItemResult {
+                index,
+                result,
+                latency: started.elapsed(),
+                attempts: 1,
+            }
+        });
+        self.running.insert(handle.id(), (index, started));
+        self.progress.started += 1;
     }
 
     fn record(&mut self, item: &ItemResult<S::Response>) {
@@ -217,19 +242,20 @@ where
     service.call(request).await.map_err(Into::into)
 }
 
-impl<S, I, T> Drop for Completions<S, I, T> {
+impl<S, I, T, W> Drop for Completions<S, I, T, W> {
     fn drop(&mut self) {
         // Before the fields drop (and the `JoinSet` aborts the tasks).
         self.stopped.store(true, Ordering::Release);
     }
 }
 
-impl<S, I, T> fmt::Debug for Completions<S, I, T> {
+impl<S, I, T, W: fmt::Debug> fmt::Debug for Completions<S, I, T, W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Completions")
             .field("progress", &self.progress)
             .field("window", &self.window)
             .field("chunked", &self.chunked)
+            .field("admission", &self.admission)
             .finish_non_exhaustive()
     }
 }

@@ -1,0 +1,175 @@
+//! The key-aware window of [`FanOut::per_key`](super::FanOut::per_key).
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::hash::Hash;
+
+/// How a fan-out's window admits the requests it reads: each in turn
+/// ([`Unkeyed`], the default), or by key ([`PerKey`]). Not for use outside
+/// this crate: the module is private, so the trait cannot be named there.
+pub trait Admission<Req> {
+    /// Called once, when the fan-out starts, with its window.
+    fn start(&mut self, window: usize);
+
+    /// A request set aside earlier whose key has room now (its slot is
+    /// taken already): the oldest such one.
+    fn take_ready(&mut self) -> Option<(usize, Req)>;
+
+    /// Whether another request may be read: there is room to set it aside
+    /// if its key turns out to be busy.
+    fn can_read(&self) -> bool;
+
+    /// `req`, read at `index`: back to start it now (its key's slot taken),
+    /// or `None` when it was set aside.
+    fn offer(&mut self, index: usize, req: Req) -> Option<Req>;
+
+    /// The request read at `index`, started earlier, has finished.
+    fn finished(&mut self, index: usize);
+}
+
+/// The default window: every request starts in turn, whatever its key.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unkeyed;
+
+impl<Req> Admission<Req> for Unkeyed {
+    #[inline]
+    fn start(&mut self, _window: usize) {}
+
+    #[inline]
+    fn take_ready(&mut self) -> Option<(usize, Req)> {
+        None
+    }
+
+    #[inline]
+    fn can_read(&self) -> bool {
+        true
+    }
+
+    #[inline]
+    fn offer(&mut self, _index: usize, req: Req) -> Option<Req> {
+        Some(req)
+    }
+
+    #[inline]
+    fn finished(&mut self, _index: usize) {}
+}
+
+/// A window that starts at most `max_per_key` requests of one key at once
+/// and sets the others aside; made by [`FanOut::per_key`](super::FanOut::per_key).
+pub struct PerKey<F, K, Req> {
+    key_fn: F,
+    max_per_key: usize,
+    /// Set by [`FanOut::lookahead`](super::FanOut::lookahead), or 4 × the
+    /// window when the fan-out starts.
+    lookahead: Option<usize>,
+    /// Keys with a request started or set aside; a key leaves when it has
+    /// neither, so this holds at most window + lookahead keys.
+    keys: HashMap<K, Slot<Req>>,
+    /// The key of each started request, by its index.
+    started: HashMap<usize, K>,
+    /// Set-aside requests whose key has room now, oldest first: their slot
+    /// is taken, and they start as the window has room.
+    ready: VecDeque<(usize, Req)>,
+    /// Requests held (set aside or ready): at most `lookahead`.
+    held: usize,
+}
+
+/// One key's state: requests started and not finished (ready ones
+/// included), and the ones waiting for room, oldest first.
+struct Slot<Req> {
+    started: usize,
+    waiting: VecDeque<(usize, Req)>,
+}
+
+impl<F, K, Req> PerKey<F, K, Req> {
+    pub(super) fn new(key_fn: F, max_per_key: usize) -> Self {
+        Self {
+            key_fn,
+            max_per_key,
+            lookahead: None,
+            keys: HashMap::new(),
+            started: HashMap::new(),
+            ready: VecDeque::new(),
+            held: 0,
+        }
+    }
+
+    pub(super) fn set_lookahead(&mut self, lookahead: usize) {
+        self.lookahead = Some(lookahead);
+    }
+}
+
+impl<F, K, Req> fmt::Debug for PerKey<F, K, Req> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PerKey")
+            .field("max_per_key", &self.max_per_key)
+            .field("lookahead", &self.lookahead)
+            .field("held", &self.held)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, K, Req> Admission<Req> for PerKey<F, K, Req>
+where
+    F: Fn(&Req) -> K,
+    K: Hash + Eq + Clone,
+{
+    fn start(&mut self, window: usize) {
+        // Four windows: enough to look past a few busy keys' worth of
+        // requests (a list grouped by site), while the requests held stay
+        // a small multiple of those in flight.
+        self.lookahead.get_or_insert(window.saturating_mul(4));
+    }
+
+    fn take_ready(&mut self) -> Option<(usize, Req)> {
+        let ready = self.ready.pop_front()?;
+        self.held -= 1;
+        Some(ready)
+    }
+
+    fn can_read(&self) -> bool {
+        self.held < self.lookahead.unwrap_or(1)
+    }
+
+    fn offer(&mut self, index: usize, req: Req) -> Option<Req> {
+        let key = (self.key_fn)(&req);
+        let slot = match self.keys.entry(key.clone()) {
+            Entry::Occupied(slot) => slot.into_mut(),
+            Entry::Vacant(slot) => slot.insert(Slot {
+                started: 0,
+                waiting: VecDeque::new(),
+            }),
+        };
+        if slot.started < self.max_per_key {
+            slot.started += 1;
+            self.started.insert(index, key);
+            Some(req)
+        } else {
+            slot.waiting.push_back((index, req));
+            self.held += 1;
+            None
+        }
+    }
+
+    fn finished(&mut self, index: usize) {
+        let Some(key) = self.started.remove(&index) else {
+            return;
+        };
+        let Entry::Occupied(mut entry) = self.keys.entry(key) else {
+            return;
+        };
+        let slot = entry.get_mut();
+        // The finished request's slot goes to its key's oldest waiting
+        // request, if any; otherwise the key has one more free.
+        if let Some((next, req)) = slot.waiting.pop_front() {
+            self.started.insert(next, entry.key().clone());
+            self.ready.push_back((next, req));
+        } else {
+            slot.started -= 1;
+            if slot.started == 0 {
+                entry.remove();
+            }
+        }
+    }
+}
