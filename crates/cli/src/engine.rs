@@ -1,9 +1,9 @@
 //! The bounded fetch behind `fanout fetch` and the MCP tool.
 //!
-//! Stack, outermost first: fan-out window → retry (Retry-After aware, no
-//! permit held while sleeping) → global rate limit → adaptive limit →
-//! attempt counter → the HTTP client preset (per-host limits, timeouts,
-//! body cap, address guard).
+//! Stack, outermost first: fan-out window (keyed by host, as the client's
+//! per-host limits are) → retry (Retry-After aware, no permit held while
+//! sleeping) → global rate limit → adaptive limit → attempt counter → the
+//! HTTP client preset (per-host limits, timeouts, body cap, address guard).
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
@@ -23,7 +23,7 @@ use tower_fanout_core::BoxError;
 use tower_fanout_core::adaptive::{AdaptiveLimitLayer, GradientController};
 use tower_fanout_core::concurrency::ConcurrencyLimitLayer;
 use tower_fanout_core::fan_out::{ItemResult, Progress, fan_out};
-use tower_fanout_core::keyed::KeyLimit;
+use tower_fanout_core::keyed::{AuthorityKey, KeyFn, KeyLimit};
 use tower_fanout_core::rate::RateLimitLayer;
 use tower_fanout_http::ClientClassify;
 use tower_fanout_http::retry::RetryLayer;
@@ -177,6 +177,7 @@ impl FetchOptions {
 pub(crate) struct Fetcher {
     stack: Stack,
     concurrency: usize,
+    per_host: usize,
 }
 
 impl FetchOptions {
@@ -186,6 +187,7 @@ impl FetchOptions {
         Ok(Fetcher {
             stack: self.stack()?,
             concurrency: self.concurrency,
+            per_host: self.per_host,
         })
     }
 }
@@ -241,7 +243,20 @@ impl Fetcher {
             }
         });
         let mut items: Vec<Option<Item>> = items.into_iter().map(Some).collect();
-        let mut stream = match fan_out(service, requests).concurrency(self.concurrency) {
+        // The client holds each host to --per-host in flight, in the
+        // response future (its `poll_ready` cannot know the host), so a call
+        // waiting for its host would hold a window slot: a list naming one
+        // host's URLs before another's would run one host at a time. The
+        // window keys its items by host as the client does (`AuthorityKey`:
+        // lower case, no userinfo, no default port, no trailing dot) and
+        // sets aside an item whose host is full. It may look past the whole
+        // batch: the requests are all in memory already.
+        let lookahead = items.len().max(1);
+        let fan = fan_out(service, requests)
+            .concurrency(self.concurrency)
+            .and_then(|fan| fan.per_key(host_key, self.per_host))
+            .and_then(|fan| fan.lookahead(lookahead));
+        let mut stream = match fan {
             Ok(fan) => fan.on_progress(on_progress).stream(),
             Err(e) => {
                 let error = e.to_string();
@@ -285,6 +300,14 @@ impl Fetcher {
             }
         }
     }
+}
+
+/// The host an item's request is limited under by the client (`None` for a
+/// request that could not be built, which fails at once).
+fn host_key(req: &Result<Req, String>) -> Option<String> {
+    req.as_ref()
+        .ok()
+        .map(|req| AuthorityKey.key(req).into_owned())
 }
 
 /// One finished item's record.
