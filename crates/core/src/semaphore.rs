@@ -13,9 +13,11 @@
 //! `available` goes negative while a shrink is being paid off.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering, fence};
-use std::sync::{Arc, Mutex, MutexGuard};
+// The layers share the semaphore in std's `Arc`; the tickets are the shim's.
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+
+use crate::sync::{self, AtomicBool, AtomicI64, AtomicUsize, Mutex, MutexGuard, Ordering, fence};
 
 const WAITERS: i64 = 1;
 const ONE: i64 = 2;
@@ -35,7 +37,7 @@ pub(crate) struct Semaphore {
 
 #[derive(Debug)]
 struct Waiter {
-    granted: Arc<AtomicBool>,
+    granted: sync::Arc<AtomicBool>,
     waker: Waker,
 }
 
@@ -79,9 +81,9 @@ impl Semaphore {
             // thread making it was preempted between them.
             if spins < 64 {
                 spins += 1;
-                std::hint::spin_loop();
+                sync::spin_loop();
             } else {
-                std::thread::yield_now();
+                sync::yield_now();
             }
         }
     }
@@ -155,7 +157,7 @@ impl Semaphore {
     pub(crate) fn poll_acquire(
         &self,
         cx: &mut Context<'_>,
-        ticket: &mut Option<Arc<AtomicBool>>,
+        ticket: &mut Option<sync::Arc<AtomicBool>>,
     ) -> Poll<()> {
         if ticket.is_none() && self.try_acquire() {
             return Poll::Ready(());
@@ -169,7 +171,7 @@ impl Semaphore {
     fn poll_acquire_slow(
         &self,
         cx: &mut Context<'_>,
-        ticket: &mut Option<Arc<AtomicBool>>,
+        ticket: &mut Option<sync::Arc<AtomicBool>>,
     ) -> Poll<()> {
         if let Some(granted) = ticket {
             if granted.load(Ordering::Acquire) {
@@ -183,7 +185,7 @@ impl Semaphore {
             }
             if let Some(waiter) = waiters
                 .iter_mut()
-                .find(|w| Arc::ptr_eq(&w.granted, granted))
+                .find(|w| sync::Arc::ptr_eq(&w.granted, granted))
                 && !waiter.waker.will_wake(cx.waker())
             {
                 waiter.waker = cx.waker().clone();
@@ -191,7 +193,7 @@ impl Semaphore {
             return Poll::Pending;
         }
         let mut waiters = self.lock();
-        let granted = Arc::new(AtomicBool::new(false));
+        let granted = sync::Arc::new(AtomicBool::new(false));
         waiters.push_back(Waiter {
             granted: granted.clone(),
             waker: cx.waker().clone(),
@@ -209,7 +211,7 @@ impl Semaphore {
     }
 
     /// Gives up a queued ticket; a permit granted meanwhile is passed on.
-    pub(crate) fn cancel(&self, ticket: &mut Option<Arc<AtomicBool>>) {
+    pub(crate) fn cancel(&self, ticket: &mut Option<sync::Arc<AtomicBool>>) {
         let Some(granted) = ticket.take() else {
             return;
         };
@@ -217,7 +219,7 @@ impl Semaphore {
         if granted.load(Ordering::Acquire) {
             self.state.fetch_add(ONE, Ordering::Release);
         } else {
-            waiters.retain(|w| !Arc::ptr_eq(&w.granted, &granted));
+            waiters.retain(|w| !sync::Arc::ptr_eq(&w.granted, &granted));
         }
         self.grant_locked(&mut waiters);
     }
@@ -288,7 +290,7 @@ impl Drop for Permit {
 #[derive(Debug)]
 pub(crate) struct Acquire {
     semaphore: Arc<Semaphore>,
-    ticket: Option<Arc<AtomicBool>>,
+    ticket: Option<sync::Arc<AtomicBool>>,
 }
 
 impl Acquire {
