@@ -588,3 +588,295 @@ mod tests {
         mover.join().unwrap();
     }
 }
+
+/// Model checks (`scripts/loom`): every interleaving of a few threads, up to
+/// a preemption bound. A lost wakeup shows as a deadlock of `block_on`.
+/// The test's own bookkeeping uses std atomics, which loom does not see:
+/// they add no synchronization that could hide a missing one, and no
+/// interleavings to explore (loom runs one thread at a time, so they count
+/// in the order it chose).
+#[cfg(all(test, tower_fanout_loom))]
+mod loom_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use loom::thread;
+    use std::sync::atomic::AtomicUsize as Count;
+
+    /// `LOOM_MAX_PREEMPTIONS` if set, else 2: unbounded, three threads
+    /// would run for hours. Prints how many interleavings it ran
+    /// (`--nocapture`), to see what a change of the bound costs.
+    fn model(f: impl Fn() + Sync + Send + 'static) {
+        let mut builder = loom::model::Builder::new();
+        if builder.preemption_bound.is_none() {
+            builder.preemption_bound = Some(2);
+        }
+        let runs = Arc::new(Count::new(0));
+        let counted = runs.clone();
+        builder.check(move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+            f();
+        });
+        let name = std::thread::current().name().unwrap_or("?").to_owned();
+        let bound = builder.preemption_bound.unwrap_or(0);
+        let runs = runs.load(Ordering::Relaxed);
+        eprintln!("{name}: {runs} interleavings, preemption bound {bound}");
+    }
+
+    fn acquire(sem: &Semaphore) {
+        let mut ticket = None;
+        loom::future::block_on(std::future::poll_fn(|cx| sem.poll_acquire(cx, &mut ticket)));
+    }
+
+    /// A permit taken: counted, and never more than `limit` at once.
+    fn enter(held: &Count, limit: usize) {
+        let now = held.fetch_add(1, Ordering::Relaxed) + 1;
+        assert!(now <= limit, "{now} permits held, limit {limit}");
+    }
+
+    fn leave(sem: &Semaphore, held: &Count) {
+        held.fetch_sub(1, Ordering::Relaxed);
+        sem.release();
+    }
+
+    /// Everything back, nobody queued, and the fast path open again.
+    fn assert_idle(sem: &Semaphore, limit: usize) {
+        assert_eq!(sem.in_use(), 0, "in use");
+        assert_eq!(sem.available(), limit, "available");
+        assert_eq!(sem.limit(), limit, "limit");
+        assert_eq!(sem.waiting(), 0, "waiting");
+        assert_eq!(sem.lock().len(), 0, "queue");
+        assert_eq!(sem.state.load(Ordering::Relaxed) & WAITERS, 0, "flag");
+        for _ in 0..limit {
+            assert!(sem.try_acquire(), "fast path");
+        }
+        assert!(!sem.try_acquire());
+    }
+
+    fn noop_cx() -> Context<'static> {
+        Context::from_waker(Waker::noop())
+    }
+
+    /// Three acquirers on one permit, each through the fast path or the
+    /// queue, depending on the interleaving: one at a time, and each gets
+    /// its turn.
+    #[test]
+    fn three_acquirers_one_permit() {
+        model(|| {
+            let sem = Arc::new(Semaphore::new(1));
+            let held = Arc::new(Count::new(0));
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    let (sem, held) = (sem.clone(), held.clone());
+                    thread::spawn(move || {
+                        acquire(&sem);
+                        enter(&held, 1);
+                        leave(&sem, &held);
+                    })
+                })
+                .collect();
+            acquire(&sem);
+            enter(&held, 1);
+            leave(&sem, &held);
+            for t in threads {
+                t.join().unwrap();
+            }
+            assert_idle(&sem, 1);
+        });
+    }
+
+    /// A queued waiter gives up while the holder's release hands it the
+    /// permit: the permit goes on to the next waiter, once.
+    #[test]
+    fn cancel_racing_a_grant_passes_the_permit_on() {
+        model(|| {
+            let sem = Arc::new(Semaphore::new(1));
+            let held = Arc::new(Count::new(0));
+            assert!(sem.try_acquire());
+            enter(&held, 1);
+            let mut quitter = None;
+            assert!(sem.poll_acquire(&mut noop_cx(), &mut quitter).is_pending());
+            let cancels = {
+                let sem = sem.clone();
+                thread::spawn(move || sem.cancel(&mut quitter))
+            };
+            let waits = {
+                let (sem, held) = (sem.clone(), held.clone());
+                thread::spawn(move || {
+                    acquire(&sem);
+                    enter(&held, 1);
+                    leave(&sem, &held);
+                })
+            };
+            leave(&sem, &held);
+            cancels.join().unwrap();
+            waits.join().unwrap();
+            assert_idle(&sem, 1);
+        });
+    }
+
+    /// A fail-fast caller racing the release that owes the permit to a
+    /// queued waiter must not get it, whichever runs first.
+    #[test]
+    fn fail_fast_cannot_barge_past_a_waiter() {
+        model(|| {
+            let sem = Arc::new(Semaphore::new(1));
+            assert!(sem.try_acquire());
+            let waiter = {
+                let sem = sem.clone();
+                thread::spawn(move || {
+                    let mut queued = Acquire::new(sem);
+                    let permit = loom::future::block_on(std::future::poll_fn(|cx| {
+                        queued.poll_or_shed(false, cx)
+                    }));
+                    assert!(permit.is_some());
+                    permit
+                })
+            };
+            // The waiter must be queued before the race, or the fail-fast
+            // caller would be entitled to the permit.
+            while sem.waiting() == 0 {
+                thread::yield_now();
+            }
+            let releases = {
+                let sem = sem.clone();
+                thread::spawn(move || sem.release())
+            };
+            let mut shedder = Acquire::new(sem.clone());
+            let barged = shedder.poll_or_shed(true, &mut noop_cx());
+            assert!(matches!(barged, Poll::Ready(None)), "barged in");
+            releases.join().unwrap();
+            let permit = waiter.join().unwrap();
+            assert_eq!((sem.in_use(), sem.available()), (1, 0));
+            drop((permit, shedder));
+            assert_idle(&sem, 1);
+        });
+    }
+
+    /// A shrink below what is held, racing the releases that pay it off and
+    /// a waiter: a waiter that starts after the shrink gets in only once the
+    /// debt is paid, and the counts end at the new limit.
+    #[test]
+    fn shrink_racing_releases_and_a_waiter() {
+        model(|| {
+            let sem = Arc::new(Semaphore::new(2));
+            let held = Arc::new(Count::new(0));
+            let shrunk = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            assert!(sem.try_acquire() && sem.try_acquire());
+            held.fetch_add(2, Ordering::Relaxed);
+            let waiter = {
+                let (sem, held, shrunk) = (sem.clone(), held.clone(), shrunk.clone());
+                thread::spawn(move || {
+                    let limit = if shrunk.load(Ordering::Relaxed) { 1 } else { 2 };
+                    acquire(&sem);
+                    enter(&held, limit);
+                    leave(&sem, &held);
+                })
+            };
+            let shrinks = {
+                let (sem, shrunk) = (sem.clone(), shrunk.clone());
+                thread::spawn(move || {
+                    sem.set_limit(1);
+                    shrunk.store(true, Ordering::Relaxed);
+                })
+            };
+            leave(&sem, &held);
+            leave(&sem, &held);
+            waiter.join().unwrap();
+            shrinks.join().unwrap();
+            assert_idle(&sem, 1);
+        });
+    }
+
+    /// Two waiters on a limit of 0: the grow must wake one, whose release
+    /// hands over to the other.
+    #[test]
+    fn grow_wakes_a_waiter() {
+        model(|| {
+            let sem = Arc::new(Semaphore::new(0));
+            let held = Arc::new(Count::new(0));
+            let waiter = {
+                let (sem, held) = (sem.clone(), held.clone());
+                thread::spawn(move || {
+                    acquire(&sem);
+                    enter(&held, 1);
+                    leave(&sem, &held);
+                })
+            };
+            let grows = {
+                let sem = sem.clone();
+                thread::spawn(move || sem.set_limit(1))
+            };
+            acquire(&sem);
+            enter(&held, 1);
+            leave(&sem, &held);
+            waiter.join().unwrap();
+            grows.join().unwrap();
+            assert_idle(&sem, 1);
+        });
+    }
+
+    /// `in_use` read while the limit grows and shrinks and a permit comes
+    /// and goes: at most the one permit, never a value made of a new limit
+    /// and an old state word (or the reverse).
+    #[test]
+    fn in_use_never_reads_a_limit_change_half_done() {
+        model(|| {
+            let sem = Arc::new(Semaphore::new(1));
+            let user = {
+                let sem = sem.clone();
+                thread::spawn(move || {
+                    acquire(&sem);
+                    sem.release();
+                })
+            };
+            let mover = {
+                let sem = sem.clone();
+                thread::spawn(move || {
+                    sem.set_limit(3);
+                    sem.set_limit(1);
+                })
+            };
+            let seen = sem.in_use();
+            assert!(seen <= 1, "in_use read {seen} with at most 1 held");
+            user.join().unwrap();
+            mover.join().unwrap();
+            assert_idle(&sem, 1);
+        });
+    }
+
+    /// An `Acquire` dropped while queued (a caller that gave up waiting)
+    /// racing the release that grants it: its cancel hands the permit to
+    /// the waiter behind it, and takes it out of the queue otherwise.
+    #[test]
+    fn acquire_dropped_while_queued_passes_the_permit_on() {
+        model(|| {
+            let sem = Arc::new(Semaphore::new(1));
+            let held = Arc::new(Count::new(0));
+            let mut holder = Acquire::new(sem.clone());
+            let Poll::Ready(permit) = holder.poll_acquire(&mut noop_cx()) else {
+                panic!("the first permit is free");
+            };
+            enter(&held, 1);
+            let mut quitter = Acquire::new(sem.clone());
+            assert!(quitter.poll_acquire(&mut noop_cx()).is_pending());
+            let gives_up = thread::spawn(move || drop(quitter));
+            let waits = {
+                let (sem, held) = (sem.clone(), held.clone());
+                thread::spawn(move || {
+                    let mut acquire = Acquire::new(sem);
+                    let permit =
+                        loom::future::block_on(std::future::poll_fn(|cx| acquire.poll_acquire(cx)));
+                    enter(&held, 1);
+                    held.fetch_sub(1, Ordering::Relaxed);
+                    drop(permit);
+                })
+            };
+            held.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+            gives_up.join().unwrap();
+            waits.join().unwrap();
+            drop(holder);
+            assert_idle(&sem, 1);
+        });
+    }
+}
