@@ -657,29 +657,37 @@ mod loom_tests {
     }
 
     /// Three acquirers on one permit, each through the fast path or the
-    /// queue, depending on the interleaving: one at a time, and each gets
-    /// its turn.
+    /// queue, depending on the interleaving: one at a time, each gets its
+    /// turn, and each sees what the previous holder wrote. That write is a
+    /// relaxed load and store of a loom atomic, which loom lets read a
+    /// stale value unless the hand-over orders it (as a lock would).
     #[test]
     fn three_acquirers_one_permit() {
+        fn turn(sem: &Semaphore, held: &Count, turns: &AtomicUsize) {
+            acquire(sem);
+            enter(held, 1);
+            turns.store(turns.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            leave(sem, held);
+        }
         model(|| {
             let sem = Arc::new(Semaphore::new(1));
             let held = Arc::new(Count::new(0));
+            let turns = Arc::new(AtomicUsize::new(0));
             let threads: Vec<_> = (0..2)
                 .map(|_| {
-                    let (sem, held) = (sem.clone(), held.clone());
-                    thread::spawn(move || {
-                        acquire(&sem);
-                        enter(&held, 1);
-                        leave(&sem, &held);
-                    })
+                    let (sem, held, turns) = (sem.clone(), held.clone(), turns.clone());
+                    thread::spawn(move || turn(&sem, &held, &turns))
                 })
                 .collect();
-            acquire(&sem);
-            enter(&held, 1);
-            leave(&sem, &held);
+            turn(&sem, &held, &turns);
             for t in threads {
                 t.join().unwrap();
             }
+            assert_eq!(
+                turns.load(Ordering::Relaxed),
+                3,
+                "a holder read a stale value"
+            );
             assert_idle(&sem, 1);
         });
     }
