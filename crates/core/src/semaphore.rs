@@ -723,30 +723,23 @@ mod loom_tests {
     }
 
     /// A fail-fast caller racing the release that owes the permit to a
-    /// queued waiter must not get it, whichever runs first.
+    /// queued waiter must not get it, whichever runs first. The waiter
+    /// queued with a waker that wakes nobody and polls again with its own
+    /// while the release grants it: the grant must wake the new one.
     #[test]
     fn fail_fast_cannot_barge_past_a_waiter() {
         model(|| {
             let sem = Arc::new(Semaphore::new(1));
             assert!(sem.try_acquire());
-            let waiter = {
-                let sem = sem.clone();
-                thread::spawn(move || {
-                    let mut queued = Acquire::new(sem);
-                    let permit = loom::future::block_on(std::future::poll_fn(|cx| {
-                        queued.poll_or_shed(false, cx)
-                    }));
-                    assert!(permit.is_some());
-                    permit
-                })
-            };
-            // The waiter must be queued before the race, or the fail-fast
-            // caller would be entitled to the permit. Queued means the flag
-            // is up: `waiting()` counts it a step earlier, and loom showed
-            // a caller taking the permit in between, fairly.
-            while sem.state.load(Ordering::Relaxed) & WAITERS == 0 {
-                thread::yield_now();
-            }
+            let mut queued = Acquire::new(sem.clone());
+            assert!(queued.poll_or_shed(false, &mut noop_cx()).is_pending());
+            let waiter = thread::spawn(move || {
+                let permit = loom::future::block_on(std::future::poll_fn(|cx| {
+                    queued.poll_or_shed(false, cx)
+                }));
+                assert!(permit.is_some());
+                permit
+            });
             let releases = {
                 let sem = sem.clone();
                 thread::spawn(move || sem.release())
