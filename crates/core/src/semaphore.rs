@@ -599,28 +599,9 @@ mod tests {
 mod loom_tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::sync::model;
     use loom::thread;
     use std::sync::atomic::AtomicUsize as Count;
-
-    /// `LOOM_MAX_PREEMPTIONS` if set, else 3: unbounded, three threads
-    /// would run for hours. Prints how many interleavings it ran
-    /// (`--nocapture`), to see what a change of the bound costs.
-    fn model(f: impl Fn() + Sync + Send + 'static) {
-        let mut builder = loom::model::Builder::new();
-        if builder.preemption_bound.is_none() {
-            builder.preemption_bound = Some(3);
-        }
-        let runs = Arc::new(Count::new(0));
-        let counted = runs.clone();
-        builder.check(move || {
-            counted.fetch_add(1, Ordering::Relaxed);
-            f();
-        });
-        let name = std::thread::current().name().unwrap_or("?").to_owned();
-        let bound = builder.preemption_bound.unwrap_or(0);
-        let runs = runs.load(Ordering::Relaxed);
-        eprintln!("{name}: {runs} interleavings, preemption bound {bound}");
-    }
 
     fn acquire(sem: &Semaphore) {
         let mut ticket = None;
