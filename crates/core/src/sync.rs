@@ -1,7 +1,8 @@
-//! The synchronization primitives of the semaphore: std's, or loom's in the
-//! unit tests under `cfg(tower_fanout_loom)` so the model tests can explore
-//! every interleaving (`scripts/loom`). Loom is a dev-dependency, hence
-//! `test` too. Plain re-exports: no wrapper, no cost.
+//! The synchronization primitives of the semaphore and the backpressure
+//! queue: std's, or loom's in the unit tests under `cfg(tower_fanout_loom)`
+//! so the model tests can explore every interleaving (`scripts/loom`). Loom
+//! is a dev-dependency, hence `test` too. Plain re-exports: no wrapper, no
+//! cost.
 
 #[cfg(not(all(test, tower_fanout_loom)))]
 pub(crate) use std::{
@@ -26,7 +27,7 @@ pub(crate) use loom::{
 /// ran (`--nocapture`), to see what a change of the bound costs.
 #[cfg(all(test, tower_fanout_loom))]
 pub(crate) fn model(f: impl Fn() + Sync + Send + 'static) {
-    // std's counter: loom would model it, and reset it on every run.
+    // std's counter: it outlives the runs, which a loom atomic cannot.
     use std::sync::atomic::AtomicUsize;
     let mut builder = loom::model::Builder::new();
     if builder.preemption_bound.is_none() {
