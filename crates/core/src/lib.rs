@@ -95,6 +95,12 @@ mod future;
 mod semaphore;
 #[cfg(any(feature = "rate", feature = "adaptive"))]
 mod sleep;
+#[cfg(any(
+    feature = "concurrency",
+    feature = "backpressure",
+    feature = "adaptive"
+))]
+mod sync;
 
 #[cfg(feature = "adaptive")]
 #[cfg_attr(docsrs, doc(cfg(feature = "adaptive")))]

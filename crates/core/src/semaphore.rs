@@ -13,9 +13,11 @@
 //! `available` goes negative while a shrink is being paid off.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering, fence};
-use std::sync::{Arc, Mutex, MutexGuard};
+// The layers share the semaphore in std's `Arc`; the tickets are the shim's.
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+
+use crate::sync::{self, AtomicBool, AtomicI64, AtomicUsize, Mutex, MutexGuard, Ordering, fence};
 
 const WAITERS: i64 = 1;
 const ONE: i64 = 2;
@@ -35,7 +37,7 @@ pub(crate) struct Semaphore {
 
 #[derive(Debug)]
 struct Waiter {
-    granted: Arc<AtomicBool>,
+    granted: sync::Arc<AtomicBool>,
     waker: Waker,
 }
 
@@ -79,9 +81,9 @@ impl Semaphore {
             // thread making it was preempted between them.
             if spins < 64 {
                 spins += 1;
-                std::hint::spin_loop();
+                sync::spin_loop();
             } else {
-                std::thread::yield_now();
+                sync::yield_now();
             }
         }
     }
@@ -155,7 +157,7 @@ impl Semaphore {
     pub(crate) fn poll_acquire(
         &self,
         cx: &mut Context<'_>,
-        ticket: &mut Option<Arc<AtomicBool>>,
+        ticket: &mut Option<sync::Arc<AtomicBool>>,
     ) -> Poll<()> {
         if ticket.is_none() && self.try_acquire() {
             return Poll::Ready(());
@@ -169,7 +171,7 @@ impl Semaphore {
     fn poll_acquire_slow(
         &self,
         cx: &mut Context<'_>,
-        ticket: &mut Option<Arc<AtomicBool>>,
+        ticket: &mut Option<sync::Arc<AtomicBool>>,
     ) -> Poll<()> {
         if let Some(granted) = ticket {
             if granted.load(Ordering::Acquire) {
@@ -183,7 +185,7 @@ impl Semaphore {
             }
             if let Some(waiter) = waiters
                 .iter_mut()
-                .find(|w| Arc::ptr_eq(&w.granted, granted))
+                .find(|w| sync::Arc::ptr_eq(&w.granted, granted))
                 && !waiter.waker.will_wake(cx.waker())
             {
                 waiter.waker = cx.waker().clone();
@@ -191,7 +193,7 @@ impl Semaphore {
             return Poll::Pending;
         }
         let mut waiters = self.lock();
-        let granted = Arc::new(AtomicBool::new(false));
+        let granted = sync::Arc::new(AtomicBool::new(false));
         waiters.push_back(Waiter {
             granted: granted.clone(),
             waker: cx.waker().clone(),
@@ -209,7 +211,7 @@ impl Semaphore {
     }
 
     /// Gives up a queued ticket; a permit granted meanwhile is passed on.
-    pub(crate) fn cancel(&self, ticket: &mut Option<Arc<AtomicBool>>) {
+    pub(crate) fn cancel(&self, ticket: &mut Option<sync::Arc<AtomicBool>>) {
         let Some(granted) = ticket.take() else {
             return;
         };
@@ -217,7 +219,7 @@ impl Semaphore {
         if granted.load(Ordering::Acquire) {
             self.state.fetch_add(ONE, Ordering::Release);
         } else {
-            waiters.retain(|w| !Arc::ptr_eq(&w.granted, &granted));
+            waiters.retain(|w| !sync::Arc::ptr_eq(&w.granted, &granted));
         }
         self.grant_locked(&mut waiters);
     }
@@ -288,7 +290,7 @@ impl Drop for Permit {
 #[derive(Debug)]
 pub(crate) struct Acquire {
     semaphore: Arc<Semaphore>,
-    ticket: Option<Arc<AtomicBool>>,
+    ticket: Option<sync::Arc<AtomicBool>>,
 }
 
 impl Acquire {
@@ -584,5 +586,276 @@ mod tests {
             reads += 1;
         }
         mover.join().unwrap();
+    }
+}
+
+/// Model checks (`scripts/loom`): every interleaving of a few threads, up to
+/// a preemption bound. A lost wakeup shows as a deadlock of `block_on`.
+/// The test's own bookkeeping uses std atomics, which loom does not see:
+/// they add no synchronization that could hide a missing one, and no
+/// interleavings to explore (loom runs one thread at a time, so they count
+/// in the order it chose).
+#[cfg(all(test, tower_fanout_loom))]
+mod loom_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::sync::model;
+    use loom::thread;
+    use std::sync::atomic::AtomicUsize as Count;
+
+    fn acquire(sem: &Semaphore) {
+        let mut ticket = None;
+        loom::future::block_on(std::future::poll_fn(|cx| sem.poll_acquire(cx, &mut ticket)));
+    }
+
+    /// A permit taken: counted, and never more than `limit` at once.
+    fn enter(held: &Count, limit: usize) {
+        let now = held.fetch_add(1, Ordering::Relaxed) + 1;
+        assert!(now <= limit, "{now} permits held, limit {limit}");
+    }
+
+    fn leave(sem: &Semaphore, held: &Count) {
+        held.fetch_sub(1, Ordering::Relaxed);
+        sem.release();
+    }
+
+    /// Everything back, nobody queued, and the fast path open again.
+    fn assert_idle(sem: &Semaphore, limit: usize) {
+        assert_eq!(sem.in_use(), 0, "in use");
+        assert_eq!(sem.available(), limit, "available");
+        assert_eq!(sem.limit(), limit, "limit");
+        assert_eq!(sem.waiting(), 0, "waiting");
+        assert_eq!(sem.lock().len(), 0, "queue");
+        assert_eq!(sem.state.load(Ordering::Relaxed) & WAITERS, 0, "flag");
+        for _ in 0..limit {
+            assert!(sem.try_acquire(), "fast path");
+        }
+        assert!(!sem.try_acquire());
+    }
+
+    fn noop_cx() -> Context<'static> {
+        Context::from_waker(Waker::noop())
+    }
+
+    /// Three acquirers on one permit, each through the fast path or the
+    /// queue, depending on the interleaving: one at a time, each gets its
+    /// turn, and each sees what the previous holder wrote. That write is a
+    /// relaxed load and store of a loom atomic, which loom lets read a
+    /// stale value unless the hand-over orders it (as a lock would).
+    #[test]
+    fn three_acquirers_one_permit() {
+        fn turn(sem: &Semaphore, held: &Count, turns: &AtomicUsize) {
+            acquire(sem);
+            enter(held, 1);
+            turns.store(turns.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            leave(sem, held);
+        }
+        model(|| {
+            let sem = Arc::new(Semaphore::new(1));
+            let held = Arc::new(Count::new(0));
+            let turns = Arc::new(AtomicUsize::new(0));
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    let (sem, held, turns) = (sem.clone(), held.clone(), turns.clone());
+                    thread::spawn(move || turn(&sem, &held, &turns))
+                })
+                .collect();
+            turn(&sem, &held, &turns);
+            for t in threads {
+                t.join().unwrap();
+            }
+            assert_eq!(
+                turns.load(Ordering::Relaxed),
+                3,
+                "a holder read a stale value"
+            );
+            assert_idle(&sem, 1);
+        });
+    }
+
+    /// A queued waiter gives up while the holder's release hands it the
+    /// permit: the permit goes on to the next waiter, once.
+    #[test]
+    fn cancel_racing_a_grant_passes_the_permit_on() {
+        model(|| {
+            let sem = Arc::new(Semaphore::new(1));
+            let held = Arc::new(Count::new(0));
+            assert!(sem.try_acquire());
+            enter(&held, 1);
+            let mut quitter = None;
+            assert!(sem.poll_acquire(&mut noop_cx(), &mut quitter).is_pending());
+            let cancels = {
+                let sem = sem.clone();
+                thread::spawn(move || sem.cancel(&mut quitter))
+            };
+            let waits = {
+                let (sem, held) = (sem.clone(), held.clone());
+                thread::spawn(move || {
+                    acquire(&sem);
+                    enter(&held, 1);
+                    leave(&sem, &held);
+                })
+            };
+            leave(&sem, &held);
+            cancels.join().unwrap();
+            waits.join().unwrap();
+            assert_idle(&sem, 1);
+        });
+    }
+
+    /// A fail-fast caller racing the release that owes the permit to a
+    /// queued waiter must not get it, whichever runs first. The waiter
+    /// queued with a waker that wakes nobody and polls again with its own
+    /// while the release grants it: the grant must wake the new one.
+    #[test]
+    fn fail_fast_cannot_barge_past_a_waiter() {
+        model(|| {
+            let sem = Arc::new(Semaphore::new(1));
+            assert!(sem.try_acquire());
+            let mut queued = Acquire::new(sem.clone());
+            assert!(queued.poll_or_shed(false, &mut noop_cx()).is_pending());
+            let waiter = thread::spawn(move || {
+                let permit = loom::future::block_on(std::future::poll_fn(|cx| {
+                    queued.poll_or_shed(false, cx)
+                }));
+                assert!(permit.is_some());
+                permit
+            });
+            let releases = {
+                let sem = sem.clone();
+                thread::spawn(move || sem.release())
+            };
+            let mut shedder = Acquire::new(sem.clone());
+            let barged = shedder.poll_or_shed(true, &mut noop_cx());
+            assert!(matches!(barged, Poll::Ready(None)), "barged in");
+            releases.join().unwrap();
+            let permit = waiter.join().unwrap();
+            assert_eq!((sem.in_use(), sem.available()), (1, 0));
+            drop((permit, shedder));
+            assert_idle(&sem, 1);
+        });
+    }
+
+    /// A shrink below what is held, racing the releases that pay it off and
+    /// a waiter: a waiter that starts after the shrink gets in only once the
+    /// debt is paid, and the counts end at the new limit.
+    #[test]
+    fn shrink_racing_releases_and_a_waiter() {
+        model(|| {
+            let sem = Arc::new(Semaphore::new(2));
+            let held = Arc::new(Count::new(0));
+            let shrunk = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            assert!(sem.try_acquire() && sem.try_acquire());
+            held.fetch_add(2, Ordering::Relaxed);
+            let waiter = {
+                let (sem, held, shrunk) = (sem.clone(), held.clone(), shrunk.clone());
+                thread::spawn(move || {
+                    let limit = if shrunk.load(Ordering::Relaxed) { 1 } else { 2 };
+                    acquire(&sem);
+                    enter(&held, limit);
+                    leave(&sem, &held);
+                })
+            };
+            let shrinks = {
+                let (sem, shrunk) = (sem.clone(), shrunk.clone());
+                thread::spawn(move || {
+                    sem.set_limit(1);
+                    shrunk.store(true, Ordering::Relaxed);
+                })
+            };
+            leave(&sem, &held);
+            leave(&sem, &held);
+            waiter.join().unwrap();
+            shrinks.join().unwrap();
+            assert_idle(&sem, 1);
+        });
+    }
+
+    /// Two waiters on a limit of 0: the grow must wake one, whose release
+    /// hands over to the other.
+    #[test]
+    fn grow_wakes_a_waiter() {
+        model(|| {
+            let sem = Arc::new(Semaphore::new(0));
+            let held = Arc::new(Count::new(0));
+            let waiter = {
+                let (sem, held) = (sem.clone(), held.clone());
+                thread::spawn(move || {
+                    acquire(&sem);
+                    enter(&held, 1);
+                    leave(&sem, &held);
+                })
+            };
+            let grows = {
+                let sem = sem.clone();
+                thread::spawn(move || sem.set_limit(1))
+            };
+            acquire(&sem);
+            enter(&held, 1);
+            leave(&sem, &held);
+            waiter.join().unwrap();
+            grows.join().unwrap();
+            assert_idle(&sem, 1);
+        });
+    }
+
+    /// `in_use` read while the limit grows and shrinks back, with one
+    /// permit held throughout: always exactly 1. A read of the new limit
+    /// with the old state word says 3 on the grow and 0 on the shrink.
+    #[test]
+    fn in_use_never_reads_a_limit_change_half_done() {
+        model(|| {
+            let sem = Arc::new(Semaphore::new(1));
+            assert!(sem.try_acquire());
+            let mover = {
+                let sem = sem.clone();
+                thread::spawn(move || {
+                    sem.set_limit(3);
+                    sem.set_limit(1);
+                })
+            };
+            for _ in 0..2 {
+                assert_eq!(sem.in_use(), 1);
+            }
+            mover.join().unwrap();
+            sem.release();
+            assert_idle(&sem, 1);
+        });
+    }
+
+    /// An `Acquire` dropped while queued (a caller that gave up waiting)
+    /// racing the release that grants it: its cancel hands the permit to
+    /// the waiter behind it, and takes it out of the queue otherwise.
+    #[test]
+    fn acquire_dropped_while_queued_passes_the_permit_on() {
+        model(|| {
+            let sem = Arc::new(Semaphore::new(1));
+            let held = Arc::new(Count::new(0));
+            let mut holder = Acquire::new(sem.clone());
+            let Poll::Ready(permit) = holder.poll_acquire(&mut noop_cx()) else {
+                panic!("the first permit is free");
+            };
+            enter(&held, 1);
+            let mut quitter = Acquire::new(sem.clone());
+            assert!(quitter.poll_acquire(&mut noop_cx()).is_pending());
+            let gives_up = thread::spawn(move || drop(quitter));
+            let waits = {
+                let (sem, held) = (sem.clone(), held.clone());
+                thread::spawn(move || {
+                    let mut acquire = Acquire::new(sem);
+                    let permit =
+                        loom::future::block_on(std::future::poll_fn(|cx| acquire.poll_acquire(cx)));
+                    enter(&held, 1);
+                    held.fetch_sub(1, Ordering::Relaxed);
+                    drop(permit);
+                })
+            };
+            held.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+            gives_up.join().unwrap();
+            waits.join().unwrap();
+            drop(holder);
+            assert_idle(&sem, 1);
+        });
     }
 }

@@ -2,8 +2,8 @@ use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use tower_service::Service;
@@ -13,6 +13,8 @@ use super::message::Message;
 use crate::BoxError;
 use crate::error::ServicePanicked;
 use crate::semaphore::Semaphore;
+// The shim's, so that loom sees the queue's critical sections.
+use crate::sync::{Mutex, MutexGuard};
 
 /// Queue entries allocated when the queue is built, whatever its bound.
 const PREALLOCATE_AT_MOST: usize = 1024;
@@ -402,5 +404,100 @@ where
             Ok(poll) => poll.map(|r| r.map_err(Into::into)),
             Err(_) => Poll::Ready(Err(Inner::Panicked.into_error())),
         }
+    }
+}
+
+/// Model checks of the queue's hand-over (`scripts/loom`): a push wakes an
+/// idle worker, a worker registers in the same critical section as its
+/// look, and a close reaches every idle worker. Only the queue: the worker
+/// loop runs on tokio, which is not modelled. A lost wakeup shows as a
+/// deadlock of `block_on`.
+#[cfg(all(test, tower_fanout_loom))]
+mod loom_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::semaphore::Permit;
+    use crate::sync::model;
+    use loom::thread;
+
+    type TestQueue = Queue<u32, ()>;
+
+    /// Queues `n` with a slot, as the service does; `false` if refused.
+    fn push(queue: &TestQueue, n: u32) -> bool {
+        assert!(queue.slots.try_acquire());
+        let message = Message {
+            request: n,
+            reply: tokio::sync::oneshot::channel().0,
+            span: tracing::Span::none(),
+            _slot: Permit::taken(queue.slots.clone()),
+        };
+        queue.push(message).is_ok()
+    }
+
+    /// A worker: takes requests until the queue is closed and empty.
+    fn drain(queue: &TestQueue, worker: usize) -> Vec<u32> {
+        let mut taken = Vec::new();
+        while let Some(message) = loom::future::block_on(poll_fn(|cx| queue.poll_next(worker, cx)))
+        {
+            taken.push(message.request);
+        }
+        taken
+    }
+
+    fn assert_done(queue: &TestQueue) {
+        assert_eq!(queue.depth(), 0);
+        assert_eq!(queue.slots.in_use(), 0, "a message was kept or lost");
+        let inner = queue.lock();
+        assert!(inner.items.is_empty() && inner.idle.is_empty());
+        assert!(inner.wakers.iter().all(Option::is_none));
+    }
+
+    /// A push racing the close, an idle worker waiting: the request is
+    /// either taken by the worker or handed back to the producer, and the
+    /// worker stops.
+    #[test]
+    fn push_racing_close_is_taken_or_refused() {
+        model(|| {
+            let queue = Arc::new(TestQueue::new(1, 2));
+            let worker = {
+                let queue = queue.clone();
+                thread::spawn(move || drain(&queue, 0))
+            };
+            let producer = {
+                let queue = queue.clone();
+                thread::spawn(move || push(&queue, 1))
+            };
+            queue.close();
+            let queued = producer.join().unwrap();
+            let taken = worker.join().unwrap();
+            assert_eq!(taken, if queued { vec![1] } else { vec![] });
+            assert!(!push(&queue, 2), "queued after the close");
+            assert_done(&queue);
+        });
+    }
+
+    /// Two workers going idle while two requests come in: each request is
+    /// taken once, by whichever worker, and the close then stops both.
+    #[test]
+    fn two_pushes_two_workers() {
+        model(|| {
+            let queue = Arc::new(TestQueue::new(2, 2));
+            let workers: Vec<_> = (0..2)
+                .map(|worker| {
+                    let queue = queue.clone();
+                    thread::spawn(move || drain(&queue, worker))
+                })
+                .collect();
+            assert!(push(&queue, 1));
+            assert!(push(&queue, 2));
+            queue.close();
+            let mut taken: Vec<u32> = workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap())
+                .collect();
+            taken.sort_unstable();
+            assert_eq!(taken, [1, 2]);
+            assert_done(&queue);
+        });
     }
 }
