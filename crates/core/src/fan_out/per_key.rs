@@ -238,7 +238,10 @@ mod tests {
                 Admission::<usize>::finished(&mut admission, i);
             }
             assert_eq!(next, total, "round {round}: stalled with items unread");
-            assert!(started.iter().all(|s| *s), "round {round}: an item never started");
+            assert!(
+                started.iter().all(|s| *s),
+                "round {round}: an item never started"
+            );
             assert_eq!(admission.held, 0, "round {round}");
             assert!(admission.keys.is_empty(), "round {round}: keys leak");
             assert!(admission.started.is_empty(), "round {round}");
