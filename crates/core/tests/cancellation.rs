@@ -12,7 +12,15 @@
 //!
 //! Each case runs on its own current-thread runtime with a paused clock, so
 //! a case is deterministic and proptest's printed seed replays it.
-#![cfg(feature = "full")]
+// The features `[[test]] required-features` names for this file in
+// Cargo.toml: with `full`, the file compiled to nothing under them.
+#![cfg(all(
+    feature = "adaptive",
+    feature = "backpressure",
+    feature = "concurrency",
+    feature = "keyed",
+    feature = "rate"
+))]
 #![allow(clippy::unwrap_used)]
 
 mod support;

@@ -1,7 +1,15 @@
 //! The tower `Service` contract, layer by layer: what a service holds after
 //! its inner service's `poll_ready` fails, and the bounds a user needs to box
 //! a stack (`BoxCloneSyncService`).
-#![cfg(feature = "full")]
+// The features `[[test]] required-features` names for this file in
+// Cargo.toml: with `full`, the file compiled to nothing under them.
+#![cfg(all(
+    feature = "adaptive",
+    feature = "backpressure",
+    feature = "concurrency",
+    feature = "keyed",
+    feature = "rate"
+))]
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;

@@ -399,6 +399,34 @@ async fn dropping_a_keyed_stream_sends_nothing_more() {
     assert_eq!(*starts.lock().unwrap(), vec![('A', 0)]);
 }
 
+/// A panicking `key_fn` comes out of `collect` (here in a task of its
+/// own), as its doc says, and the requests already in flight are cancelled
+/// with the stream: the limit underneath gets its permits back.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_key_fn_panics_the_caller_and_cancels_the_rest() {
+    let limit = ConcurrencyLimitLayer::new(8).unwrap();
+    let handle = limit.handle();
+    let starts = Arc::new(Mutex::new(Vec::new()));
+    let svc = limit.layer(recorder(starts.clone(), |_| 1000));
+    let fan = fan_out(svc, grouped())
+        .concurrency(8)
+        .unwrap()
+        .per_key(
+            |req: &Req| {
+                assert_ne!(req.1, 3, "key_fn panics on the fourth");
+                req.0
+            },
+            8,
+        )
+        .unwrap();
+    let err = tokio::spawn(fan.collect()).await.unwrap_err();
+    assert!(err.is_panic());
+    tokio::task::yield_now().await;
+    assert_eq!((handle.in_flight(), handle.waiting()), (0, 0));
+    sleep(Duration::from_secs(2)).await;
+    assert!(starts.lock().unwrap().len() <= 3);
+}
+
 #[test]
 fn a_zero_per_key_or_lookahead_and_chunks_with_keys_are_refused() {
     let svc = service_fn(|req: Req| async move { Ok::<_, std::io::Error>(req) });

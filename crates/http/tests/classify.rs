@@ -137,3 +137,67 @@ fn responses_and_retry_after_dates() {
         "{wait:?}"
     );
 }
+
+/// Wraps an error as another layer's error would (its `source()` is the
+/// wrapped one).
+#[derive(Debug)]
+struct Wrapped(tower_fanout_http::BoxError);
+
+impl std::fmt::Display for Wrapped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a layer above failed")
+    }
+}
+
+impl std::error::Error for Wrapped {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+/// As the CLI stacks it: a retry layer over the client (its own retries
+/// off), errors boxed. Two 503s are retried, the third attempt runs past
+/// the timeout, and that is the loop's final error: overload, read through
+/// the `BoxError` and through another layer's error around it.
+#[tokio::test(start_paused = true)]
+async fn a_retry_loops_final_timeout_is_overload_through_boxes_and_wrappers() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::{Layer, ServiceExt};
+
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let addr = serve(support::handler(move |_| {
+        let n = h.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n < 2 {
+                return respond(503).body(Chunks::full("busy")).unwrap();
+            }
+            std::future::pending::<()>().await;
+            unreachable!("the handler never answers")
+        }
+    }))
+    .await;
+    let client = Client::builder()
+        .timeout(Some(Duration::from_secs(1)))
+        .no_retry()
+        .build()
+        .unwrap();
+    let stack = tower_fanout_http::retry::RetryLayer::builder()
+        .build()
+        .unwrap()
+        .layer(ServiceExt::<
+            http::Request<http_body_util::Full<bytes::Bytes>>,
+        >::map_err(client, tower_fanout_http::BoxError::from));
+    let req = http::Request::get(format!("http://{addr}/"))
+        .body(http_body_util::Full::<bytes::Bytes>::default())
+        .unwrap();
+    let err = stack.oneshot(req).await.unwrap_err();
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
+    let classify = |err: &(dyn std::error::Error + 'static)| {
+        Classify::<Response>::classify(&ClientClassify, Err(err))
+    };
+    assert_eq!(classify(&*err), Outcome::Overload, "{err}");
+    let wrapped = Wrapped(err);
+    assert_eq!(classify(&wrapped), Outcome::Overload);
+}

@@ -147,6 +147,8 @@ struct Opened {
     conn: usize,
     id: u32,
     method: Method,
+    /// The request body's DATA, as far as the server read it.
+    body: Vec<u8>,
 }
 
 /// A server that speaks HTTP/2 frames itself, over TLS: `script(conn,
@@ -254,7 +256,12 @@ where
                     Some(0x83) => Method::POST,
                     _ => Method::OPTIONS,
                 };
-                log.lock().unwrap().push(Opened { conn, id, method });
+                log.lock().unwrap().push(Opened {
+                    conn,
+                    id,
+                    method,
+                    body: Vec::new(),
+                });
                 if last.is_some_and(|last| id > last) {
                     continue; // past our GOAWAY: never processed
                 }
@@ -276,7 +283,13 @@ where
                     }
                 }
             }
-            DATA => {}
+            DATA => {
+                // No padding: h2 sends none.
+                let mut log = log.lock().unwrap();
+                if let Some(o) = log.iter_mut().rev().find(|o| (o.conn, o.id) == (conn, id)) {
+                    o.body.extend_from_slice(&payload);
+                }
+            }
             _ => ended = false,
         }
         if ended && let Some(act) = open.remove(&id) {
@@ -495,6 +508,34 @@ async fn a_refused_stream_is_retried_for_get_and_post() {
             "{method}: refused, then answered"
         );
     }
+}
+
+/// The POST sent again after a refusal carries its whole body: the client
+/// keeps the copy for retries whatever the method, not only for idempotent
+/// ones (a POST could not be resent otherwise).
+#[tokio::test(start_paused = true)]
+async fn a_refused_post_is_sent_again_with_its_body() {
+    let (addr, log) = serve_frames(
+        |conn, n| {
+            if (conn, n) == (0, 0) {
+                Act::Refuse
+            } else {
+                Act::Answer
+            }
+        },
+        None,
+    )
+    .await;
+    let client = client(addr).build().unwrap();
+    let resp = client
+        .oneshot(request(Method::POST, &url(addr, "/")))
+        .await
+        .unwrap();
+    assert_eq!(resp.body().as_ref(), b"ok");
+    let log = log.lock().unwrap();
+    assert_eq!(log.len(), 2, "refused, then answered: {log:?}");
+    assert_eq!(log[1].method, Method::POST);
+    assert_eq!(log[1].body, b"{\"prompt\":\"hi\"}", "{log:?}");
 }
 
 /// ... within the retry settings: with retries off, or the budget empty,

@@ -213,6 +213,14 @@ where
     /// A `max_per_key` of zero; a [`chunked`](Self::chunked) fan-out (a
     /// chunk waits for its slowest item, so nothing could start in a
     /// set-aside request's place).
+    ///
+    /// # Panics
+    /// `key_fn` runs as each request is read, inside
+    /// [`Completions::next`] (and so [`collect`](FanOut::collect)): a panic
+    /// there comes out of that call, as a panic of the request iterator
+    /// does, unlike a panic of the service's call, which fails only its
+    /// item. Dropping the stream as it unwinds cancels the requests in
+    /// flight as usual.
     #[allow(
         clippy::type_complexity,
         reason = "the keyed fan-out's type, spelt out once so the docs show it"

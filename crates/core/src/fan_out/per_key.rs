@@ -173,3 +173,79 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A window driven as `Completions` drives it, with items finishing in
+    /// a seeded random order: every item starts once, no key has more than
+    /// `max` started, no more than `lookahead` are held, and nothing is
+    /// left in the maps at the end.
+    #[test]
+    fn random_windows_start_each_item_once_within_the_bounds() {
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut rand = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        for round in 0..2000 {
+            let window = 1 + rand(6);
+            let max = 1 + rand(3);
+            let lookahead = 1 + rand(8);
+            let keys = 1 + rand(4);
+            let total = rand(40);
+            let items: Vec<usize> = (0..total).map(|_| rand(keys)).collect();
+            let mut admission = PerKey::new(|k: &usize| *k, max);
+            admission.set_lookahead(lookahead);
+            Admission::<usize>::start(&mut admission, window);
+            let mut next = 0;
+            let mut running: Vec<(usize, usize)> = Vec::new();
+            let mut started = vec![false; total];
+            let mut per_key = vec![0; keys];
+            loop {
+                // fill
+                while running.len() < window {
+                    if let Some((i, k)) = admission.take_ready() {
+                        running.push((i, k));
+                        continue;
+                    }
+                    if next == total || !Admission::<usize>::can_read(&admission) {
+                        break;
+                    }
+                    let i = next;
+                    next += 1;
+                    if let Some(k) = admission.offer(i, items[i]) {
+                        running.push((i, k));
+                    }
+                }
+                for &(i, k) in &running {
+                    if !started[i] {
+                        started[i] = true;
+                        per_key[k] += 1;
+                    }
+                    assert!(per_key[k] <= max, "round {round}: key {k} over {max}");
+                }
+                assert!(admission.held <= lookahead, "round {round}");
+                if running.is_empty() {
+                    break;
+                }
+                let (i, k) = running.swap_remove(rand(running.len()));
+                per_key[k] -= 1;
+                Admission::<usize>::finished(&mut admission, i);
+            }
+            assert_eq!(next, total, "round {round}: stalled with items unread");
+            assert!(
+                started.iter().all(|s| *s),
+                "round {round}: an item never started"
+            );
+            assert_eq!(admission.held, 0, "round {round}");
+            assert!(admission.keys.is_empty(), "round {round}: keys leak");
+            assert!(admission.started.is_empty(), "round {round}");
+            assert!(admission.ready.is_empty(), "round {round}");
+        }
+    }
+}
