@@ -10,7 +10,7 @@
 //! | 429 without `Retry-After` | any | backoff, retry |
 //! | 502, 503, 504 | idempotent | backoff, retry |
 //! | no connection (the request never left) | any | backoff, retry |
-//! | an HTTP/2 stream refused (`REFUSED_STREAM`) or past the server's `GOAWAY` | any | backoff, retry |
+//! | an HTTP/2 stream refused (`REFUSED_STREAM`) or past the server's graceful `GOAWAY` | any | backoff, retry |
 //! | a connection lost mid-request (response body included) | idempotent | backoff, retry |
 //! | refused address, body cap, timeout, anything else | | return it |
 //! | any outcome after the client preset followed a redirect | not idempotent | return it |
@@ -18,9 +18,11 @@
 //! A 429 or a 503 with `Retry-After` says the server did not act on the
 //! request, so any method is retried; 502/503/504 without it may hide a
 //! request that ran, so only idempotent methods are. An HTTP/2 server
-//! that resets a stream with `REFUSED_STREAM`, or whose `GOAWAY` names a
-//! last stream below it, says it did not process it (RFC 9113 §8.7), so
-//! any method is retried; any other reset may come after the work. Once the client
+//! that resets a stream with `REFUSED_STREAM`, or whose graceful `GOAWAY`
+//! (`NO_ERROR`) names a last stream below it, says it did not process it
+//! (RFC 9113 §8.7), so any method is retried; any other reset, or an error
+//! `GOAWAY` (which hyper may also hand to a stream the server read), may
+//! come after the work, so only idempotent methods are. Once the client
 //! preset has followed a redirect, the server has acted on the request (a
 //! POST answered 303 has run), and a retry would start it again from the
 //! original: a non-idempotent request is then not retried at all. A timeout is not
@@ -503,13 +505,20 @@ fn decide_lazily<B>(
 
 /// Whether the server said, before any response, that it did not process
 /// the request's HTTP/2 stream: a reset with `REFUSED_STREAM`, or a
-/// `GOAWAY` whose last stream id is below it (h2 gives such streams, and
-/// only them, the remote `GOAWAY` as their error; a stream the server
-/// took and then lost to the connection closing gets an I/O error).
+/// graceful `GOAWAY` (`NO_ERROR`) whose last stream id is below it (h2
+/// gives such streams the remote `GOAWAY` as their error; a stream the
+/// server took and then lost to the connection closing gets an I/O error).
+/// An error `GOAWAY` is left out, as reqwest leaves it out: hyper can hand
+/// a connection's error to a stream it had just sent, which the server may
+/// have read, and a non-idempotent request must not go twice.
 fn unprocessed(err: &(dyn std::error::Error + 'static)) -> bool {
     error::find_in_chain::<h2::Error>(err).is_some_and(|e| {
         e.is_remote()
-            && (e.is_go_away() || (e.is_reset() && e.reason() == Some(h2::Reason::REFUSED_STREAM)))
+            && match e.reason() {
+                Some(h2::Reason::NO_ERROR) => e.is_go_away(),
+                Some(h2::Reason::REFUSED_STREAM) => e.is_reset(),
+                _ => false,
+            }
     })
 }
 
