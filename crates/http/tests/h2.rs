@@ -643,8 +643,7 @@ async fn streams_above_a_goaways_last_id_are_retried_on_a_new_connection() {
 async fn an_error_goaway_retries_gets_but_not_posts() {
     const ENHANCE_YOUR_CALM: u32 = 0xb;
     for method in [Method::GET, Method::POST] {
-        let (addr, log) =
-            serve_frames_goaway(|_, _| Act::Answer, Some(2), ENHANCE_YOUR_CALM).await;
+        let (addr, log) = serve_frames_goaway(|_, _| Act::Answer, Some(2), ENHANCE_YOUR_CALM).await;
         let client = client(addr).build().unwrap();
         let url = url(addr, "/");
         client.get(&url).await.unwrap();
