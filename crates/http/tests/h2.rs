@@ -43,22 +43,7 @@ use tower_fanout_http::{BodyTooLarge, Client, ClientBuilder};
 
 /// A TLS acceptor for the fixtures' `localhost` certificate, offering h2 only.
 fn acceptor() -> tokio_rustls::TlsAcceptor {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(include_bytes!("fixtures/server.pem"))
-            .collect::<Result<_, _>>()
-            .unwrap();
-    let key = PrivateKeyDer::from_pem_slice(include_bytes!("fixtures/server.key")).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    support::tls_acceptor(&[b"h2"])
 }
 
 /// What a hyper h2 server saw: TCP connections accepted, and the

@@ -219,8 +219,9 @@ pub(crate) fn table_resolver(
 /// The test CA (PEM), which signed `fixtures/server.pem` for `localhost` and 127.0.0.1.
 pub(crate) const TEST_CA: &str = include_str!("../fixtures/ca.pem");
 
-/// Serves `handler` over TLS (ALPN h2 and http/1.1) on a fresh 127.0.0.1 port.
-pub(crate) async fn serve_tls(handler: Handler) -> SocketAddr {
+/// A TLS acceptor for the fixtures' `localhost` certificate, offering the
+/// `alpn` protocols.
+pub(crate) fn tls_acceptor(alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs: Vec<CertificateDer<'static>> =
@@ -235,8 +236,13 @@ pub(crate) async fn serve_tls(handler: Handler) -> SocketAddr {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// Serves `handler` over TLS (ALPN h2 and http/1.1) on a fresh 127.0.0.1 port.
+pub(crate) async fn serve_tls(handler: Handler) -> SocketAddr {
+    let acceptor = tls_acceptor(&[b"h2", b"http/1.1"]);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
