@@ -474,7 +474,7 @@ where
             Ok(()) => break,
             Err(Hold::Until(until)) if until - now > learned.max_wait => {
                 let wait = until - now;
-                tracing::warn!(
+                tracing::debug!(
                     host = %host,
                     retry_after_ms = wait.as_millis() as u64,
                     "host budget resets after the wait cap; returning rate limited"

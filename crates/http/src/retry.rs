@@ -694,7 +694,7 @@ where
                             return Poll::Ready(outcome);
                         }
                         Decision::After(d) if d > settings.max_wait => {
-                            tracing::warn!(
+                            tracing::debug!(
                                 retry_after_ms = d.as_millis() as u64,
                                 max_wait_ms = settings.max_wait.as_millis() as u64,
                                 "retry-after above the cap; returning rate limited"

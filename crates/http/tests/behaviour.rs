@@ -211,3 +211,61 @@ async fn a_dropped_request_gives_its_permit_back() {
     assert_eq!(second.status(), 200);
     assert_eq!(client.host_limits().in_flight(&key), 0);
 }
+
+/// A refusal the caller gets as `RateLimited` (a `Retry-After` past the
+/// cap, a host whose published budget resets past it) is logged at debug,
+/// like every other event of the preset: at warn, a batch against a spent
+/// API wrote one line per request into an application logging at info.
+#[tokio::test]
+async fn rate_limited_refusals_log_nothing_at_info() {
+    let (h, hits) = counted(|n| async move {
+        if n == 0 {
+            // Spent for an hour, says the budget; then a 429 saying so too.
+            respond(200)
+                .header("x-ratelimit-limit", "10")
+                .header("x-ratelimit-remaining", "0")
+                .header("x-ratelimit-reset", "3600")
+                .body(Chunks::full("last one"))
+                .unwrap()
+        } else {
+            respond(429)
+                .header("retry-after", "3600")
+                .body(Chunks::full("spent"))
+                .unwrap()
+        }
+    });
+    let addr = serve(h).await;
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || sink.clone())
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    // See `span_names_method_host_and_status_never_the_query`: a second
+    // registered dispatcher keeps another test's thread from caching "never".
+    let _anchor = tracing::Dispatch::new(
+        tracing_subscriber::fmt()
+            .with_writer(std::io::sink)
+            .with_max_level(tracing::Level::INFO)
+            .finish(),
+    );
+    let learning = Client::builder().build().unwrap();
+    let url = format!("http://{addr}/");
+    assert_eq!(learning.get(&url).await.unwrap().status(), 200);
+    for _ in 0..3 {
+        let err = learning.get(&url).await.unwrap_err();
+        assert!(err.is_rate_limited(), "{err}");
+    }
+    // A client that has not learned the budget draws the 429 itself.
+    let fresh = Client::builder().build().unwrap();
+    for _ in 0..3 {
+        let err = fresh.get(&url).await.unwrap_err();
+        assert!(err.is_rate_limited(), "{err}");
+    }
+    // The first 429's Retry-After holds the host's later calls in the client.
+    assert_eq!(hits.load(Ordering::SeqCst), 2, "the budget, then one 429");
+    let out = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(out.is_empty(), "logged at info or above: {out}");
+}
