@@ -26,21 +26,34 @@ impl Write for Captured {
     }
 }
 
-#[tokio::test]
-async fn span_names_method_host_and_status_never_the_query() {
-    let addr = serve(handler(|_| async {
-        respond(418).body(Chunks::full("teapot")).unwrap()
-    }))
-    .await;
-    let captured = Captured::default();
-    let sink = captured.clone();
+/// What a fmt subscriber at `level` writes on this thread while it is held;
+/// `span_close`: spans too, as they close.
+struct Capture {
+    out: Captured,
+    _default: tracing::subscriber::DefaultGuard,
+    _anchor: tracing::Dispatch,
+}
+
+impl Capture {
+    fn text(&self) -> String {
+        String::from_utf8(self.out.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+fn capture(level: tracing::Level, span_close: bool) -> Capture {
+    let out = Captured::default();
+    let sink = out.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_writer(move || sink.clone())
-        .with_max_level(tracing::Level::DEBUG)
-        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .with_max_level(level)
+        .with_span_events(if span_close {
+            tracing_subscriber::fmt::format::FmtSpan::CLOSE
+        } else {
+            tracing_subscriber::fmt::format::FmtSpan::NONE
+        })
         .with_ansi(false)
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let default = tracing::subscriber::set_default(subscriber);
     // tracing caches a callsite's interest process-wide when it is first
     // hit, asking the hitting thread's default while one dispatcher is
     // registered: another test of this binary reaching the span first, on a
@@ -48,19 +61,33 @@ async fn span_names_method_host_and_status_never_the_query() {
     // core's every_change_is_a_tracing_event fail ~1 run in 500 under load).
     // A second registered dispatcher, held for the test, rebuilds the cache
     // and makes tracing ask the registered (interested) dispatchers.
-    let _anchor = tracing::Dispatch::new(
+    let anchor = tracing::Dispatch::new(
         tracing_subscriber::fmt()
             .with_writer(std::io::sink)
-            .with_max_level(tracing::Level::DEBUG)
+            .with_max_level(level)
             .finish(),
     );
+    Capture {
+        out,
+        _default: default,
+        _anchor: anchor,
+    }
+}
+
+#[tokio::test]
+async fn span_names_method_host_and_status_never_the_query() {
+    let addr = serve(handler(|_| async {
+        respond(418).body(Chunks::full("teapot")).unwrap()
+    }))
+    .await;
+    let captured = capture(tracing::Level::DEBUG, true);
     let client = Client::builder().build().unwrap();
     let resp = client
         .get(&format!("http://{addr}/v1/items?api_key=s3cret"))
         .await
         .unwrap();
     assert_eq!(resp.status(), 418);
-    let out = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let out = captured.text();
     assert!(out.contains("http_request"), "{out}");
     assert!(out.contains("method=GET"), "{out}");
     assert!(out.contains("host=127.0.0.1"), "{out}");
@@ -235,22 +262,7 @@ async fn rate_limited_refusals_log_nothing_at_info() {
         }
     });
     let addr = serve(h).await;
-    let captured = Captured::default();
-    let sink = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || sink.clone())
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    // See `span_names_method_host_and_status_never_the_query`: a second
-    // registered dispatcher keeps another test's thread from caching "never".
-    let _anchor = tracing::Dispatch::new(
-        tracing_subscriber::fmt()
-            .with_writer(std::io::sink)
-            .with_max_level(tracing::Level::INFO)
-            .finish(),
-    );
+    let captured = capture(tracing::Level::INFO, false);
     let learning = Client::builder().build().unwrap();
     let url = format!("http://{addr}/");
     assert_eq!(learning.get(&url).await.unwrap().status(), 200);
@@ -266,6 +278,6 @@ async fn rate_limited_refusals_log_nothing_at_info() {
     }
     // The first 429's Retry-After holds the host's later calls in the client.
     assert_eq!(hits.load(Ordering::SeqCst), 2, "the budget, then one 429");
-    let out = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let out = captured.text();
     assert!(out.is_empty(), "logged at info or above: {out}");
 }
