@@ -1,9 +1,10 @@
-//! Span fields and permit release while a retry sleeps, against loopback servers.
+//! Permits while a retry sleeps or a request is dropped, and refused
+//! spellings of private addresses, against loopback servers. (The tests of
+//! what the client logs are in `logging.rs`: a binary of their own.)
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
-use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,90 +12,6 @@ use std::time::{Duration, Instant};
 use support::{Chunks, counted, handler, respond, serve};
 use tower_fanout_core::keyed::KeyLimit;
 use tower_fanout_http::Client;
-
-/// Collects what the fmt subscriber writes.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// What a fmt subscriber at `level` writes on this thread while it is held;
-/// `span_close`: spans too, as they close.
-struct Capture {
-    out: Captured,
-    _default: tracing::subscriber::DefaultGuard,
-    _anchor: tracing::Dispatch,
-}
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8(self.out.0.lock().unwrap().clone()).unwrap()
-    }
-}
-
-fn capture(level: tracing::Level, span_close: bool) -> Capture {
-    let out = Captured::default();
-    let sink = out.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || sink.clone())
-        .with_max_level(level)
-        .with_span_events(if span_close {
-            tracing_subscriber::fmt::format::FmtSpan::CLOSE
-        } else {
-            tracing_subscriber::fmt::format::FmtSpan::NONE
-        })
-        .with_ansi(false)
-        .finish();
-    let default = tracing::subscriber::set_default(subscriber);
-    // tracing caches a callsite's interest process-wide when it is first
-    // hit, asking the hitting thread's default while one dispatcher is
-    // registered: another test of this binary reaching the span first, on a
-    // thread with no subscriber, could cache "never" (the same race made
-    // core's every_change_is_a_tracing_event fail ~1 run in 500 under load).
-    // A second registered dispatcher, held for the test, rebuilds the cache
-    // and makes tracing ask the registered (interested) dispatchers.
-    let anchor = tracing::Dispatch::new(
-        tracing_subscriber::fmt()
-            .with_writer(std::io::sink)
-            .with_max_level(level)
-            .finish(),
-    );
-    Capture {
-        out,
-        _default: default,
-        _anchor: anchor,
-    }
-}
-
-#[tokio::test]
-async fn span_names_method_host_and_status_never_the_query() {
-    let addr = serve(handler(|_| async {
-        respond(418).body(Chunks::full("teapot")).unwrap()
-    }))
-    .await;
-    let captured = capture(tracing::Level::DEBUG, true);
-    let client = Client::builder().build().unwrap();
-    let resp = client
-        .get(&format!("http://{addr}/v1/items?api_key=s3cret"))
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 418);
-    let out = captured.text();
-    assert!(out.contains("http_request"), "{out}");
-    assert!(out.contains("method=GET"), "{out}");
-    assert!(out.contains("host=127.0.0.1"), "{out}");
-    assert!(out.contains("status=418"), "{out}");
-    assert!(!out.contains("s3cret"), "the query string leaked: {out}");
-    assert!(!out.contains("/v1/items"), "the path leaked: {out}");
-}
 
 #[tokio::test]
 async fn a_sleeping_retry_holds_no_permit() {
@@ -237,47 +154,4 @@ async fn a_dropped_request_gives_its_permit_back() {
         .unwrap();
     assert_eq!(second.status(), 200);
     assert_eq!(client.host_limits().in_flight(&key), 0);
-}
-
-/// A refusal the caller gets as `RateLimited` (a `Retry-After` past the
-/// cap, a host whose published budget resets past it) is logged at debug,
-/// like every other event of the preset: at warn, a batch against a spent
-/// API wrote one line per request into an application logging at info.
-#[tokio::test]
-async fn rate_limited_refusals_log_nothing_at_info() {
-    let (h, hits) = counted(|n| async move {
-        if n == 0 {
-            // Spent for an hour, says the budget; then a 429 saying so too.
-            respond(200)
-                .header("x-ratelimit-limit", "10")
-                .header("x-ratelimit-remaining", "0")
-                .header("x-ratelimit-reset", "3600")
-                .body(Chunks::full("last one"))
-                .unwrap()
-        } else {
-            respond(429)
-                .header("retry-after", "3600")
-                .body(Chunks::full("spent"))
-                .unwrap()
-        }
-    });
-    let addr = serve(h).await;
-    let captured = capture(tracing::Level::INFO, false);
-    let learning = Client::builder().build().unwrap();
-    let url = format!("http://{addr}/");
-    assert_eq!(learning.get(&url).await.unwrap().status(), 200);
-    for _ in 0..3 {
-        let err = learning.get(&url).await.unwrap_err();
-        assert!(err.is_rate_limited(), "{err}");
-    }
-    // A client that has not learned the budget draws the 429 itself.
-    let fresh = Client::builder().build().unwrap();
-    for _ in 0..3 {
-        let err = fresh.get(&url).await.unwrap_err();
-        assert!(err.is_rate_limited(), "{err}");
-    }
-    // The first 429's Retry-After holds the host's later calls in the client.
-    assert_eq!(hits.load(Ordering::SeqCst), 2, "the budget, then one 429");
-    let out = captured.text();
-    assert!(out.is_empty(), "logged at info or above: {out}");
 }
