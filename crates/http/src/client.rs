@@ -379,21 +379,22 @@ impl ClientBuilder {
             ));
         }
         // A zero timeout fails every request ("no complete response within
-        // 0 ms"); `None` is how to say "no limit".
-        for (name, timeout) in [
-            ("timeout", self.timeout),
-            ("connect_timeout", self.connect_timeout),
+        // 0 ms"), a zero ping interval pings without end; `None` is how to
+        // say "never".
+        for (name, duration, none_means) in [
+            ("timeout", self.timeout, "no limit"),
+            ("connect_timeout", self.connect_timeout, "no limit"),
+            (
+                "http2_keep_alive_interval",
+                self.http2_keep_alive_interval,
+                "no pings",
+            ),
         ] {
-            if timeout == Some(Duration::ZERO) {
+            if duration == Some(Duration::ZERO) {
                 return Err(Error::config(format!(
-                    "{name} must be more than zero: use None for no limit"
+                    "{name} must be more than zero: use None for {none_means}"
                 )));
             }
-        }
-        if self.http2_keep_alive_interval == Some(Duration::ZERO) {
-            return Err(Error::config(
-                "http2_keep_alive_interval must be more than zero: use None for no pings",
-            ));
         }
         if self.http2_keep_alive_timeout.is_zero() {
             return Err(Error::config(
