@@ -136,6 +136,18 @@ struct Opened {
     body: Vec<u8>,
 }
 
+/// A script for [`serve_frames`]: `act` for the first stream of the first
+/// connection, an answer for every other.
+fn first_stream(act: Act) -> impl Fn(usize, usize) -> Act + Send + Sync + 'static {
+    move |conn, n| {
+        if (conn, n) == (0, 0) {
+            act
+        } else {
+            Act::Answer
+        }
+    }
+}
+
 /// A server that speaks HTTP/2 frames itself, over TLS: `script(conn,
 /// n)` says what to do with the `n`th stream (from 0) of connection
 /// `conn`. With `rotate_after: Some(k)`, each connection takes `k` streams
@@ -484,17 +496,7 @@ fn opened_by(log: &Mutex<Vec<Opened>>, method: &Method) -> usize {
 #[tokio::test(start_paused = true)]
 async fn a_refused_stream_is_retried_for_get_and_post() {
     for method in [Method::GET, Method::POST] {
-        let (addr, log) = serve_frames(
-            |conn, n| {
-                if (conn, n) == (0, 0) {
-                    Act::Refuse
-                } else {
-                    Act::Answer
-                }
-            },
-            None,
-        )
-        .await;
+        let (addr, log) = serve_frames(first_stream(Act::Refuse), None).await;
         let client = client(addr).build().unwrap();
         let resp = client
             .oneshot(request(method.clone(), &url(addr, "/")))
@@ -513,17 +515,7 @@ async fn a_refused_stream_is_retried_for_get_and_post() {
 /// ones (a POST could not be resent otherwise).
 #[tokio::test(start_paused = true)]
 async fn a_refused_post_is_sent_again_with_its_body() {
-    let (addr, log) = serve_frames(
-        |conn, n| {
-            if (conn, n) == (0, 0) {
-                Act::Refuse
-            } else {
-                Act::Answer
-            }
-        },
-        None,
-    )
-    .await;
+    let (addr, log) = serve_frames(first_stream(Act::Refuse), None).await;
     let client = client(addr).build().unwrap();
     let resp = client
         .oneshot(request(Method::POST, &url(addr, "/")))
@@ -566,17 +558,8 @@ async fn a_refused_stream_is_returned_when_no_retry_is_left() {
 #[tokio::test(start_paused = true)]
 async fn a_stream_reset_after_it_was_read_is_retried_for_get_only() {
     for (method, sent) in [(Method::POST, 1), (Method::GET, 2)] {
-        let (addr, log) = serve_frames(
-            |conn, n| {
-                if (conn, n) == (0, 0) {
-                    Act::ResetAfterRead(INTERNAL_ERROR)
-                } else {
-                    Act::Answer
-                }
-            },
-            None,
-        )
-        .await;
+        let (addr, log) =
+            serve_frames(first_stream(Act::ResetAfterRead(INTERNAL_ERROR)), None).await;
         let client = client(addr).build().unwrap();
         let outcome = client
             .oneshot(request(method.clone(), &url(addr, "/")))
@@ -937,17 +920,7 @@ async fn redirects_over_h2_strip_credentials_across_origins_and_pass_the_guard()
 /// the host went to the same dead connection.)
 #[tokio::test(start_paused = true)]
 async fn a_silent_pooled_connection_is_found_by_ping_and_replaced() {
-    let (addr, log) = serve_frames(
-        |conn, n| {
-            if (conn, n) == (0, 0) {
-                Act::AnswerThenSilence
-            } else {
-                Act::Answer
-            }
-        },
-        None,
-    )
-    .await;
+    let (addr, log) = serve_frames(first_stream(Act::AnswerThenSilence), None).await;
     let client = client(addr).build().unwrap();
     let url = url(addr, "/");
     client.get(&url).await.unwrap();
