@@ -220,6 +220,10 @@ async fn a_panicking_item_is_answered_not_lost() {
         .await;
     let summary = batch.summary();
     assert_eq!(summary.total, 10);
+    assert_eq!(
+        summary.to_string(),
+        "10 total, 9 succeeded, 1 failed, panicked: 1"
+    );
     assert_eq!(summary.by_kind.get("panicked"), Some(&1));
     assert!(batch.items()[3].result.is_err());
 }
@@ -256,4 +260,56 @@ fn zero_concurrency_or_chunk_is_refused() {
     let err = fan_out(svc, 0..1u32).concurrency(0).unwrap_err();
     assert!(err.to_string().contains("at least 1"), "{err}");
     assert!(fan_out(svc, 0..1u32).chunked(0).is_err());
+}
+
+/// An input whose size is known (a `Vec`, an exact-size iterator) gives its
+/// total from the first report, so a progress bar has its end before the
+/// first item finishes, not only at the last one.
+#[tokio::test(start_paused = true)]
+async fn a_sized_input_reports_its_total_from_the_start() {
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let fan = fan_out(sleeper(Arc::default()), vec![10u64; 12])
+        .concurrency(3)
+        .unwrap()
+        .on_progress({
+            let reports = reports.clone();
+            move |p: &Progress| reports.lock().unwrap().push(p.clone())
+        });
+    let mut stream = fan.stream();
+    assert_eq!(stream.progress().total, Some(12), "before anything ran");
+    stream.next().await.unwrap();
+    let first = reports.lock().unwrap()[0].clone();
+    assert_eq!((first.total, first.completed), (Some(12), 1));
+    assert_eq!(first.to_string(), "1/12 done (1 ok, 0 failed, 2 in flight)");
+}
+
+/// The stream refills its window when the caller asks for the next item,
+/// not when one finishes, whether or not the input's size is known: a
+/// caller that stops pulling starts nothing more.
+#[tokio::test(start_paused = true)]
+async fn an_unsized_input_is_pulled_lazily_too() {
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let requests = {
+        let pulled = pulled.clone();
+        // `filter` hides the size: the total is unknown until the end.
+        (0..100u64).filter(|_| true).map(move |i| {
+            pulled.fetch_add(1, Ordering::SeqCst);
+            if i == 0 { 10 } else { 30 }
+        })
+    };
+    let mut stream = fan_out(sleeper(Arc::default()), requests)
+        .concurrency(4)
+        .unwrap()
+        .stream();
+    assert_eq!(stream.progress().total, None);
+    let first = stream.next().await.unwrap();
+    assert_eq!(first.result.unwrap(), 10);
+    assert_eq!(
+        pulled.load(Ordering::SeqCst),
+        4,
+        "nothing pulled before the next call"
+    );
+    assert_eq!(stream.progress().in_flight, 3);
+    stream.next().await.unwrap();
+    assert_eq!(pulled.load(Ordering::SeqCst), 5);
 }
