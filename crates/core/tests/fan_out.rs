@@ -313,3 +313,23 @@ async fn an_unsized_input_is_pulled_lazily_too() {
     stream.next().await.unwrap();
     assert_eq!(pulled.load(Ordering::SeqCst), 5);
 }
+
+/// Failures are counted in the progress as they come, not only in the
+/// final summary.
+#[tokio::test(start_paused = true)]
+async fn progress_counts_failures() {
+    let svc = service_fn(|i: u32| async move {
+        if i % 3 == 0 {
+            Err(BoxError::from("refused"))
+        } else {
+            Ok(i)
+        }
+    });
+    let mut fan = fan_out(svc, 0..9u32).concurrency(2).unwrap();
+    let watch = fan.watch_progress();
+    let batch = fan.collect().await;
+    let last = watch.borrow().clone();
+    assert_eq!((last.succeeded, last.failed, last.completed), (6, 3, 9));
+    assert_eq!(last.to_string(), "9/9 done (6 ok, 3 failed, 0 in flight)");
+    assert_eq!(batch.summary().failed, 3);
+}
