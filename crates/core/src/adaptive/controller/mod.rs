@@ -225,7 +225,6 @@ pub(crate) struct Round {
     pub(crate) rtts: Vec<Duration>,
     pub(crate) samples: u32,
     pub(crate) successes: usize,
-    pub(crate) overloads: u32,
     pub(crate) saturated: u32,
     pub(crate) max_in_flight: usize,
     /// The same for the calls started since the limit last moved.
@@ -295,8 +294,8 @@ impl Round {
                     self.rtts.push(sample.rtt);
                 }
             }
-            Outcome::Overload => self.overloads += 1,
-            Outcome::CallerError | Outcome::Failure => {}
+            // Overloads never get here: `Episodes::push` answers them first.
+            Outcome::Overload | Outcome::CallerError | Outcome::Failure => {}
         }
         if sample.saturated() {
             self.saturated += 1;
@@ -343,7 +342,6 @@ impl Round {
         self.rtts.clear();
         self.samples = 0;
         self.successes = 0;
-        self.overloads = 0;
         self.saturated = 0;
         self.max_in_flight = 0;
         self.fresh = Fresh::default();
@@ -607,8 +605,35 @@ mod tests {
         assert!(b(2, 10, 11).is_err());
         assert!(b(2, 10, 1).is_err());
         assert!(b(2, 10, 5).is_ok());
+        // The bounds are inclusive: a fixed limit, and a start at either end.
+        assert!(b(5, 5, 5).is_ok());
+        assert!(b(2, 10, 2).is_ok());
+        assert!(b(2, 10, 10).is_ok());
         let msg = b(11, 10, 10).unwrap_err().to_string();
         assert!(msg.contains("min limit 11 is above max limit 10"), "{msg}");
+    }
+
+    /// A round ends on a full round trip: an answer to a call that started
+    /// after the round began, once there are enough successes; answers to
+    /// calls sent before it do not end it, however many. Its median is the
+    /// middle of its RTTs.
+    #[test]
+    fn a_round_ends_on_a_call_started_after_it_and_reports_the_median() {
+        use test_support::{ms, ok};
+        let t0 = Instant::now();
+        let mut round = Round::default();
+        let mut push = |rtt: u64, at: Duration| {
+            round.push(&ok(rtt, 10, 10), t0 + at, ms(1000), 5, false, true, 0)
+        };
+        // All sent before the round's first answer at t0.
+        for rtt in [10, 60, 20, 50, 30] {
+            assert!(push(rtt, ms(0)).is_none(), "rtt {rtt}");
+        }
+        // Sent at t0 + 5 ms, after the round began.
+        let summary = push(40, ms(45)).expect("a full round trip");
+        assert_eq!(summary.successes, 6);
+        assert_eq!(summary.median, Some(ms(40)), "{:?}", summary.rtts);
+        assert_eq!(summary.fresh_median, Some(ms(40)));
     }
 
     #[test]
