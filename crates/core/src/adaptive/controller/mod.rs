@@ -622,18 +622,30 @@ mod tests {
         use test_support::{ms, ok};
         let t0 = Instant::now();
         let mut round = Round::default();
-        let mut push = |rtt: u64, at: Duration| {
-            round.push(&ok(rtt, 10, 10), t0 + at, ms(1000), 5, false, true, 0)
+        let mut push = |rtt: u64, in_flight: usize, at: Duration| {
+            round.push(
+                &ok(rtt, in_flight, 10),
+                t0 + at,
+                ms(1000),
+                5,
+                false,
+                true,
+                0,
+            )
         };
-        // All sent before the round's first answer at t0.
-        for rtt in [10, 60, 20, 50, 30] {
-            assert!(push(rtt, ms(0)).is_none(), "rtt {rtt}");
+        // All sent before the round's first answer at t0; half of the
+        // round's calls find the limit in use.
+        for (rtt, in_flight) in [(10, 10), (60, 10), (20, 10), (50, 2), (30, 2)] {
+            assert!(push(rtt, in_flight, ms(0)).is_none(), "rtt {rtt}");
         }
         // Sent at t0 + 5 ms, after the round began.
-        let summary = push(40, ms(45)).expect("a full round trip");
+        let summary = push(40, 2, ms(45)).expect("a full round trip");
         assert_eq!(summary.successes, 6);
         assert_eq!(summary.median, Some(ms(40)), "{:?}", summary.rtts);
         assert_eq!(summary.fresh_median, Some(ms(40)));
+        // Half the calls in use is enough to call the round saturated.
+        assert!(summary.saturated && summary.fresh_saturated);
+        assert_eq!(summary.max_in_flight, 10);
     }
 
     #[test]
