@@ -648,6 +648,64 @@ mod tests {
         assert_eq!(summary.max_in_flight, 10);
     }
 
+    /// Rounds whose calls mostly found the limit unused, or that hold no
+    /// call made since the limit last moved, are not saturated.
+    #[test]
+    fn a_round_without_fresh_calls_in_use_is_not_fresh_saturated() {
+        use test_support::{ms, ok};
+        let t0 = Instant::now();
+        let mut round = Round::default();
+        // Calls sent before the round began (20 ms ago): no round trip yet.
+        for at in [0, 15] {
+            let early = round.push(&ok(20, 10, 10), t0 + ms(at), ms(10), 2, false, false, 0);
+            assert!(early.is_none());
+        }
+        let summary = round
+            .push(&ok(10, 10, 10), t0 + ms(40), ms(10), 2, false, false, 0)
+            .expect("past four lengths");
+        assert!(summary.saturated, "every call in use");
+        assert_eq!(
+            (summary.fresh_successes, summary.fresh_saturated),
+            (0, false)
+        );
+
+        let mut round = Round::default();
+        for at in [0, 15] {
+            let early = round.push(&ok(20, 1, 10), t0 + ms(at), ms(10), 2, false, true, 0);
+            assert!(early.is_none());
+        }
+        let summary = round
+            .push(&ok(10, 10, 10), t0 + ms(40), ms(10), 2, false, true, 0)
+            .expect("past four lengths");
+        assert!(
+            !summary.saturated && !summary.fresh_saturated,
+            "one in three in use"
+        );
+    }
+
+    /// An overload in slow start halves the limit (the last one without
+    /// overload was half); later ones cut by the backoff, and by at least
+    /// one whole call.
+    #[test]
+    fn overload_cut_halves_in_slow_start_then_backs_off() {
+        let mut slow_start = true;
+        assert_eq!(overload_cut(40.0, &mut slow_start, 0.9), 20.0);
+        assert!(!slow_start, "an overload ends slow start");
+        assert_eq!(overload_cut(20.0, &mut slow_start, 0.8), 16.0);
+        assert_eq!(overload_cut(6.0, &mut slow_start, 0.9), 5.0, "×0.9 is 5.4");
+    }
+
+    #[test]
+    fn backoff_is_between_0_and_1_exclusive() {
+        for ok in [0.5, 0.9, f64::EPSILON, 1.0 - f64::EPSILON] {
+            assert!(validate_backoff("test", ok).is_ok(), "{ok}");
+        }
+        for bad in [0.0, 1.0, -0.5, 1.5, f64::NAN] {
+            let err = validate_backoff("test", bad).unwrap_err().to_string();
+            assert!(err.contains("between 0 and 1 exclusive"), "{bad}: {err}");
+        }
+    }
+
     #[test]
     fn saturation_needs_three_quarters_in_use() {
         assert!(test_support::ok(10, 3, 4).saturated());
