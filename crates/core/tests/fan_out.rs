@@ -319,7 +319,7 @@ async fn an_unsized_input_is_pulled_lazily_too() {
 #[tokio::test(start_paused = true)]
 async fn progress_counts_failures() {
     let svc = service_fn(|i: u32| async move {
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             Err(BoxError::from("refused"))
         } else {
             Ok(i)
