@@ -276,3 +276,53 @@ fn windowed_thresholds_are_strict_and_decide_once_per_window() {
     assert_eq!(window(&mut c, 19, 0, ms(100)), vec![]);
     assert_eq!(window(&mut c, 1, 0, ms(100)), vec![(0, 12, "increase")]);
 }
+
+/// `Sample::retry_after` is "the wait the downstream asked for with an
+/// overload answer; always `None` for other outcomes": a `202 Accepted`
+/// with a `Retry-After` (poll again later) is a success and asks for no
+/// wait, and a 429's is passed on. (The first 429 with a `Retry-After`
+/// turns pacing on and reaches no controller; the next one does.)
+#[tokio::test(start_paused = true)]
+async fn only_an_overload_answer_passes_its_retry_after_on() {
+    use std::sync::{Arc, Mutex};
+    use tower_fanout_core::adaptive::controller::Change;
+
+    struct Recorder(Arc<Mutex<Vec<Sample>>>);
+    impl Controller for Recorder {
+        fn initial_limit(&self) -> usize {
+            4
+        }
+        fn update(&mut self, sample: &Sample, _now: Instant) -> Option<Change> {
+            self.0.lock().unwrap().push(*sample);
+            None
+        }
+        fn name(&self) -> &'static str {
+            "recorder"
+        }
+    }
+
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let svc = ServiceBuilder::new()
+        .layer(AdaptiveLimitLayer::new(Recorder(samples.clone())))
+        .service(tower::service_fn(|code: u16| async move {
+            let answer = http::Response::builder()
+                .status(code)
+                .header("retry-after", "0.5")
+                .body(())?;
+            Ok::<_, tower_fanout_core::BoxError>(answer)
+        }));
+    for code in [202, 429, 429] {
+        svc.clone().oneshot(code).await.unwrap();
+        time::advance(ms(10)).await;
+    }
+    let seen: Vec<_> = samples
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| (s.outcome, s.retry_after))
+        .collect();
+    assert_eq!(
+        seen,
+        [(Outcome::Success, None), (Outcome::Overload, Some(ms(500)))]
+    );
+}
