@@ -706,6 +706,64 @@ mod tests {
         }
     }
 
+    /// A decrease starts an episode: overloads of calls sent before it
+    /// belong to it and call for nothing; a decision that does not lower
+    /// the limit starts none.
+    #[test]
+    fn only_a_decrease_makes_earlier_overloads_stale() {
+        use test_support::{ms, overload};
+        let t0 = Instant::now();
+        let mut e = Episodes::default();
+        let cut = Change {
+            limit: 5,
+            reason: "latency",
+        };
+        e.decided(Some(cut), 10, t0 + ms(100));
+        let step =
+            |e: &mut Episodes, rtt, at| e.push(&overload(rtt, 5, 5), t0 + ms(at), ms(10), 5.0, 0);
+        assert!(
+            step(&mut e, 50, 120).is_none(),
+            "sent at 70, before the cut"
+        );
+        assert!(
+            matches!(step(&mut e, 10, 130), Some(Step::Overload)),
+            "sent at 120"
+        );
+        let same = Change {
+            limit: 5,
+            reason: "hold",
+        };
+        e.decided(Some(same), 5, t0 + ms(200));
+        assert!(
+            matches!(step(&mut e, 50, 220), Some(Step::Overload)),
+            "sent at 170"
+        );
+    }
+
+    /// After the limit moves, a success is fresh when its call started at
+    /// or after the move: it describes the new limit.
+    #[test]
+    fn fresh_means_sent_since_the_limit_moved() {
+        use test_support::{ms, ok};
+        let t0 = Instant::now();
+        let mut e = Episodes::default();
+        let up = Change {
+            limit: 12,
+            reason: "increase",
+        };
+        e.decided(Some(up), 10, t0);
+        // Sent at t0 - 30 ms, under the old limit; then one sent at t0 + 30.
+        assert!(
+            e.push(&ok(50, 12, 12), t0 + ms(20), ms(10), 2.0, 1)
+                .is_none()
+        );
+        let Some(Step::Round(round)) = e.push(&ok(10, 12, 12), t0 + ms(40), ms(10), 2.0, 1) else {
+            panic!("a full round trip with one fresh success");
+        };
+        assert_eq!((round.successes, round.fresh_successes), (2, 1));
+        assert_eq!(round.fresh_median, Some(ms(10)));
+    }
+
     #[test]
     fn saturation_needs_three_quarters_in_use() {
         assert!(test_support::ok(10, 3, 4).saturated());
