@@ -194,5 +194,15 @@ mod tests {
         assert!(AimdController::builder().min(0).build().is_err());
         assert!(AimdController::builder().min(10).max(5).build().is_err());
         assert!(AimdController::builder().backoff(1.5).build().is_err());
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let err = AimdController::builder().increase(bad).build().unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("increase must be a positive number"),
+                "{bad}: {err}"
+            );
+        }
+        let c = AimdController::builder().increase(0.5).build().unwrap();
+        assert_eq!(c.name(), "aimd", "the name logs and reports show");
     }
 }
