@@ -265,5 +265,37 @@ mod tests {
     fn bad_config_is_refused() {
         assert!(WindowedController::builder().window(0).build().is_err());
         assert!(WindowedController::builder().min(60).build().is_err());
+        let (fast, slow) = (Duration::from_secs(1), Duration::from_millis(900));
+        let err = WindowedController::builder()
+            .latency(fast, slow)
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("fast latency"), "{err}");
+        // One threshold for both is allowed.
+        assert!(
+            WindowedController::builder()
+                .latency(fast, fast)
+                .build()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn starts_at_the_initial_limit() {
+        assert_eq!(WindowedController::preset().initial_limit(), 5);
+        let c = WindowedController::builder().initial(9).build().unwrap();
+        assert_eq!((c.initial_limit(), c.name()), (9, "windowed"));
+    }
+
+    /// The steps are taken strictly beyond the thresholds: a window whose
+    /// mean latency is exactly `slow` (or exactly `fast`) leaves the limit.
+    #[test]
+    fn a_mean_at_a_threshold_moves_nothing() {
+        let now = Instant::now();
+        for at in [500, 2000] {
+            let mut c = WindowedController::preset();
+            let last = (0..20).map(|_| c.update(&ok(at, 5, 5), now)).last();
+            assert_eq!(last, Some(None), "mean {at} ms");
+        }
     }
 }
