@@ -648,6 +648,59 @@ mod tests {
         assert!(Arc::ptr_eq(&l.entry(&host_of(&req)).unwrap(), &b));
     }
 
+    /// A long `Retry-After` is held for its whole length, up to a day (the
+    /// cap is there only so the instant cannot overflow).
+    #[tokio::test(start_paused = true)]
+    async fn a_two_hour_retry_after_holds_the_host_two_hours() {
+        let l = Learned::new(8, Duration::from_secs(60));
+        let start = Instant::now();
+        let h = l.entry("h").unwrap();
+        assert_eq!(admit(&l, &h, start), Ok(()));
+        answer(
+            &l,
+            &h,
+            StatusCode::TOO_MANY_REQUESTS,
+            &[("retry-after", "7200")],
+        );
+        let later = start + Duration::from_secs(3700);
+        assert_eq!(
+            admit(&l, &h, later),
+            Err(Hold::Until(start + Duration::from_secs(7200)))
+        );
+    }
+
+    /// A full map forgets only hosts with nothing ahead: a spent budget is
+    /// remembered until its reset, and a second budget that outlasts it
+    /// until that one's, or the host's next request would go out into a
+    /// spent window.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_map_keeps_hosts_with_a_wait_ahead() {
+        for (fields, kept_for) in [
+            (SPENT_WINDOW_OF_ONE, 1),
+            (&[("ratelimit", "\"s\";r=0;t=1, \"m\";r=5;t=10")][..], 10),
+        ] {
+            let l = Learned::new(1, Duration::from_secs(60));
+            let start = Instant::now();
+            let a = l.entry("a").unwrap();
+            assert_eq!(admit(&l, &a, start), Ok(()));
+            answer(&l, &a, StatusCode::OK, fields);
+            drop(a);
+            tokio::time::sleep_until(start + Duration::from_millis(kept_for * 1000 - 1)).await;
+            assert!(l.entry("b").is_none(), "{fields:?}: a's wait is ahead");
+            tokio::time::sleep_until(start + Duration::from_secs(kept_for)).await;
+            assert!(l.entry("b").is_some(), "{fields:?}: a's wait is over");
+            assert!(!l.lock().contains_key("a"));
+        }
+        // An entry a request still holds (it looked the host up and has not
+        // been admitted yet) is kept, though nothing is in flight: its
+        // answer must reach the entry later requests see.
+        let l = Learned::new(1, Duration::from_secs(60));
+        let held = l.entry("a").unwrap();
+        assert!(l.entry("b").is_none());
+        drop(held);
+        assert!(l.entry("b").is_some());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn news_reaches_a_request_holding_for_an_answer() {
         let l = Arc::new(Learned::new(8, Duration::from_secs(60)));
