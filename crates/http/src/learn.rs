@@ -669,6 +669,48 @@ mod tests {
         );
     }
 
+    /// A second budget that outlasts the spent one binds from its reset
+    /// until its own end, and only when it is tighter than the window's
+    /// known size (3 here): past its end, or when it allows more, the
+    /// window starts again at its size (and then holds for an answer).
+    #[tokio::test(start_paused = true)]
+    async fn a_second_budget_binds_until_its_end_when_tighter() {
+        let (tighter, looser) = (
+            "\"s\";r=0;t=1, \"m\";r=2;t=10",
+            "\"s\";r=0;t=1, \"m\";r=100;t=10",
+        );
+        // `Some(n)`: held until n s from the start; `None`: for an answer.
+        let held_until = |n| Err(Some(n));
+        for (m, at, expect) in [
+            (tighter, 5, [Ok(()), Ok(()), held_until(10), held_until(10)]),
+            (tighter, 10, [Ok(()), Ok(()), Ok(()), Err(None)]),
+            (looser, 2, [Ok(()), Ok(()), Ok(()), Err(None)]),
+        ] {
+            let l = Learned::new(8, Duration::from_secs(60));
+            let start = Instant::now();
+            let h = l.entry("h").unwrap();
+            assert_eq!(admit(&l, &h, start), Ok(()));
+            answer(
+                &l,
+                &h,
+                StatusCode::OK,
+                &[("x-ratelimit-limit", "3"), ("ratelimit", m)],
+            );
+            let now = start + Duration::from_secs(at);
+            let got: Vec<_> = (0..4).map(|_| admit(&l, &h, now)).collect();
+            let want: Vec<_> = expect
+                .iter()
+                .map(|e| {
+                    e.map_err(|until: Option<u64>| match until {
+                        Some(s) => Hold::Until(start + Duration::from_secs(s)),
+                        None => Hold::Answer,
+                    })
+                })
+                .collect();
+            assert_eq!(got, want, "{m} at {at} s");
+        }
+    }
+
     /// A full map forgets only hosts with nothing ahead: a spent budget is
     /// remembered until its reset, and a second budget that outlasts it
     /// until that one's, or the host's next request would go out into a
