@@ -518,6 +518,21 @@ mod tests {
         ("x-ratelimit-reset", "1"),
     ];
 
+    /// A map of `max_hosts` in which host `a` made one request, now, and
+    /// got a `status` answer with `fields`; the entry and that instant.
+    fn after_one_answer(
+        max_hosts: usize,
+        status: StatusCode,
+        fields: &[(&'static str, &str)],
+    ) -> (Learned, Arc<Entry>, Instant) {
+        let l = Learned::new(max_hosts, Duration::from_secs(60));
+        let start = Instant::now();
+        let a = l.entry("a").unwrap();
+        assert_eq!(admit(&l, &a, start), Ok(()));
+        answer(&l, &a, status, fields);
+        (l, a, start)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn spent_budget_holds_until_reset() {
         let l = Learned::new(8, Duration::from_secs(60));
@@ -652,16 +667,8 @@ mod tests {
     /// cap is there only so the instant cannot overflow).
     #[tokio::test(start_paused = true)]
     async fn a_two_hour_retry_after_holds_the_host_two_hours() {
-        let l = Learned::new(8, Duration::from_secs(60));
-        let start = Instant::now();
-        let h = l.entry("h").unwrap();
-        assert_eq!(admit(&l, &h, start), Ok(()));
-        answer(
-            &l,
-            &h,
-            StatusCode::TOO_MANY_REQUESTS,
-            &[("retry-after", "7200")],
-        );
+        let (l, h, start) =
+            after_one_answer(8, StatusCode::TOO_MANY_REQUESTS, &[("retry-after", "7200")]);
         let later = start + Duration::from_secs(3700);
         assert_eq!(
             admit(&l, &h, later),
@@ -686,16 +693,8 @@ mod tests {
             (tighter, 10, [Ok(()), Ok(()), Ok(()), Err(None)]),
             (looser, 2, [Ok(()), Ok(()), Ok(()), Err(None)]),
         ] {
-            let l = Learned::new(8, Duration::from_secs(60));
-            let start = Instant::now();
-            let h = l.entry("h").unwrap();
-            assert_eq!(admit(&l, &h, start), Ok(()));
-            answer(
-                &l,
-                &h,
-                StatusCode::OK,
-                &[("x-ratelimit-limit", "3"), ("ratelimit", m)],
-            );
+            let fields = [("x-ratelimit-limit", "3"), ("ratelimit", m)];
+            let (l, h, start) = after_one_answer(8, StatusCode::OK, &fields);
             let now = start + Duration::from_secs(at);
             let got: Vec<_> = (0..4).map(|_| admit(&l, &h, now)).collect();
             let want: Vec<_> = expect
@@ -721,11 +720,7 @@ mod tests {
             (SPENT_WINDOW_OF_ONE, 1),
             (&[("ratelimit", "\"s\";r=0;t=1, \"m\";r=5;t=10")][..], 10),
         ] {
-            let l = Learned::new(1, Duration::from_secs(60));
-            let start = Instant::now();
-            let a = l.entry("a").unwrap();
-            assert_eq!(admit(&l, &a, start), Ok(()));
-            answer(&l, &a, StatusCode::OK, fields);
+            let (l, a, start) = after_one_answer(1, StatusCode::OK, fields);
             drop(a);
             tokio::time::sleep_until(start + Duration::from_millis(kept_for * 1000 - 1)).await;
             assert!(l.entry("b").is_none(), "{fields:?}: a's wait is ahead");

@@ -654,29 +654,34 @@ mod tests {
     fn a_round_without_fresh_calls_in_use_is_not_fresh_saturated() {
         use test_support::{ms, ok};
         let t0 = Instant::now();
-        let mut round = Round::default();
-        // Calls sent before the round began (20 ms ago): no round trip yet.
-        for at in [0, 15] {
-            let early = round.push(&ok(20, 10, 10), t0 + ms(at), ms(10), 2, false, false, 0);
-            assert!(early.is_none());
-        }
-        let summary = round
-            .push(&ok(10, 10, 10), t0 + ms(40), ms(10), 2, false, false, 0)
-            .expect("past four lengths");
+        // Two answers to calls sent before the round began (20 ms ago, no
+        // round trip yet), then one past four lengths (40 ms), which ends it;
+        // `in_flight` of each when it started, of a limit of 10.
+        let round = |in_flight: [usize; 3], fresh: bool| {
+            let mut round = Round::default();
+            for (at, n) in [0, 15].into_iter().zip(in_flight) {
+                let early = round.push(&ok(20, n, 10), t0 + ms(at), ms(10), 2, false, fresh, 0);
+                assert!(early.is_none());
+            }
+            round
+                .push(
+                    &ok(10, in_flight[2], 10),
+                    t0 + ms(40),
+                    ms(10),
+                    2,
+                    false,
+                    fresh,
+                    0,
+                )
+                .expect("past four lengths")
+        };
+        let summary = round([10, 10, 10], false);
         assert!(summary.saturated, "every call in use");
         assert_eq!(
             (summary.fresh_successes, summary.fresh_saturated),
             (0, false)
         );
-
-        let mut round = Round::default();
-        for at in [0, 15] {
-            let early = round.push(&ok(20, 1, 10), t0 + ms(at), ms(10), 2, false, true, 0);
-            assert!(early.is_none());
-        }
-        let summary = round
-            .push(&ok(10, 10, 10), t0 + ms(40), ms(10), 2, false, true, 0)
-            .expect("past four lengths");
+        let summary = round([1, 1, 10], true);
         assert!(
             !summary.saturated && !summary.fresh_saturated,
             "one in three in use"
