@@ -710,6 +710,49 @@ mod tests {
         }
     }
 
+    /// Within a window that has not reset, an answer saying less is taken
+    /// with its reset; one saying as much keeps the later of the two resets;
+    /// one saying more is an older answer and changes nothing. An answer
+    /// that arrives when the window's end has come starts a new window.
+    #[tokio::test(start_paused = true)]
+    async fn answers_within_a_window_only_lower_it() {
+        let budget = |remaining: &'static str, reset: &'static str| {
+            [
+                ("x-ratelimit-remaining", remaining),
+                ("x-ratelimit-reset", reset),
+            ]
+        };
+        // One request at 0 s is answered `first`; a second, sent at 1 s (or
+        // at 0 s with the first, `early`), is answered `second` at 1 s. Then
+        // four requests at `asked` s: `go` of them go, the rest are held
+        // until `until` s. (Each request sent takes one from what is held.)
+        for (first, second, early, asked, go, until) in [
+            (budget("5", "10"), budget("3", "8"), false, 2, 3, 9),
+            (budget("3", "10"), budget("2", "5"), false, 7, 2, 10),
+            (budget("3", "5"), budget("2", "10"), false, 6, 2, 11),
+            (budget("3", "5"), budget("9", "10"), false, 2, 2, 5),
+            (budget("0", "1"), budget("3", "10"), true, 1, 3, 11),
+        ] {
+            let l = Learned::new(8, Duration::from_secs(60));
+            let start = Instant::now();
+            let a = l.entry("a").unwrap();
+            for _ in 0..1 + usize::from(early) {
+                assert_eq!(admit(&l, &a, start), Ok(()));
+            }
+            answer(&l, &a, StatusCode::OK, &first);
+            tokio::time::sleep_until(start + Duration::from_secs(1)).await;
+            if !early {
+                assert_eq!(admit(&l, &a, Instant::now()), Ok(()), "{first:?}");
+            }
+            answer(&l, &a, StatusCode::OK, &second);
+            let now = start + Duration::from_secs(asked);
+            let got: Vec<_> = (0..4).map(|_| admit(&l, &a, now)).collect();
+            let mut want = vec![Ok(()); go];
+            want.resize(4, Err(Hold::Until(start + Duration::from_secs(until))));
+            assert_eq!(got, want, "{first:?} then {second:?}");
+        }
+    }
+
     /// A full map forgets only hosts with nothing ahead: a spent budget is
     /// remembered until its reset, and a second budget that outlasts it
     /// until that one's, or the host's next request would go out into a
