@@ -296,6 +296,8 @@ mod tests {
             let mut c = WindowedController::preset();
             let last = (0..20).map(|_| c.update(&ok(at, 5, 5), now)).last();
             assert_eq!(last, Some(None), "mean {at} ms");
+            // The handle shows the last window's mean as the recent RTT.
+            assert_eq!(c.rtt().short, Some(ms(at)));
         }
     }
 }
