@@ -3,6 +3,9 @@
 #![cfg(feature = "adaptive")]
 #![allow(clippy::unwrap_used)]
 
+mod support;
+use support::{aimd, status};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,18 +20,6 @@ use tower_fanout_core::error::Overloaded;
 use tower_test::mock;
 
 type Res = http::Response<()>;
-
-fn status(code: u16) -> Res {
-    http::Response::builder().status(code).body(()).unwrap()
-}
-
-fn aimd(initial: usize) -> AimdController {
-    AimdController::builder()
-        .initial(initial)
-        .slow_start(false)
-        .build()
-        .unwrap()
-}
 
 #[tokio::test(start_paused = true)]
 async fn drop_releases_permit_and_reports_nothing() {

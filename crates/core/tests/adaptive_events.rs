@@ -12,22 +12,13 @@
 #![cfg(feature = "adaptive")]
 #![allow(clippy::unwrap_used)]
 
+mod support;
+use support::{aimd, status};
+
 use std::sync::{Arc, Mutex};
 
 use tower::{ServiceBuilder, ServiceExt, service_fn};
-use tower_fanout_core::adaptive::{AdaptiveLimitLayer, AimdController};
-
-fn status(code: u16) -> http::Response<()> {
-    http::Response::builder().status(code).body(()).unwrap()
-}
-
-fn aimd(initial: usize) -> AimdController {
-    AimdController::builder()
-        .initial(initial)
-        .slow_start(false)
-        .build()
-        .unwrap()
-}
+use tower_fanout_core::adaptive::AdaptiveLimitLayer;
 
 /// A tiny subscriber that keeps the fields of each event.
 #[derive(Default, Clone)]

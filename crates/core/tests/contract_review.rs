@@ -12,6 +12,9 @@
 ))]
 #![allow(clippy::unwrap_used)]
 
+mod support;
+use support::aimd;
+
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -19,21 +22,13 @@ use tokio_test::{assert_pending, assert_ready_err, assert_ready_ok};
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceBuilder, ServiceExt, service_fn};
 use tower_fanout_core::BoxError;
-use tower_fanout_core::adaptive::{AdaptiveLimitLayer, AimdController};
+use tower_fanout_core::adaptive::AdaptiveLimitLayer;
 use tower_fanout_core::backpressure::BackpressureLayer;
 use tower_fanout_core::concurrency::ConcurrencyLimitLayer;
 use tower_fanout_core::error::NotReady;
 use tower_fanout_core::keyed::{KeyLimit, KeyedLimitLayer};
 use tower_fanout_core::rate::RateLimitLayer;
 use tower_test::mock;
-
-fn aimd(initial: usize) -> AimdController {
-    AimdController::builder()
-        .initial(initial)
-        .slow_start(false)
-        .build()
-        .unwrap()
-}
 
 /// Tower: an error from `poll_ready` means the service is broken. A broken
 /// service kept around (in a struct, a pool, a `Reconnect`-style wrapper that

@@ -4,6 +4,9 @@
 #![cfg(feature = "adaptive")]
 #![allow(clippy::unwrap_used)]
 
+mod support;
+use support::aimd;
+
 use std::time::Duration;
 
 use tokio::time::{self, Instant};
@@ -17,14 +20,6 @@ type Res = http::Response<()>;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
-}
-
-fn aimd(initial: usize) -> tower_fanout_core::adaptive::AimdController {
-    tower_fanout_core::adaptive::AimdController::builder()
-        .initial(initial)
-        .slow_start(false)
-        .build()
-        .unwrap()
 }
 
 fn answer(code: u16, retry_after: Option<u64>) -> Res {

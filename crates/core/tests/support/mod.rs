@@ -105,3 +105,19 @@ pub fn sleeper() -> impl tower::Service<u64, Response = u64, Error = std::io::Er
         Ok::<_, std::io::Error>(ms)
     })
 }
+
+/// An answer with `code` and an empty body.
+pub fn status(code: u16) -> http::Response<()> {
+    http::Response::builder().status(code).body(()).unwrap()
+}
+
+/// An AIMD controller starting at `initial`, without slow start (+1 per
+/// round trip from the first answer).
+#[cfg(feature = "adaptive")]
+pub fn aimd(initial: usize) -> tower_fanout_core::adaptive::AimdController {
+    tower_fanout_core::adaptive::AimdController::builder()
+        .initial(initial)
+        .slow_start(false)
+        .build()
+        .unwrap()
+}
