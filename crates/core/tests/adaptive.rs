@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::time;
 use tokio_test::{assert_pending, assert_ready_ok};
 use tower::{ServiceBuilder, ServiceExt, service_fn};
+use tower_fanout_core::adaptive::controller::{Change, Controller, RttEstimate, Sample};
 use tower_fanout_core::adaptive::{
     AdaptiveLimitLayer, AimdController, GradientController, VegasController, WindowedController,
 };
@@ -54,13 +55,39 @@ async fn dropped_ready_service_gives_its_permit_back() {
 }
 
 /// Starts `n` calls through clones of `svc` and answers them all with `code`
-/// after `rtt`, optionally with a `Retry-After`.
+/// after 100 ms, optionally with a `Retry-After`.
 async fn burst<S>(
     svc: &S,
     upstream: &mut mock::Handle<(), Res>,
     n: usize,
     code: u16,
     retry_after: Option<u64>,
+) where
+    S: tower::Service<(), Response = Res, Error = tower_fanout_core::BoxError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    burst_after(
+        svc,
+        upstream,
+        n,
+        code,
+        retry_after,
+        Duration::from_millis(100),
+    )
+    .await;
+}
+
+/// [`burst`], answered after `rtt`.
+async fn burst_after<S>(
+    svc: &S,
+    upstream: &mut mock::Handle<(), Res>,
+    n: usize,
+    code: u16,
+    retry_after: Option<u64>,
+    rtt: Duration,
 ) where
     S: tower::Service<(), Response = Res, Error = tower_fanout_core::BoxError>
         + Clone
@@ -75,7 +102,7 @@ async fn burst<S>(
     for _ in 0..n {
         pending.push(upstream.next_request().await.unwrap().1);
     }
-    time::advance(Duration::from_millis(100)).await;
+    time::advance(rtt).await;
     for send in pending {
         let mut b = http::Response::builder().status(code);
         if let Some(secs) = retry_after {
@@ -236,6 +263,171 @@ async fn retry_after_paces_new_calls() {
     assert_pending!(ready[2].poll());
     time::advance(gap).await;
     assert!(ready[2].poll().is_ready());
+}
+
+#[tokio::test(start_paused = true)]
+async fn pacing_lasts_256_round_trips_when_they_are_long() {
+    // Pacing stays on for 256 RTTs after the last `Retry-After`, and at
+    // least a minute: with 1 s round trips, 256 s.
+    let rtt = Duration::from_secs(1);
+    let layer = AdaptiveLimitLayer::new(aimd(8));
+    let handle = layer.handle();
+    let (svc, mut upstream) = mock::pair::<(), Res>();
+    let svc = ServiceBuilder::new().layer(layer).service(svc);
+    burst_after(&svc, &mut upstream, 8, 200, None, rtt).await;
+    let limit = handle.limit();
+    burst_after(&svc, &mut upstream, limit, 429, Some(0), rtt).await;
+    let paced = |svc: &_| {
+        let mut ready: Vec<_> = (0..2).map(|_| ready_task(svc)).collect();
+        assert!(ready[0].poll().is_ready());
+        ready[1].poll().is_pending()
+    };
+    // Past the minute, a finished call sets the pace again: still on.
+    time::advance(Duration::from_secs(100)).await;
+    burst_after(&svc, &mut upstream, 1, 200, None, rtt).await;
+    assert!(paced(&svc), "paced 102 s after the Retry-After");
+    // At the 256th round trip it is off.
+    time::advance(Duration::from_secs(154)).await;
+    burst_after(&svc, &mut upstream, 1, 200, None, rtt).await;
+    assert!(!paced(&svc), "unpaced 256 s after it");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_long_retry_after_is_past_four_round_trips_and_a_second() {
+    // With 1 s round trips, a 4 s wait is a rate cap's (paced, not held),
+    // a 5 s wait a quota's (new calls held).
+    let rtt = Duration::from_secs(1);
+    for (wait, held) in [(4, false), (5, true)] {
+        let layer = AdaptiveLimitLayer::new(aimd(8));
+        let (svc, mut upstream) = mock::pair::<(), Res>();
+        let svc = ServiceBuilder::new().layer(layer).service(svc);
+        burst_after(&svc, &mut upstream, 8, 200, None, rtt).await;
+        burst_after(&svc, &mut upstream, 1, 429, Some(wait), rtt).await;
+        let mut ready = ready_task(&svc);
+        assert_eq!(ready.poll().is_pending(), held, "Retry-After: {wait}");
+    }
+}
+
+/// Records the outcomes it is told of; answers a success with the limit
+/// it has (a change that changes nothing, as a controller at its bound
+/// gives) and an overload by halving it.
+struct Recorder {
+    limit: usize,
+    told: Arc<std::sync::Mutex<Vec<Outcome>>>,
+    last_rtt: Option<Duration>,
+}
+
+impl Controller for Recorder {
+    fn initial_limit(&self) -> usize {
+        self.limit
+    }
+    fn update(&mut self, sample: &Sample, _now: time::Instant) -> Option<Change> {
+        self.told.lock().unwrap().push(sample.outcome);
+        self.last_rtt = Some(sample.rtt);
+        if sample.outcome == Outcome::Overload {
+            self.limit = (self.limit / 2).max(1);
+        }
+        Some(Change {
+            limit: self.limit,
+            reason: "recorder",
+        })
+    }
+    fn rtt(&self) -> RttEstimate {
+        RttEstimate {
+            short: self.last_rtt,
+            long: None,
+        }
+    }
+    fn name(&self) -> &'static str {
+        "recorder"
+    }
+}
+
+fn recorder(limit: usize) -> (AdaptiveLimitLayer, Arc<std::sync::Mutex<Vec<Outcome>>>) {
+    let told = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let layer = AdaptiveLimitLayer::new(Recorder {
+        limit,
+        told: told.clone(),
+        last_rtt: None,
+    });
+    (layer, told)
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_a_decrease_answers_the_overloads_before_it() {
+    // A change to the same limit is no decrease: an overload of a call sent
+    // before it is news, told to the controller, and cuts.
+    let (layer, told) = recorder(4);
+    let handle = layer.handle();
+    let (svc, mut upstream) = mock::pair::<(), Res>();
+    let svc = ServiceBuilder::new().layer(layer).service(svc);
+    let calls: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(svc.clone().oneshot(())))
+        .collect();
+    let (_, first) = upstream.next_request().await.unwrap();
+    let (_, second) = upstream.next_request().await.unwrap();
+    time::advance(Duration::from_millis(100)).await;
+    first.send_response(status(200));
+    time::advance(Duration::from_millis(1)).await;
+    second.send_response(status(503));
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    assert_eq!(*told.lock().unwrap(), [Outcome::Success, Outcome::Overload]);
+    assert_eq!(handle.limit(), 2);
+    // The handle shows what the controller reports.
+    let rtt = Some(Duration::from_millis(101));
+    assert_eq!(
+        handle.rtt(),
+        RttEstimate {
+            short: rtt,
+            long: None
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_reaches_the_controller_during_a_hold() {
+    let (layer, told) = recorder(4);
+    let handle = layer.handle();
+    let (svc, mut upstream) = mock::pair::<(), Res>();
+    let svc = ServiceBuilder::new().layer(layer).service(svc);
+    let calls: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(svc.clone().oneshot(())))
+        .collect();
+    let mut sends = Vec::new();
+    for _ in 0..3 {
+        sends.push(upstream.next_request().await.unwrap().1);
+    }
+    let mut sends = sends.into_iter();
+    // A spent quota: held for 30 s from now.
+    time::advance(Duration::from_millis(100)).await;
+    sends.next().unwrap().send_response(
+        http::Response::builder()
+            .status(429)
+            .header("retry-after", "30")
+            .body(())
+            .unwrap(),
+    );
+    // The calls still out come back within the hold: a success and an
+    // overload move nothing and are told nothing.
+    time::advance(Duration::from_secs(1)).await;
+    sends.next().unwrap().send_response(status(200));
+    time::advance(Duration::from_secs(1)).await;
+    sends.next().unwrap().send_response(status(503));
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    assert_eq!(*told.lock().unwrap(), []);
+    assert_eq!(handle.limit(), 4);
+    // The hold ends at its instant: a call let in then and answered at once
+    // is heard.
+    time::advance(Duration::from_secs(28)).await;
+    let call = tokio::spawn(svc.clone().oneshot(()));
+    let (_, send) = upstream.next_request().await.unwrap();
+    send.send_response(status(200));
+    call.await.unwrap().unwrap();
+    assert_eq!(*told.lock().unwrap(), [Outcome::Success]);
 }
 
 #[tokio::test(start_paused = true)]

@@ -488,3 +488,26 @@ impl Shared {
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windowed_min_keeps_the_lowest_of_the_last_one_or_two_windows() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let mut min = WindowedMin::default();
+        assert_eq!(min.get(), None);
+        min.push(t0, ms(10));
+        min.push(t0 + ms(1000), ms(50));
+        min.push(t0 + ms(2000), ms(40));
+        assert_eq!(min.get(), Some(ms(10)), "one window: its lowest");
+        // A window later a new one starts; the last one's lowest still counts.
+        min.push(t0 + MIN_RTT_WINDOW, ms(40));
+        assert_eq!(min.get(), Some(ms(10)));
+        // Two windows on it is gone: a slower route is followed.
+        min.push(t0 + MIN_RTT_WINDOW * 2, ms(30));
+        assert_eq!(min.get(), Some(ms(30)));
+    }
+}
