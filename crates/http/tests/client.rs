@@ -288,6 +288,69 @@ async fn body_cap_fires_with_and_without_a_length() {
 }
 
 #[tokio::test]
+async fn body_cap_admits_a_body_of_exactly_the_cap() {
+    const CAP: usize = 4096;
+    let addr = serve(handler(|req| async move {
+        match req.uri().path() {
+            "/announced" => respond(200).body(Chunks::full(vec![b'x'; CAP])).unwrap(),
+            _ => respond(200)
+                .body(Chunks::new(4, CAP / 4, Duration::ZERO))
+                .unwrap(),
+        }
+    }))
+    .await;
+    let client = Client::builder().max_response_body(CAP).build().unwrap();
+    for path in ["announced", "chunked"] {
+        let ok = client.get(&format!("http://{addr}/{path}")).await.unwrap();
+        assert_eq!(ok.body().len(), CAP, "{path}");
+    }
+    let err = Client::builder()
+        .max_response_body(CAP - 1)
+        .build()
+        .unwrap()
+        .get(&format!("http://{addr}/chunked"))
+        .await
+        .unwrap_err();
+    assert!(err.is_body_too_large(), "{err}");
+    // What happened and what to change.
+    let text = err.to_string();
+    assert!(text.contains("exceeds the cap of 4095 bytes"), "{text}");
+    assert!(text.contains("raise `max_response_body`"), "{text}");
+}
+
+/// A length announced past the cap is refused before any of the body is
+/// read: here the server sends its headers and a few bytes, then nothing.
+#[tokio::test]
+async fn an_announced_length_past_the_cap_fails_before_the_body_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                let _ = sock
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\n0123456789")
+                    .await;
+                std::future::pending::<()>().await;
+                drop(sock);
+            });
+        }
+    });
+    // A stalled body would end in this timeout instead.
+    let client = Client::builder()
+        .max_response_body(100_000)
+        .timeout(Some(Duration::from_secs(10)))
+        .no_retry()
+        .build()
+        .unwrap();
+    let err = client.get(&format!("http://{addr}/")).await.unwrap_err();
+    assert!(err.is_body_too_large(), "{err}");
+}
+
+#[tokio::test]
 async fn slow_body_times_out() {
     let addr = serve(handler(|_| async {
         respond(200)
@@ -617,6 +680,15 @@ async fn oversized_request_body_is_refused_before_sending() {
         .unwrap();
     let err = client.clone().oneshot(req).await.unwrap_err();
     assert!(err.is_request_body_too_large(), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("request body exceeds 1000 bytes"), "{text}");
+    assert!(text.contains("raise `max_request_body`"), "{text}");
+    let bound = err
+        .source()
+        .unwrap()
+        .downcast_ref::<tower_fanout_http::RequestBodyTooLarge>()
+        .unwrap();
+    assert_eq!(bound.limit(), 1000);
 }
 
 #[test]
@@ -657,6 +729,18 @@ async fn a_body_cut_short_is_a_body_error() {
     let client = Client::builder().no_retry().build().unwrap();
     let err = client.get(&format!("http://{addr}/")).await.unwrap_err();
     assert!(err.is_body(), "{err}");
+    assert!(err.to_string().contains("reading the body failed"), "{err}");
+    // The cause is kept: hyper's error, over the end of file it met.
+    let mut chain = err.source();
+    let (mut hyper_error, mut eof) = (false, false);
+    while let Some(e) = chain {
+        hyper_error |= e.is::<hyper::Error>();
+        eof |= e
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::UnexpectedEof);
+        chain = e.source();
+    }
+    assert!(hyper_error && eof, "{err:?}");
 }
 
 #[tokio::test]
