@@ -201,3 +201,20 @@ async fn a_retry_loops_final_timeout_is_overload_through_boxes_and_wrappers() {
     let wrapped = Wrapped(err);
     assert_eq!(classify(&wrapped), Outcome::Overload);
 }
+
+/// The time a response spent waiting on purpose below the adaptive limit
+/// (a per-host gate's `DeliberateWait`) is read as `HttpClassify` reads it.
+#[test]
+fn the_deliberate_wait_is_read_as_core_reads_it() {
+    let mut response = Response::new(bytes::Bytes::new());
+    assert_eq!(ClientClassify.waited(&response), Duration::ZERO);
+    tower_fanout_core::DeliberateWait::add_to(
+        response.extensions_mut(),
+        Duration::from_millis(250),
+    );
+    assert_eq!(ClientClassify.waited(&response), Duration::from_millis(250));
+    assert_eq!(
+        HttpClassify.waited(&response),
+        ClientClassify.waited(&response)
+    );
+}

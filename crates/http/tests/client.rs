@@ -350,6 +350,28 @@ async fn an_announced_length_past_the_cap_fails_before_the_body_is_read() {
     assert!(err.is_body_too_large(), "{err}");
 }
 
+/// An error met on a hop says it came after a redirect (the retry layer
+/// reads that too: a redirected POST is not sent again).
+#[tokio::test]
+async fn an_error_after_a_redirect_says_so() {
+    // Nothing listens on this port now.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let addr = serve(handler(move |_| async move {
+        respond(302)
+            .header("location", format!("http://{closed}/gone"))
+            .body(Chunks::empty())
+            .unwrap()
+    }))
+    .await;
+    let client = Client::builder().no_retry().build().unwrap();
+    let err = client.get(&format!("http://{addr}/")).await.unwrap_err();
+    assert!(err.is_connect(), "{err}");
+    assert!(err.to_string().contains("after a redirect"), "{err}");
+}
+
 #[tokio::test]
 async fn slow_body_times_out() {
     let addr = serve(handler(|_| async {
@@ -570,6 +592,14 @@ async fn cross_origin_redirect_strips_credentials_and_hops_are_capped() {
     }
     let err = send("/loop").await.unwrap_err();
     assert!(err.is_too_many_redirects(), "{err}");
+    assert!(err.to_string().contains("more than 3 redirects"), "{err}");
+    let mut chain = err.source();
+    let mut cap = None;
+    while let Some(e) = chain {
+        cap = cap.or(e.downcast_ref::<tower_fanout_http::TooManyRedirects>());
+        chain = e.source();
+    }
+    assert_eq!(cap.unwrap().max(), 3);
     assert_eq!(
         seen.lock().unwrap().len(),
         4 + 4,
