@@ -386,6 +386,14 @@ async fn slow_body_times_out() {
         .unwrap();
     let err = client.get(&format!("http://{addr}/")).await.unwrap_err();
     assert!(err.is_timeout(), "{err}");
+    assert!(err.to_string().contains("within 250 ms"), "{err}");
+    let mut chain = err.source();
+    let mut timed_out = None;
+    while let Some(e) = chain {
+        timed_out = timed_out.or(e.downcast_ref::<tower_fanout_http::TimedOut>());
+        chain = e.source();
+    }
+    assert_eq!(timed_out.unwrap().after(), Duration::from_millis(250));
 }
 
 #[tokio::test]
