@@ -252,6 +252,41 @@ async fn learned_budget_prevents_429s() {
     assert!(too_many.load(Ordering::SeqCst) > 0);
 }
 
+/// The first error of type `T` in `err`'s chain of sources.
+fn find_source<T: std::error::Error + 'static>(err: &tower_fanout_http::Error) -> Option<&T> {
+    let mut chain = err.source();
+    while let Some(e) = chain {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        chain = e.source();
+    }
+    None
+}
+
+/// A raw TCP server on 127.0.0.1 that reads each request and writes
+/// `reply`, then hangs up (or, with `stall`, keeps the connection open and
+/// silent).
+async fn raw_server(reply: &'static [u8], stall: bool) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                let _ = sock.write_all(reply).await;
+                if stall {
+                    std::future::pending::<()>().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
 #[tokio::test]
 async fn body_cap_fires_with_and_without_a_length() {
     let addr = serve(handler(|req| async move {
@@ -322,23 +357,11 @@ async fn body_cap_admits_a_body_of_exactly_the_cap() {
 /// read: here the server sends its headers and a few bytes, then nothing.
 #[tokio::test]
 async fn an_announced_length_past_the_cap_fails_before_the_body_is_read() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (mut sock, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = sock.read(&mut buf).await;
-                let _ = sock
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\n0123456789")
-                    .await;
-                std::future::pending::<()>().await;
-                drop(sock);
-            });
-        }
-    });
+    let addr = raw_server(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\n0123456789",
+        true,
+    )
+    .await;
     // A stalled body would end in this timeout instead.
     let client = Client::builder()
         .max_response_body(100_000)
@@ -387,13 +410,8 @@ async fn slow_body_times_out() {
     let err = client.get(&format!("http://{addr}/")).await.unwrap_err();
     assert!(err.is_timeout(), "{err}");
     assert!(err.to_string().contains("within 250 ms"), "{err}");
-    let mut chain = err.source();
-    let mut timed_out = None;
-    while let Some(e) = chain {
-        timed_out = timed_out.or(e.downcast_ref::<tower_fanout_http::TimedOut>());
-        chain = e.source();
-    }
-    assert_eq!(timed_out.unwrap().after(), Duration::from_millis(250));
+    let timed_out = find_source::<tower_fanout_http::TimedOut>(&err).unwrap();
+    assert_eq!(timed_out.after(), Duration::from_millis(250));
 }
 
 #[tokio::test]
@@ -601,13 +619,8 @@ async fn cross_origin_redirect_strips_credentials_and_hops_are_capped() {
     let err = send("/loop").await.unwrap_err();
     assert!(err.is_too_many_redirects(), "{err}");
     assert!(err.to_string().contains("more than 3 redirects"), "{err}");
-    let mut chain = err.source();
-    let mut cap = None;
-    while let Some(e) = chain {
-        cap = cap.or(e.downcast_ref::<tower_fanout_http::TooManyRedirects>());
-        chain = e.source();
-    }
-    assert_eq!(cap.unwrap().max(), 3);
+    let cap = find_source::<tower_fanout_http::TooManyRedirects>(&err).unwrap();
+    assert_eq!(cap.max(), 3);
     assert_eq!(
         seen.lock().unwrap().len(),
         4 + 4,
@@ -748,37 +761,20 @@ fn bad_config_fails_at_build() {
 
 #[tokio::test]
 async fn a_body_cut_short_is_a_body_error() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (mut sock, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = sock.read(&mut buf).await;
-                // Announce 100 bytes, send 10, hang up.
-                let _ = sock
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
-                    .await;
-            });
-        }
-    });
+    // Announce 100 bytes, send 10, hang up.
+    let addr = raw_server(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789",
+        false,
+    )
+    .await;
     let client = Client::builder().no_retry().build().unwrap();
     let err = client.get(&format!("http://{addr}/")).await.unwrap_err();
     assert!(err.is_body(), "{err}");
     assert!(err.to_string().contains("reading the body failed"), "{err}");
     // The cause is kept: hyper's error, over the end of file it met.
-    let mut chain = err.source();
-    let (mut hyper_error, mut eof) = (false, false);
-    while let Some(e) = chain {
-        hyper_error |= e.is::<hyper::Error>();
-        eof |= e
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|e| e.kind() == std::io::ErrorKind::UnexpectedEof);
-        chain = e.source();
-    }
-    assert!(hyper_error && eof, "{err:?}");
+    assert!(find_source::<hyper::Error>(&err).is_some(), "{err:?}");
+    let io = find_source::<std::io::Error>(&err).unwrap();
+    assert_eq!(io.kind(), std::io::ErrorKind::UnexpectedEof);
 }
 
 #[tokio::test]
