@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod support;
-use support::{aimd, status};
+use support::{aimd, answer, status};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,24 +95,41 @@ async fn burst_after<S>(
         + 'static,
     S::Future: Send,
 {
-    let calls: Vec<_> = (0..n)
-        .map(|_| tokio::spawn(svc.clone().oneshot(())))
-        .collect();
-    let mut pending = Vec::new();
-    for _ in 0..n {
-        pending.push(upstream.next_request().await.unwrap().1);
-    }
+    let (calls, pending) = start(svc, upstream, n).await;
     time::advance(rtt).await;
     for send in pending {
-        let mut b = http::Response::builder().status(code);
-        if let Some(secs) = retry_after {
-            b = b.header("retry-after", secs.to_string());
-        }
-        send.send_response(b.body(()).unwrap());
+        send.send_response(answer(code, retry_after));
     }
     for call in calls {
         call.await.unwrap().unwrap();
     }
+}
+
+/// Starts `n` calls through clones of `svc`; returns them and the handles
+/// that answer them, in the order they reached `upstream`.
+async fn start<S>(
+    svc: &S,
+    upstream: &mut mock::Handle<(), Res>,
+    n: usize,
+) -> (
+    Vec<tokio::task::JoinHandle<Result<Res, tower_fanout_core::BoxError>>>,
+    Vec<mock::SendResponse<Res>>,
+)
+where
+    S: tower::Service<(), Response = Res, Error = tower_fanout_core::BoxError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    let calls = (0..n)
+        .map(|_| tokio::spawn(svc.clone().oneshot(())))
+        .collect();
+    let mut pending = Vec::with_capacity(n);
+    for _ in 0..n {
+        pending.push(upstream.next_request().await.unwrap().1);
+    }
+    (calls, pending)
 }
 
 #[tokio::test(start_paused = true)]
@@ -361,15 +378,12 @@ async fn only_a_decrease_answers_the_overloads_before_it() {
     let handle = layer.handle();
     let (svc, mut upstream) = mock::pair::<(), Res>();
     let svc = ServiceBuilder::new().layer(layer).service(svc);
-    let calls: Vec<_> = (0..2)
-        .map(|_| tokio::spawn(svc.clone().oneshot(())))
-        .collect();
-    let (_, first) = upstream.next_request().await.unwrap();
-    let (_, second) = upstream.next_request().await.unwrap();
+    let (calls, sends) = start(&svc, &mut upstream, 2).await;
+    let mut sends = sends.into_iter();
     time::advance(Duration::from_millis(100)).await;
-    first.send_response(status(200));
+    sends.next().unwrap().send_response(status(200));
     time::advance(Duration::from_millis(1)).await;
-    second.send_response(status(503));
+    sends.next().unwrap().send_response(status(503));
     for call in calls {
         call.await.unwrap().unwrap();
     }
@@ -392,23 +406,11 @@ async fn nothing_reaches_the_controller_during_a_hold() {
     let handle = layer.handle();
     let (svc, mut upstream) = mock::pair::<(), Res>();
     let svc = ServiceBuilder::new().layer(layer).service(svc);
-    let calls: Vec<_> = (0..3)
-        .map(|_| tokio::spawn(svc.clone().oneshot(())))
-        .collect();
-    let mut sends = Vec::new();
-    for _ in 0..3 {
-        sends.push(upstream.next_request().await.unwrap().1);
-    }
+    let (calls, sends) = start(&svc, &mut upstream, 3).await;
     let mut sends = sends.into_iter();
     // A spent quota: held for 30 s from now.
     time::advance(Duration::from_millis(100)).await;
-    sends.next().unwrap().send_response(
-        http::Response::builder()
-            .status(429)
-            .header("retry-after", "30")
-            .body(())
-            .unwrap(),
-    );
+    sends.next().unwrap().send_response(answer(429, Some(30)));
     // The calls still out come back within the hold: a success and an
     // overload move nothing and are told nothing.
     time::advance(Duration::from_secs(1)).await;

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod support;
-use support::aimd;
+use support::{aimd, answer};
 
 use std::time::Duration;
 
@@ -20,14 +20,6 @@ type Res = http::Response<()>;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
-}
-
-fn answer(code: u16, retry_after: Option<u64>) -> Res {
-    let mut b = http::Response::builder().status(code);
-    if let Some(secs) = retry_after {
-        b = b.header("retry-after", secs.to_string());
-    }
-    b.body(()).unwrap()
 }
 
 fn success(rtt: Duration, in_flight: usize, limit: usize) -> Sample {

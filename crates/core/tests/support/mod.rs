@@ -111,6 +111,15 @@ pub fn status(code: u16) -> http::Response<()> {
     http::Response::builder().status(code).body(()).unwrap()
 }
 
+/// An answer with `code` and, when given, a `Retry-After` of that many seconds.
+pub fn answer(code: u16, retry_after: Option<u64>) -> http::Response<()> {
+    let mut b = http::Response::builder().status(code);
+    if let Some(secs) = retry_after {
+        b = b.header("retry-after", secs.to_string());
+    }
+    b.body(()).unwrap()
+}
+
 /// An AIMD controller starting at `initial`, without slow start (+1 per
 /// round trip from the first answer).
 #[cfg(feature = "adaptive")]
