@@ -76,7 +76,8 @@ pub(crate) fn retry_after_unbounded(value: &HeaderValue, now: SystemTime) -> Opt
         && !(int.is_empty() && frac.is_empty())
         && int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
     {
-        // Only a whole part past 20 digits fails to parse: it saturates too.
+        // Only a whole part too long for a u128 of nanoseconds (30 digits)
+        // fails to parse: it saturates too.
         let nanos = seconds_nanos(s).unwrap_or(u128::MAX);
         return Some(
             u64::try_from(nanos).map_or(Duration::from_secs(u64::MAX), Duration::from_nanos),
@@ -130,9 +131,10 @@ pub fn duration(s: &str) -> Option<Duration> {
 /// `number` (digits, at most one `.`) times `unit_ns`, exactly, in nanoseconds.
 fn decimal_nanos(number: &str, unit_ns: u128) -> Option<u128> {
     let (int, frac) = number.split_once('.').unwrap_or((number, ""));
-    if (int.is_empty() && frac.is_empty()) || frac.contains('.') || int.len() > 20 {
+    if (int.is_empty() && frac.is_empty()) || frac.contains('.') {
         return None;
     }
+    // A whole part past u128 fails here or overflows below: `None`.
     let int: u128 = if int.is_empty() { 0 } else { int.parse().ok()? };
     // Digits past nanosecond precision cannot matter.
     let frac = &frac[..frac.len().min(18)];
@@ -181,12 +183,13 @@ pub fn reset(s: &str, now: SystemTime) -> Option<Duration> {
 
 fn count(s: &str) -> Option<u64> {
     let s = s.trim();
-    // Some servers send "0.0" or "-1" when exhausted; read the integer part.
+    // Some servers send "0.0" or "-1" when exhausted; read the integer part
+    // (the cast drops the fraction and takes a negative count as 0).
     if let Ok(n) = s.parse::<u64>() {
         return Some(n);
     }
     let f: f64 = s.parse().ok()?;
-    f.is_finite().then_some(if f <= 0.0 { 0 } else { f as u64 })
+    f.is_finite().then_some(f as u64)
 }
 
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -410,6 +413,45 @@ pub(crate) mod tests {
         assert_eq!(retry_after(&hv("99999999999999999999"), now()), None);
     }
 
+    /// A decimal `Retry-After` is a wait too, with either side of the dot
+    /// left out; a dot alone is nothing.
+    #[test]
+    fn retry_after_decimal_seconds() {
+        for (text, ms) in [("1.5", 1500), (".5", 500), ("5.", 5000), ("0.250", 250)] {
+            assert_eq!(
+                retry_after(&hv(text), now()),
+                Some(Duration::from_millis(ms)),
+                "{text}"
+            );
+        }
+        for text in [".", "1.5.", "1..5", "1.5s"] {
+            assert_eq!(retry_after(&hv(text), now()), None, "{text}");
+        }
+    }
+
+    /// Numbers too large for any wait: past the day, `retry_after` ignores
+    /// them and the retry layer's unbounded reading saturates (whole parts
+    /// of 20, 30 and 45 digits: within a u128 of nanoseconds, past it, and
+    /// past a u128); `duration` and `reset` give nothing.
+    #[test]
+    fn huge_numbers_saturate_or_are_ignored() {
+        for digits in [20, 30, 45] {
+            let whole = "9".repeat(digits);
+            for text in [whole.clone(), format!("{whole}.5")] {
+                let v = hv(&text);
+                assert_eq!(retry_after(&v, now()), None, "{text}");
+                assert_eq!(
+                    retry_after_unbounded(&v, now()),
+                    Some(Duration::from_secs(u64::MAX)),
+                    "{text}"
+                );
+                assert_eq!(duration(&text), None, "{text}");
+                assert_eq!(duration(&format!("{text}ns")), None, "{text}");
+                assert_eq!(reset(&text, now()), None, "{text}");
+            }
+        }
+    }
+
     #[test]
     fn go_durations() {
         assert_eq!(duration("6m0s"), Some(Duration::from_secs(360)));
@@ -421,6 +463,32 @@ pub(crate) mod tests {
         assert_eq!(duration("6x"), None);
         assert_eq!(duration("m"), None);
         assert_eq!(duration(""), None);
+    }
+
+    #[test]
+    fn go_durations_small_units_and_malformed_numbers() {
+        for (text, ns) in [
+            ("90us", 90_000),
+            ("90\u{b5}s", 90_000),
+            ("90\u{3bc}s", 90_000),
+            ("15ns", 15),
+            ("1ms500us", 1_500_000),
+            ("1.5us", 1_500),
+        ] {
+            assert_eq!(duration(text), Some(Duration::from_nanos(ns)), "{text}");
+        }
+        // A dot is no number; two dots in one number make none either, even
+        // past the 18 fractional digits read (the rest cannot matter).
+        for text in [
+            ".",
+            ".s",
+            "1.2.3s",
+            "0.123456789012345678.9s",
+            "0.123456789012345678.9",
+        ] {
+            assert_eq!(duration(text), None, "{text}");
+            assert_eq!(reset(text, now()), None, "{text}");
+        }
     }
 
     #[test]
@@ -521,6 +589,68 @@ pub(crate) mod tests {
             None
         );
         assert_eq!(budget(&map(&[("x-ratelimit-remaining", "3")]), now()), None);
+    }
+
+    /// Counts sent as decimals are read by their whole part; spent ones
+    /// (`0.0`, `-1`) are zero; anything not a finite number is no count.
+    #[test]
+    fn counts_in_decimal_and_negative_forms() {
+        for (text, n) in [
+            ("7", 7),
+            ("2.7", 2),
+            ("0.0", 0),
+            ("-1", 0),
+            ("-0.5", 0),
+            ("1e3", 1000),
+        ] {
+            assert_eq!(count(text), Some(n), "{text}");
+        }
+        for text in ["NaN", "inf", "-inf", "many", ""] {
+            assert_eq!(count(text), None, "{text}");
+        }
+        assert_eq!(
+            budget(
+                &map(&[("x-ratelimit-remaining", "2.7"), ("x-ratelimit-reset", "3")]),
+                now()
+            ),
+            Some(Budget {
+                remaining: 2,
+                reset: Duration::from_secs(3)
+            })
+        );
+    }
+
+    /// Of budgets with as many requests left, the one that resets later
+    /// binds longer, whichever order the response states them in.
+    #[test]
+    fn equal_remaining_counts_keep_the_later_reset() {
+        for value in [
+            "\"a\";r=0;t=5, \"b\";r=0;t=9",
+            "\"b\";r=0;t=9, \"a\";r=0;t=5",
+        ] {
+            assert_eq!(
+                budget(&map(&[("ratelimit", value)]), now()),
+                Some(Budget {
+                    remaining: 0,
+                    reset: Duration::from_secs(9)
+                }),
+                "{value}"
+            );
+        }
+        // Fewer left binds, however soon it resets, in either order.
+        for value in [
+            "\"a\";r=1;t=60, \"b\";r=0;t=2",
+            "\"b\";r=0;t=2, \"a\";r=1;t=60",
+        ] {
+            assert_eq!(
+                budget(&map(&[("ratelimit", value)]), now()),
+                Some(Budget {
+                    remaining: 0,
+                    reset: Duration::from_secs(2)
+                }),
+                "{value}"
+            );
+        }
     }
 
     /// A structured-field list may be split across field lines (RFC 9651
