@@ -95,9 +95,9 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
         Ipv4Addr::new(a, b, c, d)
     };
     match s {
-        // ::ffff:a.b.c.d (mapped) and ::a.b.c.d (compatible, but not :: or ::1)
-        [0, 0, 0, 0, 0, 0xffff, hi, lo] => Some(tail(hi, lo)),
-        [0, 0, 0, 0, 0, 0, hi, lo] if hi != 0 => Some(tail(hi, lo)),
+        // ::ffff:a.b.c.d (mapped) and ::a.b.c.d (compatible; `::` and `::1`
+        // read as 0.0.0.0 and 0.0.0.1, refused as IPv6 would refuse them)
+        [0, 0, 0, 0, 0, 0xffff, hi, lo] | [0, 0, 0, 0, 0, 0, hi, lo] => Some(tail(hi, lo)),
         // NAT64 well-known prefix
         [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => Some(tail(hi, lo)),
         // 6to4
@@ -424,6 +424,9 @@ mod tests {
             ("http://h:/", None),
             ("http://h/", None),
             ("http://[::1]/", None),
+            // An address ending in a colon before its `]` (`[::]`).
+            ("http://[::]/", None),
+            ("http://[::]:99999/", Some("99999")),
             ("http://[::1]:80/", None),
             ("http://u:99999@h/", None),
         ] {
@@ -476,6 +479,167 @@ mod tests {
         ] {
             assert!(!bad(s), "{s} should pass");
         }
+    }
+
+    /// Each IPv4 range the guard refuses, at its first and last address,
+    /// and the public addresses beside it, or sharing one of its octets
+    /// (`8.8.2.8` shares TEST-NET-1's third octet; the guard must read all
+    /// of them together, not any one alone).
+    #[test]
+    fn ipv4_ranges_end_where_they_should() {
+        for s in [
+            "0.255.255.255",
+            "10.0.0.0",
+            "10.255.255.255",
+            "127.255.255.255",
+            "100.64.0.0",
+            "100.127.255.255",
+            "169.254.0.0",
+            "169.254.255.255",
+            "172.16.0.0",
+            "192.0.0.0",
+            "192.0.0.255",
+            "192.0.2.0",
+            "192.0.2.255",
+            "192.168.0.0",
+            "192.168.255.255",
+            "198.18.0.0",
+            "198.19.255.255",
+            "198.51.100.0",
+            "198.51.100.255",
+            "203.0.113.0",
+            "203.0.113.255",
+            "224.0.0.0",
+            "239.255.255.255",
+            "240.0.0.1",
+        ] {
+            assert!(bad(s), "{s} should be refused");
+        }
+        for s in [
+            "1.0.0.0",
+            "9.255.255.255",
+            "11.0.0.0",
+            "126.255.255.255",
+            "128.0.0.0",
+            "100.63.255.255",
+            "100.128.0.0",
+            "169.253.255.255",
+            "168.254.0.1",
+            "172.15.255.255",
+            "171.16.0.1",
+            "192.0.1.0",
+            "192.0.3.0",
+            "192.1.0.0",
+            "191.0.0.1",
+            "193.0.2.1",
+            "192.167.255.255",
+            "192.169.0.0",
+            "193.168.0.1",
+            "198.17.255.255",
+            "198.20.0.0",
+            "199.18.0.1",
+            "198.51.99.255",
+            "198.51.101.0",
+            "198.50.100.1",
+            "197.51.100.1",
+            "203.0.112.255",
+            "203.0.114.0",
+            "203.1.113.0",
+            "204.0.113.1",
+            "223.255.255.255",
+            // An octet of a refused range, elsewhere.
+            "1.0.0.1",
+            "8.8.0.8",
+            "8.8.2.8",
+            "8.0.2.8",
+            "8.254.0.1",
+            "8.100.0.1",
+            "8.20.0.1",
+            "8.168.0.1",
+            "8.18.0.1",
+            "8.19.0.1",
+            "8.51.100.8",
+            "8.8.100.8",
+            "8.0.113.8",
+            "8.8.113.8",
+        ] {
+            assert!(!bad(s), "{s} should pass");
+        }
+    }
+
+    /// The IPv6 blocks refused inside `2000::/3` at their edges, the space
+    /// outside it, and the embedded IPv4 forms; with the public addresses
+    /// beside each block or sharing one of its segments.
+    #[test]
+    fn ipv6_blocks_end_where_they_should() {
+        for s in [
+            "2001:db8::",
+            "2001:db8:ffff:ffff::1",
+            "3fff::",
+            "3fff:fff:ffff::1",
+            "2001::",
+            "2001:0:ffff::1",
+            "2001:2::",
+            "2001:2:0:ffff::1",
+            "1fff:ffff::1",
+            "4000::1",
+            "100::1",
+            "fec0::1",
+            "::ffff:10.0.0.1",
+            "64:ff9b::a00:1",
+            "2002:a00:1::1",
+            "2002:c0a8:101::",
+        ] {
+            assert!(bad(s), "{s} should be refused");
+        }
+        for s in [
+            "2000::1",
+            "3fff:ffff::1",
+            "2001:db7::1",
+            "2001:db9::1",
+            "2400:db8::1",
+            "3ffe:ffff::1",
+            "3fff:1000::1",
+            "2400:fff::1",
+            "2001:1::1",
+            "2400::1",
+            "2001:2:1::1",
+            "2001:3::1",
+            "2400:2::1",
+            "::8.8.8.8",
+            "64:ff9b::808:808",
+        ] {
+            assert!(!bad(s), "{s} should pass");
+        }
+    }
+
+    /// A refusal names what it refused: the host and address, or the
+    /// scheme and host as written.
+    #[test]
+    fn a_refusal_names_the_host_and_address() {
+        let g = Guard::new(true, vec![]);
+        let err = g
+            .check_uri(&"http://169.254.169.254/latest".parse().unwrap())
+            .unwrap_err();
+        assert_eq!(err.host(), "169.254.169.254");
+        assert_eq!(err.ip(), Some("169.254.169.254".parse().unwrap()));
+        assert!(
+            err.to_string()
+                .contains("refused 169.254.169.254 (169.254.169.254)"),
+            "{err}"
+        );
+        let err = g
+            .check_uri(&"http://[::1]:8080/".parse().unwrap())
+            .unwrap_err();
+        assert_eq!(
+            (err.host(), err.ip()),
+            ("[::1]", Some("::1".parse().unwrap()))
+        );
+        let err = g
+            .check_uri(&"ftp://example.com/x".parse().unwrap())
+            .unwrap_err();
+        assert_eq!((err.host(), err.ip()), ("ftp://example.com", None));
+        assert!(err.to_string().contains("only http and https"), "{err}");
     }
 
     #[test]

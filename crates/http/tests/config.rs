@@ -1,5 +1,5 @@
 //! Settings a client cannot work with are refused when it is built, with a
-//! message naming the setting, once.
+//! message naming the setting, once; and a built client shows its settings.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -44,4 +44,15 @@ fn a_bad_host_limit_says_invalid_configuration_once() {
     let text = err.to_string();
     assert_eq!(text.matches("invalid configuration").count(), 1, "{text}");
     assert!(text.contains("a.test"), "{text}");
+}
+
+/// A client's `Debug` says whether the address guard is on: what an
+/// operator checks first when a URL an agent supplied is refused, or is not.
+#[test]
+fn debug_shows_whether_the_address_guard_is_on() {
+    for on in [true, false] {
+        let client = Client::builder().address_guard(on).build().unwrap();
+        let shown = format!("{client:?}");
+        assert!(shown.contains(&format!("address_guard: {on}")), "{shown}");
+    }
 }
