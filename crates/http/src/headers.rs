@@ -621,32 +621,23 @@ pub(crate) mod tests {
     }
 
     /// Of budgets with as many requests left, the one that resets later
-    /// binds longer, whichever order the response states them in.
+    /// binds longer, whichever order the response states them in; and
+    /// fewer left binds, however soon it resets.
     #[test]
     fn equal_remaining_counts_keep_the_later_reset() {
-        for value in [
-            "\"a\";r=0;t=5, \"b\";r=0;t=9",
-            "\"b\";r=0;t=9, \"a\";r=0;t=5",
+        for (value, reset) in [
+            ("\"a\";r=0;t=5, \"b\";r=0;t=9", 9),
+            ("\"b\";r=0;t=9, \"a\";r=0;t=5", 9),
+            ("\"a\";r=1;t=60, \"b\";r=0;t=2", 2),
+            ("\"b\";r=0;t=2, \"a\";r=1;t=60", 2),
         ] {
+            let reset = Duration::from_secs(reset);
+            let found = budget(&map(&[("ratelimit", value)]), now());
             assert_eq!(
-                budget(&map(&[("ratelimit", value)]), now()),
+                found,
                 Some(Budget {
                     remaining: 0,
-                    reset: Duration::from_secs(9)
-                }),
-                "{value}"
-            );
-        }
-        // Fewer left binds, however soon it resets, in either order.
-        for value in [
-            "\"a\";r=1;t=60, \"b\";r=0;t=2",
-            "\"b\";r=0;t=2, \"a\";r=1;t=60",
-        ] {
-            assert_eq!(
-                budget(&map(&[("ratelimit", value)]), now()),
-                Some(Budget {
-                    remaining: 0,
-                    reset: Duration::from_secs(2)
+                    reset
                 }),
                 "{value}"
             );
