@@ -814,6 +814,108 @@ mod tests {
         }
     }
 
+    /// The reserve of `min_per_sec` × 10 retries: the retries taken in one
+    /// second count until that second's slot is written again, ten
+    /// rotations on (at 11 s when the window moves every whole second).
+    #[tokio::test(start_paused = true)]
+    async fn retries_taken_count_until_their_slot_comes_round() {
+        let budget = RetryBudget::new(1, 0.0);
+        for _ in 0..10 {
+            assert!(budget.withdraw());
+        }
+        assert!(!budget.withdraw(), "a reserve of 10 allows 10 retries");
+        for s in 1..=10 {
+            tokio::time::advance(BUDGET_SLOT).await;
+            assert!(!budget.withdraw(), "{s} s on, the 10 retries still count");
+        }
+        tokio::time::advance(BUDGET_SLOT).await;
+        assert!(budget.withdraw(), "11 s on, their slot is written again");
+    }
+
+    /// After an idle gap the window clears the seconds the gap spanned, and
+    /// no more: retries taken just before a short gap still count, and after
+    /// a gap of any length (ages, on the paused clock) none do.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_gap_clears_the_seconds_it_spans() {
+        let spent = || {
+            let budget = RetryBudget::new(1, 0.0);
+            while budget.withdraw() {}
+            budget
+        };
+        let budget = spent();
+        tokio::time::advance(Duration::from_millis(2500)).await;
+        assert!(!budget.withdraw(), "2.5 s on, the retries still count");
+
+        let budget = spent();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(budget.withdraw(), "30 s on, the window is clear");
+
+        // Clearing stops after the ten slots: a gap of 35 000 years is one
+        // pass, not one step per second.
+        let budget = spent();
+        tokio::time::advance(Duration::from_secs(1 << 40)).await;
+        assert!(budget.withdraw(), "after ages, the window is clear");
+    }
+
+    /// Deposits count as retries: 0.5 per request is one retry per two.
+    #[tokio::test(start_paused = true)]
+    async fn deposits_add_to_the_reserve() {
+        let budget = RetryBudget::new(0, 0.5);
+        assert!(!budget.withdraw(), "no reserve, no deposits");
+        budget.deposit();
+        assert!(!budget.withdraw(), "half a retry is not one");
+        budget.deposit();
+        assert!(budget.withdraw());
+        assert!(!budget.withdraw());
+    }
+
+    /// Backoff waits spread evenly over the upper half of the step, and do
+    /// not repeat: a generator stuck on one value, or cycling through a
+    /// few, would send every retry of a batch at the same moments.
+    #[test]
+    fn backoff_jitter_spreads_evenly_and_does_not_repeat() {
+        let layer = RetryLayer::builder()
+            .backoff(Duration::from_millis(100), Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let c = &layer.config;
+        for seed in [1, 0x9e37_79b9_7f4a_7c15, u64::MAX] {
+            c.rng.store(seed, Ordering::Relaxed);
+            let draws: Vec<Duration> = (0..1000).map(|_| c.backoff(0)).collect();
+            let distinct: std::collections::HashSet<_> = draws.iter().collect();
+            assert!(
+                distinct.len() > 990,
+                "seed {seed}: {} distinct waits of 1000",
+                distinct.len()
+            );
+            // Ten bins of 5 ms over 50..=100 ms: about 100 each.
+            let mut bins = [0u32; 10];
+            for d in draws {
+                let at = (d - Duration::from_millis(50)).as_nanos() / 5_000_000;
+                bins[usize::try_from(at).unwrap().min(9)] += 1;
+            }
+            assert!(
+                bins.iter().all(|n| (60..=140).contains(n)),
+                "seed {seed}: waits in 5 ms bins from 50 ms: {bins:?}"
+            );
+        }
+    }
+
+    /// Each layer seeds its own generator: two clients (or processes) that
+    /// back off at the same moment do not draw the same waits.
+    #[test]
+    fn each_layer_draws_its_own_waits() {
+        let draw = |layer: &RetryLayer| -> Vec<Duration> {
+            (0..8).map(|_| layer.config.backoff(0)).collect()
+        };
+        let (a, b) = (draw(&RetryLayer::default()), draw(&RetryLayer::default()));
+        assert_ne!(a, b, "two layers drew the same waits");
+        for waits in [a, b] {
+            let distinct: std::collections::HashSet<_> = waits.iter().collect();
+            assert_eq!(distinct.len(), 8, "{waits:?}");
+        }
+    }
+
     #[test]
     fn bad_settings_fail_at_build() {
         assert!(
