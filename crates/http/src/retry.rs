@@ -781,6 +781,61 @@ mod tests {
         assert_eq!(decide(&refused, &get, now), Decision::Done);
     }
 
+    /// After the client preset followed a redirect, the server has acted on
+    /// the request: a POST is not retried, whatever the answer; a GET still
+    /// is. (An error after a hop needs a real connection: `review.rs`.)
+    #[test]
+    fn a_redirected_request_is_retried_only_if_idempotent() {
+        let now = SystemTime::now();
+        let hopped = |status: u16, retry_after: Option<&str>| {
+            let mut r = resp(status, retry_after);
+            r.as_mut().unwrap().extensions_mut().insert(Hop);
+            r
+        };
+        let (get, post) = (Method::GET, Method::POST);
+        assert_eq!(decide(&hopped(429, Some("2")), &post, now), Decision::Done);
+        assert_eq!(decide(&hopped(503, None), &post, now), Decision::Done);
+        assert_eq!(
+            decide(&hopped(429, Some("2")), &get, now),
+            Decision::After(Duration::from_secs(2))
+        );
+        assert_eq!(decide(&hopped(503, None), &get, now), Decision::Backoff);
+        // Without the hop, the same POST is retried.
+        assert_eq!(decide(&resp(429, None), &post, now), Decision::Backoff);
+    }
+
+    /// The request is copied only while a later attempt may need it: with
+    /// retries off, or on the last attempt, it is sent as it is (a large
+    /// body is not copied for nothing).
+    #[tokio::test(start_paused = true)]
+    async fn only_an_attempt_that_may_be_retried_keeps_a_copy() {
+        use std::sync::atomic::AtomicUsize;
+        use tower::{ServiceExt, service_fn};
+
+        struct Counted(Arc<AtomicUsize>);
+        impl Clone for Counted {
+            fn clone(&self) -> Self {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                Counted(self.0.clone())
+            }
+        }
+        let server = service_fn(|_req: Request<Counted>| async {
+            Ok::<_, std::convert::Infallible>(Response::builder().status(503).body(()).unwrap())
+        });
+        for retries in [0, 1, 3] {
+            let copies = Arc::new(AtomicUsize::new(0));
+            let layer = RetryLayer::builder().max_retries(retries).build().unwrap();
+            let req = Request::new(Counted(copies.clone()));
+            let resp = layer.layer(server).oneshot(req).await.unwrap();
+            assert_eq!(resp.status(), 503);
+            assert_eq!(
+                copies.load(Ordering::SeqCst),
+                retries as usize,
+                "{retries} retries: one copy for each attempt followed by another"
+            );
+        }
+    }
+
     #[test]
     fn backoff_is_jittered_within_the_upper_half_and_capped() {
         let layer = RetryLayer::builder()
