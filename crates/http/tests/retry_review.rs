@@ -205,3 +205,30 @@ impl http_body::Body for Stalled {
         std::task::Poll::Pending
     }
 }
+
+/// The client preset deposits into the retry budget for each request, as
+/// the bare layer does: with no reserve, a storm of 503s gets the share of
+/// retries the budget allows (none at all if nothing were deposited).
+#[tokio::test]
+async fn the_client_preset_keeps_the_budget_ratio() {
+    let (addr, hits) = scripted(|_| (503, Some("0")));
+    let client = tower_fanout_http::Client::builder()
+        .retry(
+            RetryLayer::builder()
+                .max_retries(1)
+                .budget(0, 0.5)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    // 40 requests take well under the budget's 10 s window.
+    for _ in 0..40 {
+        let get = Request::get(format!("http://{addr}/"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert_eq!(client.clone().oneshot(get).await.unwrap().status(), 503);
+    }
+    let retries = hits.load(Ordering::SeqCst) - 40;
+    assert_eq!(retries, 20, "budget 0.5: {retries} retries for 40 requests");
+}
