@@ -462,17 +462,17 @@ impl RedisStore {
         }
     }
 
-    /// Undoes a booking whose TAT is still `tat` (nobody booked after it).
+    /// Undoes a booking whose TAT is still `tat`; declines (no error) when
+    /// someone booked after it, which only errs strict.
     pub(crate) async fn gcra_give_back(
         &self,
         key: &str,
         tat: &str,
         weight_us: u64,
-    ) -> Result<bool, Error> {
-        let given: i64 = self
-            .invoke(false, GCRA_GIVE_BACK.key(key).arg(tat).arg(weight_us))
-            .await?;
-        Ok(given == 1)
+    ) -> Result<(), Error> {
+        self.invoke::<i64>(false, GCRA_GIVE_BACK.key(key).arg(tat).arg(weight_us))
+            .await
+            .map(drop)
     }
 
     /// Tries to add `holder` to the semaphore at `key`; returns whether it
@@ -624,6 +624,38 @@ mod tests {
         store.replace(1, "test");
         store.replace(0, "test");
         assert_eq!(store.generation(), Some(2));
+    }
+
+    /// After a failed call Redis is not asked for exactly the probe
+    /// interval; then one caller claims the probe, and the others skip
+    /// until it has its answer or its claim lapses (interval + timeout).
+    #[tokio::test(start_paused = true)]
+    async fn after_a_failure_one_probe_is_claimed_when_the_interval_ends() {
+        let (timeout, interval) = (Duration::from_millis(50), Duration::from_millis(200));
+        let store = RedisStore::builder("redis://127.0.0.1:1/")
+            .timeout(timeout)
+            .probe_interval(interval)
+            .build()
+            .unwrap();
+        let failed = store
+            .run(true, |_| std::future::pending::<redis::RedisResult<()>>())
+            .await;
+        assert!(failed.unwrap_err().is_timeout());
+        tokio::time::advance(interval - Duration::from_nanos(1)).await;
+        assert!(!store.claim_probe(), "1 ns before the interval ends");
+        tokio::time::advance(Duration::from_nanos(1)).await;
+        assert!(store.claim_probe(), "when the interval ends");
+        assert!(
+            !store.claim_probe(),
+            "a second caller, while the probe runs"
+        );
+        tokio::time::advance(interval + timeout - Duration::from_nanos(1)).await;
+        assert!(!store.claim_probe(), "1 ns before the claim lapses");
+        tokio::time::advance(Duration::from_nanos(1)).await;
+        assert!(
+            store.claim_probe(),
+            "the claim lapsed: the probe's caller was dropped"
+        );
     }
 
     #[test]
