@@ -54,6 +54,11 @@ fn fail_open_share_is_checked() {
             .build()
             .unwrap_err();
         assert!(config_message(err).contains("share"));
+        let err = RedisConcurrencyLimitLayer::builder(store(), "a", 10)
+            .fail_open(share)
+            .build()
+            .unwrap_err();
+        assert!(config_message(err).contains("share"), "{share}");
     }
     assert!(
         RedisConcurrencyLimitLayer::builder(store(), "a", 10)

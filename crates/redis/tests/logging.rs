@@ -29,6 +29,14 @@ async fn failing_open_warns_once_per_outage_and_says_when_it_is_over() {
         svc.clone().oneshot(()).await.unwrap();
     }
     assert_eq!(events.count(tracing::Level::WARN, &["failing open"]), 1);
+    // The warning says why, with the error's chain of causes.
+    assert_eq!(
+        events.count(
+            tracing::Level::WARN,
+            &["failing open", "error=redis limit unavailable"]
+        ),
+        1
+    );
     redis.restart();
     let deadline = Instant::now() + Duration::from_secs(10);
     while events.count(tracing::Level::INFO, &["redis reachable again"]) == 0 {
@@ -47,5 +55,13 @@ async fn failing_open_warns_once_per_outage_and_says_when_it_is_over() {
         svc.clone().oneshot(()).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Once: the decisions after the recovery say nothing more.
+    for _ in 0..5 {
+        svc.clone().oneshot(()).await.unwrap();
+    }
+    assert_eq!(
+        events.count(tracing::Level::INFO, &["redis reachable again"]),
+        1
+    );
     assert_eq!(events.count(tracing::Level::WARN, &["failing open"]), 1);
 }
