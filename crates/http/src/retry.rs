@@ -787,21 +787,30 @@ mod tests {
     #[test]
     fn a_redirected_request_is_retried_only_if_idempotent() {
         let now = SystemTime::now();
-        let hopped = |status: u16, retry_after: Option<&str>| {
-            let mut r = resp(status, retry_after);
-            r.as_mut().unwrap().extensions_mut().insert(Hop);
-            r
-        };
-        let (get, post) = (Method::GET, Method::POST);
-        assert_eq!(decide(&hopped(429, Some("2")), &post, now), Decision::Done);
-        assert_eq!(decide(&hopped(503, None), &post, now), Decision::Done);
-        assert_eq!(
-            decide(&hopped(429, Some("2")), &get, now),
-            Decision::After(Duration::from_secs(2))
-        );
-        assert_eq!(decide(&hopped(503, None), &get, now), Decision::Backoff);
-        // Without the hop, the same POST is retried.
-        assert_eq!(decide(&resp(429, None), &post, now), Decision::Backoff);
+        let after_2s = Decision::After(Duration::from_secs(2));
+        // (status, Retry-After, method, decision without a hop, after one)
+        let cases = [
+            (429, Some("2"), Method::POST, after_2s, Decision::Done),
+            (429, None, Method::POST, Decision::Backoff, Decision::Done),
+            (503, Some("2"), Method::POST, after_2s, Decision::Done),
+            (429, Some("2"), Method::GET, after_2s, after_2s),
+            (503, None, Method::GET, Decision::Backoff, Decision::Backoff),
+        ];
+        for (status, retry_after, method, direct, redirected) in cases {
+            let mut hopped = resp(status, retry_after);
+            hopped.as_mut().unwrap().extensions_mut().insert(Hop);
+            let case = format!("{method} answered {status} {retry_after:?}");
+            assert_eq!(
+                decide(&resp(status, retry_after), &method, now),
+                direct,
+                "{case}"
+            );
+            assert_eq!(
+                decide(&hopped, &method, now),
+                redirected,
+                "{case} after a hop"
+            );
+        }
     }
 
     /// The request is copied only while a later attempt may need it: with
@@ -836,12 +845,16 @@ mod tests {
         }
     }
 
-    #[test]
-    fn backoff_is_jittered_within_the_upper_half_and_capped() {
-        let layer = RetryLayer::builder()
+    fn backoff_100ms_to_1s() -> RetryLayer {
+        RetryLayer::builder()
             .backoff(Duration::from_millis(100), Duration::from_secs(1))
             .build()
-            .unwrap();
+            .unwrap()
+    }
+
+    #[test]
+    fn backoff_is_jittered_within_the_upper_half_and_capped() {
+        let layer = backoff_100ms_to_1s();
         let c = &layer.config;
         for n in 0..10 {
             let step = (Duration::from_millis(100) * 2u32.pow(n)).min(Duration::from_secs(1));
@@ -929,10 +942,7 @@ mod tests {
     /// few, would send every retry of a batch at the same moments.
     #[test]
     fn backoff_jitter_spreads_evenly_and_does_not_repeat() {
-        let layer = RetryLayer::builder()
-            .backoff(Duration::from_millis(100), Duration::from_secs(1))
-            .build()
-            .unwrap();
+        let layer = backoff_100ms_to_1s();
         let c = &layer.config;
         for seed in [1, 0x9e37_79b9_7f4a_7c15, u64::MAX] {
             c.rng.store(seed, Ordering::Relaxed);
