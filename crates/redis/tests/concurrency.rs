@@ -41,11 +41,20 @@ async fn permits_are_taken_in_poll_ready_and_bounded() {
     let svc = layer.layer(never_ends());
     let mut a = svc.clone();
     let mut b = svc.clone();
-    a.ready().await.unwrap();
-    b.ready().await.unwrap();
+    // Bounded: a limit that never grants a place fails here, not hangs.
+    for svc in [&mut a, &mut b] {
+        tokio::time::timeout(Duration::from_secs(10), svc.ready())
+            .await
+            .expect("no place granted within 10 s")
+            .unwrap();
+    }
     assert_eq!(redis.holders("bounded").await, 2);
     // Fail fast: the third gets Overloaded from its call.
-    let err = svc.clone().oneshot(()).await.unwrap_err();
+    let third = tokio::time::timeout(Duration::from_secs(10), svc.clone().oneshot(()));
+    let err = third
+        .await
+        .expect("the third call was let through")
+        .unwrap_err();
     assert!(err.is::<Overloaded>(), "{err}");
 }
 
@@ -159,9 +168,16 @@ async fn waiting_callers_get_permits_as_they_free_up() {
     let calls: Vec<_> = (0..10)
         .map(|_| tokio::spawn(svc.clone().oneshot(())))
         .collect();
-    for call in calls {
-        call.await.unwrap().unwrap();
-    }
+    // About 100 ms of work; a place that came back only when its 30 s lease
+    // ended (no release) would take minutes.
+    let all = async {
+        for call in calls {
+            call.await.unwrap().unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), all)
+        .await
+        .expect("the callers waited 10 s: places were not released");
     assert!(max.load(std::sync::atomic::Ordering::SeqCst) <= 2);
     redis.until_holders("wait", 0).await;
 }

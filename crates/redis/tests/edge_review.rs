@@ -51,8 +51,13 @@ async fn a_huge_concurrency_limit_admits_on_redis() {
         .unwrap();
     let mut a = layer.layer(never_ends());
     let mut b = layer.layer(never_ends());
-    a.ready().await.unwrap();
-    b.ready().await.unwrap();
+    // Bounded: a limit that never grants a place fails here, not hangs.
+    for svc in [&mut a, &mut b] {
+        tokio::time::timeout(Duration::from_secs(10), svc.ready())
+            .await
+            .expect("no place granted within 10 s")
+            .unwrap();
+    }
     redis.until_holders("huge-remote", 2).await;
     drop((a, b));
     redis.until_holders("huge-remote", 0).await;

@@ -230,7 +230,10 @@ async fn a_frozen_redis_costs_callers_at_most_the_timeout() {
         .unwrap()
         .layer(echo_unit());
     closed.clone().oneshot(()).await.unwrap();
-    open.clone().oneshot(()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), open.clone().oneshot(()))
+        .await
+        .expect("no place granted within 10 s while Redis was up")
+        .unwrap();
 
     // Connections stay up but nothing answers: only the timeout can help.
     redis.pause();
