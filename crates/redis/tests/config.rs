@@ -43,6 +43,15 @@ fn rate_settings_are_checked() {
         config_message(rate(1, Duration::from_secs(3600 * 24 * 365), 100).unwrap_err())
             .contains("30 years")
     );
+    // The longest allowed: period × burst / rate of exactly 10^15 µs (the
+    // times the script handles stay exact in a Lua double); 1 µs more is refused.
+    let longest = Duration::from_secs(1_000_000_000);
+    assert!(rate(1, longest, 1).is_ok());
+    assert!(rate(2, longest * 2, 1).is_ok());
+    assert!(
+        config_message(rate(1, longest + Duration::from_micros(1), 1).unwrap_err())
+            .contains("30 years")
+    );
     assert!(rate(1, Duration::from_secs(1), 1).is_ok());
 }
 

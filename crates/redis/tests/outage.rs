@@ -211,6 +211,11 @@ async fn failing_open_keeps_one_local_share_per_key() {
         }
         assert_eq!(admitted, 2, "{host}: the local share per key is 2");
     }
+    // Each key keeps its bucket while others come: a.example's next local
+    // token is about 4 s away, not handed out again because b.example's
+    // bucket was added.
+    let err = svc.clone().oneshot("a.example").await.unwrap_err();
+    assert!(err.is::<RateLimited>(), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,6 +27,15 @@ fn store(redis: &RedisServer) -> RedisStore {
         .unwrap()
 }
 
+/// A call to a fail-fast limit, which answers at once: a refusal that
+/// turned into a wait (10 s or a minute for a token here) fails the test
+/// instead of holding it up.
+async fn at_once<T>(call: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .expect("a fail-fast limit kept a call waiting")
+}
+
 #[tokio::test]
 async fn burst_then_refused_with_retry_after() {
     let redis = RedisServer::start();
@@ -242,7 +251,7 @@ async fn clones_and_layers_with_one_name_share_one_limit() {
     let mut admitted = 0;
     for i in 0..10 {
         let svc = if i % 2 == 0 { a.clone() } else { b.clone() };
-        if svc.oneshot(i).await.is_ok() {
+        if at_once(svc.oneshot(i)).await.is_ok() {
             admitted += 1;
         }
     }
@@ -267,6 +276,59 @@ async fn the_handle_reads_tokens_from_redis() {
     svc.clone().oneshot(7).await.unwrap();
     assert_eq!(handle.tokens_for("7").await.unwrap(), 2);
     assert_eq!(handle.tokens_for("8").await.unwrap(), 4);
+
+    // Without a key function, `tokens` reads the layer's one limit.
+    let layer = RedisRateLimitLayer::builder(store(&redis), "single", 1, Duration::from_secs(60))
+        .burst(5)
+        .fail_fast()
+        .fail_closed()
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    assert_eq!(handle.tokens().await.unwrap(), 5);
+    let svc = layer.layer(echo());
+    for n in 0..3 {
+        svc.clone().oneshot(n).await.unwrap();
+    }
+    assert_eq!(handle.tokens().await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn a_call_that_waited_keeps_the_tokens_it_booked() {
+    // Only a call dropped while it waits gives its booking back: one that
+    // waited and went ahead spent its tokens.
+    let redis = RedisServer::start();
+    let svc = RedisRateLimitLayer::builder(store(&redis), "kept", 1, Duration::from_secs(2))
+        .burst(1)
+        .fail_closed()
+        .build()
+        .unwrap()
+        .layer(echo());
+    svc.clone().oneshot(1).await.unwrap();
+    let waited = Instant::now();
+    svc.clone().oneshot(2).await.unwrap();
+    assert!(
+        waited.elapsed() >= Duration::from_secs(1),
+        "the second call had to wait"
+    );
+
+    // The bucket's TAT (two tokens past the first call) stays, read on
+    // Redis, as long as a give-back would take to land; a give-back pulled
+    // it back to now and deleted the key (a full bucket). It expires on its
+    // own only at the TAT, about 2 s after the second call.
+    let mut conn = redis.connection().await;
+    let key = "tower-fanout:{kept}:gcra";
+    let booked: Option<String> = conn.get(key).await.unwrap();
+    assert!(booked.is_some(), "no bucket on Redis after two calls");
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_millis(300) {
+        let tat: Option<String> = conn.get(key).await.unwrap();
+        assert_eq!(
+            tat, booked,
+            "the tokens of a call that went ahead were given back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
@@ -289,7 +351,9 @@ async fn keys_that_differ_only_by_braces_are_distinct_limits() {
             .await
             .unwrap_or_else(|err| panic!("{tenant}: {err}"));
     }
-    let err = svc.clone().oneshot("t{1}".to_owned()).await.unwrap_err();
+    let err = at_once(svc.clone().oneshot("t{1}".to_owned()))
+        .await
+        .unwrap_err();
     assert!(err.is::<RateLimited>());
 
     let mut conn = redis.connection().await;
@@ -338,7 +402,7 @@ async fn a_name_with_a_colon_is_not_another_names_key() {
     keyed.clone().oneshot(1).await.unwrap();
     nested.clone().oneshot(0).await.unwrap();
     escaped.clone().oneshot(0).await.unwrap();
-    let err = whole.clone().oneshot(0).await.unwrap_err();
+    let err = at_once(whole.clone().oneshot(0)).await.unwrap_err();
     assert!(err.is::<RateLimited>(), "{err}");
 
     let mut conn = redis.connection().await;
