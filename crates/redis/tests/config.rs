@@ -105,6 +105,14 @@ fn concurrency_settings_are_checked() {
         .build()
         .unwrap_err();
     assert!(config_message(err).contains("lease"));
+    let lease = |lease| {
+        RedisConcurrencyLimitLayer::builder(store(), "a", 1)
+            .lease(lease)
+            .fail_closed()
+            .build()
+    };
+    assert!(lease(Duration::from_millis(750)).is_ok());
+    assert!(config_message(lease(Duration::from_micros(749_999)).unwrap_err()).contains("3 ×"));
     let err = RedisConcurrencyLimitLayer::builder(store(), "a", 1)
         .retry_interval(Duration::ZERO)
         .fail_closed()
@@ -187,4 +195,13 @@ fn leases_redis_cannot_hold_are_refused() {
             .build()
             .is_ok()
     );
+    // The longest: 10^15 ms; a millisecond more is refused.
+    let longest = Duration::from_millis(1_000_000_000_000_000);
+    for (lease, ok) in [(longest, true), (longest + Duration::from_millis(1), false)] {
+        let built = RedisConcurrencyLimitLayer::builder(store(), "a", 1)
+            .lease(lease)
+            .fail_closed()
+            .build();
+        assert_eq!(built.is_ok(), ok, "{lease:?}");
+    }
 }
