@@ -85,6 +85,10 @@ async fn a_stack_boxes_into_a_clone_sync_service_and_spawns() {
         )
         .service(inner());
     let boxed: BoxCloneSyncService<u32, u32, BoxError> = BoxCloneSyncService::new(stack);
-    let answer = tokio::spawn(boxed.oneshot(7)).await.unwrap().unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), tokio::spawn(boxed.oneshot(7)))
+        .await
+        .expect("no answer from the local share within 10 s")
+        .unwrap()
+        .unwrap();
     assert_eq!(answer, 7);
 }

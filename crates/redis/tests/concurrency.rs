@@ -204,3 +204,62 @@ async fn the_handle_counts_live_holders_over_all_services() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Scripts Redis has run since its statistics were reset.
+async fn scripts_run(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .filter(|line| line.starts_with("cmdstat_evalsha:") || line.starts_with("cmdstat_eval:"))
+        .map(|line| {
+            let calls = line.split_once("calls=").unwrap().1;
+            calls.split(',').next().unwrap().parse::<u64>().unwrap()
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn a_waiting_caller_asks_redis_again_once_per_retry_interval() {
+    let redis = RedisServer::start();
+    let store = RedisStore::builder(redis.url())
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let interval = Duration::from_millis(100);
+    let svc = RedisConcurrencyLimitLayer::builder(store, "paced", 1)
+        .lease(Duration::from_secs(30))
+        .retry_interval(interval)
+        .fail_closed()
+        .build()
+        .unwrap()
+        .layer(never_ends());
+    let mut holder = svc.clone();
+    tokio::time::timeout(Duration::from_secs(10), holder.ready())
+        .await
+        .expect("no place granted within 10 s")
+        .unwrap();
+    let mut conn = redis.connection().await;
+    let () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let mut waiter = svc.clone();
+    let waited = tokio::time::timeout(Duration::from_millis(600), waiter.ready()).await;
+    assert!(waited.is_err(), "the only place is held");
+    let elapsed = started.elapsed();
+    let asked = scripts_run(&mut conn).await;
+    // Each wait is between half and all of the interval: it asks again
+    // (several times in 600 ms), but never sooner than 50 ms after the last.
+    let most = u64::try_from(elapsed.as_millis() / (interval / 2).as_millis()).unwrap() + 1;
+    assert!(
+        (2..=most).contains(&asked),
+        "{asked} asks in {elapsed:?}, expected 2..={most}"
+    );
+    drop((waiter, holder));
+}

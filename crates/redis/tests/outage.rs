@@ -154,7 +154,10 @@ async fn concurrency_limit_fails_closed_or_open_and_recovers_after_a_restart() {
     let mut b = open.clone();
     a.ready().await.unwrap();
     b.ready().await.unwrap();
-    let err = open.clone().oneshot(()).await.unwrap_err();
+    let err = tokio::time::timeout(Duration::from_secs(5), open.clone().oneshot(()))
+        .await
+        .expect("failing fast, the local share kept a call waiting")
+        .unwrap_err();
     assert!(err.is::<Overloaded>(), "{err}");
     drop((a, b));
 
