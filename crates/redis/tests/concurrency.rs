@@ -205,21 +205,27 @@ async fn the_handle_counts_live_holders_over_all_services() {
     }
 }
 
-/// Scripts Redis has run since its statistics were reset.
-async fn scripts_run(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+/// Calls of each of `commands` Redis has run since its statistics were
+/// reset, summed (scripts run as `evalsha`, or `eval` when not cached).
+async fn calls(conn: &mut redis::aio::MultiplexedConnection, commands: &[&str]) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(conn)
         .await
         .unwrap();
     info.lines()
-        .filter(|line| line.starts_with("cmdstat_evalsha:") || line.starts_with("cmdstat_eval:"))
-        .map(|line| {
-            let calls = line.split_once("calls=").unwrap().1;
+        .filter_map(|line| {
+            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            commands.contains(&name).then_some(stats)
+        })
+        .map(|stats| {
+            let calls = stats.strip_prefix("calls=").unwrap();
             calls.split(',').next().unwrap().parse::<u64>().unwrap()
         })
         .sum()
 }
+
+const SCRIPTS: &[&str] = &["evalsha", "eval"];
 
 #[tokio::test]
 async fn a_waiting_caller_asks_redis_again_once_per_retry_interval() {
@@ -253,7 +259,7 @@ async fn a_waiting_caller_asks_redis_again_once_per_retry_interval() {
     let waited = tokio::time::timeout(Duration::from_millis(600), waiter.ready()).await;
     assert!(waited.is_err(), "the only place is held");
     let elapsed = started.elapsed();
-    let asked = scripts_run(&mut conn).await;
+    let asked = calls(&mut conn, SCRIPTS).await;
     // Each wait is between half and all of the interval: it asks again
     // (several times in 600 ms), but never sooner than 50 ms after the last.
     let most = u64::try_from(elapsed.as_millis() / (interval / 2).as_millis()).unwrap() + 1;
@@ -262,4 +268,42 @@ async fn a_waiting_caller_asks_redis_again_once_per_retry_interval() {
         "{asked} asks in {elapsed:?}, expected 2..={most}"
     );
     drop((waiter, holder));
+}
+
+#[tokio::test]
+async fn a_refused_caller_sends_nothing_to_take_back() {
+    // Redis said no: no holder was added, so no release follows the refusal.
+    let redis = RedisServer::start();
+    let svc = layer(&redis, "refused", 1, Duration::from_secs(30)).layer(never_ends());
+    let mut holder = svc.clone();
+    tokio::time::timeout(Duration::from_secs(10), holder.ready())
+        .await
+        .expect("no place granted within 10 s")
+        .unwrap();
+    let mut conn = redis.connection().await;
+    let () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        let err = tokio::time::timeout(Duration::from_secs(10), svc.clone().oneshot(()))
+            .await
+            .expect("a fail-fast limit kept a call waiting")
+            .unwrap_err();
+        assert!(err.is::<Overloaded>(), "{err}");
+    }
+    // A release would be sent from a task of its own: give it time to land.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        calls(&mut conn, SCRIPTS).await,
+        5,
+        "one acquire per refusal"
+    );
+    assert_eq!(
+        calls(&mut conn, &["zrem"]).await,
+        0,
+        "a release after a refusal"
+    );
+    drop(holder);
 }
