@@ -13,6 +13,19 @@ use support::{Chunks, counted, handler, respond, serve};
 use tower_fanout_core::keyed::KeyLimit;
 use tower_fanout_http::Client;
 
+/// Yields until `reached` holds: bounded, so a request that never reaches
+/// the server fails the test rather than spinning for ever.
+async fn until(what: &str, reached: impl Fn() -> bool) {
+    let spin = async {
+        while !reached() {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), spin)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within 10 s"));
+}
+
 #[tokio::test]
 async fn a_sleeping_retry_holds_no_permit() {
     // The host allows one call in flight. The first call draws a 429 with
@@ -50,9 +63,10 @@ async fn a_sleeping_retry_holds_no_permit() {
         async move { c.get(&u).await.map(|r| (r.status(), start.elapsed())) }
     });
     // Wait until the first call has had its 429.
-    while paths.lock().unwrap().is_empty() {
-        tokio::task::yield_now().await;
-    }
+    until("the first call reaches the server", || {
+        !paths.lock().unwrap().is_empty()
+    })
+    .await;
     let key = addr.to_string();
     let second = client.get(&format!("http://{addr}/second")).await.unwrap();
     assert_eq!(second.status(), 200);
@@ -141,9 +155,10 @@ async fn a_dropped_request_gives_its_permit_back() {
         let (c, u) = (client.clone(), url.clone());
         async move { c.get(&u).await }
     });
-    while hits.load(Ordering::SeqCst) == 0 {
-        tokio::task::yield_now().await;
-    }
+    until("the first request reaches the server", || {
+        hits.load(Ordering::SeqCst) > 0
+    })
+    .await;
     assert_eq!(client.host_limits().in_flight(&key), 1);
     first.abort();
     assert!(first.await.unwrap_err().is_cancelled());
