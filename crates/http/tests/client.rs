@@ -353,6 +353,40 @@ async fn body_cap_admits_a_body_of_exactly_the_cap() {
     assert!(text.contains("raise `max_response_body`"), "{text}");
 }
 
+/// Both body caps default to 10 MiB, as their docs say: a body of exactly
+/// that passes, one byte more is refused.
+#[tokio::test]
+async fn the_body_caps_default_to_10_mib() {
+    const MIB_10: usize = 10 * 1024 * 1024;
+    let addr = serve(handler(|req| async move {
+        let len = if req.uri().path() == "/over" {
+            MIB_10 + 1
+        } else {
+            MIB_10
+        };
+        respond(200).body(Chunks::full(vec![b'x'; len])).unwrap()
+    }))
+    .await;
+    let client = Client::builder().no_retry().build().unwrap();
+    let ok = client.get(&format!("http://{addr}/exact")).await.unwrap();
+    assert_eq!(ok.body().len(), MIB_10);
+    let err = client
+        .get(&format!("http://{addr}/over"))
+        .await
+        .unwrap_err();
+    assert!(err.is_body_too_large(), "{err}");
+
+    // Nothing listens on the discard port: a request body within the cap
+    // gets as far as connecting.
+    for (len, too_large) in [(MIB_10, false), (MIB_10 + 1, true)] {
+        let req = Request::post("http://127.0.0.1:9/")
+            .body(Full::new(Bytes::from(vec![0u8; len])))
+            .unwrap();
+        let err = client.clone().oneshot(req).await.unwrap_err();
+        assert_eq!(err.is_request_body_too_large(), too_large, "{len}: {err}");
+    }
+}
+
 /// A length announced past the cap is refused before any of the body is
 /// read: here the server sends its headers and a few bytes, then nothing.
 #[tokio::test]
