@@ -227,6 +227,30 @@ async fn calls(conn: &mut redis::aio::MultiplexedConnection, commands: &[&str]) 
 
 const SCRIPTS: &[&str] = &["evalsha", "eval"];
 
+/// Takes the only place of `svc`'s limit, then resets Redis's statistics:
+/// what [`calls`] counts on the connection returned is the other callers'.
+async fn hold_the_only_place<S>(
+    redis: &RedisServer,
+    svc: &S,
+) -> (S, redis::aio::MultiplexedConnection)
+where
+    S: Service<()> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    let mut holder = svc.clone();
+    tokio::time::timeout(Duration::from_secs(10), holder.ready())
+        .await
+        .expect("no place granted within 10 s")
+        .unwrap();
+    let mut conn = redis.connection().await;
+    let () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    (holder, conn)
+}
+
 #[tokio::test]
 async fn a_waiting_caller_asks_redis_again_once_per_retry_interval() {
     let redis = RedisServer::start();
@@ -242,17 +266,7 @@ async fn a_waiting_caller_asks_redis_again_once_per_retry_interval() {
         .build()
         .unwrap()
         .layer(never_ends());
-    let mut holder = svc.clone();
-    tokio::time::timeout(Duration::from_secs(10), holder.ready())
-        .await
-        .expect("no place granted within 10 s")
-        .unwrap();
-    let mut conn = redis.connection().await;
-    let () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let (holder, mut conn) = hold_the_only_place(&redis, &svc).await;
 
     let started = Instant::now();
     let mut waiter = svc.clone();
@@ -275,17 +289,7 @@ async fn a_refused_caller_sends_nothing_to_take_back() {
     // Redis said no: no holder was added, so no release follows the refusal.
     let redis = RedisServer::start();
     let svc = layer(&redis, "refused", 1, Duration::from_secs(30)).layer(never_ends());
-    let mut holder = svc.clone();
-    tokio::time::timeout(Duration::from_secs(10), holder.ready())
-        .await
-        .expect("no place granted within 10 s")
-        .unwrap();
-    let mut conn = redis.connection().await;
-    let () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let (holder, mut conn) = hold_the_only_place(&redis, &svc).await;
     for _ in 0..5 {
         let err = tokio::time::timeout(Duration::from_secs(10), svc.clone().oneshot(()))
             .await
