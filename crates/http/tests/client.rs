@@ -353,6 +353,18 @@ async fn body_cap_admits_a_body_of_exactly_the_cap() {
     assert!(text.contains("raise `max_response_body`"), "{text}");
 }
 
+/// A URI without an http or https scheme, or without a host, is refused
+/// before anything is sent, as the caller's mistake.
+#[tokio::test]
+async fn a_uri_the_client_cannot_send_is_an_invalid_request() {
+    let client = Client::builder().no_retry().build().unwrap();
+    for uri in ["/relative", "ftp://127.0.0.1:9/"] {
+        let err = client.get(uri).await.unwrap_err();
+        assert!(err.is_invalid_request(), "{uri}: {err}");
+        assert!(err.to_string().contains("http or https"), "{uri}: {err}");
+    }
+}
+
 /// Both body caps default to 10 MiB, as their docs say: a body of exactly
 /// that passes, one byte more is refused.
 #[tokio::test]

@@ -90,6 +90,21 @@ async fn a_call_that_waited_for_nothing_carries_no_wait() {
     assert_eq!(waited(&resp), None);
 }
 
+/// Admitted at once, a call's time at the server is latency, not a wait:
+/// the gate's clock starts only when the gate keeps a call waiting. (On
+/// the real clock: a paused one stands still while the server works.)
+#[tokio::test]
+async fn a_slow_answer_to_a_call_admitted_at_once_carries_no_wait() {
+    let addr = serve_on_thread(handler(|_| async {
+        tokio::time::sleep(ms(100)).await;
+        respond(200).body(Chunks::full("ok")).unwrap()
+    }));
+    let client = quiet().build().unwrap();
+    let resp = client.get(&format!("http://{addr}/")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(waited(&resp), None);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_wait_at_the_hosts_rate_gate_is_noted() {
     let addr = quick();
