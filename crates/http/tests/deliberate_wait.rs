@@ -138,6 +138,36 @@ async fn a_learned_hold_is_not_noted() {
     assert_eq!(waited(&resp), None);
 }
 
+/// A learned hold of exactly the retry layer's `max_wait` is waited out;
+/// one a nanosecond longer fails at once with the wait it would need.
+#[tokio::test(start_paused = true)]
+async fn a_learned_hold_of_exactly_the_wait_cap_is_waited() {
+    let addr = one_a_second();
+    let url = format!("http://{addr}/");
+    for (cap, waits) in [
+        (ms(1000), true),
+        (ms(1000) - Duration::from_nanos(1), false),
+    ] {
+        let retry = tower_fanout_http::retry::RetryLayer::builder()
+            .max_wait(cap)
+            .build()
+            .unwrap();
+        let client = quiet().retry(retry).build().unwrap();
+        client.get(&url).await.unwrap();
+        let start = Instant::now();
+        let second = client.get(&url).await;
+        if waits {
+            assert_eq!(second.unwrap().status(), 200);
+            assert_eq!(start.elapsed(), ms(1000));
+        } else {
+            let err = second.unwrap_err();
+            assert!(err.is_rate_limited(), "{err}");
+            assert_eq!(err.retry_after(), Some(ms(1000)));
+            assert_eq!(start.elapsed(), Duration::ZERO);
+        }
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn retry_sleeps_are_not_noted() {
     let (server, hits) = counted(|n| async move {
