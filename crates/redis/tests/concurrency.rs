@@ -5,7 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{RedisServer, never_ends};
+use support::{RedisServer, at_once, never_ends, take_place};
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_fanout_core::BoxError;
 use tower_fanout_core::error::Overloaded;
@@ -41,13 +41,8 @@ async fn permits_are_taken_in_poll_ready_and_bounded() {
     let svc = layer.layer(never_ends());
     let mut a = svc.clone();
     let mut b = svc.clone();
-    // Bounded: a limit that never grants a place fails here, not hangs.
-    for svc in [&mut a, &mut b] {
-        tokio::time::timeout(Duration::from_secs(10), svc.ready())
-            .await
-            .expect("no place granted within 10 s")
-            .unwrap();
-    }
+    take_place(&mut a).await;
+    take_place(&mut b).await;
     assert_eq!(redis.holders("bounded").await, 2);
     // Fail fast: the third gets Overloaded from its call.
     let third = tokio::time::timeout(Duration::from_secs(10), svc.clone().oneshot(()));
@@ -238,10 +233,7 @@ where
     S::Error: std::fmt::Debug,
 {
     let mut holder = svc.clone();
-    tokio::time::timeout(Duration::from_secs(10), holder.ready())
-        .await
-        .expect("no place granted within 10 s")
-        .unwrap();
+    take_place(&mut holder).await;
     let mut conn = redis.connection().await;
     let () = redis::cmd("CONFIG")
         .arg("RESETSTAT")
@@ -291,10 +283,7 @@ async fn a_refused_caller_sends_nothing_to_take_back() {
     let svc = layer(&redis, "refused", 1, Duration::from_secs(30)).layer(never_ends());
     let (holder, mut conn) = hold_the_only_place(&redis, &svc).await;
     for _ in 0..5 {
-        let err = tokio::time::timeout(Duration::from_secs(10), svc.clone().oneshot(()))
-            .await
-            .expect("a fail-fast limit kept a call waiting")
-            .unwrap_err();
+        let err = at_once(svc.clone().oneshot(())).await.unwrap_err();
         assert!(err.is::<Overloaded>(), "{err}");
     }
     // A release would be sent from a task of its own: give it time to land.

@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
-use support::RedisServer;
+use support::{RedisServer, at_once};
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_fanout_core::error::{CostExceedsBurst, RateLimited};
 use tower_fanout_redis::{RedisRateLimitLayer, RedisStore};
@@ -25,15 +25,6 @@ fn store(redis: &RedisServer) -> RedisStore {
         .timeout(Duration::from_secs(2))
         .build()
         .unwrap()
-}
-
-/// A call to a fail-fast limit, which answers at once: a refusal that
-/// turned into a wait (10 s or a minute for a token here) fails the test
-/// instead of holding it up.
-async fn at_once<T>(call: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(5), call)
-        .await
-        .expect("a fail-fast limit kept a call waiting")
 }
 
 #[tokio::test]

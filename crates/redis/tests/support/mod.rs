@@ -565,3 +565,25 @@ impl tracing::Subscriber for Events {
     fn enter(&self, _: &tracing::span::Id) {}
     fn exit(&self, _: &tracing::span::Id) {}
 }
+
+/// A call to a fail-fast limit, which answers at once: a refusal that
+/// turned into a wait (for a token or a place) fails the test instead of
+/// holding it up.
+pub async fn at_once<T>(call: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .expect("a fail-fast limit kept a call waiting")
+}
+
+/// Drives `svc` to ready, taking a place of its concurrency limit: bounded,
+/// so a limit that never grants one fails here instead of hanging.
+pub async fn take_place<S, R>(svc: &mut S)
+where
+    S: tower::Service<R>,
+    S::Error: std::fmt::Debug,
+{
+    tokio::time::timeout(Duration::from_secs(10), tower::ServiceExt::ready(svc))
+        .await
+        .expect("no place granted within 10 s")
+        .unwrap();
+}
