@@ -145,9 +145,10 @@ pub(crate) fn name_items(items: Vec<InputItem>) -> Result<Vec<Item>, String> {
         let id = match &item.id {
             Some(GivenId(id)) => id.clone(),
             None if !given.contains_key(number.to_string().as_str()) => number.to_string(),
-            // Each given id rules out at most one stand-in, so one of the
-            // first `given.len() + 1` is free.
-            None => (1..=given.len() + 1)
+            // Each given id rules out at most one stand-in, and `number`
+            // itself is one of them and rules out none, so one of the first
+            // `given.len()` is free.
+            None => (1..=given.len())
                 .map(|k| format!("{number}.{k}"))
                 .find(|id| !given.contains_key(id.as_str()))
                 .unwrap_or_else(|| format!("{number}.0")),
@@ -282,8 +283,56 @@ mod tests {
         );
     }
 
+    /// An item without an id is named by its number, or by the first free
+    /// `N.k` when another item took `N`; the stand-ins never repeat a given id.
+    #[test]
+    fn a_number_taken_as_an_id_moves_the_stand_in_aside() {
+        let items = parse(
+            r#"[{"id":"2","url":"https://a.test/"},{"url":"https://b.test/"},{"id":"2.1","url":"https://c.test/"},{"id":"2.2","url":"https://d.test/"},{"url":"https://e.test/"}]"#,
+            10,
+        )
+        .unwrap();
+        let ids: Vec<_> = items.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["2", "2.3", "2.1", "2.2", "5"]);
+    }
+
+    /// The scheme is named in the refusal even where `http::Uri` could not
+    /// parse the rest (`file:///` has an empty authority).
+    #[test]
+    fn a_scheme_other_than_http_is_named() {
+        for (url, scheme) in [
+            ("file:///etc/passwd", "file"),
+            ("gopher://x.test/", "gopher"),
+            ("svn+ssh://x.test/r", "svn+ssh"),
+        ] {
+            let err = check_url(url).unwrap_err();
+            assert!(
+                err.contains(&format!("scheme `{scheme}` is not allowed")),
+                "{url}: {err}"
+            );
+        }
+        // A colon first is no scheme at all.
+        let err = check_url(":x").unwrap_err();
+        assert!(!err.contains("scheme"), "{err}");
+    }
+
+    /// The tool's schema takes an id as a string or a number, inline (no
+    /// `$ref` an MCP client would have to resolve).
+    #[test]
+    fn the_schema_takes_a_string_or_number_id_inline() {
+        let schema = serde_json::to_value(schemars::schema_for!(InputItem)).unwrap();
+        assert_eq!(
+            schema["properties"]["id"]["type"],
+            serde_json::json!(["string", "number", "null"]),
+            "{schema:#}"
+        );
+        assert!(schema.get("$defs").is_none(), "{schema:#}");
+    }
+
     #[test]
     fn limits_and_duplicates() {
+        let exactly = "https://a.test/\n".repeat(10);
+        assert_eq!(parse(&exactly, 10).unwrap().len(), 10);
         let many = "https://a.test/\n".repeat(11);
         assert!(
             parse(&many, 10)

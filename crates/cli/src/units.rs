@@ -126,6 +126,21 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(
+            parse_duration("8759h").unwrap(),
+            Duration::from_secs(8759 * 3600)
+        );
+        // A year (365 days) and more is refused: surely a typo.
+        for long in ["8760h", "9000h", "31536000s"] {
+            assert!(
+                parse_duration(long)
+                    .unwrap_err()
+                    .contains("less than a year"),
+                "{long}"
+            );
+        }
+        assert!(parse_duration("0.0000000001s").is_err());
         assert!(parse_duration("8").is_err());
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("5 parsecs").is_err());
@@ -136,6 +151,11 @@ mod tests {
         assert_eq!(parse_size("10MiB").unwrap(), 10 << 20);
         assert_eq!(parse_size("1MB").unwrap(), 1_000_000);
         assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("512KiB").unwrap(), 512 << 10);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("3kB").unwrap(), 3000);
+        assert_eq!(parse_size("1GB").unwrap(), 1_000_000_000);
+        assert_eq!(parse_size("7 B").unwrap(), 7);
         assert!(parse_size("0").is_err());
         assert!(parse_size("10XB").is_err());
         assert!(parse_size("99999999999GiB").is_err());
