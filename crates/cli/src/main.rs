@@ -21,7 +21,7 @@ mod input;
 mod mcp;
 mod units;
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -147,10 +147,9 @@ fn main() -> ExitCode {
     }
 }
 
+/// A bar on stderr, which indicatif leaves undrawn when stderr is not a
+/// terminal (a pipe, a file, `TERM=dumb`): no escape codes in a log.
 fn progress_bar(total: usize) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
     let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
     if let Ok(style) = ProgressStyle::with_template("{prefix:>28} {bar:30} {pos}/{len} {msg}") {
         bar.set_style(style);
@@ -159,11 +158,7 @@ fn progress_bar(total: usize) -> ProgressBar {
 }
 
 async fn demo(json: bool, requests: usize) -> anyhow::Result<ExitCode> {
-    let bars = MultiProgress::with_draw_target(if std::io::stderr().is_terminal() {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    });
+    let bars = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
     let rows = demo::run(requests, |name| {
         let bar = bars.add(progress_bar(requests));
         bar.set_prefix(name);

@@ -350,6 +350,88 @@ async fn an_input_without_end_is_refused_once_past_its_bound() {
     assert!(written < 16 << 20, "read {written} bytes before refusing");
 }
 
+/// `text` followed by one comment line that brings it to exactly `len` bytes.
+fn padded(text: &str, len: usize) -> String {
+    let fill = len - text.len() - 2;
+    format!("{text}#{}\n", "x".repeat(fill))
+}
+
+/// `--max-items N` bounds the input at N × 16 KiB whether it comes from a
+/// file, from `-` or from stdin: an input of exactly the bound is read and
+/// fetched, one byte more is refused before anything is fetched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_input_bound_is_16_kib_an_item_from_a_file_or_stdin() {
+    let sim = quick_sim();
+    let server = sim.serve().await.unwrap();
+    let bound = 2 * 16 * 1024;
+    let url = format!("http://{}/x\n", server.addr());
+    let file = std::env::temp_dir().join(format!("fanout-input-bound-{}.txt", std::process::id()));
+    let path = file.to_str().unwrap().to_string();
+    let base = ["fetch", "--allow-private", "--max-items", "2"];
+    for (len, accepted) in [(bound, true), (bound + 1, false)] {
+        let text = padded(&url, len);
+        assert_eq!(text.len(), len);
+        std::fs::write(&file, &text).unwrap();
+        for (extra, stdin) in [
+            (Some(path.as_str()), ""),
+            (Some("-"), text.as_str()),
+            (None, text.as_str()),
+        ] {
+            let args: Vec<&str> = base.iter().copied().chain(extra).collect();
+            let run = fanout(&args, stdin).await;
+            if accepted {
+                assert_eq!(run.code, Some(0), "{args:?}: {}", run.stderr);
+                assert_eq!(lines(&run.stdout).len(), 1, "{args:?}");
+            } else {
+                assert_eq!(run.code, Some(2), "{args:?}: {}", run.stderr);
+                assert!(
+                    run.stderr.contains("over 32 KiB"),
+                    "{args:?}: {}",
+                    run.stderr
+                );
+                assert!(run.stdout.is_empty(), "{args:?}: {}", run.stdout);
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(
+        sim.stats().arrivals,
+        3,
+        "only the inputs within the bound were fetched"
+    );
+}
+
+/// A read that fails names the file it was reading, and names none when it
+/// was reading stdin (`-` or no argument): here a directory in either place.
+#[test]
+fn a_failed_read_names_the_file_or_none() {
+    for (args, stdin_dir) in [
+        (vec!["fetch", "/"], false),
+        (vec!["fetch", "-"], true),
+        (vec!["fetch"], true),
+    ] {
+        let stdin = if stdin_dir {
+            std::process::Stdio::from(std::fs::File::open("/").unwrap())
+        } else {
+            std::process::Stdio::null()
+        };
+        let out = std::process::Command::new(support::BIN)
+            .args(&args)
+            .stdin(stdin)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        let expected = if stdin_dir {
+            "fanout: cannot read the input: "
+        } else {
+            "fanout: cannot read the input /: "
+        };
+        assert!(stderr.starts_with(expected), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_input_file_is_named() {
     let run = fanout(&["fetch", "/nonexistent/urls.txt"], "").await;
