@@ -436,6 +436,58 @@ mod tests {
         );
     }
 
+    /// An error and its sources read as one line, each message once: a
+    /// source whose text the outer message already holds is not repeated.
+    #[test]
+    fn an_error_chain_is_one_line_without_repeats() {
+        let nested: BoxError = anyhow::anyhow!("connection refused")
+            .context("tcp connect error")
+            .context("client error (Connect)")
+            .into();
+        assert_eq!(
+            chain(&*nested),
+            "client error (Connect): tcp connect error: connection refused"
+        );
+        let repeated: BoxError = anyhow::anyhow!("connection refused")
+            .context("connect: connection refused")
+            .into();
+        assert_eq!(chain(&*repeated), "connect: connection refused");
+    }
+
+    /// A failed item reports how long it took, like a successful one: a
+    /// timeout's record says it waited out the timeout, not 0 ms.
+    #[tokio::test]
+    async fn a_failed_item_reports_its_latency() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Reads the request and never answers.
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                held.push(socket);
+            }
+        });
+        let opts = FetchOptions {
+            adaptive: false,
+            allow_private: true,
+            timeout: Duration::from_millis(300),
+            ..options()
+        };
+        let items = vec![Item {
+            id: "slow".to_string(),
+            url: format!("http://{addr}/"),
+        }];
+        let records = opts.fetcher().unwrap().fetch_all(items, |_| {}).await;
+        let record = &records[0];
+        assert!(!record.ok && record.status.is_none(), "{record:?}");
+        assert!(record.error.is_some(), "{record:?}");
+        assert_eq!(record.attempts, 1, "{record:?}");
+        assert!(record.latency_ms >= 300, "{record:?}");
+    }
+
     /// A `Retry-After` past the retry layer's cap fails the item with the
     /// library's `RateLimited`, whose message said to raise `max_wait`: a
     /// setting no flag of the CLI reaches. The item says the wait instead.

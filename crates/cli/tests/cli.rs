@@ -310,6 +310,102 @@ mod mcp {
         assert!(stats.peak_in_service <= 4, "{stats:?}");
         client.cancel().await.unwrap();
     }
+
+    /// The server says what it offers when the client connects: tools, and
+    /// instructions naming both of them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_server_announces_its_tools_and_instructions() {
+        let client = mcp_client(&["mcp"]).await;
+        let info = client.peer_info().unwrap();
+        assert!(info.capabilities.tools.is_some(), "{info:?}");
+        let instructions = info.instructions.clone().unwrap_or_default();
+        for tool in ["batch_fetch_urls", "get_batch_results"] {
+            assert!(instructions.contains(tool), "{instructions}");
+        }
+        client.cancel().await.unwrap();
+    }
+
+    /// Paging: an offset at the end is an empty last page, one past it is
+    /// refused; the last page has no next offset. The last 16 batches are
+    /// kept, all of them: the 17th forgets the first and only it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pages_end_where_the_batch_ends_and_sixteen_batches_are_kept() {
+        let sim = quick_sim();
+        let server = sim.serve().await.unwrap();
+        let client = mcp_client(&["mcp", "--allow-private"]).await;
+        let mut ids = Vec::new();
+        for batch in 0..17 {
+            let items = (0..3)
+                .map(|i| {
+                    (
+                        format!("{batch}-{i}"),
+                        format!("http://{}/{i}", server.addr()),
+                    )
+                })
+                .collect();
+            let page = client
+                .call_tool(
+                    CallToolRequestParams::new("batch_fetch_urls").with_arguments(args(items)),
+                )
+                .await
+                .unwrap()
+                .structured_content
+                .unwrap();
+            assert_eq!(page["total"], 3, "{page}");
+            assert_eq!(page["has_more"], false, "{page}");
+            assert_eq!(page["next_offset"], Value::Null, "{page}");
+            ids.push(page["batch_id"].clone());
+        }
+        let read = |batch_id: &Value, offset: usize, limit: Option<usize>| {
+            let mut map = serde_json::Map::new();
+            map.insert("batch_id".into(), batch_id.clone());
+            map.insert("offset".into(), Value::from(offset));
+            if let Some(limit) = limit {
+                map.insert("limit".into(), Value::from(limit));
+            }
+            client.call_tool(CallToolRequestParams::new("get_batch_results").with_arguments(map))
+        };
+        let refusal = |answer: Result<rmcp::model::CallToolResult, rmcp::ServiceError>| match answer
+        {
+            Ok(r) => {
+                assert_eq!(r.is_error, Some(true), "{r:?}");
+                serde_json::to_string(&r.content).unwrap()
+            }
+            Err(e) => e.to_string(),
+        };
+        // The first was forgotten when the 17th came; the second is still there.
+        let text = refusal(read(&ids[0], 0, None).await);
+        assert!(text.contains("unknown batch_id"), "{text}");
+        for id in &ids[1..] {
+            let page = read(id, 1, Some(1))
+                .await
+                .unwrap()
+                .structured_content
+                .unwrap();
+            assert_eq!(page["results"].as_array().unwrap().len(), 1, "{page}");
+            assert_eq!(page["has_more"], true, "{page}");
+            assert_eq!(page["next_offset"], 2, "{page}");
+        }
+        let last = &ids[16];
+        let page = read(last, 2, Some(1))
+            .await
+            .unwrap()
+            .structured_content
+            .unwrap();
+        assert_eq!(page["results"].as_array().unwrap().len(), 1, "{page}");
+        assert_eq!(page["has_more"], false, "{page}");
+        assert_eq!(page["next_offset"], Value::Null, "{page}");
+        let end = read(last, 3, None)
+            .await
+            .unwrap()
+            .structured_content
+            .unwrap();
+        assert_eq!(end["results"], serde_json::json!([]), "{end}");
+        assert_eq!(end["has_more"], false, "{end}");
+        let text = refusal(read(last, 4, None).await);
+        assert!(text.contains("offset 4 is past the end"), "{text}");
+        client.cancel().await.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,16 +51,29 @@ async fn a_tool_call_within_max_items_is_answered_however_long_its_line() {
     let mut child = spawn(&["mcp", "--max-items", &ITEMS.to_string()]);
     let mut stdin = child.stdin.take().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // Each item takes exactly 16 KiB with its comma (`{"url":"…"},`): the
+    // whole list is as long as --max-items allows, and the message around
+    // it must fit in the line cap's slack.
+    const URL_LEN: usize = 16 * 1024 - r#"{"url":""},"#.len();
     let mut items: Vec<Value> = (0..ITEMS)
-        .map(|i| json!({"url": format!("https://example.test/{i:05}/{}", "a".repeat(16_000))}))
+        .map(|i| {
+            let url = format!("https://example.test/{i:05}/");
+            json!({"url": format!("{url}{}", "a".repeat(URL_LEN - url.len()))})
+        })
         .collect();
     // The last item is bad: the whole batch is refused before anything is
     // fetched, and the answer names it, which shows the line was read.
-    items[ITEMS - 1] = json!({"url": "not a url"});
+    items[ITEMS - 1] = json!({"url": format!("not a url {}", "a".repeat(URL_LEN - 10))});
     let call = json!({
         "jsonrpc": "2.0", "id": 2, "method": "tools/call",
         "params": {"name": "batch_fetch_urls", "arguments": {"items": items}},
     });
+    let list = serde_json::to_vec(&call["params"]["arguments"]["items"]).unwrap();
+    assert_eq!(
+        list.len(),
+        ITEMS * 16 * 1024 + 1,
+        "[ + items + ] - last comma"
+    );
     assert!(serde_json::to_vec(&call).unwrap().len() > 16 << 20);
     send(
         &mut stdin,

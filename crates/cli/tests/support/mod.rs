@@ -69,7 +69,13 @@ pub(crate) async fn run(args: &[&str], stdin: &str) -> Run {
 pub(crate) async fn mcp_client(args: &[&str]) -> RunningService<RoleClient, ()> {
     let mut cmd = Command::new(BIN);
     cmd.args(args);
-    ().serve(TokioChildProcess::new(cmd).unwrap())
-        .await
-        .unwrap()
+    // A server that never answers the handshake fails the test here, not
+    // at the harness's timeout.
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        ().serve(TokioChildProcess::new(cmd).unwrap()),
+    )
+    .await
+    .expect("fanout mcp answered the handshake in time")
+    .unwrap()
 }
