@@ -187,6 +187,61 @@ async fn demo_unlimited_draws_429s_and_the_recommended_stack_none() {
     assert_eq!(recommended["http_429"], 0, "{recommended}");
     assert_eq!(recommended["succeeded"], 150);
     assert!(recommended["peak_in_flight"].as_u64().unwrap() <= 20);
+
+    // Bounds that hold whatever the timing. The first window of each bound
+    // all starts before any answer can come back (50 ms at least, and no
+    // 429 within the downstream's 20 in service and burst of 20), so the
+    // peak is the bound itself.
+    const BODY: u64 = 32 * 1024;
+    for (name, peak) in [
+        ("concurrency limit (16)", 16),
+        ("chunks of 20 + progress", 20),
+        ("backpressure (16 workers)", 16),
+    ] {
+        assert_eq!(row(name)["peak_in_flight"], peak, "{}", row(name));
+    }
+    for r in &rows {
+        assert_eq!(r["requests"], 150, "{r}");
+        // Responses are held whole: the peak is a number of 32 KiB bodies.
+        let held = r["peak_response_bytes"].as_u64().unwrap();
+        assert!(held >= BODY && held % BODY == 0, "{r}");
+        if !r["strategy"].as_str().unwrap().contains("retry") {
+            assert_eq!(r["retries"], 0, "one attempt an item without retry: {r}");
+        }
+    }
+    // A window holds at most its size in bodies: 20 for the chunks, the
+    // fan-out's 32 for the recommended stack; the unlimited batch far more
+    // than the chunks ever can.
+    let held = |name: &str| row(name)["peak_response_bytes"].as_u64().unwrap();
+    assert!(held("chunks of 20 + progress") <= 20 * BODY);
+    assert!(held("recommended stack") <= 32 * BODY);
+}
+
+/// The demo's table: a header and one row per bound, in the order run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_prints_a_table_of_every_bound() {
+    let run = fanout(&["demo", "--requests", "10"], "").await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let table: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(table.len(), 9, "{}", run.stdout);
+    assert!(table[0].starts_with("strategy") && table[0].ends_with("peak held KiB"));
+    let names = [
+        "no limit",
+        "concurrency limit (16)",
+        "chunks of 20 + progress",
+        "token bucket (90/s)",
+        "per-host limits (16, 90/s)",
+        "backpressure (16 workers)",
+        "adaptive + retry",
+        "recommended stack",
+    ];
+    for (line, name) in table[1..].iter().zip(names) {
+        assert!(line.starts_with(name), "{line}");
+        // Succeeded out of the 10 requests, then the counts.
+        let fields: Vec<&str> = line[28..].split_whitespace().collect();
+        assert!(fields[0].ends_with("/10"), "{line}");
+        assert_eq!(fields.len(), 7, "{line}");
+    }
 }
 
 mod mcp {
