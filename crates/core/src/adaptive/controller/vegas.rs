@@ -110,8 +110,10 @@ impl VegasController {
             // once per round trip, a step of log10(limit) would take far
             // too long to drain a queue that slow start overshot into.
             self.slow_start = false;
+            // With the queue above β, the middle of the band (4.5 log10)
+            // puts the target at least 1.5 log10 below the limit: a cut.
             let target = (self.limit - queue + (alpha + beta) / 2.0).max(self.limit * 0.5);
-            self.limit = self.bounds.clamp(target.min(self.limit - log));
+            self.limit = self.bounds.clamp(target);
             return change(old, self.limit, "latency");
         }
         if queue >= alpha {
@@ -172,6 +174,90 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::super::test_support::*;
     use super::*;
+
+    /// A controller at `limit` whose baseline RTT is `base`.
+    fn at(limit: f64, slow_start: bool, base: Duration) -> VegasController {
+        let mut c = VegasController::builder().build().unwrap();
+        c.limit = limit;
+        c.slow_start = slow_start;
+        c.history.extend(std::iter::repeat_n(base, 20));
+        c
+    }
+
+    fn round(median: Duration, saturated: bool) -> RoundSummary {
+        RoundSummary {
+            median: Some(median),
+            saturated,
+            max_in_flight: 0,
+            successes: 1,
+            rtts: vec![median],
+            fresh_median: Some(median),
+            fresh_successes: 1,
+            fresh_saturated: saturated,
+        }
+    }
+
+    /// One round's decision, worked by hand from the formulas in the
+    /// controller's doc: queue = limit × (1 − base / rtt), α = 3 log10,
+    /// β = 6 log10 (log10 of the limit, at least 1).
+    #[test]
+    fn each_decision_follows_the_queue_estimate() {
+        // (limit, slow start, base ms, median ms, saturated) → (limit, reason)
+        let cases: [(f64, bool, u64, u64, bool, Option<(usize, &str)>); 8] = [
+            // 100 × (1 − 100/200) = 50 > β = 12: back to the middle of the
+            // band, 100 − 50 + 9 = 59 (more than half).
+            (100.0, false, 100, 200, true, Some((59, "latency"))),
+            // 100 × (1 − 100/1000) = 90: the middle would be 19, but a
+            // step at most halves.
+            (100.0, false, 100, 1000, true, Some((50, "latency"))),
+            // 8 × (1 − 1/4) = 6 = β exactly (log10 taken as 1): in the band.
+            (8.0, false, 1000, 4000, true, None),
+            // Nothing queued, past slow start: up by β = 12, at most a
+            // tenth of the limit (10).
+            (100.0, false, 100, 100, true, Some((110, "increase"))),
+            // At 20, β = 7.8 and a tenth is 2: up by 2.
+            (20.0, false, 100, 100, true, Some((22, "increase"))),
+            // 100 × (1 − 945/1000) = 5.5: above log10 = 2, below α = 6: up
+            // by log10.
+            (100.0, false, 945, 1000, true, Some((102, "increase"))),
+            // Slow start doubles while nothing queues.
+            (5.0, true, 100, 100, true, Some((10, "slow start"))),
+            // A round that did not use the limit says nothing about more.
+            (100.0, false, 100, 100, false, None),
+        ];
+        for (limit, slow_start, base, median, saturated, expected) in cases {
+            let mut c = at(limit, slow_start, ms(base));
+            let decision = c.decide(&round(ms(median), saturated));
+            let got = decision.map(|d| (d.limit, d.reason));
+            assert_eq!(
+                got, expected,
+                "limit {limit}, base {base} ms, rtt {median} ms, saturated {saturated}"
+            );
+        }
+        // In the band, slow start ends without a change.
+        let mut c = at(8.0, true, ms(1000));
+        assert_eq!(c.decide(&round(ms(4000), true)), None);
+        assert!(!c.slow_start);
+    }
+
+    #[test]
+    fn reports_its_settings_and_estimates() {
+        let mut c = VegasController::builder().initial(7).build().unwrap();
+        assert_eq!(c.initial_limit(), 7);
+        assert_eq!(c.name(), "vegas");
+        assert_eq!(c.rtt(), RttEstimate::default());
+        c.history.extend(std::iter::repeat_n(ms(40), 20));
+        c.decide(&round(ms(60), false));
+        // The short estimate starts at the first median; the long one is
+        // the history's 10th percentile.
+        assert_eq!(
+            c.rtt(),
+            RttEstimate {
+                short: Some(ms(60)),
+                long: Some(ms(40)),
+            }
+        );
+    }
 
     #[test]
     fn ramps_up_and_backs_off_on_overload() {
