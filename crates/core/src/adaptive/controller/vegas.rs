@@ -203,7 +203,8 @@ mod tests {
     #[test]
     fn each_decision_follows_the_queue_estimate() {
         // (limit, slow start, base ms, median ms, saturated) → (limit, reason)
-        let cases: [(f64, bool, u64, u64, bool, Option<(usize, &str)>); 8] = [
+        type Case = (f64, bool, u64, u64, bool, Option<(usize, &'static str)>);
+        let cases: [Case; 8] = [
             // 100 × (1 − 100/200) = 50 > β = 12: back to the middle of the
             // band, 100 − 50 + 9 = 59 (more than half).
             (100.0, false, 100, 200, true, Some((59, "latency"))),
