@@ -422,6 +422,268 @@ mod tests {
         (l - c).abs() <= 0.2 * c
     }
 
+    /// A controller at `limit` whose baseline RTT is `base`, with no noise
+    /// seen yet (the threshold is the tolerance, 1.25).
+    fn at(limit: f64, slow_start: bool, base: Duration) -> GradientController {
+        let mut c = GradientController::default();
+        c.limit = limit;
+        c.slow_start = slow_start;
+        c.pooled.push_back(base);
+        c
+    }
+
+    /// A round of 30 answers all taking `median` (no spread: the threshold
+    /// stays the tolerance), read alike whether fresh or not.
+    fn round(median: Duration, saturated: bool, successes: usize) -> RoundSummary {
+        RoundSummary {
+            median: Some(median),
+            saturated,
+            max_in_flight: 20,
+            successes,
+            rtts: vec![median; 30],
+            fresh_median: Some(median),
+            fresh_successes: 30,
+            fresh_saturated: saturated,
+        }
+    }
+
+    fn decided(c: &mut GradientController, r: &RoundSummary) -> Option<(usize, &'static str)> {
+        c.decide(r).map(|d| (d.limit, d.reason))
+    }
+
+    /// Single latency decisions worked by hand, baseline 100 ms and
+    /// threshold 1.25 (125 ms; half way, 112.5 ms).
+    #[test]
+    fn latency_decisions_follow_the_gradient() {
+        let base = ms(100);
+        // 125/200: cut to 62.5, and that is the capacity seen.
+        let mut c = at(100.0, false, base);
+        assert_eq!(
+            decided(&mut c, &round(ms(200), true, 30)),
+            Some((62, "latency"))
+        );
+        assert_eq!(c.w_max, Some(62.5));
+        // 125/400 is below a half: at most halving.
+        let mut c = at(100.0, false, base);
+        assert_eq!(
+            decided(&mut c, &round(ms(400), true, 30)),
+            Some((50, "latency"))
+        );
+        // A cut that ends slow start halves, whatever the gradient.
+        let mut c = at(100.0, true, base);
+        assert_eq!(
+            decided(&mut c, &round(ms(200), true, 30)),
+            Some((50, "latency"))
+        );
+        assert!(!c.slow_start);
+        // And so does one the round after slow start ended half way.
+        let mut c = at(100.0, false, base);
+        c.leaving = true;
+        assert_eq!(
+            decided(&mut c, &round(ms(200), true, 30)),
+            Some((50, "latency"))
+        );
+        // At the threshold exactly: no cut.
+        let mut c = at(100.0, false, base);
+        c.w_max = Some(100.0);
+        assert_eq!(
+            decided(&mut c, &round(ms(125), true, 30)),
+            Some((102, "increase"))
+        );
+        // Half way to the threshold ends slow start without a cut: the
+        // growth that follows is the probe's 4 %, not a doubling, and the
+        // next round still counts as leaving.
+        let mut c = at(100.0, true, base);
+        c.probe = 2;
+        assert_eq!(
+            decided(&mut c, &round(ms(120), true, 30)),
+            Some((104, "increase"))
+        );
+        assert!(!c.slow_start && c.leaving);
+        assert_eq!(c.probe, 1);
+        // Below half way, slow start doubles.
+        let mut c = at(100.0, true, base);
+        assert_eq!(
+            decided(&mut c, &round(ms(110), true, 30)),
+            Some((200, "slow start"))
+        );
+        assert!(c.slow_start && !c.leaving);
+    }
+
+    /// Growth and idling, worked by hand: CUBIC's three regions around the
+    /// capacity last seen, the doubling probe and its cap after a rate
+    /// limit, the settling of an unused limit, and a round of failures.
+    #[test]
+    fn growth_decisions_follow_the_capacity_last_seen() {
+        let base = ms(100);
+        let grow = |limit: f64, w_max: Option<f64>, probe: u32, rate_capped: bool| {
+            let mut c = at(limit, false, base);
+            c.w_max = w_max;
+            c.probe = probe;
+            c.rate_capped = rate_capped;
+            let decision = decided(&mut c, &round(base, true, 30));
+            (decision, c.limit, c.probe)
+        };
+        // Far below 100: half the gap.
+        assert_eq!(
+            grow(50.0, Some(100.0), 0, false),
+            (Some((75, "increase")), 75.0, 0)
+        );
+        // Within 2 % of 100 (98..102): 2 % of the limit.
+        assert_eq!(grow(99.0, Some(100.0), 0, false).1, 99.0 + 99.0 * 0.02);
+        assert_eq!(
+            grow(97.0, Some(100.0), 0, false).1,
+            98.5,
+            "97 < 98: half the gap"
+        );
+        // Within one call of a small one: a quarter call.
+        assert_eq!(grow(10.0, Some(10.5), 0, false), (None, 10.25, 0));
+        // Past it: 4 %, doubling each round up to 32 %.
+        assert_eq!(grow(102.0, Some(100.0), 0, false).1, 102.0 + 102.0 * 0.04);
+        assert_eq!(
+            grow(100.0, None, 0, false),
+            (Some((104, "increase")), 104.0, 1)
+        );
+        assert_eq!(
+            grow(100.0, None, 1, false),
+            (Some((108, "increase")), 108.0, 2)
+        );
+        assert_eq!(
+            grow(100.0, None, 3, false),
+            (Some((132, "increase")), 132.0, 4)
+        );
+        assert_eq!(
+            grow(100.0, None, 9, false),
+            (Some((132, "increase")), 132.0, 10)
+        );
+        // Past a rate cap, 8 % at most.
+        assert_eq!(
+            grow(100.0, None, 3, true),
+            (Some((108, "increase")), 108.0, 4)
+        );
+        // At a limit of 2, 4 % is less than a quarter call.
+        assert_eq!(grow(2.0, None, 0, false), (None, 2.25, 1));
+        // The probe's count saturates rather than wrapping.
+        assert_eq!(grow(100.0, None, u32::MAX, false).2, u32::MAX);
+
+        // Unused (not saturated) with 20 in flight at most: down by a tenth
+        // a round towards 30, and no lower.
+        let idle = |limit: f64| {
+            let mut c = at(limit, false, base);
+            (decided(&mut c, &round(base, false, 30)), c.limit)
+        };
+        assert_eq!(idle(100.0), (Some((90, "idle")), 90.0));
+        assert_eq!(idle(32.0), (Some((30, "idle")), 30.0));
+        assert_eq!(idle(30.0), (None, 30.0));
+        assert_eq!(idle(20.0), (None, 20.0));
+        // A saturated round without one success is no sign of room.
+        let mut c = at(100.0, false, base);
+        assert_eq!(decided(&mut c, &round(base, true, 0)), None);
+        assert_eq!(c.limit, 100.0);
+    }
+
+    /// The capacity last seen on an overload: half the limit in slow start,
+    /// the limit after it; after refusals with a `Retry-After`, within 3 %
+    /// of the first.
+    #[test]
+    fn an_overload_notes_the_capacity_last_seen() {
+        let refused = |retry_after: Option<Duration>| Sample {
+            retry_after,
+            ..overload(1, 100, 100)
+        };
+        let mut c = at(100.0, true, ms(100));
+        c.probe = 3;
+        c.on_overload(&refused(None));
+        assert_eq!((c.w_max, c.probe, c.rate_capped), (Some(50.0), 0, false));
+        let mut c = at(100.0, false, ms(100));
+        c.on_overload(&refused(None));
+        assert_eq!(c.w_max, Some(100.0));
+        c.limit = 90.0;
+        c.on_overload(&refused(Some(ms(1000))));
+        assert_eq!((c.w_max, c.rate_capped), (Some(97.0), true));
+        c.limit = 99.0;
+        c.on_overload(&refused(Some(ms(1000))));
+        assert_eq!(c.w_max, Some(99.0));
+        c.limit = 50.0;
+        c.on_overload(&refused(None));
+        assert_eq!((c.w_max, c.rate_capped), (Some(50.0), false));
+    }
+
+    /// The threshold widens with the noise inside rounds: four deviations
+    /// of a round median (1.25 s / sqrt n in log terms) plus 2.5 of the
+    /// pooled one's, between the tolerance and 3.
+    #[test]
+    fn the_threshold_widens_with_noise() {
+        let mut c = GradientController::default();
+        assert_eq!(c.threshold(4), 1.25, "no noise seen: the tolerance");
+        // Spreads 0.1, 0.2, 0.9: their median is 0.2.
+        c.noise.extend([0.9, 0.1, 0.2]);
+        c.pool.push_back(vec![ms(100); 16]);
+        let expected = (4.0 * 1.25 * 0.2 / 2.0 + 2.5 * 1.25 * 0.2 / 4.0f64).exp();
+        assert!(
+            (c.threshold(4) - expected).abs() < 1e-12,
+            "{}",
+            c.threshold(4)
+        );
+        // Little noise: the tolerance; much: at most 3.
+        assert_eq!(c.threshold(10_000), 1.25);
+        c.noise = [2.0; 3].into_iter().collect();
+        assert_eq!(c.threshold(1), 3.0);
+        // A tolerance above 3 is kept.
+        let mut wide = GradientController::builder()
+            .tolerance(4.0)
+            .build()
+            .unwrap();
+        wide.noise.push_back(2.0);
+        assert_eq!(wide.threshold(1), 4.0);
+    }
+
+    /// What a round teaches: the short RTT (an average of medians), the
+    /// spread of its log RTTs, and a pooled median once 20 answers are in.
+    #[test]
+    fn a_round_teaches_rtts_spread_and_baseline() {
+        let mut c = GradientController::default();
+        // 11 answers, 10 ms apart from 100 ms: the quartiles are the 3rd and
+        // the 8th (indices 2.5 and 7.5 rounded down), 120 and 170 ms.
+        let rtts: Vec<Duration> = (0..11).map(|i| ms(100 + 10 * i)).collect();
+        let mut r = round(ms(150), true, 11);
+        r.rtts = rtts.clone();
+        c.learn(&r);
+        assert_eq!(c.short, Some(ms(150)));
+        let spread = (0.17f64 / 0.12).ln() / 1.349;
+        assert!((c.noise[0] - spread).abs() < 1e-12, "{:?}", c.noise);
+        assert!(
+            c.pooled.is_empty(),
+            "11 answers are too few for a pooled median"
+        );
+        c.learn(&r);
+        // 22 answers now: the pooled median is the 12th of them sorted.
+        assert_eq!(c.short, Some(ms(150)));
+        assert_eq!(c.pooled, [ms(150)]);
+        assert_eq!(
+            c.rtt(),
+            RttEstimate {
+                short: Some(ms(150)),
+                long: Some(ms(150))
+            }
+        );
+        // Past eight rounds the oldest go, while those left hold 20 answers.
+        for _ in 0..8 {
+            c.learn(&r);
+        }
+        assert_eq!(c.pool.len(), 8);
+        // Rounds of one answer: kept until 20 are pooled.
+        let mut c = GradientController::default();
+        let mut one = round(ms(100), true, 1);
+        one.rtts = vec![ms(100)];
+        for _ in 0..25 {
+            c.learn(&one);
+        }
+        assert_eq!(c.pool.len(), 20);
+        assert_eq!(c.initial_limit(), 5);
+        assert_eq!(c.name(), "gradient");
+    }
+
     #[test]
     fn ramps_from_5_to_200_in_few_round_trips() {
         let mut c = GradientController::default();
