@@ -425,9 +425,11 @@ mod tests {
     /// A controller at `limit` whose baseline RTT is `base`, with no noise
     /// seen yet (the threshold is the tolerance, 1.25).
     fn at(limit: f64, slow_start: bool, base: Duration) -> GradientController {
-        let mut c = GradientController::default();
-        c.limit = limit;
-        c.slow_start = slow_start;
+        let mut c = GradientController {
+            limit,
+            slow_start,
+            ..GradientController::default()
+        };
         c.pooled.push_back(base);
         c
     }
