@@ -440,25 +440,20 @@ mod mcp {
         // The first was forgotten when the 17th came; the second is still there.
         let text = refusal(read(&ids[0], 0, None).await);
         assert!(text.contains("unknown batch_id"), "{text}");
+        // A page of one result at `offset` of three: (has_more, next_offset).
+        let one_at = |offset: usize, id: &Value| {
+            let read = read(id, offset, Some(1));
+            async move {
+                let page = read.await.unwrap().structured_content.unwrap();
+                assert_eq!(page["results"].as_array().unwrap().len(), 1, "{page}");
+                (page["has_more"].clone(), page["next_offset"].clone())
+            }
+        };
         for id in &ids[1..] {
-            let page = read(id, 1, Some(1))
-                .await
-                .unwrap()
-                .structured_content
-                .unwrap();
-            assert_eq!(page["results"].as_array().unwrap().len(), 1, "{page}");
-            assert_eq!(page["has_more"], true, "{page}");
-            assert_eq!(page["next_offset"], 2, "{page}");
+            assert_eq!(one_at(1, id).await, (Value::Bool(true), Value::from(2)));
         }
         let last = &ids[16];
-        let page = read(last, 2, Some(1))
-            .await
-            .unwrap()
-            .structured_content
-            .unwrap();
-        assert_eq!(page["results"].as_array().unwrap().len(), 1, "{page}");
-        assert_eq!(page["has_more"], false, "{page}");
-        assert_eq!(page["next_offset"], Value::Null, "{page}");
+        assert_eq!(one_at(2, last).await, (Value::Bool(false), Value::Null));
         let end = read(last, 3, None)
             .await
             .unwrap()

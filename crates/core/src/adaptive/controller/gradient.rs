@@ -542,27 +542,23 @@ mod tests {
         assert_eq!(grow(10.0, Some(10.5), 0, false), (None, 10.25, 0));
         // Past it: 4 %, doubling each round up to 32 %.
         assert_eq!(grow(102.0, Some(100.0), 0, false).1, 102.0 + 102.0 * 0.04);
-        assert_eq!(
-            grow(100.0, None, 0, false),
-            (Some((104, "increase")), 104.0, 1)
-        );
-        assert_eq!(
-            grow(100.0, None, 1, false),
-            (Some((108, "increase")), 108.0, 2)
-        );
-        assert_eq!(
-            grow(100.0, None, 3, false),
-            (Some((132, "increase")), 132.0, 4)
-        );
-        assert_eq!(
-            grow(100.0, None, 9, false),
-            (Some((132, "increase")), 132.0, 10)
-        );
-        // Past a rate cap, 8 % at most.
-        assert_eq!(
-            grow(100.0, None, 3, true),
-            (Some((108, "increase")), 108.0, 4)
-        );
+        // (probe rounds so far, rate capped) → the new limit; past a rate
+        // cap, 8 % at most.
+        for (probe, capped, next) in [
+            (0, false, 104),
+            (1, false, 108),
+            (2, false, 116),
+            (3, false, 132),
+            (9, false, 132),
+            (0, true, 104),
+            (3, true, 108),
+        ] {
+            assert_eq!(
+                grow(100.0, None, probe, capped),
+                (Some((next, "increase")), next as f64, probe + 1),
+                "probe {probe}, rate capped {capped}"
+            );
+        }
         // At a limit of 2, 4 % is less than a quarter call.
         assert_eq!(grow(2.0, None, 0, false), (None, 2.25, 1));
         // The probe's count saturates rather than wrapping.
