@@ -189,6 +189,20 @@ impl GradientController {
         }
     }
 
+    /// The answers of calls made under the current limit a round waits
+    /// for before slow start decides: a quarter of the limit, 1 to
+    /// `SLOW_START_FRESH` (none after slow start). Slow start decides on
+    /// calls made under the limit it doubled to: the answers of calls made
+    /// before it still describe half of it, and doubling on them overshoots
+    /// a knee by a factor of two.
+    fn min_fresh(&self) -> usize {
+        if self.slow_start {
+            (self.limit as usize / 4).clamp(1, SLOW_START_FRESH)
+        } else {
+            0
+        }
+    }
+
     fn on_overload(&mut self, sample: &Sample) {
         self.probe = 0;
         // After slow start the last limit that worked is half this one.
@@ -374,14 +388,7 @@ impl Controller for GradientController {
     fn update(&mut self, sample: &Sample, now: Instant) -> Option<Change> {
         let old_limit = self.limit as usize;
         let length = self.short.unwrap_or(sample.rtt);
-        // Slow start decides on calls made under the limit it doubled to:
-        // the answers of calls made before it still describe half of it,
-        // and doubling on them overshoots a knee by a factor of two.
-        let min_fresh = if self.slow_start {
-            (self.limit as usize / 4).clamp(1, SLOW_START_FRESH)
-        } else {
-            0
-        };
+        let min_fresh = self.min_fresh();
         match self
             .episodes
             .push(sample, now, length, self.limit, min_fresh)?
@@ -503,6 +510,22 @@ mod tests {
         );
         assert!(!c.slow_start && c.leaving);
         assert_eq!(c.probe, 1);
+        // Half way exactly (baseline 1 s: 1.125 s, exact in binary) is not
+        // past it: slow start goes on.
+        let mut c = at(100.0, true, ms(1000));
+        assert_eq!(
+            decided(&mut c, &round(ms(1125), true, 30)),
+            Some((200, "slow start"))
+        );
+        // Past slow start every answer of the round counts, not only the
+        // fresh ones (calls made under the current limit).
+        let mut c = at(100.0, false, base);
+        let mut mixed = round(ms(200), true, 30);
+        mixed.fresh_median = Some(base);
+        assert_eq!(decided(&mut c, &mixed), Some((62, "latency")));
+        // In slow start only the fresh ones do.
+        let mut c = at(100.0, true, base);
+        assert_eq!(decided(&mut c, &mixed), Some((200, "slow start")));
         // Below half way, slow start doubles.
         let mut c = at(100.0, true, base);
         assert_eq!(
@@ -538,6 +561,7 @@ mod tests {
             98.5,
             "97 < 98: half the gap"
         );
+        assert_eq!(grow(98.0, Some(100.0), 0, false).1, 98.0 + 98.0 * 0.02);
         // Within one call of a small one: a quarter call.
         assert_eq!(grow(10.0, Some(10.5), 0, false), (None, 10.25, 0));
         // Past it: 4 %, doubling each round up to 32 %.
@@ -607,6 +631,21 @@ mod tests {
         assert_eq!((c.w_max, c.rate_capped), (Some(50.0), false));
     }
 
+    #[test]
+    fn slow_start_waits_for_a_quarter_of_the_limit_in_fresh_answers() {
+        for (limit, fresh) in [
+            (1.0, 1),
+            (2.0, 1),
+            (8.0, 2),
+            (12.0, 3),
+            (35.0, 8),
+            (400.0, 8),
+        ] {
+            assert_eq!(at(limit, true, ms(100)).min_fresh(), fresh, "limit {limit}");
+        }
+        assert_eq!(at(12.0, false, ms(100)).min_fresh(), 0);
+    }
+
     /// The threshold widens with the noise inside rounds: four deviations
     /// of a round median (1.25 s / sqrt n in log terms) plus 2.5 of the
     /// pooled one's, between the tolerance and 3.
@@ -614,8 +653,8 @@ mod tests {
     fn the_threshold_widens_with_noise() {
         let mut c = GradientController::default();
         assert_eq!(c.threshold(4), 1.25, "no noise seen: the tolerance");
-        // Spreads 0.1, 0.2, 0.9: their median is 0.2.
-        c.noise.extend([0.9, 0.1, 0.2]);
+        // Spreads 0.05, 0.1, 0.2, 0.3, 0.9: their median is 0.2.
+        c.noise.extend([0.9, 0.1, 0.2, 0.05, 0.3]);
         c.pool.push_back(vec![ms(100); 16]);
         let expected = (4.0 * 1.25 * 0.2 / 2.0 + 2.5 * 1.25 * 0.2 / 4.0f64).exp();
         assert!(
@@ -670,6 +709,12 @@ mod tests {
             c.learn(&r);
         }
         assert_eq!(c.pool.len(), 8);
+        // A round whose first quartile took no time has no spread to read.
+        let mut c = GradientController::default();
+        let mut instant = round(Duration::ZERO, true, 30);
+        instant.rtts = vec![Duration::ZERO; 30];
+        c.learn(&instant);
+        assert!(c.noise.is_empty(), "{:?}", c.noise);
         // Rounds of one answer: kept until 20 are pooled.
         let mut c = GradientController::default();
         let mut one = round(ms(100), true, 1);
