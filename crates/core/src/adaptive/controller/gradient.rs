@@ -441,21 +441,6 @@ mod tests {
         c
     }
 
-    /// A round of 30 answers all taking `median` (no spread: the threshold
-    /// stays the tolerance), read alike whether fresh or not.
-    fn round(median: Duration, saturated: bool, successes: usize) -> RoundSummary {
-        RoundSummary {
-            median: Some(median),
-            saturated,
-            max_in_flight: 20,
-            successes,
-            rtts: vec![median; 30],
-            fresh_median: Some(median),
-            fresh_successes: 30,
-            fresh_saturated: saturated,
-        }
-    }
-
     fn decided(c: &mut GradientController, r: &RoundSummary) -> Option<(usize, &'static str)> {
         c.decide(r).map(|d| (d.limit, d.reason))
     }
@@ -468,20 +453,20 @@ mod tests {
         // 125/200: cut to 62.5, and that is the capacity seen.
         let mut c = at(100.0, false, base);
         assert_eq!(
-            decided(&mut c, &round(ms(200), true, 30)),
+            decided(&mut c, &summary(ms(200), true, 30)),
             Some((62, "latency"))
         );
         assert_eq!(c.w_max, Some(62.5));
         // 125/400 is below a half: at most halving.
         let mut c = at(100.0, false, base);
         assert_eq!(
-            decided(&mut c, &round(ms(400), true, 30)),
+            decided(&mut c, &summary(ms(400), true, 30)),
             Some((50, "latency"))
         );
         // A cut that ends slow start halves, whatever the gradient.
         let mut c = at(100.0, true, base);
         assert_eq!(
-            decided(&mut c, &round(ms(200), true, 30)),
+            decided(&mut c, &summary(ms(200), true, 30)),
             Some((50, "latency"))
         );
         assert!(!c.slow_start);
@@ -489,14 +474,14 @@ mod tests {
         let mut c = at(100.0, false, base);
         c.leaving = true;
         assert_eq!(
-            decided(&mut c, &round(ms(200), true, 30)),
+            decided(&mut c, &summary(ms(200), true, 30)),
             Some((50, "latency"))
         );
         // At the threshold exactly: no cut.
         let mut c = at(100.0, false, base);
         c.w_max = Some(100.0);
         assert_eq!(
-            decided(&mut c, &round(ms(125), true, 30)),
+            decided(&mut c, &summary(ms(125), true, 30)),
             Some((102, "increase"))
         );
         // Half way to the threshold ends slow start without a cut: the
@@ -505,7 +490,7 @@ mod tests {
         let mut c = at(100.0, true, base);
         c.probe = 2;
         assert_eq!(
-            decided(&mut c, &round(ms(120), true, 30)),
+            decided(&mut c, &summary(ms(120), true, 30)),
             Some((104, "increase"))
         );
         assert!(!c.slow_start && c.leaving);
@@ -514,13 +499,13 @@ mod tests {
         // past it: slow start goes on.
         let mut c = at(100.0, true, ms(1000));
         assert_eq!(
-            decided(&mut c, &round(ms(1125), true, 30)),
+            decided(&mut c, &summary(ms(1125), true, 30)),
             Some((200, "slow start"))
         );
         // Past slow start every answer of the round counts, not only the
         // fresh ones (calls made under the current limit).
         let mut c = at(100.0, false, base);
-        let mut mixed = round(ms(200), true, 30);
+        let mut mixed = summary(ms(200), true, 30);
         mixed.fresh_median = Some(base);
         assert_eq!(decided(&mut c, &mixed), Some((62, "latency")));
         // In slow start only the fresh ones do.
@@ -529,7 +514,7 @@ mod tests {
         // Below half way, slow start doubles.
         let mut c = at(100.0, true, base);
         assert_eq!(
-            decided(&mut c, &round(ms(110), true, 30)),
+            decided(&mut c, &summary(ms(110), true, 30)),
             Some((200, "slow start"))
         );
         assert!(c.slow_start && !c.leaving);
@@ -546,7 +531,7 @@ mod tests {
             c.w_max = w_max;
             c.probe = probe;
             c.rate_capped = rate_capped;
-            let decision = decided(&mut c, &round(base, true, 30));
+            let decision = decided(&mut c, &summary(base, true, 30));
             (decision, c.limit, c.probe)
         };
         // Far below 100: half the gap.
@@ -592,15 +577,19 @@ mod tests {
         // a round towards 30, and no lower.
         let idle = |limit: f64| {
             let mut c = at(limit, false, base);
-            (decided(&mut c, &round(base, false, 30)), c.limit)
+            (decided(&mut c, &summary(base, false, 30)), c.limit)
         };
         assert_eq!(idle(100.0), (Some((90, "idle")), 90.0));
         assert_eq!(idle(32.0), (Some((30, "idle")), 30.0));
         assert_eq!(idle(30.0), (None, 30.0));
         assert_eq!(idle(20.0), (None, 20.0));
         // A saturated round without one success is no sign of room.
+        let no_success = RoundSummary {
+            successes: 0,
+            ..summary(base, true, 30)
+        };
         let mut c = at(100.0, false, base);
-        assert_eq!(decided(&mut c, &round(base, true, 0)), None);
+        assert_eq!(decided(&mut c, &no_success), None);
         assert_eq!(c.limit, 100.0);
     }
 
@@ -682,9 +671,8 @@ mod tests {
         let mut c = GradientController::default();
         // 11 answers, 10 ms apart from 100 ms: the quartiles are the 3rd and
         // the 8th (indices 2.5 and 7.5 rounded down), 120 and 170 ms.
-        let rtts: Vec<Duration> = (0..11).map(|i| ms(100 + 10 * i)).collect();
-        let mut r = round(ms(150), true, 11);
-        r.rtts = rtts.clone();
+        let mut r = summary(ms(150), true, 11);
+        r.rtts = (0..11).map(|i| ms(100 + 10 * i)).collect();
         c.learn(&r);
         assert_eq!(c.short, Some(ms(150)));
         let spread = (0.17f64 / 0.12).ln() / 1.349;
@@ -711,14 +699,11 @@ mod tests {
         assert_eq!(c.pool.len(), 8);
         // A round whose first quartile took no time has no spread to read.
         let mut c = GradientController::default();
-        let mut instant = round(Duration::ZERO, true, 30);
-        instant.rtts = vec![Duration::ZERO; 30];
-        c.learn(&instant);
+        c.learn(&summary(Duration::ZERO, true, 30));
         assert!(c.noise.is_empty(), "{:?}", c.noise);
         // Rounds of one answer: kept until 20 are pooled.
         let mut c = GradientController::default();
-        let mut one = round(ms(100), true, 1);
-        one.rtts = vec![ms(100)];
+        let one = summary(ms(100), true, 1);
         for _ in 0..25 {
             c.learn(&one);
         }

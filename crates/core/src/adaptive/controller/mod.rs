@@ -517,6 +517,21 @@ pub(crate) mod test_support {
         }
     }
 
+    /// A round of `answers` successes all taking `median`, read alike
+    /// whether fresh or not (no spread inside it).
+    pub(crate) fn summary(median: Duration, saturated: bool, answers: usize) -> RoundSummary {
+        RoundSummary {
+            median: Some(median),
+            saturated,
+            max_in_flight: 20,
+            successes: answers,
+            rtts: vec![median; answers],
+            fresh_median: Some(median),
+            fresh_successes: answers,
+            fresh_saturated: saturated,
+        }
+    }
+
     pub(crate) fn overload(rtt_ms: u64, in_flight: usize, limit: usize) -> Sample {
         Sample {
             outcome: Outcome::Overload,

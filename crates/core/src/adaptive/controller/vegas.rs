@@ -184,19 +184,6 @@ mod tests {
         c
     }
 
-    fn round(median: Duration, saturated: bool) -> RoundSummary {
-        RoundSummary {
-            median: Some(median),
-            saturated,
-            max_in_flight: 0,
-            successes: 1,
-            rtts: vec![median],
-            fresh_median: Some(median),
-            fresh_successes: 1,
-            fresh_saturated: saturated,
-        }
-    }
-
     /// One round's decision, worked by hand from the formulas in the
     /// controller's doc: queue = limit × (1 − base / rtt), α = 3 log10,
     /// β = 6 log10 (log10 of the limit, at least 1).
@@ -228,7 +215,7 @@ mod tests {
         ];
         for (limit, slow_start, base, median, saturated, expected) in cases {
             let mut c = at(limit, slow_start, ms(base));
-            let decision = c.decide(&round(ms(median), saturated));
+            let decision = c.decide(&summary(ms(median), saturated, 1));
             let got = decision.map(|d| (d.limit, d.reason));
             assert_eq!(
                 got, expected,
@@ -237,7 +224,7 @@ mod tests {
         }
         // In the band, slow start ends without a change.
         let mut c = at(8.0, true, ms(1000));
-        assert_eq!(c.decide(&round(ms(4000), true)), None);
+        assert_eq!(c.decide(&summary(ms(4000), true, 1)), None);
         assert!(!c.slow_start);
     }
 
@@ -248,7 +235,7 @@ mod tests {
         assert_eq!(c.name(), "vegas");
         assert_eq!(c.rtt(), RttEstimate::default());
         c.history.extend(std::iter::repeat_n(ms(40), 20));
-        c.decide(&round(ms(60), false));
+        c.decide(&summary(ms(60), false, 1));
         // The short estimate starts at the first median; the long one is
         // the history's 10th percentile.
         assert_eq!(
