@@ -267,6 +267,32 @@ mod mcp {
         map
     }
 
+    /// `get_batch_results`' arguments.
+    fn page_args(
+        batch_id: &Value,
+        offset: usize,
+        limit: Option<usize>,
+    ) -> serde_json::Map<String, Value> {
+        let mut map = serde_json::Map::new();
+        map.insert("batch_id".into(), batch_id.clone());
+        map.insert("offset".into(), Value::from(offset));
+        if let Some(limit) = limit {
+            map.insert("limit".into(), Value::from(limit));
+        }
+        map
+    }
+
+    /// The text of a tool call's refusal, a tool error or a protocol error.
+    fn refusal(answer: Result<rmcp::model::CallToolResult, rmcp::ServiceError>) -> String {
+        match answer {
+            Ok(r) => {
+                assert_eq!(r.is_error, Some(true), "{r:?}");
+                serde_json::to_string(&r.content).unwrap()
+            }
+            Err(e) => e.to_string(),
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn batch_fetch_tool_answers_pages_and_refuses_bad_input() {
         let sim = quick_sim();
@@ -294,9 +320,7 @@ mod mcp {
         assert_eq!(page["has_more"], true);
         assert_eq!(page["next_offset"], 10);
 
-        let mut more = serde_json::Map::new();
-        more.insert("batch_id".into(), page["batch_id"].clone());
-        more.insert("offset".into(), Value::from(20));
+        let more = page_args(&page["batch_id"], 20, None);
         let rest = client
             .call_tool(CallToolRequestParams::new("get_batch_results").with_arguments(more))
             .await
@@ -319,13 +343,7 @@ mod mcp {
                     CallToolRequestParams::new("batch_fetch_urls").with_arguments(args(items)),
                 )
                 .await;
-            let text = match answer {
-                Ok(r) => {
-                    assert_eq!(r.is_error, Some(true));
-                    serde_json::to_string(&r.content).unwrap()
-                }
-                Err(e) => e.to_string(),
-            };
+            let text = refusal(answer);
             assert!(text.contains(message), "expected `{message}` in {text}");
         }
         assert_eq!(sim.stats().arrivals, 25);
@@ -421,21 +439,10 @@ mod mcp {
             ids.push(page["batch_id"].clone());
         }
         let read = |batch_id: &Value, offset: usize, limit: Option<usize>| {
-            let mut map = serde_json::Map::new();
-            map.insert("batch_id".into(), batch_id.clone());
-            map.insert("offset".into(), Value::from(offset));
-            if let Some(limit) = limit {
-                map.insert("limit".into(), Value::from(limit));
-            }
-            client.call_tool(CallToolRequestParams::new("get_batch_results").with_arguments(map))
-        };
-        let refusal = |answer: Result<rmcp::model::CallToolResult, rmcp::ServiceError>| match answer
-        {
-            Ok(r) => {
-                assert_eq!(r.is_error, Some(true), "{r:?}");
-                serde_json::to_string(&r.content).unwrap()
-            }
-            Err(e) => e.to_string(),
+            client.call_tool(
+                CallToolRequestParams::new("get_batch_results")
+                    .with_arguments(page_args(batch_id, offset, limit)),
+            )
         };
         // The first was forgotten when the 17th came; the second is still there.
         let text = refusal(read(&ids[0], 0, None).await);
