@@ -458,18 +458,14 @@ mod tests {
     /// timeout's record says it waited out the timeout, not 0 ms.
     #[tokio::test]
     async fn a_failed_item_reports_its_latency() {
-        use tokio::io::AsyncReadExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        // Reads the request and never answers.
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((mut socket, _)) = listener.accept().await {
-                let mut buf = [0u8; 4096];
-                let _ = socket.read(&mut buf).await;
-                held.push(socket);
-            }
-        });
+        use tower_fanout_sim::{Jitter, Model, Sim};
+        // A downstream that answers a minute later, long past the timeout.
+        let sim = Sim::new(
+            Model::new().latency(Duration::from_secs(60), Jitter::None),
+            1,
+        );
+        let server = sim.serve().await.unwrap();
+        let addr = server.addr();
         let opts = FetchOptions {
             adaptive: false,
             allow_private: true,
