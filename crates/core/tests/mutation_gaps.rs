@@ -288,3 +288,97 @@ async fn keyed_eviction_forgets_the_least_recently_used_key() {
     assert!(!tracked("b.test"), "least recently used: forgotten");
     assert!(tracked("c.test"));
 }
+
+/// The handle reads the bucket's shape as configured. Killed mutants:
+/// `RateLimitHandle::burst` returning 0 or 1 (rate/layer.rs).
+#[cfg(feature = "rate")]
+#[test]
+fn rate_the_handle_reads_the_configured_burst() {
+    use tower_fanout_core::rate::RateLimitLayer;
+    let layer = RateLimitLayer::builder(4, Duration::from_secs(1))
+        .burst(7)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    assert_eq!(handle.burst(), 7);
+    assert_eq!(handle.refill_interval(), Duration::from_millis(250));
+}
+
+/// A caller that leaves a call still waiting for the rest of its cost gives
+/// back the tokens it booked, and not one that a neighbour booked after its
+/// first token. Killed mutants: the deferred call recording `more + 1` or
+/// `more / 1` tokens instead of `more - 1` (rate/service.rs `settle_cost`),
+/// which on drop pulled the bucket back over the neighbour's booking.
+#[cfg(feature = "rate")]
+#[tokio::test(start_paused = true)]
+async fn rate_leaving_a_deferred_call_gives_back_only_its_own_tokens() {
+    use tower_fanout_core::rate::RateLimitLayer;
+    let layer = RateLimitLayer::builder(1, Duration::from_secs(1))
+        .burst(3)
+        .cost(|c: &u32| *c)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let called = Arc::new(AtomicUsize::new(0));
+    let seen = called.clone();
+    let inner = service_fn(move |_: u32| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        async { Ok::<_, BoxError>(()) }
+    });
+    let svc = layer.layer(inner);
+    svc.clone().oneshot(1).await.unwrap();
+    assert_eq!(handle.tokens(), 2);
+    let mut a = svc.clone();
+    let mut b = svc.clone();
+    a.ready().await.unwrap(); // books the second token
+    b.ready().await.unwrap(); // the neighbour books the third
+    assert_eq!(handle.tokens(), 0);
+    // Costs 3: one is booked, the other two arrive at 2 s and 3 s.
+    let mut waiting = Box::pin(a.call(3));
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    assert!(waiting.as_mut().poll(&mut cx).is_pending());
+    drop(waiting);
+    assert_eq!(called.load(Ordering::SeqCst), 1, "the left call never ran");
+    // Back: a's two and its first; b's token stays booked.
+    assert_eq!(handle.tokens(), 0, "the neighbour's token is still booked");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(handle.tokens(), 1);
+    b.call(1).await.unwrap();
+    assert_eq!(called.load(Ordering::SeqCst), 2);
+}
+
+/// A costly call whose tokens are all there is made in `call` itself, on
+/// the ready inner service: nothing is deferred or cloned. Killed mutant:
+/// `at > now` as `at >= now` in `settle_cost` (rate/service.rs), which
+/// deferred every multi-token call to its response future and cloned the
+/// inner service for it.
+#[cfg(feature = "rate")]
+#[tokio::test(start_paused = true)]
+async fn rate_a_costly_call_with_its_tokens_there_is_made_at_once() {
+    use tower_fanout_core::rate::RateLimitLayer;
+    #[derive(Clone)]
+    struct Counting(Arc<AtomicUsize>);
+    impl Service<u32> for Counting {
+        type Response = ();
+        type Error = BoxError;
+        type Future = std::future::Ready<Result<(), BoxError>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: u32) -> Self::Future {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Ok(()))
+        }
+    }
+    let layer = RateLimitLayer::builder(1, Duration::from_secs(1))
+        .burst(4)
+        .cost(|c: &u32| *c)
+        .build()
+        .unwrap();
+    let called = Arc::new(AtomicUsize::new(0));
+    let mut svc = layer.layer(Counting(called.clone()));
+    svc.ready().await.unwrap();
+    let fut = svc.call(4);
+    assert_eq!(called.load(Ordering::SeqCst), 1, "called before polling");
+    fut.await.unwrap();
+}

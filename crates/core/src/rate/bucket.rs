@@ -174,16 +174,32 @@ mod tests {
         assert!(b.try_take(SEC / 10, 1).is_ok());
     }
 
+    /// Tokens admitted one at a time, every millisecond, over `secs`.
+    ///
+    /// No step takes more than the burst and one more, so a bucket that
+    /// admits everything fails the count instead of spinning forever.
     fn admitted_over(b: &TokenBucket, secs: u64) -> u64 {
         let mut admitted = 0u64;
         let mut now = 0;
         while now <= secs * SEC {
-            while b.try_take(now, 1).is_ok() {
-                admitted += 1;
+            let mut step = 0;
+            while step <= b.burst() && b.try_take(now, 1).is_ok() {
+                step += 1;
             }
+            admitted += u64::from(step);
             now += SEC / 1000;
         }
         admitted
+    }
+
+    #[test]
+    fn refill_too_long_to_count_is_refused_in_years() {
+        // One token a century, a burst of four: four centuries to refill.
+        let century = Duration::from_secs(36_525 * 86_400);
+        let err = check_refill(1, century, 4).unwrap_err();
+        assert!(err.contains("takes 400 years to refill"), "{err}");
+        assert!(err.contains("more than the 292 years"), "{err}");
+        assert!(err.contains("burst 4 at 1 per"), "{err}");
     }
 
     #[test]
