@@ -554,6 +554,64 @@ mod tests {
         assert_eq!((s.in_use(), s.available()), (1, 0));
     }
 
+    /// "No limit" admits without bound in practice: the state word's cap,
+    /// not a handful. Found surviving in a mutation pass (`to_state`
+    /// falling back to `i64::MAX % 4`, three permits, for a `usize` past
+    /// `i64`).
+    #[test]
+    fn a_limit_beyond_the_state_word_admits_as_many_as_it_holds() {
+        let s = Semaphore::new(usize::MAX);
+        let cap = usize::try_from(i64::MAX / 4).unwrap();
+        assert_eq!(s.available(), cap);
+        for _ in 0..100 {
+            assert!(s.try_acquire());
+        }
+        assert_eq!((s.in_use(), s.available()), (100, cap - 100));
+    }
+
+    /// A grow by several permits with one waiter queued grants it one and
+    /// leaves the rest free. Found surviving in a mutation pass
+    /// (`grant_locked` halving the state word instead of taking one
+    /// permit, which lost a permit whenever more than one was free).
+    #[test]
+    fn a_grow_by_several_grants_one_waiter_and_frees_the_rest() {
+        let s = Semaphore::new(1);
+        assert!(s.try_acquire());
+        let mut a = None;
+        assert!(s.poll_acquire(&mut cx(), &mut a).is_pending());
+        s.set_limit(4);
+        assert!(s.poll_acquire(&mut cx(), &mut a).is_ready());
+        assert_eq!((s.in_use(), s.available(), s.waiting()), (2, 2, 0));
+        assert_eq!(s.state.load(Ordering::Relaxed) & WAITERS, 0, "flag");
+    }
+
+    /// A queued caller polled again with another waker (its future moved to
+    /// another task) is woken through the new one. Found surviving in a
+    /// mutation pass (the waker swapped only when it would wake the same
+    /// task, so the moved future hung).
+    #[test]
+    fn a_waiter_polled_with_a_new_waker_is_woken_through_it() {
+        use std::task::Wake;
+        #[derive(Default)]
+        struct Flag(AtomicBool);
+        impl Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let s = Semaphore::new(1);
+        assert!(s.try_acquire());
+        let mut a = None;
+        assert!(s.poll_acquire(&mut cx(), &mut a).is_pending());
+        let flag = Arc::new(Flag::default());
+        let waker = Waker::from(flag.clone());
+        let mut moved = Context::from_waker(&waker);
+        assert!(s.poll_acquire(&mut moved, &mut a).is_pending());
+        s.release();
+        assert!(flag.0.load(Ordering::SeqCst), "the new task is woken");
+        assert!(s.poll_acquire(&mut moved, &mut a).is_ready());
+    }
+
     #[test]
     fn grow_wakes_waiters() {
         let s = Semaphore::new(0);

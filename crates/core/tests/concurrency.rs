@@ -345,3 +345,15 @@ proptest! {
         prop_assert_eq!(handle.available(), limit);
     }
 }
+
+/// The handle reads what the layer was built with, from the layer and from
+/// a service it made. Found surviving in a mutation pass
+/// (`Semaphore::limit` answering 1).
+#[test]
+fn the_handle_reads_the_configured_limit() {
+    let layer = ConcurrencyLimitLayer::new(7).unwrap();
+    let svc = tower::Layer::layer(&layer, service_fn(|()| async { Ok::<_, BoxError>(()) }));
+    assert_eq!(layer.handle().limit(), 7);
+    assert_eq!(svc.handle().limit(), 7);
+    assert_eq!(svc.handle().available(), 7);
+}
