@@ -7,7 +7,7 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::Meter;
+use support::{Meter, at_once};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_test::{assert_pending, assert_ready};
@@ -272,7 +272,9 @@ async fn map_evicts_idle_keys_only() {
 
     let mut busy = tokio_test::task::spawn(svc.clone().oneshot(get("busy.test")));
     assert_pending!(busy.poll());
-    svc.clone().oneshot(get("idle1.test")).await.unwrap();
+    at_once("another key", svc.clone().oneshot(get("idle1.test")))
+        .await
+        .unwrap();
     assert_eq!(handle.keys(), 2);
     // A new key pushes out the idle one, never the busy one.
     svc.clone().oneshot(get("idle2.test")).await.unwrap();
@@ -441,7 +443,9 @@ async fn a_call_waiting_on_its_key_reserves_nothing_downstream() {
         "a2 waits on its key, holding no global permit"
     );
     // b1 gets the second global permit although a2 is waiting.
-    svc.clone().oneshot(get("b.test")).await.unwrap();
+    at_once("another key", svc.clone().oneshot(get("b.test")))
+        .await
+        .unwrap();
     tx.send(()).unwrap();
     assert_ready!(a1.poll()).unwrap();
     assert!(a2.is_woken());
@@ -561,4 +565,126 @@ async fn handle_reads_a_key_by_str() {
     assert_eq!(handle.waiting("other.example.com"), 0);
     // The owned form still works.
     assert_eq!(handle.tokens(&"other.example.com".to_owned()), Some(0));
+}
+
+/// The error for a full map names its bound and what to change. Found
+/// surviving in a mutation pass (`max_keys` answering 1, an empty message).
+#[test]
+fn too_many_keys_names_its_bound() {
+    let err = TooManyKeys::new(5);
+    assert_eq!(err.max_keys(), 5);
+    let message = err.to_string();
+    assert!(message.contains("all 5 keys are busy"), "{message}");
+    assert!(message.contains("raise max_keys"), "{message}");
+}
+
+/// A key limit reads back the concurrency it was given. Found surviving in
+/// a mutation pass (`KeyLimit::max_in_flight` answering None, 0 or 1).
+#[test]
+fn a_key_limit_reads_back_its_concurrency() {
+    assert_eq!(KeyLimit::new().max_in_flight(), None);
+    assert_eq!(KeyLimit::new().concurrency(3).max_in_flight(), Some(3));
+    assert_eq!(one_a_second(2).max_in_flight(), Some(2));
+}
+
+/// A zero rate or a zero period is refused for what it is, even with a
+/// burst that would make the bucket look valid. Found surviving in a
+/// mutation pass (the check needing both zero: a zero rate with a burst,
+/// or a zero period, was built into a bucket refilling every nanosecond).
+#[test]
+fn a_zero_rate_or_period_is_refused_with_a_reason() {
+    for limit in [
+        KeyLimit::new().rate(0, Duration::from_secs(1)).burst(5),
+        KeyLimit::new().rate(5, Duration::ZERO),
+        KeyLimit::new().rate(0, Duration::ZERO),
+    ] {
+        let err = KeyedLimitLayer::builder(limit).build().unwrap_err();
+        assert!(
+            err.to_string().contains("rate and period must be non-zero"),
+            "{limit:?}: {err}"
+        );
+    }
+}
+
+/// A key already in the form the map keeps (lower case, no default port,
+/// no trailing dot) is borrowed from the request, port and all: looking it
+/// up copies nothing. Other schemes have no default port to drop. Found
+/// surviving in a mutation pass (a key with a port always built; `:80`
+/// dropped for any scheme but https).
+#[test]
+fn the_default_key_is_borrowed_when_written_as_kept() {
+    use std::borrow::Cow;
+    use tower_fanout_core::keyed::{AuthorityKey, KeyFn};
+    for (uri, key, borrowed) in [
+        ("http://api.example.com/a", "api.example.com", true),
+        (
+            "http://api.example.com:8080/a",
+            "api.example.com:8080",
+            true,
+        ),
+        (
+            "http://u@api.example.com:8080/a",
+            "api.example.com:8080",
+            true,
+        ),
+        (
+            "http://api.example.com.:8080/a",
+            "api.example.com:8080",
+            false,
+        ),
+        (
+            "http://API.example.com:8080/a",
+            "api.example.com:8080",
+            false,
+        ),
+        ("ftp://api.example.com:80/a", "api.example.com:80", true),
+        ("ws://api.example.com:443/a", "api.example.com:443", true),
+    ] {
+        let req = http::Request::get(uri).body(()).unwrap();
+        let got = AuthorityKey.key(&req);
+        assert_eq!(got, key, "{uri}");
+        assert_eq!(matches!(got, Cow::Borrowed(_)), borrowed, "{uri}");
+    }
+}
+
+/// `is_admitted` tells the key's gate from the inner service: false while
+/// the call waits for its key's permit or token, true once both are in and
+/// only the inner service keeps it waiting. Found surviving in a mutation
+/// pass (`is_admitted` always true; admitted as soon as either the permit
+/// or the token was in; never admitted before the call).
+#[tokio::test(start_paused = true)]
+async fn is_admitted_reads_the_keys_gate_not_the_inner_service() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    fn poll<F: Future>(f: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+        f.poll(&mut Context::from_waker(Waker::noop()))
+    }
+    let layer = KeyedLimitLayer::builder(one_a_second(1)).build().unwrap();
+    let (mock, mut inner) = tower_test::mock::pair::<Req, ()>();
+    let mut svc = ServiceBuilder::new().layer(layer).service(mock);
+    inner.allow(1);
+    // The first call takes the key's permit and token, and is answered later.
+    let mut first = std::pin::pin!(svc.ready().await.unwrap().call(get("a.test")));
+    assert!(poll(first.as_mut()).is_pending());
+    assert!(first.is_admitted());
+    let mut second = std::pin::pin!(svc.ready().await.unwrap().call(get("a.test")));
+    assert!(poll(second.as_mut()).is_pending());
+    assert!(!second.is_admitted(), "waiting for the key's permit");
+    let (_, answer) = inner.next_request().await.unwrap();
+    answer.send_response(());
+    assert!(poll(first.as_mut()).is_ready());
+    assert!(poll(second.as_mut()).is_pending());
+    assert!(!second.is_admitted(), "permit in, waiting for the token");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    // Permit and token in; the inner service has no room yet.
+    assert!(poll(second.as_mut()).is_pending());
+    assert!(
+        second.is_admitted(),
+        "past the gate, waiting on the inner service"
+    );
+    inner.allow(1);
+    assert!(poll(second.as_mut()).is_pending());
+    let (_, answer) = inner.next_request().await.unwrap();
+    answer.send_response(());
+    assert!(matches!(poll(second.as_mut()), Poll::Ready(Ok(()))));
 }

@@ -67,6 +67,16 @@ pub fn poll_once<F: Future + ?Sized>(future: Pin<&mut F>) -> Poll<F::Output> {
     future.poll(&mut cx)
 }
 
+/// Awaits `future` for at most a minute of the paused clock: a call that
+/// should go through at once but waits on a regression fails the test at
+/// once (the clock jumps when nothing else can run) instead of hanging it.
+pub async fn at_once<F: Future>(what: &str, future: F) -> F::Output {
+    match tokio::time::timeout(std::time::Duration::from_secs(60), future).await {
+        Ok(output) => output,
+        Err(_) => panic!("{what}: still waiting after a minute"),
+    }
+}
+
 /// The seed for randomised tests: `TEST_SEED` if set, else a fixed one.
 pub fn seed() -> u64 {
     std::env::var("TEST_SEED")
