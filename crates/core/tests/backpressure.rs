@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use support::InFlight;
+use support::{InFlight, at_once};
 use tokio::sync::Semaphore;
 use tower::{Service, ServiceExt, service_fn};
 use tower_fanout_core::backpressure::BackpressureLayer;
@@ -164,7 +164,7 @@ async fn fail_fast_sheds_with_queue_full() {
     assert!(err.to_string().contains("raise the queue bound"), "{err}");
     inner.gate.add_permits(3);
     for c in calls {
-        c.await.unwrap().unwrap();
+        at_once("a queued call", c).await.unwrap().unwrap();
     }
     assert!(!inner.started().contains(&9));
 }
@@ -193,7 +193,7 @@ async fn failing_or_panicking_inner_service_does_not_stall_others() {
         calls.push(tokio::spawn(svc.clone().oneshot(i)));
     }
     for (i, call) in calls.into_iter().enumerate() {
-        let result = call.await.unwrap();
+        let result = at_once("a call", call).await.unwrap();
         match i {
             1 => assert_eq!(result.unwrap_err().to_string(), "boom"),
             2 | 3 => assert!(result.unwrap_err().is::<ServicePanicked>()),
@@ -227,7 +227,7 @@ async fn poll_ready_error_does_not_close_the_queue() {
     let svc = tower::ServiceBuilder::new()
         .layer(BackpressureLayer::new(1).unwrap())
         .service(FailsOnce(Arc::new(AtomicBool::new(true))));
-    let err = svc.clone().oneshot(1).await.unwrap_err();
+    let err = at_once("a call", svc.clone().oneshot(1)).await.unwrap_err();
     assert_eq!(err.to_string(), "not ready");
     assert_eq!(svc.clone().oneshot(2).await.unwrap(), 2);
 }
@@ -248,7 +248,8 @@ async fn workers_stop_after_the_last_clone_is_dropped() {
         .layer(BackpressureLayer::new(3).unwrap())
         .service(inner);
     // oneshot drops the service right after the call: the request must still be served.
-    assert_eq!(svc.clone().oneshot(7).await.unwrap(), 7);
+    let answer = at_once("a call", svc.clone().oneshot(7)).await;
+    assert_eq!(answer.unwrap(), 7);
     assert!(Arc::strong_count(&marker) > 1);
     let last = svc.oneshot(8);
     assert_eq!(last.await.unwrap(), 8);
@@ -408,7 +409,8 @@ async fn a_huge_queue_bound_is_not_allocated_up_front() {
             |n: u32| async move { Ok::<_, std::io::Error>(n) },
         ));
     assert_eq!(svc.handle().queue_capacity(), usize::MAX);
-    assert_eq!(svc.clone().oneshot(5).await.unwrap(), 5);
+    let answer = at_once("a call", svc.clone().oneshot(5)).await;
+    assert_eq!(answer.unwrap(), 5);
     assert_eq!(svc.handle().slots_in_use(), 0);
 }
 

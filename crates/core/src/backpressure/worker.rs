@@ -501,3 +501,42 @@ mod loom_tests {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::semaphore::Permit;
+    use tokio::sync::oneshot;
+
+    fn message(queue: &Queue<u32, ()>, request: u32) -> Message<u32, ()> {
+        assert!(queue.slots.try_acquire());
+        Message {
+            request,
+            reply: oneshot::channel().0,
+            span: tracing::Span::none(),
+            _slot: Permit::taken(queue.slots.clone()),
+        }
+    }
+
+    /// A worker that finds work without being woken for it (polled while
+    /// another was woken for the request) leaves the idle list, so a later
+    /// request wakes a worker that waits rather than this busy one. Found
+    /// surviving in a mutation pass (`unregister` doing nothing).
+    #[test]
+    fn a_worker_that_finds_work_unwoken_leaves_the_idle_list() {
+        let queue = Queue::<u32, ()>::new(2, 4);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(queue.poll_next(0, &mut cx).is_pending());
+        assert!(queue.poll_next(1, &mut cx).is_pending());
+        // Wakes worker 1, the latest to wait ...
+        assert!(queue.push(message(&queue, 7)).is_ok());
+        // ... but worker 0 is polled first and takes the request.
+        match queue.poll_next(0, &mut cx) {
+            Poll::Ready(Some(message)) => assert_eq!(message.request, 7),
+            other => panic!("expected the request, got {:?}", other.map(|m| m.is_some())),
+        }
+        let state = queue.lock();
+        assert!(state.idle.is_empty(), "idle: {:?}", state.idle);
+        assert!(state.wakers.iter().all(Option::is_none));
+    }
+}
