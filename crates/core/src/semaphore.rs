@@ -388,6 +388,16 @@ mod tests {
         Context::from_waker(Waker::noop())
     }
 
+    /// A waker that records that it was woken.
+    #[derive(Default)]
+    struct Flag(AtomicBool);
+
+    impl std::task::Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
     #[test]
     fn fast_path_acquire_and_release() {
         let s = Semaphore::new(2);
@@ -473,14 +483,6 @@ mod tests {
 
     #[test]
     fn try_acquire_while_queued_keeps_the_waiters_waker() {
-        use std::task::Wake;
-        #[derive(Default)]
-        struct Flag(AtomicBool);
-        impl Wake for Flag {
-            fn wake(self: Arc<Self>) {
-                self.0.store(true, Ordering::SeqCst);
-            }
-        }
         let s = Arc::new(Semaphore::new(1));
         assert!(s.try_acquire());
         let mut a = Acquire::new(s.clone());
@@ -591,14 +593,6 @@ mod tests {
     /// task, so the moved future hung).
     #[test]
     fn a_waiter_polled_with_a_new_waker_is_woken_through_it() {
-        use std::task::Wake;
-        #[derive(Default)]
-        struct Flag(AtomicBool);
-        impl Wake for Flag {
-            fn wake(self: Arc<Self>) {
-                self.0.store(true, Ordering::SeqCst);
-            }
-        }
         let s = Semaphore::new(1);
         assert!(s.try_acquire());
         let mut a = None;
