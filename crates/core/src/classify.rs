@@ -287,4 +287,26 @@ mod tests {
             .unwrap();
         assert_eq!(HttpClassify.retry_after(&bad), None);
     }
+
+    /// A negative or endless wait is malformed: ignored, never a panic (a
+    /// negative one reached `Duration::from_secs_f64`) nor a day's wait.
+    /// Found surviving in a mutation pass (`is_finite() || >= 0.0`).
+    #[test]
+    fn retry_after_that_is_negative_or_endless_is_ignored() {
+        for value in ["-5", "-0.5", "inf", "infinity", "NaN", "-inf"] {
+            let r = http::Response::builder()
+                .status(429)
+                .header("retry-after", value)
+                .body(())
+                .unwrap();
+            assert_eq!(HttpClassify.retry_after(&r), None, "{value}");
+        }
+        let huge = http::Response::builder()
+            .status(429)
+            .header("retry-after", "1e12")
+            .body(())
+            .unwrap();
+        let day = Some(Duration::from_secs(86_400));
+        assert_eq!(HttpClassify.retry_after(&huge), day, "capped at a day");
+    }
 }
