@@ -370,4 +370,34 @@ mod tests {
             assert_eq!(model.changes[0].rate, Some(per_second));
         }
     }
+
+    /// The top quantile is the slowest draw, not one past the end. Found
+    /// surviving in a mutation pass (the index capped at `len + 1` or
+    /// `len`: `unloaded_quantile(1.0)` panicked).
+    #[test]
+    fn the_top_quantile_is_the_slowest_draw() {
+        let model = Model::new().latency(
+            Duration::from_millis(10),
+            Jitter::Exponential {
+                mean: Duration::from_millis(5),
+            },
+        );
+        let top = model.unloaded_quantile(1.0);
+        assert!(top > model.unloaded_quantile(0.99), "{top:?}");
+        assert!(model.unloaded_quantile(0.0) >= Duration::from_millis(10));
+    }
+
+    /// A factor that is negative or NaN scales to zero, never to the
+    /// saturated maximum. Found surviving in a mutation pass (the guard's
+    /// `||` as `&&`).
+    #[test]
+    fn a_negative_or_nan_factor_scales_to_zero() {
+        let second = Duration::from_secs(1);
+        for factor in [f64::NAN, -1.0, -0.0, 0.0, f64::NEG_INFINITY] {
+            assert_eq!(scale(second, factor), Duration::ZERO, "{factor}");
+        }
+        assert_eq!(scale(Duration::ZERO, f64::INFINITY), Duration::ZERO);
+        assert_eq!(scale(second, f64::INFINITY), Duration::MAX);
+        assert_eq!(scale(second, 2.5), Duration::from_millis(2500));
+    }
 }
