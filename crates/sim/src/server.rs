@@ -26,6 +26,7 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(10);
 #[derive(Debug)]
 pub struct ServerHandle {
     addr: SocketAddr,
+    /// Sent, or dropped with the handle: either way the server stops.
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -43,14 +44,6 @@ impl ServerHandle {
         }
         if let Some(task) = self.task.take() {
             let _ = task.await;
-        }
-    }
-}
-
-impl Drop for ServerHandle {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
         }
     }
 }
@@ -106,6 +99,7 @@ impl Sim {
             let mut paused = false;
             loop {
                 tokio::select! {
+                    // A stop, or the handle dropped (its sender closed).
                     _ = &mut stop_rx => break,
                     () = &mut pause, if paused => paused = false,
                     accepted = listener.accept(), if !paused => {

@@ -95,3 +95,35 @@ async fn a_refused_connection_is_classified_as_overload() {
     assert!(err.is_connect(), "{err:?}");
     assert_eq!(HttpClassify::error(&err), Outcome::Overload);
 }
+
+/// `shutdown` has stopped the server when it returns: the port refuses a
+/// new connection at once. Dropping the handle stops it too, at the server
+/// task's next turn. On one thread, so the server task runs only when this
+/// test awaits. Found surviving in a mutation pass (`shutdown` not waiting
+/// for the task; the handle's `Drop` sending a stop was equivalent to the
+/// sender closing, and went).
+#[tokio::test(flavor = "current_thread")]
+async fn shutdown_and_drop_stop_the_server() {
+    use tokio::net::TcpStream;
+    let sim = Sim::new(Model::new(), 1);
+    let server = sim.serve().await.unwrap();
+    let addr = server.addr();
+    drop(TcpStream::connect(addr).await.unwrap());
+    server.shutdown().await;
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "{addr} still accepts after shutdown returned"
+    );
+
+    let server = sim.serve().await.unwrap();
+    let addr = server.addr();
+    drop(server);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{addr} still accepts 5 s after its handle was dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
