@@ -256,8 +256,7 @@ impl Model {
         let mut rng = crate::rng::Rng::new(0x5EED);
         let mut draws: Vec<Duration> = (0..20_000).map(|_| self.latency.sample(&mut rng)).collect();
         draws.sort_unstable();
-        let i = ((draws.len() as f64 * q) as usize).min(draws.len() - 1);
-        draws[i]
+        crate::stats::quantile(&draws, q)
     }
 
     /// The mean unloaded latency, computed from the distribution.

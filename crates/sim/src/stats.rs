@@ -139,13 +139,7 @@ impl Recorder {
         let secs = elapsed.as_secs_f64().max(1e-9);
         let mut sorted = self.latencies.clone();
         sorted.sort_unstable();
-        let q = |q: f64| {
-            if sorted.is_empty() {
-                return Duration::ZERO;
-            }
-            let i = ((sorted.len() as f64 * q) as usize).min(sorted.len() - 1);
-            sorted[i]
-        };
+        let q = |q: f64| quantile(&sorted, q);
         Stats {
             elapsed,
             arrivals: self.arrivals,
@@ -165,4 +159,12 @@ impl Recorder {
             max: sorted.last().copied().unwrap_or_default(),
         }
     }
+}
+
+/// The quantile `q` (0..=1) of sorted latencies; zero when there are none.
+pub(crate) fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    let Some(last) = sorted.len().checked_sub(1) else {
+        return Duration::ZERO;
+    };
+    sorted[((sorted.len() as f64 * q) as usize).min(last)]
 }
