@@ -388,6 +388,15 @@ mod tests {
         Context::from_waker(Waker::noop())
     }
 
+    /// A semaphore of one permit, held, and the ticket of a caller queued for it.
+    fn one_held_one_queued() -> (Semaphore, Option<sync::Arc<AtomicBool>>) {
+        let s = Semaphore::new(1);
+        assert!(s.try_acquire());
+        let mut ticket = None;
+        assert!(s.poll_acquire(&mut cx(), &mut ticket).is_pending());
+        (s, ticket)
+    }
+
     /// A waker that records that it was woken.
     #[derive(Default)]
     struct Flag(AtomicBool);
@@ -577,10 +586,7 @@ mod tests {
     /// permit, which lost a permit whenever more than one was free).
     #[test]
     fn a_grow_by_several_grants_one_waiter_and_frees_the_rest() {
-        let s = Semaphore::new(1);
-        assert!(s.try_acquire());
-        let mut a = None;
-        assert!(s.poll_acquire(&mut cx(), &mut a).is_pending());
+        let (s, mut a) = one_held_one_queued();
         s.set_limit(4);
         assert!(s.poll_acquire(&mut cx(), &mut a).is_ready());
         assert_eq!((s.in_use(), s.available(), s.waiting()), (2, 2, 0));
@@ -593,10 +599,7 @@ mod tests {
     /// task, so the moved future hung).
     #[test]
     fn a_waiter_polled_with_a_new_waker_is_woken_through_it() {
-        let s = Semaphore::new(1);
-        assert!(s.try_acquire());
-        let mut a = None;
-        assert!(s.poll_acquire(&mut cx(), &mut a).is_pending());
+        let (s, mut a) = one_held_one_queued();
         let flag = Arc::new(Flag::default());
         let waker = Waker::from(flag.clone());
         let mut moved = Context::from_waker(&waker);
