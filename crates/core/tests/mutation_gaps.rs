@@ -21,6 +21,20 @@ use tokio::time::Instant;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_fanout_core::BoxError;
 
+/// A waiting rate limit of one token every `period`, holding `burst`, where
+/// a request (a number) costs its value in tokens.
+#[cfg(feature = "rate")]
+fn one_token_every(
+    period: Duration,
+    burst: u32,
+) -> tower_fanout_core::rate::RateLimitLayer<impl Fn(&u32) -> u32 + Clone> {
+    tower_fanout_core::rate::RateLimitLayer::builder(1, period)
+        .burst(burst)
+        .cost(|c: &u32| *c)
+        .build()
+        .unwrap()
+}
+
 /// A waiting rate limiter books one token in `poll_ready`; a request that
 /// turns out to cost 0 must give it back. Killed mutant: `settle_cost`
 /// skipping `give_back(first, 1)` for a cost of 0 (rate/service.rs), which
@@ -28,12 +42,7 @@ use tower_fanout_core::BoxError;
 #[cfg(feature = "rate")]
 #[tokio::test(start_paused = true)]
 async fn rate_a_zero_cost_call_takes_no_token() {
-    use tower_fanout_core::rate::RateLimitLayer;
-    let layer = RateLimitLayer::builder(1, Duration::from_secs(10))
-        .burst(1)
-        .cost(|c: &u32| *c)
-        .build()
-        .unwrap();
+    let layer = one_token_every(Duration::from_secs(10), 1);
     let handle = layer.handle();
     let svc = ServiceBuilder::new()
         .layer(layer)
@@ -312,12 +321,7 @@ fn rate_the_handle_reads_the_configured_burst() {
 #[cfg(feature = "rate")]
 #[tokio::test(start_paused = true)]
 async fn rate_leaving_a_deferred_call_gives_back_only_its_own_tokens() {
-    use tower_fanout_core::rate::RateLimitLayer;
-    let layer = RateLimitLayer::builder(1, Duration::from_secs(1))
-        .burst(3)
-        .cost(|c: &u32| *c)
-        .build()
-        .unwrap();
+    let layer = one_token_every(Duration::from_secs(1), 3);
     let handle = layer.handle();
     let called = Arc::new(AtomicUsize::new(0));
     let seen = called.clone();
@@ -355,7 +359,6 @@ async fn rate_leaving_a_deferred_call_gives_back_only_its_own_tokens() {
 #[cfg(feature = "rate")]
 #[tokio::test(start_paused = true)]
 async fn rate_a_costly_call_with_its_tokens_there_is_made_at_once() {
-    use tower_fanout_core::rate::RateLimitLayer;
     #[derive(Clone)]
     struct Counting(Arc<AtomicUsize>);
     impl Service<u32> for Counting {
@@ -370,11 +373,7 @@ async fn rate_a_costly_call_with_its_tokens_there_is_made_at_once() {
             std::future::ready(Ok(()))
         }
     }
-    let layer = RateLimitLayer::builder(1, Duration::from_secs(1))
-        .burst(4)
-        .cost(|c: &u32| *c)
-        .build()
-        .unwrap();
+    let layer = one_token_every(Duration::from_secs(1), 4);
     let called = Arc::new(AtomicUsize::new(0));
     let mut svc = layer.layer(Counting(called.clone()));
     svc.ready().await.unwrap();
