@@ -416,7 +416,6 @@ where
 mod loom_tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::semaphore::Permit;
     use crate::sync::model;
     use loom::thread;
 
@@ -424,14 +423,7 @@ mod loom_tests {
 
     /// Queues `n` with a slot, as the service does; `false` if refused.
     fn push(queue: &TestQueue, n: u32) -> bool {
-        assert!(queue.slots.try_acquire());
-        let message = Message {
-            request: n,
-            reply: tokio::sync::oneshot::channel().0,
-            span: tracing::Span::none(),
-            _slot: Permit::taken(queue.slots.clone()),
-        };
-        queue.push(message).is_ok()
+        queue.push(super::tests::message(queue, n)).is_ok()
     }
 
     /// A worker: takes requests until the queue is closed and empty.
@@ -508,7 +500,9 @@ mod tests {
     use crate::semaphore::Permit;
     use tokio::sync::oneshot;
 
-    fn message(queue: &Queue<u32, ()>, request: u32) -> Message<u32, ()> {
+    /// `request` queued with a slot, as the service queues it (its caller
+    /// already gone: nobody reads the reply).
+    pub(super) fn message(queue: &Queue<u32, ()>, request: u32) -> Message<u32, ()> {
         assert!(queue.slots.try_acquire());
         Message {
             request,
