@@ -654,11 +654,8 @@ fn the_default_key_is_borrowed_when_written_as_kept() {
 /// or the token was in; never admitted before the call).
 #[tokio::test(start_paused = true)]
 async fn is_admitted_reads_the_keys_gate_not_the_inner_service() {
-    use std::future::Future;
-    use std::task::{Context, Poll, Waker};
-    fn poll<F: Future>(f: std::pin::Pin<&mut F>) -> Poll<F::Output> {
-        f.poll(&mut Context::from_waker(Waker::noop()))
-    }
+    use std::task::Poll;
+    use support::poll_once as poll;
     let layer = KeyedLimitLayer::builder(one_a_second(1)).build().unwrap();
     let (mock, mut inner) = tower_test::mock::pair::<Req, ()>();
     let mut svc = ServiceBuilder::new().layer(layer).service(mock);
