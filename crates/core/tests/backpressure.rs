@@ -445,9 +445,7 @@ async fn cancelled_while_the_inner_service_is_not_ready_leaves_no_reservation() 
     assert_eq!(first.await.unwrap().unwrap(), 1);
     settle().await;
     let third = svc.ready().await.unwrap().call(3);
-    let third = tokio::time::timeout(std::time::Duration::from_secs(60), third)
-        .await
-        .expect("the third request gets the permit nobody uses");
+    let third = at_once("the third request, for the permit nobody uses", third).await;
     assert_eq!(third.unwrap(), 3);
     assert_eq!(inner.started(), vec![1, 3], "2 was never executed");
     settle().await;
