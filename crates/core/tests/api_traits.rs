@@ -20,6 +20,9 @@
 ))]
 #![allow(clippy::unwrap_used)]
 
+mod support;
+use support::at_once;
+
 use std::cell::Cell;
 use std::convert::Infallible;
 use std::fmt::Debug;
@@ -259,7 +262,10 @@ async fn every_stack_spawns_and_boxes_over_an_unsync_request() {
         BoxCloneSyncService::new(stack),
     ];
     for svc in boxed {
-        let response = tokio::spawn(svc.oneshot(request())).await.unwrap().unwrap();
+        let response = at_once("a boxed stack", tokio::spawn(svc.oneshot(request())))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(response.status(), 200);
     }
 }

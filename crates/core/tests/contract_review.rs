@@ -13,7 +13,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod support;
-use support::aimd;
+use support::{aimd, at_once};
 
 use std::time::Duration;
 
@@ -168,7 +168,10 @@ async fn every_layer_boxes_as_a_clone_sync_service() {
     ];
     for svc in boxed {
         let req = http::Request::get("http://example.com/").body(()).unwrap();
-        assert_eq!(svc.oneshot(req).await.unwrap(), 200);
+        assert_eq!(
+            at_once("a boxed layer", svc.oneshot(req)).await.unwrap(),
+            200
+        );
     }
 }
 

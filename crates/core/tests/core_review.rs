@@ -3,6 +3,8 @@
 //! tokio's paused clock.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::time::Duration;
 
 /// A bucket whose refill does not fit the nanosecond clock (a period of
@@ -403,15 +405,23 @@ fn closed_says_the_workers_runtime_is_gone_and_what_to_do() {
         .service(service_fn(
             |n: u32| async move { Ok::<_, std::io::Error>(n) },
         ));
-    let first = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    assert_eq!(first.block_on(svc.clone().oneshot(1)).unwrap(), 1);
+    // Paused clocks, so a call that waits instead of answering fails the
+    // test through `at_once` rather than hanging it.
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    };
+    let first = runtime();
+    let answer = first.block_on(support::at_once("the first call", svc.clone().oneshot(1)));
+    assert_eq!(answer.unwrap(), 1);
     drop(first);
-    let second = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    let err = second.block_on(svc.clone().oneshot(2)).unwrap_err();
+    let second = runtime();
+    let err = second
+        .block_on(support::at_once("the call after", svc.clone().oneshot(2)))
+        .unwrap_err();
     assert!(err.is::<Closed>(), "{err}");
     let msg = err.to_string();
     assert!(

@@ -10,6 +10,9 @@
 ))]
 #![allow(clippy::unwrap_used)]
 
+mod support;
+use support::at_once;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -164,13 +167,20 @@ async fn backpressure_a_panic_in_poll_ready_fails_only_that_request() {
         .service(PanicsInPollReady {
             polls: polls.clone(),
         });
-    let err = svc.clone().oneshot(1).await.unwrap_err();
+    let err = at_once("the request that panics", svc.clone().oneshot(1))
+        .await
+        .unwrap_err();
     assert!(
         err.is::<ServicePanicked>(),
         "expected ServicePanicked, got {err}"
     );
     for n in 2..5 {
-        assert_eq!(svc.clone().oneshot(n).await.unwrap(), n);
+        assert_eq!(
+            at_once("a request after it", svc.clone().oneshot(n))
+                .await
+                .unwrap(),
+            n
+        );
     }
 }
 
@@ -213,10 +223,14 @@ async fn backpressure_a_failed_request_leaves_the_worker_a_fresh_service() {
     let svc = ServiceBuilder::new()
         .layer(BackpressureLayer::new(1).unwrap())
         .service(BreaksOnError::default());
-    let err = svc.clone().oneshot(true).await.unwrap_err();
+    let err = at_once("the failing request", svc.clone().oneshot(true))
+        .await
+        .unwrap_err();
     assert_eq!(err.to_string(), "asked to fail");
     for _ in 0..3 {
-        svc.clone().oneshot(false).await.unwrap();
+        at_once("a request after it", svc.clone().oneshot(false))
+            .await
+            .unwrap();
     }
 }
 
