@@ -392,7 +392,14 @@ async fn run_async(s: &Scenario, ctl: Ctl, seed: u64) -> Figures {
                 for _ in 0..workers / s.clients {
                     let (svc, c) = (svc.clone(), counters.clone());
                     tasks.push(tokio::spawn(async move {
+                        // Calls answered in no time would spin this loop
+                        // forever: the paused clock only moves when every
+                        // task waits. Every call here takes time (latency,
+                        // a refusal's, or the sleep after it), so a long run
+                        // of them that do not is a broken downstream.
+                        let mut timeless = 0u32;
                         while Instant::now() < end {
+                            let before = Instant::now();
                             let result = svc.clone().oneshot(Request::new(())).await;
                             let (o, wait) = outcome(&result, rtt);
                             c.attempts.fetch_add(1, Ordering::Relaxed);
@@ -408,6 +415,16 @@ async fn run_async(s: &Scenario, ctl: Ctl, seed: u64) -> Figures {
                                 }
                                 _ => tokio::time::sleep(rtt).await,
                             }
+                            timeless = if Instant::now() == before {
+                                timeless + 1
+                            } else {
+                                0
+                            };
+                            assert!(
+                                timeless < 10_000,
+                                "{timeless} calls in a row took no time: the downstream answers \
+                                 without latency, and the paused clock can never reach the end"
+                            );
                         }
                     }));
                 }
@@ -475,6 +492,14 @@ async fn run_async(s: &Scenario, ctl: Ctl, seed: u64) -> Figures {
         .collect();
     for t in &tasks {
         t.abort();
+    }
+    // A worker that panicked fails the scenario (its figures are missing).
+    for t in tasks {
+        if let Err(e) = t.await
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
     }
     let samples = monitor.await.unwrap();
     if std::env::var_os("SIM_TRACE").is_some() {
