@@ -192,19 +192,17 @@ async fn fetch(path: Option<PathBuf>, limits: &Limits) -> anyhow::Result<ExitCod
     // whole), so it is bounded too: an endless or huge input is refused
     // once past the bound instead of filling memory.
     let bound = u64::from(limits.max_items) * INPUT_BYTES_PER_ITEM;
+    // No path, or `-`, is standard input.
+    let file = path.as_deref().filter(|p| p.as_os_str() != "-");
     let mut bytes = Vec::new();
-    let read = match &path {
-        Some(p) if p.as_os_str() != "-" => {
-            std::fs::File::open(p).and_then(|f| f.take(bound + 1).read_to_end(&mut bytes))
-        }
-        _ => std::io::stdin().take(bound + 1).read_to_end(&mut bytes),
+    let read = match file {
+        Some(p) => std::fs::File::open(p).and_then(|f| f.take(bound + 1).read_to_end(&mut bytes)),
+        None => std::io::stdin().take(bound + 1).read_to_end(&mut bytes),
     };
     if let Err(e) = read {
-        match &path {
-            Some(p) if p.as_os_str() != "-" => {
-                note!("fanout: cannot read the input {}: {e}", p.display());
-            }
-            _ => note!("fanout: cannot read the input: {e}"),
+        match file {
+            Some(p) => note!("fanout: cannot read the input {}: {e}", p.display()),
+            None => note!("fanout: cannot read the input: {e}"),
         }
         return Ok(ExitCode::from(2));
     }
