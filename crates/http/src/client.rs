@@ -122,7 +122,10 @@ impl ClientBuilder {
     /// body (default 30 s; `None`: no limit). Waits between retries are not
     /// counted: they are bounded by the retry settings. A streamed request
     /// body is read into memory before the first attempt, within a timeout
-    /// of its own of the same length.
+    /// of its own of the same length. For one deadline over the whole call,
+    /// retries and their waits included, put tower's `TimeoutLayer` around
+    /// the client (`ServiceBuilder::new().timeout(d).service(client)`):
+    /// dropping the call at the deadline gives back everything it held.
     #[must_use]
     pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
         self.timeout = timeout;
