@@ -607,7 +607,12 @@ pub(crate) fn makespan(s: &Scenario, ctl: Ctl, items: usize) -> Option<Duration>
                 let svc = svc.clone();
                 tokio::spawn(async move {
                     while Instant::now() < give_up {
-                        let result = svc.clone().oneshot(Request::new(())).await;
+                        // Bounded too: a call the downstream never answers
+                        // (and no client timeout ends) gives up with the rest.
+                        let call = svc.clone().oneshot(Request::new(()));
+                        let Ok(result) = tokio::time::timeout_at(give_up, call).await else {
+                            return false;
+                        };
                         match outcome(&result, rtt) {
                             (Outcome::Success, _) => return true,
                             (_, wait) => tokio::time::sleep(wait).await,
