@@ -83,6 +83,23 @@ async fn stated_rates_hold_exactly_over_ten_seconds() {
     }
 }
 
+/// A capacity change is in force from its very instant, not just after it:
+/// a queued call sleeps until that instant to be started, and a change not
+/// yet applied then would wake it again and again without the clock moving.
+#[tokio::test(start_paused = true)]
+async fn a_change_is_in_force_from_its_instant() {
+    let sim = Sim::new(
+        Model::new()
+            .concurrency(1)
+            .change_at(secs(1), Some(5), None),
+        1,
+    );
+    time::advance(ms(999)).await;
+    assert_eq!(sim.concurrency_now(), Some(1));
+    time::advance(ms(1)).await;
+    assert_eq!(sim.concurrency_now(), Some(5));
+}
+
 /// A rate that rises takes effect at its time. The bucket's debt was kept
 /// in intervals of the old rate, so after a burst of 10 at 1/s, a rise to
 /// 100/s at 1 s admitted nothing for another 8.9 s (`Retry-After: 9`)
