@@ -5,7 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -72,6 +72,7 @@ impl Service<Request<Full<Bytes>>> for SharedRaw {
 pub struct ClientBuilder {
     connect_timeout: Option<Duration>,
     timeout: Option<Duration>,
+    deadline: Option<Duration>,
     pool_idle_timeout: Option<Duration>,
     pool_max_idle_per_host: usize,
     http2_keep_alive_interval: Option<Duration>,
@@ -100,6 +101,7 @@ impl fmt::Debug for ClientBuilder {
         f.debug_struct("ClientBuilder")
             .field("connect_timeout", &self.connect_timeout)
             .field("timeout", &self.timeout)
+            .field("deadline", &self.deadline)
             .field("http2_keep_alive_interval", &self.http2_keep_alive_interval)
             .field("http2_keep_alive_timeout", &self.http2_keep_alive_timeout)
             .field("max_response_body", &self.max_response_body)
@@ -122,13 +124,28 @@ impl ClientBuilder {
     /// body (default 30 s; `None`: no limit). Waits between retries are not
     /// counted: they are bounded by the retry settings. A streamed request
     /// body is read into memory before the first attempt, within a timeout
-    /// of its own of the same length. For one deadline over the whole call,
-    /// retries and their waits included, put tower's `TimeoutLayer` around
-    /// the client (`ServiceBuilder::new().timeout(d).service(client)`):
-    /// dropping the call at the deadline gives back everything it held.
+    /// of its own of the same length. For one bound over the whole call,
+    /// retries and their waits included, see [`deadline`](Self::deadline).
     #[must_use]
     pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Time allowed for the whole call, from `call` to the last byte of the
+    /// response: reading the request body, waits at the host's limits and
+    /// learned budgets, every attempt and redirect, and the waits between
+    /// retries (default `None`: only each attempt's [`timeout`](Self::timeout)
+    /// and the retry settings bound it). Past it the call fails with a
+    /// timeout ([`Error::is_timeout`], [`TimedOut::is_deadline`]) and gives
+    /// back everything it held. A retry whose wait would end past the
+    /// deadline is not slept: a server's `Retry-After` fails the call at
+    /// once with [`RateLimited`](tower_fanout_core::error::RateLimited)
+    /// (as one past [`RetryBuilder::max_wait`](crate::retry::RetryBuilder::max_wait)
+    /// does), a backoff's outcome is returned as it is.
+    #[must_use]
+    pub fn deadline(mut self, deadline: Option<Duration>) -> Self {
+        self.deadline = deadline;
         self
     }
 
@@ -473,6 +490,7 @@ impl ClientBuilder {
                 stack,
                 max_request_body: self.max_request_body,
                 timeout: self.timeout,
+                deadline: self.deadline,
                 user_agent: self.user_agent.clone(),
                 guard,
                 retry,
@@ -753,6 +771,7 @@ struct Shared {
     max_request_body: usize,
     // Bounds reading a streamed request body too (the attempts have their own).
     timeout: Option<Duration>,
+    deadline: Option<Duration>,
     user_agent: Option<HeaderValue>,
     guard: Guard,
     retry: RetryLayer,
@@ -773,6 +792,7 @@ impl Client {
         ClientBuilder {
             connect_timeout: Some(Duration::from_secs(10)),
             timeout: Some(Duration::from_secs(30)),
+            deadline: None,
             pool_idle_timeout: Some(Duration::from_secs(90)),
             pool_max_idle_per_host: 32,
             // A request on a connection that has read nothing for 30 s pings
@@ -855,6 +875,11 @@ where
             }
             Ok(()) => None,
         };
+        // Read from the clock only when there is a deadline; its timer is
+        // made at the first poll, inside the runtime.
+        let deadline = shared
+            .deadline
+            .and_then(|d| Some((d, tokio::time::Instant::now().checked_add(d)?)));
         let mut start = None;
         let before = match refused {
             Some(error) => Before::Refused { error: Some(error) },
@@ -875,7 +900,7 @@ where
                     Before::Reading {
                         parts: Some(parts),
                         body: collect(body, Cap::Request(shared.max_request_body)),
-                        deadline: None,
+                        body_timer: None,
                     }
                 }
             }
@@ -887,11 +912,14 @@ where
         let mut future = Box::pin(ClientFuture {
             span,
             shared: shared.clone(),
+            deadline,
+            deadline_timer: None,
             before,
             retry: shared.retry.unstarted(shared.stack.clone()),
         });
         if let Some(req) = start {
-            future.as_mut().project().retry.start(req);
+            let at = deadline.map(|(_, at)| at);
+            future.as_mut().project().retry.start(req, at);
         }
         future
     }
@@ -903,6 +931,10 @@ pin_project! {
     struct ClientFuture<B> {
         span: tracing::Span,
         shared: Arc<Shared>,
+        // The whole call's deadline: its length and when it ends, and its
+        // timer once first polled (boxed: most calls have none).
+        deadline: Option<(Duration, tokio::time::Instant)>,
+        deadline_timer: Option<Pin<Box<tokio::time::Sleep>>>,
         #[pin]
         before: Before<B>,
         // Started once the request is whole.
@@ -923,7 +955,7 @@ pin_project! {
             // Set when the body first keeps the call waiting: a body already
             // in memory (a `Full`) reads no clock and sets no timer. Boxed,
             // so the response future does not grow for every request.
-            deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+            body_timer: Option<Pin<Box<tokio::time::Sleep>>>,
         },
         Started,
     }
@@ -939,57 +971,76 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let _entered = this.span.enter();
-        loop {
+        let polled = 'steps: loop {
             match this.before.as_mut().project() {
                 BeforeProj::Refused { error } => {
-                    return Poll::Ready(Err(error.take().unwrap_or_else(|| {
+                    break 'steps Poll::Ready(Err(error.take().unwrap_or_else(|| {
                         Error::from_box("response future polled after completion".into())
                     })));
                 }
                 BeforeProj::Reading {
                     parts,
                     body,
-                    deadline,
+                    body_timer,
                 } => {
                     let body = match body.poll(cx) {
                         Poll::Ready(Ok(body)) => body,
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::from_box(e))),
+                        Poll::Ready(Err(e)) => break 'steps Poll::Ready(Err(Error::from_box(e))),
                         Poll::Pending => {
                             // A body that never ends would hold the call
                             // for ever: no attempt, and so no attempt
                             // timeout, has started.
                             if let Some(after) = this.shared.timeout
-                                && deadline
+                                && body_timer
                                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(after)))
                                     .as_mut()
                                     .poll(cx)
                                     .is_ready()
                             {
-                                return Poll::Ready(Err(Error::from_box(
+                                break 'steps Poll::Ready(Err(Error::from_box(
                                     TimedOut::reading_request_body(after).into(),
                                 )));
                             }
-                            return Poll::Pending;
+                            break 'steps Poll::Pending;
                         }
                     };
                     let Some(parts) = parts.take() else {
-                        return Poll::Ready(Err(Error::from_box(
+                        break 'steps Poll::Ready(Err(Error::from_box(
                             "response future polled after completion".into(),
                         )));
                     };
                     let req = Request::from_parts(parts, Full::new(body));
-                    this.retry.as_mut().start(req);
+                    this.retry
+                        .as_mut()
+                        .start(req, this.deadline.map(|(_, at)| at));
                     this.before.set(Before::Started);
                 }
                 BeforeProj::Started => {
-                    let outcome = ready!(this.retry.as_mut().poll(cx)).map_err(Error::from_box);
+                    let Poll::Ready(outcome) = this.retry.as_mut().poll(cx) else {
+                        break 'steps Poll::Pending;
+                    };
+                    let outcome = outcome.map_err(Error::from_box);
                     if let Ok(resp) = &outcome {
                         this.span.record("status", resp.status().as_u16());
                     }
-                    return Poll::Ready(outcome);
+                    break 'steps Poll::Ready(outcome);
                 }
             }
+        };
+        // The whole call's deadline, checked after the call's own progress:
+        // an answer ready at the deadline is still given.
+        if polled.is_pending()
+            && let Some((after, at)) = *this.deadline
+            && this
+                .deadline_timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)))
+                .as_mut()
+                .poll(cx)
+                .is_ready()
+        {
+            return Poll::Ready(Err(Error::from_box(TimedOut::deadline(after).into())));
         }
+        polled
     }
 }
 

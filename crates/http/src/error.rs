@@ -68,7 +68,8 @@ impl Error {
     }
 
     /// The attempt (connect, request, response body), or reading a streamed
-    /// request body before it, took longer than the timeout.
+    /// request body before it, took longer than the timeout; or the whole
+    /// call ran past its deadline ([`TimedOut::is_deadline`] tells which).
     pub fn is_timeout(&self) -> bool {
         self.kind == Kind::Timeout
     }
@@ -211,6 +212,8 @@ pub(crate) fn outcome(err: &(dyn std::error::Error + 'static)) -> Option<Outcome
         }
         // The attempt timeout is this crate's own type, which core's
         // `HttpClassify` cannot know: it read a timed-out answer as a plain failure.
+        // A call past its deadline counts the same: against a downstream
+        // slower than the deadline it is the only signal a limit gets.
         Kind::Timeout => Some(Outcome::Overload),
         _ => None,
     }

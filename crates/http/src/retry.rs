@@ -14,6 +14,7 @@
 //! | a connection lost mid-request (response body included) | idempotent | backoff, retry |
 //! | refused address, body cap, timeout, anything else | | return it |
 //! | any outcome after the client preset followed a redirect | not idempotent | return it |
+//! | a wait that would end past the client preset's [`deadline`](crate::ClientBuilder::deadline) | any | `Retry-After`: fail at once with [`RateLimited`]; backoff: return the outcome |
 //!
 //! A 429 or a 503 with `Retry-After` says the server did not act on the
 //! request, so any method is retried; 502/503/504 without it may hide a
@@ -97,6 +98,7 @@ use std::time::{Duration, SystemTime};
 
 use http::{Method, Request, Response, StatusCode, header::RETRY_AFTER};
 use pin_project_lite::pin_project;
+use tokio::time::Instant;
 use tower_fanout_core::DeliberateWait;
 use tower_fanout_core::error::RateLimited;
 use tower_layer::Layer;
@@ -585,6 +587,7 @@ impl RetryLayer {
             idempotent: false,
             retries: 0,
             waited: Duration::ZERO,
+            deadline: None,
             step: RetryStep::Ready,
         }
     }
@@ -605,6 +608,9 @@ pin_project! {
         // What earlier attempts noted as waits on purpose (`DeliberateWait`:
         // their time at a per-host gate), to add to the last one's.
         waited: Duration,
+        // The whole call's deadline (the client's): a wait that would end
+        // past it is not slept.
+        deadline: Option<Instant>,
         #[pin]
         step: RetryStep<S::Future>,
     }
@@ -635,18 +641,21 @@ where
             original: Some(req),
             retries: 0,
             waited: Duration::ZERO,
+            deadline: None,
             step: RetryStep::Ready,
         }
     }
 
-    /// Gives an [`unstarted`](RetryLayer::unstarted) loop its request.
-    pub(crate) fn start(self: Pin<&mut Self>, req: Request<B>) {
+    /// Gives an [`unstarted`](RetryLayer::unstarted) loop its request, and
+    /// the call's deadline if it has one.
+    pub(crate) fn start(self: Pin<&mut Self>, req: Request<B>, deadline: Option<Instant>) {
         let this = self.project();
         if this.config.settings.max_retries > 0 {
             this.config.budget.deposit();
         }
         *this.idempotent = is_idempotent(req.method());
         *this.original = Some(req);
+        *this.deadline = deadline;
     }
 }
 
@@ -688,7 +697,8 @@ where
                         return Poll::Ready(outcome);
                     }
                     let waited = *this.waited;
-                    let wait = match decide_lazily(&outcome, *this.idempotent, SystemTime::now) {
+                    let decision = decide_lazily(&outcome, *this.idempotent, SystemTime::now);
+                    let wait = match decision {
                         Decision::Done => {
                             note(&mut outcome, waited);
                             return Poll::Ready(outcome);
@@ -705,6 +715,25 @@ where
                         Decision::Backoff => this.config.backoff(*this.retries),
                     };
                     if *this.retries >= settings.max_retries {
+                        note(&mut outcome, waited);
+                        return Poll::Ready(outcome);
+                    }
+                    // A wait that would end past the call's deadline is not
+                    // slept: the call could only time out at the end of it.
+                    // A server's `Retry-After` goes back as `RateLimited`
+                    // (as one past the cap does), a backoff's outcome as it is.
+                    if let Some(deadline) = *this.deadline
+                        && Instant::now()
+                            .checked_add(wait)
+                            .is_none_or(|end| end > deadline)
+                    {
+                        tracing::debug!(
+                            wait_ms = wait.as_millis() as u64,
+                            "the wait would end past the call's deadline; not retrying"
+                        );
+                        if let Decision::After(d) = decision {
+                            return Poll::Ready(Err(RateLimited::new(d).into()));
+                        }
                         note(&mut outcome, waited);
                         return Poll::Ready(outcome);
                     }

@@ -1,21 +1,28 @@
-//! The attempt timeout's error.
+//! The client's timeouts' error.
 
 use std::fmt;
 use std::time::Duration;
 
-/// An attempt took longer than the configured timeout, or a streamed request
-/// body was not read within it.
+/// An attempt took longer than the configured timeout, a streamed request
+/// body was not read within it, or the whole call ran past its deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimedOut {
     after: Duration,
-    request_body: bool,
+    what: What,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum What {
+    Attempt,
+    RequestBody,
+    Deadline,
 }
 
 impl TimedOut {
     pub(crate) fn new(after: Duration) -> Self {
         Self {
             after,
-            request_body: false,
+            what: What::Attempt,
         }
     }
 
@@ -24,17 +31,33 @@ impl TimedOut {
     pub(crate) fn reading_request_body(after: Duration) -> Self {
         Self {
             after,
-            request_body: true,
+            what: What::RequestBody,
+        }
+    }
+
+    /// The whole call, retries and their waits included, ran past the
+    /// client's deadline.
+    pub(crate) fn deadline(after: Duration) -> Self {
+        Self {
+            after,
+            what: What::Deadline,
         }
     }
 
     /// The caller's streamed request body did not end in time (not the
     /// downstream's doing).
     pub(crate) fn is_request_body(&self) -> bool {
-        self.request_body
+        self.what == What::RequestBody
     }
 
-    /// The timeout that passed.
+    /// The whole call ran past the client's
+    /// [`deadline`](crate::ClientBuilder::deadline), not one attempt past
+    /// its timeout.
+    pub fn is_deadline(&self) -> bool {
+        self.what == What::Deadline
+    }
+
+    /// The timeout (or deadline) that passed.
     pub fn after(&self) -> Duration {
         self.after
     }
@@ -43,16 +66,19 @@ impl TimedOut {
 impl fmt::Display for TimedOut {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.after.as_millis();
-        if self.request_body {
-            write!(
+        match self.what {
+            What::RequestBody => write!(
                 f,
                 "the request body did not end within {ms} ms; send a body that ends, or raise `timeout`"
-            )
-        } else {
-            write!(
+            ),
+            What::Attempt => write!(
                 f,
                 "no complete response within {ms} ms (connect, headers and body); raise `timeout` if the server is known to be slow"
-            )
+            ),
+            What::Deadline => write!(
+                f,
+                "the call did not complete within its deadline of {ms} ms (waits at the host's limits, every attempt and the waits between retries); raise `deadline`"
+            ),
         }
     }
 }

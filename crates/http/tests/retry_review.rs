@@ -18,27 +18,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
-use support::{Chunks, counted, respond, serve_on_thread, through_retry};
+use support::{Stalled, scripted, through_retry};
 use tokio::time::Instant;
 use tower::ServiceExt;
 use tower_fanout_http::retry::RetryLayer;
-
-/// A server answering request `n` with `script(n)`: a status and a `Retry-After`.
-fn scripted(
-    script: impl Fn(usize) -> (u16, Option<&'static str>) + Send + Sync + 'static,
-) -> (SocketAddr, Arc<AtomicUsize>) {
-    let (counting, hits) = counted(move |n| {
-        let (status, after) = script(n);
-        async move {
-            let mut r = respond(status);
-            if let Some(after) = after {
-                r = r.header("retry-after", after);
-            }
-            r.body(Chunks::full("answer")).unwrap()
-        }
-    });
-    (serve_on_thread(counting), hits)
-}
 
 /// The budget allows `retry_percent` retries per request, whatever the
 /// ratio. tower's `TpsBudget` withdrew `floor(1 / ratio)` deposits a retry,
@@ -189,21 +172,6 @@ async fn a_stalled_request_body_times_out() {
         Err(err),
     );
     assert_eq!(outcome, tower_fanout_core::classify::Outcome::CallerError);
-}
-
-/// A request body that never yields a frame nor ends.
-struct Stalled;
-
-impl http_body::Body for Stalled {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        std::task::Poll::Pending
-    }
 }
 
 /// The client preset deposits into the retry budget for each request, as

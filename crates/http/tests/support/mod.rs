@@ -122,6 +122,39 @@ where
     (handler(move |_| f(h.fetch_add(1, Ordering::SeqCst))), hits)
 }
 
+/// A server on its own thread answering request `n` with `script(n)`: a
+/// status and a `Retry-After`.
+pub(crate) fn scripted(
+    script: impl Fn(usize) -> (u16, Option<&'static str>) + Send + Sync + 'static,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    let (counting, hits) = counted(move |n| {
+        let (status, after) = script(n);
+        async move {
+            let mut r = respond(status);
+            if let Some(after) = after {
+                r = r.header("retry-after", after);
+            }
+            r.body(Chunks::full("answer")).unwrap()
+        }
+    });
+    (serve_on_thread(counting), hits)
+}
+
+/// A request body that never yields a frame nor ends.
+pub(crate) struct Stalled;
+
+impl Body for Stalled {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Poll::Pending
+    }
+}
+
 /// Serves `handler` on a fresh 127.0.0.1 port (HTTP/1 and HTTP/2) on the current runtime.
 pub(crate) async fn serve(handler: Handler) -> SocketAddr {
     serve_counting(handler).await.0

@@ -1,0 +1,189 @@
+//! The client's deadline over the whole call, against real servers on
+//! 127.0.0.1 (each on its own thread and runtime, on the real clock).
+//!
+//! A wait that would end past the deadline is not slept, so those tests
+//! finish at once on any clock. The tests where the deadline itself fires
+//! run on the paused clock: nothing answers in them, so the runtime goes
+//! idle and the clock jumps to the earliest timer, which is the deadline.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::error::Error as _;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use support::{Chunks, Stalled, counted, scripted, serve_on_thread};
+use tokio::time::Instant;
+use tower::ServiceExt;
+use tower_fanout_http::retry::RetryLayer;
+use tower_fanout_http::{Client, TimedOut};
+
+fn get(addr: std::net::SocketAddr) -> Request<Full<Bytes>> {
+    Request::get(format!("http://{addr}/"))
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+/// A `Retry-After` within the cap but past the deadline is not slept: the
+/// call fails at once with `RateLimited` and the server's wait, as one past
+/// the cap does, instead of sleeping 20 s to time out after 10.
+#[tokio::test]
+async fn a_retry_after_past_the_deadline_fails_at_once_as_rate_limited() {
+    let (addr, hits) = scripted(|_| (429, Some("20")));
+    // A GET starts its retry loop in `call`; a request with a body to read
+    // starts it once the body is in: both loops know the deadline. (A fresh
+    // client each: one that heard the 429 holds the host's next call.)
+    let post = Request::post(format!("http://{addr}/"))
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    for (n, req) in [get(addr), post].into_iter().enumerate() {
+        let client = Client::builder()
+            .deadline(Some(Duration::from_secs(10)))
+            .build()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let err = client.oneshot(req).await.unwrap_err();
+        assert!(err.is_rate_limited(), "{err}");
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(20)));
+        assert_eq!(hits.load(Ordering::SeqCst), n + 1, "no retry");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "returned at once, no sleep: {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+/// A wait that ends within the deadline is still waited, and the retry made.
+#[tokio::test]
+async fn a_retry_after_within_the_deadline_is_still_retried() {
+    let (addr, hits) = scripted(|n| {
+        if n == 0 {
+            (429, Some("0"))
+        } else {
+            (200, None)
+        }
+    });
+    let client = Client::builder()
+        .deadline(Some(Duration::from_secs(10)))
+        .build()
+        .unwrap();
+    let response = client.oneshot(get(addr)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+}
+
+/// A backoff that would end past the deadline is not slept either: the
+/// last answer goes back as it is (a backoff has no server's wait to tell).
+#[tokio::test]
+async fn a_backoff_past_the_deadline_returns_the_last_answer() {
+    let (addr, hits) = scripted(|_| (503, None));
+    let client = Client::builder()
+        .deadline(Some(Duration::from_secs(5)))
+        // Every backoff is 10..=20 s.
+        .retry(
+            RetryLayer::builder()
+                .backoff(Duration::from_secs(20), Duration::from_secs(20))
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let response = client.oneshot(get(addr)).await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "no retry");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "returned at once, no sleep: {:?}",
+        started.elapsed()
+    );
+}
+
+/// A server that never answers: the call fails at its deadline, before the
+/// attempt's own timeout, with a timeout that says it was the deadline, and
+/// gives its place at the host's limit back.
+#[tokio::test(start_paused = true)]
+async fn a_call_that_runs_past_its_deadline_times_out_at_it() {
+    let (silent, hits) = counted(|_| std::future::pending());
+    let addr = serve_on_thread(silent);
+    let client = Client::builder()
+        .timeout(Some(Duration::from_secs(30)))
+        .deadline(Some(Duration::from_secs(2)))
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let call = client.clone().oneshot(get(addr));
+    let outcome = tokio::time::timeout(Duration::from_secs(3600), call).await;
+    let err = outcome.expect("still waiting after an hour").unwrap_err();
+    // The paused clock jumps to the deadline, rounded up to the timer's 1 ms tick.
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took <= Duration::from_millis(2001),
+        "{took:?}"
+    );
+    assert!(err.is_timeout(), "{err:?}");
+    let timed_out = err.source().unwrap().downcast_ref::<TimedOut>().unwrap();
+    assert!(timed_out.is_deadline());
+    assert_eq!(timed_out.after(), Duration::from_secs(2));
+    let message = err.to_string();
+    assert!(message.contains("deadline of 2000 ms"), "{message}");
+    assert!(message.contains("`deadline`"), "{message}");
+    assert!(hits.load(Ordering::SeqCst) <= 1);
+    let host = format!("127.0.0.1:{}", addr.port());
+    // The host is tracked (the default limit of 16), and its place is back.
+    assert_eq!(client.host_limits().max_in_flight(&host), Some(16));
+    assert_eq!(
+        client.host_limits().in_flight(&host),
+        0,
+        "the place went back"
+    );
+    assert_eq!(client.host_limits().waiting(&host), 0);
+}
+
+/// Without a deadline the same call is bounded by the attempt's timeout
+/// alone, which is then what fails it.
+#[tokio::test(start_paused = true)]
+async fn without_a_deadline_the_attempt_timeout_ends_the_call() {
+    let (silent, _) = counted(|_| std::future::pending::<http::Response<Chunks>>());
+    let addr = serve_on_thread(silent);
+    let client = Client::builder()
+        .timeout(Some(Duration::from_secs(30)))
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let call = client.oneshot(get(addr));
+    let outcome = tokio::time::timeout(Duration::from_secs(3600), call).await;
+    let err = outcome.expect("still waiting after an hour").unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    let timed_out = err.source().unwrap().downcast_ref::<TimedOut>().unwrap();
+    assert!(!timed_out.is_deadline());
+    assert!(start.elapsed() >= Duration::from_secs(30));
+}
+
+/// The deadline also bounds reading a streamed request body, where no
+/// attempt (and no attempt timeout) has started yet.
+#[tokio::test(start_paused = true)]
+async fn the_deadline_bounds_a_stalled_request_body() {
+    let (addr, hits) = scripted(|_| (200, None));
+    let client = Client::builder()
+        .timeout(None)
+        .deadline(Some(Duration::from_millis(300)))
+        .build()
+        .unwrap();
+    let req = Request::post(format!("http://{addr}/"))
+        .body(Stalled)
+        .unwrap();
+    let start = Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(3600), client.oneshot(req)).await;
+    let err = outcome.expect("still waiting after an hour").unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_millis(300));
+    assert!(err.is_timeout(), "{err:?}");
+    let timed_out = err.source().unwrap().downcast_ref::<TimedOut>().unwrap();
+    assert!(timed_out.is_deadline());
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "nothing was sent");
+}
