@@ -133,6 +133,13 @@ async fn a_call_that_runs_past_its_deadline_times_out_at_it() {
     let message = err.to_string();
     assert!(message.contains("deadline of 2000 ms"), "{message}");
     assert!(message.contains("`deadline`"), "{message}");
+    // Over the client, an adaptive limit reads it as the downstream's load.
+    let err: &(dyn std::error::Error + 'static) = &err;
+    let outcome = tower_fanout_core::classify::Classify::<http::Response<Bytes>>::classify(
+        &tower_fanout_http::ClientClassify,
+        Err(err),
+    );
+    assert_eq!(outcome, tower_fanout_core::classify::Outcome::Overload);
     assert!(hits.load(Ordering::SeqCst) <= 1);
     let host = format!("127.0.0.1:{}", addr.port());
     // The host is tracked (the default limit of 16), and its place is back.
