@@ -4,7 +4,8 @@
 //! headers, timeouts, a response body cap and an address guard.
 //!
 //! ```text
-//! Client::call ─► http_request span, request body buffered (bounded)
+//! Client::call ─► http_request span, request body buffered (bounded),
+//!                  the whole call under its deadline (if set)
 //!   retry            429/503 wait for Retry-After (capped), backoff on 502/503/504
 //!                    and connection failures, a retry budget; sleeps hold nothing
 //!   follow redirects tower-http's FollowRedirect: hop cap, credentials dropped
@@ -32,6 +33,7 @@
 //!     .host_limit("api.github.com", KeyLimit::new().concurrency(3))
 //!     .host_limit("api.stripe.com", KeyLimit::new().concurrency(5).rate(25, Duration::from_secs(1)))
 //!     .timeout(Some(Duration::from_secs(20)))
+//!     .deadline(Some(Duration::from_secs(90)))
 //!     .max_response_body(2 * 1024 * 1024)
 //!     .address_guard(true)
 //!     .build()?;
