@@ -30,7 +30,7 @@ use tower_service::Service;
 
 use crate::body::{Cap, Collect, collect};
 use crate::guard::{self, Guard, GuardedConnector, GuardedResolver};
-use crate::learn::{Learn, Learned};
+use crate::learn::{CallDeadline, Learn, Learned};
 use crate::redirect::{AfterRedirect, Hop, RedirectPolicy};
 use crate::retry::{RetryFuture, RetryLayer};
 use crate::timeout::TimedOut;
@@ -138,11 +138,12 @@ impl ClientBuilder {
     /// retries (default `None`: only each attempt's [`timeout`](Self::timeout)
     /// and the retry settings bound it). Past it the call fails with a
     /// timeout ([`Error::is_timeout`], [`TimedOut::is_deadline`]) and gives
-    /// back everything it held. A retry whose wait would end past the
-    /// deadline is not slept: a server's `Retry-After` fails the call at
+    /// back everything it held. A known wait that would end past the
+    /// deadline is not slept: a server's `Retry-After`, or a hold until the
+    /// reset of a host whose headers said nothing remains, fails the call at
     /// once with [`RateLimited`](tower_fanout_core::error::RateLimited)
     /// (as one past [`RetryBuilder::max_wait`](crate::retry::RetryBuilder::max_wait)
-    /// does), a backoff's outcome is returned as it is.
+    /// does); after a backoff's would, the last answer is returned as it is.
     #[must_use]
     pub fn deadline(mut self, deadline: Option<Duration>) -> Self {
         self.deadline = deadline;
@@ -885,6 +886,9 @@ where
             Some(error) => Before::Refused { error: Some(error) },
             None => {
                 let (mut parts, body) = req.into_parts();
+                if let Some((_, at)) = deadline {
+                    parts.extensions.insert(CallDeadline(at));
+                }
                 if let Some(agent) = &shared.user_agent
                     && let http::header::Entry::Vacant(slot) =
                         parts.headers.entry(http::header::USER_AGENT)

@@ -29,8 +29,9 @@
 //! full, hosts with nothing in flight and no wait ahead are forgotten first,
 //! and a host that finds no room is simply not tracked.
 //!
-//! A wait longer than the retry layer's cap (`max_wait`) is not slept: the
-//! request fails at once with `RateLimited`, as a long `Retry-After` does.
+//! A wait longer than the retry layer's cap (`max_wait`), or one ending past
+//! the call's deadline (the client's `deadline`), is not slept: the request
+//! fails at once with `RateLimited`, as a long `Retry-After` does.
 //!
 //! A hold is not noted as a [`DeliberateWait`](tower_fanout_core::DeliberateWait):
 //! it is the host's own word on its capacity, which an adaptive limit above
@@ -56,6 +57,12 @@ use tower_fanout_core::error::RateLimited;
 use tower_fanout_core::keyed::{AuthorityKey, KeyFn};
 
 use crate::{BoxError, headers};
+
+/// When the whole call must be done (the client's `deadline`), carried in
+/// the request's extensions: a hold for a host's reset that ends past it is
+/// not waited.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallDeadline(pub(crate) Instant);
 
 /// The longest a host is held for, however long it asks: a day, the bound
 /// the header parsers put on resets (a bogus value, an epoch sent as
@@ -466,18 +473,23 @@ where
     S::Error: Into<BoxError>,
 {
     let holding = Holding::new(&learned);
+    let deadline = req.extensions().get::<CallDeadline>().map(|d| d.0);
     loop {
         // Registered before looking, so news that lands in between is not missed.
         let news = learned.news.notified();
         let now = Instant::now();
         match learned.admit(&entry, || now) {
             Ok(()) => break,
-            Err(Hold::Until(until)) if until - now > learned.max_wait => {
+            // Past the cap, or past the call's deadline (at whose end the
+            // call could only time out): not slept.
+            Err(Hold::Until(until))
+                if until - now > learned.max_wait || deadline.is_some_and(|d| until > d) =>
+            {
                 let wait = until - now;
                 tracing::debug!(
                     host = %host,
                     retry_after_ms = wait.as_millis() as u64,
-                    "host budget resets after the wait cap; returning rate limited"
+                    "host budget resets after the wait cap or the call's deadline; returning rate limited"
                 );
                 return Err(RateLimited::new(wait).into());
             }

@@ -194,3 +194,45 @@ async fn the_deadline_bounds_a_stalled_request_body() {
     assert!(timed_out.is_deadline());
     assert_eq!(hits.load(Ordering::SeqCst), 0, "nothing was sent");
 }
+
+/// A host that said nothing remains until its reset holds the next call
+/// only if the reset comes before the call's deadline: a later one fails it
+/// at once with `RateLimited` and the wait, as a `Retry-After` past the
+/// deadline does, instead of holding it until the deadline to time out.
+#[tokio::test]
+async fn a_hold_for_a_reset_past_the_deadline_fails_at_once() {
+    let (spent, hits) = counted(|_| async {
+        support::respond(200)
+            .header("x-ratelimit-remaining", "0")
+            .header("x-ratelimit-reset", "30")
+            .body(Chunks::empty())
+            .unwrap()
+    });
+    let addr = serve_on_thread(spent);
+    let client = Client::builder()
+        .deadline(Some(Duration::from_secs(10)))
+        .build()
+        .unwrap();
+    assert_eq!(
+        client.clone().oneshot(get(addr)).await.unwrap().status(),
+        200
+    );
+    let started = std::time::Instant::now();
+    let err = client.oneshot(get(addr)).await.unwrap_err();
+    assert!(err.is_rate_limited(), "{err}");
+    let wait = err.retry_after().unwrap();
+    assert!(
+        wait > Duration::from_secs(25) && wait <= Duration::from_secs(30),
+        "the reset is 30 s from the answer: {wait:?}"
+    );
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "the second call was not sent"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "returned at once, no hold: {:?}",
+        started.elapsed()
+    );
+}
