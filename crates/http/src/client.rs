@@ -143,7 +143,8 @@ impl ClientBuilder {
     /// reset of a host whose headers said nothing remains, fails the call at
     /// once with [`RateLimited`](tower_fanout_core::error::RateLimited)
     /// (as one past [`RetryBuilder::max_wait`](crate::retry::RetryBuilder::max_wait)
-    /// does); after a backoff's would, the last answer is returned as it is.
+    /// does); when a backoff would end past it, the last answer is returned
+    /// as it is.
     #[must_use]
     pub fn deadline(mut self, deadline: Option<Duration>) -> Self {
         self.deadline = deadline;
