@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
-use support::{Chunks, Stalled, counted, scripted, serve_on_thread};
+use support::{Chunks, counted, scripted, serve_on_thread, stalled_post};
 use tokio::time::Instant;
 use tower::ServiceExt;
 use tower_fanout_http::retry::RetryLayer;
@@ -176,23 +176,17 @@ async fn without_a_deadline_the_attempt_timeout_ends_the_call() {
 /// attempt (and no attempt timeout) has started yet.
 #[tokio::test(start_paused = true)]
 async fn the_deadline_bounds_a_stalled_request_body() {
-    let (addr, hits) = scripted(|_| (200, None));
     let client = Client::builder()
         .timeout(None)
         .deadline(Some(Duration::from_millis(300)))
         .build()
         .unwrap();
-    let req = Request::post(format!("http://{addr}/"))
-        .body(Stalled)
-        .unwrap();
-    let start = Instant::now();
-    let outcome = tokio::time::timeout(Duration::from_secs(3600), client.oneshot(req)).await;
-    let err = outcome.expect("still waiting after an hour").unwrap_err();
-    assert_eq!(start.elapsed(), Duration::from_millis(300));
+    let (err, took, hits) = stalled_post(client).await;
+    assert_eq!(took, Duration::from_millis(300));
     assert!(err.is_timeout(), "{err:?}");
     let timed_out = err.source().unwrap().downcast_ref::<TimedOut>().unwrap();
     assert!(timed_out.is_deadline());
-    assert_eq!(hits.load(Ordering::SeqCst), 0, "nothing was sent");
+    assert_eq!(hits, 0, "nothing was sent");
 }
 
 /// A host that said nothing remains until its reset holds the next call

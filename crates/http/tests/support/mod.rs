@@ -140,6 +140,25 @@ pub(crate) fn scripted(
     (serve_on_thread(counting), hits)
 }
 
+/// Sends `client` a POST whose body never ends, to a server on its own
+/// thread; returns the call's error, how long it took on the test's (paused)
+/// clock, and how many requests the server got.
+pub(crate) async fn stalled_post<S>(client: S) -> (S::Error, Duration, usize)
+where
+    S: tower::Service<Request<Stalled>>,
+    S::Response: std::fmt::Debug,
+{
+    let (addr, hits) = scripted(|_| (200, None));
+    let req = Request::post(format!("http://{addr}/"))
+        .body(Stalled)
+        .unwrap();
+    let start = tokio::time::Instant::now();
+    let call = tower::ServiceExt::oneshot(client, req);
+    let outcome = tokio::time::timeout(Duration::from_secs(3600), call).await;
+    let err = outcome.expect("still waiting after an hour").unwrap_err();
+    (err, start.elapsed(), hits.load(Ordering::SeqCst))
+}
+
 /// A request body that never yields a frame nor ends.
 pub(crate) struct Stalled;
 
