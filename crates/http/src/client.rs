@@ -138,12 +138,12 @@ impl ClientBuilder {
     /// retries (default `None`: only each attempt's [`timeout`](Self::timeout)
     /// and the retry settings bound it). Past it the call fails with a
     /// timeout ([`Error::is_timeout`], [`TimedOut::is_deadline`]) and gives
-    /// back everything it held. A known wait that would end past the
+    /// back everything it held. A known wait that would end at or past the
     /// deadline is not slept: a server's `Retry-After`, or a hold until the
     /// reset of a host whose headers said nothing remains, fails the call at
     /// once with [`RateLimited`](tower_fanout_core::error::RateLimited)
     /// (as one past [`RetryBuilder::max_wait`](crate::retry::RetryBuilder::max_wait)
-    /// does); when a backoff would end past it, the last answer is returned
+    /// does); when a backoff would end at or past it, the last answer is returned
     /// as it is.
     #[must_use]
     pub fn deadline(mut self, deadline: Option<Duration>) -> Self {

@@ -29,7 +29,7 @@
 //! full, hosts with nothing in flight and no wait ahead are forgotten first,
 //! and a host that finds no room is simply not tracked.
 //!
-//! A wait longer than the retry layer's cap (`max_wait`), or one ending past
+//! A wait longer than the retry layer's cap (`max_wait`), or one ending at or past
 //! the call's deadline (the client's `deadline`), is not slept: the request
 //! fails at once with `RateLimited`, as a long `Retry-After` does.
 //!
@@ -480,10 +480,10 @@ where
         let now = Instant::now();
         match learned.admit(&entry, || now) {
             Ok(()) => break,
-            // Past the cap, or past the call's deadline (at whose end the
-            // call could only time out): not slept.
+            // Past the cap, or at or past the call's deadline (leaving the
+            // call no time, only a timeout at its end): not slept.
             Err(Hold::Until(until))
-                if until - now > learned.max_wait || deadline.is_some_and(|d| until > d) =>
+                if until - now > learned.max_wait || deadline.is_some_and(|d| until >= d) =>
             {
                 let wait = until - now;
                 tracing::debug!(

@@ -14,7 +14,7 @@
 //! | a connection lost mid-request (response body included) | idempotent | backoff, retry |
 //! | refused address, body cap, timeout, anything else | | return it |
 //! | any outcome after the client preset followed a redirect | not idempotent | return it |
-//! | a wait that would end past the client preset's [`deadline`](crate::ClientBuilder::deadline) | any | `Retry-After`: fail at once with [`RateLimited`]; backoff: return the outcome |
+//! | a wait that would end at or past the client preset's [`deadline`](crate::ClientBuilder::deadline) | any | `Retry-After`: fail at once with [`RateLimited`]; backoff: return the outcome |
 //!
 //! A 429 or a 503 with `Retry-After` says the server did not act on the
 //! request, so any method is retried; 502/503/504 without it may hide a
@@ -718,18 +718,19 @@ where
                         note(&mut outcome, waited);
                         return Poll::Ready(outcome);
                     }
-                    // A wait that would end past the call's deadline is not
-                    // slept: the call could only time out at the end of it.
-                    // A server's `Retry-After` goes back as `RateLimited`
-                    // (as one past the cap does), a backoff's outcome as it is.
+                    // A wait that would end at or past the call's deadline is
+                    // not slept: it would leave the retry no time, and the
+                    // call could only time out at its end. A server's
+                    // `Retry-After` goes back as `RateLimited` (as one past
+                    // the cap does), a backoff's outcome as it is.
                     if let Some(deadline) = *this.deadline
                         && Instant::now()
                             .checked_add(wait)
-                            .is_none_or(|end| end > deadline)
+                            .is_none_or(|end| end >= deadline)
                     {
                         tracing::debug!(
                             wait_ms = wait.as_millis() as u64,
-                            "the wait would end past the call's deadline; not retrying"
+                            "the wait would end at or past the call's deadline; not retrying"
                         );
                         if let Decision::After(d) = decision {
                             return Poll::Ready(Err(RateLimited::new(d).into()));
