@@ -1,5 +1,6 @@
 //! The client preset: hyper-util's pooled client under the limits.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,7 +22,7 @@ use tower::ServiceExt;
 use tower::util::Either;
 use tower_fanout_core::DeliberateWait;
 use tower_fanout_core::keyed::{
-    AuthorityKey, KeyLimit, KeyedLimit, KeyedLimitHandle, KeyedLimitLayer,
+    AuthorityKey, KeyFn, KeyLimit, KeyedLimit, KeyedLimitHandle, KeyedLimitLayer,
 };
 use tower_http::decompression::Decompression;
 use tower_http::follow_redirect::FollowRedirect;
@@ -85,6 +86,7 @@ pub struct ClientBuilder {
     guard_allow: Vec<std::net::IpAddr>,
     host_default: KeyLimit,
     host_limits: Vec<(String, KeyLimit)>,
+    host_timeouts: HashMap<String, Option<Duration>>,
     max_hosts: usize,
     retry: Option<RetryLayer>,
     learn_rate_limits: bool,
@@ -108,6 +110,7 @@ impl fmt::Debug for ClientBuilder {
             .field("address_guard", &self.address_guard)
             .field("host_default", &self.host_default)
             .field("host_limits", &self.host_limits)
+            .field("host_timeouts", &self.host_timeouts)
             .finish_non_exhaustive()
     }
 }
@@ -267,6 +270,18 @@ impl ClientBuilder {
         self
     }
 
+    /// The attempt [`timeout`](Self::timeout) for one host in place of the
+    /// client's, its authority written as for [`host_limit`](Self::host_limit):
+    /// longer for a slow API (a model's completions), shorter for one that
+    /// should answer at once (`None`: no limit). A redirect to another host
+    /// gets that host's. Reading a streamed request body keeps the client's.
+    #[must_use]
+    pub fn host_timeout(mut self, authority: impl Into<String>, timeout: Option<Duration>) -> Self {
+        self.host_timeouts
+            .insert(host_key(authority.into()), timeout);
+        self
+    }
+
     /// Hosts tracked at most, for limits and learned budgets (default 1024).
     #[must_use]
     pub fn max_hosts(mut self, max: usize) -> Self {
@@ -384,8 +399,8 @@ impl ClientBuilder {
     /// Checks the settings and builds the client.
     ///
     /// # Errors
-    /// A zero limit, body cap, timeout (HTTP/2 keep-alive ones included) or
-    /// host count, a bad per-host limit,
+    /// A zero limit, body cap, timeout (per-host and HTTP/2 keep-alive ones
+    /// included), deadline or host count, a bad per-host limit,
     /// a [`user_agent`](Self::user_agent) that is not a valid header value,
     /// or TLS roots that cannot be loaded ([`Error::is_config`]).
     pub fn build(self) -> Result<Client, Error> {
@@ -403,15 +418,27 @@ impl ClientBuilder {
         // A zero timeout fails every request ("no complete response within
         // 0 ms"), a zero ping interval pings without end; `None` is how to
         // say "never".
+        let host_timeouts = self
+            .host_timeouts
+            .iter()
+            .map(|(host, timeout)| (format!("host_timeout for {host:?}"), *timeout));
         for (name, duration, none_means) in [
-            ("timeout", self.timeout, "no limit"),
-            ("connect_timeout", self.connect_timeout, "no limit"),
+            ("timeout".to_owned(), self.timeout, "no limit"),
+            ("deadline".to_owned(), self.deadline, "no limit"),
             (
-                "http2_keep_alive_interval",
+                "connect_timeout".to_owned(),
+                self.connect_timeout,
+                "no limit",
+            ),
+            (
+                "http2_keep_alive_interval".to_owned(),
                 self.http2_keep_alive_interval,
                 "no pings",
             ),
-        ] {
+        ]
+        .into_iter()
+        .chain(host_timeouts.map(|(name, t)| (name, t, "no limit")))
+        {
             if duration == Some(Duration::ZERO) {
                 return Err(Error::config(format!(
                     "{name} must be more than zero: use None for {none_means}"
@@ -468,6 +495,9 @@ impl ClientBuilder {
         let fetch = Fetch {
             client: decompress,
             timeout: self.timeout,
+            // No map to look in unless some host has its own timeout.
+            host_timeouts: (!self.host_timeouts.is_empty())
+                .then(|| Arc::new(self.host_timeouts.clone())),
             cap: self.max_response_body,
         };
 
@@ -519,6 +549,7 @@ fn host_key(authority: String) -> String {
 struct Fetch {
     client: Decompression<SharedRaw>,
     timeout: Option<Duration>,
+    host_timeouts: Option<Arc<HashMap<String, Option<Duration>>>>,
     cap: usize,
 }
 
@@ -620,11 +651,18 @@ impl Service<Request<Full<Bytes>>> for Fetch {
     fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
         // The step is built last, straight into the returned future (built
         // first, it was built aside and its 560 bytes copied in).
-        let deadline = self.timeout.map(tokio::time::sleep);
+        let timeout = match &self.host_timeouts {
+            Some(hosts) => match hosts.get(&*AuthorityKey.key(&req)) {
+                Some(own) => *own,
+                None => self.timeout,
+            },
+            None => self.timeout,
+        };
+        let deadline = timeout.map(tokio::time::sleep);
         let hop = req.extensions().get::<Hop>().is_some();
         FetchFuture {
             deadline,
-            timeout: self.timeout,
+            timeout,
             cap: self.cap,
             hop,
             step: Step::Head {
@@ -810,6 +848,7 @@ impl Client {
             guard_allow: Vec::new(),
             host_default: KeyLimit::new().concurrency(16),
             host_limits: Vec::new(),
+            host_timeouts: HashMap::new(),
             max_hosts: 1024,
             retry: Some(RetryLayer::default()),
             learn_rate_limits: true,

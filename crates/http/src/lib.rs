@@ -12,7 +12,8 @@
 //!                    on a cross-origin hop, http/https targets only
 //!   learned budgets  a host that says nothing remains is waited for, not hammered
 //!   per-host limits  concurrency and rate per host (tower-fanout-core's keyed limit)
-//!   attempt          timeout over connect + headers + body; gzip/br; body cap
+//!   attempt          timeout (the host's own, if set) over connect + headers +
+//!                    body; gzip/br; body cap
 //!   hyper-util       pool per host; resolver and connector behind the address guard
 //! ```
 //!

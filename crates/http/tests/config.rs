@@ -18,6 +18,11 @@ fn zero_timeouts_and_body_caps_are_refused_when_built() {
             "connect_timeout",
             Client::builder().connect_timeout(Some(Duration::ZERO)),
         ),
+        ("deadline", Client::builder().deadline(Some(Duration::ZERO))),
+        (
+            "host_timeout for \"slow.example\"",
+            Client::builder().host_timeout("Slow.Example", Some(Duration::ZERO)),
+        ),
         ("max_request_body", Client::builder().max_request_body(0)),
         ("max_response_body", Client::builder().max_response_body(0)),
     ] {
@@ -29,6 +34,8 @@ fn zero_timeouts_and_body_caps_are_refused_when_built() {
     Client::builder()
         .timeout(None)
         .connect_timeout(None)
+        .deadline(None)
+        .host_timeout("slow.example", None)
         .build()
         .unwrap();
 }

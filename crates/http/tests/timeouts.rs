@@ -1,22 +1,22 @@
-//! The client's deadline over the whole call, against real servers on
-//! 127.0.0.1 (each on its own thread and runtime, on the real clock).
+//! The client's deadline over the whole call, and its per-host attempt
+//! timeouts, against real servers on 127.0.0.1 (each on its own thread and
+//! runtime, on the real clock).
 //!
-//! A wait that would end past the deadline is not slept, so those tests
-//! finish at once on any clock. The tests where the deadline itself fires
-//! run on the paused clock: nothing answers in them, so the runtime goes
-//! idle and the clock jumps to the earliest timer, which is the deadline.
+//! A wait that would end at or past the deadline is not slept, so those
+//! tests finish at once on any clock. The tests where a deadline or a
+//! timeout fires run on the paused clock: nothing answers in them, so the
+//! runtime goes idle and the clock jumps to the earliest timer.
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
-use std::error::Error as _;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
-use support::{Chunks, counted, scripted, serve_on_thread, stalled_post};
+use support::{Chunks, counted, scripted, serve_on_thread, stalled_post, table_resolver};
 use tokio::time::Instant;
 use tower::ServiceExt;
 use tower_fanout_http::retry::RetryLayer;
@@ -127,7 +127,7 @@ async fn a_call_that_runs_past_its_deadline_times_out_at_it() {
         "{took:?}"
     );
     assert!(err.is_timeout(), "{err:?}");
-    let timed_out = err.source().unwrap().downcast_ref::<TimedOut>().unwrap();
+    let timed_out = timed_out_in(&err);
     assert!(timed_out.is_deadline());
     assert_eq!(timed_out.after(), Duration::from_secs(2));
     let message = err.to_string();
@@ -160,6 +160,9 @@ async fn without_a_deadline_the_attempt_timeout_ends_the_call() {
     let addr = serve_on_thread(silent);
     let client = Client::builder()
         .timeout(Some(Duration::from_secs(30)))
+        // The connect timeout (10 s) would come first if the paused clock
+        // jumped while the connection is being made.
+        .connect_timeout(None)
         .build()
         .unwrap();
     let start = Instant::now();
@@ -167,7 +170,7 @@ async fn without_a_deadline_the_attempt_timeout_ends_the_call() {
     let outcome = tokio::time::timeout(Duration::from_secs(3600), call).await;
     let err = outcome.expect("still waiting after an hour").unwrap_err();
     assert!(err.is_timeout(), "{err:?}");
-    let timed_out = err.source().unwrap().downcast_ref::<TimedOut>().unwrap();
+    let timed_out = timed_out_in(&err);
     assert!(!timed_out.is_deadline());
     assert!(start.elapsed() >= Duration::from_secs(30));
 }
@@ -184,7 +187,7 @@ async fn the_deadline_bounds_a_stalled_request_body() {
     let (err, took, hits) = stalled_post(client).await;
     assert_eq!(took, Duration::from_millis(300));
     assert!(err.is_timeout(), "{err:?}");
-    let timed_out = err.source().unwrap().downcast_ref::<TimedOut>().unwrap();
+    let timed_out = timed_out_in(&err);
     assert!(timed_out.is_deadline());
     assert_eq!(hits, 0, "nothing was sent");
 }
@@ -229,4 +232,90 @@ async fn a_hold_for_a_reset_past_the_deadline_fails_at_once() {
         "returned at once, no hold: {:?}",
         started.elapsed()
     );
+}
+
+/// A host's own attempt timeout replaces the client's for that host only,
+/// its authority written in any case and with a trailing dot.
+#[tokio::test(start_paused = true)]
+async fn a_host_timeout_replaces_the_clients_for_that_host_only() {
+    let (silent, _) = counted(|_| std::future::pending::<http::Response<Chunks>>());
+    let addr = serve_on_thread(silent);
+    let port = addr.port();
+    let client = Client::builder()
+        .resolver(table_resolver(&[("slow.test", addr), ("quick.test", addr)]))
+        .timeout(Some(Duration::from_secs(30)))
+        .host_timeout(format!("Quick.Test.:{port}"), Some(Duration::from_secs(2)))
+        // No timer that could fire first while the paused clock jumps: the
+        // connect timeout (10 s).
+        .connect_timeout(None)
+        .no_retry()
+        .build()
+        .unwrap();
+    for (host, expected) in [("quick.test", 2), ("slow.test", 30)] {
+        let req = Request::get(format!("http://{host}:{port}/"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let start = Instant::now();
+        let call = client.clone().oneshot(req);
+        let outcome = tokio::time::timeout(Duration::from_secs(3600), call).await;
+        let err = outcome.expect("still waiting after an hour").unwrap_err();
+        assert!(err.is_timeout(), "{host}: {err:?}");
+        let timed_out = timed_out_in(&err);
+        assert_eq!(timed_out.after(), Duration::from_secs(expected), "{host}");
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_secs(expected)
+                && took <= Duration::from_secs(expected) + Duration::from_millis(1),
+            "{host}: {took:?}"
+        );
+    }
+}
+
+/// A redirect meets the timeout of the host it goes to. On the real clock:
+/// the paused one would jump to a timer while the 302 is on its way.
+#[tokio::test]
+async fn a_redirect_meets_the_timeout_of_the_host_it_goes_to() {
+    // `/start` sends the caller to quick.test; nothing else is answered.
+    let redirecting = support::handler(|req| async move {
+        if req.uri().path() == "/start" {
+            let host = req.headers()["host"].to_str().unwrap().to_owned();
+            let port = host.rsplit(':').next().unwrap().to_owned();
+            return support::respond(302)
+                .header("location", format!("http://quick.test:{port}/"))
+                .body(Chunks::empty())
+                .unwrap();
+        }
+        std::future::pending().await
+    });
+    let addr = serve_on_thread(redirecting);
+    let port = addr.port();
+    let client = Client::builder()
+        .resolver(table_resolver(&[("hop.test", addr), ("quick.test", addr)]))
+        .timeout(Some(Duration::from_secs(30)))
+        .host_timeout(
+            format!("quick.test:{port}"),
+            Some(Duration::from_millis(200)),
+        )
+        .no_retry()
+        .build()
+        .unwrap();
+    let req = Request::get(format!("http://hop.test:{port}/start"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let err = client.oneshot(req).await.unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    let timed_out = timed_out_in(&err);
+    assert_eq!(timed_out.after(), Duration::from_millis(200));
+}
+
+/// The `TimedOut` in an error's source chain.
+fn timed_out_in(err: &tower_fanout_http::Error) -> TimedOut {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        if let Some(t) = e.downcast_ref::<TimedOut>() {
+            return *t;
+        }
+        next = e.source();
+    }
+    panic!("no TimedOut in {err:?}")
 }
