@@ -195,13 +195,8 @@ async fn services_ready_together_keep_the_bound_with_costs() {
     use std::sync::{Arc, Mutex};
     use tokio::time::Instant;
     use tower::{Service, ServiceExt, service_fn};
-    use tower_fanout_core::rate::RateLimitLayer;
 
-    let layer = RateLimitLayer::builder(1, Duration::from_secs(1))
-        .burst(4)
-        .cost(|c: &u32| *c)
-        .build()
-        .unwrap();
+    let layer = support::one_token_every(Duration::from_secs(1), 4);
     let start = Instant::now();
     let arrivals = Arc::new(Mutex::new(Vec::new()));
     let seen = arrivals.clone();
@@ -267,13 +262,8 @@ async fn futures_util_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Ou
 async fn a_call_dropped_while_waiting_for_its_cost_gives_the_tokens_back() {
     use tokio::time::Instant;
     use tower::{Service, ServiceExt, service_fn};
-    use tower_fanout_core::rate::RateLimitLayer;
 
-    let layer = RateLimitLayer::builder(1, Duration::from_secs(1))
-        .burst(4)
-        .cost(|c: &u32| *c)
-        .build()
-        .unwrap();
+    let layer = support::one_token_every(Duration::from_secs(1), 4);
     let svc = tower::ServiceBuilder::new()
         .layer(layer)
         .service(service_fn(|_: u32| async { Ok::<_, std::io::Error>(()) }));

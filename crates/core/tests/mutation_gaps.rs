@@ -12,6 +12,8 @@
 
 mod support;
 use support::at_once;
+#[cfg(feature = "rate")]
+use support::one_token_every;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,20 +25,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_fanout_core::BoxError;
-
-/// A waiting rate limit of one token every `period`, holding `burst`, where
-/// a request (a number) costs its value in tokens.
-#[cfg(feature = "rate")]
-fn one_token_every(
-    period: Duration,
-    burst: u32,
-) -> tower_fanout_core::rate::RateLimitLayer<impl Fn(&u32) -> u32 + Clone> {
-    tower_fanout_core::rate::RateLimitLayer::builder(1, period)
-        .burst(burst)
-        .cost(|c: &u32| *c)
-        .build()
-        .unwrap()
-}
 
 /// A waiting rate limiter books one token in `poll_ready`; a request that
 /// turns out to cost 0 must give it back. Killed mutant: `settle_cost`
@@ -353,8 +341,7 @@ async fn rate_leaving_a_deferred_call_gives_back_only_its_own_tokens() {
     assert_eq!(handle.tokens(), 0);
     // Costs 3: one is booked, the other two arrive at 2 s and 3 s.
     let mut waiting = Box::pin(a.call(3));
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    assert!(waiting.as_mut().poll(&mut cx).is_pending());
+    assert!(support::poll_once(waiting.as_mut()).is_pending());
     drop(waiting);
     assert_eq!(called.load(Ordering::SeqCst), 1, "the left call never ran");
     // Back: a's two and its first; b's token stays booked.

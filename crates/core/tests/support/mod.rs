@@ -130,6 +130,20 @@ pub fn answer(code: u16, retry_after: Option<u64>) -> http::Response<()> {
     b.body(()).unwrap()
 }
 
+/// A waiting rate limit of one token every `period`, holding `burst`, where
+/// a request (a number) costs its value in tokens.
+#[cfg(feature = "rate")]
+pub fn one_token_every(
+    period: std::time::Duration,
+    burst: u32,
+) -> tower_fanout_core::rate::RateLimitLayer<impl Fn(&u32) -> u32 + Clone> {
+    tower_fanout_core::rate::RateLimitLayer::builder(1, period)
+        .burst(burst)
+        .cost(|c: &u32| *c)
+        .build()
+        .unwrap()
+}
+
 /// An AIMD controller starting at `initial`, without slow start (+1 per
 /// round trip from the first answer).
 #[cfg(feature = "adaptive")]
