@@ -651,13 +651,9 @@ impl Service<Request<Full<Bytes>>> for Fetch {
     fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
         // The step is built last, straight into the returned future (built
         // first, it was built aside and its 560 bytes copied in).
-        let timeout = match &self.host_timeouts {
-            Some(hosts) => match hosts.get(&*AuthorityKey.key(&req)) {
-                Some(own) => *own,
-                None => self.timeout,
-            },
-            None => self.timeout,
-        };
+        let timeout = (self.host_timeouts.as_ref())
+            .and_then(|hosts| hosts.get(&*AuthorityKey.key(&req)).copied())
+            .unwrap_or(self.timeout);
         let deadline = timeout.map(tokio::time::sleep);
         let hop = req.extensions().get::<Hop>().is_some();
         FetchFuture {
@@ -962,8 +958,7 @@ where
             retry: shared.retry.unstarted(shared.stack.clone()),
         });
         if let Some(req) = start {
-            let at = deadline.map(|(_, at)| at);
-            future.as_mut().project().retry.start(req, at);
+            future.as_mut().project().retry.start(req);
         }
         future
     }
@@ -1054,9 +1049,7 @@ where
                         )));
                     };
                     let req = Request::from_parts(parts, Full::new(body));
-                    this.retry
-                        .as_mut()
-                        .start(req, this.deadline.map(|(_, at)| at));
+                    this.retry.as_mut().start(req);
                     this.before.set(Before::Started);
                 }
                 BeforeProj::Started => {

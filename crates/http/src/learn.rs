@@ -59,8 +59,8 @@ use tower_fanout_core::keyed::{AuthorityKey, KeyFn};
 use crate::{BoxError, headers};
 
 /// When the whole call must be done (the client's `deadline`), carried in
-/// the request's extensions: a hold for a host's reset that ends past it is
-/// not waited.
+/// the request's extensions: the retry loop and a hold for a host's reset
+/// read it there, and do not wait to end at or past it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CallDeadline(pub(crate) Instant);
 

@@ -104,6 +104,7 @@ use tower_fanout_core::error::RateLimited;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::learn::CallDeadline;
 use crate::redirect::{AfterRedirect, Hop};
 use crate::timeout::TimedOut;
 use crate::{BoxError, Error, error, headers};
@@ -608,8 +609,8 @@ pin_project! {
         // What earlier attempts noted as waits on purpose (`DeliberateWait`:
         // their time at a per-host gate), to add to the last one's.
         waited: Duration,
-        // The whole call's deadline (the client's): a wait that would end
-        // past it is not slept.
+        // The whole call's deadline (the client's `CallDeadline`): a wait
+        // that would end at or past it is not slept.
         deadline: Option<Instant>,
         #[pin]
         step: RetryStep<S::Future>,
@@ -646,16 +647,16 @@ where
         }
     }
 
-    /// Gives an [`unstarted`](RetryLayer::unstarted) loop its request, and
-    /// the call's deadline if it has one.
-    pub(crate) fn start(self: Pin<&mut Self>, req: Request<B>, deadline: Option<Instant>) {
+    /// Gives an [`unstarted`](RetryLayer::unstarted) loop its request (and
+    /// with it the call's deadline, if the client set one).
+    pub(crate) fn start(self: Pin<&mut Self>, req: Request<B>) {
         let this = self.project();
         if this.config.settings.max_retries > 0 {
             this.config.budget.deposit();
         }
         *this.idempotent = is_idempotent(req.method());
+        *this.deadline = req.extensions().get::<CallDeadline>().map(|d| d.0);
         *this.original = Some(req);
-        *this.deadline = deadline;
     }
 }
 
