@@ -152,11 +152,22 @@ where
     let req = Request::post(format!("http://{addr}/"))
         .body(Stalled)
         .unwrap();
+    let (err, took) = failed_call(client, req).await;
+    (err, took, hits.load(Ordering::SeqCst))
+}
+
+/// Sends `req` through `client` and awaits its failure, for at most an hour
+/// of the test's (paused) clock; returns the error and how long it took.
+pub(crate) async fn failed_call<S, R>(client: S, req: R) -> (S::Error, Duration)
+where
+    S: tower::Service<R>,
+    S::Response: std::fmt::Debug,
+{
     let start = tokio::time::Instant::now();
     let call = tower::ServiceExt::oneshot(client, req);
     let outcome = tokio::time::timeout(Duration::from_secs(3600), call).await;
     let err = outcome.expect("still waiting after an hour").unwrap_err();
-    (err, start.elapsed(), hits.load(Ordering::SeqCst))
+    (err, start.elapsed())
 }
 
 /// A request body that never yields a frame nor ends.
