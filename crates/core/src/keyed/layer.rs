@@ -254,9 +254,11 @@ where
     }
 
     /// How many keys are tracked at most (default 1024). When a new key
-    /// arrives and the map is full, the least recently used idle key is
-    /// forgotten; a key with calls in flight, waiters, or a bucket still
-    /// refilling is never forgotten. With no idle key, the call fails with
+    /// arrives and the map is full, the least recently used idle keys are
+    /// forgotten, an eighth of `max_keys` at a time (at least one), so a
+    /// stream of new keys pays for one scan of the map per `max_keys / 8`
+    /// keys rather than per key; a key with calls in flight, waiters, or a
+    /// bucket still refilling is never forgotten. With no idle key, the call fails with
     /// [`TooManyKeys`](super::TooManyKeys). A key without any limit is not
     /// tracked, so it takes no room and is never refused.
     #[must_use]

@@ -94,7 +94,7 @@ impl<K: Hash + Eq + Clone> Keys<K> {
         self.overrides.get(key).copied().unwrap_or(self.default)
     }
 
-    /// The state of `key`, created (and an idle key evicted) if needed. A
+    /// The state of `key`, created (and idle keys evicted) if needed. A
     /// borrowed key is turned into an owned one only when it is inserted.
     ///
     /// A key without limits gets the shared unlimited state and is not
@@ -121,7 +121,7 @@ impl<K: Hash + Eq + Clone> Keys<K> {
             // An override without limits, under a limited default.
             return Ok(self.unlimited.clone());
         }
-        if map.len() >= self.max_keys && !self.evict_one(&mut map) {
+        if map.len() >= self.max_keys && !self.evict_idle(&mut map) {
             return Err(TooManyKeys::new(self.max_keys));
         }
         let state = Arc::new(KeyState {
@@ -136,24 +136,36 @@ impl<K: Hash + Eq + Clone> Keys<K> {
         Ok(state)
     }
 
-    /// Forgets the least recently used idle key. Idle: nobody but the map
-    /// holds its state (every call, waiting or in flight, holds an `Arc` of
-    /// it, and new ones are handed out only under this lock) and its bucket
-    /// is full again, so forgetting it cannot loosen the rate.
-    fn evict_one(&self, map: &mut HashMap<K, Arc<KeyState>>) -> bool {
+    /// Forgets the least recently used idle keys: an eighth of `max_keys`
+    /// (at least one), or every idle key if fewer are idle. Idle: nobody but
+    /// the map holds its state (every call, waiting or in flight, holds an
+    /// `Arc` of it, and new ones are handed out only under this lock) and
+    /// its bucket is full again, so forgetting it cannot loosen the rate.
+    ///
+    /// Making room for several keys at a time keeps a stream of new keys
+    /// (a crawler, a key per tenant) from scanning the whole map, under the
+    /// lock every call takes, for each one: the scan is paid once per
+    /// `max_keys / 8` new keys.
+    fn evict_idle(&self, map: &mut HashMap<K, Arc<KeyState>>) -> bool {
         let now = self.now();
-        let victim = map
-            .iter()
-            .filter(|(_, s)| {
-                Arc::strong_count(s) == 1
-                    && s.bucket.as_ref().is_none_or(|b| b.tokens(now) >= b.burst())
-            })
-            .min_by_key(|(_, s)| s.last_used.load(Ordering::Relaxed))
-            .map(|(k, _)| k.clone());
-        match victim {
-            Some(victim) => map.remove(&victim).is_some(),
-            None => false,
+        let idle = |s: &Arc<KeyState>| {
+            Arc::strong_count(s) == 1
+                && s.bucket.as_ref().is_none_or(|b| b.tokens(now) >= b.burst())
+        };
+        let mut ticks: Vec<u64> = map
+            .values()
+            .filter(|s| idle(s))
+            .map(|s| s.last_used.load(Ordering::Relaxed))
+            .collect();
+        if ticks.is_empty() {
+            return false;
         }
+        let n = (self.max_keys / 8).clamp(1, ticks.len());
+        let (_, &mut newest_forgotten, _) = ticks.select_nth_unstable(n - 1);
+        // Nothing idle turns busy while the lock is held (a state is handed
+        // out only under it), so each key counted above is forgotten here.
+        map.retain(|_, s| s.last_used.load(Ordering::Relaxed) > newest_forgotten || !idle(s));
+        true
     }
 
     pub(super) fn len(&self) -> usize {

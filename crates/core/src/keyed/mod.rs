@@ -12,9 +12,10 @@
 //! default, or any closure `Fn(&Req) -> K`. Keys without an override get the
 //! default [`KeyLimit`]. The per-key state lives in a map bounded by
 //! [`max_keys`](KeyedLimitBuilder::max_keys): when it is full, the least
-//! recently used *idle* key is forgotten (no call waiting or in flight, its
-//! bucket full again), so the map cannot grow without end and forgetting a
-//! key never loosens its limit. If every key is busy, the call fails with
+//! recently used *idle* keys are forgotten (no call waiting or in flight,
+//! their buckets full again), an eighth of the map at a time, so the map
+//! cannot grow without end, a stream of new keys does not scan it for each
+//! one, and forgetting a key never loosens its limit. If every key is busy, the call fails with
 //! [`TooManyKeys`]. A key without any limit (no concurrency, no rate: the
 //! default [`KeyLimit::new`], or such an override) has nothing to keep, so
 //! it is not tracked: it takes no room in the map and is never refused.
