@@ -31,10 +31,10 @@ use tower_service::Service;
 
 use crate::body::{Cap, Collect, collect};
 use crate::guard::{self, Guard, GuardedConnector, GuardedResolver};
-use crate::learn::{CallDeadline, Learn, Learned};
+use crate::learn::{Learn, Learned};
 use crate::redirect::{AfterRedirect, Hop, RedirectPolicy};
 use crate::retry::{RetryFuture, RetryLayer};
-use crate::timeout::TimedOut;
+use crate::timeout::{Deadline, TimedOut};
 use crate::{BoxError, Error};
 
 const DEFAULT_AGENT: &str = concat!("tower-fanout-http/", env!("CARGO_PKG_VERSION"));
@@ -147,7 +147,8 @@ impl ClientBuilder {
     /// once with [`RateLimited`](tower_fanout_core::error::RateLimited)
     /// (as one past [`RetryBuilder::max_wait`](crate::retry::RetryBuilder::max_wait)
     /// does); when a backoff would end at or past it, the last answer is returned
-    /// as it is.
+    /// as it is. A request may carry a [`Deadline`] of its own (in its
+    /// extensions); the earlier of the two holds.
     #[must_use]
     pub fn deadline(mut self, deadline: Option<Duration>) -> Self {
         self.deadline = deadline;
@@ -912,18 +913,34 @@ where
             }
             Ok(()) => None,
         };
-        // Read from the clock only when there is a deadline; its timer is
-        // made at the first poll, inside the runtime.
-        let deadline = shared
-            .deadline
-            .and_then(|d| Some((d, tokio::time::Instant::now().checked_add(d)?)));
+        // The earlier of the client's deadline and the request's own, with
+        // its length for the error. Read from the clock only when there is
+        // one; its timer is made at the first poll, inside the runtime.
+        let own = req.extensions().get::<Deadline>().map(|d| d.instant());
+        let deadline = if shared.deadline.is_some() || own.is_some() {
+            let now = tokio::time::Instant::now();
+            let client = shared.deadline.and_then(|d| now.checked_add(d));
+            let (at, set_by) = match (client, own) {
+                (Some(c), Some(o)) if o < c => (o, SetBy::Request),
+                (Some(c), _) => (c, SetBy::Client),
+                (None, Some(o)) => (o, SetBy::Request),
+                (None, None) => unreachable!("one of them is set"),
+            };
+            Some(CallDeadline {
+                after: at.saturating_duration_since(now),
+                at,
+                set_by,
+            })
+        } else {
+            None
+        };
         let mut start = None;
         let before = match refused {
             Some(error) => Before::Refused { error: Some(error) },
             None => {
                 let (mut parts, body) = req.into_parts();
-                if let Some((_, at)) = deadline {
-                    parts.extensions.insert(CallDeadline(at));
+                if let Some(deadline) = &deadline {
+                    parts.extensions.insert(Deadline::at(deadline.at));
                 }
                 if let Some(agent) = &shared.user_agent
                     && let http::header::Entry::Vacant(slot) =
@@ -970,9 +987,9 @@ pin_project! {
     struct ClientFuture<B> {
         span: tracing::Span,
         shared: Arc<Shared>,
-        // The whole call's deadline: its length and when it ends, and its
-        // timer once first polled (boxed: most calls have none).
-        deadline: Option<(Duration, tokio::time::Instant)>,
+        // The whole call's deadline, and its timer once first polled
+        // (boxed: most calls have none).
+        deadline: Option<CallDeadline>,
         deadline_timer: Option<Pin<Box<tokio::time::Sleep>>>,
         #[pin]
         before: Before<B>,
@@ -980,6 +997,22 @@ pin_project! {
         #[pin]
         retry: RetryFuture<Stack, Request<Full<Bytes>>>,
     }
+}
+
+/// The deadline a call runs under: the client's or the request's own,
+/// whichever ends first.
+#[derive(Debug, Clone, Copy)]
+struct CallDeadline {
+    /// Its length from `call`, for the error.
+    after: Duration,
+    at: tokio::time::Instant,
+    set_by: SetBy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SetBy {
+    Client,
+    Request,
 }
 
 pin_project! {
@@ -1067,15 +1100,19 @@ where
         // The whole call's deadline, checked after the call's own progress:
         // an answer ready at the deadline is still given.
         if polled.is_pending()
-            && let Some((after, at)) = *this.deadline
+            && let Some(deadline) = *this.deadline
             && this
                 .deadline_timer
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)))
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.at)))
                 .as_mut()
                 .poll(cx)
                 .is_ready()
         {
-            return Poll::Ready(Err(Error::from_box(TimedOut::deadline(after).into())));
+            let timed_out = match deadline.set_by {
+                SetBy::Client => TimedOut::deadline(deadline.after),
+                SetBy::Request => TimedOut::request_deadline(deadline.after),
+            };
+            return Poll::Ready(Err(Error::from_box(timed_out.into())));
         }
         polled
     }

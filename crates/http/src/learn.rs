@@ -56,13 +56,7 @@ use tower_service::Service;
 use tower_fanout_core::error::RateLimited;
 use tower_fanout_core::keyed::{AuthorityKey, KeyFn};
 
-use crate::{BoxError, headers};
-
-/// When the whole call must be done (the client's `deadline`), carried in
-/// the request's extensions: the retry loop and a hold for a host's reset
-/// read it there, and do not wait to end at or past it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct CallDeadline(pub(crate) Instant);
+use crate::{BoxError, Deadline, headers};
 
 /// The longest a host is held for, however long it asks: a day, the bound
 /// the header parsers put on resets (a bogus value, an epoch sent as
@@ -473,7 +467,7 @@ where
     S::Error: Into<BoxError>,
 {
     let holding = Holding::new(&learned);
-    let deadline = req.extensions().get::<CallDeadline>().map(|d| d.0);
+    let deadline = req.extensions().get::<Deadline>().map(|d| d.instant());
     loop {
         // Registered before looking, so news that lands in between is not missed.
         let news = learned.news.notified();

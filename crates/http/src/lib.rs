@@ -86,7 +86,7 @@ pub use self::classify::ClientClassify;
 pub use self::client::{Client, ClientBuilder};
 pub use self::error::Error;
 pub use self::redirect::TooManyRedirects;
-pub use self::timeout::TimedOut;
+pub use self::timeout::{Deadline, TimedOut};
 /// The rustls version the client uses, for [`ClientBuilder::tls_config`].
 pub use rustls;
 pub use tower_fanout_core::BoxError;

@@ -14,7 +14,7 @@
 //! | a connection lost mid-request (response body included) | idempotent | backoff, retry |
 //! | refused address, body cap, timeout, anything else | | return it |
 //! | any outcome after the client preset followed a redirect | not idempotent | return it |
-//! | a wait that would end at or past the client preset's [`deadline`](crate::ClientBuilder::deadline) | any | `Retry-After`: fail at once with [`RateLimited`]; backoff: return the outcome |
+//! | a wait that would end at or past the request's [`Deadline`](crate::Deadline) (the client preset sets it from its [`deadline`](crate::ClientBuilder::deadline)) | any | `Retry-After`: fail at once with [`RateLimited`]; backoff: return the outcome |
 //!
 //! A 429 or a 503 with `Retry-After` says the server did not act on the
 //! request, so any method is retried; 502/503/504 without it may hide a
@@ -104,7 +104,7 @@ use tower_fanout_core::error::RateLimited;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::learn::CallDeadline;
+use crate::Deadline;
 use crate::redirect::{AfterRedirect, Hop};
 use crate::timeout::TimedOut;
 use crate::{BoxError, Error, error, headers};
@@ -609,7 +609,7 @@ pin_project! {
         // What earlier attempts noted as waits on purpose (`DeliberateWait`:
         // their time at a per-host gate), to add to the last one's.
         waited: Duration,
-        // The whole call's deadline (the client's `CallDeadline`): a wait
+        // The whole call's deadline (the request's `Deadline`): a wait
         // that would end at or past it is not slept.
         deadline: Option<Instant>,
         #[pin]
@@ -635,6 +635,7 @@ where
         if config.settings.max_retries > 0 {
             config.budget.deposit();
         }
+        let deadline = req.extensions().get::<Deadline>().map(|d| d.instant());
         Self {
             idempotent: is_idempotent(req.method()),
             config,
@@ -642,20 +643,20 @@ where
             original: Some(req),
             retries: 0,
             waited: Duration::ZERO,
-            deadline: None,
+            deadline,
             step: RetryStep::Ready,
         }
     }
 
     /// Gives an [`unstarted`](RetryLayer::unstarted) loop its request (and
-    /// with it the call's deadline, if the client set one).
+    /// with it the call's deadline, if it has one).
     pub(crate) fn start(self: Pin<&mut Self>, req: Request<B>) {
         let this = self.project();
         if this.config.settings.max_retries > 0 {
             this.config.budget.deposit();
         }
         *this.idempotent = is_idempotent(req.method());
-        *this.deadline = req.extensions().get::<CallDeadline>().map(|d| d.0);
+        *this.deadline = req.extensions().get::<Deadline>().map(|d| d.instant());
         *this.original = Some(req);
     }
 }

@@ -21,7 +21,7 @@ use support::{
 };
 use tower::ServiceExt;
 use tower_fanout_http::retry::RetryLayer;
-use tower_fanout_http::{Client, TimedOut};
+use tower_fanout_http::{Client, Deadline, TimedOut};
 
 /// A call that must not wait (no sleep, no hold) came back well within
 /// `bound` of real time, far below the wait it would otherwise have made.
@@ -146,6 +146,87 @@ async fn a_call_that_runs_past_its_deadline_times_out_at_it() {
         "the place went back"
     );
     assert_eq!(client.host_limits().waiting(&host), 0);
+}
+
+/// A request's own `Deadline` ends its call there when the client has no
+/// deadline, and when the client's comes later; the client's holds when it
+/// comes first. Each error says which deadline passed, and how long after
+/// the call it was.
+#[tokio::test(start_paused = true)]
+async fn a_requests_own_deadline_ends_the_call_unless_the_clients_comes_first() {
+    let (silent, _) = counted(|_| std::future::pending::<http::Response<Chunks>>());
+    let addr = serve_on_thread(silent);
+    // (client's deadline, request's, when the call ends, the request's ended it)
+    let cases = [
+        (None, 3, 3, true),
+        (Some(10), 3, 3, true),
+        (Some(2), 5, 2, false),
+    ];
+    for (client_s, own_s, ends_s, by_request) in cases {
+        let client = Client::builder()
+            .timeout(Some(Duration::from_secs(30)))
+            .deadline(client_s.map(Duration::from_secs))
+            .connect_timeout(None)
+            .build()
+            .unwrap();
+        let mut req = get(addr);
+        req.extensions_mut()
+            .insert(Deadline::after(Duration::from_secs(own_s)));
+        let (err, took) = failed_call(client, req).await;
+        let case = format!("client {client_s:?}, request {own_s} s");
+        let ends = Duration::from_secs(ends_s);
+        assert!(
+            took >= ends && took <= ends + Duration::from_millis(1),
+            "{case}: {took:?}"
+        );
+        let timed_out = timed_out_in(&err);
+        assert!(timed_out.is_deadline(), "{case}: {err}");
+        assert_eq!(timed_out.after(), ends, "{case}");
+        let message = err.to_string();
+        assert_eq!(
+            message.contains("its request's `Deadline`"),
+            by_request,
+            "{case}: {message}"
+        );
+        assert_eq!(
+            message.contains("raise `deadline`"),
+            !by_request,
+            "{case}: {message}"
+        );
+    }
+}
+
+/// A retry layer on its own (as one above the client, past limits of the
+/// caller's) reads the request's `Deadline` too: a `Retry-After` that would
+/// end past it fails at once with `RateLimited`, and a backoff past it
+/// returns the last answer, on the first attempt each.
+#[tokio::test]
+async fn a_retry_layer_on_its_own_does_not_wait_past_the_requests_deadline() {
+    for (status, retry_after) in [(429, Some("20")), (503, None)] {
+        let (addr, hits) = scripted(move |_| (status, retry_after));
+        let client = Client::builder().no_retry().build().unwrap();
+        let retry = RetryLayer::builder()
+            .backoff(Duration::from_secs(20), Duration::from_secs(20))
+            .build()
+            .unwrap();
+        let mut req = get(addr);
+        req.extensions_mut()
+            .insert(Deadline::after(Duration::from_secs(5)));
+        let started = std::time::Instant::now();
+        let outcome = tower::Layer::layer(&retry, client).oneshot(req).await;
+        match retry_after {
+            Some(_) => {
+                let err = outcome.unwrap_err();
+                let limited = err
+                    .downcast_ref::<tower_fanout_core::error::RateLimited>()
+                    .unwrap_or_else(|| panic!("{err}"));
+                assert_eq!(limited.retry_after(), Duration::from_secs(20));
+            }
+            None => assert_eq!(outcome.unwrap().status(), 503),
+        }
+        assert_eq!(hits.load(Ordering::SeqCst), 1, "{status}: no retry");
+        returned_within(started, Duration::from_secs(4));
+    }
 }
 
 /// Without a deadline the same call is bounded by the attempt's timeout
