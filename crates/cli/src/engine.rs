@@ -4,6 +4,8 @@
 //! per-host limits are) → retry (Retry-After aware, no permit held while
 //! sleeping) → global rate limit → adaptive limit → attempt counter → the
 //! HTTP client preset (per-host limits, timeouts, body cap, address guard).
+//! With `--deadline`, each item runs under one `Deadline` from its start,
+//! which the retry layer and the client read from its request.
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
@@ -25,8 +27,8 @@ use tower_fanout_core::concurrency::ConcurrencyLimitLayer;
 use tower_fanout_core::fan_out::{ItemResult, Progress, fan_out};
 use tower_fanout_core::keyed::{AuthorityKey, KeyFn, KeyLimit};
 use tower_fanout_core::rate::RateLimitLayer;
-use tower_fanout_http::ClientClassify;
 use tower_fanout_http::retry::RetryLayer;
+use tower_fanout_http::{ClientClassify, Deadline};
 
 use crate::input::Item;
 use crate::units::Rate;
@@ -62,6 +64,8 @@ pub(crate) struct FetchOptions {
     pub(crate) per_host: usize,
     pub(crate) adaptive: bool,
     pub(crate) timeout: Duration,
+    /// Time allowed for each item over all its attempts and waits.
+    pub(crate) deadline: Option<Duration>,
     pub(crate) max_body: u64,
     pub(crate) retries: u32,
     pub(crate) allow_private: bool,
@@ -178,6 +182,7 @@ pub(crate) struct Fetcher {
     stack: Stack,
     concurrency: usize,
     per_host: usize,
+    deadline: Option<Duration>,
 }
 
 impl FetchOptions {
@@ -188,6 +193,7 @@ impl FetchOptions {
             stack: self.stack()?,
             concurrency: self.concurrency,
             per_host: self.per_host,
+            deadline: self.deadline,
         })
     }
 }
@@ -231,11 +237,11 @@ impl Fetcher {
         }
         // A request the http crate cannot build (already checked, so rare) fails alone.
         let requests = requests.into_iter().map(|r| r.map_err(|e| e.to_string()));
-        let stack = self.stack.clone();
+        let (stack, deadline) = (self.stack.clone(), self.deadline);
         let service = tower::service_fn(move |req: Result<Req, String>| {
             let stack = stack.clone();
             async move {
-                let response = stack.oneshot(req.map_err(BoxError::from)?).await?;
+                let response = within(deadline, stack, req.map_err(BoxError::from)?).await?;
                 // Only the status and the size are reported: the body is
                 // dropped as soon as the item ends, so a batch holds at most
                 // a window of bodies, not all of them until the last is in.
@@ -302,6 +308,59 @@ impl Fetcher {
     }
 }
 
+/// One item's call through the stack, under `--deadline` when set. The
+/// deadline goes in the request's extensions, so the retry layer does not
+/// sleep a wait that would end past it and the client ends an attempt
+/// there; the timer here also bounds the waits at the limits between them.
+async fn within(
+    deadline: Option<Duration>,
+    stack: Stack,
+    mut req: Req,
+) -> Result<Response<Bytes>, BoxError> {
+    let Some(after) = deadline else {
+        return stack.oneshot(req).await;
+    };
+    let at = Deadline::after(after);
+    req.extensions_mut().insert(at);
+    match tokio::time::timeout_at(at.instant(), stack.oneshot(req)).await {
+        Ok(Err(e)) if ended_by_deadline(&*e) => Err(PastDeadline(after).into()),
+        Ok(outcome) => outcome,
+        Err(_) => Err(PastDeadline(after).into()),
+    }
+}
+
+/// The client ended an attempt at the request's deadline (it has none of
+/// its own here): the item's, which its error tells in the library's terms
+/// and with the time left to that attempt.
+fn ended_by_deadline(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.downcast_ref::<tower_fanout_http::TimedOut>()
+            .is_some_and(tower_fanout_http::TimedOut::is_deadline)
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// An item ran past `--deadline`.
+#[derive(Debug)]
+struct PastDeadline(Duration);
+
+impl std::fmt::Display for PastDeadline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "no answer within --deadline {} ms (every attempt and wait included); raise --deadline",
+            self.0.as_millis()
+        )
+    }
+}
+
+impl std::error::Error for PastDeadline {}
+
 /// The host an item's request is limited under by the client (`None` for a
 /// request that could not be built, which fails at once).
 fn host_key(req: &Result<Req, String>) -> Option<String> {
@@ -363,10 +422,12 @@ fn describe(error: &(dyn std::error::Error + 'static)) -> String {
             // The library's message names its `max_wait`, which no flag sets.
             return format!(
                 "rate limited: the server asked to wait {} s before another request, \
-                 longer than fanout waits for a Retry-After; fetch this item again later",
+                 longer than fanout waits for a Retry-After or past the item's --deadline; \
+                 fetch this item again later",
                 limited.retry_after().as_secs_f64().ceil()
             );
         }
+
         next = e.source();
     }
     chain(error)
@@ -400,6 +461,7 @@ mod tests {
             per_host: 8,
             adaptive: true,
             timeout: Duration::from_secs(8),
+            deadline: None,
             max_body: 1024,
             retries: 0,
             allow_private: false,
@@ -489,23 +551,11 @@ mod tests {
     /// setting no flag of the CLI reaches. The item says the wait instead.
     #[tokio::test]
     async fn a_retry_after_past_the_cap_says_when_to_come_back() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 4096];
-                    let _ = socket.read(&mut buf).await;
-                    let _ = socket
-                        .write_all(
-                            b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 3600\r\n\
-                              content-length: 0\r\nconnection: close\r\n\r\n",
-                        )
-                        .await;
-                });
-            }
-        });
+        let addr = answering(
+            b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 3600\r\n\
+              content-length: 0\r\nconnection: close\r\n\r\n",
+        )
+        .await;
         let opts = FetchOptions {
             adaptive: false,
             retries: 2,
@@ -520,6 +570,116 @@ mod tests {
         assert!(
             text.contains("wait 3600 s") && !text.contains("max_wait"),
             "{text}"
+        );
+    }
+
+    /// A loopback server that reads each request and writes `response`.
+    async fn answering(response: &'static [u8]) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = socket.read(&mut buf).await;
+                    let _ = socket.write_all(response).await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn item(id: &str, addr: std::net::SocketAddr) -> Item {
+        Item {
+            id: id.to_string(),
+            url: format!("http://{addr}/"),
+        }
+    }
+
+    /// `--deadline` bounds an item over its attempts: a downstream slower
+    /// than the deadline fails the item at the deadline (not at the 8 s
+    /// attempt timeout), after one attempt, with the flag in its message.
+    #[tokio::test]
+    async fn the_deadline_ends_an_item_before_its_attempt_timeout() {
+        use tower_fanout_sim::{Jitter, Model, Sim};
+        let sim = Sim::new(
+            Model::new().latency(Duration::from_secs(60), Jitter::None),
+            1,
+        );
+        let server = sim.serve().await.unwrap();
+        let opts = FetchOptions {
+            adaptive: false,
+            allow_private: true,
+            retries: 2,
+            deadline: Some(Duration::from_millis(300)),
+            ..options()
+        };
+        let items = vec![item("slow", server.addr())];
+        let records = opts.fetcher().unwrap().fetch_all(items, |_| {}).await;
+        let record = &records[0];
+        let error = record.error.as_deref().unwrap_or_default();
+        assert!(error.contains("--deadline 300 ms"), "{record:?}");
+        assert_eq!(record.attempts, 1, "{record:?}");
+        assert!((300..8_000).contains(&record.latency_ms), "{record:?}");
+    }
+
+    /// A `Retry-After` that would end past the item's deadline is not
+    /// slept: with one second between answers and 1.9 s allowed, the item
+    /// makes two attempts and fails at the second answer, rate limited.
+    #[tokio::test]
+    async fn the_deadline_stops_the_retries_whose_wait_would_pass_it() {
+        let addr = answering(
+            b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\n\
+              content-length: 0\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        let opts = FetchOptions {
+            adaptive: false,
+            allow_private: true,
+            retries: 10,
+            deadline: Some(Duration::from_millis(1_900)),
+            ..options()
+        };
+        let records = opts
+            .fetcher()
+            .unwrap()
+            .fetch_all(vec![item("busy", addr)], |_| {})
+            .await;
+        let record = &records[0];
+        let error = record.error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains("rate limited") && error.contains("--deadline"),
+            "{record:?}"
+        );
+        assert_eq!(record.attempts, 2, "{record:?}");
+        assert!((1_000..1_900).contains(&record.latency_ms), "{record:?}");
+    }
+
+    /// The deadline also bounds a wait at a limit above the client: of two
+    /// items under a global rate of one a minute, one is answered and the
+    /// other, waiting for the next token, fails at its deadline.
+    #[tokio::test]
+    async fn the_deadline_bounds_a_wait_at_the_global_rate() {
+        let addr =
+            answering(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await;
+        let opts = FetchOptions {
+            adaptive: false,
+            allow_private: true,
+            rate: Some(crate::units::parse_rate("1/min").unwrap()),
+            burst: Some(1),
+            deadline: Some(Duration::from_secs(1)),
+            ..options()
+        };
+        let items = vec![item("a", addr), item("b", addr)];
+        let records = opts.fetcher().unwrap().fetch_all(items, |_| {}).await;
+        let (ok, failed): (Vec<_>, Vec<_>) = records.iter().partition(|r| r.ok);
+        assert_eq!((ok.len(), failed.len()), (1, 1), "{records:?}");
+        let error = failed[0].error.as_deref().unwrap_or_default();
+        assert!(error.contains("--deadline 1000 ms"), "{records:?}");
+        assert!(
+            (1_000..30_000).contains(&failed[0].latency_ms),
+            "{records:?}"
         );
     }
 }

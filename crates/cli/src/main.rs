@@ -86,6 +86,9 @@ struct Limits {
     /// Time allowed for each attempt, e.g. 8s, 500ms.
     #[arg(long, default_value = "8s", value_parser = units::parse_duration)]
     timeout: Duration,
+    /// Time allowed for each item from its start, every attempt and wait included, e.g. 30s (default: no bound but --timeout and --retries).
+    #[arg(long, value_parser = units::parse_duration)]
+    deadline: Option<Duration>,
     /// Largest response body accepted, e.g. 10MiB.
     #[arg(long, default_value = "10MiB", value_parser = units::parse_size)]
     max_body: u64,
@@ -109,6 +112,7 @@ impl Limits {
             per_host: self.per_host as usize,
             adaptive: self.adaptive,
             timeout: self.timeout,
+            deadline: self.deadline,
             max_body: self.max_body,
             retries: self.retries,
             allow_private: self.allow_private,
