@@ -427,7 +427,6 @@ fn describe(error: &(dyn std::error::Error + 'static)) -> String {
                 limited.retry_after().as_secs_f64().ceil()
             );
         }
-
         next = e.source();
     }
     chain(error)

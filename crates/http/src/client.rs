@@ -917,22 +917,21 @@ where
         // its length for the error. Read from the clock only when there is
         // one; its timer is made at the first poll, inside the runtime.
         let own = req.extensions().get::<Deadline>().map(|d| d.instant());
-        let deadline = if shared.deadline.is_some() || own.is_some() {
+        let deadline = if shared.deadline.is_none() && own.is_none() {
+            None
+        } else {
             let now = tokio::time::Instant::now();
             let client = shared.deadline.and_then(|d| now.checked_add(d));
-            let (at, set_by) = match (client, own) {
-                (Some(c), Some(o)) if o < c => (o, SetBy::Request),
-                (Some(c), _) => (c, SetBy::Client),
-                (None, Some(o)) => (o, SetBy::Request),
-                (None, None) => unreachable!("one of them is set"),
+            let earlier = match (client, own) {
+                (Some(c), Some(o)) if o < c => Some((o, SetBy::Request)),
+                (Some(c), _) => Some((c, SetBy::Client)),
+                (None, o) => o.map(|o| (o, SetBy::Request)),
             };
-            Some(CallDeadline {
+            earlier.map(|(at, set_by)| CallDeadline {
                 after: at.saturating_duration_since(now),
                 at,
                 set_by,
             })
-        } else {
-            None
         };
         let mut start = None;
         let before = match refused {
