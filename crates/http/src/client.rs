@@ -933,6 +933,12 @@ where
                 set_by,
             })
         };
+        // A request whose own deadline has passed already (it waited too
+        // long at a limit above the client, say) is not sent at all.
+        let refused = refused.or_else(|| {
+            let past = deadline.filter(|d| d.after.is_zero())?;
+            Some(Error::from_box(past.timed_out().into()))
+        });
         let mut start = None;
         let before = match refused {
             Some(error) => Before::Refused { error: Some(error) },
@@ -1012,6 +1018,16 @@ struct CallDeadline {
 enum SetBy {
     Client,
     Request,
+}
+
+impl CallDeadline {
+    /// The error of a call that ran past it.
+    fn timed_out(self) -> TimedOut {
+        match self.set_by {
+            SetBy::Client => TimedOut::deadline(self.after),
+            SetBy::Request => TimedOut::request_deadline(self.after),
+        }
+    }
 }
 
 pin_project! {
@@ -1107,11 +1123,7 @@ where
                 .poll(cx)
                 .is_ready()
         {
-            let timed_out = match deadline.set_by {
-                SetBy::Client => TimedOut::deadline(deadline.after),
-                SetBy::Request => TimedOut::request_deadline(deadline.after),
-            };
-            return Poll::Ready(Err(Error::from_box(timed_out.into())));
+            return Poll::Ready(Err(Error::from_box(deadline.timed_out().into())));
         }
         polled
     }

@@ -10,7 +10,8 @@ use tokio::time::Instant;
 /// Insert it to give a request a deadline of its own. The [`Client`](crate::Client)
 /// ends the call there with [`TimedOut`] ([`is_deadline`](TimedOut::is_deadline)),
 /// or at its own [`deadline`](crate::ClientBuilder::deadline) if that comes
-/// first, and does not sleep a `Retry-After`, a hold for a spent host's reset
+/// first (a request whose deadline has passed already is not sent), and
+/// does not sleep a `Retry-After`, a hold for a spent host's reset
 /// or a backoff that would end at or past it (the call fails at once with
 /// [`RateLimited`](tower_fanout_core::error::RateLimited), or returns its
 /// last answer). A [`RetryLayer`](crate::retry::RetryLayer) used on its own

@@ -196,6 +196,28 @@ async fn a_requests_own_deadline_ends_the_call_unless_the_clients_comes_first() 
     }
 }
 
+/// A request whose own deadline has passed when it reaches the client (it
+/// waited too long at a limit above, say) fails at once without being sent.
+#[tokio::test]
+async fn a_request_past_its_own_deadline_is_not_sent() {
+    let (addr, hits) = scripted(|_| (200, None));
+    let client = Client::builder().build().unwrap();
+    let mut req = get(addr);
+    req.extensions_mut().insert(Deadline::after(Duration::ZERO));
+    let err = client.clone().oneshot(req).await.unwrap_err();
+    let timed_out = timed_out_in(&err);
+    assert!(timed_out.is_deadline(), "{err}");
+    assert_eq!(timed_out.after(), Duration::ZERO);
+    assert!(err.to_string().contains("`Deadline`"), "{err}");
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "not sent");
+    // A deadline still ahead is sent as usual.
+    let mut req = get(addr);
+    req.extensions_mut()
+        .insert(Deadline::after(Duration::from_secs(60)));
+    assert_eq!(client.oneshot(req).await.unwrap().status(), 200);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
 /// A retry layer on its own (as one above the client, past limits of the
 /// caller's) reads the request's `Deadline` too: a `Retry-After` that would
 /// end past it fails at once with `RateLimited`, and a backoff past it
