@@ -83,6 +83,12 @@ mod wait;
 #[cfg_attr(docsrs, doc(cfg(any(feature = "adaptive", feature = "keyed"))))]
 pub use self::wait::DeliberateWait;
 
+#[cfg(feature = "keyed")]
+mod deadline;
+#[cfg(feature = "keyed")]
+#[cfg_attr(docsrs, doc(cfg(feature = "keyed")))]
+pub use self::deadline::Deadline;
+
 #[cfg(any(feature = "rate", feature = "adaptive"))]
 mod clock;
 #[cfg(any(feature = "concurrency", feature = "rate"))]

@@ -370,6 +370,92 @@ async fn fail_fast_rate_refusal_returns_the_permit() {
     assert_eq!(handle.in_flight(&key), 0);
 }
 
+/// A call whose token would come at or past its request's `Deadline` is
+/// refused at once with `RateLimited` and the wait, not held until then;
+/// its booked token and its permit go back, so the next call waits for
+/// the same token, not one after it. A token due before the deadline is
+/// waited for as usual.
+#[tokio::test(start_paused = true)]
+async fn a_token_due_past_the_requests_deadline_is_refused_at_once() {
+    use tower_fanout_core::Deadline;
+    let limit = KeyLimit::new()
+        .concurrency(1)
+        .rate(1, Duration::from_secs(10))
+        .burst(1);
+    let layer = KeyedLimitLayer::builder(limit).build().unwrap();
+    let handle = layer.handle();
+    let key = "d.test".to_string();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(service_fn(|_: Req| async {
+            Ok::<_, BoxError>(Instant::now())
+        }));
+    let with_deadline = |secs| {
+        let mut req = get("d.test");
+        req.extensions_mut()
+            .insert(Deadline::after(Duration::from_secs(secs)));
+        req
+    };
+    let start = Instant::now();
+    svc.clone().oneshot(get("d.test")).await.unwrap();
+
+    // The next token is 10 s away: past a 5 s deadline, and exactly at a
+    // 10 s one (which leaves the call no time).
+    for secs in [5, 10] {
+        let asked = Instant::now();
+        let err = at_once(
+            "past the deadline",
+            svc.clone().oneshot(with_deadline(secs)),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(asked.elapsed(), Duration::ZERO, "refused without waiting");
+        let limited = err
+            .downcast_ref::<RateLimited>()
+            .unwrap_or_else(|| panic!("{err}"));
+        assert_eq!(limited.retry_after(), Duration::from_secs(10), "{secs} s");
+        assert_eq!(handle.in_flight(&key), 0);
+        assert_eq!(handle.waiting(&key), 0);
+    }
+    // The token was given back each time: a call without a deadline gets
+    // the one due at 10 s, and one whose deadline is later gets the next.
+    let plain = tokio::spawn(svc.clone().oneshot(get("d.test")));
+    let later = tokio::spawn(svc.clone().oneshot(with_deadline(25)));
+    assert_eq!(
+        plain.await.unwrap().unwrap() - start,
+        Duration::from_secs(10)
+    );
+    assert_eq!(
+        later.await.unwrap().unwrap() - start,
+        Duration::from_secs(20)
+    );
+}
+
+/// A closure's keys say nothing of a deadline (the default
+/// `KeyFn::deadline`): its calls wait for their token as before.
+#[tokio::test(start_paused = true)]
+async fn a_closure_key_waits_whatever_the_deadline() {
+    use tower_fanout_core::Deadline;
+    let layer = KeyedLimitLayer::builder_with_key(
+        |r: &Req| r.uri().host().unwrap().to_string(),
+        KeyLimit::new().rate(1, Duration::from_secs(10)).burst(1),
+    )
+    .build()
+    .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(service_fn(|_: Req| async {
+            Ok::<_, BoxError>(Instant::now())
+        }));
+    let start = Instant::now();
+    svc.clone().oneshot(get("c.test")).await.unwrap();
+    let mut req = get("c.test");
+    req.extensions_mut()
+        .insert(Deadline::after(Duration::from_secs(1)));
+    let at = svc.clone().oneshot(req).await.unwrap();
+    assert_eq!(at - start, Duration::from_secs(10));
+}
+
 #[tokio::test(start_paused = true)]
 async fn custom_key_function() {
     #[derive(Debug)]

@@ -29,12 +29,13 @@ use tower_http::follow_redirect::FollowRedirect;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::Deadline;
 use crate::body::{Cap, Collect, collect};
 use crate::guard::{self, Guard, GuardedConnector, GuardedResolver};
 use crate::learn::{Learn, Learned};
 use crate::redirect::{AfterRedirect, Hop, RedirectPolicy};
 use crate::retry::{RetryFuture, RetryLayer};
-use crate::timeout::{Deadline, TimedOut};
+use crate::timeout::TimedOut;
 use crate::{BoxError, Error};
 
 const DEFAULT_AGENT: &str = concat!("tower-fanout-http/", env!("CARGO_PKG_VERSION"));
@@ -142,9 +143,10 @@ impl ClientBuilder {
     /// and the retry settings bound it). Past it the call fails with a
     /// timeout ([`Error::is_timeout`], [`TimedOut::is_deadline`]) and gives
     /// back everything it held. A known wait that would end at or past the
-    /// deadline is not slept: a server's `Retry-After`, or a hold until the
-    /// reset of a host whose headers said nothing remains, fails the call at
-    /// once with [`RateLimited`](tower_fanout_core::error::RateLimited)
+    /// deadline is not slept: a server's `Retry-After`, a hold until the
+    /// reset of a host whose headers said nothing remains, or a wait for a
+    /// token of the host's own rate ([`host_limit`](Self::host_limit)),
+    /// fails the call at once with [`RateLimited`](tower_fanout_core::error::RateLimited)
     /// (as one past [`RetryBuilder::max_wait`](crate::retry::RetryBuilder::max_wait)
     /// does); when a backoff would end at or past it, the last answer is returned
     /// as it is. A request may carry a [`Deadline`] of its own (in its

@@ -86,10 +86,10 @@ pub use self::classify::ClientClassify;
 pub use self::client::{Client, ClientBuilder};
 pub use self::error::Error;
 pub use self::redirect::TooManyRedirects;
-pub use self::timeout::{Deadline, TimedOut};
+pub use self::timeout::TimedOut;
 /// The rustls version the client uses, for [`ClientBuilder::tls_config`].
 pub use rustls;
-pub use tower_fanout_core::BoxError;
+pub use tower_fanout_core::{BoxError, Deadline};
 
 /// Names a failure for counting, as [`fan_out`'s `error_kind`](tower_fanout_core::fan_out::error_kind)
 /// does, but knowing this crate's [`Error`]: pass it to `FanOut::error_kinds` so a

@@ -14,7 +14,7 @@
 //! | a connection lost mid-request (response body included) | idempotent | backoff, retry |
 //! | refused address, body cap, timeout, anything else | | return it |
 //! | any outcome after the client preset followed a redirect | not idempotent | return it |
-//! | a wait that would end at or past the request's [`Deadline`](crate::Deadline) (the client preset sets it from its [`deadline`](crate::ClientBuilder::deadline)) | any | `Retry-After`: fail at once with [`RateLimited`]; backoff: return the outcome |
+//! | a wait that would end at or past the request's [`Deadline`] (the client preset sets it from its [`deadline`](crate::ClientBuilder::deadline)) | any | `Retry-After`: fail at once with [`RateLimited`]; backoff: return the outcome |
 //!
 //! A 429 or a 503 with `Retry-After` says the server did not act on the
 //! request, so any method is retried; 502/503/504 without it may hide a

@@ -218,6 +218,45 @@ async fn a_request_past_its_own_deadline_is_not_sent() {
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
 
+/// A host's own rate under a deadline: a call whose token would come past
+/// it fails at once with `RateLimited` and the wait, unsent, instead of
+/// waiting at the host's gate to time out; the client's deadline and a
+/// request's own both count.
+#[tokio::test]
+async fn a_hosts_token_due_past_the_deadline_fails_at_once() {
+    use tower_fanout_core::keyed::KeyLimit;
+    let (addr, hits) = scripted(|_| (200, None));
+    let host = format!("127.0.0.1:{}", addr.port());
+    let one_a_minute = KeyLimit::new().rate(1, Duration::from_secs(60)).burst(1);
+    for client_deadline in [Some(10), None] {
+        let client = Client::builder()
+            .host_limit(host.clone(), one_a_minute)
+            .deadline(client_deadline.map(Duration::from_secs))
+            .build()
+            .unwrap();
+        assert_eq!(
+            client.clone().oneshot(get(addr)).await.unwrap().status(),
+            200
+        );
+        let mut req = get(addr);
+        if client_deadline.is_none() {
+            req.extensions_mut()
+                .insert(Deadline::after(Duration::from_secs(10)));
+        }
+        let sent = hits.load(Ordering::SeqCst);
+        let started = std::time::Instant::now();
+        let err = client.oneshot(req).await.unwrap_err();
+        assert!(err.is_rate_limited(), "{client_deadline:?}: {err}");
+        let wait = err.retry_after().unwrap();
+        assert!(
+            wait > Duration::from_secs(55) && wait <= Duration::from_secs(60),
+            "{wait:?}"
+        );
+        assert_eq!(hits.load(Ordering::SeqCst), sent, "not sent");
+        returned_within(started, Duration::from_secs(5));
+    }
+}
+
 /// A retry layer on its own (as one above the client, past limits of the
 /// caller's) reads the request's `Deadline` too: a `Retry-After` that would
 /// end past it fails at once with `RateLimited`, and a backoff past it

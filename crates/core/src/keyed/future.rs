@@ -12,11 +12,11 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::map::KeyState;
-use crate::BoxError;
 use crate::clock::Clock;
 use crate::error::{Overloaded, RateLimited, polled_after_completion};
 use crate::semaphore::{Acquire, Permit};
 use crate::sleep::ReusableSleep;
+use crate::{BoxError, Deadline};
 
 pin_project! {
     /// Waits for the key's permit, then its token, then runs the inner call
@@ -67,6 +67,9 @@ struct Wait<S, Req> {
     /// When the booked token arrives, if it was not there at once; while
     /// it is awaited the call is counted in the key's `awaiting_token`.
     token_at: Option<u64>,
+    /// When the call must be done ([`KeyFn::deadline`](super::KeyFn::deadline)):
+    /// a token due at or after it is not waited for.
+    deadline: Option<Deadline>,
     token_done: bool,
     sleep: ReusableSleep,
     acquire: Option<Acquire>,
@@ -118,7 +121,19 @@ impl<S, Req> Wait<S, Req> {
                 }
             } else {
                 let (end, at) = bucket.take_queued(now, 1);
+                // Given back with the wait if the call is refused below.
                 self.booking = Some(end);
+                if at > now
+                    && let Some(deadline) = self.deadline
+                    && at >= self.clock.nanos(deadline.instant())
+                {
+                    let retry_after = Duration::from_nanos(at - now);
+                    tracing::debug!(
+                        retry_after_ms = retry_after.as_millis() as u64,
+                        "keyed rate limit; the token would come past the call's deadline; refused"
+                    );
+                    return Poll::Ready(Err(RateLimited::new(retry_after).into()));
+                }
                 if at > now {
                     tracing::debug!(
                         wait_ms = Duration::from_nanos(at - now).as_millis() as u64,
@@ -175,6 +190,7 @@ where
         state: Arc<KeyState>,
         clock: Clock,
         fail_fast: bool,
+        deadline: Option<Deadline>,
     ) -> Self {
         Self {
             kind: Kind::Waiting {
@@ -186,6 +202,7 @@ where
                     fail_fast,
                     booking: None,
                     token_at: None,
+                    deadline,
                     token_done: false,
                     sleep: ReusableSleep::default(),
                     acquire: None,

@@ -9,6 +9,7 @@ use tower_layer::Layer;
 
 use super::map::{Keys, Resolved};
 use super::service::KeyedLimit;
+use crate::Deadline;
 use crate::error::ConfigError;
 
 /// The limits applied to one key: concurrency, rate, both, or neither.
@@ -138,6 +139,17 @@ pub trait KeyFn<Req> {
 
     /// The key of `req`, borrowed from it when it can be.
     fn key<'r>(&self, req: &'r Req) -> Cow<'r, Self::Lookup>;
+
+    /// When `req` must be done by, if it says so: a call whose token for
+    /// its key would come at or past it is refused at once with
+    /// [`RateLimited`](crate::error::RateLimited) and the wait, instead of
+    /// held until then. `None` by default (a closure's keys); [`AuthorityKey`]
+    /// reads the request's [`Deadline`] extension. Asked only of a call that
+    /// would have to wait.
+    fn deadline(&self, req: &Req) -> Option<Deadline> {
+        let _ = req;
+        None
+    }
 }
 
 impl<F, Req, K> KeyFn<Req> for F
@@ -167,6 +179,10 @@ pub struct AuthorityKey;
 impl<B> KeyFn<http::Request<B>> for AuthorityKey {
     type Key = String;
     type Lookup = str;
+
+    fn deadline(&self, req: &http::Request<B>) -> Option<Deadline> {
+        req.extensions().get::<Deadline>().copied()
+    }
 
     fn key<'r>(&self, req: &'r http::Request<B>) -> Cow<'r, str> {
         let uri = req.uri();

@@ -41,6 +41,10 @@
 //! Waiting is the default. With [`fail_fast`](KeyedLimitBuilder::fail_fast)
 //! a key with no permit free answers [`Overloaded`](crate::error::Overloaded)
 //! and an empty bucket answers [`RateLimited`](crate::error::RateLimited).
+//! A request that carries a [`Deadline`](crate::Deadline) is not held for a
+//! token due at or past it: it answers `RateLimited` with the wait at once
+//! (read by [`AuthorityKey`]; a closure's keys carry none, see
+//! [`KeyFn::deadline`]).
 //!
 //! # Sharing
 //! The map is held in an `Arc` inside the layer: every service the layer

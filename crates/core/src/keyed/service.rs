@@ -94,12 +94,18 @@ where
                 return ResponseFuture::admitted(self.inner.clone(), req, state, permit);
             }
         }
+        // A deadline matters only to a wait for a token.
+        let deadline = state
+            .bucket
+            .as_ref()
+            .and_then(|_| self.key_fn.deadline(&req));
         ResponseFuture::new(
             self.inner.clone(),
             req,
             state,
             self.keys.clock(),
             self.keys.fail_fast,
+            deadline,
         )
     }
 }
