@@ -10,8 +10,8 @@ use tokio::time::Instant;
 /// Layers that would wait on the call's behalf read it and do not start a
 /// wait they know ends at or past it:
 /// - the [keyed limit](crate::keyed) refuses at once, with
-///   [`RateLimited`](crate::error::RateLimited) and the wait, a call whose
-///   token for its key would come at or past its deadline, instead of
+///   [`RateLimited`](crate::error::RateLimited) and the wait, a call that
+///   would wait for its key's token until or past its deadline, instead of
 ///   holding it (and its key's permit) until then (its default key,
 ///   [`AuthorityKey`](crate::keyed::AuthorityKey), reads the extension; a
 ///   [`KeyFn`](crate::keyed::KeyFn) of your own can, through

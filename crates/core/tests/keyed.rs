@@ -370,8 +370,9 @@ async fn fail_fast_rate_refusal_returns_the_permit() {
     assert_eq!(handle.in_flight(&key), 0);
 }
 
-/// A call whose token would come at or past its request's `Deadline` is
-/// refused at once with `RateLimited` and the wait, not held until then;
+/// A call that would wait for its token until or past its request's
+/// `Deadline` is refused at once with `RateLimited` and the wait, not held
+/// until then (a token there now is taken, whatever the deadline);
 /// its booked token and its permit go back, so the next call waits for
 /// the same token, not one after it. A token due before the deadline is
 /// waited for as usual.
@@ -396,8 +397,12 @@ async fn a_token_due_past_the_requests_deadline_is_refused_at_once() {
             .insert(Deadline::after(Duration::from_secs(secs)));
         req
     };
+    // Not at the clock's epoch, so a wait measured from it would show.
+    tokio::time::advance(Duration::from_secs(1)).await;
     let start = Instant::now();
-    svc.clone().oneshot(get("d.test")).await.unwrap();
+    // A token there now is taken whatever the deadline: only waits are refused.
+    let late = with_deadline(0);
+    assert_eq!(svc.clone().oneshot(late).await.unwrap(), start);
 
     // The next token is 10 s away: past a 5 s deadline, and exactly at a
     // 10 s one (which leaves the call no time).
@@ -429,6 +434,21 @@ async fn a_token_due_past_the_requests_deadline_is_refused_at_once() {
         later.await.unwrap().unwrap() - start,
         Duration::from_secs(20)
     );
+}
+
+/// A deadline too far for the clock is taken as a century away rather
+/// than overflowing; `at` keeps its instant.
+#[tokio::test(start_paused = true)]
+async fn a_deadline_too_far_for_the_clock_is_a_century_away() {
+    use tower_fanout_core::Deadline;
+    let now = Instant::now();
+    let century = Duration::from_secs(100 * 365 * 24 * 3600);
+    assert_eq!(Deadline::after(Duration::MAX).instant() - now, century);
+    assert_eq!(
+        Deadline::after(Duration::from_secs(3)).instant() - now,
+        Duration::from_secs(3)
+    );
+    assert_eq!(Deadline::at(now).instant(), now);
 }
 
 /// A closure's keys say nothing of a deadline (the default

@@ -27,8 +27,8 @@ impl TimedOut {
         }
     }
 
-    /// The whole call ran past the request's own [`Deadline`](crate::Deadline), `after` its
-    /// start.
+    /// The whole call ran past the request's own
+    /// [`Deadline`](crate::Deadline), `after` its start.
     pub(crate) fn request_deadline(after: Duration) -> Self {
         Self {
             after,
@@ -46,7 +46,7 @@ impl TimedOut {
     }
 
     /// The whole call, retries and their waits included, ran past the
-    /// client's deadline or the request's own.
+    /// client's deadline.
     pub(crate) fn deadline(after: Duration) -> Self {
         Self {
             after,

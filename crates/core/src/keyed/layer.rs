@@ -140,8 +140,8 @@ pub trait KeyFn<Req> {
     /// The key of `req`, borrowed from it when it can be.
     fn key<'r>(&self, req: &'r Req) -> Cow<'r, Self::Lookup>;
 
-    /// When `req` must be done by, if it says so: a call whose token for
-    /// its key would come at or past it is refused at once with
+    /// When `req` must be done by, if it says so: a call that would wait for
+    /// its key's token until or past it is refused at once with
     /// [`RateLimited`](crate::error::RateLimited) and the wait, instead of
     /// held until then. `None` by default (a closure's keys); [`AuthorityKey`]
     /// reads the request's [`Deadline`] extension. Asked only of a call that
@@ -274,9 +274,9 @@ where
     /// forgotten, an eighth of `max_keys` at a time (at least one), so a
     /// stream of new keys pays for one scan of the map per `max_keys / 8`
     /// keys rather than per key; a key with calls in flight, waiters, or a
-    /// bucket still refilling is never forgotten. With no idle key, the call fails with
-    /// [`TooManyKeys`](super::TooManyKeys). A key without any limit is not
-    /// tracked, so it takes no room and is never refused.
+    /// bucket still refilling is never forgotten. With no idle key, the call
+    /// fails with [`TooManyKeys`](super::TooManyKeys). A key without any
+    /// limit is not tracked, so it takes no room and is never refused.
     #[must_use]
     pub fn max_keys(mut self, max_keys: usize) -> Self {
         self.max_keys = max_keys;

@@ -15,8 +15,8 @@
 //! recently used *idle* keys are forgotten (no call waiting or in flight,
 //! their buckets full again), an eighth of the map at a time, so the map
 //! cannot grow without end, a stream of new keys does not scan it for each
-//! one, and forgetting a key never loosens its limit. If every key is busy, the call fails with
-//! [`TooManyKeys`]. A key without any limit (no concurrency, no rate: the
+//! one, and forgetting a key never loosens its limit. If every key is busy,
+//! the call fails with [`TooManyKeys`]. A key without any limit (no concurrency, no rate: the
 //! default [`KeyLimit::new`], or such an override) has nothing to keep, so
 //! it is not tracked: it takes no room in the map and is never refused.
 //!
@@ -41,8 +41,8 @@
 //! Waiting is the default. With [`fail_fast`](KeyedLimitBuilder::fail_fast)
 //! a key with no permit free answers [`Overloaded`](crate::error::Overloaded)
 //! and an empty bucket answers [`RateLimited`](crate::error::RateLimited).
-//! A request that carries a [`Deadline`](crate::Deadline) is not held for a
-//! token due at or past it: it answers `RateLimited` with the wait at once
+//! A request that carries a [`Deadline`](crate::Deadline) does not wait for
+//! a token due at or past it: it answers `RateLimited` with the wait at once
 //! (read by [`AuthorityKey`]; a closure's keys carry none, see
 //! [`KeyFn::deadline`]).
 //!
