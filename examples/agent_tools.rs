@@ -10,7 +10,8 @@
 //!     (per-host: search 4 in flight, records 18/s; Retry-After honoured)
 //! ```
 //!
-//! shared by every turn, and the example prints each call's outcome.
+//! shared by every turn, each call under a deadline of its own (5 s, waits
+//! included), and the example prints each call's outcome.
 //! Run it with `cargo run --example agent_tools --features full`.
 
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ use http_body_util::Full;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_fanout::BoxError;
 use tower_fanout::adaptive::{AdaptiveLimitLayer, AimdController};
-use tower_fanout::http::Client;
+use tower_fanout::http::{Client, Deadline};
 use tower_fanout::keyed::KeyLimit;
 use tower_fanout::rate::RateLimitLayer;
 use tower_fanout::sim::{Jitter, Model, Overflow, Sim};
@@ -101,7 +102,13 @@ async fn main() -> Result<(), BoxError> {
             let stack = stack.clone();
             running.spawn(async move {
                 let t = Instant::now();
-                let req = Request::get(&call.url).body(Full::new(Bytes::new()))?;
+                // Each tool call gets 5 s, waits included: set once here, it
+                // holds through every layer below (a call that reaches the
+                // client past it is not sent, a Retry-After or a host's
+                // token that would pass it fails the call at once).
+                let req = Request::get(&call.url)
+                    .extension(Deadline::after(Duration::from_secs(5)))
+                    .body(Full::new(Bytes::new()))?;
                 let outcome = stack.oneshot(req).await;
                 Ok::<_, BoxError>((n, call.tool, outcome.map(|r| r.status()), t.elapsed()))
             });
