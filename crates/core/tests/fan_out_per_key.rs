@@ -344,6 +344,102 @@ async fn retry_runs_only_the_failed_items_of_a_keyed_batch() {
     assert_eq!(batch.items()[5].attempts, 1);
 }
 
+/// A retry keeps the first run's per-key window: `retry_failed_with` takes
+/// the same `per_key` bound, so the slow key's failures do not hold the
+/// retry's window from the fast key's, as they do in `retry_failed`'s
+/// plain window (the last of B's calls passes its gate at ≈ 7 s there).
+#[tokio::test(start_paused = true)]
+async fn a_retry_keeps_the_per_key_window() {
+    let requests = grouped();
+    for keyed in [true, false] {
+        let failing = service_fn(|_: Req| async { Err::<Req, _>(std::io::Error::other("down")) });
+        let mut batch = fan_out(failing, grouped())
+            .concurrency(8)
+            .unwrap()
+            .per_key(|req: &Req| req.0, 2)
+            .unwrap()
+            .collect()
+            .await;
+        assert_eq!(batch.summary().failed, 40);
+        // When each of B's calls got past its key's gate.
+        let passed = Arc::new(Mutex::new(Vec::new()));
+        let inner = service_fn({
+            let passed = passed.clone();
+            move |req: Req| {
+                if req.0 == 'B' {
+                    passed.lock().unwrap().push(Instant::now());
+                }
+                async move {
+                    let ms = if req.0 == 'A' { 1000 } else { 10 };
+                    sleep(Duration::from_millis(ms)).await;
+                    Ok::<_, std::io::Error>(req)
+                }
+            }
+        });
+        let downstream =
+            KeyedLimitLayer::builder_with_key(|req: &Req| req.0, KeyLimit::new().concurrency(2))
+                .build()
+                .unwrap()
+                .layer(inner);
+        let start = Instant::now();
+        let retried = if keyed {
+            batch
+                .retry_failed_with(
+                    downstream,
+                    |index| requests[index],
+                    |fan| fan.concurrency(8)?.per_key(|req: &Req| req.0, 2),
+                )
+                .await
+        } else {
+            batch
+                .retry_failed(downstream, 8, |index| requests[index])
+                .await
+        };
+        assert_eq!(retried.unwrap(), 40);
+        assert_eq!(batch.summary().succeeded, 40);
+        assert!(batch.items().iter().all(|item| item.attempts == 2));
+        let last_b = passed.lock().unwrap().iter().max().copied().unwrap() - start;
+        if keyed {
+            assert_eq!(last_b, Duration::from_millis(90), "ten rounds of two");
+        } else {
+            assert!(last_b > Duration::from_secs(6), "{last_b:?}");
+        }
+    }
+}
+
+/// A bad setting in the retry's fan-out is the retry's error, and nothing
+/// is run or changed.
+#[tokio::test(start_paused = true)]
+async fn a_retry_with_a_bad_setting_runs_nothing() {
+    let failing = service_fn(|_: Req| async { Err::<Req, _>(std::io::Error::other("down")) });
+    let mut batch = fan_out(failing, grouped())
+        .concurrency(8)
+        .unwrap()
+        .collect()
+        .await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counting = service_fn({
+        let calls = calls.clone();
+        move |req: Req| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move { Ok::<_, std::io::Error>(req) }
+        }
+    });
+    let requests = grouped();
+    let err = batch
+        .retry_failed_with(
+            counting,
+            |index| requests[index],
+            |fan| fan.concurrency(8)?.per_key(|req: &Req| req.0, 0),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("max_per_key"), "{err}");
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    assert_eq!(batch.summary().failed, 40);
+    assert!(batch.items().iter().all(|item| item.attempts == 1));
+}
+
 /// One at a time, a keyed window is a plain one: input order, one call
 /// after another; and a batch of unknown size reports its end.
 #[tokio::test(start_paused = true)]

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use tower_service::Service;
 
-use super::fan_out;
+use super::per_key::Admission;
+use super::{FanOut, fan_out};
 use crate::BoxError;
 use crate::error::{
     Closed, ConfigError, CostExceedsBurst, NotReady, Overloaded, QueueFull, RateLimited,
@@ -137,7 +138,9 @@ impl<T> Batch<T> {
 
     /// Runs the failed items again through `service`, `concurrency` at a time,
     /// building each request anew with `make_request(index)`; successes are
-    /// kept as they are. Returns how many items were retried.
+    /// kept as they are. Returns how many items were retried. For a retry
+    /// with the first run's other settings (a [`per_key`](FanOut::per_key)
+    /// bound, progress), see [`retry_failed_with`](Self::retry_failed_with).
     ///
     /// # Errors
     /// A concurrency of zero.
@@ -155,12 +158,70 @@ impl<T> Batch<T> {
         T: Send + 'static,
         Req: Send + 'static,
     {
+        self.retry_failed_with(service, make_request, |fan| fan.concurrency(concurrency))
+            .await
+    }
+
+    /// Runs the failed items again through a fan-out that `configure` sets
+    /// up, as the first run's was: `configure` is handed the fan-out of
+    /// the failed items' requests (built anew with `make_request(index)`,
+    /// in input order) and returns it configured, with
+    /// [`concurrency`](FanOut::concurrency), [`per_key`](FanOut::per_key)
+    /// (so a retry of one host's failures keeps its per-host bound),
+    /// progress and the rest. Successes are kept as they are. Returns how
+    /// many items were retried. The retry's progress counts the retried
+    /// items only.
+    ///
+    /// ```
+    /// use tower::service_fn;
+    /// use tower_fanout_core::fan_out::fan_out;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_fanout_core::error::ConfigError> {
+    /// let hosts = ["a.test", "a.test", "b.test", "a.test"];
+    /// let flaky = service_fn(|(n, _): (usize, &str)| async move {
+    ///     if n % 2 == 1 { Err(std::io::Error::other("reset")) } else { Ok(n) }
+    /// });
+    /// let mut batch = fan_out(flaky, hosts.iter().copied().enumerate())
+    ///     .concurrency(8)?
+    ///     .per_key(|(_, host): &(usize, &str)| *host, 2)?
+    ///     .collect()
+    ///     .await;
+    /// let fixed = service_fn(|(n, _): (usize, &str)| async move { Ok::<_, std::io::Error>(n) });
+    /// let retried = batch
+    ///     .retry_failed_with(fixed, |i| (i, hosts[i]), |fan| {
+    ///         fan.concurrency(8)?.per_key(|(_, host): &(usize, &str)| *host, 2)
+    ///     })
+    ///     .await?;
+    /// assert_eq!(retried, 2);
+    /// assert_eq!(batch.summary().succeeded, 4);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// What `configure` returns (a bad setting).
+    pub async fn retry_failed_with<S, Req, F, C, W>(
+        &mut self,
+        service: S,
+        make_request: F,
+        configure: C,
+    ) -> Result<usize, ConfigError>
+    where
+        F: FnMut(usize) -> Req,
+        C: FnOnce(
+            FanOut<S, std::vec::IntoIter<Req>>,
+        ) -> Result<FanOut<S, std::vec::IntoIter<Req>, W>, ConfigError>,
+        W: Admission<Req>,
+        S: Service<Req, Response = T> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        T: Send + 'static,
+        Req: Send + 'static,
+    {
         let failed = self.failed_indices();
         let requests: Vec<Req> = failed.iter().copied().map(make_request).collect();
-        let retried = fan_out(service, requests)
-            .concurrency(concurrency)?
-            .collect()
-            .await;
+        let retried = configure(fan_out(service, requests))?.collect().await;
         for outcome in retried.into_items() {
             // `outcome.index` is the position among the retried items.
             let Some(&index) = failed.get(outcome.index) else {
