@@ -14,7 +14,8 @@
 //! Progress is reported through a callback ([`FanOut::on_progress`]) or a
 //! watch channel ([`FanOut::watch_progress`]). The collected [`Batch`] keeps
 //! each item's result, so a caller can run only the failed items again with
-//! [`Batch::retry_failed`].
+//! [`Batch::retry_failed`], or with [`Batch::retry_failed_with`] through a
+//! fan-out set up as the first run's (a [`per_key`](FanOut::per_key) bound).
 //!
 //! # Chunks
 //! [`FanOut::chunked`] runs the batch in fixed chunks, each finished before
