@@ -8,6 +8,8 @@ use http::Request;
 use http_body_util::Full;
 use tower_http::follow_redirect::policy::{Action, Attempt, FilterCredentials, Policy};
 
+use crate::Deadline;
+
 use crate::BoxError;
 
 /// The redirect chain was longer than the cap.
@@ -82,7 +84,10 @@ impl RedirectPolicy {
         Self {
             max,
             remaining: max,
-            credentials: FilterCredentials::new(),
+            // Cross-origin, tower-http drops every extension but those
+            // allowed: the call's deadline is no credential, and the hop's
+            // waits (a learned hold, the host's token) must see it.
+            credentials: FilterCredentials::new().allow_extension::<Deadline>(),
         }
     }
 }

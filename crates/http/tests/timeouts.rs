@@ -435,6 +435,54 @@ async fn a_redirect_meets_the_timeout_of_the_host_it_goes_to() {
     assert_eq!(timed_out.after(), Duration::from_millis(200));
 }
 
+/// A cross-origin redirect keeps the call's deadline (tower-http drops
+/// every other extension there): the hop to a host whose own rate has no
+/// token for a minute fails at once with `RateLimited`, instead of waiting
+/// at that host's gate until the deadline times the call out.
+#[tokio::test]
+async fn a_cross_origin_hop_keeps_the_deadline() {
+    // `/start` sends the caller to spent.test; every other path answers 200.
+    let redirecting = support::handler(|req| async move {
+        if req.uri().path() == "/start" {
+            let host = req.headers()["host"].to_str().unwrap().to_owned();
+            let port = host.rsplit(':').next().unwrap().to_owned();
+            return support::respond(302)
+                .header("location", format!("http://spent.test:{port}/"))
+                .body(Chunks::empty())
+                .unwrap();
+        }
+        support::respond(200).body(Chunks::empty()).unwrap()
+    });
+    let addr = serve_on_thread(redirecting);
+    let port = addr.port();
+    let one_a_minute = tower_fanout_core::keyed::KeyLimit::new()
+        .rate(1, Duration::from_secs(60))
+        .burst(1);
+    let client = Client::builder()
+        .resolver(table_resolver(&[("hop.test", addr), ("spent.test", addr)]))
+        .host_limit(format!("spent.test:{port}"), one_a_minute)
+        .deadline(Some(Duration::from_secs(10)))
+        .no_retry()
+        .build()
+        .unwrap();
+    let url = |host: &str, path: &str| {
+        Request::get(format!("http://{host}:{port}{path}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    // spent.test's one token of the minute.
+    let first = client
+        .clone()
+        .oneshot(url("spent.test", "/"))
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    let started = std::time::Instant::now();
+    let err = client.oneshot(url("hop.test", "/start")).await.unwrap_err();
+    assert!(err.is_rate_limited(), "{err}");
+    returned_within(started, Duration::from_secs(5));
+}
+
 /// The `TimedOut` in an error's source chain.
 fn timed_out_in(err: &tower_fanout_http::Error) -> TimedOut {
     let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
