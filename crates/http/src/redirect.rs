@@ -84,10 +84,7 @@ impl RedirectPolicy {
         Self {
             max,
             remaining: max,
-            // Cross-origin, tower-http drops every extension but those
-            // allowed: the call's deadline is no credential, and the hop's
-            // waits (a learned hold, the host's token) must see it.
-            credentials: FilterCredentials::new().allow_extension::<Deadline>(),
+            credentials: FilterCredentials::new(),
         }
     }
 }
@@ -109,7 +106,18 @@ impl Policy<Full<Bytes>, BoxError> for RedirectPolicy {
     }
 
     fn on_request(&mut self, request: &mut Request<Full<Bytes>>) {
+        // Cross-origin, the filter drops every extension: the call's
+        // deadline is no credential, and the hop's waits (a learned hold,
+        // the host's token) must see it. Put back by hand rather than
+        // through the filter's allowlist, a `Vec` that every call's copy
+        // of this policy would clone.
+        let deadline = request.extensions().get::<Deadline>().copied();
         Policy::<Full<Bytes>, BoxError>::on_request(&mut self.credentials, request);
+        if let Some(deadline) = deadline
+            && request.extensions().get::<Deadline>().is_none()
+        {
+            request.extensions_mut().insert(deadline);
+        }
         // Called for the first request too; a hop follows a redirect taken.
         // Marked after the filter, which may drop extensions cross-origin.
         if self.remaining < self.max {
