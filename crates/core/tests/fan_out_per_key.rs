@@ -42,6 +42,21 @@ fn two_speed_downstream(
         .layer(inner)
 }
 
+/// `grouped()` through `svc`, 8 at a time and 2 per key.
+async fn keyed_batch<S>(svc: S) -> tower_fanout_core::fan_out::Batch<Req>
+where
+    S: tower::Service<Req, Response = Req, Error = std::io::Error> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    fan_out(svc, grouped())
+        .concurrency(8)
+        .unwrap()
+        .per_key(|req: &Req| req.0, 2)
+        .unwrap()
+        .collect()
+        .await
+}
+
 /// 20 requests of slow key A, then 20 of fast key B.
 fn grouped() -> Vec<Req> {
     (0..20)
@@ -324,13 +339,7 @@ async fn retry_runs_only_the_failed_items_of_a_keyed_batch() {
             Ok(req)
         }
     });
-    let mut batch = fan_out(svc, grouped())
-        .concurrency(8)
-        .unwrap()
-        .per_key(|req: &Req| req.0, 2)
-        .unwrap()
-        .collect()
-        .await;
+    let mut batch = keyed_batch(svc).await;
     assert_eq!(batch.summary().failed, 10);
     let requests = grouped();
     let fixed = service_fn(|req: Req| async move { Ok::<_, std::io::Error>(req) });
@@ -353,13 +362,7 @@ async fn a_retry_keeps_the_per_key_window() {
     let requests = grouped();
     for keyed in [true, false] {
         let failing = service_fn(|_: Req| async { Err::<Req, _>(std::io::Error::other("down")) });
-        let mut batch = fan_out(failing, grouped())
-            .concurrency(8)
-            .unwrap()
-            .per_key(|req: &Req| req.0, 2)
-            .unwrap()
-            .collect()
-            .await;
+        let mut batch = keyed_batch(failing).await;
         assert_eq!(batch.summary().failed, 40);
         // When each of B's calls got past its key's gate.
         let passed = Arc::new(Mutex::new(Vec::new()));

@@ -403,18 +403,7 @@ async fn a_host_timeout_replaces_the_clients_for_that_host_only() {
 #[tokio::test]
 async fn a_redirect_meets_the_timeout_of_the_host_it_goes_to() {
     // `/start` sends the caller to quick.test; nothing else is answered.
-    let redirecting = support::handler(|req| async move {
-        if req.uri().path() == "/start" {
-            let host = req.headers()["host"].to_str().unwrap().to_owned();
-            let port = host.rsplit(':').next().unwrap().to_owned();
-            return support::respond(302)
-                .header("location", format!("http://quick.test:{port}/"))
-                .body(Chunks::empty())
-                .unwrap();
-        }
-        std::future::pending().await
-    });
-    let addr = serve_on_thread(redirecting);
+    let addr = redirecting_to("quick.test", false);
     let port = addr.port();
     let client = Client::builder()
         .resolver(table_resolver(&[("hop.test", addr), ("quick.test", addr)]))
@@ -442,18 +431,7 @@ async fn a_redirect_meets_the_timeout_of_the_host_it_goes_to() {
 #[tokio::test]
 async fn a_cross_origin_hop_keeps_the_deadline() {
     // `/start` sends the caller to spent.test; every other path answers 200.
-    let redirecting = support::handler(|req| async move {
-        if req.uri().path() == "/start" {
-            let host = req.headers()["host"].to_str().unwrap().to_owned();
-            let port = host.rsplit(':').next().unwrap().to_owned();
-            return support::respond(302)
-                .header("location", format!("http://spent.test:{port}/"))
-                .body(Chunks::empty())
-                .unwrap();
-        }
-        support::respond(200).body(Chunks::empty()).unwrap()
-    });
-    let addr = serve_on_thread(redirecting);
+    let addr = redirecting_to("spent.test", true);
     let port = addr.port();
     let one_a_minute = tower_fanout_core::keyed::KeyLimit::new()
         .rate(1, Duration::from_secs(60))
@@ -481,6 +459,25 @@ async fn a_cross_origin_hop_keeps_the_deadline() {
     let err = client.oneshot(url("hop.test", "/start")).await.unwrap_err();
     assert!(err.is_rate_limited(), "{err}");
     returned_within(started, Duration::from_secs(5));
+}
+
+/// A server whose `/start` sends the caller to `target` on the same port;
+/// every other path answers 200, or never when `answer_others` is false.
+fn redirecting_to(target: &'static str, answer_others: bool) -> std::net::SocketAddr {
+    serve_on_thread(support::handler(move |req| async move {
+        if req.uri().path() == "/start" {
+            let host = req.headers()["host"].to_str().unwrap().to_owned();
+            let port = host.rsplit(':').next().unwrap().to_owned();
+            return support::respond(302)
+                .header("location", format!("http://{target}:{port}/"))
+                .body(Chunks::empty())
+                .unwrap();
+        }
+        if !answer_others {
+            std::future::pending::<()>().await;
+        }
+        support::respond(200).body(Chunks::empty()).unwrap()
+    }))
 }
 
 /// The `TimedOut` in an error's source chain.
