@@ -248,7 +248,12 @@ async fn fetch(path: Option<PathBuf>, limits: &Limits) -> anyhow::Result<ExitCod
             let bar = bar.clone();
             move |p| {
                 bar.set_position(p.completed as u64);
-                bar.set_message(format!("{} ok, {} failed", p.succeeded, p.failed));
+                let mut message = format!("{} ok, {} failed", p.succeeded, p.failed);
+                if p.waiting_for_key > 0 {
+                    // Set aside while their host has --per-host in flight.
+                    message.push_str(&format!(", {} waiting for their host", p.waiting_for_key));
+                }
+                bar.set_message(message);
             }
         },
         |record| {

@@ -156,7 +156,8 @@ async fn progress_goes_to_callback_and_watch() {
             completed: 30,
             succeeded: 30,
             failed: 0,
-            in_flight: 0
+            in_flight: 0,
+            waiting_for_key: 0,
         }
     );
     assert_eq!(

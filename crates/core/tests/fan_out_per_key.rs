@@ -172,7 +172,16 @@ async fn collect_keeps_input_order_and_progress_counts() {
         assert_eq!(p.succeeded, n + 1, "{p}");
         assert!(p.in_flight <= 4, "two keys of 2 each: {p}");
         assert_eq!(p.started, p.completed + p.in_flight, "{p}");
+        assert!(p.started + p.waiting_for_key <= 40, "{p}");
     }
+    // A's 18 extra items and 6 of B's fill the lookahead (4 × 6) at once:
+    // the first report, at B's first answer, says so.
+    assert_eq!(reports[0].waiting_for_key, 24, "{}", reports[0]);
+    assert_eq!(
+        reports[0].to_string(),
+        "1/40 done (1 ok, 0 failed, 3 in flight, 24 waiting for their key)"
+    );
+    assert!(reports.iter().all(|p| p.waiting_for_key <= 24));
     let end = Progress {
         total: Some(40),
         started: 40,
@@ -180,6 +189,7 @@ async fn collect_keeps_input_order_and_progress_counts() {
         succeeded: 40,
         failed: 0,
         in_flight: 0,
+        waiting_for_key: 0,
     };
     assert_eq!(reports.last(), Some(&end));
     assert_eq!(*watch.borrow(), end);

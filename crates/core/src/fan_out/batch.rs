@@ -41,6 +41,9 @@ pub struct Progress {
     pub failed: usize,
     /// Started and not finished.
     pub in_flight: usize,
+    /// Read but not started: set aside until their key has room (only with
+    /// [`per_key`](super::FanOut::per_key); at most its lookahead).
+    pub waiting_for_key: usize,
 }
 
 impl fmt::Display for Progress {
@@ -51,9 +54,13 @@ impl fmt::Display for Progress {
         }
         write!(
             f,
-            " ({} ok, {} failed, {} in flight)",
+            " ({} ok, {} failed, {} in flight",
             self.succeeded, self.failed, self.in_flight
-        )
+        )?;
+        if self.waiting_for_key > 0 {
+            write!(f, ", {} waiting for their key", self.waiting_for_key)?;
+        }
+        f.write_str(")")
     }
 }
 

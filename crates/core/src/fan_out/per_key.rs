@@ -26,6 +26,9 @@ pub trait Admission<Req> {
 
     /// The request read at `index`, started earlier, has finished.
     fn finished(&mut self, index: usize);
+
+    /// Requests read and not started yet (set aside, or ready to start).
+    fn held(&self) -> usize;
 }
 
 /// The default window: every request starts in turn, whatever its key.
@@ -53,6 +56,11 @@ impl<Req> Admission<Req> for Unkeyed {
 
     #[inline]
     fn finished(&mut self, _index: usize) {}
+
+    #[inline]
+    fn held(&self) -> usize {
+        0
+    }
 }
 
 /// A window that starts at most `max_per_key` requests of one key at once
@@ -171,6 +179,10 @@ where
                 entry.remove();
             }
         }
+    }
+
+    fn held(&self) -> usize {
+        self.held
     }
 }
 

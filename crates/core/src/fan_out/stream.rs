@@ -179,6 +179,7 @@ where
             }
         }
         self.progress.in_flight = self.tasks.len();
+        self.progress.waiting_for_key = self.admission.held();
     }
 
     /// Starts the request read at `index`.
@@ -211,6 +212,7 @@ where
         let progress = &mut self.progress;
         progress.completed += 1;
         progress.in_flight = self.tasks.len();
+        progress.waiting_for_key = self.admission.held();
         match &item.result {
             Ok(_) => progress.succeeded += 1,
             Err(error) => {
