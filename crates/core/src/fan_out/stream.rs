@@ -179,6 +179,8 @@ where
             }
         }
         self.progress.in_flight = self.tasks.len();
+        // Only `fill` changes what the window holds (a finished request
+        // hands its slot to a held one, which stays held until started here).
         self.progress.waiting_for_key = self.admission.held();
     }
 
@@ -212,7 +214,6 @@ where
         let progress = &mut self.progress;
         progress.completed += 1;
         progress.in_flight = self.tasks.len();
-        progress.waiting_for_key = self.admission.held();
         match &item.result {
             Ok(_) => progress.succeeded += 1,
             Err(error) => {
