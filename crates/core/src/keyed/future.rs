@@ -123,18 +123,17 @@ impl<S, Req> Wait<S, Req> {
                 let (end, at) = bucket.take_queued(now, 1);
                 // Given back with the wait if the call is refused below.
                 self.booking = Some(end);
-                if at > now
-                    && let Some(deadline) = self.deadline
-                    && at >= self.clock.nanos(deadline.instant())
-                {
-                    let retry_after = Duration::from_nanos(at - now);
-                    tracing::debug!(
-                        retry_after_ms = retry_after.as_millis() as u64,
-                        "keyed rate limit; the token would come past the call's deadline; refused"
-                    );
-                    return Poll::Ready(Err(RateLimited::new(retry_after).into()));
-                }
                 if at > now {
+                    if let Some(deadline) = self.deadline
+                        && at >= self.clock.nanos(deadline.instant())
+                    {
+                        let retry_after = Duration::from_nanos(at - now);
+                        tracing::debug!(
+                            retry_after_ms = retry_after.as_millis() as u64,
+                            "keyed rate limit; the token would come past the call's deadline; refused"
+                        );
+                        return Poll::Ready(Err(RateLimited::new(retry_after).into()));
+                    }
                     tracing::debug!(
                         wait_ms = Duration::from_nanos(at - now).as_millis() as u64,
                         "keyed rate limit; waiting for a token"
