@@ -946,7 +946,9 @@ where
             Some(error) => Before::Refused { error: Some(error) },
             None => {
                 let (mut parts, body) = req.into_parts();
-                if let Some(deadline) = &deadline {
+                // The layers below read the deadline from the request: the
+                // client's, when it comes first (the request's own is there).
+                if let Some(deadline) = deadline.filter(|d| d.set_by == SetBy::Client) {
                     parts.extensions.insert(Deadline::at(deadline.at));
                 }
                 if let Some(agent) = &shared.user_agent

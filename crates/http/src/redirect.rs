@@ -8,9 +8,7 @@ use http::Request;
 use http_body_util::Full;
 use tower_http::follow_redirect::policy::{Action, Attempt, FilterCredentials, Policy};
 
-use crate::Deadline;
-
-use crate::BoxError;
+use crate::{BoxError, Deadline};
 
 /// The redirect chain was longer than the cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
