@@ -333,16 +333,9 @@ async fn within(
 /// its own here): the item's, which its error tells in the library's terms
 /// and with the time left to that attempt.
 fn ended_by_deadline(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = Some(error);
-    while let Some(e) = next {
-        if e.downcast_ref::<tower_fanout_http::TimedOut>()
-            .is_some_and(tower_fanout_http::TimedOut::is_deadline)
-        {
-            return true;
-        }
-        next = e.source();
-    }
-    false
+    std::iter::successors(Some(error), |e| e.source())
+        .filter_map(|e| e.downcast_ref::<tower_fanout_http::TimedOut>())
+        .any(tower_fanout_http::TimedOut::is_deadline)
 }
 
 /// An item ran past `--deadline`.
