@@ -5,7 +5,9 @@
 //! sleeping) → global rate limit → adaptive limit → attempt counter → the
 //! HTTP client preset (per-host limits, timeouts, body cap, address guard).
 //! With `--deadline`, each item runs under one `Deadline` from its start,
-//! which the retry layer and the client read from its request.
+//! which the retry layer and the client read from its request; an MCP call's
+//! `deadline_seconds` puts one more on every item of its batch, and the
+//! earlier of the two is the item's.
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
@@ -84,7 +86,8 @@ pub(crate) struct Record {
     pub(crate) status: Option<u16>,
     /// Why no response arrived.
     pub(crate) error: Option<String>,
-    /// Attempts made (1 + retries).
+    /// Attempts made (1 + retries; 0 when none was, e.g. for an item whose
+    /// deadline passed before its turn).
     pub(crate) attempts: u32,
     /// Time from the start of the item to its end, waits included.
     pub(crate) latency_ms: u64,
@@ -182,7 +185,33 @@ pub(crate) struct Fetcher {
     stack: Stack,
     concurrency: usize,
     per_host: usize,
-    deadline: Option<Duration>,
+    deadlines: Deadlines,
+}
+
+/// What ends an item before its answer: `--deadline` from the item's own
+/// start, and the deadline of the whole batch (an MCP call's
+/// `deadline_seconds`), with the time it was given.
+#[derive(Debug, Clone, Copy, Default)]
+struct Deadlines {
+    item: Option<Duration>,
+    batch: Option<(Deadline, Duration)>,
+}
+
+impl Deadlines {
+    /// An item starting now: its deadline, the earlier of the two, and the
+    /// error it fails with past it.
+    fn start(&self) -> Option<(Deadline, PastDeadline)> {
+        let item = self
+            .item
+            .map(|after| (Deadline::after(after), PastDeadline::Item(after)));
+        let batch = self
+            .batch
+            .map(|(at, within)| (at, PastDeadline::Batch(within)));
+        match (item, batch) {
+            (Some(item), Some(batch)) => Some(if batch.0 <= item.0 { batch } else { item }),
+            (item, batch) => item.or(batch),
+        }
+    }
 }
 
 impl FetchOptions {
@@ -193,12 +222,29 @@ impl FetchOptions {
             stack: self.stack()?,
             concurrency: self.concurrency,
             per_host: self.per_host,
-            deadline: self.deadline,
+            deadlines: Deadlines {
+                item: self.deadline,
+                batch: None,
+            },
         })
     }
 }
 
 impl Fetcher {
+    /// The same stack and limits for a batch that must be done `within`
+    /// from now: every item still running then fails, and every item not
+    /// started by then fails without being sent, so the batch answers on
+    /// time. An item's `--deadline` still applies when it comes first.
+    pub(crate) fn within(&self, within: Duration) -> Self {
+        Self {
+            deadlines: Deadlines {
+                batch: Some((Deadline::after(within), within)),
+                ..self.deadlines
+            },
+            ..self.clone()
+        }
+    }
+
     /// Fetches every item, `concurrency` at a time, reporting progress;
     /// returns the records in input order.
     pub(crate) async fn fetch_all(
@@ -237,11 +283,11 @@ impl Fetcher {
         }
         // A request the http crate cannot build (already checked, so rare) fails alone.
         let requests = requests.into_iter().map(|r| r.map_err(|e| e.to_string()));
-        let (stack, deadline) = (self.stack.clone(), self.deadline);
+        let (stack, deadlines) = (self.stack.clone(), self.deadlines);
         let service = tower::service_fn(move |req: Result<Req, String>| {
             let stack = stack.clone();
             async move {
-                let response = within(deadline, stack, req.map_err(BoxError::from)?).await?;
+                let response = within(deadlines, stack, req.map_err(BoxError::from)?).await?;
                 // Only the status and the size are reported: the body is
                 // dropped as soon as the item ends, so a batch holds at most
                 // a window of bodies, not all of them until the last is in.
@@ -308,24 +354,28 @@ impl Fetcher {
     }
 }
 
-/// One item's call through the stack, under `--deadline` when set. The
-/// deadline goes in the request's extensions, so the retry layer does not
-/// sleep a wait that would end past it and the client ends an attempt
+/// One item's call through the stack, under its deadline when it has one.
+/// The deadline goes in the request's extensions, so the retry layer does
+/// not sleep a wait that would end past it and the client ends an attempt
 /// there; the timer here also bounds the waits at the limits between them.
+/// An item that starts past its deadline (the batch's has passed while it
+/// waited for its turn) fails without touching the stack.
 async fn within(
-    deadline: Option<Duration>,
+    deadlines: Deadlines,
     stack: Stack,
     mut req: Req,
 ) -> Result<Response<Bytes>, BoxError> {
-    let Some(after) = deadline else {
+    let Some((at, past)) = deadlines.start() else {
         return stack.oneshot(req).await;
     };
-    let at = Deadline::after(after);
+    if at.instant() <= tokio::time::Instant::now() {
+        return Err(past.into());
+    }
     req.extensions_mut().insert(at);
     match tokio::time::timeout_at(at.instant(), stack.oneshot(req)).await {
-        Ok(Err(e)) if ended_by_deadline(&*e) => Err(PastDeadline(after).into()),
+        Ok(Err(e)) if ended_by_deadline(&*e) => Err(past.into()),
         Ok(outcome) => outcome,
-        Err(_) => Err(PastDeadline(after).into()),
+        Err(_) => Err(past.into()),
     }
 }
 
@@ -338,17 +388,28 @@ fn ended_by_deadline(error: &(dyn std::error::Error + 'static)) -> bool {
         .any(tower_fanout_http::TimedOut::is_deadline)
 }
 
-/// An item ran past `--deadline`.
-#[derive(Debug)]
-struct PastDeadline(Duration);
+/// An item ran past its deadline: its own (`--deadline`) or its batch's.
+#[derive(Debug, Clone, Copy)]
+enum PastDeadline {
+    Item(Duration),
+    Batch(Duration),
+}
 
 impl std::fmt::Display for PastDeadline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "no answer within --deadline {} ms (every attempt and wait included); raise --deadline",
-            self.0.as_millis()
-        )
+        match self {
+            Self::Item(after) => write!(
+                f,
+                "no answer within --deadline {} ms (every attempt and wait included); raise --deadline",
+                after.as_millis()
+            ),
+            Self::Batch(within) => write!(
+                f,
+                "not done within the call's deadline_seconds ({} s): a larger deadline_seconds \
+                 or fewer items per call would let it finish",
+                within.as_secs_f64()
+            ),
+        }
     }
 }
 
@@ -364,7 +425,7 @@ fn host_key(req: &Result<Req, String>) -> Option<String> {
 
 /// One finished item's record.
 fn record(item: Item, outcome: ItemResult<(http::StatusCode, u64)>, counter: &Attempts) -> Record {
-    let attempts = counter.0.load(Ordering::Relaxed).max(1);
+    let attempts = counter.0.load(Ordering::Relaxed);
     let latency_ms = u64::try_from(outcome.latency.as_millis()).unwrap_or(u64::MAX);
     match outcome.result {
         Ok((status, bytes)) => Record {
@@ -415,8 +476,8 @@ fn describe(error: &(dyn std::error::Error + 'static)) -> String {
             // The library's message names its `max_wait`, which no flag sets.
             return format!(
                 "rate limited: the server asked to wait {} s before another request, \
-                 longer than fanout waits for a Retry-After or past the item's --deadline; \
-                 fetch this item again later",
+                 longer than fanout waits for a Retry-After or than the item has left before its \
+                 deadline; fetch this item again later",
                 limited.retry_after().as_secs_f64().ceil()
             );
         }
@@ -641,11 +702,81 @@ mod tests {
         let record = &records[0];
         let error = record.error.as_deref().unwrap_or_default();
         assert!(
-            error.contains("rate limited") && error.contains("--deadline"),
+            error.contains("rate limited") && error.contains("before its deadline"),
             "{record:?}"
         );
         assert_eq!(record.attempts, 2, "{record:?}");
         assert!((1_000..1_900).contains(&record.latency_ms), "{record:?}");
+    }
+
+    /// A batch's deadline ends every item not done by then: the one in
+    /// flight (an attempt, not sent again) and those still waiting for the
+    /// window, which are never sent. The batch answers at the deadline, not
+    /// at the 8 s attempt timeout.
+    #[tokio::test]
+    async fn a_batch_deadline_ends_the_items_not_done_by_then() {
+        use tower_fanout_sim::{Jitter, Model, Sim};
+        let sim = Sim::new(
+            Model::new().latency(Duration::from_secs(60), Jitter::None),
+            1,
+        );
+        let server = sim.serve().await.unwrap();
+        let opts = FetchOptions {
+            adaptive: false,
+            allow_private: true,
+            concurrency: 1,
+            retries: 2,
+            ..options()
+        };
+        let items = (0..4)
+            .map(|i| item(&i.to_string(), server.addr()))
+            .collect();
+        let started = tokio::time::Instant::now();
+        let fetcher = opts.fetcher().unwrap().within(Duration::from_millis(400));
+        let records = fetcher.fetch_all(items, |_| {}).await;
+        let took = started.elapsed();
+        assert!(
+            (Duration::from_millis(400)..Duration::from_secs(8)).contains(&took),
+            "{took:?}"
+        );
+        for record in &records {
+            let error = record.error.as_deref().unwrap_or_default();
+            assert!(error.contains("deadline_seconds (0.4 s)"), "{records:?}");
+        }
+        let attempts: Vec<u32> = records.iter().map(|r| r.attempts).collect();
+        assert_eq!(attempts, [1, 0, 0, 0], "{records:?}");
+        assert_eq!(sim.stats().arrivals, 1, "{records:?}");
+    }
+
+    /// An item ends at the earlier of its own deadline and its batch's,
+    /// and says which one it was.
+    #[tokio::test]
+    async fn an_item_ends_at_the_earlier_of_its_deadline_and_the_batchs() {
+        use tower_fanout_sim::{Jitter, Model, Sim};
+        let sim = Sim::new(
+            Model::new().latency(Duration::from_secs(60), Jitter::None),
+            1,
+        );
+        let server = sim.serve().await.unwrap();
+        for (own, batch, expected) in [
+            (300, 5_000, "--deadline 300 ms"),
+            (5_000, 300, "deadline_seconds (0.3 s)"),
+        ] {
+            let opts = FetchOptions {
+                adaptive: false,
+                allow_private: true,
+                deadline: Some(Duration::from_millis(own)),
+                ..options()
+            };
+            let fetcher = opts.fetcher().unwrap().within(Duration::from_millis(batch));
+            let records = fetcher
+                .fetch_all(vec![item("slow", server.addr())], |_| {})
+                .await;
+            let record = &records[0];
+            let error = record.error.as_deref().unwrap_or_default();
+            assert!(error.contains(expected), "{expected}: {record:?}");
+            assert!((300..5_000).contains(&record.latency_ms), "{record:?}");
+        }
     }
 
     /// The deadline also bounds a wait at a limit above the client: of two
@@ -669,6 +800,7 @@ mod tests {
         assert_eq!((ok.len(), failed.len()), (1, 1), "{records:?}");
         let error = failed[0].error.as_deref().unwrap_or_default();
         assert!(error.contains("--deadline 1000 ms"), "{records:?}");
+        assert_eq!(failed[0].attempts, 0, "never sent: {records:?}");
         assert!(
             (1_000..30_000).contains(&failed[0].latency_ms),
             "{records:?}"

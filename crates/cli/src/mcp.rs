@@ -4,7 +4,9 @@
 //! bounded stack as `fanout fetch` (limits and the address guard come from
 //! the server's command line, never from the model), answers with the
 //! counts and the first page of results, and keeps the batch so
-//! `get_batch_results` can page through the rest.
+//! `get_batch_results` can page through the rest. A call may say how long
+//! it can wait (`deadline_seconds`): that only shortens what the server
+//! allows, it never loosens a limit.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +34,11 @@ const KEPT_BATCHES: usize = 16;
 pub(crate) struct BatchFetchInput {
     /// The URLs to fetch, each with an optional id.
     items: Vec<InputItem>,
+    /// Answer within this many seconds: items not done by then are
+    /// reported as failed, and the rest as usual. No deadline by default
+    /// (the server's own per-item deadline, if it has one, still applies).
+    #[schemars(range(min = 0.001, max = 86400.0))]
+    deadline_seconds: Option<f64>,
 }
 
 /// Which page of a finished batch to read.
@@ -99,19 +106,24 @@ impl FanoutServer {
 
     #[tool(
         description = "Fetch many URLs with bounded concurrency, rate limits and per-host limits. \
-                       Returns counts and the first 10 results; page through the rest with get_batch_results."
+                       Returns counts and the first 10 results; page through the rest with get_batch_results. \
+                       With deadline_seconds, answers by then: items not done are reported as failed."
     )]
     async fn batch_fetch_urls(
         &self,
         Parameters(input): Parameters<BatchFetchInput>,
         context: RequestContext<RoleServer>,
     ) -> Result<Json<BatchPage>, String> {
+        let fetcher = match input.deadline_seconds {
+            Some(seconds) => self.state.fetcher.within(deadline(seconds)?),
+            None => self.state.fetcher.clone(),
+        };
         let items = self.check(input)?;
         // rmcp signals a cancelled call (the client's notifications/cancelled)
         // on this token and leaves its handler running: dropping the fetch
         // is what stops the batch and gives its share of the limits back.
         let records = tokio::select! {
-            records = self.state.fetcher.fetch_all(items, |_| {}) => records,
+            records = fetcher.fetch_all(items, |_| {}) => records,
             () = context.ct.cancelled() => return Err("cancelled by the client".to_string()),
         };
         let batch_id = format!("b{}", self.state.next_batch.fetch_add(1, Ordering::Relaxed));
@@ -169,6 +181,18 @@ impl FanoutServer {
         // Named and checked as `fanout fetch` does its JSON form.
         let items = input::name_items(input.items)?;
         input::check(items, max)
+    }
+}
+
+/// A call's `deadline_seconds` as a duration: at least a millisecond, at
+/// most a day (NaN and infinities are neither).
+fn deadline(seconds: f64) -> Result<std::time::Duration, String> {
+    if (0.001..=86_400.0).contains(&seconds) {
+        Ok(std::time::Duration::from_secs_f64(seconds))
+    } else {
+        Err(format!(
+            "deadline_seconds must be from 0.001 to 86400 (a day); got {seconds}"
+        ))
     }
 }
 
@@ -235,5 +259,17 @@ mod tests {
         let limit = &schema["properties"]["limit"];
         assert_eq!(limit["minimum"], 1, "{limit}");
         assert_eq!(limit["maximum"], 100, "{limit}");
+    }
+
+    /// An agent reads the deadline's range from the schema, as the server
+    /// checks it.
+    #[test]
+    fn the_deadline_schema_states_its_range() {
+        let schema = serde_json::to_value(schemars::schema_for!(BatchFetchInput)).unwrap();
+        let field = &schema["properties"]["deadline_seconds"];
+        assert_eq!(field["minimum"], 0.001, "{field}");
+        assert_eq!(field["maximum"], 86400.0, "{field}");
+        assert!(deadline(0.0009).is_err() && deadline(86_400.001).is_err());
+        assert_eq!(deadline(0.25), Ok(std::time::Duration::from_millis(250)));
     }
 }

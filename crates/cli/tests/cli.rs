@@ -350,6 +350,56 @@ mod mcp {
         client.cancel().await.unwrap();
     }
 
+    /// A call that says how long it can wait is answered by then: the
+    /// items not done are failed for that reason, the one in flight is not
+    /// sent again and those not started are never sent. A deadline out of
+    /// range is refused before anything is fetched.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_with_deadline_seconds_is_answered_by_then() {
+        let sim = Sim::new(
+            Model::new().latency(Duration::from_secs(60), Jitter::None),
+            5,
+        );
+        let server = sim.serve().await.unwrap();
+        let client = mcp_client(&["mcp", "--allow-private", "--per-host", "1"]).await;
+        let items = (0..3)
+            .map(|i| (i.to_string(), format!("http://{}/{i}", server.addr())))
+            .collect();
+        let mut arguments = args(items);
+        arguments.insert("deadline_seconds".into(), Value::from(0.5));
+        let started = std::time::Instant::now();
+        let call = client
+            .call_tool(CallToolRequestParams::new("batch_fetch_urls").with_arguments(arguments));
+        let result = tokio::time::timeout(Duration::from_secs(8), call)
+            .await
+            .expect("answered before the attempt timeout")
+            .unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(500));
+        let page = result.structured_content.unwrap();
+        assert_eq!(
+            (page["total"].clone(), page["failed"].clone()),
+            (3.into(), 3.into())
+        );
+        for result in page["results"].as_array().unwrap() {
+            let error = result["error"].as_str().unwrap_or_default();
+            assert!(error.contains("deadline_seconds (0.5 s)"), "{page}");
+        }
+        assert_eq!(page["results"][2]["attempts"], 0, "{page}");
+        assert_eq!(sim.stats().arrivals, 1);
+
+        for bad in [Value::from(0), Value::from(-1.5), Value::from(100_000)] {
+            let mut arguments = args(vec![("x".into(), format!("http://{}/", server.addr()))]);
+            arguments.insert("deadline_seconds".into(), bad);
+            let answer = client
+                .call_tool(CallToolRequestParams::new("batch_fetch_urls").with_arguments(arguments))
+                .await;
+            let text = refusal(answer);
+            assert!(text.contains("from 0.001 to 86400"), "{text}");
+        }
+        assert_eq!(sim.stats().arrivals, 1);
+        client.cancel().await.unwrap();
+    }
+
     /// Two tool calls at once share the server's limits: the downstream
     /// never sees more than --per-host calls, whatever the number of batches.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
