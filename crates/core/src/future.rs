@@ -82,12 +82,6 @@ impl<F, G, D> ResponseFuture<F, G, D> {
         }
     }
 
-    // The rate limit boxes its refusals itself (`cold`).
-    #[cfg_attr(not(feature = "concurrency"), allow(dead_code))]
-    pub(crate) fn refused(error: impl Into<BoxError>) -> Self {
-        Self::cold(Box::new(Cold::Refused(error.into())))
-    }
-
     /// A refusal or a deferred call boxed by the caller (typically in a cold
     /// path that returns just the thin pointer), so building the future
     /// inlines to two stores.

@@ -6,6 +6,7 @@ use tower_service::Service;
 use super::{ConcurrencyLimitHandle, ResponseFuture};
 use crate::BoxError;
 use crate::error::{NotReady, Overloaded};
+use crate::future::{Cold, Never};
 use crate::semaphore::{Acquire, Permit, Semaphore};
 
 /// Holds a permit from a shared limit for each call in flight.
@@ -100,7 +101,11 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         match self.permit.take() {
             Some(permit) => ResponseFuture::called(self.inner.call(req), permit),
-            None => self.refuse(),
+            // The refusal is built out of line and only its thin pointer
+            // comes back: a whole future returned through memory met the
+            // fast path's in a stack slot, written as two 8-byte stores and
+            // read back as one 16-byte load (a store-forwarding stall).
+            None => ResponseFuture::cold(self.refuse()),
         }
     }
 }
@@ -130,16 +135,17 @@ impl<S> ConcurrencyLimit<S> {
 
     #[cold]
     #[inline(never)]
-    fn refuse<F>(&mut self) -> ResponseFuture<F> {
-        if std::mem::take(&mut self.shed) {
+    fn refuse(&mut self) -> Box<Cold<Never>> {
+        let error: BoxError = if std::mem::take(&mut self.shed) {
             tracing::debug!(
                 limit = self.acquire.semaphore().limit(),
                 "concurrency limit reached; shed"
             );
-            ResponseFuture::refused(Overloaded::new())
+            Overloaded::new().into()
         } else {
-            ResponseFuture::refused(NotReady::new())
-        }
+            NotReady::new().into()
+        };
+        Box::new(Cold::Refused(error))
     }
 }
 
