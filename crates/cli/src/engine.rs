@@ -573,13 +573,7 @@ mod tests {
     /// timeout's record says it waited out the timeout, not 0 ms.
     #[tokio::test]
     async fn a_failed_item_reports_its_latency() {
-        use tower_fanout_sim::{Jitter, Model, Sim};
-        // A downstream that answers a minute later, long past the timeout.
-        let sim = Sim::new(
-            Model::new().latency(Duration::from_secs(60), Jitter::None),
-            1,
-        );
-        let server = sim.serve().await.unwrap();
+        let (_sim, server) = silent().await;
         let addr = server.addr();
         let opts = FetchOptions {
             adaptive: false,
@@ -643,6 +637,18 @@ mod tests {
         addr
     }
 
+    /// A downstream that answers a minute later, long past any timeout
+    /// or deadline of these tests.
+    async fn silent() -> (tower_fanout_sim::Sim, tower_fanout_sim::ServerHandle) {
+        use tower_fanout_sim::{Jitter, Model, Sim};
+        let sim = Sim::new(
+            Model::new().latency(Duration::from_secs(60), Jitter::None),
+            1,
+        );
+        let server = sim.serve().await.unwrap();
+        (sim, server)
+    }
+
     fn item(id: &str, addr: std::net::SocketAddr) -> Item {
         Item {
             id: id.to_string(),
@@ -655,12 +661,7 @@ mod tests {
     /// attempt timeout), after one attempt, with the flag in its message.
     #[tokio::test]
     async fn the_deadline_ends_an_item_before_its_attempt_timeout() {
-        use tower_fanout_sim::{Jitter, Model, Sim};
-        let sim = Sim::new(
-            Model::new().latency(Duration::from_secs(60), Jitter::None),
-            1,
-        );
-        let server = sim.serve().await.unwrap();
+        let (_sim, server) = silent().await;
         let opts = FetchOptions {
             adaptive: false,
             allow_private: true,
@@ -715,12 +716,7 @@ mod tests {
     /// at the 8 s attempt timeout.
     #[tokio::test]
     async fn a_batch_deadline_ends_the_items_not_done_by_then() {
-        use tower_fanout_sim::{Jitter, Model, Sim};
-        let sim = Sim::new(
-            Model::new().latency(Duration::from_secs(60), Jitter::None),
-            1,
-        );
-        let server = sim.serve().await.unwrap();
+        let (sim, server) = silent().await;
         let opts = FetchOptions {
             adaptive: false,
             allow_private: true,
@@ -752,12 +748,7 @@ mod tests {
     /// and says which one it was.
     #[tokio::test]
     async fn an_item_ends_at_the_earlier_of_its_deadline_and_the_batchs() {
-        use tower_fanout_sim::{Jitter, Model, Sim};
-        let sim = Sim::new(
-            Model::new().latency(Duration::from_secs(60), Jitter::None),
-            1,
-        );
-        let server = sim.serve().await.unwrap();
+        let (_sim, server) = silent().await;
         for (own, batch, expected) in [
             (300, 5_000, "--deadline 300 ms"),
             (5_000, 300, "deadline_seconds (0.3 s)"),
