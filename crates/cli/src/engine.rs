@@ -5,9 +5,9 @@
 //! sleeping) → global rate limit → adaptive limit → attempt counter → the
 //! HTTP client preset (per-host limits, timeouts, body cap, address guard).
 //! With `--deadline`, each item runs under one `Deadline` from its start,
-//! which the retry layer and the client read from its request; an MCP call's
-//! `deadline_seconds` puts one more on every item of its batch, and the
-//! earlier of the two is the item's.
+//! which the retry layer and the client read from its request; with
+//! `--batch-deadline` (or an MCP call's `deadline_seconds`) the batch has
+//! one more, shared by its items, and the earlier of the two is an item's.
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
@@ -68,6 +68,8 @@ pub(crate) struct FetchOptions {
     pub(crate) timeout: Duration,
     /// Time allowed for each item over all its attempts and waits.
     pub(crate) deadline: Option<Duration>,
+    /// Time allowed for each batch (each MCP tool call), from its start.
+    pub(crate) batch_deadline: Option<Duration>,
     pub(crate) max_body: u64,
     pub(crate) retries: u32,
     pub(crate) allow_private: bool,
@@ -185,16 +187,27 @@ pub(crate) struct Fetcher {
     stack: Stack,
     concurrency: usize,
     per_host: usize,
-    deadlines: Deadlines,
+    /// `--deadline`: time allowed for each item from its own start.
+    item_deadline: Option<Duration>,
+    /// Time allowed for each batch from its start, and who set it.
+    batch_deadline: Option<(Duration, SetBy)>,
+}
+
+/// Who set a batch's deadline, for the message of an item that misses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SetBy {
+    /// `--batch-deadline`.
+    Flag,
+    /// The MCP call's `deadline_seconds`.
+    Call,
 }
 
 /// What ends an item before its answer: `--deadline` from the item's own
-/// start, and the deadline of the whole batch (an MCP call's
-/// `deadline_seconds`), with the time it was given.
+/// start, and its batch's deadline, with the time it was given.
 #[derive(Debug, Clone, Copy, Default)]
 struct Deadlines {
     item: Option<Duration>,
-    batch: Option<(Deadline, Duration)>,
+    batch: Option<(Deadline, Duration, SetBy)>,
 }
 
 impl Deadlines {
@@ -206,7 +219,7 @@ impl Deadlines {
             .map(|after| (Deadline::after(after), PastDeadline::Item(after)));
         let batch = self
             .batch
-            .map(|(at, within)| (at, PastDeadline::Batch(within)));
+            .map(|(at, within, by)| (at, PastDeadline::Batch(within, by)));
         match (item, batch) {
             (Some(item), Some(batch)) => Some(if batch.0 <= item.0 { batch } else { item }),
             (item, batch) => item.or(batch),
@@ -222,25 +235,26 @@ impl FetchOptions {
             stack: self.stack()?,
             concurrency: self.concurrency,
             per_host: self.per_host,
-            deadlines: Deadlines {
-                item: self.deadline,
-                batch: None,
-            },
+            item_deadline: self.deadline,
+            batch_deadline: self.batch_deadline.map(|d| (d, SetBy::Flag)),
         })
     }
 }
 
 impl Fetcher {
-    /// The same stack and limits for a batch that must be done `within`
-    /// from now: every item still running then fails, and every item not
-    /// started by then fails without being sent, so the batch answers on
-    /// time. An item's `--deadline` still applies when it comes first.
+    /// The same stack and limits for batches that must each be done
+    /// `within` from their start (an MCP call's `deadline_seconds`), or by
+    /// `--batch-deadline` if that comes first: every item still running
+    /// then fails, and every item not started by then fails without being
+    /// sent, so the batch answers on time. An item's `--deadline` still
+    /// applies when it comes first.
     pub(crate) fn within(&self, within: Duration) -> Self {
+        let batch_deadline = match self.batch_deadline {
+            Some((flag, SetBy::Flag)) if flag <= within => Some((flag, SetBy::Flag)),
+            _ => Some((within, SetBy::Call)),
+        };
         Self {
-            deadlines: Deadlines {
-                batch: Some((Deadline::after(within), within)),
-                ..self.deadlines
-            },
+            batch_deadline,
             ..self.clone()
         }
     }
@@ -283,7 +297,13 @@ impl Fetcher {
         }
         // A request the http crate cannot build (already checked, so rare) fails alone.
         let requests = requests.into_iter().map(|r| r.map_err(|e| e.to_string()));
-        let (stack, deadlines) = (self.stack.clone(), self.deadlines);
+        let deadlines = Deadlines {
+            item: self.item_deadline,
+            batch: self
+                .batch_deadline
+                .map(|(within, by)| (Deadline::after(within), within, by)),
+        };
+        let stack = self.stack.clone();
         let service = tower::service_fn(move |req: Result<Req, String>| {
             let stack = stack.clone();
             async move {
@@ -392,7 +412,7 @@ fn ended_by_deadline(error: &(dyn std::error::Error + 'static)) -> bool {
 #[derive(Debug, Clone, Copy)]
 enum PastDeadline {
     Item(Duration),
-    Batch(Duration),
+    Batch(Duration, SetBy),
 }
 
 impl std::fmt::Display for PastDeadline {
@@ -403,7 +423,13 @@ impl std::fmt::Display for PastDeadline {
                 "no answer within --deadline {} ms (every attempt and wait included); raise --deadline",
                 after.as_millis()
             ),
-            Self::Batch(within) => write!(
+            Self::Batch(within, SetBy::Flag) => write!(
+                f,
+                "not done within --batch-deadline ({} s): a larger --batch-deadline or fewer \
+                 items would let it finish",
+                within.as_secs_f64()
+            ),
+            Self::Batch(within, SetBy::Call) => write!(
                 f,
                 "not done within the call's deadline_seconds ({} s): a larger deadline_seconds \
                  or fewer items per call would let it finish",
@@ -515,6 +541,7 @@ mod tests {
             adaptive: true,
             timeout: Duration::from_secs(8),
             deadline: None,
+            batch_deadline: None,
             max_body: 1024,
             retries: 0,
             allow_private: false,
@@ -760,6 +787,40 @@ mod tests {
                 ..options()
             };
             let fetcher = opts.fetcher().unwrap().within(Duration::from_millis(batch));
+            let records = fetcher
+                .fetch_all(vec![item("slow", server.addr())], |_| {})
+                .await;
+            let record = &records[0];
+            let error = record.error.as_deref().unwrap_or_default();
+            assert!(error.contains(expected), "{expected}: {record:?}");
+            assert!((300..5_000).contains(&record.latency_ms), "{record:?}");
+        }
+    }
+
+    /// `--batch-deadline` bounds each batch from its start, and an MCP
+    /// call's own deadline can shorten it, not lengthen it: the earlier one
+    /// ends the batch, and its items say which.
+    #[tokio::test]
+    async fn a_call_deadline_shortens_the_batch_deadline_and_never_lengthens_it() {
+        let (_sim, server) = silent().await;
+        for (flag, call, expected) in [
+            (Some(300), None, "--batch-deadline (0.3 s)"),
+            (Some(300), Some(5_000), "--batch-deadline (0.3 s)"),
+            (Some(5_000), Some(300), "deadline_seconds (0.3 s)"),
+            (None, Some(300), "deadline_seconds (0.3 s)"),
+        ] {
+            let opts = FetchOptions {
+                adaptive: false,
+                allow_private: true,
+                batch_deadline: flag.map(Duration::from_millis),
+                ..options()
+            };
+            let mut fetcher = opts.fetcher().unwrap();
+            if let Some(call) = call {
+                fetcher = fetcher.within(Duration::from_millis(call));
+            }
+            // The batch deadline starts with each batch, not with the fetcher.
+            tokio::time::sleep(Duration::from_millis(400)).await;
             let records = fetcher
                 .fetch_all(vec![item("slow", server.addr())], |_| {})
                 .await;

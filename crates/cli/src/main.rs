@@ -89,6 +89,9 @@ struct Limits {
     /// Time allowed for each item from its start, every attempt and wait included, e.g. 30s (default: no bound but --timeout and --retries).
     #[arg(long, value_parser = units::parse_duration)]
     deadline: Option<Duration>,
+    /// Time allowed for the whole batch (with mcp, for each tool call), e.g. 60s: items not done by then fail, those not started are never sent.
+    #[arg(long, value_parser = units::parse_duration)]
+    batch_deadline: Option<Duration>,
     /// Largest response body accepted, e.g. 10MiB.
     #[arg(long, default_value = "10MiB", value_parser = units::parse_size)]
     max_body: u64,
@@ -113,6 +116,7 @@ impl Limits {
             adaptive: self.adaptive,
             timeout: self.timeout,
             deadline: self.deadline,
+            batch_deadline: self.batch_deadline,
             max_body: self.max_body,
             retries: self.retries,
             allow_private: self.allow_private,

@@ -54,6 +54,51 @@ async fn fetch_writes_one_json_line_per_item_and_exits_0() {
     assert_eq!(sim.stats().arrivals, 30);
 }
 
+/// `--batch-deadline` ends the batch on time: of 20 items against a host
+/// that answers a minute later, with 2 in flight, the two sent fail at the
+/// deadline and the rest are never sent; every item still gets its line,
+/// and the exit code says some failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_batch_deadline_answers_every_item_on_time() {
+    let sim = Sim::new(
+        Model::new().latency(Duration::from_secs(60), Jitter::None),
+        1,
+    );
+    let server = sim.serve().await.unwrap();
+    let input: String = (0..20)
+        .map(|i| format!("http://{}/p/{i}\n", server.addr()))
+        .collect();
+    let started = std::time::Instant::now();
+    let args = [
+        "fetch",
+        "--allow-private",
+        "--per-host",
+        "2",
+        "--batch-deadline",
+        "500ms",
+    ];
+    let run = fanout(&args, &input).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "past the attempt timeout"
+    );
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    let records = lines(&run.stdout);
+    assert_eq!(records.len(), 20);
+    for r in &records {
+        let error = r["error"].as_str().unwrap_or_default();
+        assert!(error.contains("--batch-deadline (0.5 s)"), "{r}");
+    }
+    let sent = records.iter().filter(|r| r["attempts"] == 1).count();
+    assert_eq!(sent, 2, "{}", run.stdout);
+    assert_eq!(sim.stats().arrivals, 2);
+    assert!(
+        run.stderr.contains("20 fetched, 0 ok, 20 failed"),
+        "{}",
+        run.stderr
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_input_keeps_ids_and_failures_exit_1() {
     let sim = quick_sim();
