@@ -79,6 +79,7 @@ pub struct ClientBuilder {
     pool_max_idle_per_host: usize,
     http2_keep_alive_interval: Option<Duration>,
     http2_keep_alive_timeout: Duration,
+    http2_prior_knowledge: bool,
     max_response_body: usize,
     max_request_body: usize,
     max_redirects: usize,
@@ -107,6 +108,7 @@ impl fmt::Debug for ClientBuilder {
             .field("deadline", &self.deadline)
             .field("http2_keep_alive_interval", &self.http2_keep_alive_interval)
             .field("http2_keep_alive_timeout", &self.http2_keep_alive_timeout)
+            .field("http2_prior_knowledge", &self.http2_prior_knowledge)
             .field("max_response_body", &self.max_response_body)
             .field("address_guard", &self.address_guard)
             .field("host_default", &self.host_default)
@@ -197,6 +199,24 @@ impl ClientBuilder {
     #[must_use]
     pub fn http2_keep_alive_timeout(mut self, timeout: Duration) -> Self {
         self.http2_keep_alive_timeout = timeout;
+        self
+    }
+
+    /// Speaks HTTP/2 to every host without negotiating it (default off):
+    /// in cleartext the client opens each connection with HTTP/2's preface
+    /// ("prior knowledge", h2c, as gRPC backends and other internal
+    /// services speak it), and over TLS it offers only `h2` in ALPN, so a
+    /// server without HTTP/2 fails the handshake instead of being sent
+    /// frames it cannot read. Since every connection is known to be
+    /// HTTP/2 before it opens, the requests that find a host cold wait for
+    /// one connection and share it, where negotiation opens one for each
+    /// (up to the host's concurrency limit) and keeps one.
+    ///
+    /// Off, the client speaks HTTP/1.1 in cleartext and whichever of
+    /// HTTP/1.1 and HTTP/2 a TLS server picks.
+    #[must_use]
+    pub fn http2_prior_knowledge(mut self, on: bool) -> Self {
+        self.http2_prior_knowledge = on;
         self
     }
 
@@ -470,12 +490,12 @@ impl ClientBuilder {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(self.connect_timeout);
-        let https = self
-            .tls()?
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
+        let protocols = self.tls()?.https_or_http();
+        let https = if self.http2_prior_knowledge {
+            protocols.enable_http2().wrap_connector(http)
+        } else {
+            protocols.enable_http1().enable_http2().wrap_connector(http)
+        };
         let connector = GuardedConnector::new(https, guard.clone());
         let mut raw = HyperClient::builder(TokioExecutor::new());
         // hyper-util's idle sweeper, and hyper's h2 pings, add these to an
@@ -489,6 +509,7 @@ impl ClientBuilder {
             // Needs the timer below, or hyper ignores it.
             .http2_keep_alive_interval(self.http2_keep_alive_interval.filter(|t| *t <= FOREVER))
             .http2_keep_alive_timeout(self.http2_keep_alive_timeout.min(FOREVER))
+            .http2_only(self.http2_prior_knowledge)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new());
         let raw: Raw = raw.build(connector);
@@ -839,6 +860,7 @@ impl Client {
             // request's 30 s timeout, so a GET goes again on a new one.
             http2_keep_alive_interval: Some(Duration::from_secs(30)),
             http2_keep_alive_timeout: Duration::from_secs(20),
+            http2_prior_knowledge: false,
             max_response_body: 10 * 1024 * 1024,
             max_request_body: 10 * 1024 * 1024,
             max_redirects: 10,

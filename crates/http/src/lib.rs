@@ -1,7 +1,8 @@
 //! An HTTP client preset for agent runtimes: hyper-util's pooled client
-//! (HTTP/1 and HTTP/2, TLS through rustls) under per-host limits, with
-//! retries that honour `Retry-After`, budgets learned from rate-limit
-//! headers, timeouts, a response body cap and an address guard.
+//! (HTTP/1 and HTTP/2: by ALPN over TLS through rustls, or by prior
+//! knowledge, in cleartext too) under per-host limits, with retries that
+//! honour `Retry-After`, budgets learned from rate-limit headers, timeouts,
+//! a response body cap and an address guard.
 //!
 //! ```text
 //! Client::call ─► http_request span, request body buffered (bounded),

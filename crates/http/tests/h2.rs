@@ -983,3 +983,112 @@ async fn http2_keep_alive_settings_fail_at_build_or_work() {
         assert_eq!(server.accepted.load(Ordering::SeqCst), 1, "{interval:?}");
     }
 }
+
+// ------------------------------------------------ 7. HTTP/2 prior knowledge
+
+/// A handler that answers with the HTTP version the request came in.
+fn version_echo() -> Handler {
+    handler(|req| async move {
+        let version = format!("{:?}", req.version());
+        respond(200).body(Chunks::full(version)).unwrap()
+    })
+}
+
+/// `http2_prior_knowledge` speaks HTTP/2 in cleartext (h2c), to a server
+/// that takes either: a burst that finds the host cold waits for one
+/// connection and shares it. Without it the client speaks HTTP/1.1, one
+/// connection per request in flight.
+#[tokio::test(start_paused = true)]
+async fn prior_knowledge_speaks_h2c_over_one_connection() {
+    for (prior, version, connections) in [(true, "HTTP/2.0", 1), (false, "HTTP/1.1", 10)] {
+        let (addr, accepted) = support::serve_counting(version_echo()).await;
+        let client = Client::builder()
+            .http2_prior_knowledge(prior)
+            .host_default(KeyLimit::new().concurrency(10))
+            .build()
+            .unwrap();
+        let mut set = JoinSet::new();
+        for i in 0..10 {
+            let c = client.clone();
+            let url = format!("http://{addr}/{i}");
+            set.spawn(async move { c.get(&url).await });
+        }
+        while let Some(done) = set.join_next().await {
+            let resp = done.unwrap().unwrap();
+            assert_eq!(resp.body().as_ref(), version.as_bytes(), "prior {prior}");
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            connections,
+            "prior {prior}"
+        );
+    }
+}
+
+/// Over TLS, negotiating by ALPN, a burst that finds an h2 host cold opens
+/// a connection for each request before any of them knows the host speaks
+/// HTTP/2 (hyper-util's pool cannot tell yet); with prior knowledge the
+/// burst waits for one connection and shares it.
+#[tokio::test(start_paused = true)]
+async fn prior_knowledge_opens_one_connection_to_a_cold_tls_host() {
+    for (prior, expect_one) in [(true, true), (false, false)] {
+        let server = serve_h2(version_echo(), None).await;
+        let client = client(server.addr)
+            .http2_prior_knowledge(prior)
+            .host_default(KeyLimit::new().concurrency(8))
+            .build()
+            .unwrap();
+        let results = burst(&client, &url(server.addr, "/"), &[Method::GET], 8).await;
+        assert!(results.iter().all(|r| *r == Ok(200)), "{results:?}");
+        let accepted = server.accepted.load(Ordering::SeqCst);
+        assert_eq!(
+            accepted == 1,
+            expect_one,
+            "prior {prior}: {accepted} connections"
+        );
+        assert_eq!(
+            server.used(),
+            1,
+            "prior {prior}: every stream on one connection"
+        );
+    }
+}
+
+/// With prior knowledge the client offers only `h2` over TLS: a server
+/// without HTTP/2 fails the handshake (a connect error, at once) rather
+/// than being sent frames it cannot read.
+#[tokio::test(start_paused = true)]
+async fn prior_knowledge_fails_the_handshake_of_an_http1_only_tls_server() {
+    let acceptor = support::tls_acceptor(&[b"http/1.1"]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, Infallible>(respond(200).body(Chunks::full("ok")).unwrap())
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    let negotiating = client(addr).build().unwrap();
+    let resp = negotiating.get(&url(addr, "/")).await.unwrap();
+    assert_eq!(resp.version(), Version::HTTP_11);
+
+    let prior = client(addr).http2_prior_knowledge(true).build().unwrap();
+    let start = Instant::now();
+    let err = prior.get(&url(addr, "/")).await.unwrap_err();
+    assert!(err.is_connect(), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+}
