@@ -771,47 +771,25 @@ mod tests {
         assert_eq!(sim.stats().arrivals, 1, "{records:?}");
     }
 
-    /// An item ends at the earlier of its own deadline and its batch's,
-    /// and says which one it was.
+    /// An item ends at the earliest of its own deadline (`--deadline`),
+    /// `--batch-deadline` and an MCP call's deadline, and says which. A
+    /// call's deadline can shorten `--batch-deadline`, never lengthen it;
+    /// a batch's deadline starts with the batch, not with the fetcher.
     #[tokio::test]
-    async fn an_item_ends_at_the_earlier_of_its_deadline_and_the_batchs() {
+    async fn an_item_ends_at_its_earliest_deadline_and_says_which() {
         let (_sim, server) = silent().await;
-        for (own, batch, expected) in [
-            (300, 5_000, "--deadline 300 ms"),
-            (5_000, 300, "deadline_seconds (0.3 s)"),
+        for (own, flag, call, expected) in [
+            (Some(300), None, Some(5_000), "--deadline 300 ms"),
+            (Some(5_000), None, Some(300), "deadline_seconds (0.3 s)"),
+            (None, Some(300), None, "--batch-deadline (0.3 s)"),
+            (None, Some(300), Some(5_000), "--batch-deadline (0.3 s)"),
+            (None, Some(5_000), Some(300), "deadline_seconds (0.3 s)"),
+            (None, None, Some(300), "deadline_seconds (0.3 s)"),
         ] {
             let opts = FetchOptions {
                 adaptive: false,
                 allow_private: true,
-                deadline: Some(Duration::from_millis(own)),
-                ..options()
-            };
-            let fetcher = opts.fetcher().unwrap().within(Duration::from_millis(batch));
-            let records = fetcher
-                .fetch_all(vec![item("slow", server.addr())], |_| {})
-                .await;
-            let record = &records[0];
-            let error = record.error.as_deref().unwrap_or_default();
-            assert!(error.contains(expected), "{expected}: {record:?}");
-            assert!((300..5_000).contains(&record.latency_ms), "{record:?}");
-        }
-    }
-
-    /// `--batch-deadline` bounds each batch from its start, and an MCP
-    /// call's own deadline can shorten it, not lengthen it: the earlier one
-    /// ends the batch, and its items say which.
-    #[tokio::test]
-    async fn a_call_deadline_shortens_the_batch_deadline_and_never_lengthens_it() {
-        let (_sim, server) = silent().await;
-        for (flag, call, expected) in [
-            (Some(300), None, "--batch-deadline (0.3 s)"),
-            (Some(300), Some(5_000), "--batch-deadline (0.3 s)"),
-            (Some(5_000), Some(300), "deadline_seconds (0.3 s)"),
-            (None, Some(300), "deadline_seconds (0.3 s)"),
-        ] {
-            let opts = FetchOptions {
-                adaptive: false,
-                allow_private: true,
+                deadline: own.map(Duration::from_millis),
                 batch_deadline: flag.map(Duration::from_millis),
                 ..options()
             };
@@ -819,7 +797,6 @@ mod tests {
             if let Some(call) = call {
                 fetcher = fetcher.within(Duration::from_millis(call));
             }
-            // The batch deadline starts with each batch, not with the fetcher.
             tokio::time::sleep(Duration::from_millis(400)).await;
             let records = fetcher
                 .fetch_all(vec![item("slow", server.addr())], |_| {})
