@@ -91,7 +91,8 @@ async fn the_batch_deadline_answers_every_item_on_time() {
     }
     let sent = records.iter().filter(|r| r["attempts"] == 1).count();
     assert_eq!(sent, 2, "{}", run.stdout);
-    assert_eq!(sim.stats().arrivals, 2);
+    // At most the two sent (one may still be on its way under load).
+    assert!(sim.stats().arrivals <= 2);
     assert!(
         run.stderr.contains("20 fetched, 0 ok, 20 failed"),
         "{}",
@@ -429,8 +430,14 @@ mod mcp {
             let error = result["error"].as_str().unwrap_or_default();
             assert!(error.contains("deadline_seconds (0.5 s)"), "{page}");
         }
-        assert_eq!(page["results"][2]["attempts"], 0, "{page}");
-        assert_eq!(sim.stats().arrivals, 1);
+        let attempts: Vec<_> = page["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["attempts"].clone())
+            .collect();
+        assert_eq!(attempts, [1, 0, 0], "{page}");
+        assert!(sim.stats().arrivals <= 1);
 
         for bad in [Value::from(0), Value::from(-1.5), Value::from(100_000)] {
             let mut arguments = args(vec![("x".into(), format!("http://{}/", server.addr()))]);
@@ -441,7 +448,7 @@ mod mcp {
             let text = refusal(answer);
             assert!(text.contains("from 0.001 to 86400"), "{text}");
         }
-        assert_eq!(sim.stats().arrivals, 1);
+        assert!(sim.stats().arrivals <= 1);
         client.cancel().await.unwrap();
     }
 
