@@ -35,8 +35,9 @@ pub(crate) struct BatchFetchInput {
     /// The URLs to fetch, each with an optional id.
     items: Vec<InputItem>,
     /// Answer within this many seconds: items not done by then are
-    /// reported as failed, and the rest as usual. No deadline by default
-    /// (the server's own per-item deadline, if it has one, still applies).
+    /// reported as failed, and the rest as usual. No deadline by default;
+    /// the server's `--deadline` and `--batch-deadline`, if set, still
+    /// apply when they come first.
     #[schemars(range(min = 0.001, max = 86400.0))]
     deadline_seconds: Option<f64>,
 }

@@ -210,7 +210,7 @@ impl ClientBuilder {
     /// frames it cannot read. Since every connection is known to be
     /// HTTP/2 before it opens, the requests that find a host cold wait for
     /// one connection and share it, where negotiation opens one for each
-    /// (up to the host's concurrency limit) and keeps one.
+    /// (up to the host's concurrency limit) and then sends on one of them.
     ///
     /// Off, the client speaks HTTP/1.1 in cleartext and whichever of
     /// HTTP/1.1 and HTTP/2 a TLS server picks.
