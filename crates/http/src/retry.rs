@@ -632,12 +632,9 @@ where
     S: Service<Request<B>>,
 {
     fn new(config: Arc<Config>, inner: S, req: Request<B>) -> Self {
-        if config.settings.max_retries > 0 {
-            config.budget.deposit();
-        }
-        let deadline = req.extensions().get::<Deadline>().map(|d| d.instant());
+        let (idempotent, deadline) = admit(&config, &req);
         Self {
-            idempotent: is_idempotent(req.method()),
+            idempotent,
             config,
             inner,
             original: Some(req),
@@ -652,13 +649,20 @@ where
     /// with it the call's deadline, if it has one).
     pub(crate) fn start(self: Pin<&mut Self>, req: Request<B>) {
         let this = self.project();
-        if this.config.settings.max_retries > 0 {
-            this.config.budget.deposit();
-        }
-        *this.idempotent = is_idempotent(req.method());
-        *this.deadline = req.extensions().get::<Deadline>().map(|d| d.instant());
+        (*this.idempotent, *this.deadline) = admit(this.config, &req);
         *this.original = Some(req);
     }
+}
+
+/// What a loop learns of a new request, once: whether it is idempotent and
+/// its deadline. The request also pays into the retry budget (when retries
+/// are on), which is what lets later requests' retries spend from it.
+fn admit<B>(config: &Config, req: &Request<B>) -> (bool, Option<Instant>) {
+    if config.settings.max_retries > 0 {
+        config.budget.deposit();
+    }
+    let deadline = req.extensions().get::<Deadline>().map(|d| d.instant());
+    (is_idempotent(req.method()), deadline)
 }
 
 impl<S, B, ResB> Future for RetryFuture<S, Request<B>>
