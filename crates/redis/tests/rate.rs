@@ -226,6 +226,72 @@ async fn a_dropped_waiting_call_gives_its_tokens_back() {
     }
 }
 
+/// An inner service that is never ready, or that fails its `poll_ready`.
+#[derive(Clone)]
+struct Unready {
+    fails: bool,
+}
+
+impl Service<u32> for Unready {
+    type Response = u32;
+    type Error = &'static str;
+    type Future = std::future::Ready<Result<u32, &'static str>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        if self.fails {
+            std::task::Poll::Ready(Err("inner service broken"))
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+
+    fn call(&mut self, n: u32) -> Self::Future {
+        std::future::ready(Ok(n))
+    }
+}
+
+/// Tokens admitted at once but never spent go back: the inner service
+/// failed its `poll_ready` (the request was never made), or the caller left
+/// while the inner service was not ready. The bucket (one token per 10 s)
+/// is full again for the next caller, where it stayed empty for 10 s.
+#[tokio::test]
+async fn tokens_of_a_request_never_made_are_given_back() {
+    let redis = RedisServer::start();
+    for (name, fails) in [("inner-fails", true), ("inner-unready", false)] {
+        let build = |fail_fast: bool| {
+            let mut builder =
+                RedisRateLimitLayer::builder(store(&redis), name, 1, Duration::from_secs(10))
+                    .burst(1)
+                    .fail_closed();
+            if fail_fast {
+                builder = builder.fail_fast();
+            }
+            builder.build().unwrap()
+        };
+        let svc = build(true).layer(Unready { fails });
+        let outcome = tokio::time::timeout(Duration::from_millis(300), svc.oneshot(1)).await;
+        match outcome {
+            Ok(Err(e)) => assert!(fails && e.to_string().contains("broken"), "{e}"),
+            Ok(Ok(_)) => panic!("{name}: an unready service answered"),
+            Err(_) => assert!(!fails, "{name}: a failing service kept the call waiting"),
+        }
+        // The give-back lands shortly after; until then the probe is refused.
+        let probe = build(true).layer(echo());
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while let Err(e) = probe.clone().oneshot(2).await {
+            assert!(e.downcast_ref::<RateLimited>().is_some(), "{e}");
+            assert!(
+                Instant::now() < deadline,
+                "{name}: the tokens were not given back"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn clones_and_layers_with_one_name_share_one_limit() {
     let redis = RedisServer::start();

@@ -334,14 +334,18 @@ impl Shared {
     }
 
     /// Decides whether a request of `cost` tokens, counted against `key`,
-    /// may go ahead: waits for the tokens, or refuses.
+    /// may go ahead: waits for the tokens, or refuses. The tokens taken on
+    /// Redis come with their booking, armed: dropped before the caller
+    /// [`spends`](Booking::spend) it (the request was never made: the caller
+    /// left, or the inner service failed before the call), they are given
+    /// back. Tokens of the local fallback have none.
     pub(super) async fn admit(
         self: Arc<Self>,
         key: Option<String>,
         cost: u32,
-    ) -> Result<(), BoxError> {
+    ) -> Result<Option<Booking>, BoxError> {
         if cost == 0 {
-            return Ok(());
+            return Ok(None);
         }
         if cost > self.burst {
             tracing::debug!(key = %self.name, cost, burst = self.burst, "request costs more than the burst");
@@ -361,25 +365,24 @@ impl Shared {
         match decision {
             Ok(Gcra::Admitted { wait, tat }) => {
                 self.health.reached(&self.name);
+                let booking = Booking {
+                    store: self.store.clone(),
+                    key: redis_key.into_owned(),
+                    tat,
+                    weight_us: self.interval_us.saturating_mul(u64::from(cost)),
+                    armed: true,
+                };
                 if !wait.is_zero() {
                     tracing::debug!(
-                        key = %redis_key,
+                        key = %booking.key,
                         cost,
                         wait_ms = wait.as_millis() as u64,
                         "rate limited; waiting for tokens"
                     );
                     // Dropped while waiting: the tokens are given back.
-                    let booking = Booking {
-                        store: self.store.clone(),
-                        key: redis_key.into_owned(),
-                        tat,
-                        weight_us: self.interval_us.saturating_mul(u64::from(cost)),
-                        armed: true,
-                    };
                     tokio::time::sleep(wait).await;
-                    booking.disarm();
                 }
-                Ok(())
+                Ok(Some(booking))
             }
             Ok(Gcra::Refused { retry_after }) => {
                 self.health.reached(&self.name);
@@ -395,7 +398,7 @@ impl Shared {
                 self.health
                     .failed(&self.name, &redis_key, self.fallback, &error);
                 match &self.local {
-                    Some(local) => local.admit(key, cost).await,
+                    Some(local) => local.admit(key, cost).await.map(|()| None),
                     None => Err(error.into()),
                 }
             }
@@ -403,9 +406,11 @@ impl Shared {
     }
 }
 
-/// A booking made for a waiting caller; if the caller goes away before its
-/// tokens arrive, they are given back (when nobody booked after it).
-struct Booking {
+/// Tokens booked on Redis for one request; if the request is never made
+/// (its caller goes away while it waits for them or for the inner service,
+/// or the inner service fails first), they are given back (when nobody
+/// booked after it).
+pub(super) struct Booking {
     store: RedisStore,
     key: String,
     tat: String,
@@ -414,7 +419,8 @@ struct Booking {
 }
 
 impl Booking {
-    fn disarm(mut self) {
+    /// The request is made: its tokens are spent.
+    pub(super) fn spend(mut self) {
         self.armed = false;
     }
 }

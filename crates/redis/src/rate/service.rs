@@ -79,11 +79,16 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         ResponseFuture::new(async move {
-            shared.admit(key, cost).await?;
+            // Until the call is made, dropping the booking gives its tokens back.
+            let booking = shared.admit(key, cost).await?;
             poll_fn(|cx| inner.poll_ready(cx))
                 .await
                 .map_err(Into::into)?;
-            inner.call(req).await.map_err(Into::into)
+            let response = inner.call(req);
+            if let Some(booking) = booking {
+                booking.spend();
+            }
+            response.await.map_err(Into::into)
         })
     }
 }
