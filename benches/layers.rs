@@ -23,6 +23,10 @@
 //! Rate limits are configured so they never wait (about 10^9 tokens a second,
 //! a burst of `u32::MAX`): what is measured is the bookkeeping per call.
 //!
+//! The adaptive limit (AIMD, limit 64) and the keyed limit (one key, 64 in
+//! flight) have no tower counterpart: they are measured for their own
+//! figures, against the bare service only.
+//!
 //! Run: `cargo bench --bench layers -- --warm-up-time 1 --measurement-time 2`
 //! (`LAYERS_SUMMARY=0` skips the interleaved pass, e.g. with a filter.)
 #![allow(missing_docs, clippy::unwrap_used)]
@@ -44,8 +48,11 @@ use governor::{Quota, RateLimiter};
 use tokio::runtime::{Builder, Runtime};
 use tower::limit::{ConcurrencyLimit, GlobalConcurrencyLimitLayer, RateLimit, rate::Rate};
 use tower::{Layer, Service, ServiceExt, buffer::Buffer, service_fn, util::ServiceFn};
+use tower_fanout::adaptive::{AdaptiveLimitLayer, AimdController};
 use tower_fanout::backpressure::BackpressureLayer;
+use tower_fanout::classify::Outcome;
 use tower_fanout::concurrency::ConcurrencyLimitLayer;
+use tower_fanout::keyed::{KeyLimit, KeyedLimitLayer};
 use tower_fanout::rate::RateLimitLayer;
 
 /// Tasks in the contended case.
@@ -141,6 +148,30 @@ fn ours_rate() -> RateLimitLayer {
 
 fn tower_rate() -> Rate {
     Rate::new(u64::MAX, Duration::from_secs(1))
+}
+
+/// Every answer is a success: the limit stays at its maximum.
+type Classifier = fn(Result<&u64, &(dyn std::error::Error + 'static)>) -> Outcome;
+
+fn ours_adaptive() -> AdaptiveLimitLayer<Classifier> {
+    let controller = AimdController::builder()
+        .min(1)
+        .max(LIMIT)
+        .initial(LIMIT)
+        .build()
+        .unwrap();
+    let success: Classifier = |_| Outcome::Success;
+    AdaptiveLimitLayer::new(controller).classify(success)
+}
+
+/// Every call under one key.
+type OneKey = fn(&u64) -> u8;
+
+fn ours_keyed() -> KeyedLimitLayer<OneKey, u8> {
+    let key: OneKey = |_| 0;
+    KeyedLimitLayer::builder_with_key(key, KeyLimit::new().concurrency(LIMIT))
+        .build()
+        .unwrap()
 }
 
 /// One variant in one case, with the samples criterion took of it.
@@ -269,6 +300,8 @@ fn uncontended_variants(rt: &'static Runtime) -> Vec<Box<dyn Variant>> {
             rt,
             GlobalConcurrencyLimitLayer::new(LIMIT).layer(bare()),
         ),
+        v(OURS_ADAPTIVE, rt, ours_adaptive().layer(bare())),
+        v(OURS_KEYED, rt, ours_keyed().layer(bare())),
         v(OURS_RATE, rt, ours_rate().layer(bare())),
         v(TOWER_RATE, rt, RateLimit::new(bare(), tower_rate())),
         v(GOVERNOR, rt, governed()),
@@ -319,6 +352,8 @@ fn contended_variants(rt: &'static Runtime) -> Vec<Box<dyn Variant>> {
             rt,
             GlobalConcurrencyLimitLayer::new(LIMIT).layer(bare()),
         ),
+        shared(OURS_ADAPTIVE, rt, ours_adaptive().layer(bare())),
+        shared(OURS_KEYED, rt, ours_keyed().layer(bare())),
         shared(OURS_RATE, rt, ours_rate().layer(bare())),
         // Not `Clone`: one limiter per task, so this one is never contended.
         Box::new(Contended {
@@ -351,6 +386,8 @@ const BARE: &str = "bare service_fn";
 const OURS_CONC: &str = "ours ConcurrencyLimit";
 const TOWER_CONC: &str = "tower ConcurrencyLimit";
 const TOWER_GLOBAL: &str = "tower GlobalConcurrencyLimit";
+const OURS_ADAPTIVE: &str = "ours AdaptiveLimit (AIMD)";
+const OURS_KEYED: &str = "ours KeyedLimit (one key)";
 const OURS_RATE: &str = "ours RateLimit";
 const TOWER_RATE: &str = "tower RateLimit";
 const GOVERNOR: &str = "governor direct check";
