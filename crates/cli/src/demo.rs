@@ -51,6 +51,9 @@ pub(crate) struct Row {
     pub(crate) wall_ms: u64,
     /// Most requests in flight at once, seen by the client.
     pub(crate) peak_in_flight: usize,
+    /// Most requests the server held at once (arrived, not yet answered):
+    /// the bound as the downstream saw it, limits inside the client too.
+    pub(crate) peak_at_server: usize,
     /// Most response bytes held at once between arrival and processing.
     pub(crate) peak_response_bytes: usize,
 }
@@ -272,6 +275,7 @@ async fn run_one(
         retries: attempts.saturating_sub(requests as u64),
         wall_ms: u64::try_from(wall.as_millis()).unwrap_or(u64::MAX),
         peak_in_flight: gauges.peak_in_flight.load(Ordering::Relaxed),
+        peak_at_server: stats.peak_open,
         peak_response_bytes: gauges.peak_held.load(Ordering::Relaxed),
     })
 }
@@ -304,7 +308,7 @@ where
 /// The table printed by `fanout demo`.
 pub(crate) fn table(rows: &[Row]) -> String {
     let mut out = format!(
-        "{:<28} {:>9} {:>6} {:>7} {:>8} {:>8} {:>9} {:>12}\n",
+        "{:<28} {:>9} {:>6} {:>7} {:>8} {:>8} {:>9} {:>11} {:>12}\n",
         "strategy",
         "succeeded",
         "429s",
@@ -312,11 +316,12 @@ pub(crate) fn table(rows: &[Row]) -> String {
         "retries",
         "wall ms",
         "peak busy",
+        "server peak",
         "peak held KiB"
     );
     for r in rows {
         out.push_str(&format!(
-            "{:<28} {:>5}/{:<3} {:>6} {:>7} {:>8} {:>8} {:>9} {:>12}\n",
+            "{:<28} {:>5}/{:<3} {:>6} {:>7} {:>8} {:>8} {:>9} {:>11} {:>12}\n",
             r.strategy,
             r.succeeded,
             r.requests,
@@ -325,6 +330,7 @@ pub(crate) fn table(rows: &[Row]) -> String {
             r.retries,
             r.wall_ms,
             r.peak_in_flight,
+            r.peak_at_server,
             r.peak_response_bytes / 1024
         ));
     }

@@ -246,6 +246,24 @@ async fn demo_unlimited_draws_429s_and_the_recommended_stack_none() {
     ] {
         assert_eq!(row(name)["peak_in_flight"], peak, "{}", row(name));
     }
+    // What the server held at once, counted by the server: each bound
+    // holds there too, the per-host limits (inside the client, under the
+    // client-side gauge, which sees all 150 handed over) included.
+    for (name, bound) in [
+        ("concurrency limit (16)", 16),
+        ("chunks of 20 + progress", 20),
+        ("per-host limits (16, 90/s)", 16),
+        ("backpressure (16 workers)", 16),
+        ("recommended stack", 16),
+    ] {
+        let at_server = row(name)["peak_at_server"].as_u64().unwrap();
+        assert!((1..=bound).contains(&at_server), "{}", row(name));
+    }
+    let per_host = row("per-host limits (16, 90/s)");
+    assert!(
+        per_host["peak_in_flight"].as_u64().unwrap() > 16,
+        "{per_host}"
+    );
     for r in &rows {
         assert_eq!(r["requests"], 150, "{r}");
         // Responses are held whole: the peak is a number of 32 KiB bodies.
@@ -295,7 +313,7 @@ async fn demo_prints_a_table_of_every_bound() {
         // Succeeded out of the 10 requests, then the counts.
         let fields: Vec<&str> = line[28..].split_whitespace().collect();
         assert!(fields[0].ends_with("/10"), "{line}");
-        assert_eq!(fields.len(), 7, "{line}");
+        assert_eq!(fields.len(), 8, "{line}");
     }
 }
 

@@ -50,6 +50,9 @@ struct State {
     rate: Option<f64>,
     next_change: usize,
     in_service: usize,
+    /// Requests arrived and not yet answered (queued, in service, being
+    /// refused, or dropped and still held by their caller).
+    open: usize,
     queue: VecDeque<oneshot::Sender<()>>,
     /// GCRA: when the next request would be admitted were there no burst.
     tat: Tat,
@@ -123,6 +126,7 @@ impl Sim {
             rate: model.rate.map(|r| r.per_second),
             next_change: 0,
             in_service: 0,
+            open: 0,
             queue: VecDeque::new(),
             tat: Tat {
                 anchor: now,
@@ -158,10 +162,11 @@ impl Sim {
     pub fn reset_stats(&self) {
         let now = Instant::now();
         let mut state = self.inner.lock();
-        let (in_service, queued) = (state.in_service, state.queue.len());
+        let (in_service, queued, open) = (state.in_service, state.queue.len(), state.open);
         // The calls in service load the new window, but were admitted before
-        // it; the calls queued are in its queue.
-        state.stats = Recorder::new(now).carrying(in_service, queued);
+        // it; the calls queued are in its queue; all those open count in
+        // its peak.
+        state.stats = Recorder::new(now).carrying(in_service, queued, open);
     }
 
     /// The concurrency capacity in force now (after any scheduled change).
@@ -175,11 +180,16 @@ impl Sim {
     ///
     /// The request is admitted (or refused) here, at the call; the slot it
     /// takes is held by the returned future, which gives it back when it
-    /// ends or is dropped, polled or not.
+    /// ends or is dropped, polled or not. The request counts as open
+    /// ([`Stats::peak_open`](crate::Stats::peak_open)) until then too.
     pub fn respond(&self) -> impl Future<Output = Response<Body>> + Send + 'static + use<> {
         let inner = self.inner.clone();
         let arrived = Instant::now();
-        let admission = match inner.admit(arrived) {
+        let admission = inner.admit(arrived);
+        let open = Open {
+            inner: inner.clone(),
+        };
+        let admission = match admission {
             Admission::Serve => Admitted::Serve(Slot {
                 inner: inner.clone(),
             }),
@@ -197,6 +207,7 @@ impl Sim {
             Admission::Drop => Admitted::Drop,
         };
         async move {
+            let _open = open;
             match admission {
                 Admitted::Refuse {
                     status,
@@ -298,6 +309,19 @@ fn refusal(status: StatusCode, retry_after: Option<Duration>) -> Response<Body> 
     response
 }
 
+/// Counts the request as answered when its response future ends or is
+/// dropped.
+struct Open {
+    inner: Arc<Inner>,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        let mut state = self.inner.lock();
+        state.open = state.open.saturating_sub(1);
+    }
+}
+
 /// Gives the service slot back when the request finishes or is dropped.
 struct Slot {
     inner: Arc<Inner>,
@@ -347,7 +371,8 @@ impl Inner {
         let mut guard = self.lock();
         let state = &mut *guard;
         self.apply_changes(state, now);
-        state.stats.arrival();
+        state.open += 1;
+        state.stats.arrival(state.open);
         let refuse = |state: &mut State, status: StatusCode, retry_after| {
             state.stats.refusal(status);
             Admission::Refuse {

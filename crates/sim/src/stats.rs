@@ -31,6 +31,10 @@ pub struct Stats {
     pub peak_in_service: usize,
     /// Most requests queued at once.
     pub peak_queued: usize,
+    /// Most requests open at once: arrived and not yet answered, whether
+    /// queued, in service, being refused or silently dropped (until their
+    /// caller gives up). What the server saw of the client's fan-out.
+    pub peak_open: usize,
     /// Successes per second: the goodput.
     pub goodput: f64,
     /// Admissions per second.
@@ -53,6 +57,7 @@ pub(crate) struct Recorder {
     area: f64,
     peak: usize,
     peak_queued: usize,
+    peak_open: usize,
     arrivals: u64,
     admitted: u64,
     refused_429: u64,
@@ -70,6 +75,7 @@ impl Recorder {
             area: 0.0,
             peak: 0,
             peak_queued: 0,
+            peak_open: 0,
             arrivals: 0,
             admitted: 0,
             refused_429: 0,
@@ -79,13 +85,14 @@ impl Recorder {
         }
     }
 
-    /// A window that starts with `in_service` calls already in service and
-    /// `queued` waiting: their load and queue depth count, their admission
-    /// (before the window) does not.
-    pub(crate) fn carrying(mut self, in_service: usize, queued: usize) -> Self {
+    /// A window that starts with `in_service` calls already in service,
+    /// `queued` waiting and `open` in all: their load, queue depth and
+    /// number count, their arrival and admission (before the window) do not.
+    pub(crate) fn carrying(mut self, in_service: usize, queued: usize, open: usize) -> Self {
         self.in_service = in_service;
         self.peak = in_service;
         self.peak_queued = queued;
+        self.peak_open = open;
         self
     }
 
@@ -112,8 +119,10 @@ impl Recorder {
         self.admitted += 1;
     }
 
-    pub(crate) fn arrival(&mut self) {
+    /// A request arrived, and `open` are now open with it.
+    pub(crate) fn arrival(&mut self, open: usize) {
         self.arrivals += 1;
+        self.peak_open = self.peak_open.max(open);
     }
 
     pub(crate) fn refusal(&mut self, status: StatusCode) {
@@ -151,6 +160,7 @@ impl Recorder {
             mean_in_service: self.area / secs,
             peak_in_service: self.peak,
             peak_queued: self.peak_queued,
+            peak_open: self.peak_open,
             goodput: self.latencies.len() as f64 / secs,
             admitted_rate: self.admitted as f64 / secs,
             p50: q(0.50),

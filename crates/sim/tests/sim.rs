@@ -291,3 +291,47 @@ async fn serves_real_http_on_loopback() {
     assert_eq!(quick.stats().successes, 1);
     server.shutdown().await;
 }
+
+/// `peak_open` counts every request the server holds at once, refusals
+/// while they are being answered and silent drops until their caller gives
+/// up; an answered or abandoned request is open no more.
+#[tokio::test(start_paused = true)]
+async fn peak_open_counts_what_the_server_holds_at_once() {
+    let sim = Sim::new(
+        Model::new()
+            .concurrency(2)
+            .refusal_latency(ms(10))
+            .latency(ms(100), Jitter::None),
+        1,
+    );
+    let out = burst(&sim, 5).await;
+    assert_eq!(out.iter().filter(|o| o.0 == StatusCode::OK).count(), 2);
+    let s = sim.stats();
+    assert_eq!((s.peak_in_service, s.peak_open), (2, 5), "{s:?}");
+    // All five were answered: a new window starts with none open.
+    sim.reset_stats();
+    call(&sim).await;
+    call(&sim).await;
+    assert_eq!(sim.stats().peak_open, 1);
+
+    let dropping = Sim::new(Model::new().drop_rate(1.0), 1);
+    let calls: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(dropping.clone().oneshot(Request::new(()))))
+        .collect();
+    time::sleep(ms(50)).await;
+    assert_eq!(dropping.stats().peak_open, 3);
+    // Still open at a reset: they count in the new window's peak.
+    dropping.reset_stats();
+    assert_eq!(dropping.stats().peak_open, 3);
+    for call in &calls {
+        call.abort();
+    }
+    for call in calls {
+        assert!(call.await.unwrap_err().is_cancelled());
+    }
+    dropping.reset_stats();
+    let again = tokio::spawn(dropping.clone().oneshot(Request::new(())));
+    time::sleep(ms(50)).await;
+    assert_eq!(dropping.stats().peak_open, 1, "the abandoned three left");
+    again.abort();
+}
