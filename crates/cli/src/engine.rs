@@ -88,8 +88,10 @@ pub(crate) struct Record {
     pub(crate) status: Option<u16>,
     /// Why no response arrived.
     pub(crate) error: Option<String>,
-    /// Attempts made (1 + retries; 0 when none was, e.g. for an item whose
-    /// deadline passed before its turn).
+    /// Attempts handed to the client (1 + retries; 0 when none was, e.g.
+    /// for an item whose deadline passed before its turn). The client holds
+    /// an attempt at its host's limit (`--per-host`) before sending it, so
+    /// an attempt counted there may not have been sent.
     pub(crate) attempts: u32,
     /// Time from the start of the item to its end, waits included.
     pub(crate) latency_ms: u64,
@@ -211,19 +213,25 @@ struct Deadlines {
 }
 
 impl Deadlines {
-    /// An item starting now: its deadline, the earlier of the two, and the
-    /// error it fails with past it.
-    fn start(&self) -> Option<(Deadline, PastDeadline)> {
-        let item = self
-            .item
-            .map(|after| (Deadline::after(after), PastDeadline::Item(after)));
+    /// An item starting now: its deadline, the earlier of the two, the
+    /// error it fails with past it, and its own deadline if it has one.
+    fn start(&self) -> Option<(Deadline, PastDeadline, Option<Deadline>)> {
+        let own = self.item.map(Deadline::after);
+        let item = own.zip(self.item.map(PastDeadline::Item));
         let batch = self
             .batch
             .map(|(at, within, by)| (at, PastDeadline::Batch(within, by)));
-        match (item, batch) {
-            (Some(item), Some(batch)) => Some(if batch.0 <= item.0 { batch } else { item }),
-            (item, batch) => item.or(batch),
-        }
+        let (at, past) = match (item, batch) {
+            (Some(item), Some(batch)) => {
+                if batch.0 <= item.0 {
+                    batch
+                } else {
+                    item
+                }
+            }
+            (item, batch) => item.or(batch)?,
+        };
+        Some((at, past, own))
     }
 }
 
@@ -375,23 +383,30 @@ impl Fetcher {
 }
 
 /// One item's call through the stack, under its deadline when it has one.
-/// The deadline goes in the request's extensions, so the retry layer does
-/// not sleep a wait that would end past it and the client ends an attempt
-/// there; the timer here also bounds the waits at the limits between them.
-/// An item that starts past its deadline (the batch's has passed while it
-/// waited for its turn) fails without touching the stack.
+/// The item's own deadline goes in the request's extensions, so the retry
+/// layer does not sleep a wait that would end past it and the client ends
+/// an attempt there; the timer here also bounds the waits at the limits
+/// between them, and is all that ends an item at its batch's deadline: the
+/// call is dropped, which `--adaptive` reads as no signal. A batch's
+/// deadline cuts items that may have started a moment before it, which
+/// says nothing of the downstream's load; the client's timer would end
+/// them as timed out, which reads as overload. An item that starts past
+/// its deadline (the batch's has passed while it waited for its turn)
+/// fails without touching the stack.
 async fn within(
     deadlines: Deadlines,
     stack: Stack,
     mut req: Req,
 ) -> Result<Response<Bytes>, BoxError> {
-    let Some((at, past)) = deadlines.start() else {
+    let Some((at, past, own)) = deadlines.start() else {
         return stack.oneshot(req).await;
     };
     if at.instant() <= tokio::time::Instant::now() {
         return Err(past.into());
     }
-    req.extensions_mut().insert(at);
+    if let Some(own) = own {
+        req.extensions_mut().insert(own);
+    }
     match tokio::time::timeout_at(at.instant(), stack.oneshot(req)).await {
         Ok(Err(e)) if ended_by_deadline(&*e) => Err(past.into()),
         Ok(outcome) => outcome,
@@ -772,7 +787,43 @@ mod tests {
         assert!(sim.stats().arrivals <= 1, "{records:?}");
     }
 
-    /// An item ends at the earliest of its own deadline (`--deadline`),
+    /// A batch's deadline that cuts items in flight says nothing about the
+    /// downstream's load (an item may have started a moment before it), so
+    /// `--adaptive`'s limit, shared by every batch and MCP call, is left
+    /// alone: it read each cut as overload (the client ended the attempt at
+    /// the deadline in the request's extensions), and an MCP client with a
+    /// short `deadline_seconds` shrank the limit for every other call.
+    #[tokio::test]
+    async fn a_batch_deadline_does_not_lower_the_adaptive_limit() {
+        let (_sim, server) = silent().await;
+        let opts = FetchOptions {
+            allow_private: true,
+            concurrency: 5,
+            ..options()
+        };
+        let layer = opts.adaptive_limit().unwrap();
+        let handle = layer.handle();
+        let fetcher = Fetcher {
+            stack: layered(layer, opts.client().unwrap()),
+            concurrency: opts.concurrency,
+            per_host: opts.per_host,
+            item_deadline: None,
+            batch_deadline: None,
+        };
+        assert_eq!(handle.limit(), 5);
+        for round in 0..4 {
+            let items = (0..5)
+                .map(|i| item(&i.to_string(), server.addr()))
+                .collect();
+            let records = fetcher
+                .within(Duration::from_millis(200))
+                .fetch_all(items, |_| {})
+                .await;
+            assert!(records.iter().all(|r| !r.ok), "{records:?}");
+            assert_eq!(handle.limit(), 5, "after round {round}: {records:?}");
+        }
+    }
+
     /// `--batch-deadline` and an MCP call's deadline, and says which. A
     /// call's deadline can shorten `--batch-deadline`, never lengthen it;
     /// a batch's deadline starts with the batch, not with the fetcher.

@@ -205,9 +205,10 @@ impl ClientBuilder {
     /// Speaks HTTP/2 to every host without negotiating it (default off):
     /// in cleartext the client opens each connection with HTTP/2's preface
     /// ("prior knowledge", h2c, as gRPC backends and other internal
-    /// services speak it), and over TLS it offers only `h2` in ALPN, so a
-    /// server without HTTP/2 fails the handshake instead of being sent
-    /// frames it cannot read. Since every connection is known to be
+    /// services speak it), and over TLS it offers only `h2` in ALPN: a
+    /// server that refuses `h2` there fails the handshake; one that ignores
+    /// ALPN is sent HTTP/2 frames all the same, and the request fails with
+    /// a protocol error. Since every connection is known to be
     /// HTTP/2 before it opens, the requests that find a host cold wait for
     /// one connection and share it, where negotiation opens one for each
     /// (up to the host's concurrency limit) and then sends on one of them.

@@ -10,7 +10,8 @@ use tower_fanout_core::BoxError;
 /// The response future of [`RedisRateLimit`](crate::RedisRateLimit): the
 /// decision on Redis, the wait for tokens, then the inner call.
 ///
-/// Dropping it before the tokens arrive gives the booking back.
+/// Dropping it before the inner service is called gives the tokens it
+/// booked back.
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct ResponseFuture<T> {
     inner: Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>,
