@@ -515,12 +515,19 @@ fn describe(error: &(dyn std::error::Error + 'static)) -> String {
         }
         if let Some(limited) = e.downcast_ref::<tower_fanout_core::error::RateLimited>() {
             // The library's message names its `max_wait`, which no flag sets.
-            return format!(
-                "rate limited: the server asked to wait {} s before another request, \
-                 longer than fanout waits for a Retry-After or than the item has left before its \
-                 deadline; fetch this item again later",
-                limited.retry_after().as_secs_f64().ceil()
-            );
+            let wait = limited.retry_after().as_secs_f64().ceil();
+            return if limited.is_past_deadline() {
+                format!(
+                    "rate limited: the host allows another request in {wait} s (its Retry-After \
+                     or rate-limit headers said so), past the item's deadline; a later \
+                     --deadline would let it wait, or fetch it again later"
+                )
+            } else {
+                format!(
+                    "rate limited: the server asked to wait {wait} s before another request, \
+                     longer than fanout waits for a Retry-After; fetch this item again later"
+                )
+            };
         }
         next = e.source();
     }
@@ -745,7 +752,7 @@ mod tests {
         let record = &records[0];
         let error = record.error.as_deref().unwrap_or_default();
         assert!(
-            error.contains("rate limited") && error.contains("before its deadline"),
+            error.contains("rate limited") && error.contains("past the item's deadline"),
             "{record:?}"
         );
         assert_eq!(record.attempts, 2, "{record:?}");

@@ -117,21 +117,43 @@ unit_error!(
 
 /// A rate limit refused the request; it may be retried after [`retry_after`](Self::retry_after).
 ///
-/// Returned by a fail-fast [`RateLimitLayer`](crate::rate::RateLimitLayer).
+/// Returned by a fail-fast [`RateLimitLayer`](crate::rate::RateLimitLayer),
+/// and by a limit that would have waited but for the request's
+/// [`Deadline`](crate::Deadline) ([`is_past_deadline`](Self::is_past_deadline)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimited {
     retry_after: Duration,
+    past_deadline: bool,
 }
 
 impl RateLimited {
     /// Creates the error with the wait after which the request would be admitted.
     pub const fn new(retry_after: Duration) -> Self {
-        Self { retry_after }
+        Self {
+            retry_after,
+            past_deadline: false,
+        }
+    }
+
+    /// The error of a request not kept waiting because the wait would end
+    /// at or past its deadline, with that wait.
+    pub const fn past_deadline(retry_after: Duration) -> Self {
+        Self {
+            retry_after,
+            past_deadline: true,
+        }
     }
 
     /// How long to wait before the request would be admitted.
     pub const fn retry_after(&self) -> Duration {
         self.retry_after
+    }
+
+    /// The wait was refused because it would end at or past the request's
+    /// deadline (a later deadline would have let it wait), not because the
+    /// limit fails fast or the wait is over a cap.
+    pub const fn is_past_deadline(&self) -> bool {
+        self.past_deadline
     }
 }
 
@@ -140,7 +162,11 @@ impl fmt::Display for RateLimited {
         // In milliseconds with their fraction: above 1000 calls a second a
         // wait is under a millisecond, which whole milliseconds showed as 0.
         let ms = self.retry_after.as_nanos() as f64 / 1e6;
-        write!(f, "rate limited: retry after {ms} ms")
+        write!(f, "rate limited: retry after {ms} ms")?;
+        if self.past_deadline {
+            f.write_str(", which would end past the request's deadline")?;
+        }
+        Ok(())
     }
 }
 

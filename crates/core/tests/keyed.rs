@@ -419,6 +419,11 @@ async fn a_token_due_past_the_requests_deadline_is_refused_at_once() {
             .downcast_ref::<RateLimited>()
             .unwrap_or_else(|| panic!("{err}"));
         assert_eq!(limited.retry_after(), Duration::from_secs(10), "{secs} s");
+        assert!(limited.is_past_deadline(), "{secs} s");
+        assert!(
+            err.to_string().contains("past the request's deadline"),
+            "{err}"
+        );
         assert_eq!(handle.in_flight(&key), 0);
         assert_eq!(handle.waiting(&key), 0);
     }

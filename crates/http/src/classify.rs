@@ -19,8 +19,14 @@ use crate::error;
 /// configuration error are the caller's mistake
 /// ([`Outcome::CallerError`]): they say nothing of the downstream's load. An
 /// attempt that ran past the client's `timeout` ([`TimedOut`](crate::TimedOut),
-/// which `HttpClassify` does not know) is overload, as a timeout is in core.
-/// Everything else is answered as `HttpClassify` answers it, except that
+/// which `HttpClassify` does not know) is overload, as a timeout is in core,
+/// and so is a call that ran past its deadline once its request was sent
+/// (against a downstream slower than the deadline, the only signal a limit
+/// gets). A deadline that passed before the request was sent (the request
+/// reached the client too late, having waited at a limit above it, or its
+/// streamed body did not end in time) and a request body that did not end
+/// within the `timeout` say nothing of the downstream's load: the caller's
+/// ([`Outcome::CallerError`]). Everything else is answered as `HttpClassify` answers it, except that
 /// [`retry_after`](Classify::retry_after) also reads an HTTP-date
 /// (through [`headers::retry_after`](crate::headers::retry_after)).
 ///

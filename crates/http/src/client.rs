@@ -962,7 +962,7 @@ where
         // long at a limit above the client, say) is not sent at all.
         let refused = refused.or_else(|| {
             let past = deadline.filter(|d| d.after.is_zero())?;
-            Some(Error::from_box(past.timed_out().into()))
+            Some(Error::from_box(past.timed_out().before_sending().into()))
         });
         let mut start = None;
         let before = match refused {
@@ -1150,7 +1150,17 @@ where
                 .poll(cx)
                 .is_ready()
         {
-            return Poll::Ready(Err(Error::from_box(deadline.timed_out().into())));
+            let mut timed_out = deadline.timed_out();
+            if matches!(*this.before, Before::Reading { .. }) {
+                timed_out = timed_out.before_sending();
+            }
+            // What the call holds (its attempt's place at the host's limit
+            // and its stream, or the body being read) goes back with the
+            // answer, not when the caller drops this future.
+            this.before.set(Before::Refused { error: None });
+            this.retry
+                .set(this.shared.retry.unstarted(this.shared.stack.clone()));
+            return Poll::Ready(Err(Error::from_box(timed_out.into())));
         }
         polled
     }

@@ -36,7 +36,7 @@ enum Kind {
     Connect,
     BodyTooLarge,
     RequestBodyTooLarge,
-    RateLimited(Duration),
+    RateLimited(RateLimited),
     RefusedAddress,
     TooManyRedirects,
     Overloaded,
@@ -90,7 +90,9 @@ impl Error {
         self.kind == Kind::RequestBodyTooLarge
     }
 
-    /// The server (or a local limit) asked for a wait longer than the retry cap;
+    /// The server (or a local limit) asked for a wait longer than the retry
+    /// cap, or one that would end past the call's deadline (then
+    /// [`RateLimited::is_past_deadline`] in the source chain);
     /// [`retry_after`](Self::retry_after) says how long.
     pub fn is_rate_limited(&self) -> bool {
         matches!(self.kind, Kind::RateLimited(_))
@@ -99,7 +101,7 @@ impl Error {
     /// How long to wait before trying again, for a rate-limited request.
     pub fn retry_after(&self) -> Option<Duration> {
         match self.kind {
-            Kind::RateLimited(d) => Some(d),
+            Kind::RateLimited(r) => Some(r.retry_after()),
             _ => None,
         }
     }
@@ -207,7 +209,12 @@ pub(crate) fn outcome(err: &(dyn std::error::Error + 'static)) -> Option<Outcome
         | Kind::Config => Some(Outcome::CallerError),
         // A request body that never ended is the caller's stream, not the
         // downstream's load.
-        Kind::Timeout if find_in_chain::<TimedOut>(err).is_some_and(TimedOut::is_request_body) => {
+        // So is a deadline that passed before the request was sent (it
+        // waited at a limit above the client, or for its body).
+        Kind::Timeout
+            if find_in_chain::<TimedOut>(err)
+                .is_some_and(|t| t.is_request_body() || t.is_unsent()) =>
+        {
             Some(Outcome::CallerError)
         }
         // The attempt timeout is this crate's own type, which core's
@@ -244,7 +251,7 @@ fn classify(err: &(dyn std::error::Error + 'static)) -> Kind {
             return Kind::RequestBodyTooLarge;
         }
         if let Some(r) = e.downcast_ref::<RateLimited>() {
-            return Kind::RateLimited(r.retry_after());
+            return Kind::RateLimited(*r);
         }
         if e.is::<TooManyRedirects>() {
             return Kind::TooManyRedirects;
@@ -290,10 +297,15 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let source = &self.source;
         match self.kind {
-            Kind::RateLimited(d) => write!(
+            Kind::RateLimited(r) if r.is_past_deadline() => write!(
+                f,
+                "rate limited: retry after {} ms, which would end past the call's deadline (a later deadline would let it wait)",
+                r.retry_after().as_millis()
+            ),
+            Kind::RateLimited(r) => write!(
                 f,
                 "rate limited: retry after {} ms (longer than the retry layer's max_wait; raise it to wait that long)",
-                d.as_millis()
+                r.retry_after().as_millis()
             ),
             // Name the cause too: an agent reading only the top line must see
             // it. hyper-util's wrapper ("client error (Connect)") says little,

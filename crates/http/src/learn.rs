@@ -485,7 +485,12 @@ where
                     retry_after_ms = wait.as_millis() as u64,
                     "host budget resets after the wait cap or the call's deadline; returning rate limited"
                 );
-                return Err(RateLimited::new(wait).into());
+                return Err(if wait > learned.max_wait {
+                    RateLimited::new(wait)
+                } else {
+                    RateLimited::past_deadline(wait)
+                }
+                .into());
             }
             Err(Hold::Until(until)) => tokio::time::sleep_until(until).await,
             Err(Hold::Answer) => news.await,

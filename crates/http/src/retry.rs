@@ -739,7 +739,7 @@ where
                             "the wait would end at or past the call's deadline; not retrying"
                         );
                         if let Decision::After(d) = decision {
-                            return Poll::Ready(Err(RateLimited::new(d).into()));
+                            return Poll::Ready(Err(RateLimited::past_deadline(d).into()));
                         }
                         note(&mut outcome, waited);
                         return Poll::Ready(outcome);

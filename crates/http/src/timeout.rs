@@ -9,6 +9,9 @@ use std::time::Duration;
 pub struct TimedOut {
     after: Duration,
     what: What,
+    /// The call's deadline passed before its request was sent (at the call,
+    /// or while its body was read): nothing reached the server.
+    unsent: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +27,7 @@ impl TimedOut {
         Self {
             after,
             what: What::Attempt,
+            unsent: false,
         }
     }
 
@@ -33,6 +37,7 @@ impl TimedOut {
         Self {
             after,
             what: What::RequestDeadline,
+            unsent: false,
         }
     }
 
@@ -42,6 +47,7 @@ impl TimedOut {
         Self {
             after,
             what: What::RequestBody,
+            unsent: false,
         }
     }
 
@@ -51,7 +57,22 @@ impl TimedOut {
         Self {
             after,
             what: What::Deadline,
+            unsent: false,
         }
+    }
+
+    /// The same deadline, passed before the request was sent.
+    pub(crate) fn before_sending(self) -> Self {
+        Self {
+            unsent: true,
+            ..self
+        }
+    }
+
+    /// A deadline that passed before the request was sent: it says nothing
+    /// of the downstream's load.
+    pub(crate) fn is_unsent(&self) -> bool {
+        self.unsent
     }
 
     /// The caller's streamed request body did not end in time (not the
@@ -93,7 +114,11 @@ impl fmt::Display for TimedOut {
                 f,
                 "the call did not complete by its request's `Deadline`, {ms} ms after it was made (waits at the host's limits, every attempt and the waits between retries); set a later `Deadline`"
             ),
+        }?;
+        if self.unsent {
+            f.write_str(" (it passed before the request was sent: nothing reached the server)")?;
         }
+        Ok(())
     }
 }
 

@@ -123,6 +123,7 @@ async fn a_retry_after_equal_to_the_cap_is_waited_for() {
             let err = outcome.unwrap_err();
             let limited = err.downcast_ref::<RateLimited>().unwrap();
             assert_eq!(limited.retry_after(), Duration::from_secs(6));
+            assert!(!limited.is_past_deadline(), "over the cap, no deadline");
             assert_eq!(start.elapsed(), Duration::ZERO);
             assert_eq!(calls.load(Ordering::SeqCst), 1);
         }

@@ -33,6 +33,8 @@ async fn a_retry_after_beyond_a_day_is_learned_too() {
             let err = client.get(&url).await.unwrap_err();
             assert!(err.is_rate_limited(), "Retry-After: {after}: {err}");
             assert!(err.retry_after().unwrap() >= Duration::from_secs(89));
+            // Past the cap (no deadline here): raising the cap would wait.
+            assert!(err.to_string().contains("max_wait"), "{err}");
         }
         assert_eq!(
             hits.load(Ordering::SeqCst),

@@ -19,7 +19,7 @@ use http_body_util::Full;
 use support::{
     Chunks, counted, failed_call, scripted, serve_on_thread, stalled_post, table_resolver,
 };
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 use tower_fanout_http::retry::RetryLayer;
 use tower_fanout_http::{Client, Deadline, TimedOut};
 
@@ -57,6 +57,12 @@ async fn a_retry_after_past_the_deadline_fails_at_once_as_rate_limited() {
         let err = client.oneshot(req).await.unwrap_err();
         assert!(err.is_rate_limited(), "{err}");
         assert_eq!(err.retry_after(), Some(Duration::from_secs(20)));
+        // It says the deadline is why, not a cap that raising would lift.
+        let message = err.to_string();
+        assert!(
+            message.contains("past the call's deadline") && !message.contains("max_wait"),
+            "{message}"
+        );
         assert_eq!(hits.load(Ordering::SeqCst), n + 1, "no retry");
         returned_within(started, Duration::from_secs(5));
     }
@@ -130,12 +136,14 @@ async fn a_call_that_runs_past_its_deadline_times_out_at_it() {
     assert!(message.contains("deadline of 2000 ms"), "{message}");
     assert!(message.contains("`deadline`"), "{message}");
     // Over the client, an adaptive limit reads it as the downstream's load.
-    let err: &(dyn std::error::Error + 'static) = &err;
-    let outcome = tower_fanout_core::classify::Classify::<http::Response<Bytes>>::classify(
-        &tower_fanout_http::ClientClassify,
-        Err(err),
+    assert!(
+        !message.contains("before the request was sent"),
+        "{message}"
     );
-    assert_eq!(outcome, tower_fanout_core::classify::Outcome::Overload);
+    assert_eq!(
+        outcome(&err),
+        tower_fanout_core::classify::Outcome::Overload
+    );
     assert!(hits.load(Ordering::SeqCst) <= 1);
     let host = format!("127.0.0.1:{}", addr.port());
     // The host is tracked (the default limit of 16), and its place is back.
@@ -146,6 +154,35 @@ async fn a_call_that_runs_past_its_deadline_times_out_at_it() {
         "the place went back"
     );
     assert_eq!(client.host_limits().waiting(&host), 0);
+}
+
+/// A call ended by its deadline gives back what it held with its answer,
+/// not when its future is dropped: a caller that keeps the finished future
+/// (in a `FuturesUnordered`, say, or a struct) holds no place at the host's
+/// limit and no stream.
+#[tokio::test(start_paused = true)]
+async fn a_call_ended_by_its_deadline_holds_nothing_after_its_answer() {
+    let (silent, _) = counted(|_| std::future::pending::<http::Response<Chunks>>());
+    let addr = serve_on_thread(silent);
+    let mut client = Client::builder()
+        .timeout(Some(Duration::from_secs(30)))
+        .connect_timeout(None)
+        .deadline(Some(Duration::from_secs(2)))
+        .build()
+        .unwrap();
+    let host = format!("127.0.0.1:{}", addr.port());
+    let mut call = ServiceExt::<Request<Full<Bytes>>>::ready(&mut client)
+        .await
+        .unwrap()
+        .call(get(addr));
+    let err = (&mut call).await.unwrap_err();
+    assert!(timed_out_in(&err).is_deadline(), "{err}");
+    assert_eq!(
+        client.host_limits().in_flight(&host),
+        0,
+        "held after the answer"
+    );
+    drop(call);
 }
 
 /// A request's own `Deadline` ends its call there when the client has no
@@ -209,7 +246,18 @@ async fn a_request_past_its_own_deadline_is_not_sent() {
     assert!(timed_out.is_deadline(), "{err}");
     assert_eq!(timed_out.after(), Duration::ZERO);
     assert!(err.to_string().contains("`Deadline`"), "{err}");
+    assert!(
+        err.to_string().contains("before the request was sent"),
+        "{err}"
+    );
     assert_eq!(hits.load(Ordering::SeqCst), 0, "not sent");
+    // An adaptive limit above, at which it may have waited, does not read
+    // it as the downstream's load: each such request would cut the limit,
+    // and the next ones would wait longer still.
+    assert_eq!(
+        outcome(&err),
+        tower_fanout_core::classify::Outcome::CallerError
+    );
     // A deadline still ahead is sent as usual.
     let mut req = get(addr);
     req.extensions_mut()
@@ -247,6 +295,10 @@ async fn a_hosts_token_due_past_the_deadline_fails_at_once() {
         let started = std::time::Instant::now();
         let err = client.oneshot(req).await.unwrap_err();
         assert!(err.is_rate_limited(), "{client_deadline:?}: {err}");
+        assert!(
+            err.to_string().contains("past the call's deadline"),
+            "{err}"
+        );
         let wait = err.retry_after().unwrap();
         assert!(
             wait > Duration::from_secs(55) && wait <= Duration::from_secs(60),
@@ -282,6 +334,7 @@ async fn a_retry_layer_on_its_own_does_not_wait_past_the_requests_deadline() {
                     .downcast_ref::<tower_fanout_core::error::RateLimited>()
                     .unwrap_or_else(|| panic!("{err}"));
                 assert_eq!(limited.retry_after(), Duration::from_secs(20));
+                assert!(limited.is_past_deadline(), "{err}");
             }
             None => assert_eq!(outcome.unwrap().status(), 503),
         }
@@ -325,6 +378,15 @@ async fn the_deadline_bounds_a_stalled_request_body() {
     let timed_out = timed_out_in(&err);
     assert!(timed_out.is_deadline());
     assert_eq!(hits, 0, "nothing was sent");
+    // The caller's body, not the downstream's load.
+    assert!(
+        err.to_string().contains("before the request was sent"),
+        "{err}"
+    );
+    assert_eq!(
+        outcome(&err),
+        tower_fanout_core::classify::Outcome::CallerError
+    );
 }
 
 /// A host that said nothing remains until its reset holds the next call
@@ -352,6 +414,10 @@ async fn a_hold_for_a_reset_past_the_deadline_fails_at_once() {
     let started = std::time::Instant::now();
     let err = client.oneshot(get(addr)).await.unwrap_err();
     assert!(err.is_rate_limited(), "{err}");
+    assert!(
+        err.to_string().contains("past the call's deadline"),
+        "{err}"
+    );
     let wait = err.retry_after().unwrap();
     assert!(
         wait > Duration::from_secs(25) && wait <= Duration::from_secs(30),
@@ -478,6 +544,15 @@ fn redirecting_to(target: &'static str, answer_others: bool) -> std::net::Socket
         }
         support::respond(200).body(Chunks::empty()).unwrap()
     }))
+}
+
+/// What an adaptive limit over the client reads of `err`.
+fn outcome(err: &tower_fanout_http::Error) -> tower_fanout_core::classify::Outcome {
+    let err: &(dyn std::error::Error + 'static) = err;
+    tower_fanout_core::classify::Classify::<http::Response<Bytes>>::classify(
+        &tower_fanout_http::ClientClassify,
+        Err(err),
+    )
 }
 
 /// The `TimedOut` in an error's source chain.

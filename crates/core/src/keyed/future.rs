@@ -132,7 +132,7 @@ impl<S, Req> Wait<S, Req> {
                             retry_after_ms = retry_after.as_millis() as u64,
                             "keyed rate limit; the token would come past the call's deadline; refused"
                         );
-                        return Poll::Ready(Err(RateLimited::new(retry_after).into()));
+                        return Poll::Ready(Err(RateLimited::past_deadline(retry_after).into()));
                     }
                     tracing::debug!(
                         wait_ms = Duration::from_nanos(at - now).as_millis() as u64,
