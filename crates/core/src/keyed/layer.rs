@@ -144,8 +144,11 @@ pub trait KeyFn<Req> {
     /// its key's token until or past it is refused at once with
     /// [`RateLimited`](crate::error::RateLimited) and the wait, instead of
     /// held until then. `None` by default (a closure's keys); [`AuthorityKey`]
-    /// reads the request's [`Deadline`] extension. Asked only of a call that
-    /// would have to wait.
+    /// reads the request's [`Deadline`] extension. Asked of the calls to a
+    /// key with a rate. A wait for the key's permit has no known end, so
+    /// the deadline does not bound it: a layer above ends the call there
+    /// (tower-fanout-http's client does; `tower::timeout` will), and a call
+    /// dropped while it waits leaves the queue.
     fn deadline(&self, req: &Req) -> Option<Deadline> {
         let _ = req;
         None

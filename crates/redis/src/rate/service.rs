@@ -21,6 +21,16 @@ use crate::key::LimitKey;
 /// drives a clone of the inner service to readiness and calls it. A caller
 /// waiting for tokens holds nothing of the inner service (no concurrency
 /// permit, no connection).
+///
+/// It does not read a request's `Deadline` (tower-fanout-core's, which the
+/// http client and the keyed limit read): it serves any request type, not
+/// only `http::Request`, so a wait for tokens runs to its end. To bound it,
+/// put a timeout above the limiter (`tower::timeout::TimeoutLayer`, or the
+/// caller's own): a call dropped while it waits gives its tokens back (when
+/// no later call has booked after it), so a caller that gave up spends
+/// little or none of the shared budget. With
+/// [`fail_fast`](super::RedisRateLimitBuilder::fail_fast) nothing waits: the
+/// call is refused with the wait instead.
 pub struct RedisRateLimit<S, C, K> {
     inner: S,
     shared: Arc<Shared>,
