@@ -27,7 +27,7 @@ use tower_fanout_core::BoxError;
 use tower_fanout_core::adaptive::{AdaptiveLimitLayer, GradientController};
 use tower_fanout_core::concurrency::ConcurrencyLimitLayer;
 use tower_fanout_core::fan_out::{ItemResult, Progress, fan_out};
-use tower_fanout_core::keyed::{AuthorityKey, KeyFn, KeyLimit};
+use tower_fanout_core::keyed::{AuthorityKey, KeyFn, KeyLimit, KeyedLimitLayer};
 use tower_fanout_core::rate::RateLimitLayer;
 use tower_fanout_http::retry::RetryLayer;
 use tower_fanout_http::{ClientClassify, Deadline};
@@ -89,9 +89,9 @@ pub(crate) struct Record {
     /// Why no response arrived.
     pub(crate) error: Option<String>,
     /// Attempts handed to the client (1 + retries; 0 when none was, e.g.
-    /// for an item whose deadline passed before its turn). The client holds
-    /// an attempt at its host's limit (`--per-host`) before sending it, so
-    /// an attempt counted there may not have been sent.
+    /// for an item whose deadline passed before its turn or while it waited
+    /// for its host). The client holds a redirect's next hop at that host's
+    /// limit, so an attempt counted may not have been sent yet.
     pub(crate) attempts: u32,
     /// Time from the start of the item to its end, waits included.
     pub(crate) latency_ms: u64,
@@ -138,6 +138,17 @@ impl FetchOptions {
             // several tool calls at once): the bound holds across them.
             stack = layered(ConcurrencyLimitLayer::new(self.concurrency)?, stack);
         }
+        // Each host's limit again, above the global one and shared by every
+        // batch: a call waiting for its host holds no --concurrency (or
+        // --adaptive) slot, whichever batch it is in. Each batch's window
+        // keys its items by host, but two batches (MCP tool calls) to one
+        // host let --per-host through each, and those past the client's own
+        // per-host gate held the global slots that calls to idle hosts
+        // needed. The client's gate still holds each redirect hop's host.
+        stack = layered(
+            KeyedLimitLayer::builder(KeyLimit::new().concurrency(self.per_host)).build()?,
+            stack,
+        );
         if let Some(rate) = self.rate {
             let layer = RateLimitLayer::builder(rate.count, rate.period)
                 .burst(self.burst.unwrap_or(rate.count))
@@ -831,6 +842,47 @@ mod tests {
         }
     }
 
+    /// Batches run at once (MCP tool calls) share one stack: a batch to an
+    /// idle host is not held back by two others waiting for one busy host.
+    /// Each batch's window lets `--per-host` of its items through to the
+    /// host; the ones the client's per-host gate then held kept their
+    /// `--concurrency` slots, so with 4 slots and 2 per host, two batches to
+    /// a slow host took all 4 and a third batch's item to another host
+    /// waited for the slow host's answers.
+    #[tokio::test]
+    async fn batches_waiting_for_a_busy_host_leave_the_others_room() {
+        let (_sim, slow) = silent().await;
+        let fast =
+            answering(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await;
+        let opts = FetchOptions {
+            adaptive: false,
+            allow_private: true,
+            concurrency: 4,
+            per_host: 2,
+            ..options()
+        };
+        let fetcher = opts.fetcher().unwrap();
+        let busy: Vec<_> = (0..2)
+            .map(|_| {
+                let fetcher = fetcher.clone();
+                let items = (0..10).map(|i| item(&i.to_string(), slow.addr())).collect();
+                tokio::spawn(async move { fetcher.fetch_all(items, |_| {}).await })
+            })
+            .collect();
+        // Both batches have sent what they may to the slow host.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let records = fetcher
+            .within(Duration::from_secs(5))
+            .fetch_all(vec![item("fast", fast)], |_| {})
+            .await;
+        assert!(records[0].ok, "{records:?}");
+        assert!(records[0].latency_ms < 5_000, "{records:?}");
+        for batch in busy {
+            batch.abort();
+        }
+    }
+
+    /// An item ends at the earliest of its own deadline (`--deadline`),
     /// `--batch-deadline` and an MCP call's deadline, and says which. A
     /// call's deadline can shorten `--batch-deadline`, never lengthen it;
     /// a batch's deadline starts with the batch, not with the fetcher.

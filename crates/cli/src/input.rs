@@ -23,7 +23,8 @@ pub(crate) struct Item {
     pub(crate) url: String,
 }
 
-/// An id as the caller gave it: a string, or a number (kept as written).
+/// An id as the caller gave it: a string, or a number (an integer kept as
+/// written; another number as JSON prints it, so `1.50` is `"1.5"`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct GivenId(String);
 

@@ -196,6 +196,10 @@ async fn demo(json: bool, requests: usize) -> anyhow::Result<ExitCode> {
 const INPUT_BYTES_PER_ITEM: u64 = 16 * 1024;
 
 async fn fetch(path: Option<PathBuf>, limits: &Limits) -> anyhow::Result<ExitCode> {
+    // Flags that make no stack (a rate whose burst takes years to refill,
+    // say) are refused before the input is read: from a terminal or a slow
+    // pipe, that read could take as long as its writer.
+    let fetcher = limits.options().fetcher()?;
     // The input is read whole before anything is fetched (it is checked
     // whole), so it is bounded too: an endless or huge input is refused
     // once past the bound instead of filling memory.
@@ -238,7 +242,6 @@ async fn fetch(path: Option<PathBuf>, limits: &Limits) -> anyhow::Result<ExitCod
             return Ok(ExitCode::from(2));
         }
     };
-    let fetcher = limits.options().fetcher()?;
     let total = items.len();
     let bar = progress_bar(total);
     // Each record is written as soon as it and the ones before it are done,
@@ -284,7 +287,9 @@ async fn fetch(path: Option<PathBuf>, limits: &Limits) -> anyhow::Result<ExitCod
     );
     let interrupted = tokio::select! {
         () = fetched => false,
-        _ = tokio::signal::ctrl_c() => true,
+        // Only a Ctrl-C: a handler that could not be set up (`Err`) leaves
+        // the batch running, as if there were none.
+        Ok(()) = tokio::signal::ctrl_c() => true,
     };
     bar.finish_and_clear();
     if let Some(e) = write_error {

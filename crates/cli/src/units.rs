@@ -43,7 +43,7 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let value: f64 = number
         .parse()
         .map_err(|_| format!("duration `{s}`: `{number}` is not a number"))?;
-    let seconds = match unit {
+    let seconds = match unit.trim_start() {
         "ms" => value / 1000.0,
         "s" => value,
         "m" | "min" => value * 60.0,
@@ -127,6 +127,12 @@ mod tests {
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        // A space before the unit, as sizes and rates take it.
+        assert_eq!(parse_duration("8 s").unwrap(), Duration::from_secs(8));
+        assert_eq!(
+            parse_duration("250 ms").unwrap(),
+            Duration::from_millis(250)
+        );
         assert_eq!(
             parse_duration("8759h").unwrap(),
             Duration::from_secs(8759 * 3600)

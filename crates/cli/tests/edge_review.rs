@@ -104,3 +104,16 @@ async fn a_tool_call_within_max_items_is_answered_however_long_its_line() {
     assert!(text.contains(&format!("item {ITEMS}")), "{text}");
     drop(stdin);
 }
+
+/// Flags that make no stack are refused before the input is read: a user
+/// typing URLs, or a pipe whose writer is slow, learns at once, not at the
+/// end of the input. (stdin stays open here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_flags_are_refused_before_the_input_is_read() {
+    let mut child = spawn(&["fetch", "--rate", "1/h", "--burst", "4000000000"]);
+    let _stdin = child.stdin.take().unwrap();
+    let out = support::finish(child, Duration::from_secs(30)).await;
+    assert_ne!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stderr.contains("years"), "{}", out.stderr);
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+}
