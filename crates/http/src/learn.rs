@@ -185,7 +185,15 @@ impl Learned {
                 // Nothing in flight can bring an answer: stop holding.
                 Some((0, None)) if host.in_flight == 0 => host.window = None,
                 Some((0, None)) => return Err(Hold::Answer),
-                Some((n, until)) => host.window = Some((n - 1, until)),
+                Some((n, until)) => {
+                    host.window = Some((n - 1, until));
+                    // The request counts against the budget that binds after
+                    // the reset too: answers that only confirm the tighter
+                    // one's count bring no news of it.
+                    if let Some((after, _)) = &mut host.after {
+                        *after = after.saturating_sub(1);
+                    }
+                }
                 None => {}
             }
         }
@@ -259,10 +267,18 @@ impl Learned {
                     if remaining < held && until > now {
                         host.after = after;
                         (remaining, until)
-                    } else if remaining == held {
-                        (held, end.max(until))
                     } else {
-                        (held, end)
+                        // The budget after the reset only goes down too: the
+                        // lower count, and the later end of the two.
+                        host.after = match (host.after, after) {
+                            (Some((n, e)), Some((m, f))) => Some((n.min(m), e.max(f))),
+                            (held_after, answered) => held_after.or(answered),
+                        };
+                        if remaining == held {
+                            (held, end.max(until))
+                        } else {
+                            (held, end)
+                        }
                     }
                 }
                 _ => {

@@ -213,6 +213,96 @@ async fn after_the_tighter_budget_resets_the_next_tightest_still_holds() {
     assert!(start.elapsed() >= Duration::from_secs(30));
 }
 
+/// Every request counts against every budget: 3 tokens a second and 4
+/// requests an hour, the tokens the tighter. Three requests one after
+/// another spend the tokens and leave 1 request of the hour; at the
+/// tokens' reset only that one goes out, and the crowd's others, whose
+/// wait for the hour is past the wait cap, get `RateLimited` with it
+/// instead of a 429. The client took one from the tighter budget alone, so every
+/// answer after the first matched its count and left the hour's budget
+/// as the first answer had it (3): at the reset 3 went out and 2 drew 429s.
+#[tokio::test(start_paused = true)]
+async fn every_request_counts_against_the_budget_that_binds_after_the_reset() {
+    let seen = Arc::new(Seen::default());
+    let start = tokio::time::Instant::now();
+    let used: Arc<Mutex<[(u128, u64); 2]>> = Arc::default();
+    let s = seen.clone();
+    let addr = serve(handler(move |_| {
+        let (seen, used) = (s.clone(), used.clone());
+        async move {
+            let at = start.elapsed();
+            // (limit, window) of the tokens and of the requests.
+            let budgets = [
+                (3u64, Duration::from_secs(1)),
+                (4, Duration::from_secs(3600)),
+            ];
+            let mut left = [0u64; 2];
+            let mut reset = [0u128; 2];
+            {
+                let mut used = used.lock().unwrap();
+                for (i, (limit, window)) in budgets.iter().enumerate() {
+                    let index = at.as_nanos() / window.as_nanos();
+                    if used[i].0 != index {
+                        used[i] = (index, 0);
+                    }
+                    let end = window.as_nanos() * (index + 1);
+                    reset[i] = (end - at.as_nanos()).div_ceil(1_000_000);
+                    left[i] = limit - used[i].1;
+                }
+                if left.contains(&0) {
+                    seen.too_many.fetch_add(1, Ordering::SeqCst);
+                    return respond(429).body(Chunks::empty()).unwrap();
+                }
+                for u in used.iter_mut() {
+                    u.1 += 1;
+                }
+            }
+            seen.ok.fetch_add(1, Ordering::SeqCst);
+            respond(200)
+                .header("x-ratelimit-limit-tokens", "3")
+                .header("x-ratelimit-remaining-tokens", (left[0] - 1).to_string())
+                .header("x-ratelimit-reset-tokens", format!("{}ms", reset[0]))
+                .header("x-ratelimit-limit-requests", "4")
+                .header("x-ratelimit-remaining-requests", (left[1] - 1).to_string())
+                .header("x-ratelimit-reset-requests", format!("{}ms", reset[1]))
+                .body(Chunks::full("ok"))
+                .unwrap()
+        }
+    }))
+    .await;
+    let url = format!("http://{addr}/");
+    let client = Client::builder().no_retry().build().unwrap();
+    for _ in 0..3 {
+        assert_eq!(client.get(&url).await.unwrap().status(), 200);
+    }
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let (c, url) = (client.clone(), url.clone());
+            tokio::spawn(async move { c.get(&url).await })
+        })
+        .collect();
+    let (mut ok, mut limited) = (0, Vec::new());
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(r) => {
+                assert_eq!(r.status(), 200);
+                ok += 1;
+            }
+            Err(e) if e.is_rate_limited() => limited.push(e.retry_after().unwrap()),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(seen.too_many.load(Ordering::SeqCst), 0, "{limited:?}");
+    assert_eq!((ok, limited.len()), (1, 2), "{limited:?}");
+    // The hour's reset, less the second the tokens took.
+    assert!(
+        limited
+            .iter()
+            .all(|w| *w > Duration::from_secs(3500) && *w <= Duration::from_secs(3600)),
+        "{limited:?}"
+    );
+}
+
 /// A host that stated its window (5 a second) once, then answered without
 /// the fields: once its window reset, its entry counted "a new window of
 /// 5, no end known yet" for ever, with nothing in flight and nothing to
