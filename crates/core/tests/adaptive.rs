@@ -234,6 +234,30 @@ async fn max_hold_caps_a_very_long_retry_after() {
     assert_eq!(handle.limit(), 18, "listening again");
 }
 
+/// `max_hold` of zero turns holds off: a long `Retry-After` is then
+/// congestion the controller hears. It was taken as a hold ending at once,
+/// which held nothing and kept the overload from the controller, so a spent
+/// quota answered every call with 429 while the limit stayed put.
+#[tokio::test(start_paused = true)]
+async fn a_zero_max_hold_leaves_long_retry_afters_to_the_controller() {
+    let layer = AdaptiveLimitLayer::new(aimd(20)).max_hold(Duration::ZERO);
+    let handle = layer.handle();
+    let (svc, mut upstream) = mock::pair::<(), Res>();
+    let svc = ServiceBuilder::new().layer(layer).service(svc);
+    burst(&svc, &mut upstream, 20, 200, None).await;
+    let limit = handle.limit();
+    // The first `Retry-After` turns pacing on (its refusals are answered
+    // by that); the next episode's are congestion.
+    burst(&svc, &mut upstream, limit, 429, Some(3600)).await;
+    assert_eq!(handle.limit(), limit);
+    time::advance(Duration::from_millis(1)).await;
+    burst(&svc, &mut upstream, limit, 429, Some(3600)).await;
+    assert!(handle.limit() < limit, "{} from {limit}", handle.limit());
+    // Nothing is held.
+    let mut ready = ready_task(&svc);
+    assert!(ready.poll().is_ready());
+}
+
 #[tokio::test(start_paused = true)]
 async fn short_retry_after_paces_then_is_ordinary_congestion() {
     let layer = AdaptiveLimitLayer::new(aimd(20));
@@ -280,6 +304,44 @@ async fn retry_after_paces_new_calls() {
     assert_pending!(ready[2].poll());
     time::advance(gap).await;
     assert!(ready[2].poll().is_ready());
+}
+
+/// Calls waiting for their pacing slots when a long `Retry-After` starts a
+/// hold are held too: their slots came and they went out into the spent
+/// quota, the hold checked only by calls without a permit yet.
+#[tokio::test(start_paused = true)]
+async fn a_hold_begun_while_calls_wait_for_their_pace_holds_them_too() {
+    let layer = AdaptiveLimitLayer::new(aimd(8));
+    let handle = layer.handle();
+    let (svc, mut upstream) = mock::pair::<(), Res>();
+    let svc = ServiceBuilder::new().layer(layer).service(svc);
+    burst(&svc, &mut upstream, 8, 200, None).await;
+    let limit = handle.limit();
+    // Pacing on.
+    burst(&svc, &mut upstream, limit, 429, Some(0)).await;
+    let gap = Duration::from_millis(100).div_f64(limit as f64 * 1.25);
+    // One call goes out in its slot, two more wait for theirs.
+    let (calls, mut pending) = start(&svc, &mut upstream, 1).await;
+    let mut waiting: Vec<_> = (0..2).map(|_| ready_task(&svc)).collect();
+    for w in &mut waiting {
+        assert_pending!(w.poll());
+    }
+    // The one out is answered: the quota is spent for 30 s.
+    pending.pop().unwrap().send_response(answer(429, Some(30)));
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    // Their slots come and go: they stay held, their permits back.
+    time::advance(gap * 3).await;
+    for w in &mut waiting {
+        assert_pending!(w.poll());
+    }
+    assert_eq!(handle.in_flight(), 0);
+    time::advance(Duration::from_secs(30)).await;
+    // After the hold they go out, paced again.
+    assert!(waiting[0].poll().is_ready());
+    time::advance(gap + Duration::from_millis(1)).await;
+    assert!(waiting[1].poll().is_ready());
 }
 
 #[tokio::test(start_paused = true)]

@@ -75,7 +75,9 @@ impl<K> AdaptiveLimitLayer<K> {
 
     /// The longest a long `Retry-After` may hold new calls and the limit
     /// (default 60 s): past it calls go out and the controller listens
-    /// again, so a quota never freezes the limit for good.
+    /// again, so a quota never freezes the limit for good. Zero (or less
+    /// than a millisecond) turns holds off: a long `Retry-After` is then an
+    /// overload like any other, and the limit comes down.
     ///
     /// Applies to every service sharing this layer's limit.
     #[must_use]
@@ -448,8 +450,10 @@ impl Shared {
                 "retry-after: pacing admissions"
             );
         }
-        if Self::is_long(state, rtt, wait) {
-            let cap = Duration::from_millis(self.max_hold_ms.load(Ordering::Relaxed));
+        let cap = Duration::from_millis(self.max_hold_ms.load(Ordering::Relaxed));
+        // No hold at all (`max_hold` of zero): a long wait is then an
+        // overload like any other, which the controller hears.
+        if !cap.is_zero() && Self::is_long(state, rtt, wait) {
             let until = now + wait.min(cap);
             state.hold_until = Some(until);
             self.admit_at_ns

@@ -138,6 +138,14 @@ where
                 return Poll::Pending;
             }
             self.pace_slot = None;
+            // A hold begun while this call waited for its slot (a long
+            // Retry-After answered meanwhile) holds it too: its permit goes
+            // back, and it waits for the hold's end as a new call would.
+            if self.shared.held_until().is_some() {
+                self.permit = None;
+                self.admitted = None;
+                return self.poll_ready(cx);
+            }
         }
         self.shed = None;
         let ready = self.inner.poll_ready(cx);
