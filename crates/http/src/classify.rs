@@ -50,7 +50,8 @@ impl<B> Classify<http::Response<B>> for ClientClassify {
 
     fn retry_after(&self, response: &http::Response<B>) -> Option<Duration> {
         let value = response.headers().get(http::header::RETRY_AFTER)?;
-        crate::headers::retry_after(value, SystemTime::now())
+        let now = crate::headers::server_clock(response.headers(), SystemTime::now());
+        crate::headers::retry_after(value, now)
     }
 
     fn waited(&self, response: &http::Response<B>) -> Duration {

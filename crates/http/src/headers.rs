@@ -56,9 +56,24 @@ pub struct Budget {
 }
 
 /// Parses `Retry-After`: delta-seconds or an HTTP-date (a date in the past
-/// is zero). A decimal number of seconds (`1.5`) is read as one too.
+/// is zero). A decimal number of seconds (`1.5`) is read as one too. A date
+/// is read against `now`: the client passes the response's own clock
+/// ([`server_clock`]), so its own clock's error does not change the wait.
 pub fn retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
     retry_after_unbounded(value, now).filter(|d| *d <= MAX_WAIT)
+}
+
+/// The server's clock when it answered: the response's `Date`, or `local`
+/// when it has none (or an unreadable one). An HTTP-date `Retry-After` or
+/// an epoch reset is a moment on the server's clock; read against the
+/// client's, a client clock three minutes fast took a two-minute
+/// `Retry-After` for one already past and retried at once.
+pub fn server_clock(headers: &HeaderMap, local: SystemTime) -> SystemTime {
+    headers
+        .get(http::header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| httpdate::parse_http_date(s.trim()).ok())
+        .unwrap_or(local)
 }
 
 /// [`retry_after`] without the one-day bound: a well-formed but very long
@@ -292,8 +307,18 @@ fn each_budget(headers: &HeaderMap, now: SystemTime, mut f: impl FnMut(Budget)) 
         }
     };
     for v in lines(headers, &RATELIMIT) {
-        for (remaining, reset) in ietf_ratelimit(v) {
-            consider(remaining, reset);
+        for (name, remaining, reset) in ietf_ratelimit(v) {
+            // Without its own reset, a member takes the window of the
+            // policy of its name ("hour" an hour's, not a minute's); the
+            // shortest window only when no policy has that name.
+            let named = || {
+                let name = name?;
+                lines(headers, &RATELIMIT_POLICY)
+                    .flat_map(|p| p.split(','))
+                    .filter(|item| member_name(item) == name)
+                    .find_map(|item| param(item, "w").and_then(seconds))
+            };
+            consider(remaining, reset.or_else(named));
         }
     }
     for (rem, rst) in &PAIRS {
@@ -346,20 +371,35 @@ fn policy_window(v: &str) -> Option<Duration> {
 
 /// The `RateLimit` field, structured (`"name";r=0;t=30`, comma-separated) or
 /// the earlier dictionary (`limit=100, remaining=0, reset=30`).
-fn ietf_ratelimit(v: &str) -> Vec<(u64, Option<Duration>)> {
+/// Each member's name (`None` in the dictionary form), remaining count and
+/// reset.
+fn ietf_ratelimit(v: &str) -> Vec<(Option<&str>, u64, Option<Duration>)> {
     let mut out = Vec::new();
     if v.contains("remaining=") {
         if let Some(r) = dict_value(v, "remaining").and_then(count) {
-            out.push((r, dict_value(v, "reset").and_then(seconds)));
+            out.push((None, r, dict_value(v, "reset").and_then(seconds)));
         }
         return out;
     }
     for item in v.split(',') {
         if let Some(r) = param(item, "r").and_then(count) {
-            out.push((r, param(item, "t").and_then(seconds)));
+            out.push((
+                Some(member_name(item)),
+                r,
+                param(item, "t").and_then(seconds),
+            ));
         }
     }
     out
+}
+
+/// The name of one structured-field list member: `"hour";r=0` → `hour`.
+fn member_name(item: &str) -> &str {
+    item.split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .trim_matches('"')
 }
 
 /// The value of parameter `key` in one structured-field list member.
@@ -497,6 +537,43 @@ pub(crate) mod tests {
         assert_eq!(reset("1700000060", now()), Some(Duration::from_secs(60)));
         assert_eq!(reset("1699999000", now()), Some(Duration::ZERO));
         assert_eq!(reset("6m0s", now()), Some(Duration::from_secs(360)));
+    }
+
+    /// A `RateLimit` member without `t` takes the window of the policy of
+    /// its name: `"hour";r=0` under a minute and an hour policy is spent for
+    /// the hour (it was held for the minute, the shortest window, and then
+    /// a fresh window opened into the spent hour). A name no policy has
+    /// takes the shortest window, as before.
+    #[test]
+    fn a_member_without_a_reset_takes_its_own_policys_window() {
+        let policy = "\"minute\";q=60;w=60, \"hour\";q=1000;w=3600";
+        for (member, secs) in [
+            ("\"hour\";r=0", 3600),
+            ("\"minute\";r=0", 60),
+            ("\"other\";r=0", 60),
+            ("\"hour\";r=0;t=5", 5),
+        ] {
+            let h = map(&[("ratelimit", member), ("ratelimit-policy", policy)]);
+            assert_eq!(
+                budget(&h, now()),
+                Some(Budget {
+                    remaining: 0,
+                    reset: Duration::from_secs(secs)
+                }),
+                "{member}"
+            );
+        }
+    }
+
+    /// A response's `Date` is the server's clock; without one (or with an
+    /// unreadable one), the client's.
+    #[test]
+    fn the_server_clock_is_the_responses_date() {
+        let server = now() - Duration::from_secs(180);
+        let dated = map(&[("date", &httpdate::fmt_http_date(server))]);
+        assert_eq!(server_clock(&dated, now()), server);
+        assert_eq!(server_clock(&map(&[]), now()), now());
+        assert_eq!(server_clock(&map(&[("date", "yesterday")]), now()), now());
     }
 
     #[test]

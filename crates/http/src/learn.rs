@@ -225,7 +225,11 @@ impl Learned {
             // Most answers say nothing: no clock is read.
             return;
         }
-        let (now, wall) = (Instant::now(), SystemTime::now());
+        // Dates and epoch resets are on the server's clock.
+        let (now, wall) = (
+            Instant::now(),
+            headers::server_clock(headers, SystemTime::now()),
+        );
         let retry_after = headers
             .get(RETRY_AFTER)
             .filter(|_| limited)

@@ -452,9 +452,10 @@ fn decide_lazily<B>(
             let status = resp.status();
             // Unbounded: a wait past the cap, however long, is `RateLimited`.
             let after = || {
-                resp.headers()
-                    .get(RETRY_AFTER)
-                    .and_then(|v| headers::retry_after_unbounded(v, now()))
+                resp.headers().get(RETRY_AFTER).and_then(|v| {
+                    // An HTTP-date is on the server's clock.
+                    headers::retry_after_unbounded(v, headers::server_clock(resp.headers(), now()))
+                })
             };
             match status {
                 StatusCode::TOO_MANY_REQUESTS => after().map_or(Decision::Backoff, Decision::After),
@@ -815,6 +816,28 @@ mod tests {
         assert_eq!(decide(&resp(200, None), &get, now), Decision::Done);
         let refused: Result<Response<()>, BoxError> = Err(RefusedAddress::new("x", None).into());
         assert_eq!(decide(&refused, &get, now), Decision::Done);
+    }
+
+    /// A `Retry-After` HTTP-date is read against the answer's `Date` (the
+    /// server's clock): with the client's clock three minutes fast, a
+    /// two-minute wait read as one already past, and the request was sent
+    /// again at once.
+    #[test]
+    fn a_retry_after_date_is_read_on_the_servers_clock() {
+        let local = SystemTime::now();
+        let server = local - Duration::from_secs(180);
+        let mut answer = resp(
+            429,
+            Some(&httpdate::fmt_http_date(server + Duration::from_secs(120))),
+        );
+        answer.as_mut().unwrap().headers_mut().insert(
+            http::header::DATE,
+            http::HeaderValue::from_str(&httpdate::fmt_http_date(server)).unwrap(),
+        );
+        assert_eq!(
+            decide(&answer, &Method::GET, local),
+            Decision::After(Duration::from_secs(120))
+        );
     }
 
     /// After the client preset followed a redirect, the server has acted on

@@ -51,31 +51,28 @@ async fn retry_after_seconds_is_waited_exactly() {
 
 #[tokio::test(start_paused = true)]
 async fn retry_after_http_date_is_honoured() {
-    // An HTTP-date has whole seconds: "now + 3 s" rounds down to 2..=3 s
-    // away from `before`. The layer reads the wall clock (which no paused
-    // clock stops) when the 503 is in, somewhere between `before` and
-    // `after`, and waits from there to the date: not a fixed 2..=3 s, since
-    // the server's thread and the round trip take real time (under load,
-    // enough to bring the wait below 2 s one run in a hundred).
+    // An HTTP-date has whole seconds, and so has the `Date` hyper's server
+    // puts on its answer: the layer waits from the answer's `Date` (the
+    // server's clock) to the date: 3 s, or 2 s if the server's second
+    // ticked between `before` and its answer (1 s if the answer took over
+    // a second, under load). Whole seconds either way: read against the
+    // client's wall clock, the wait shrank by however long the round trip
+    // took.
     let before = SystemTime::now();
     let at = httpdate::fmt_http_date(before + Duration::from_secs(3));
-    let date = httpdate::parse_http_date(&at).unwrap();
     let (addr, _) = scripted(vec![(503, Some(at))]);
     let (outcome, attempts) = through_retry(&RetryLayer::default(), addr, http::Method::POST).await;
-    let after = SystemTime::now();
     assert_eq!(outcome.unwrap().status(), 200);
     assert_eq!(attempts.len(), 2);
-    let longest = date.duration_since(before).unwrap();
-    assert!(
-        longest > Duration::from_secs(2) && longest <= Duration::from_secs(3),
-        "{longest:?}"
-    );
-    let shortest = date.duration_since(after).unwrap_or(Duration::ZERO);
     // The paused clock jumps to the sleep's deadline rounded up to the
     // timer's 1 ms tick.
+    let waited = attempts[1];
     assert!(
-        attempts[1] >= shortest && attempts[1] <= longest + Duration::from_millis(1),
-        "{attempts:?}: the date was {shortest:?} to {longest:?} away"
+        [1, 2, 3].into_iter().any(|s| {
+            let s = Duration::from_secs(s);
+            waited >= s && waited <= s + Duration::from_millis(1)
+        }),
+        "{attempts:?}"
     );
 }
 
