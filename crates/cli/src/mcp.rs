@@ -14,11 +14,13 @@ use std::sync::{Arc, Mutex};
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::{Json, Parameters};
-use rmcp::model::{ServerCapabilities, ServerConfig};
+use rmcp::model::{ProgressNotificationParam, ServerCapabilities, ServerConfig};
 use rmcp::service::RequestContext;
 use rmcp::{RoleServer, ServerHandler, ServiceExt, tool, tool_handler, tool_router};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use tower_fanout_core::fan_out::Progress;
 
 use crate::engine::{Fetcher, Record};
 use crate::input::{self, InputItem, Item};
@@ -120,13 +122,20 @@ impl FanoutServer {
             None => self.state.fetcher.clone(),
         };
         let items = self.check(input)?;
+        let (on_progress, notifier) = progress(&context, items.len());
         // rmcp signals a cancelled call (the client's notifications/cancelled)
         // on this token and leaves its handler running: dropping the fetch
         // is what stops the batch and gives its share of the limits back.
         let records = tokio::select! {
-            records = fetcher.fetch_all(items, |_| {}) => records,
-            () = context.ct.cancelled() => return Err("cancelled by the client".to_string()),
+            records = fetcher.fetch_all(items, on_progress) => Ok(records),
+            () = context.ct.cancelled() => Err("cancelled by the client".to_string()),
         };
+        // No progress after the answer: what is still being sent is dropped.
+        if let Some(notifier) = notifier {
+            notifier.abort();
+            let _ = notifier.await;
+        }
+        let records = records?;
         let batch_id = format!("b{}", self.state.next_batch.fetch_add(1, Ordering::Relaxed));
         let records = Arc::new(records);
         {
@@ -220,6 +229,43 @@ impl ServerHandler for FanoutServer {
              overwhelming them; get_batch_results pages through a batch's results.",
         )
     }
+}
+
+/// Progress for a call whose client asked for it (a `progressToken` in its
+/// `_meta`): `notifications/progress` with the items done, the batch size
+/// and a line of counts, so an agent sees a long batch move (and a client
+/// that extends its timeout on progress keeps waiting). The fan-out's
+/// callback only records the latest counts; a task sends them, so a slow
+/// client coalesces updates rather than holding the batch back.
+fn progress(
+    context: &RequestContext<RoleServer>,
+    total: usize,
+) -> (
+    impl Fn(&Progress) + Send + Sync + 'static,
+    Option<tokio::task::JoinHandle<()>>,
+) {
+    let (latest, mut changed) = tokio::sync::watch::channel(None::<Progress>);
+    let notifier = context.meta.get_progress_token().map(|token| {
+        let peer = context.peer.clone();
+        tokio::spawn(async move {
+            while changed.changed().await.is_ok() {
+                let Some(p) = changed.borrow_and_update().clone() else {
+                    continue;
+                };
+                let note = ProgressNotificationParam::new(token.clone(), p.completed as f64)
+                    .with_total(total as f64)
+                    .with_message(p.to_string());
+                if peer.notify_progress(note).await.is_err() {
+                    // The client is gone: nobody to tell.
+                    return;
+                }
+            }
+        })
+    });
+    let on_progress = move |p: &Progress| {
+        latest.send_replace(Some(p.clone()));
+    };
+    (on_progress, notifier)
 }
 
 /// The longest message line read: room for a tool call of `max_items`

@@ -331,6 +331,78 @@ mod mcp {
         map
     }
 
+    /// An MCP client that keeps the progress notifications it hears.
+    #[derive(Clone, Default)]
+    struct Listening {
+        heard: std::sync::Arc<std::sync::Mutex<Vec<(f64, Option<f64>, Option<String>)>>>,
+    }
+
+    impl rmcp::ClientHandler for Listening {
+        async fn on_progress(
+            &self,
+            params: rmcp::model::ProgressNotificationParam,
+            _: rmcp::service::NotificationContext<rmcp::RoleClient>,
+        ) {
+            self.heard
+                .lock()
+                .unwrap()
+                .push((params.progress, params.total, params.message));
+        }
+    }
+
+    /// A batch reports its progress to a client that asked for it (rmcp's
+    /// client puts a `progressToken` on every request): items done of the
+    /// batch's size, rising, with a line of counts.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_reports_its_progress() {
+        use rmcp::ServiceExt;
+        let sim = Sim::new(
+            Model::new().latency(Duration::from_millis(20), Jitter::None),
+            1,
+        );
+        let server = sim.serve().await.unwrap();
+        let mut cmd = tokio::process::Command::new(support::BIN);
+        cmd.args(["mcp", "--allow-private", "--concurrency", "1"]);
+        let listening = Listening::default();
+        let heard = listening.heard.clone();
+        let client = tokio::time::timeout(
+            Duration::from_secs(30),
+            listening.serve(rmcp::transport::TokioChildProcess::new(cmd).unwrap()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let items = (0..5)
+            .map(|i| (i.to_string(), format!("http://{}/{i}", server.addr())))
+            .collect();
+        let result = client
+            .call_tool(CallToolRequestParams::new("batch_fetch_urls").with_arguments(args(items)))
+            .await
+            .unwrap();
+        assert_eq!(result.structured_content.unwrap()["succeeded"], 5);
+        // Notifications are handled apart from the answer: give them a moment.
+        for _ in 0..500 {
+            if !heard.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let heard = heard.lock().unwrap().clone();
+        assert!(!heard.is_empty(), "no progress heard");
+        for window in heard.windows(2) {
+            assert!(window[0].0 <= window[1].0, "{heard:?}");
+        }
+        for (done, total, message) in &heard {
+            assert_eq!(*total, Some(5.0), "{heard:?}");
+            assert!(*done <= 5.0, "{heard:?}");
+            assert!(
+                message.as_deref().unwrap_or_default().contains("done"),
+                "{heard:?}"
+            );
+        }
+        client.cancel().await.unwrap();
+    }
+
     /// `get_batch_results`' arguments.
     fn page_args(
         batch_id: &Value,
