@@ -331,10 +331,13 @@ mod mcp {
         map
     }
 
+    /// A progress notification: items done, the total, the message.
+    type Heard = (f64, Option<f64>, Option<String>);
+
     /// An MCP client that keeps the progress notifications it hears.
     #[derive(Clone, Default)]
     struct Listening {
-        heard: std::sync::Arc<std::sync::Mutex<Vec<(f64, Option<f64>, Option<String>)>>>,
+        heard: std::sync::Arc<std::sync::Mutex<Vec<Heard>>>,
     }
 
     impl rmcp::ClientHandler for Listening {
