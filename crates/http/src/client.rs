@@ -119,7 +119,12 @@ impl fmt::Debug for ClientBuilder {
 }
 
 impl ClientBuilder {
-    /// Time allowed to open a TCP connection (default 10 s; `None`: no limit).
+    /// Time allowed to make a connection: the DNS lookup, the TCP connect
+    /// and the TLS handshake together (default 10 s; `None`: no limit). It
+    /// also bounds a connection hyper-util goes on making in the background
+    /// after the request that asked for it was served by another, so a
+    /// peer that accepts and never completes a handshake holds no socket
+    /// for longer.
     #[must_use]
     pub fn connect_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.connect_timeout = timeout;
@@ -160,14 +165,17 @@ impl ClientBuilder {
     }
 
     /// How long an idle pooled connection is kept (default 90 s; `None`, or
-    /// anything past a century such as `Duration::MAX`: for ever).
+    /// anything past a century such as `Duration::MAX`: for ever). Zero
+    /// keeps none: each request opens its own connection.
     #[must_use]
     pub fn pool_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.pool_idle_timeout = timeout;
         self
     }
 
-    /// Idle connections kept per host (default 32).
+    /// Idle connections kept per host (default 32). Zero turns the pool off:
+    /// each request opens its own connection and TLS handshake, and HTTP/2
+    /// requests do not share one.
     #[must_use]
     pub fn pool_max_idle_per_host(mut self, max: usize) -> Self {
         self.pool_max_idle_per_host = max;
@@ -287,7 +295,10 @@ impl ClientBuilder {
     /// `"host:8443"` when URIs carry a port other than their scheme's
     /// default (`https://api.github.com:443/` and `https://api.github.com./`
     /// count against `"api.github.com"`). Written in any case, and with or
-    /// without a fully qualified name's trailing dot.
+    /// without a fully qualified name's trailing dot. Leave the scheme's
+    /// default port out: `"api.github.com:443"` names a host no https URI
+    /// is counted under (the key drops `:443`), so its limit would never
+    /// apply.
     #[must_use]
     pub fn host_limit(mut self, authority: impl Into<String>, limit: KeyLimit) -> Self {
         self.host_limits.push((host_key(authority.into()), limit));
@@ -377,7 +388,8 @@ impl ClientBuilder {
     }
 
     /// Trust the operating system's certificate store instead of the
-    /// compiled-in Mozilla roots.
+    /// compiled-in Mozilla roots. A [`tls_config`](Self::tls_config) of your
+    /// own takes precedence: its roots are used.
     #[cfg(feature = "native-roots")]
     #[must_use]
     pub fn native_roots(mut self, on: bool) -> Self {
@@ -497,7 +509,7 @@ impl ClientBuilder {
         } else {
             protocols.enable_http1().enable_http2().wrap_connector(http)
         };
-        let connector = GuardedConnector::new(https, guard.clone());
+        let connector = GuardedConnector::new(https, guard.clone(), self.connect_timeout);
         let mut raw = HyperClient::builder(TokioExecutor::new());
         // hyper-util's idle sweeper, and hyper's h2 pings, add these to an
         // `Instant`, which overflows (a panic in the connection's or the
@@ -514,9 +526,14 @@ impl ClientBuilder {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new());
         let raw: Raw = raw.build(connector);
+        // gzip and br, as documented: tower-http turns deflate and zstd on
+        // too when some other crate in the build enables their features,
+        // and `decompression(false)` would then still ask for them.
         let decompress = Decompression::new(SharedRaw(Arc::new(raw)))
             .gzip(self.decompression)
-            .br(self.decompression);
+            .br(self.decompression)
+            .no_deflate()
+            .no_zstd();
         let fetch = Fetch {
             client: decompress,
             timeout: self.timeout,

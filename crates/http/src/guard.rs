@@ -29,6 +29,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::Uri;
 use hyper_util::client::legacy::connect::dns::Name;
@@ -298,6 +299,8 @@ impl Service<Name> for GuardedResolver {
 pub(crate) struct GuardedConnector<C> {
     inner: Arc<C>,
     guard: Guard,
+    /// Time allowed to make a connection, DNS, TCP and TLS together.
+    timeout: Option<Duration>,
 }
 
 impl<C> Clone for GuardedConnector<C> {
@@ -305,15 +308,17 @@ impl<C> Clone for GuardedConnector<C> {
         Self {
             inner: self.inner.clone(),
             guard: self.guard.clone(),
+            timeout: self.timeout,
         }
     }
 }
 
 impl<C> GuardedConnector<C> {
-    pub(crate) fn new(inner: C, guard: Guard) -> Self {
+    pub(crate) fn new(inner: C, guard: Guard, timeout: Option<Duration>) -> Self {
         Self {
             inner: Arc::new(inner),
             guard,
+            timeout,
         }
     }
 }
@@ -349,9 +354,29 @@ where
             return Box::pin(std::future::ready(Err(refused.into())));
         }
         let connector = C::clone(&self.inner);
+        let timeout = self.timeout;
         Box::pin(async move {
             use tower::ServiceExt;
-            connector.oneshot(uri).await.map_err(Into::into)
+            let connect = connector.oneshot(uri);
+            // The whole handshake, not only the TCP connect hyper-util times:
+            // a peer that accepts and never answers the TLS hello held the
+            // connection (and a socket) for as long as it liked. A connect
+            // that hyper-util moves to the background, once a pooled
+            // connection served the request that started it, is bounded too.
+            let Some(timeout) = timeout else {
+                return connect.await.map_err(Into::into);
+            };
+            match tokio::time::timeout(timeout, connect).await {
+                Ok(connected) => connected.map_err(Into::into),
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "no connection within the connect timeout of {} ms (DNS, TCP and TLS handshakes)",
+                        timeout.as_millis()
+                    ),
+                )
+                .into()),
+            }
         })
     }
 }

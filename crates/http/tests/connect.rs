@@ -87,3 +87,36 @@ async fn without_a_connect_timeout_the_attempt_timeout_ends_the_wait() {
         "failed after {waited:?} on the paused clock"
     );
 }
+
+/// A peer that accepts the TCP connection and never answers the TLS hello:
+/// the connect timeout covers the handshake too, so the call fails there
+/// as a connect error. It covered the TCP connect alone, and without an
+/// attempt timeout the call waited as long as the peer held the socket.
+#[tokio::test]
+async fn a_tls_handshake_that_never_ends_fails_after_the_connect_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            sockets.push(socket);
+        }
+    });
+    let client = Client::builder()
+        .connect_timeout(Some(Duration::from_millis(300)))
+        .timeout(None)
+        .no_retry()
+        .build()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let url = format!("https://{addr}/");
+    let call = client.get(&url);
+    let err = tokio::time::timeout(Duration::from_secs(20), call)
+        .await
+        .expect("the handshake was not bounded")
+        .unwrap_err();
+    assert!(err.is_connect(), "{err:?}");
+    assert!(err.to_string().contains("connect timeout"), "{err}");
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    held.abort();
+}
