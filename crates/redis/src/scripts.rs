@@ -23,9 +23,9 @@
 /// and the stored state mean the same thing (a full bucket).
 ///
 /// `KEYS[1]`: the bucket. `ARGV`: interval (µs per token), burst (tokens),
-/// cost (tokens, at least 1), book (`1`: a waiting caller books the tokens
-/// even when short, and is told how long to wait; `0`: fail fast, take
-/// nothing when short).
+/// cost (tokens, at least 1), the longest wait booked (µs: a caller short
+/// of tokens books them and is told how long to wait when that wait is at
+/// most this; past it, or with `0` (fail fast), nothing is taken).
 ///
 /// Returns `{admitted, wait_us, tat}`: admitted `1` with the wait before the
 /// tokens are there (0: now) and the new TAT (to undo the booking), or `0`
@@ -42,7 +42,7 @@ if tat == nil or tat < now then
 end
 local new_tat = tat + interval * tonumber(ARGV[3])
 local ahead = new_tat - now
-if ahead > tolerance and ARGV[4] ~= '1' then
+if ahead - tolerance > tonumber(ARGV[4]) then
   return {0, ahead - tolerance, ''}
 end
 local stored = string.format('%.0f', new_tat)

@@ -440,7 +440,7 @@ impl RedisStore {
         interval_us: u64,
         burst: u32,
         cost: u32,
-        book: bool,
+        max_wait_us: u64,
     ) -> Result<Gcra, Error> {
         let (admitted, wait_us, tat): (i64, i64, String) = self
             .invoke(
@@ -449,7 +449,7 @@ impl RedisStore {
                     .arg(interval_us)
                     .arg(burst)
                     .arg(cost)
-                    .arg(u8::from(book)),
+                    .arg(max_wait_us),
             )
             .await?;
         let wait = Duration::from_micros(u64::try_from(wait_us).unwrap_or(0));

@@ -226,6 +226,39 @@ async fn a_dropped_waiting_call_gives_its_tokens_back() {
     }
 }
 
+/// A caller that would wait past `max_wait` is refused at once with the
+/// wait and books nothing: the next caller's wait is the same ~10 s, not
+/// ~20. (Without it, callers that book and then give up, as a timeout above
+/// the limiter makes them, push the bucket ahead of the clock.) One whose
+/// wait is within `max_wait` books and waits.
+#[tokio::test]
+async fn a_wait_past_max_wait_is_refused_and_books_nothing() {
+    let redis = RedisServer::start();
+    let store = store(&redis);
+    let layer = |max_wait: u64| {
+        RedisRateLimitLayer::builder(store.clone(), "capped", 1, Duration::from_secs(10))
+            .burst(1)
+            .max_wait(Duration::from_secs(max_wait))
+            .fail_closed()
+            .build()
+            .unwrap()
+            .layer(echo())
+    };
+    let short = layer(5);
+    short.clone().oneshot(1).await.unwrap();
+    for _ in 0..3 {
+        let err = at_once(short.clone().oneshot(2)).await.unwrap_err();
+        let wait = err.downcast_ref::<RateLimited>().unwrap().retry_after();
+        assert!(
+            wait > Duration::from_secs(5) && wait <= Duration::from_secs(10),
+            "booked nothing, so still ~10 s: {wait:?}"
+        );
+    }
+    // Within max_wait: booked, and waited for.
+    let booked = tokio::time::timeout(Duration::from_millis(300), layer(15).oneshot(3)).await;
+    assert!(booked.is_err(), "the call waits for its token");
+}
+
 /// An inner service that is never ready, or that fails its `poll_ready`.
 #[derive(Clone)]
 struct Unready {

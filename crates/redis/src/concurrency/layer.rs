@@ -85,7 +85,8 @@ impl RedisConcurrencyLimitBuilder {
 
     /// When Redis is unreachable, go on under a local limit of `share`
     /// (0 < share ≤ 1) of this one (at least 1 call in flight). With `n`
-    /// processes sharing the limit, `1 / n` keeps the total within it.
+    /// processes sharing the limit, `1 / n` keeps the total within it, as
+    /// long as the limit is at least `n` (each process keeps at least 1).
     #[must_use]
     pub fn fail_open(mut self, share: f64) -> Self {
         self.fallback = Some(Fallback::Open { share });
@@ -336,6 +337,7 @@ impl Shared {
     /// One attempt on Redis: the permit, or the holders counted when full.
     async fn ask(self: &Arc<Self>) -> Result<Result<Permit, u64>, Error> {
         let pending = Pending::new(self.clone(), self.next_holder());
+        let sent = tokio::time::Instant::now();
         let decision = self
             .store
             .acquire(&self.key, self.limit, self.lease_ms, pending.holder())
@@ -344,7 +346,7 @@ impl Shared {
             Ok((true, held)) => {
                 self.health.reached(&self.name);
                 tracing::trace!(key = %self.name, in_flight = held, limit = self.limit, "permit taken");
-                Ok(Ok(pending.into_permit()))
+                Ok(Ok(pending.into_permit(sent)))
             }
             Ok((false, held)) => {
                 self.health.reached(&self.name);

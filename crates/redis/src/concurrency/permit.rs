@@ -35,22 +35,31 @@ pub(super) struct Remote {
 
 impl Drop for Remote {
     fn drop(&mut self) {
-        if let Some(renew) = &self.renew {
+        let renew = self.renew.take();
+        if let Some(renew) = &renew {
             renew.abort();
         }
-        release(&self.shared, std::mem::take(&mut self.holder));
+        release(&self.shared, std::mem::take(&mut self.holder), renew);
     }
 }
 
 /// Sends the release from a task of its own, since the permit is often
 /// dropped where nothing can be awaited (a dropped response future). If
 /// there is no runtime, or Redis does not answer, the lease expires instead.
-fn release(shared: &Arc<Shared>, holder: String) {
+///
+/// The renewal task, aborted, is awaited first: an abort takes effect at
+/// its next yield, and one being polled on another worker just after a
+/// renewal found the holder gone could still send its take-back after the
+/// release, adding the holder again with nobody to renew or release it.
+fn release(shared: &Arc<Shared>, holder: String, renew: Option<JoinHandle<()>>) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
     let shared = shared.clone();
     runtime.spawn(async move {
+        if let Some(renew) = renew {
+            let _ = renew.await;
+        }
         if let Err(error) = shared.store.release(&shared.key, &holder).await {
             tracing::debug!(key = shared.limit_name(), %error, "release failed; the lease will expire");
         }
@@ -81,14 +90,17 @@ impl Pending {
         self.holder = None;
     }
 
-    /// Redis said yes: the permit is held, and renewed every third of the
-    /// lease until it is dropped.
-    pub(super) fn into_permit(mut self) -> Permit {
+    /// Redis said yes to the request `sent` then: the permit is held, and
+    /// renewed every third of the lease until it is dropped. The lease runs
+    /// from when Redis took the request, so the first renewal is counted
+    /// from `sent`, not from the answer: one that arrived a whole store
+    /// timeout late put the first renewal's retry past the lease's end.
+    pub(super) fn into_permit(mut self, sent: tokio::time::Instant) -> Permit {
         let holder = self.holder.take().unwrap_or_default();
         let shared = self.shared.clone();
         let renew = tokio::runtime::Handle::try_current()
             .ok()
-            .map(|runtime| runtime.spawn(renew(shared.clone(), holder.clone())));
+            .map(|runtime| runtime.spawn(renew(shared.clone(), holder.clone(), sent)));
         Permit::Remote(Remote {
             shared,
             holder,
@@ -100,16 +112,16 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         if let Some(holder) = self.holder.take() {
-            release(&self.shared, holder);
+            release(&self.shared, holder, None);
         }
     }
 }
 
 /// Keeps a long call's lease alive.
-async fn renew(shared: Arc<Shared>, holder: String) {
+async fn renew(shared: Arc<Shared>, holder: String, sent: tokio::time::Instant) {
     // Warned once per permit, not at every renewal.
     let warned = AtomicBool::new(false);
-    renew_on_schedule(shared.lease, || renew_once(&shared, &holder, &warned)).await;
+    renew_on_schedule(shared.lease, sent, || renew_once(&shared, &holder, &warned)).await;
 }
 
 /// What one renewal attempt learned.
@@ -122,18 +134,22 @@ enum Renewal {
 }
 
 /// Runs `attempt` every third of the lease, counted from each attempt's
-/// start, and a sixth of the lease after a failed one. An attempt can take
+/// start (the first from `begun`, when the lease was asked for), and a
+/// sixth of the lease after a failed one. An attempt can take
 /// a whole store timeout, which may be a third of the lease: counted from
 /// its end at the regular pace, one timed-out renewal put the next one
 /// right at the end of the lease. This way the retry starts when the
 /// failure is known, a third of the lease before the end.
-async fn renew_on_schedule<F, Fut>(lease: std::time::Duration, mut attempt: F)
-where
+async fn renew_on_schedule<F, Fut>(
+    lease: std::time::Duration,
+    begun: tokio::time::Instant,
+    mut attempt: F,
+) where
     F: FnMut() -> Fut,
     Fut: Future<Output = Renewal>,
 {
     let (every, soon) = (lease / 3, lease / 6);
-    let mut next = tokio::time::Instant::now() + every;
+    let mut next = begun + every;
     loop {
         tokio::time::sleep_until(next).await;
         let started = tokio::time::Instant::now();
@@ -216,7 +232,7 @@ mod tests {
         let begin = Instant::now();
         let starts = Arc::new(Mutex::new(Vec::new()));
         let recorded = starts.clone();
-        let schedule = renew_on_schedule(lease, move || {
+        let schedule = renew_on_schedule(lease, begin, move || {
             let recorded = recorded.clone();
             async move {
                 let second = {
@@ -246,6 +262,27 @@ mod tests {
         assert!(starts[2] + timeout <= starts[0] + lease);
     }
 
+    /// The first renewal is counted from when the lease was asked for: an
+    /// answer that came a whole store timeout (a third of the shortest
+    /// lease) late no longer puts it, and its retry, at the lease's end.
+    #[tokio::test(start_paused = true)]
+    async fn the_first_renewal_is_counted_from_the_acquire_sent() {
+        let lease = Duration::from_secs(3);
+        let begin = Instant::now();
+        // The acquire's answer took the store's whole timeout.
+        tokio::time::advance(lease / 3).await;
+        let starts = Arc::new(Mutex::new(Vec::new()));
+        let recorded = starts.clone();
+        let schedule = renew_on_schedule(lease, begin, move || {
+            recorded.lock().unwrap().push(begin.elapsed());
+            async { Renewal::Answered }
+        });
+        let _ = tokio::time::timeout(Duration::from_millis(2500), schedule).await;
+        let starts = starts.lock().unwrap().clone();
+        let secs = |s: u64| Duration::from_secs(s);
+        assert_eq!(starts, [secs(1), secs(2), secs(3)]);
+    }
+
     /// A store that fails at once is not hammered: a sixth of the lease
     /// between attempts.
     #[tokio::test(start_paused = true)]
@@ -254,7 +291,7 @@ mod tests {
         let begin = Instant::now();
         let starts = Arc::new(Mutex::new(Vec::new()));
         let recorded = starts.clone();
-        let schedule = renew_on_schedule(lease, move || {
+        let schedule = renew_on_schedule(lease, begin, move || {
             recorded.lock().unwrap().push(begin.elapsed());
             async { Renewal::Failed }
         });

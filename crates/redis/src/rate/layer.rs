@@ -37,6 +37,7 @@ pub struct RedisRateLimitBuilder<C = UnitCost, K = SingleKey> {
     cost: C,
     key: K,
     fail_fast: bool,
+    max_wait: Option<Duration>,
     fallback: Option<Fallback>,
 }
 
@@ -74,6 +75,7 @@ impl<C, K> RedisRateLimitBuilder<C, K> {
             cost,
             key: self.key,
             fail_fast: self.fail_fast,
+            max_wait: self.max_wait,
             fallback: self.fallback,
         }
     }
@@ -91,6 +93,7 @@ impl<C, K> RedisRateLimitBuilder<C, K> {
             cost: self.cost,
             key,
             fail_fast: self.fail_fast,
+            max_wait: self.max_wait,
             fallback: self.fallback,
         }
     }
@@ -100,6 +103,21 @@ impl<C, K> RedisRateLimitBuilder<C, K> {
     #[must_use]
     pub fn fail_fast(mut self) -> Self {
         self.fail_fast = true;
+        self
+    }
+
+    /// The longest a caller waits for its tokens on Redis (default: as
+    /// long as it takes). One that would wait longer is refused at once with
+    /// `tower_fanout_core::error::RateLimited` and the wait, and books
+    /// nothing. Set it no longer than the timeout above the limiter: a
+    /// caller that books tokens and then gives up leaves them booked when
+    /// others booked after it, so under a sustained overload of callers
+    /// that give up, each books further ahead and the bucket runs ahead of
+    /// the clock, admitting nothing until the overload ends and the
+    /// bookings have run out. `Duration::ZERO` is [`fail_fast`](Self::fail_fast).
+    #[must_use]
+    pub fn max_wait(mut self, max_wait: Duration) -> Self {
+        self.max_wait = Some(max_wait);
         self
     }
 
@@ -114,7 +132,11 @@ impl<C, K> RedisRateLimitBuilder<C, K> {
     /// When Redis is unreachable, go on under a local limit of `share`
     /// (0 < share ≤ 1) of this one: `rate × share` per period, with a burst
     /// of `burst × share` (at least 1). With `n` processes sharing the
-    /// limit, `1 / n` keeps the total within the limit during an outage.
+    /// limit, `1 / n` keeps the total near the limit during an outage: each
+    /// local burst is at least 1 (so more than `burst` processes can
+    /// together exceed it), and each local bucket starts the outage full,
+    /// so just after Redis spent the shared burst the total can reach about
+    /// twice it.
     /// A waiting request costing more than that local burst takes its cost
     /// in turns at the local rate; failing fast, it is refused with
     /// `CostExceedsBurst` until Redis is back.
@@ -175,6 +197,18 @@ impl<C, K> RedisRateLimitBuilder<C, K> {
                 interval_us,
                 burst,
                 fail_fast: self.fail_fast,
+                // The script books no wait longer than this (µs); 0 books
+                // none (fail fast), and "as long as it takes" is the 30
+                // years no wait can exceed.
+                max_wait_us: if self.fail_fast {
+                    0
+                } else {
+                    self.max_wait.map_or(MAX_TOLERANCE_US, |w| {
+                        u64::try_from(w.as_micros())
+                            .unwrap_or(u64::MAX)
+                            .min(MAX_TOLERANCE_US)
+                    })
+                },
                 fallback,
                 health: Health::default(),
                 local,
@@ -228,6 +262,7 @@ impl RedisRateLimitLayer {
             cost: UnitCost,
             key: SingleKey,
             fail_fast: false,
+            max_wait: None,
             fallback: None,
         }
     }
@@ -308,6 +343,8 @@ pub(super) struct Shared {
     interval_us: u64,
     burst: u32,
     fail_fast: bool,
+    /// The longest wait a caller books, in µs (0 when failing fast).
+    max_wait_us: u64,
     fallback: Fallback,
     health: Health,
     local: Option<LocalRates>,
@@ -359,7 +396,7 @@ impl Shared {
                 self.interval_us,
                 self.burst,
                 cost,
-                !self.fail_fast,
+                self.max_wait_us,
             )
             .await;
         match decision {

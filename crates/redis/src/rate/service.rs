@@ -26,11 +26,13 @@ use crate::key::LimitKey;
 /// http client and the keyed limit read): it serves any request type, not
 /// only `http::Request`, so a wait for tokens runs to its end. To bound it,
 /// put a timeout above the limiter (`tower::timeout::TimeoutLayer`, or the
-/// caller's own): a call dropped while it waits gives its tokens back (when
-/// no later call has booked after it), so a caller that gave up spends
-/// little or none of the shared budget. With
-/// [`fail_fast`](super::RedisRateLimitBuilder::fail_fast) nothing waits: the
-/// call is refused with the wait instead.
+/// caller's own): a call dropped while it waits gives its tokens back when
+/// no later call has booked after it. Under a sustained overload of callers
+/// that give up, the later ones have: set
+/// [`max_wait`](super::RedisRateLimitBuilder::max_wait) no longer than that
+/// timeout, so a caller that would give up is refused instead of booking.
+/// With [`fail_fast`](super::RedisRateLimitBuilder::fail_fast) nothing
+/// waits: the call is refused with the wait instead.
 pub struct RedisRateLimit<S, C, K> {
     inner: S,
     shared: Arc<Shared>,
