@@ -550,8 +550,18 @@ impl LocalRates {
             return Ok(layer.clone());
         }
         if by_key.len() >= MAX_LOCAL_KEYS {
-            // Memory stays bounded; a forgotten key starts with a full bucket.
-            by_key.clear();
+            // Memory stays bounded. Only full buckets are forgotten: a
+            // forgotten key starts with a full bucket, which for those is
+            // what they hold anyway. Clearing them all gave every key a
+            // fresh burst each time the map filled, so with more keys in
+            // rotation no key's local rate was bounded.
+            let burst = self.burst;
+            by_key.retain(|_, layer| layer.handle().tokens() < burst);
+            if by_key.len() >= MAX_LOCAL_KEYS {
+                // All still refilling: this key shares the template's
+                // bucket (stricter, never looser) until room is made.
+                return Ok(self.template.clone());
+            }
         }
         let layer = Self::build(&self.builder)?;
         by_key.insert(key, layer.clone());
@@ -599,5 +609,34 @@ impl Service<u32> for Admit {
 
     fn call(&mut self, _: u32) -> Self::Future {
         ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A full map of per-key fail-open buckets forgets only full ones: a
+    /// spent key stays spent when new keys keep arriving. Clearing the map
+    /// gave every key a fresh burst each time it filled.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_local_map_keeps_the_buckets_still_refilling() {
+        let local = LocalRates::new(1, Duration::from_secs(10), 2, 1.0, true).unwrap();
+        let key = |n: usize| Some(format!("k{n}"));
+        local.admit(key(0), 2).await.unwrap();
+        assert!(local.admit(key(0), 1).await.is_err(), "spent");
+        for n in 1..MAX_LOCAL_KEYS {
+            local.admit(key(n), 1).await.unwrap();
+        }
+        // The map is full of buckets still refilling; a new key shares the
+        // template's bucket instead of wiping them.
+        local.admit(key(MAX_LOCAL_KEYS), 1).await.unwrap();
+        let err = local.admit(key(0), 1).await.unwrap_err();
+        assert!(err.is::<RateLimited>(), "{err}");
+        // Once the buckets are full again, they give way.
+        tokio::time::advance(Duration::from_secs(20)).await;
+        local.admit(key(MAX_LOCAL_KEYS + 1), 1).await.unwrap();
+        assert!(local.by_key.lock().unwrap().len() < MAX_LOCAL_KEYS);
     }
 }
