@@ -227,22 +227,19 @@ impl Deadlines {
     /// An item starting now: its deadline, the earlier of the two, the
     /// error it fails with past it, and its own deadline if it has one.
     fn start(&self) -> Option<(Deadline, PastDeadline, Option<Deadline>)> {
-        let own = self.item.map(Deadline::after);
-        let item = own.zip(self.item.map(PastDeadline::Item));
+        let own = self
+            .item
+            .map(|after| (Deadline::after(after), PastDeadline::Item(after)));
         let batch = self
             .batch
             .map(|(at, within, by)| (at, PastDeadline::Batch(within, by)));
-        let (at, past) = match (item, batch) {
-            (Some(item), Some(batch)) => {
-                if batch.0 <= item.0 {
-                    batch
-                } else {
-                    item
-                }
-            }
-            (item, batch) => item.or(batch)?,
+        // The batch's wins a tie.
+        let (at, past) = match (own, batch) {
+            (Some(own), Some(batch)) if own.0 < batch.0 => own,
+            (_, Some(batch)) => batch,
+            (own, None) => own?,
         };
-        Some((at, past, own))
+        Some((at, past, own.map(|(own, _)| own)))
     }
 }
 

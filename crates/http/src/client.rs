@@ -502,6 +502,9 @@ impl ClientBuilder {
             HttpConnector::new_with_resolver(GuardedResolver::new(resolver, guard.clone()));
         http.enforce_http(false);
         http.set_nodelay(true);
+        // Kept beside the connector's own bound on the whole handshake:
+        // hyper-util splits this one among a name's addresses, so a dead
+        // first address leaves time to try the next.
         http.set_connect_timeout(self.connect_timeout);
         let protocols = self.tls()?.https_or_http();
         let https = if self.http2_prior_knowledge {
