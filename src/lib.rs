@@ -56,12 +56,12 @@ pub use tower_fanout_core::concurrency;
 #[cfg(feature = "fan-out")]
 #[cfg_attr(docsrs, doc(cfg(feature = "fan-out")))]
 pub use tower_fanout_core::fan_out;
-#[cfg(feature = "keyed")]
-#[cfg_attr(docsrs, doc(cfg(feature = "keyed")))]
-pub use tower_fanout_core::keyed;
 #[cfg(feature = "rate")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rate")))]
 pub use tower_fanout_core::rate;
+#[cfg(feature = "keyed")]
+#[cfg_attr(docsrs, doc(cfg(feature = "keyed")))]
+pub use tower_fanout_core::{Deadline, keyed};
 #[cfg(feature = "adaptive")]
 #[cfg_attr(docsrs, doc(cfg(feature = "adaptive")))]
 pub use tower_fanout_core::{adaptive, classify};

@@ -319,3 +319,37 @@ async fn adaptive_limit_hears_towers_load_shed_as_overload() {
     assert!(handle.limit() < 4, "limit {}", handle.limit());
     first.await.unwrap().unwrap();
 }
+
+/// A batch's summary counts tower's `Timeout` and `LoadShed` refusals as
+/// `timeout` and `overloaded`, as the adaptive limit's classifier reads
+/// them; it filed both under `other`. Tower's real errors, so a change in
+/// their messages (which both read) fails here.
+#[cfg(feature = "fan-out")]
+#[tokio::test(start_paused = true)]
+async fn a_batch_counts_towers_timeout_and_shed_by_their_kind() {
+    use tower_fanout::fan_out::{error_kind, fan_out};
+
+    let elapsed: BoxError = Box::new(tower::timeout::error::Elapsed::new());
+    assert_eq!(HttpClassify::error(&*elapsed), Outcome::Overload);
+    assert_eq!(error_kind(&elapsed), "timeout");
+    let shed: BoxError = Box::new(tower::load_shed::error::Overloaded::new());
+    assert_eq!(error_kind(&shed), "overloaded");
+
+    // Through a batch: one call times out, the other is shed meanwhile.
+    let svc = ServiceBuilder::new()
+        .timeout(Duration::from_millis(500))
+        .load_shed()
+        .concurrency_limit(1)
+        .service(service_fn(|_req: u32| async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok::<_, Infallible>(())
+        }));
+    let batch = fan_out(svc, [1u32, 2])
+        .concurrency(2)
+        .unwrap()
+        .collect()
+        .await;
+    let summary = batch.summary();
+    assert_eq!(summary.by_kind.get("timeout"), Some(&1), "{summary:?}");
+    assert_eq!(summary.by_kind.get("overloaded"), Some(&1), "{summary:?}");
+}

@@ -139,10 +139,8 @@ fn is_overload_error(err: &(dyn Error + 'static)) -> bool {
     // (the shed of a limit below, like our own fail-fast `Overloaded`) and
     // hyper-util's connect errors are recognised by their messages, so that
     // this crate needs neither as a dependency.
-    let text = err.to_string();
-    text == "request timed out"
-        || text == "service overloaded"
-        || text.starts_with("client error (Connect)")
+    crate::error::tower_error(err).is_some()
+        || err.to_string().starts_with("client error (Connect)")
 }
 
 impl<B> Classify<http::Response<B>> for HttpClassify {
@@ -166,6 +164,70 @@ impl<B> Classify<http::Response<B>> for HttpClassify {
             .extensions()
             .get::<crate::DeliberateWait>()
             .map_or(Duration::ZERO, |w| w.duration())
+    }
+}
+
+impl HttpClassify {
+    /// Your own outcomes, with [`HttpClassify`]'s reading of `Retry-After`
+    /// and of [`DeliberateWait`](crate::DeliberateWait) kept: `outcome`
+    /// says what each response or error means, as a closure would.
+    ///
+    /// A bare closure handed to
+    /// [`AdaptiveLimitLayer::classify`](crate::adaptive::AdaptiveLimitLayer::classify)
+    /// answers neither question (a closure cannot tell an HTTP response from
+    /// any other result): a 429 with a long `Retry-After` then reads as
+    /// congestion and cuts the limit instead of holding new calls, and a
+    /// call queued at a per-host gate below reads as a slow downstream.
+    ///
+    /// ```
+    /// use tower_fanout_core::adaptive::AdaptiveLimitLayer;
+    /// use tower_fanout_core::classify::{HttpClassify, Outcome};
+    ///
+    /// // A 500 from this API means "too busy": an overload, not a failure.
+    /// let layer = AdaptiveLimitLayer::default().classify(HttpClassify::with_outcome(
+    ///     |result: Result<&http::Response<()>, &(dyn std::error::Error + 'static)>| match result {
+    ///         Ok(response) if response.status() == 500 => Outcome::Overload,
+    ///         Ok(response) => HttpClassify::status(response.status()),
+    ///         Err(error) => HttpClassify::error(error),
+    ///     },
+    /// ));
+    /// # let _ = layer;
+    /// ```
+    pub fn with_outcome<F>(outcome: F) -> HttpClassifyWith<F> {
+        HttpClassifyWith { outcome }
+    }
+}
+
+/// A classifier whose outcomes are a closure's, with [`HttpClassify`]'s
+/// `Retry-After` and [`DeliberateWait`](crate::DeliberateWait) readings;
+/// made by [`HttpClassify::with_outcome`].
+#[derive(Clone, Copy)]
+pub struct HttpClassifyWith<F> {
+    outcome: F,
+}
+
+impl<F> std::fmt::Debug for HttpClassifyWith<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpClassifyWith")
+            .field("outcome", &std::any::type_name::<F>())
+            .finish()
+    }
+}
+
+impl<F, B> Classify<http::Response<B>> for HttpClassifyWith<F>
+where
+    F: Fn(Result<&http::Response<B>, &(dyn Error + 'static)>) -> Outcome,
+{
+    fn classify(&self, result: Result<&http::Response<B>, &(dyn Error + 'static)>) -> Outcome {
+        (self.outcome)(result)
+    }
+
+    fn retry_after(&self, response: &http::Response<B>) -> Option<Duration> {
+        HttpClassify.retry_after(response)
+    }
+
+    fn waited(&self, response: &http::Response<B>) -> Duration {
+        HttpClassify.waited(response)
     }
 }
 

@@ -65,6 +65,13 @@ impl Overloaded {
     pub(crate) const fn held() -> Self {
         Self { held: true }
     }
+
+    /// Whether an adaptive limit refused the call because it holds new
+    /// calls after a long `Retry-After` (a spent quota), not for want of a
+    /// permit: retrying at once will be refused again until the hold ends.
+    pub const fn is_held(&self) -> bool {
+        self.held
+    }
 }
 
 impl fmt::Display for Overloaded {
@@ -288,4 +295,32 @@ impl std::error::Error for ConfigError {}
 )]
 pub(crate) fn polled_after_completion() -> crate::BoxError {
     "response future polled after completion".into()
+}
+
+/// One of tower's own errors that our layers read.
+#[cfg(any(feature = "adaptive", feature = "fan-out"))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TowerError {
+    /// `tower::timeout::error::Elapsed`.
+    Elapsed,
+    /// `tower::load_shed::error::Overloaded`: a limit below shed the call.
+    Overloaded,
+}
+
+/// Recognises tower's timeout and load-shed errors by their messages, so
+/// that this crate needs neither of tower's features (tests/tower_compose.rs
+/// pins the messages against tower's real types). The one place that reads
+/// them: the adaptive limit's classifier and the fan-out's error kinds must
+/// not disagree.
+#[cfg(any(feature = "adaptive", feature = "fan-out"))]
+pub(crate) fn tower_error(err: &(dyn std::error::Error + 'static)) -> Option<TowerError> {
+    // A `to_string` only for the errors that can be one of them.
+    if err.source().is_some() {
+        return None;
+    }
+    match err.to_string().as_str() {
+        "request timed out" => Some(TowerError::Elapsed),
+        "service overloaded" => Some(TowerError::Overloaded),
+        _ => None,
+    }
 }

@@ -42,35 +42,51 @@
 //! nothing downstream), concurrency limit (a permit only while the call
 //! really runs), then the client.
 //!
-//! ```
-//! use std::time::Duration;
-//! use tower::{ServiceBuilder, ServiceExt, service_fn};
-//! use tower_fanout_core::{
-//!     backpressure::BackpressureLayer, concurrency::ConcurrencyLimitLayer, rate::RateLimitLayer,
-//! };
-//!
-//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
-//! # async fn main() -> Result<(), tower_fanout_core::BoxError> {
-//! let client = service_fn(|url: String| async move {
-//!     Ok::<_, std::convert::Infallible>(format!("fetched {url}"))
-//! });
-//! let svc = ServiceBuilder::new()
-//!     .layer(BackpressureLayer::new(8)?)
-//!     .layer(RateLimitLayer::builder(50, Duration::from_secs(1)).burst(10).build()?)
-//!     .layer(ConcurrencyLimitLayer::new(8)?)
-//!     .service(client);
-//!
-//! let mut calls = Vec::new();
-//! for i in 0..20 {
-//!     calls.push(tokio::spawn(svc.clone().oneshot(format!("https://example.com/{i}"))));
-//! }
-//! for call in calls {
-//!     assert!(call.await?.is_ok());
-//! }
-//! # Ok(())
-//! # }
-//! ```
+#![cfg_attr(
+    all(feature = "backpressure", feature = "rate", feature = "concurrency"),
+    doc = r#"
+```
+use std::time::Duration;
+use tower::{ServiceBuilder, ServiceExt, service_fn};
+use tower_fanout_core::{
+    backpressure::BackpressureLayer, concurrency::ConcurrencyLimitLayer, rate::RateLimitLayer,
+};
+
+# #[tokio::main(flavor = "current_thread", start_paused = true)]
+# async fn main() -> Result<(), tower_fanout_core::BoxError> {
+let client = service_fn(|url: String| async move {
+    Ok::<_, std::convert::Infallible>(format!("fetched {url}"))
+});
+let svc = ServiceBuilder::new()
+    .layer(BackpressureLayer::new(8)?)
+    .layer(RateLimitLayer::builder(50, Duration::from_secs(1)).burst(10).build()?)
+    .layer(ConcurrencyLimitLayer::new(8)?)
+    .service(client);
+
+let mut calls = Vec::new();
+for i in 0..20 {
+    calls.push(tokio::spawn(svc.clone().oneshot(format!("https://example.com/{i}"))));
+}
+for call in calls {
+    assert!(call.await?.is_ok());
+}
+# Ok(())
+# }
+```
+"#
+)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+// The table above links every layer; with some features off, some links
+// have no target (docs.rs builds with all of them).
+#![cfg_attr(
+    not(all(
+        feature = "backpressure",
+        feature = "rate",
+        feature = "concurrency",
+        feature = "adaptive"
+    )),
+    allow(rustdoc::broken_intra_doc_links)
+)]
 
 /// The error type of every service in this crate, as in tower.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

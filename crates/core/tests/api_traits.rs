@@ -55,6 +55,7 @@ use tower_fanout_core::rate::{RateLimit, RateLimitHandle, RateLimitLayer, UnitCo
 fn assert_send<T: Send>() {}
 fn assert_sync<T: Sync>() {}
 fn assert_clone<T: Clone>() {}
+fn assert_clone_of<T: Clone>(_: &T) {}
 fn assert_debug<T: Debug>() {}
 fn assert_error<T: std::error::Error + Send + Sync + 'static>() {}
 fn assert_layer<L: Clone + Debug + Send + Sync + 'static>(_: &L) {}
@@ -148,6 +149,13 @@ fn builders_are_debug_and_send() {
     builder(&RateLimitLayer::builder(1, Duration::from_secs(1)).cost(|_: &Req| 1));
     builder(&KeyedLimitLayer::builder(KeyLimit::new()));
     builder(&KeyedLimitLayer::<_, u8>::builder_with_key(
+        |_: &u32| 0u8,
+        KeyLimit::new(),
+    ));
+    // A keyed builder is `Clone` too, as the others are: two layers that
+    // differ in one setting start from one.
+    assert_clone_of(&KeyedLimitLayer::builder(KeyLimit::new()));
+    assert_clone_of(&KeyedLimitLayer::<_, u8>::builder_with_key(
         |_: &u32| 0u8,
         KeyLimit::new(),
     ));

@@ -322,13 +322,16 @@ async fn a_refusal_during_a_hold_names_the_hold() {
     let answer = svc.clone().oneshot(()).await.unwrap();
     assert_eq!(answer.status(), 429);
     let err = svc.clone().oneshot(()).await.unwrap_err();
-    assert!(err.is::<Overloaded>(), "{err}");
+    let refusal = err.downcast_ref::<Overloaded>().expect("Overloaded");
+    // A caller can tell the hold from a full limit without reading the text.
+    assert!(refusal.is_held(), "{err}");
     let msg = err.to_string();
     assert!(
         msg.contains("Retry-After") && msg.contains("max_hold"),
         "{msg}"
     );
     // A full limit still says so.
+    assert!(!Overloaded::new().is_held());
     let full = Overloaded::new().to_string();
     assert!(full.contains("no permit free"), "{full}");
 }
@@ -418,4 +421,56 @@ fn closed_says_the_workers_runtime_is_gone_and_what_to_do() {
         msg.contains("runtime") && msg.contains("build the service"),
         "{msg}"
     );
+}
+
+/// A closure classifier reads no `Retry-After`: a spent quota (429 with a
+/// 30 s wait) was congestion to it, so new calls went straight out into
+/// the quota. Wrapped in `HttpClassify::with_outcome`, the closure decides
+/// the outcomes and the hold is kept.
+#[cfg(feature = "adaptive")]
+#[tokio::test(start_paused = true)]
+async fn a_closure_classifier_keeps_the_retry_after_hold_when_wrapped() {
+    use tower::{ServiceExt, service_fn};
+    use tower_fanout_core::adaptive::{AdaptiveLimitLayer, AimdController};
+    use tower_fanout_core::classify::HttpClassify;
+    use tower_fanout_core::error::Overloaded;
+
+    type Res = http::Response<()>;
+    let rules = |result: Result<&Res, &(dyn std::error::Error + 'static)>| match result {
+        Ok(r) => HttpClassify::status(r.status()),
+        Err(e) => HttpClassify::error(e),
+    };
+    let quota_spent = || {
+        service_fn(|()| async {
+            Ok::<_, std::io::Error>(
+                http::Response::builder()
+                    .status(429)
+                    .header("retry-after", "30")
+                    .body(())
+                    .unwrap(),
+            )
+        })
+    };
+    let controller = || AimdController::builder().initial(4).build().unwrap();
+
+    let wrapped = AdaptiveLimitLayer::new(controller())
+        .classify(HttpClassify::with_outcome(rules))
+        .fail_fast();
+    let svc = tower::ServiceBuilder::new()
+        .layer(wrapped)
+        .service(quota_spent());
+    assert_eq!(svc.clone().oneshot(()).await.unwrap().status(), 429);
+    let err = svc.clone().oneshot(()).await.unwrap_err();
+    let refusal = err.downcast_ref::<Overloaded>().expect("held");
+    assert!(refusal.is_held(), "{err}");
+
+    // The bare closure: no hold, the second call goes out.
+    let bare = AdaptiveLimitLayer::new(controller())
+        .classify(rules)
+        .fail_fast();
+    let svc = tower::ServiceBuilder::new()
+        .layer(bare)
+        .service(quota_spent());
+    assert_eq!(svc.clone().oneshot(()).await.unwrap().status(), 429);
+    assert_eq!(svc.clone().oneshot(()).await.unwrap().status(), 429);
 }

@@ -182,15 +182,10 @@ async fn collect_keeps_input_order_and_progress_counts() {
         "1/40 done (1 ok, 0 failed, 3 in flight, 24 waiting for their key)"
     );
     assert!(reports.iter().all(|p| p.waiting_for_key <= 24));
-    let end = Progress {
-        total: Some(40),
-        started: 40,
-        completed: 40,
-        succeeded: 40,
-        failed: 0,
-        in_flight: 0,
-        waiting_for_key: 0,
-    };
+    // Built field by field: `Progress` may gain fields.
+    let mut end = Progress::default();
+    end.total = Some(40);
+    (end.started, end.completed, end.succeeded) = (40, 40, 40);
     assert_eq!(reports.last(), Some(&end));
     assert_eq!(*watch.borrow(), end);
 }
@@ -576,4 +571,31 @@ fn a_zero_per_key_or_lookahead_and_chunks_with_keys_are_refused() {
         err.to_string().contains("lookahead must be at least 1"),
         "{err}"
     );
+}
+
+/// Code over any fan-out, keyed or not, names its window's admission: a
+/// helper a user writes once (here, one that counts the failures) takes
+/// both.
+#[tokio::test(start_paused = true)]
+async fn a_helper_takes_a_keyed_and_a_plain_fan_out() {
+    use tower_fanout_core::fan_out::{Admission, FanOut};
+
+    async fn failures<S, I, W>(batch: FanOut<S, I, W>) -> usize
+    where
+        W: Admission<Req>,
+        I: Iterator<Item = Req> + Send + 'static,
+        S: tower::Service<Req, Response = Req> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<tower_fanout_core::BoxError>,
+    {
+        batch.collect().await.summary().failed
+    }
+
+    let seen = Arc::new(InFlight::default());
+    let plain = fan_out(two_speed_downstream(seen.clone()), grouped().into_iter());
+    let keyed = fan_out(two_speed_downstream(seen), grouped().into_iter())
+        .per_key(|req: &Req| req.0, 2)
+        .unwrap();
+    assert_eq!(failures(plain).await, 0);
+    assert_eq!(failures(keyed).await, 0);
 }

@@ -678,6 +678,60 @@ async fn handle_reads_a_key_by_str() {
     assert_eq!(handle.tokens(&"other.example.com".to_owned()), Some(0));
 }
 
+/// An override is named as requests are keyed: its case and a trailing dot
+/// do not matter. What can never match a request's key (a URL, a path,
+/// credentials, nothing) and a key given twice are refused when the layer
+/// is built, instead of leaving the host at the default without a word.
+#[tokio::test(start_paused = true)]
+async fn overrides_are_keyed_as_requests_are_and_bad_ones_refused() {
+    let layer = KeyedLimitLayer::builder(one_a_second(2))
+        .limit_for("API.Example.com.", KeyLimit::new().concurrency(3))
+        .limit_for("API.example.com.:8443", KeyLimit::new().concurrency(4))
+        .limit_for("[::1]:8080", KeyLimit::new().concurrency(5))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(service_fn(|_req: Req| async { Ok::<_, BoxError>(()) }));
+    svc.clone().oneshot(get("api.example.com")).await.unwrap();
+    assert_eq!(handle.max_in_flight("api.example.com"), Some(3));
+    assert_eq!(handle.max_in_flight("api.example.com:8443"), Some(4));
+    assert_eq!(handle.max_in_flight("[::1]:8080"), Some(5));
+
+    for (written, says) in [
+        ("https://api.example.com", "not a URI authority"),
+        ("api.example.com/v3", "not a URI authority"),
+        ("api.example.com?x=1", "not a URI authority"),
+        ("api example.com", "not a URI authority"),
+        ("user:secret@api.example.com", "user:password@"),
+        ("", "is empty"),
+    ] {
+        let err = KeyedLimitLayer::builder(one_a_second(2))
+            .limit_for(written, KeyLimit::new().concurrency(3))
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(says), "{written:?}: {err}");
+        assert!(err.contains("\"api.github.com\""), "{written:?}: {err}");
+    }
+    let err = KeyedLimitLayer::builder(one_a_second(2))
+        .limit_for("api.example.com", KeyLimit::new().concurrency(3))
+        .limit_for("API.example.com", KeyLimit::new().concurrency(5))
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"api.example.com\" given twice"), "{err}");
+    // Keys of a function of your own are taken as given, twice refused too.
+    let err = KeyedLimitLayer::<_, u32>::builder_with_key(|r: &u32| *r, one_a_second(2))
+        .limit_for(7u32, KeyLimit::new().concurrency(1))
+        .limit_for(7u32, KeyLimit::new().concurrency(2))
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("7 given twice"), "{err}");
+}
+
 /// The error for a full map names its bound and what to change. Found
 /// surviving in a mutation pass (`max_keys` answering 1, an empty message).
 #[test]

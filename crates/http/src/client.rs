@@ -70,7 +70,9 @@ impl Service<Request<Full<Bytes>>> for SharedRaw {
 /// Configures a [`Client`]; made by [`Client::builder`].
 ///
 /// Every setting has a default chosen for an agent runtime calling public
-/// APIs; see each method.
+/// APIs; see each method. Cloned, it makes a second client with the same
+/// settings (and its own limits and pool).
+#[derive(Clone)]
 pub struct ClientBuilder {
     connect_timeout: Option<Duration>,
     timeout: Option<Duration>,
@@ -88,7 +90,7 @@ pub struct ClientBuilder {
     guard_allow: Vec<std::net::IpAddr>,
     host_default: KeyLimit,
     host_limits: Vec<(String, KeyLimit)>,
-    host_timeouts: HashMap<String, Option<Duration>>,
+    host_timeouts: Vec<(String, Option<Duration>)>,
     max_hosts: usize,
     retry: Option<RetryLayer>,
     learn_rate_limits: bool,
@@ -298,10 +300,11 @@ impl ClientBuilder {
     /// without a fully qualified name's trailing dot. Leave the scheme's
     /// default port out: `"api.github.com:443"` names a host no https URI
     /// is counted under (the key drops `:443`), so its limit would never
-    /// apply.
+    /// apply. [`build`](Self::build) refuses what no request's host can
+    /// match (a URL, a path, `user:password@`) and a host named twice.
     #[must_use]
     pub fn host_limit(mut self, authority: impl Into<String>, limit: KeyLimit) -> Self {
-        self.host_limits.push((host_key(authority.into()), limit));
+        self.host_limits.push((authority.into(), limit));
         self
     }
 
@@ -312,8 +315,7 @@ impl ClientBuilder {
     /// gets that host's. Reading a streamed request body keeps the client's.
     #[must_use]
     pub fn host_timeout(mut self, authority: impl Into<String>, timeout: Option<Duration>) -> Self {
-        self.host_timeouts
-            .insert(host_key(authority.into()), timeout);
+        self.host_timeouts.push((authority.into(), timeout));
         self
     }
 
@@ -451,11 +453,20 @@ impl ClientBuilder {
                  (a request without a body passes any max_request_body)",
             ));
         }
+        let mut host_timeouts = HashMap::with_capacity(self.host_timeouts.len());
+        for (authority, timeout) in &self.host_timeouts {
+            let host = AuthorityKey::key_for(authority)
+                .map_err(|e| Error::config(format!("host_timeout: {e}")))?;
+            if host_timeouts.insert(host.clone(), *timeout).is_some() {
+                return Err(Error::config(format!(
+                    "host_timeout for {host:?} given twice: give each host one timeout"
+                )));
+            }
+        }
         // A zero timeout fails every request ("no complete response within
         // 0 ms"), a zero ping interval pings without end; `None` is how to
         // say "never".
-        let host_timeouts = self
-            .host_timeouts
+        let named_host_timeouts = host_timeouts
             .iter()
             .map(|(host, timeout)| (format!("host_timeout for {host:?}"), *timeout));
         for (name, duration, none_means) in [
@@ -473,7 +484,7 @@ impl ClientBuilder {
             ),
         ]
         .into_iter()
-        .chain(host_timeouts.map(|(name, t)| (name, t, "no limit")))
+        .chain(named_host_timeouts.map(|(name, t)| (name, t, "no limit")))
         {
             if duration == Some(Duration::ZERO) {
                 return Err(Error::config(format!(
@@ -541,8 +552,7 @@ impl ClientBuilder {
             client: decompress,
             timeout: self.timeout,
             // No map to look in unless some host has its own timeout.
-            host_timeouts: (!self.host_timeouts.is_empty())
-                .then(|| Arc::new(self.host_timeouts.clone())),
+            host_timeouts: (!host_timeouts.is_empty()).then(|| Arc::new(host_timeouts)),
             cap: self.max_response_body,
         };
 
@@ -575,18 +585,6 @@ impl ClientBuilder {
             }),
         })
     }
-}
-
-/// An override's authority keyed as [`AuthorityKey`] keys requests: in lower
-/// case and without the host's trailing dot (`"API.example.com.:8443"` is
-/// `"api.example.com:8443"`), which no request's key keeps.
-fn host_key(authority: String) -> String {
-    let mut key = authority.to_ascii_lowercase();
-    let (host, _) = guard::split_port(&key);
-    if host.len() > 1 && host.ends_with('.') {
-        key.remove(host.len() - 1);
-    }
-    key
 }
 
 /// One attempt: send, decompress, read the body up to the cap, all within the timeout.
@@ -867,6 +865,13 @@ impl fmt::Debug for Client {
     }
 }
 
+impl Default for ClientBuilder {
+    /// The defaults, as [`Client::builder`].
+    fn default() -> Self {
+        Client::builder()
+    }
+}
+
 impl Client {
     /// Starts from the defaults; see each [`ClientBuilder`] method.
     pub fn builder() -> ClientBuilder {
@@ -890,7 +895,7 @@ impl Client {
             guard_allow: Vec::new(),
             host_default: KeyLimit::new().concurrency(16),
             host_limits: Vec::new(),
-            host_timeouts: HashMap::new(),
+            host_timeouts: Vec::new(),
             max_hosts: 1024,
             retry: Some(RetryLayer::default()),
             learn_rate_limits: true,
@@ -1207,24 +1212,5 @@ mod no_roots {
         let err = super::Client::builder().build().unwrap_err();
         assert!(err.is_config());
         assert!(err.to_string().contains("webpki-roots"), "{err}");
-    }
-}
-
-#[cfg(test)]
-mod host_key_tests {
-    use super::host_key;
-
-    #[test]
-    fn overrides_are_keyed_as_requests_are() {
-        for (written, key) in [
-            ("API.example.com.", "api.example.com"),
-            ("API.example.com.:8443", "api.example.com:8443"),
-            ("api.example.com:8443", "api.example.com:8443"),
-            ("[::1]:8080", "[::1]:8080"),
-            ("[::1]", "[::1]"),
-            (".", "."),
-        ] {
-            assert_eq!(host_key(written.to_owned()), key, "{written}");
-        }
     }
 }

@@ -29,7 +29,7 @@
 //! h.insert("x-ratelimit-reset-requests", "1m30.5s".parse().unwrap());
 //! assert_eq!(
 //!     budget(&h, SystemTime::now()),
-//!     Some(Budget { remaining: 0, reset: Duration::from_millis(90_500) })
+//!     Some(Budget::new(0, Duration::from_millis(90_500)))
 //! );
 //! assert_eq!(duration("250ms"), Some(Duration::from_millis(250)));
 //! assert_eq!(duration("6x"), None); // malformed: ignored
@@ -46,13 +46,22 @@ const EPOCH_THRESHOLD_NANOS: u128 = 1_000_000_000 * 1_000_000_000;
 /// Waits longer than this are treated as malformed (a day is generous).
 const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 
-/// What a response says about the host's budget.
+/// What a response says about the host's budget. New fields may be added:
+/// read them by name, make one with [`Budget::new`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Budget {
     /// Requests left in the current window.
     pub remaining: u64,
     /// Time until the window resets.
     pub reset: Duration,
+}
+
+impl Budget {
+    /// `remaining` requests left, the window resetting in `reset`.
+    pub const fn new(remaining: u64, reset: Duration) -> Self {
+        Self { remaining, reset }
+    }
 }
 
 /// Parses `Retry-After`: delta-seconds or an HTTP-date (a date in the past

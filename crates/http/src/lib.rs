@@ -25,8 +25,7 @@
 //! # Example
 //! ```no_run
 //! use std::time::Duration;
-//! use tower_fanout_core::keyed::KeyLimit;
-//! use tower_fanout_http::Client;
+//! use tower_fanout_http::{Client, KeyLimit};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), tower_fanout_http::Error> {
@@ -88,8 +87,15 @@ pub use self::client::{Client, ClientBuilder};
 pub use self::error::Error;
 pub use self::redirect::TooManyRedirects;
 pub use self::timeout::TimedOut;
+/// The name a [`ClientBuilder::resolver`] resolves: hyper-util's, the
+/// version this crate is built with.
+pub use hyper_util::client::legacy::connect::dns::Name;
 /// The rustls version the client uses, for [`ClientBuilder::tls_config`].
 pub use rustls;
+/// The per-host limits the builder takes ([`ClientBuilder::host_limit`]) and
+/// [`Client::host_limits`] reads: tower-fanout-core's keyed limit, named
+/// here so a user of this crate alone can write them.
+pub use tower_fanout_core::keyed::{KeyLimit, KeyedLimitHandle};
 pub use tower_fanout_core::{BoxError, Deadline};
 
 /// Names a failure for counting, as [`fan_out`'s `error_kind`](tower_fanout_core::fan_out::error_kind)

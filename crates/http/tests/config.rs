@@ -53,6 +53,60 @@ fn a_bad_host_limit_says_invalid_configuration_once() {
     assert!(text.contains("a.test"), "{text}");
 }
 
+/// A host named as a URL, with a path or with credentials, or named twice,
+/// was taken and never matched a request (`"https://api.stripe.com"`'s limit
+/// of 5 never applied, its calls ran at the default): refused when built.
+#[test]
+fn a_host_override_no_request_can_match_is_refused() {
+    let limit = || KeyLimit::new().concurrency(5);
+    let second = Some(Duration::from_secs(1));
+    for (what, builder, says) in [
+        (
+            "a URL",
+            Client::builder().host_limit("https://api.stripe.com", limit()),
+            "not a URI authority",
+        ),
+        (
+            "a path",
+            Client::builder().host_timeout("api.stripe.com/v1", second),
+            "not a URI authority",
+        ),
+        (
+            "credentials",
+            Client::builder().host_limit("key@api.stripe.com", limit()),
+            "user:password@",
+        ),
+        (
+            "a host limit twice",
+            Client::builder()
+                .host_limit("api.stripe.com", limit())
+                .host_limit("API.Stripe.com.", limit()),
+            "\"api.stripe.com\" given twice",
+        ),
+        (
+            "a host timeout twice",
+            Client::builder()
+                .host_timeout("api.stripe.com", second)
+                .host_timeout("API.stripe.com", None),
+            "\"api.stripe.com\" given twice",
+        ),
+    ] {
+        let err = builder.build().expect_err(what);
+        assert!(err.is_config(), "{what}: {err}");
+        assert!(err.to_string().contains(says), "{what}: {err}");
+    }
+    // Written in another case or with the trailing dot, a host is still
+    // the one requests are counted under.
+    let client = Client::builder()
+        .host_limit("API.Stripe.com.", limit())
+        .build()
+        .unwrap();
+    assert_eq!(
+        client.host_limits().max_in_flight("api.stripe.com"),
+        Some(5)
+    );
+}
+
 /// A client's `Debug` says whether the address guard is on: what an
 /// operator checks first when a URL an agent supplied is refused, or is not.
 #[test]
@@ -61,5 +115,29 @@ fn debug_shows_whether_the_address_guard_is_on() {
         let client = Client::builder().address_guard(on).build().unwrap();
         let shown = format!("{client:?}");
         assert!(shown.contains(&format!("address_guard: {on}")), "{shown}");
+    }
+}
+
+/// A builder is `Clone` and `Default`: two clients that differ in one
+/// setting (the address guard, say) start from one chain of settings.
+#[test]
+fn a_builder_clones_into_a_second_client() {
+    let base = tower_fanout_http::ClientBuilder::default()
+        .host_limit("api.example.com", KeyLimit::new().concurrency(3));
+    let guarded = base.clone().address_guard(true).build().unwrap();
+    let open = base.build().unwrap();
+    assert!(
+        format!("{guarded:?}").contains("address_guard: true"),
+        "{guarded:?}"
+    );
+    assert!(
+        format!("{open:?}").contains("address_guard: false"),
+        "{open:?}"
+    );
+    for client in [&guarded, &open] {
+        assert_eq!(
+            client.host_limits().max_in_flight("api.example.com"),
+            Some(3)
+        );
     }
 }

@@ -47,7 +47,7 @@ mod server;
 mod sim;
 mod stats;
 
-pub use crate::model::{CapacityChange, Jitter, Knee, Latency, Model, Overflow, Quota, RateCap};
+pub use crate::model::{Jitter, Model, Overflow};
 pub use crate::server::ServerHandle;
 pub use crate::sim::{Body, Sim, SimFuture};
 pub use crate::stats::Stats;

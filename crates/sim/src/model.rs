@@ -38,30 +38,30 @@ pub enum Overflow {
 /// A rate capacity: `per_second` with a `burst`, beyond which a 429 with a
 /// `Retry-After` (whole seconds, at least 1) is the answer.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RateCap {
+pub(crate) struct RateCap {
     /// Sustained requests per second.
-    pub per_second: f64,
+    pub(crate) per_second: f64,
     /// Requests admitted back to back after a quiet spell.
-    pub burst: u32,
+    pub(crate) burst: u32,
 }
 
 /// A fixed-window quota: `limit` requests per `window`; past it, a 429 whose
 /// `Retry-After` is the rest of the window (the "long Retry-After" case).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Quota {
+pub(crate) struct Quota {
     /// Requests per window.
-    pub limit: u32,
+    pub(crate) limit: u32,
     /// The window's length.
-    pub window: Duration,
+    pub(crate) window: Duration,
 }
 
 /// How long an admitted request takes: `base` plus a random part.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Latency {
+pub(crate) struct Latency {
     /// The fixed part.
-    pub base: Duration,
+    pub(crate) base: Duration,
     /// The random part.
-    pub jitter: Jitter,
+    pub(crate) jitter: Jitter,
 }
 
 /// The random part of the latency.
@@ -87,22 +87,22 @@ pub enum Jitter {
 
 /// Above `at` requests in service, latency grows: ×(1 + `slope` × (n − at) / at).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Knee {
+pub(crate) struct Knee {
     /// Requests in service from which latency grows.
-    pub at: usize,
+    pub(crate) at: usize,
     /// How steeply.
-    pub slope: f64,
+    pub(crate) slope: f64,
 }
 
 /// A change of capacity `at` a time after the simulation started.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct CapacityChange {
+pub(crate) struct CapacityChange {
     /// When, from the start.
-    pub at: Duration,
+    pub(crate) at: Duration,
     /// The new concurrency capacity, if it changes.
-    pub concurrency: Option<usize>,
+    pub(crate) concurrency: Option<usize>,
     /// The new rate per second, if it changes.
-    pub rate: Option<f64>,
+    pub(crate) rate: Option<f64>,
 }
 
 impl Default for Model {

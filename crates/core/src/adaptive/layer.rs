@@ -53,7 +53,12 @@ impl Default for AdaptiveLimitLayer {
 }
 
 impl<K> AdaptiveLimitLayer<K> {
-    /// Reads responses with your own classifier instead.
+    /// Reads responses with your own classifier instead. For
+    /// `http::Response`s, wrap a closure in [`HttpClassify::with_outcome`]:
+    /// a bare closure reads no `Retry-After` (a spent quota then cuts the
+    /// limit instead of holding new calls) and no
+    /// [`DeliberateWait`](crate::DeliberateWait) (a wait at a per-host gate
+    /// below reads as a slow downstream); see [`Classify`](crate::classify::Classify).
     #[must_use]
     pub fn classify<K2>(self, classify: K2) -> AdaptiveLimitLayer<K2> {
         AdaptiveLimitLayer {

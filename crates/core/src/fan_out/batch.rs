@@ -9,11 +9,12 @@ use super::{FanOut, fan_out};
 use crate::BoxError;
 use crate::error::{
     Closed, ConfigError, CostExceedsBurst, NotReady, Overloaded, QueueFull, RateLimited,
-    ServicePanicked,
+    ServicePanicked, TowerError,
 };
 
-/// One request's outcome.
+/// One request's outcome. New fields may be added: read them by name.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct ItemResult<T> {
     /// The request's position in the input.
     pub index: usize,
@@ -25,8 +26,9 @@ pub struct ItemResult<T> {
     pub attempts: u32,
 }
 
-/// Where a fan-out stands.
+/// Where a fan-out stands. New fields may be added: read them by name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Progress {
     /// The batch size: from the start when the iterator knows it, else
     /// once the iterator is exhausted (the last request started).
@@ -64,8 +66,9 @@ impl fmt::Display for Progress {
     }
 }
 
-/// Counts of a finished batch.
+/// Counts of a finished batch. New fields may be added: read them by name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Summary {
     /// Items in the batch.
     pub total: usize,
@@ -249,8 +252,9 @@ impl<T> Batch<T> {
 
 /// Names an error for counting: the refusals of this crate's layers by
 /// their kind (`overloaded`, `rate_limited`, `queue_full`, `too_many_keys`,
-/// ...), a timeout as `timeout`, an I/O error as `io`, anything else as
-/// `other`. The error's `source()` chain is searched too.
+/// ...), a timeout (tokio's or tower's `Elapsed`) as `timeout`, tower's
+/// `LoadShed` refusal as `overloaded`, an I/O error as `io`, anything else
+/// as `other`. The error's `source()` chain is searched too.
 pub fn error_kind(error: &BoxError) -> &'static str {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
     while let Some(e) = current {
@@ -277,7 +281,11 @@ pub fn error_kind(error: &BoxError) -> &'static str {
         } else if e.is::<std::io::Error>() {
             "io"
         } else {
-            ""
+            match crate::error::tower_error(e) {
+                Some(TowerError::Elapsed) => "timeout",
+                Some(TowerError::Overloaded) => "overloaded",
+                None => "",
+            }
         };
         if !kind.is_empty() {
             return kind;

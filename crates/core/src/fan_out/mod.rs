@@ -78,7 +78,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 pub use self::batch::{Batch, ItemResult, Progress, Summary, error_kind};
-pub use self::per_key::{PerKey, Unkeyed};
+pub use self::per_key::{Admission, PerKey, Unkeyed};
 pub use self::stream::Completions;
 use crate::error::ConfigError;
 

@@ -5,31 +5,48 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::hash::Hash;
 
+mod sealed {
+    pub trait Sealed {}
+}
+
 /// How a fan-out's window admits the requests it reads: each in turn
-/// ([`Unkeyed`], the default), or by key ([`PerKey`]). Not for use outside
-/// this crate: the module is private, so the trait cannot be named there.
-pub trait Admission<Req> {
+/// ([`Unkeyed`], the default), or by key ([`PerKey`], made by
+/// [`FanOut::per_key`](super::FanOut::per_key)).
+///
+/// Named so that code over any fan-out can be written, keyed or not
+/// (`fn run<W: Admission<Req>>(batch: FanOut<S, I, W>)`); sealed: its
+/// methods are the fan-out's own business, and only these two implement it.
+pub trait Admission<Req>: sealed::Sealed {
     /// Called once, when the fan-out starts, with its window.
+    #[doc(hidden)]
     fn start(&mut self, window: usize);
 
     /// A request set aside earlier whose key has room now (its slot is
     /// taken already): the oldest such one.
+    #[doc(hidden)]
     fn take_ready(&mut self) -> Option<(usize, Req)>;
 
     /// Whether another request may be read: there is room to set it aside
     /// if its key turns out to be busy.
+    #[doc(hidden)]
     fn can_read(&self) -> bool;
 
     /// `req`, read at `index`: back to start it now (its key's slot taken),
     /// or `None` when it was set aside.
+    #[doc(hidden)]
     fn offer(&mut self, index: usize, req: Req) -> Option<Req>;
 
     /// The request read at `index`, started earlier, has finished.
+    #[doc(hidden)]
     fn finished(&mut self, index: usize);
 
     /// Requests read and not started yet (set aside, or ready to start).
+    #[doc(hidden)]
     fn held(&self) -> usize;
 }
+
+impl sealed::Sealed for Unkeyed {}
+impl<F, K, Req> sealed::Sealed for PerKey<F, K, Req> {}
 
 /// The default window: every request starts in turn, whatever its key.
 #[derive(Debug, Clone, Copy, Default)]

@@ -227,6 +227,56 @@ impl<B> KeyFn<http::Request<B>> for AuthorityKey {
     }
 }
 
+impl AuthorityKey {
+    /// The key of the requests to `authority`, as an override names it
+    /// ([`KeyedLimitBuilder::limit_for`] calls this for a layer made by
+    /// [`KeyedLimitLayer::builder`]): in lower case and without a fully
+    /// qualified name's trailing dot, so `"API.GitHub.com."` names the
+    /// requests to `https://api.github.com/`. A port is kept as written:
+    /// requests are counted under `"host:8443"` when their URI carries a
+    /// port other than its scheme's default.
+    ///
+    /// # Errors
+    /// Something that is not a URI authority, or that no request's key can
+    /// be: empty, a URL (`"https://api.github.com"`), a path, a query,
+    /// `user:password@` (requests' keys leave it out), a space.
+    ///
+    /// ```
+    /// use tower_fanout_core::keyed::AuthorityKey;
+    ///
+    /// assert_eq!(AuthorityKey::key_for("API.GitHub.com.").unwrap(), "api.github.com");
+    /// assert_eq!(AuthorityKey::key_for("[::1]:8080").unwrap(), "[::1]:8080");
+    /// assert!(AuthorityKey::key_for("https://api.github.com").is_err());
+    /// ```
+    pub fn key_for(authority: &str) -> Result<String, ConfigError> {
+        let refuse = |why: &str| {
+            Err(ConfigError::new(format!(
+                "keyed limit key {authority:?} {why}: name a host as requests' URIs carry it, \
+                 like \"api.github.com\" or \"localhost:8080\""
+            )))
+        };
+        if authority.is_empty() {
+            return refuse("is empty");
+        }
+        if authority.contains('@') {
+            return refuse("has user:password@, which requests' keys leave out");
+        }
+        if authority.parse::<http::uri::Authority>().is_err() || authority.contains(' ') {
+            return refuse("is not a URI authority (no scheme, path or query)");
+        }
+        let mut key = authority.to_ascii_lowercase();
+        // The port starts at the last `:` outside an IPv6 literal.
+        let host_end = match key.rfind([':', ']']) {
+            Some(i) if key.as_bytes()[i] == b':' => i,
+            _ => key.len(),
+        };
+        if host_end > 1 && key.as_bytes()[host_end - 1] == b'.' {
+            key.remove(host_end - 1);
+        }
+        Ok(key)
+    }
+}
+
 /// Whether `port` (with its `:`) is the default of the URI's scheme.
 fn is_default_port(uri: &http::Uri, port: &str) -> bool {
     match uri.scheme() {
@@ -244,6 +294,22 @@ pub struct KeyedLimitBuilder<F, K> {
     overrides: Vec<(K, KeyLimit)>,
     max_keys: usize,
     fail_fast: bool,
+    // Writes an override's key as the key function writes requests' keys,
+    // or says why none will ever match it.
+    check_key: fn(K) -> Result<K, ConfigError>,
+}
+
+impl<F: Clone, K: Clone> Clone for KeyedLimitBuilder<F, K> {
+    fn clone(&self) -> Self {
+        Self {
+            key_fn: self.key_fn.clone(),
+            default: self.default,
+            overrides: self.overrides.clone(),
+            max_keys: self.max_keys,
+            fail_fast: self.fail_fast,
+            check_key: self.check_key,
+        }
+    }
 }
 
 impl<F, K: fmt::Debug> fmt::Debug for KeyedLimitBuilder<F, K> {
@@ -261,11 +327,14 @@ impl<F, K> KeyedLimitBuilder<F, K>
 where
     K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static,
 {
-    /// Gives `key` its own limit instead of the default (for [`AuthorityKey`],
-    /// write the authority as it keys requests: in lower case, without a
-    /// trailing dot, `"api.github.com"`, or `"host:8443"` when the URI
-    /// carries a port other than its scheme's default; the key is used as
-    /// given).
+    /// Gives `key` its own limit instead of the default. With
+    /// [`AuthorityKey`] (a layer made by [`KeyedLimitLayer::builder`]), name
+    /// the authority as requests' URIs carry it, `"api.github.com"`, or
+    /// `"host:8443"` when they carry a port other than their scheme's
+    /// default; the case and a trailing dot do not matter, and
+    /// [`build`](Self::build) refuses what is not an authority (see
+    /// [`AuthorityKey::key_for`]). Another key function's keys are used as
+    /// given.
     #[must_use]
     pub fn limit_for(mut self, key: impl Into<K>, limit: KeyLimit) -> Self {
         self.overrides.push((key.into(), limit));
@@ -300,7 +369,9 @@ where
     /// # Errors
     /// A zero concurrency, rate, period, burst or `max_keys`, or a burst
     /// without a rate, in the default or in any override; a bucket that
-    /// takes more than 292 years to refill (`period / rate × burst`).
+    /// takes more than 292 years to refill (`period / rate × burst`); two
+    /// overrides for one key; with [`AuthorityKey`], an override's key that
+    /// is not an authority.
     pub fn build(self) -> Result<KeyedLimitLayer<F, K>, ConfigError> {
         if self.max_keys == 0 {
             return Err(ConfigError::new(
@@ -310,8 +381,13 @@ where
         let default = self.default.resolve("keyed limit default")?;
         let mut overrides = HashMap::with_capacity(self.overrides.len());
         for (key, limit) in self.overrides {
+            let key = (self.check_key)(key)?;
             let resolved = limit.resolve(&format!("keyed limit for {key:?}"))?;
-            overrides.insert(key, resolved);
+            if overrides.insert(key.clone(), resolved).is_some() {
+                return Err(ConfigError::new(format!(
+                    "keyed limit for {key:?} given twice: give each key one limit"
+                )));
+            }
         }
         Ok(KeyedLimitLayer {
             key_fn: self.key_fn,
@@ -334,7 +410,10 @@ impl KeyedLimitLayer<AuthorityKey, String> {
     /// Limits keyed by the URI authority of an `http::Request`, with
     /// `default` for every host that has no override.
     pub fn builder(default: KeyLimit) -> KeyedLimitBuilder<AuthorityKey, String> {
-        Self::builder_with_key(AuthorityKey, default)
+        KeyedLimitBuilder {
+            check_key: |key| AuthorityKey::key_for(&key),
+            ..Self::builder_with_key(AuthorityKey, default)
+        }
     }
 }
 
@@ -348,6 +427,7 @@ impl<F, K> KeyedLimitLayer<F, K> {
             overrides: Vec::new(),
             max_keys: 1024,
             fail_fast: false,
+            check_key: Ok,
         }
     }
 
