@@ -2,28 +2,34 @@
 //! showed a defect before its fix.
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
 use tower_fanout_sim::{Jitter, Model, Sim};
 
 mod support;
-use support::BIN;
+use support::{BIN, Run, finish};
+
+/// How long each `fanout` run here may take before the test fails (and
+/// the child is killed: every child is spawned with `kill_on_drop`).
+const TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Runs `fanout args` with a standard output nobody reads (the read end of
 /// its pipe is closed before it starts, as after `| head -0` or `| true`).
-fn with_stdout_closed(args: &[&str]) -> (Option<i32>, String) {
+async fn with_stdout_closed(args: &[&str]) -> Run {
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    let out = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(args)
         .stdin(Stdio::null())
         .stdout(writer)
         .stderr(Stdio::piped())
-        .output()
+        .kill_on_drop(true)
+        .spawn()
         .unwrap();
-    (out.status.code(), String::from_utf8(out.stderr).unwrap())
+    finish(child, TIMEOUT).await
 }
 
 /// `fanout demo` printed its table with `print!`, which panics when the
@@ -31,13 +37,13 @@ fn with_stdout_closed(args: &[&str]) -> (Option<i32>, String) {
 /// with "failed printing to stdout: Broken pipe", a backtrace and exit code
 /// 101. It now says it cannot write its results and exits 2, as `fetch`
 /// does.
-#[test]
-fn demo_into_a_closed_pipe_fails_without_a_panic() {
+#[tokio::test]
+async fn demo_into_a_closed_pipe_fails_without_a_panic() {
     for args in [
         &["demo", "--requests", "1"][..],
         &["demo", "--requests", "1", "--json"][..],
     ] {
-        let (code, stderr) = with_stdout_closed(args);
+        let Run { code, stderr, .. } = with_stdout_closed(args).await;
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
         assert_eq!(code, Some(2), "{args:?}: {stderr}");
         assert!(
@@ -64,36 +70,28 @@ async fn fetch_into_a_closed_pipe_with_stderr_joined_exits_2() {
     let input: String = (1..=50)
         .map(|i| format!("http://{}/{i}\n", server.addr()))
         .collect();
-    let out = tokio::task::spawn_blocking(move || {
-        let (reader, writer) = std::io::pipe().unwrap();
-        drop(reader);
-        let mut child = Command::new(BIN)
-            .args(["fetch", "--allow-private", "--concurrency", "2"])
-            .stdin(Stdio::piped())
-            .stdout(writer.try_clone().unwrap())
-            .stderr(writer)
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        child.wait().unwrap()
-    });
-    let status = tokio::time::timeout(Duration::from_secs(120), out)
-        .await
-        .expect("fanout finished in time")
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = Command::new(BIN)
+        .args(["fetch", "--allow-private", "--concurrency", "2"])
+        .stdin(Stdio::piped())
+        .stdout(writer.try_clone().unwrap())
+        .stderr(writer)
+        .kill_on_drop(true)
+        .spawn()
         .unwrap();
-    assert_eq!(status.code(), Some(2), "{status}");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).await.unwrap();
+    drop(stdin);
+    let run = finish(child, TIMEOUT).await;
+    assert_eq!(run.code, Some(2), "{run:?}");
     // The first record could not be written: the batch stopped there.
     assert!(sim.stats().arrivals <= 4, "{:?}", sim.stats());
 }
 
 /// Bad input with standard error closed: exit 2 (bad input), not a panic.
-#[test]
-fn bad_input_with_stderr_closed_exits_2() {
+#[tokio::test]
+async fn bad_input_with_stderr_closed_exits_2() {
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
     let mut child = Command::new(BIN)
@@ -101,14 +99,12 @@ fn bad_input_with_stderr_closed_exits_2() {
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(writer)
+        .kill_on_drop(true)
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"not a url\n")
-        .unwrap();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(2), "{status}");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"not a url\n").await.unwrap();
+    drop(stdin);
+    let run = finish(child, TIMEOUT).await;
+    assert_eq!(run.code, Some(2), "{run:?}");
 }

@@ -104,11 +104,8 @@ async fn the_batch_deadline_answers_every_item_on_time() {
 async fn json_input_keeps_ids_and_failures_exit_1() {
     let sim = quick_sim();
     let server = sim.serve().await.unwrap();
-    // A port nothing listens on: bind one, note it, close it.
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    // A port nothing listens on, kept bound until the test ends.
+    let (closed, _bound) = support::closed_port();
     let input = format!(
         r#"[{{"id":"good","url":"http://{}/a"}},{{"id":"refused","url":"http://{closed}/b"}}]"#,
         server.addr()
@@ -582,9 +579,11 @@ mod mcp {
         for page in [a.unwrap(), b.unwrap()] {
             assert_eq!(page.structured_content.unwrap()["succeeded"], 20);
         }
+        // The downstream takes 4 at once and refuses a fifth with a 429
+        // (its own peak can never pass 4, so it says nothing): no refusal
+        // means the two batches never had more than 4 calls out between them.
         let stats = sim.stats();
         assert_eq!(stats.refused_429, 0, "{stats:?}");
-        assert!(stats.peak_in_service <= 4, "{stats:?}");
         client.cancel().await.unwrap();
     }
 
@@ -760,25 +759,30 @@ async fn the_input_bound_is_16_kib_an_item_from_a_file_or_stdin() {
 
 /// A read that fails names the file it was reading, and names none when it
 /// was reading stdin (`-` or no argument): here a directory in either place.
-#[test]
-fn a_failed_read_names_the_file_or_none() {
+#[tokio::test]
+async fn a_failed_read_names_the_file_or_none() {
+    use std::process::Stdio;
     for (args, stdin_dir) in [
         (vec!["fetch", "/"], false),
         (vec!["fetch", "-"], true),
         (vec!["fetch"], true),
     ] {
         let stdin = if stdin_dir {
-            std::process::Stdio::from(std::fs::File::open("/").unwrap())
+            Stdio::from(std::fs::File::open("/").unwrap())
         } else {
-            std::process::Stdio::null()
+            Stdio::null()
         };
-        let out = std::process::Command::new(support::BIN)
+        let child = tokio::process::Command::new(support::BIN)
             .args(&args)
             .stdin(stdin)
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
             .unwrap();
-        let stderr = String::from_utf8(out.stderr).unwrap();
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        let out = finish(child, Duration::from_secs(120)).await;
+        let stderr = out.stderr;
+        assert_eq!(out.code, Some(2), "{args:?}: {stderr}");
         let expected = if stdin_dir {
             "fanout: cannot read the input: "
         } else {

@@ -623,24 +623,50 @@ mod tests {
     fn in_use_never_reads_a_limit_change_half_done() {
         // The limit and the state word move in two steps; a reader between
         // them saw the new limit with the old permits: 990 in use here while
-        // nothing is held.
+        // nothing is held. The mover makes at least 200 000 changes and
+        // goes on until the reader has read 100 000 times since its first
+        // change (for 30 s at most), so the reads cannot all miss the moves.
+        const CHANGES: usize = 200_000;
+        const READS: usize = 100_000;
         let s = Arc::new(Semaphore::new(10));
+        // Set by the mover when it is done, or by the reader at a bad read.
         let stop = Arc::new(AtomicBool::new(false));
+        // The reader's count of reads (only the reader writes it).
+        let reads = Arc::new(AtomicUsize::new(0));
         let mover = {
-            let (s, stop) = (s.clone(), stop.clone());
+            let (s, stop, reads) = (s.clone(), stop.clone(), reads.clone());
             std::thread::spawn(move || {
-                for i in 0..200_000 {
-                    s.set_limit(if i % 2 == 0 { 1000 } else { 10 });
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                let before = reads.load(Ordering::Relaxed);
+                let mut changes = 0usize;
+                while !stop.load(Ordering::Relaxed)
+                    && (changes < CHANGES
+                        || (reads.load(Ordering::Relaxed) - before < READS
+                            && (!changes.is_multiple_of(1024)
+                                || std::time::Instant::now() < deadline)))
+                {
+                    s.set_limit(if changes.is_multiple_of(2) { 1000 } else { 10 });
+                    changes += 1;
                 }
                 stop.store(true, Ordering::Relaxed);
+                (changes, reads.load(Ordering::Relaxed) - before)
             })
         };
-        let mut reads = 0u64;
+        let mut bad = None;
         while !stop.load(Ordering::Relaxed) {
-            assert_eq!(s.in_use(), 0, "after {reads} reads");
-            reads += 1;
+            let in_use = s.in_use();
+            if in_use != 0 {
+                bad = Some(in_use);
+                stop.store(true, Ordering::Relaxed);
+                break;
+            }
+            reads.fetch_add(1, Ordering::Relaxed);
         }
-        mover.join().unwrap();
+        let (changes, moving) = mover.join().unwrap();
+        let reads = reads.load(Ordering::Relaxed);
+        assert_eq!(bad, None, "in use after {reads} reads");
+        assert!(changes >= CHANGES, "{changes} changes");
+        assert!(moving > 0, "no read while the limit moved ({reads} in all)");
     }
 }
 

@@ -97,10 +97,9 @@ async fn caps_are_the_callers_and_refused_connections_are_overload() {
     assert!(err.is_body_too_large(), "{err}");
     assert_eq!(outcomes(&err).1, Outcome::CallerError);
 
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // Bound and never listening, for the whole test: a dropped listener's
+    // port could go to a parallel test's server.
+    let (closed, _held) = support::closed_port();
     let err = client.get(&format!("http://{closed}/")).await.unwrap_err();
     assert!(err.is_connect(), "{err}");
     assert_eq!(outcomes(&err), (Outcome::Overload, Outcome::Overload));

@@ -423,11 +423,8 @@ async fn an_announced_length_past_the_cap_fails_before_the_body_is_read() {
 /// reads that too: a redirected POST is not sent again).
 #[tokio::test]
 async fn an_error_after_a_redirect_says_so() {
-    // Nothing listens on this port now.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // Nothing listens on this port, kept bound until the test ends.
+    let (closed, _bound) = support::closed_port();
     let addr = serve(handler(move |_| async move {
         respond(302)
             .header("location", format!("http://{closed}/gone"))
@@ -758,11 +755,8 @@ async fn connection_resets_are_retried_for_get_but_not_post() {
 
 #[tokio::test]
 async fn refused_connections_are_connect_errors_after_retries() {
-    // Bind, learn the port, close: nothing listens there now.
-    let addr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    // Nothing listens on this port, kept bound until the test ends.
+    let (addr, _bound) = support::closed_port();
     let client = Client::builder().retry(quick_retry()).build().unwrap();
     let err = client.get(&format!("http://{addr}/")).await.unwrap_err();
     assert!(err.is_connect(), "{err}");

@@ -112,9 +112,11 @@ async fn span_names_method_host_and_status_never_the_query() {
 /// cap, a host whose published budget resets past it) is logged at debug,
 /// like every other event of the preset: at warn, a batch against a spent
 /// API wrote one line per request into an application logging at info.
+/// Captured at debug, so the capture is seen to hold the refusals' events
+/// (one that missed events would otherwise pass as "nothing at info").
 #[tokio::test]
 async fn rate_limited_refusals_log_nothing_at_info() {
-    let captured = capture(tracing::Level::INFO, false);
+    let captured = capture(tracing::Level::DEBUG, false);
     let (h, hits) = counted(|n| async move {
         if n == 0 {
             // Spent for an hour, says the budget; then a 429 saying so too.
@@ -147,6 +149,30 @@ async fn rate_limited_refusals_log_nothing_at_info() {
     }
     // The first 429's Retry-After holds the host's later calls in the client.
     assert_eq!(hits.load(Ordering::SeqCst), 2, "the budget, then one 429");
+    // Each line starts with a timestamp and the level (fmt's default format).
     let out = captured.text();
-    assert!(out.is_empty(), "logged at info or above: {out}");
+    let level = |line: &str| {
+        line.split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let loud: Vec<_> = out
+        .lines()
+        .filter(|line| matches!(level(line).as_str(), "INFO" | "WARN" | "ERROR"))
+        .collect();
+    assert!(loud.is_empty(), "logged at info or above: {loud:#?}");
+    // The control: each of the 6 refusals is in the capture, once, at debug.
+    let refusals: Vec<_> = out
+        .lines()
+        .filter(|line| line.contains("returning rate limited"))
+        .collect();
+    assert_eq!(refusals.len(), 6, "{out}");
+    assert!(refusals.iter().all(|line| level(line) == "DEBUG"), "{out}");
+    for why in ["retry-after above the cap", "host budget resets after"] {
+        assert!(
+            refusals.iter().any(|line| line.contains(why)),
+            "{why}: {out}"
+        );
+    }
 }

@@ -3,6 +3,8 @@
 //! in its doc comment), and passes on the code as it is.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -137,10 +139,8 @@ async fn a_retry_after_equal_to_the_cap_is_waited_for() {
 /// which sent the POST once.
 #[tokio::test]
 async fn a_post_that_never_connected_is_retried() {
-    let addr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    // Nothing listens on this port, kept bound until the test ends.
+    let (addr, _bound) = support::closed_port();
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<Bytes>>();
     let attempts = Arc::new(AtomicUsize::new(0));

@@ -78,10 +78,8 @@ async fn bodiless_answers_with_length_and_encoding_are_empty() {
 /// again from the POST and run it again.
 #[tokio::test]
 async fn a_post_that_was_redirected_is_not_sent_again_by_a_retry() {
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    // Nothing listens on this port, kept bound until the test ends.
+    let (closed, _bound) = support::closed_port();
     let limited = support::serve(handler(|_| async {
         respond(429)
             .header("retry-after", "0")

@@ -2,6 +2,7 @@
 //! crates, each of which uses only part of it.
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use rmcp::ServiceExt;
 use rmcp::service::{RoleClient, RunningService};
 use rmcp::transport::TokioChildProcess;
 use tokio::io::AsyncWriteExt;
+use tokio::net::TcpSocket;
 use tokio::process::{Child, Command};
 
 /// The `fanout` binary Cargo built for these tests.
@@ -78,4 +80,15 @@ pub(crate) async fn mcp_client(args: &[&str]) -> RunningService<RoleClient, ()> 
     .await
     .expect("fanout mcp answered the handshake in time")
     .unwrap()
+}
+
+/// A port on 127.0.0.1 that nobody listens on: bound (so no other socket
+/// can take it while the test holds the socket) but never listening, so
+/// every connection attempt is refused. Keep the socket until the test ends.
+pub(crate) fn closed_port() -> (SocketAddr, TcpSocket) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .unwrap();
+    (socket.local_addr().unwrap(), socket)
 }

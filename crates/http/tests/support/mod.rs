@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,7 +17,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::time::Sleep;
 
 /// A response body: `chunks` chunks of `size` bytes, `delay` apart, no length
@@ -183,6 +183,17 @@ impl Body for Stalled {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         Poll::Pending
     }
+}
+
+/// A port on 127.0.0.1 that nobody listens on: bound (so no other socket
+/// can take it while the test holds the socket) but never listening, so
+/// every connection attempt is refused. Keep the socket until the test ends.
+pub(crate) fn closed_port() -> (SocketAddr, TcpSocket) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .unwrap();
+    (socket.local_addr().unwrap(), socket)
 }
 
 /// Serves `handler` on a fresh 127.0.0.1 port (HTTP/1 and HTTP/2) on the current runtime.
