@@ -18,7 +18,8 @@
 //! per-round differences, and the difference of low quartiles), and the ratio
 //! of our added ns to the counterpart's (median of per-round ratios with its
 //! interquartile range, the ratio of low-quartile estimates, and the ratio
-//! from criterion's means).
+//! from criterion's passes: ns per call over every call criterion timed,
+//! its warm-up included).
 //!
 //! Rate limits are configured so they never wait (about 10^9 tokens a second,
 //! a burst of `u32::MAX`): what is measured is the bookkeeping per call.
@@ -442,7 +443,8 @@ fn quartiles(xs: &mut [f64]) -> (f64, f64) {
     (xs[n / 4], xs[(3 * n) / 4])
 }
 
-/// ns per call over everything criterion measured (iteration-weighted mean).
+/// ns per call over everything criterion timed, its warm-up included
+/// (`iter_custom` cannot tell the warm-up's calls from the samples').
 fn criterion_ns(variant: &mut Box<dyn Variant>) -> f64 {
     let (iters, nanos) = variant
         .samples()
@@ -516,7 +518,7 @@ fn interleaved(case: &str, variants: &mut [Box<dyn Variant>]) {
     }
     println!("\n### {case}: ratio of added ns, ours / counterpart (goal ≤ 1.0)\n");
     println!(
-        "| ours | counterpart | ratio (median of rounds) | p25–p75 | ratio of p25s | ratio from criterion means |"
+        "| ours | counterpart | ratio (median of rounds) | p25–p75 | ratio of p25s | ratio from criterion's passes (warm-up included) |"
     );
     println!("|---|---|---:|---:|---:|---:|");
     let index = |name: &str| variants.iter().position(|v| v.name() == name);
@@ -572,14 +574,19 @@ fn main() {
         contended.retain(|v| wanted(&**v));
     }
 
-    measure(&mut c, "uncontended", &mut uncontended);
-    measure(&mut c, "contended", &mut contended);
+    // `LAYERS_CASE=contended` (or `uncontended`) runs one case only, in
+    // criterion's pass and in the summary's.
+    let case = std::env::var("LAYERS_CASE").unwrap_or_default();
+    if case != "contended" {
+        measure(&mut c, "uncontended", &mut uncontended);
+    }
+    if case != "uncontended" {
+        measure(&mut c, "contended", &mut contended);
+    }
     c.final_summary();
 
     if bench_mode {
         println!("\n## Summary (one run; host has {} CPUs)", num_cpus());
-        // `LAYERS_CASE=contended` (or `uncontended`) runs one case only.
-        let case = std::env::var("LAYERS_CASE").unwrap_or_default();
         if case != "contended" {
             interleaved("uncontended", &mut uncontended);
         }

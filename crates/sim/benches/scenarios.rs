@@ -97,8 +97,11 @@ fn render(results: &[(Scenario, usize, Vec<Row>)], took: std::time::Duration) ->
         &mut out,
         "Every scenario of `crates/sim/tests/support/scenarios.rs` against each controller of \
          `AdaptiveLimitLayer`, on tokio's paused clock with seed `0x000FA40A` (deterministic: \
-         the same numbers on every machine). The windowed preset (window 20, +2/−3, max 50) is \
-         the baseline; \"vs windowed\" is goodput over the preset's in the same run.\n\n\
+         the same numbers on every machine). The windowed controller is the baseline: its \
+         preset's rules (window 20, +2/−3, 500 ms / 2 s) with the others' ceiling of 1000 \
+         (its preset's max of 50 would cap it below three of the capacities); \"vs windowed\" \
+         is goodput over the baseline's in the same run. Goodput counts the calls offered \
+         after the warm-up.\n\n\
          Reproduce: `cargo bench -p tower-fanout-sim --bench scenarios` (rewrites this section). \
          The same figures are asserted by `cargo test -p tower-fanout-sim --test scenarios`.\n\n\
          Columns: **goodput** = successes per second after the warm-up over the capacity (or the \

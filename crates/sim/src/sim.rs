@@ -169,6 +169,20 @@ impl Sim {
         state.stats = Recorder::new(now).carrying(in_service, queued, open);
     }
 
+    /// What it recorded since the last window began, and a new window
+    /// begun, at one instant: no request falls between the two (as one can
+    /// between [`stats`](Self::stats) and [`reset_stats`](Self::reset_stats)
+    /// while calls run on other threads), and two callers never read one
+    /// window twice.
+    pub fn take_stats(&self) -> Stats {
+        let now = Instant::now();
+        let mut state = self.inner.lock();
+        let (in_service, queued, open) = (state.in_service, state.queue.len(), state.open);
+        let stats = state.stats.snapshot(now, in_service);
+        state.stats = Recorder::new(now).carrying(in_service, queued, open);
+        stats
+    }
+
     /// The concurrency capacity in force now (after any scheduled change).
     pub fn concurrency_now(&self) -> Option<usize> {
         let mut guard = self.inner.lock();

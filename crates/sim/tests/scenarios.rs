@@ -107,10 +107,12 @@ fn cap_200_answered_with_429() {
         of(&all, Ctl::Gradient).rtts_to_capacity.unwrap(),
         8.0,
     );
-    // The preset's max of 50 caps it at a quarter of the capacity.
+    // The windowed rules (+2 per 20 answers) take about 40 round trips to
+    // the capacity, and overrun it then. (Its preset's max of 50 would cap
+    // it at a quarter; the baseline has the others' ceiling.)
     let w = of(&all, Ctl::Windowed);
-    at_most("windowed goodput", w.goodput, 0.26);
-    assert_eq!(w.max_limit, 50);
+    at_most("windowed goodput", w.goodput, 0.85);
+    at_least("windowed round trips", w.rtts_to_capacity.unwrap(), 30.0);
 }
 
 #[test]
@@ -202,15 +204,27 @@ fn load_below_capacity_does_not_run_away() {
     // while the limit was 5 lifts every limit at first; the gradient
     // controller then settles back towards 1.5 × the demand it sees, the
     // others keep what the backlog taught them, but none runs to its max.
+    // Goodput counts the calls offered after the warm-up: the backlog
+    // drained after it read as more than the load (1.115) before.
     for (ctl, f) in &all {
         at_least(&format!("{} goodput", ctl.name()), f.goodput, 0.98);
+        at_most(&format!("{} goodput", ctl.name()), f.goodput, 1.0);
         assert_eq!(f.overload_rate, 0.0);
-        at_most(
-            &format!("{} max limit", ctl.name()),
-            f.max_limit as f64,
-            160.0,
-        );
+        if *ctl != Ctl::Windowed {
+            at_most(
+                &format!("{} max limit", ctl.name()),
+                f.max_limit as f64,
+                160.0,
+            );
+        }
     }
+    // The windowed rules grow +2 a window while answers are fast, demand
+    // or not: they run away (the preset stops at its max of 50).
+    at_least(
+        "windowed max limit",
+        of(&all, Ctl::Windowed).max_limit as f64,
+        200.0,
+    );
     at_most(
         "gradient max limit",
         of(&all, Ctl::Gradient).max_limit as f64,
@@ -231,10 +245,13 @@ fn two_clients_share_fairly() {
             0.9,
         );
     }
-    at_least(
+    // The windowed rules let the client that grew first keep the larger
+    // share (both clients stopped at the preset's max of 50 before, which
+    // read as fair).
+    at_most(
         "windowed fairness",
         of(&all, Ctl::Windowed).fairness.unwrap(),
-        0.9,
+        0.8,
     );
 }
 
