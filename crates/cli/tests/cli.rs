@@ -287,6 +287,34 @@ async fn demo_unlimited_draws_429s_and_the_recommended_stack_none() {
     assert!(held("recommended stack") <= 32 * BODY);
 }
 
+/// Under a low `ulimit -n`, the unbounded batch runs out of file
+/// descriptors (what it is there to show), and the bounded ones do not pay
+/// for it: run beside it, they took its `EMFILE` errors as their own (with
+/// 512 descriptors, 488 of the token bucket's 500 failed).
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unbounded_demo_run_leaves_the_bounded_ones_their_descriptors() {
+    let child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 480 && exec \"$0\" demo --json --requests 300")
+        .arg(support::BIN)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let run = finish(child, Duration::from_secs(120)).await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let rows: Vec<Value> = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(rows.len(), 8);
+    for r in &rows {
+        if r["strategy"] != "no limit" {
+            assert_eq!(r["other_errors"], 0, "{r}");
+        }
+    }
+}
+
 /// The demo's table: a header and one row per bound, in the order run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_prints_a_table_of_every_bound() {
