@@ -69,3 +69,44 @@ async fn a_dropped_stream_sends_nothing_more() {
         );
     }
 }
+
+/// A runtime that shuts down while a batch runs cancels its requests'
+/// tasks: their items say so, where they read "inner service panicked".
+#[test]
+fn requests_cancelled_by_a_runtime_shutdown_are_not_called_panics() {
+    use tower_fanout_core::error::ServicePanicked;
+
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let svc = service_fn(|i: u32| async move {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Ok::<_, std::io::Error>(i)
+    });
+    let mut stream = first.block_on(async {
+        let mut stream = fan_out(svc, 0..2u32).concurrency(2).unwrap().stream();
+        // Starts both; neither ends within the first runtime's life.
+        let polled = tokio::time::timeout(Duration::from_secs(1), stream.next()).await;
+        assert!(polled.is_err(), "nothing finishes in a second");
+        stream
+    });
+    drop(first);
+
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    second.block_on(async {
+        let mut ended = 0;
+        while let Some(item) = stream.next().await {
+            let err = item.result.unwrap_err();
+            assert!(!err.is::<ServicePanicked>(), "{err}");
+            assert!(err.to_string().contains("runtime"), "{err}");
+            ended += 1;
+        }
+        assert_eq!(ended, 2);
+    });
+}

@@ -15,6 +15,11 @@ use super::{FanOut, ProgressFn};
 use crate::BoxError;
 use crate::error::ServicePanicked;
 
+/// The answer of a request whose task the runtime cancelled (it shut down
+/// while the batch ran).
+const CANCELLED: &str = "fan-out request cancelled: the Tokio runtime its task ran on shut down \
+                         before it finished; keep that runtime alive until the batch is done";
+
 impl<S, I, Req, W> FanOut<S, I, W>
 where
     I: Iterator<Item = Req>,
@@ -119,9 +124,16 @@ where
                     .remove(&error.id())
                     .unwrap_or((usize::MAX, Instant::now()));
                 self.admission.finished(index);
+                // Not every failed task panicked: a runtime shutting down
+                // cancels the tasks it holds.
+                let result = if error.is_cancelled() {
+                    Err(CANCELLED.into())
+                } else {
+                    Err(ServicePanicked::new().into())
+                };
                 ItemResult {
                     index,
-                    result: Err(ServicePanicked::new().into()),
+                    result,
                     latency: started.elapsed(),
                     attempts: 1,
                 }
