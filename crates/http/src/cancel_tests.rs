@@ -298,3 +298,38 @@ async fn http2_requests_dropped_anywhere_leave_every_count_at_rest() {
 async fn http2_requests_dropped_anywhere_leave_nothing_spawned() {
     drops_everywhere(0, true, 4).await;
 }
+
+/// A response future polled again after its answer answers with an error,
+/// as core's futures do, on every path: one that followed a redirect
+/// polled tower-http's finished `Oneshot` again, and one that had held for
+/// a learned budget resumed a finished `async` block, both panics.
+#[tokio::test(start_paused = true)]
+async fn a_call_polled_after_its_answer_answers_an_error() {
+    let addr = server(false);
+    let client = client(32);
+    // The second `/budget` holds for the first one's spent window.
+    for path in [
+        "/",
+        "/body",
+        "/after",
+        "/backoff",
+        "/redirect",
+        "/budget",
+        "/budget",
+    ] {
+        let url = format!("http://{addr}{path}");
+        let mut fut = call(&client, &url, false);
+        let answer = within_real_time(path, std::future::poll_fn(|cx| fut.as_mut().poll(cx))).await;
+        assert!(answer.is_ok(), "{path}: {answer:?}");
+        let again = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+        match again {
+            Poll::Ready(Err(e)) => {
+                assert!(
+                    e.to_string().contains("polled after completion"),
+                    "{path}: {e}"
+                );
+            }
+            other => panic!("{path}: {:?}", other.map(|r| r.map(|r| r.status()))),
+        }
+    }
+}

@@ -625,6 +625,8 @@ pin_project! {
         Ready,
         Sent { #[pin] future: F },
         Waiting { #[pin] sleep: tokio::time::Sleep },
+        // Answered.
+        Done,
     }
 }
 
@@ -677,6 +679,16 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let settings = &this.config.settings;
+        // An answer ends the loop: its inner future is done, and a poll
+        // after this one must not poll that future again (an `async` one
+        // panics), so it finds `Done`.
+        macro_rules! finish {
+            ($answer:expr) => {{
+                let answer = $answer;
+                this.step.set(RetryStep::Done);
+                return Poll::Ready(answer);
+            }};
+        }
         loop {
             match this.step.as_mut().project() {
                 RetryStepProj::Ready => {
@@ -701,14 +713,14 @@ where
                     let mut outcome = ready!(future.poll(cx)).map_err(Into::into);
                     if settings.max_retries == 0 {
                         // Retrying is off: the answer, whatever it is, goes back as it is.
-                        return Poll::Ready(outcome);
+                        finish!(outcome);
                     }
                     let waited = *this.waited;
                     let decision = decide_lazily(&outcome, *this.idempotent, SystemTime::now);
                     let wait = match decision {
                         Decision::Done => {
                             note(&mut outcome, waited);
-                            return Poll::Ready(outcome);
+                            finish!(outcome);
                         }
                         Decision::After(d) if d > settings.max_wait => {
                             tracing::debug!(
@@ -716,14 +728,14 @@ where
                                 max_wait_ms = settings.max_wait.as_millis() as u64,
                                 "retry-after above the cap; returning rate limited"
                             );
-                            return Poll::Ready(Err(RateLimited::new(d).into()));
+                            finish!(Err(RateLimited::new(d).into()));
                         }
                         Decision::After(d) => d,
                         Decision::Backoff => this.config.backoff(*this.retries),
                     };
                     if *this.retries >= settings.max_retries {
                         note(&mut outcome, waited);
-                        return Poll::Ready(outcome);
+                        finish!(outcome);
                     }
                     // A wait that would end at or past the call's deadline is
                     // not slept: it would leave the retry no time, and the
@@ -740,15 +752,15 @@ where
                             "the wait would end at or past the call's deadline; not retrying"
                         );
                         if let Decision::After(d) = decision {
-                            return Poll::Ready(Err(RateLimited::past_deadline(d).into()));
+                            finish!(Err(RateLimited::past_deadline(d).into()));
                         }
                         note(&mut outcome, waited);
-                        return Poll::Ready(outcome);
+                        finish!(outcome);
                     }
                     if !this.config.budget.withdraw() {
                         tracing::debug!("retry budget spent; returning the outcome");
                         note(&mut outcome, waited);
-                        return Poll::Ready(outcome);
+                        finish!(outcome);
                     }
                     *this.retries += 1;
                     // The attempt's own waits at a gate are no part of the
@@ -775,6 +787,9 @@ where
                 RetryStepProj::Waiting { sleep } => {
                     ready!(sleep.poll(cx));
                     this.step.set(RetryStep::Ready);
+                }
+                RetryStepProj::Done => {
+                    return Poll::Ready(Err("response future polled after completion".into()));
                 }
             }
         }

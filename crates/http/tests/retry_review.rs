@@ -193,3 +193,34 @@ async fn the_client_preset_keeps_the_budget_ratio() {
     let retries = hits.load(Ordering::SeqCst) - 40;
     assert_eq!(retries, 20, "budget 0.5: {retries} retries for 40 requests");
 }
+
+/// The retry layer's future polled again after its answer answers with an
+/// error instead of polling its finished inner future (an `async` one
+/// panics there: "`async fn` resumed after completion").
+#[tokio::test(start_paused = true)]
+async fn the_retry_future_polled_after_its_answer_answers_an_error() {
+    use std::task::Poll;
+    use tower::{Layer, Service};
+
+    for retries in [true, false] {
+        let layer = if retries {
+            RetryLayer::default()
+        } else {
+            RetryLayer::builder().max_retries(0).build().unwrap()
+        };
+        let mut svc = layer.layer(tower::service_fn(|_: Request<()>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(()))
+        }));
+        svc.ready().await.unwrap();
+        let mut fut = svc.call(Request::new(()));
+        let answer = std::future::poll_fn(|cx| fut.as_mut().poll(cx)).await;
+        assert!(answer.is_ok());
+        let again = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+        match again {
+            Poll::Ready(Err(e)) => {
+                assert!(e.to_string().contains("polled after completion"), "{e}")
+            }
+            other => panic!("retries {retries}: {:?}", other.map(|r| r.is_ok())),
+        }
+    }
+}

@@ -14,13 +14,17 @@ use tower_fanout_core::BoxError;
 /// booked back.
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct ResponseFuture<T> {
-    inner: Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>,
+    // `None` once answered: a poll after that answers an error instead of
+    // resuming a finished `async` block (a panic).
+    inner: Option<Boxed<T>>,
 }
+
+type Boxed<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
 
 impl<T> ResponseFuture<T> {
     pub(crate) fn new(future: impl Future<Output = Result<T, BoxError>> + Send + 'static) -> Self {
         Self {
-            inner: Box::pin(future),
+            inner: Some(Box::pin(future)),
         }
     }
 }
@@ -29,7 +33,12 @@ impl<T> Future for ResponseFuture<T> {
     type Output = Result<T, BoxError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(Err("response future polled after completion".into()));
+        };
+        let output = std::task::ready!(inner.as_mut().poll(cx));
+        self.inner = None;
+        Poll::Ready(output)
     }
 }
 

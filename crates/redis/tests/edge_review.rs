@@ -92,3 +92,47 @@ async fn failing_open_a_cost_above_the_local_burst_waits_at_the_local_rate() {
     assert!(second >= Duration::from_millis(2000), "{second:?}");
     assert!(second < Duration::from_millis(3000), "{second:?}");
 }
+
+/// A response future polled again after its answer answers with an error,
+/// as core's do, instead of polling a finished `async` future again (the
+/// rate limit's boxed decision and the concurrency limit's inner call
+/// both panicked there).
+#[tokio::test]
+async fn response_futures_polled_after_their_answer_answer_an_error() {
+    use std::task::Poll;
+    use tower::Service;
+    use tower_fanout_redis::RedisRateLimitLayer;
+
+    let redis = RedisServer::start();
+    let store = RedisStore::builder(redis.url())
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let inner = tower::service_fn(|()| async { Ok::<_, std::convert::Infallible>(7) });
+    let rate = RedisRateLimitLayer::builder(store.clone(), "again", 10, Duration::from_secs(1))
+        .fail_closed()
+        .build()
+        .unwrap()
+        .layer(inner);
+    let limit = RedisConcurrencyLimitLayer::builder(store, "again", 2)
+        .fail_closed()
+        .build()
+        .unwrap()
+        .layer(inner);
+    let futures: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>> = vec![
+        Box::pin(rate.clone().ready_oneshot().await.unwrap().call(())),
+        Box::pin(limit.clone().ready_oneshot().await.unwrap().call(())),
+    ];
+    for mut fut in futures {
+        let answer: Result<i32, tower_fanout_core::BoxError> =
+            std::future::poll_fn(|cx| fut.as_mut().poll(cx)).await;
+        assert_eq!(answer.unwrap(), 7);
+        let again = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+        match again {
+            Poll::Ready(Err(e)) => {
+                assert!(e.to_string().contains("polled after completion"), "{e}")
+            }
+            other => panic!("{:?}", other.map(|r| r.is_ok())),
+        }
+    }
+}

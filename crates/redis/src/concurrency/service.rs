@@ -186,10 +186,14 @@ where
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
+        let mut kind = self.project().kind;
+        match kind.as_mut().project() {
             KindProj::Called { future, permit } => {
                 let output = ready!(future.poll(cx));
                 permit.take();
+                // Done: a poll after this one answers an error instead of
+                // polling the finished future (an `async` one panics).
+                kind.set(Kind::Refused { error: None });
                 Poll::Ready(output.map_err(Into::into))
             }
             KindProj::Refused { error } => Poll::Ready(Err(error
