@@ -451,3 +451,51 @@ async fn cancelled_while_the_inner_service_is_not_ready_leaves_no_reservation() 
     settle().await;
     assert_eq!((permits.in_flight(), permits.waiting()), (0, 0));
 }
+
+/// An inner service whose first clone panics, as a buggy `Clone` might.
+struct FirstCloneFails {
+    armed: Arc<AtomicBool>,
+}
+
+impl Clone for FirstCloneFails {
+    fn clone(&self) -> Self {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            panic!("the inner service's clone failed");
+        }
+        Self {
+            armed: self.armed.clone(),
+        }
+    }
+}
+
+impl Service<u32> for FirstCloneFails {
+    type Response = u32;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<u32, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, n: u32) -> Self::Future {
+        std::future::ready(Ok(n))
+    }
+}
+
+/// A clone of the inner service that panicked while the workers started
+/// left them counted as alive and none spawned: every later call was queued
+/// where nothing read it, and hung. The first caller sees the panic; the
+/// next `poll_ready` starts the workers, and calls are answered.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_clone_at_start_up_leaves_the_next_call_served() {
+    use tower::Layer;
+
+    let svc = BackpressureLayer::new(2).unwrap().layer(FirstCloneFails {
+        armed: Arc::new(AtomicBool::new(true)),
+    });
+    let first = tokio::spawn(svc.clone().oneshot(1)).await;
+    assert!(first.unwrap_err().is_panic());
+    let second =
+        tokio::time::timeout(std::time::Duration::from_secs(5), svc.clone().oneshot(2)).await;
+    assert_eq!(second.expect("answered, not hung").unwrap(), 2);
+}

@@ -474,3 +474,63 @@ async fn a_closure_classifier_keeps_the_retry_after_hold_when_wrapped() {
     assert_eq!(svc.clone().oneshot(()).await.unwrap().status(), 429);
     assert_eq!(svc.clone().oneshot(()).await.unwrap().status(), 429);
 }
+
+/// An inner service whose `call` panics (a bug below the limit).
+#[cfg(any(feature = "rate", feature = "keyed"))]
+#[derive(Clone)]
+struct PanicsInCall;
+
+#[cfg(any(feature = "rate", feature = "keyed"))]
+impl<Req> tower::Service<Req> for PanicsInCall {
+    type Response = ();
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<(), std::convert::Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Req) -> Self::Future {
+        panic!("a bug in the inner service's call");
+    }
+}
+
+/// A panic in the inner service's `call` spent the token the call had
+/// booked (the booking was cleared before the call): with 1 an hour, an
+/// hour without calls. It is given back now, by the rate limit and by the
+/// keyed one, as the Redis rate limit always did.
+#[cfg(all(feature = "rate", feature = "keyed"))]
+#[tokio::test(start_paused = true)]
+async fn a_panic_in_the_inner_call_gives_the_token_back() {
+    use std::panic::AssertUnwindSafe;
+    use tower::{Layer, Service, ServiceExt};
+    use tower_fanout_core::keyed::{KeyLimit, KeyedLimitLayer};
+    use tower_fanout_core::rate::RateLimitLayer;
+
+    let hour = Duration::from_secs(3600);
+    let layer = RateLimitLayer::builder(1, hour).burst(1).build().unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(PanicsInCall);
+    ServiceExt::<()>::ready(&mut svc).await.unwrap();
+    assert_eq!(handle.tokens(), 0, "booked");
+    let called = std::panic::catch_unwind(AssertUnwindSafe(|| drop(svc.call(()))));
+    assert!(called.is_err());
+    drop(svc);
+    assert_eq!(handle.tokens(), 1, "the rate limit's token is back");
+
+    let keyed = KeyedLimitLayer::builder_with_key(
+        |_: &u8| 0u8,
+        KeyLimit::new().concurrency(1).rate(1, hour).burst(1),
+    )
+    .build()
+    .unwrap();
+    let keys = keyed.handle();
+    let svc = keyed.layer(PanicsInCall);
+    let call = tokio::spawn(svc.clone().oneshot(0u8)).await;
+    assert!(call.unwrap_err().is_panic());
+    assert_eq!(keys.tokens(&0), Some(1), "the keyed limit's token is back");
+    assert_eq!(keys.in_flight(&0), 0, "and its permit");
+}

@@ -89,13 +89,22 @@ where
             .template
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(inner) = template.take() {
+        if let Some(inner) = template.as_ref() {
             let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                *template = Some(inner);
                 return Err(NoRuntime::new().into());
             };
-            for (worker, alive) in Alive::workers(&self.shared.queue).enumerate() {
-                runtime.spawn(worker::run(alive, worker, inner.clone()));
+            // Every worker's clone first: a `clone` that panics leaves the
+            // template, and no worker counted as alive, for the next
+            // `poll_ready` to start again (counted and never spawned, the
+            // workers kept the queue open and unread: every call hung).
+            let services: Vec<S> = (0..self.shared.queue.workers())
+                .map(|_| inner.clone())
+                .collect();
+            template.take();
+            for ((worker, alive), svc) in
+                Alive::workers(&self.shared.queue).enumerate().zip(services)
+            {
+                runtime.spawn(worker::run(alive, worker, svc));
             }
             self.shared.queue.set_running();
         }

@@ -292,16 +292,20 @@ where
                         wait.take();
                         return Poll::Ready(Err(e.into()));
                     }
-                    // The call consumes the token: nothing is given back now.
-                    w.booking = None;
                     let permit = w.permit.take().flatten();
                     let (svc, req) = (w.svc.take(), w.req.take());
                     let state = w.state.clone();
-                    wait.take();
                     let (Some(mut svc), Some(req)) = (svc, req) else {
+                        wait.take();
                         return Poll::Ready(Err(polled_after_completion()));
                     };
+                    // The call consumes the token once it is made: a panic
+                    // in the inner service's `call` drops the wait with its
+                    // booking, which gives the token back (and the permit,
+                    // a local here, goes back too).
                     let future = svc.call(req);
+                    w.booking = None;
+                    wait.take();
                     self.as_mut().project().kind.set(Kind::Called {
                         future,
                         guard: Some(Guard {

@@ -134,8 +134,9 @@ where
         let State::Ready { booked } = self.booking.state else {
             return ResponseFuture::cold(not_ready());
         };
-        // The call consumes the booking: from here on nothing is given back.
-        self.booking.state = State::Idle;
+        // The booking stays until the call is made: if the cost function or
+        // the inner service's `call` panics, dropping this service gives
+        // the token back.
         let cost = self.cost.cost(&req);
         // When the token booked in poll_ready is the whole cost (a burst is
         // at least 1, so one token never exceeds it), there is nothing more
@@ -143,6 +144,8 @@ where
         // a refusal (a thin pointer), so that both paths build the future
         // here, in registers, rather than merging two futures through memory.
         let req = if cost != 1 || booked.is_none() {
+            // Settling consumes the booking (its tokens are counted there).
+            self.booking.state = State::Idle;
             match self.settle(booked, cost, req) {
                 Ok(req) => req,
                 Err(cold) => return ResponseFuture::cold(cold),
@@ -150,7 +153,10 @@ where
         } else {
             req
         };
-        ResponseFuture::called(self.inner.call(req), ())
+        let future = self.inner.call(req);
+        // The call is made: from here on nothing is given back.
+        self.booking.state = State::Idle;
+        ResponseFuture::called(future, ())
     }
 }
 
@@ -263,10 +269,18 @@ where
         };
         let deadline = waiting.shared.clock.instant(later.at);
         ready!(waiting.sleep.poll_until(deadline, cx));
-        waiting.later = None;
         match (waiting.svc.take(), waiting.req.take()) {
-            (Some(mut svc), Some(req)) => Poll::Ready(Ok((svc.call(req), ()))),
-            _ => Poll::Ready(Err(crate::error::polled_after_completion())),
+            (Some(mut svc), Some(req)) => {
+                // The tokens are spent once the call is made: a panic in
+                // `call` leaves them booked for the drop to give back.
+                let future = svc.call(req);
+                waiting.later = None;
+                Poll::Ready(Ok((future, ())))
+            }
+            _ => {
+                waiting.later = None;
+                Poll::Ready(Err(crate::error::polled_after_completion()))
+            }
         }
     }
 }
