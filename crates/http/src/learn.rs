@@ -430,12 +430,15 @@ where
             };
         };
         if learned.admit(&entry, Instant::now).is_ok() {
+            // The guard first: counted in flight by `admit`, the call is
+            // uncounted by its drop even if the inner `call` panics.
+            let in_flight = InFlight {
+                learned: learned.clone(),
+                entry,
+            };
             return LearnFuture::Call {
                 future: self.inner.call(req),
-                in_flight: Some(InFlight {
-                    learned: learned.clone(),
-                    entry,
-                }),
+                in_flight: Some(in_flight),
             };
         }
         let host = host.into_owned();
