@@ -18,7 +18,7 @@
 //! | `native-roots` | with `http`: `ClientBuilder::native_roots(true)`, to trust the system's certificate store instead of the bundled Mozilla roots (the feature alone changes nothing) | no |
 //! | `redis` | `redis`: limits shared through Redis (`tower-fanout-redis`) | no |
 //! | `sim` | `sim`: the simulated downstream (`tower-fanout-sim`) | no |
-//! | `full` | all of the above | no |
+//! | `full` | all of the above but `native-roots` | no |
 //!
 //! `BoxError` and `error` (the refusals and `ConfigError`) are always there.
 //!

@@ -224,3 +224,33 @@ async fn the_readme_client_snippet_compiles() -> Result<(), BoxError> {
     drop(resp);
     Ok(())
 }
+
+/// The README's "Use the layers" snippet, copied here to be compiled and
+/// run over a `service_fn` client; the README must still hold it as written,
+/// so an edit there fails this test until the copy follows.
+#[tokio::test(start_paused = true)]
+async fn the_readme_layers_snippet_builds_and_serves() -> Result<(), BoxError> {
+    const SNIPPET: &str = r#"let svc = ServiceBuilder::new()
+    .layer(BackpressureLayer::new(16)?)                       // ≤ 16 running, ≤ 48 queued
+    .layer(RateLimitLayer::builder(100, Duration::from_secs(1))
+        .burst(20)
+        .build()?)                                            // 100/s, 20 at once
+    .layer(ConcurrencyLimitLayer::new(16)?)                   // ≤ 16 sockets busy
+    .service(client);"#;
+    assert!(
+        include_str!("../README.md").contains(SNIPPET),
+        "the README's layers snippet changed: update this copy"
+    );
+
+    let client = service_fn(|n: u32| async move { Ok::<_, Infallible>(n) });
+    #[rustfmt::skip]
+    let svc = ServiceBuilder::new()
+        .layer(BackpressureLayer::new(16)?)                       // ≤ 16 running, ≤ 48 queued
+        .layer(RateLimitLayer::builder(100, Duration::from_secs(1))
+            .burst(20)
+            .build()?)                                            // 100/s, 20 at once
+        .layer(ConcurrencyLimitLayer::new(16)?)                   // ≤ 16 sockets busy
+        .service(client);
+    assert_eq!(svc.oneshot(7).await?, 7);
+    Ok(())
+}

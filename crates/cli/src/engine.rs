@@ -2,8 +2,10 @@
 //!
 //! Stack, outermost first: fan-out window (keyed by host, as the client's
 //! per-host limits are) → retry (Retry-After aware, no permit held while
-//! sleeping) → global rate limit → adaptive limit → attempt counter → the
-//! HTTP client preset (per-host limits, timeouts, body cap, address guard).
+//! sleeping) → global rate limit → per-host limit (`--per-host`, shared by
+//! every MCP call) → adaptive limit (`--adaptive`) or concurrency limit
+//! (`--concurrency`) → attempt counter → the HTTP client preset (per-host
+//! limits, timeouts, body cap, address guard).
 //! With `--deadline`, each item runs under one `Deadline` from its start,
 //! which the retry layer and the client read from its request; with
 //! `--batch-deadline` (or an MCP call's `deadline_seconds`) the batch has

@@ -101,7 +101,9 @@ struct Limits {
     /// Items accepted in one batch at most (fetch reads its input, and mcp each message, up to 16 KiB per item).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_items: u32,
-    /// Allow loopback, private, link-local and metadata addresses (refused by default).
+    /// Turn the address guard off: allow loopback, private, link-local,
+    /// unique-local, CGNAT, metadata and the other special-purpose addresses
+    /// (refused by default).
     #[arg(long)]
     allow_private: bool,
 }

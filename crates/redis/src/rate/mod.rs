@@ -21,7 +21,9 @@
 //! # Refusals
 //! By default a caller waits: the script books its tokens and says when
 //! they are there, and the response future sleeps until then (dropping it
-//! gives the booking back). With [`fail_fast`](RedisRateLimitBuilder::fail_fast)
+//! gives the booking back when nobody booked after it; otherwise the
+//! booking stays, the strict side, which
+//! [`max_wait`](RedisRateLimitBuilder::max_wait) bounds). With [`fail_fast`](RedisRateLimitBuilder::fail_fast)
 //! a request that finds the bucket short fails with
 //! `tower_fanout_core::error::RateLimited`, which carries the wait after
 //! which it would have been admitted.
