@@ -447,16 +447,28 @@ impl ClientBuilder {
                 "user_agent {bad:?} is not a valid header value: use visible ASCII and spaces only"
             )));
         }
-        if self.max_response_body == 0 || self.max_request_body == 0 || self.max_hosts == 0 {
-            return Err(Error::config(
-                "max_response_body, max_request_body and max_hosts must be at least 1 \
-                 (a request without a body passes any max_request_body)",
-            ));
+        for (name, value, note) in [
+            ("max_response_body", self.max_response_body, ""),
+            (
+                "max_request_body",
+                self.max_request_body,
+                " (a request without a body passes any max_request_body)",
+            ),
+            ("max_hosts", self.max_hosts, ""),
+        ] {
+            if value == 0 {
+                return Err(Error::config(format!(
+                    "{name} must be at least 1, got 0{note}"
+                )));
+            }
         }
         let mut host_timeouts = HashMap::with_capacity(self.host_timeouts.len());
         for (authority, timeout) in &self.host_timeouts {
-            let host = AuthorityKey::key_for(authority)
-                .map_err(|e| Error::config(format!("host_timeout: {e}")))?;
+            let host = AuthorityKey::key_for(authority).map_err(|e| {
+                let e = e.to_string();
+                let why = e.strip_prefix("invalid configuration: ").unwrap_or(&e);
+                Error::config(format!("invalid configuration: host_timeout: {why}"))
+            })?;
             if host_timeouts.insert(host.clone(), *timeout).is_some() {
                 return Err(Error::config(format!(
                     "host_timeout for {host:?} given twice: give each host one timeout"
@@ -943,7 +955,9 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let uri = req.uri();
         let host = uri.host();
-        let span = tracing::info_span!(
+        // At debug, as everything this crate logs on a request's path: an
+        // application logging at info gets no line per request.
+        let span = tracing::debug_span!(
             "http_request",
             method = %req.method(),
             host = %host.unwrap_or_default(),

@@ -297,16 +297,27 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let source = &self.source;
         match self.kind {
+            // Milliseconds with their fraction, as core's `RateLimited`
+            // says them: whole ones read 0 for a wait under a millisecond.
             Kind::RateLimited(r) if r.is_past_deadline() => write!(
                 f,
                 "rate limited: retry after {} ms, which would end past the call's deadline (a later deadline would let it wait)",
-                r.retry_after().as_millis()
+                r.retry_after().as_nanos() as f64 / 1e6
             ),
             Kind::RateLimited(r) => write!(
                 f,
                 "rate limited: retry after {} ms (longer than the retry layer's max_wait; raise it to wait that long)",
-                r.retry_after().as_millis()
+                r.retry_after().as_nanos() as f64 / 1e6
             ),
+            // The client's map of hosts is core's keyed map: its refusal
+            // names the client's setting, `max_hosts`, not core's `max_keys`.
+            Kind::Overloaded if find_in_chain::<TooManyKeys>(&**source).is_some() => {
+                let n = find_in_chain::<TooManyKeys>(&**source).map_or(0, |t| t.max_keys());
+                write!(
+                    f,
+                    "too many hosts at once: all {n} tracked hosts have calls in flight, none can be forgotten; raise `max_hosts` or bound the calls in flight"
+                )
+            }
             // Name the cause too: an agent reading only the top line must see
             // it. hyper-util's wrapper ("client error (Connect)") says little,
             // so the root of the chain (the refused address, the OS error) is

@@ -371,7 +371,7 @@ where
                 Err(_) => Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!(
-                        "no connection within the connect timeout of {} ms (DNS, TCP and TLS handshakes)",
+                        "no connection within the connect timeout of {} ms (DNS, TCP and TLS handshakes); raise `connect_timeout` if the host is known to be slow to reach",
                         timeout.as_millis()
                     ),
                 )

@@ -121,4 +121,26 @@ mod tests {
         let other: BoxError = "something else".into();
         assert_eq!(error_kind(&other), "other");
     }
+
+    /// The client's refusals name the client's settings and keep a wait's
+    /// fraction of a millisecond: "raise max_keys" named a setting the
+    /// client does not have (its map is bounded by `max_hosts`), and a wait
+    /// under a millisecond read "retry after 0 ms".
+    #[test]
+    fn refusals_name_the_clients_settings() {
+        use std::time::Duration;
+        use tower_fanout_core::error::RateLimited;
+        use tower_fanout_core::keyed::TooManyKeys;
+
+        let full = Error::from_box(Box::new(TooManyKeys::new(4))).to_string();
+        assert!(
+            full.contains("max_hosts") && !full.contains("max_keys"),
+            "{full}"
+        );
+        assert!(full.contains("all 4 tracked hosts"), "{full}");
+        let soon = Error::from_box(Box::new(RateLimited::new(Duration::from_micros(200))));
+        assert!(soon.to_string().contains("retry after 0.2 ms"), "{soon}");
+        let late = Error::from_box(Box::new(RateLimited::past_deadline(Duration::from_secs(2))));
+        assert!(late.to_string().contains("retry after 2000 ms"), "{late}");
+    }
 }

@@ -25,7 +25,11 @@ impl TooManyRedirects {
 
 impl fmt::Display for TooManyRedirects {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "more than {} redirects", self.max)
+        write!(
+            f,
+            "more than {} redirects: a redirect loop, or a chain longer than the cap (raise `max_redirects`)",
+            self.max
+        )
     }
 }
 

@@ -94,6 +94,8 @@ fn a_host_override_no_request_can_match_is_refused() {
         let err = builder.build().expect_err(what);
         assert!(err.is_config(), "{what}: {err}");
         assert!(err.to_string().contains(says), "{what}: {err}");
+        let text = err.to_string();
+        assert_eq!(text.matches("invalid configuration").count(), 1, "{text}");
     }
     // Written in another case or with the trailing dot, a host is still
     // the one requests are counted under.

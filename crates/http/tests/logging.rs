@@ -176,3 +176,22 @@ async fn rate_limited_refusals_log_nothing_at_info() {
         );
     }
 }
+
+/// The request's span is at debug: an application logging at info with
+/// span events on got a line for every request when it was at info. (At
+/// debug it is there: `span_names_method_host_and_status_never_the_query`.)
+#[tokio::test]
+async fn a_request_writes_nothing_at_info_even_with_span_events_on() {
+    let captured = capture(tracing::Level::INFO, true);
+    let addr = serve(handler(|_| async {
+        respond(200).body(Chunks::full("ok")).unwrap()
+    }))
+    .await;
+    let client = Client::builder().build().unwrap();
+    for _ in 0..3 {
+        let resp = client.get(&format!("http://{addr}/")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let out = captured.text();
+    assert!(out.is_empty(), "logged at info: {out}");
+}

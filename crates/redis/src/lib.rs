@@ -25,6 +25,13 @@
 //!   the shared one (`tower_fanout_core`'s own layers), and a warning is
 //!   logged once per outage, since an operator must act.
 //!
+//! What is logged above debug, each an event an operator acts on and none
+//! on a request's ordinary path: an outage's start (a warning, either way
+//! of failing), its end (info), a key of the wrong type in Redis (a
+//! warning, once per layer), and a lease lost with no room to take it back
+//! (a warning, once per permit that finds it). Everything else is at debug
+//! or below.
+//!
 //! No caller waits on Redis longer than the store's timeout. The store
 //! reconnects by itself, and the first decision after Redis comes back
 //! uses it again, with no rebuild of the layers. After a call times out the
