@@ -113,13 +113,15 @@ unit_error!(
     /// The backpressure layer catches the panic, answers the caller with this
     /// error and keeps serving the other requests.
     ServicePanicked,
-    "inner service panicked while handling the request"
+    "inner service panicked while handling the request (its message went to the panic hook, \
+     stderr by default); the other requests are served"
 );
 
 unit_error!(
     /// The backpressure layer needs a Tokio runtime to run its workers.
     NoRuntime,
-    "no Tokio runtime: the backpressure layer spawns its workers on the current Tokio runtime"
+    "no Tokio runtime: the backpressure layer spawns its workers on the current Tokio runtime; \
+     call the service from within one"
 );
 
 /// A rate limit refused the request; it may be retried after [`retry_after`](Self::retry_after).
@@ -237,7 +239,7 @@ impl fmt::Display for QueueFull {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "backpressure queue full ({} queued); retry later, wait instead of shedding, or raise the queue bound",
+            "backpressure queue full ({} queued); retry later, wait for a slot (drop `.fail_fast()`), or raise the queue bound (`BackpressureLayer::with_queue`)",
             self.capacity
         )
     }

@@ -313,3 +313,47 @@ async fn only_an_overload_answer_passes_its_retry_after_on() {
         [(Outcome::Success, None), (Outcome::Overload, Some(ms(500)))]
     );
 }
+
+/// A controller setting refused when built says what was given, beside
+/// what it takes: "backoff must be between 0 and 1" left a user with a
+/// computed value to find which one it was.
+#[test]
+fn a_refused_controller_setting_names_the_value_given() {
+    use tower_fanout_core::adaptive::{AimdController, WindowedController};
+
+    let messages = [
+        (
+            AimdController::builder().backoff(1.5).build().unwrap_err(),
+            "got 1.5",
+        ),
+        (
+            AimdController::builder()
+                .increase(-2.0)
+                .build()
+                .unwrap_err(),
+            "got -2",
+        ),
+        (
+            GradientController::builder()
+                .tolerance(0.5)
+                .build()
+                .unwrap_err(),
+            "got 0.5",
+        ),
+        (
+            VegasController::builder().backoff(0.0).build().unwrap_err(),
+            "got 0",
+        ),
+        (
+            WindowedController::builder()
+                .latency(Duration::from_secs(3), Duration::from_secs(1))
+                .build()
+                .unwrap_err(),
+            "got 3s above 1s",
+        ),
+    ];
+    for (err, says) in messages {
+        let text = err.to_string();
+        assert!(text.contains(says), "{text}");
+    }
+}

@@ -171,7 +171,8 @@ impl RetryBuilder {
         }
         if !(0.0..=1000.0).contains(&self.retry_percent) {
             return Err(Error::config(format!(
-                "retry budget percent must be within 0..=1000 (got {})",
+                "the retry budget's retry_percent (`RetryBuilder::budget`) is a ratio of retries to \
+                 requests within 0..=1000 (0.2 = one retry per five requests); got {}",
                 self.retry_percent
             )));
         }

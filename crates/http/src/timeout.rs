@@ -104,7 +104,7 @@ impl fmt::Display for TimedOut {
             ),
             What::Attempt => write!(
                 f,
-                "no complete response within {ms} ms (connect, headers and body); raise `timeout` if the server is known to be slow"
+                "no complete response within {ms} ms (connect, headers and body); raise `timeout` (or the host's `host_timeout`, if it has one) if the server is known to be slow"
             ),
             What::Deadline => write!(
                 f,

@@ -78,7 +78,10 @@ impl AimdBuilder {
     pub fn build(self) -> Result<AimdController, ConfigError> {
         let bounds = self.bounds.validate("aimd")?;
         if !(self.increase > 0.0 && self.increase.is_finite()) {
-            return Err(ConfigError::new("aimd: increase must be a positive number"));
+            return Err(ConfigError::new(format!(
+                "aimd: increase must be a positive number (1 adds one call a round trip); got {}",
+                self.increase
+            )));
         }
         super::validate_backoff("aimd", self.backoff)?;
         Ok(AimdController {

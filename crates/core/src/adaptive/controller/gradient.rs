@@ -277,9 +277,10 @@ impl GradientBuilder {
     pub fn build(self) -> Result<GradientController, ConfigError> {
         self.bounds.validate("gradient")?;
         if !(self.tolerance >= 1.0 && self.tolerance.is_finite()) {
-            return Err(ConfigError::new(
-                "gradient: tolerance must be at least 1 (1.25 lets the RTT grow by a quarter)",
-            ));
+            return Err(ConfigError::new(format!(
+                "gradient: tolerance must be at least 1 (1.25 lets the RTT grow by a quarter); got {}",
+                self.tolerance
+            )));
         }
         super::validate_backoff("gradient", self.backoff)?;
         Ok(GradientController::from_builder(self))

@@ -474,7 +474,7 @@ pub(crate) fn validate_backoff(what: &str, backoff: f64) -> Result<(), ConfigErr
         Ok(())
     } else {
         Err(ConfigError::new(format!(
-            "{what}: backoff must be between 0 and 1 exclusive (0.9 cuts by a tenth)"
+            "{what}: backoff must be between 0 and 1 exclusive (0.9 cuts by a tenth); got {backoff}"
         )))
     }
 }

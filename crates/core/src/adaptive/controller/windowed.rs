@@ -126,9 +126,10 @@ impl WindowedBuilder {
             ));
         }
         if self.fast > self.slow {
-            return Err(ConfigError::new(
-                "windowed: the fast latency must not be above the slow one",
-            ));
+            return Err(ConfigError::new(format!(
+                "windowed: `latency(fast, slow)` needs fast at most slow; got {:?} above {:?}",
+                self.fast, self.slow
+            )));
         }
         Ok(WindowedController::from_builder(self))
     }
@@ -270,7 +271,7 @@ mod tests {
             .latency(fast, slow)
             .build()
             .unwrap_err();
-        assert!(err.to_string().contains("fast latency"), "{err}");
+        assert!(err.to_string().contains("needs fast at most slow"), "{err}");
         // One threshold for both is allowed.
         assert!(
             WindowedController::builder()
