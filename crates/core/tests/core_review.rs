@@ -296,13 +296,35 @@ fn a_sub_millisecond_retry_after_is_not_shown_as_zero() {
     assert_eq!(msg, "rate limited: retry after 100 ms");
 }
 
+/// A downstream whose quota is spent: every call answers 429 with a 30 s
+/// `Retry-After`, a wait long enough for an adaptive limit to hold.
+#[cfg(feature = "adaptive")]
+fn quota_spent() -> impl tower::Service<
+    (),
+    Response = http::Response<()>,
+    Error = std::io::Error,
+    Future = impl Future<Output = Result<http::Response<()>, std::io::Error>> + Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(|()| async {
+        Ok::<_, std::io::Error>(
+            http::Response::builder()
+                .status(429)
+                .header("retry-after", "30")
+                .body(())
+                .unwrap(),
+        )
+    })
+}
+
 /// A fail-fast adaptive limit holding new calls after a long Retry-After
 /// refused with the message of a full limit ("no permit free ... raise the
 /// limit"), which sends a user to the wrong remedy: the hold is named now.
 #[cfg(feature = "adaptive")]
 #[tokio::test(start_paused = true)]
 async fn a_refusal_during_a_hold_names_the_hold() {
-    use tower::{ServiceExt, service_fn};
+    use tower::ServiceExt;
     use tower_fanout_core::adaptive::{AdaptiveLimitLayer, AimdController};
     use tower_fanout_core::error::Overloaded;
 
@@ -310,15 +332,7 @@ async fn a_refusal_during_a_hold_names_the_hold() {
     let layer = AdaptiveLimitLayer::new(controller).fail_fast();
     let svc = tower::ServiceBuilder::new()
         .layer(layer)
-        .service(service_fn(|()| async {
-            Ok::<_, std::io::Error>(
-                http::Response::builder()
-                    .status(429)
-                    .header("retry-after", "30")
-                    .body(())
-                    .unwrap(),
-            )
-        }));
+        .service(quota_spent());
     let answer = svc.clone().oneshot(()).await.unwrap();
     assert_eq!(answer.status(), 429);
     let err = svc.clone().oneshot(()).await.unwrap_err();
@@ -430,7 +444,7 @@ fn closed_says_the_workers_runtime_is_gone_and_what_to_do() {
 #[cfg(feature = "adaptive")]
 #[tokio::test(start_paused = true)]
 async fn a_closure_classifier_keeps_the_retry_after_hold_when_wrapped() {
-    use tower::{ServiceExt, service_fn};
+    use tower::ServiceExt;
     use tower_fanout_core::adaptive::{AdaptiveLimitLayer, AimdController};
     use tower_fanout_core::classify::HttpClassify;
     use tower_fanout_core::error::Overloaded;
@@ -439,17 +453,6 @@ async fn a_closure_classifier_keeps_the_retry_after_hold_when_wrapped() {
     let rules = |result: Result<&Res, &(dyn std::error::Error + 'static)>| match result {
         Ok(r) => HttpClassify::status(r.status()),
         Err(e) => HttpClassify::error(e),
-    };
-    let quota_spent = || {
-        service_fn(|()| async {
-            Ok::<_, std::io::Error>(
-                http::Response::builder()
-                    .status(429)
-                    .header("retry-after", "30")
-                    .body(())
-                    .unwrap(),
-            )
-        })
     };
     let controller = || AimdController::builder().initial(4).build().unwrap();
 

@@ -467,7 +467,8 @@ impl ClientBuilder {
             let host = AuthorityKey::key_for(authority).map_err(|e| {
                 let e = e.to_string();
                 let why = e.strip_prefix("invalid configuration: ").unwrap_or(&e);
-                Error::config(format!("invalid configuration: host_timeout: {why}"))
+                // `Error`'s display puts "invalid configuration" in front.
+                Error::config(format!("host_timeout: {why}"))
             })?;
             if host_timeouts.insert(host.clone(), *timeout).is_some() {
                 return Err(Error::config(format!(
@@ -1128,7 +1129,7 @@ where
             match this.before.as_mut().project() {
                 BeforeProj::Refused { error } => {
                     break 'steps Poll::Ready(Err(error.take().unwrap_or_else(|| {
-                        Error::from_box("response future polled after completion".into())
+                        Error::from_box(crate::error::polled_after_completion())
                     })));
                 }
                 BeforeProj::Reading {
@@ -1159,7 +1160,7 @@ where
                     };
                     let Some(parts) = parts.take() else {
                         break 'steps Poll::Ready(Err(Error::from_box(
-                            "response future polled after completion".into(),
+                            crate::error::polled_after_completion(),
                         )));
                     };
                     let req = Request::from_parts(parts, Full::new(body));

@@ -358,3 +358,9 @@ impl std::error::Error for Error {
         Some(&*self.source)
     }
 }
+
+/// The answer of a future polled again after it answered (a caller's bug;
+/// `async` blocks panic there, this crate's futures answer this).
+pub(crate) fn polled_after_completion() -> BoxError {
+    "response future polled after completion".into()
+}

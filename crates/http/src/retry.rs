@@ -790,7 +790,7 @@ where
                     this.step.set(RetryStep::Ready);
                 }
                 RetryStepProj::Done => {
-                    return Poll::Ready(Err("response future polled after completion".into()));
+                    return Poll::Ready(Err(crate::error::polled_after_completion()));
                 }
             }
         }

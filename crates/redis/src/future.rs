@@ -34,12 +34,19 @@ impl<T> Future for ResponseFuture<T> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let Some(inner) = self.inner.as_mut() else {
-            return Poll::Ready(Err("response future polled after completion".into()));
+            return Poll::Ready(Err(polled_after_completion()));
         };
         let output = std::task::ready!(inner.as_mut().poll(cx));
         self.inner = None;
         Poll::Ready(output)
     }
+}
+
+/// The answer of a response future polled again after it answered (a
+/// caller's bug; `async` blocks panic there, this crate's futures answer
+/// this).
+pub(crate) fn polled_after_completion() -> BoxError {
+    "response future polled after completion".into()
 }
 
 impl<T> fmt::Debug for ResponseFuture<T> {

@@ -198,7 +198,7 @@ where
             }
             KindProj::Refused { error } => Poll::Ready(Err(error
                 .take()
-                .unwrap_or_else(|| "response future polled after completion".into()))),
+                .unwrap_or_else(crate::future::polled_after_completion))),
         }
     }
 }
