@@ -122,7 +122,14 @@ impl FanoutServer {
             None => self.state.fetcher.clone(),
         };
         let items = self.check(input)?;
-        let (on_progress, notifier) = progress(&context, items.len());
+        let (latest, notifier) = progress(&context, items.len());
+        // The fan-out's callback only records the latest counts, and only
+        // for a client that listens.
+        let on_progress = move |p: &Progress| {
+            if let Some(latest) = &latest {
+                latest.send_replace(Some(p.clone()));
+            }
+        };
         // rmcp signals a cancelled call (the client's notifications/cancelled)
         // on this token and leaves its handler running: dropping the fetch
         // is what stops the batch and gives its share of the limits back.
@@ -234,18 +241,23 @@ impl ServerHandler for FanoutServer {
 /// Progress for a call whose client asked for it (a `progressToken` in its
 /// `_meta`): `notifications/progress` with the items done, the batch size
 /// and a line of counts, so an agent sees a long batch move (and a client
-/// that extends its timeout on progress keeps waiting). The fan-out's
-/// callback only records the latest counts; a task sends them, so a slow
-/// client coalesces updates rather than holding the batch back.
+/// that extends its timeout on progress keeps waiting): the sender the
+/// fan-out's callback records the latest counts in, and the task that
+/// sends them, so a slow client coalesces updates rather than holding the
+/// batch back. Neither for a client that did not ask.
 fn progress(
     context: &RequestContext<RoleServer>,
     total: usize,
 ) -> (
-    impl Fn(&Progress) + Send + Sync + 'static,
+    Option<tokio::sync::watch::Sender<Option<Progress>>>,
     Option<tokio::task::JoinHandle<()>>,
 ) {
+    let Some(token) = context.meta.get_progress_token() else {
+        // Nobody listens: the fan-out's callback records nothing.
+        return (None, None);
+    };
     let (latest, mut changed) = tokio::sync::watch::channel(None::<Progress>);
-    let notifier = context.meta.get_progress_token().map(|token| {
+    let notifier = {
         let peer = context.peer.clone();
         tokio::spawn(async move {
             while changed.changed().await.is_ok() {
@@ -261,11 +273,8 @@ fn progress(
                 }
             }
         })
-    });
-    let on_progress = move |p: &Progress| {
-        latest.send_replace(Some(p.clone()));
     };
-    (on_progress, notifier)
+    (Some(latest), Some(notifier))
 }
 
 /// The longest message line read: room for a tool call of `max_items`
