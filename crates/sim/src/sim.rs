@@ -43,6 +43,17 @@ struct Inner {
     state: Mutex<State>,
 }
 
+/// Begins a new measurement window at `now`; the recorder of the window
+/// that ends is given back.
+fn begin_window(state: &mut State, now: Instant) -> Recorder {
+    let (in_service, queued, open) = (state.in_service, state.queue.len(), state.open);
+    // The calls in service load the new window, but were admitted before
+    // it; the calls queued are in its queue; all those open count in its
+    // peak.
+    let fresh = Recorder::new(now).carrying(in_service, queued, open);
+    std::mem::replace(&mut state.stats, fresh)
+}
+
 #[derive(Debug)]
 struct State {
     rng: Rng,
@@ -160,13 +171,7 @@ impl Sim {
 
     /// Starts a new measurement window (e.g. after a warm-up).
     pub fn reset_stats(&self) {
-        let now = Instant::now();
-        let mut state = self.inner.lock();
-        let (in_service, queued, open) = (state.in_service, state.queue.len(), state.open);
-        // The calls in service load the new window, but were admitted before
-        // it; the calls queued are in its queue; all those open count in
-        // its peak.
-        state.stats = Recorder::new(now).carrying(in_service, queued, open);
+        begin_window(&mut self.inner.lock(), Instant::now());
     }
 
     /// What it recorded since the last window began, and a new window
@@ -177,10 +182,8 @@ impl Sim {
     pub fn take_stats(&self) -> Stats {
         let now = Instant::now();
         let mut state = self.inner.lock();
-        let (in_service, queued, open) = (state.in_service, state.queue.len(), state.open);
-        let stats = state.stats.snapshot(now, in_service);
-        state.stats = Recorder::new(now).carrying(in_service, queued, open);
-        stats
+        let mut ended = begin_window(&mut state, now);
+        ended.snapshot(now, state.in_service)
     }
 
     /// The concurrency capacity in force now (after any scheduled change).
