@@ -129,8 +129,7 @@ impl Semaphore {
 
     #[inline(never)]
     fn hand_over(&self) {
-        let mut waiters = self.lock();
-        self.grant_locked(&mut waiters);
+        self.grant(self.lock());
     }
 
     /// Moves the limit; a shrink below what is in use is paid off by releases.
@@ -139,14 +138,14 @@ impl Semaphore {
         allow(dead_code, reason = "only the adaptive limit moves it")
     )]
     pub(crate) fn set_limit(&self, new_limit: usize) {
-        let mut waiters = self.lock();
+        let waiters = self.lock();
         self.limit_changes.fetch_add(1, Ordering::Relaxed);
         fence(Ordering::Release);
         let old = self.limit.swap(new_limit, Ordering::Relaxed);
         let delta = to_state(new_limit) - to_state(old);
         self.state.fetch_add(delta, Ordering::AcqRel);
         self.limit_changes.fetch_add(1, Ordering::Release);
-        self.grant_locked(&mut waiters);
+        self.grant(waiters);
     }
 
     /// Polls for a permit, queueing `ticket` behind earlier waiters.
@@ -183,13 +182,13 @@ impl Semaphore {
                 *ticket = None;
                 return Poll::Ready(());
             }
-            if let Some(waiter) = waiters
+            // The waker replaced is dropped after the lock (see `grant`).
+            let _replaced = waiters
                 .iter_mut()
                 .find(|w| sync::Arc::ptr_eq(&w.granted, granted))
-                && !waiter.waker.will_wake(cx.waker())
-            {
-                waiter.waker = cx.waker().clone();
-            }
+                .filter(|waiter| !waiter.waker.will_wake(cx.waker()))
+                .map(|waiter| std::mem::replace(&mut waiter.waker, cx.waker().clone()));
+            drop(waiters);
             return Poll::Pending;
         }
         let mut waiters = self.lock();
@@ -202,7 +201,7 @@ impl Semaphore {
         self.state.fetch_or(WAITERS, Ordering::AcqRel);
         // A release may have landed between the failed fast path and the
         // flag: it saw no flag and added its permit, so look again.
-        self.grant_locked(&mut waiters);
+        self.grant(waiters);
         if granted.load(Ordering::Acquire) {
             return Poll::Ready(());
         }
@@ -216,36 +215,63 @@ impl Semaphore {
             return;
         };
         let mut waiters = self.lock();
-        if granted.load(Ordering::Acquire) {
+        // The waiter taken out is dropped after the lock (see `grant`).
+        let _removed = if granted.load(Ordering::Acquire) {
             self.state.fetch_add(ONE, Ordering::Release);
+            None
         } else {
-            waiters.retain(|w| !sync::Arc::ptr_eq(&w.granted, &granted));
-        }
-        self.grant_locked(&mut waiters);
+            waiters
+                .iter()
+                .position(|w| sync::Arc::ptr_eq(&w.granted, &granted))
+                .and_then(|at| waiters.remove(at))
+        };
+        self.grant(waiters);
     }
 
-    /// Hands free permits to waiters in order; clears the flag when none wait.
-    fn grant_locked(&self, waiters: &mut VecDeque<Waiter>) {
+    /// Hands free permits to waiters in order, clears the flag when none
+    /// wait, and releases the lock. The waiters granted are woken after it
+    /// is released: a waker is code we do not know (waking or dropping it
+    /// may drop a task whose future gives up its own ticket, which takes
+    /// this lock), and a task woken on another thread should not find the
+    /// lock still held. Past a batch of wakers it wakes those and locks again.
+    fn grant<'a>(&'a self, mut waiters: MutexGuard<'a, VecDeque<Waiter>>) {
+        const BATCH: usize = 8;
         loop {
-            if waiters.is_empty() {
-                self.state.fetch_and(!WAITERS, Ordering::AcqRel);
-                break;
+            let mut woken: [Option<Waker>; BATCH] = Default::default();
+            let mut count = 0;
+            let more = loop {
+                if waiters.is_empty() {
+                    self.state.fetch_and(!WAITERS, Ordering::AcqRel);
+                    break false;
+                }
+                let state = self.state.load(Ordering::Acquire);
+                if state >> 1 <= 0 {
+                    break false;
+                }
+                if count == BATCH {
+                    break true;
+                }
+                if self
+                    .state
+                    .compare_exchange(state, state - ONE, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                    && let Some(waiter) = waiters.pop_front()
+                {
+                    waiter.granted.store(true, Ordering::Release);
+                    woken[count] = Some(waiter.waker);
+                    count += 1;
+                }
+            };
+            self.waiting.store(waiters.len(), Ordering::Relaxed);
+            drop(waiters);
+            for waker in woken.into_iter().flatten() {
+                waker.wake();
             }
-            let state = self.state.load(Ordering::Acquire);
-            if state >> 1 <= 0 {
-                break;
+            if !more {
+                return;
             }
-            if self
-                .state
-                .compare_exchange(state, state - ONE, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-                && let Some(waiter) = waiters.pop_front()
-            {
-                waiter.granted.store(true, Ordering::Release);
-                waiter.waker.wake();
-            }
+            waiters = self.lock();
         }
-        self.waiting.store(waiters.len(), Ordering::Relaxed);
     }
 
     fn lock(&self) -> MutexGuard<'_, VecDeque<Waiter>> {
@@ -582,7 +608,7 @@ mod tests {
 
     /// A grow by several permits with one waiter queued grants it one and
     /// leaves the rest free. Found surviving in a mutation pass
-    /// (`grant_locked` halving the state word instead of taking one
+    /// (`grant` halving the state word instead of taking one
     /// permit, which lost a permit whenever more than one was free).
     #[test]
     fn a_grow_by_several_grants_one_waiter_and_frees_the_rest() {
@@ -607,6 +633,112 @@ mod tests {
         s.release();
         assert!(flag.0.load(Ordering::SeqCst), "the new task is woken");
         assert!(s.poll_acquire(&mut moved, &mut a).is_ready());
+    }
+
+    /// A waker that notes, each time it is woken or dropped, whether the
+    /// semaphore's queue lock was held then: a waker is code the semaphore
+    /// does not know (dropping one may drop a task whose future gives up its
+    /// ticket, which takes that lock), so none may run under it.
+    struct LockProbe {
+        semaphore: Arc<Semaphore>,
+        runs: Arc<AtomicUsize>,
+        under_lock: Arc<AtomicUsize>,
+    }
+
+    impl LockProbe {
+        fn waker(
+            semaphore: &Arc<Semaphore>,
+            runs: &Arc<AtomicUsize>,
+            under_lock: &Arc<AtomicUsize>,
+        ) -> Waker {
+            Waker::from(Arc::new(Self {
+                semaphore: semaphore.clone(),
+                runs: runs.clone(),
+                under_lock: under_lock.clone(),
+            }))
+        }
+
+        fn note(&self) {
+            // On the thread that would hold it, a held lock cannot be taken.
+            if self.semaphore.waiters.try_lock().is_err() {
+                self.under_lock.fetch_add(1, Ordering::SeqCst);
+            }
+            self.runs.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl std::task::Wake for LockProbe {
+        fn wake(self: Arc<Self>) {
+            self.note();
+        }
+    }
+
+    impl Drop for LockProbe {
+        fn drop(&mut self) {
+            self.note();
+        }
+    }
+
+    /// Every way a queued waker is woken or dropped (a release's hand-over,
+    /// a grow granting more waiters than one batch, a cancel, a waker
+    /// replaced, the slow path granting its own caller) runs it with the
+    /// queue lock released. Fails if any of them runs it under the lock.
+    #[test]
+    fn no_waker_runs_under_the_queue_lock() {
+        let s = Arc::new(Semaphore::new(0));
+        let runs = Arc::new(AtomicUsize::new(0));
+        let under_lock = Arc::new(AtomicUsize::new(0));
+        let probe = || LockProbe::waker(&s, &runs, &under_lock);
+        // Each poll's own waker is noted once more when the poll drops it
+        // (unless the queue still holds a clone).
+        let poll = |ticket: &mut Option<sync::Arc<AtomicBool>>| {
+            s.poll_acquire_slow(&mut Context::from_waker(&probe()), ticket)
+        };
+        let check = |stage: &str, expected_runs: usize| {
+            assert_eq!(
+                under_lock.load(Ordering::SeqCst),
+                0,
+                "{stage}: a waker ran under the lock"
+            );
+            assert_eq!(
+                runs.swap(0, Ordering::SeqCst),
+                expected_runs,
+                "{stage}: wakers run"
+            );
+        };
+
+        // A grow past one batch: twenty waiters, each woken and then
+        // dropped as it is granted.
+        let mut tickets: Vec<_> = (0..20).map(|_| None).collect();
+        for ticket in &mut tickets {
+            assert!(poll(ticket).is_pending());
+        }
+        s.set_limit(20);
+        check("grow", 40);
+        for ticket in &mut tickets {
+            assert!(poll(ticket).is_ready(), "every waiter granted");
+        }
+        check("polls after the grow", 20);
+        // A waker replaced by a second poll with another.
+        let (mut a, mut b) = (None, None);
+        assert!(poll(&mut a).is_pending());
+        assert!(poll(&mut b).is_pending());
+        assert!(poll(&mut b).is_pending());
+        check("replaced", 1);
+        // A release handing its permit over.
+        s.release();
+        check("hand-over", 2);
+        assert!(poll(&mut a).is_ready());
+        check("poll after the hand-over", 1);
+        // A queued waiter giving up.
+        s.cancel(&mut b);
+        check("cancel", 1);
+        // The slow path entered with a permit free grants its own caller.
+        s.release();
+        let mut c = None;
+        assert!(poll(&mut c).is_ready());
+        check("own grant", 2);
+        assert_eq!((s.in_use(), s.waiting()), (20, 0));
     }
 
     #[test]
