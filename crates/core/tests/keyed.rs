@@ -10,7 +10,7 @@ use std::time::Duration;
 use support::{Meter, at_once};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-use tokio_test::{assert_pending, assert_ready};
+use tokio_test::{assert_pending, assert_ready, assert_ready_ok};
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_fanout_core::BoxError;
 use tower_fanout_core::error::{Overloaded, RateLimited};
@@ -178,6 +178,44 @@ async fn dropped_futures_give_back_permit_and_token() {
     drop(first);
     assert_eq!(handle.in_flight(&key), 0);
     drop(tx);
+}
+
+/// Calls that give up while they wait for their key's token leave their
+/// slots to the calls after them: the latest booking goes back, and an
+/// earlier one goes to the next call that would wait longer.
+#[tokio::test(start_paused = true)]
+async fn calls_giving_up_at_the_gate_leave_their_tokens() {
+    let layer = KeyedLimitLayer::builder(one_a_second(10)).build().unwrap();
+    let handle = layer.handle();
+    let key = "h.test".to_string();
+    let (tx, backend) = gated_backend(None);
+    let svc = ServiceBuilder::new().layer(layer).service(backend);
+    let mut first = tokio_test::task::spawn(svc.clone().oneshot(get("h.test")));
+    assert_pending!(first.poll());
+    // Three calls book the tokens due at 1, 2 and 3 s.
+    let mut waiting: Vec<_> = (0..3)
+        .map(|_| tokio_test::task::spawn(svc.clone().oneshot(get("h.test"))))
+        .collect();
+    for call in &mut waiting {
+        assert_pending!(call.poll());
+    }
+    assert_eq!(handle.waiting(&key), 3);
+    // The two first to book leave; the one at 3 s stays.
+    let mut last = waiting.pop().unwrap();
+    drop(waiting);
+    // A newcomer would book 4 s, and takes the 1 s slot instead.
+    let mut newcomer = tokio_test::task::spawn(svc.clone().oneshot(get("h.test")));
+    assert_pending!(newcomer.poll());
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_ready_ok!(newcomer.poll(), "the newcomer is called at 1 s");
+    assert_pending!(last.poll());
+    assert_eq!(handle.waiting(&key), 1);
+    // The last leaves too: with it, the 2 s slot nobody took goes back, so
+    // the bucket is full again at 2 s.
+    drop(last);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(handle.tokens(&key), Some(1));
+    drop((first, tx));
 }
 
 /// The handle counts calls: one holding its permit while it waits for its

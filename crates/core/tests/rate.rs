@@ -204,6 +204,72 @@ async fn dropped_waiter_gives_its_token_back() {
     assert_ready_ok!(c.poll_ready(), "c waits one interval, not two");
 }
 
+/// A batch of callers, each bounded by one timeout, queue for a bucket of
+/// ten a second (burst 1) and all but the first two give up at 150 ms, in
+/// the order they booked, so each but the last leaves with later bookings
+/// behind it. All their tokens come back: at 300 ms the bucket is full and
+/// the next call goes at once. Before, only the last booking came back and
+/// the next call waited until 1.9 s for tokens nobody used.
+#[tokio::test(start_paused = true)]
+async fn callers_timing_out_in_a_queue_give_their_tokens_back() {
+    let (log, inner) = recorder();
+    let layer = RateLimitLayer::builder(10, Duration::from_secs(1))
+        .burst(1)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = tower::ServiceBuilder::new().layer(layer).service(inner);
+    let callers: Vec<_> = (0..20)
+        .map(|_| {
+            let svc = svc.clone();
+            tokio::spawn(tokio::time::timeout(
+                Duration::from_millis(150),
+                svc.oneshot(1),
+            ))
+        })
+        .collect();
+    let mut timed_out = 0;
+    for caller in callers {
+        if caller.await.unwrap().is_err() {
+            timed_out += 1;
+        }
+    }
+    assert_eq!((units_by(&log, Duration::MAX), timed_out), (2, 18));
+    tokio::time::sleep_until(Instant::now() + Duration::from_millis(150)).await;
+    assert_eq!(handle.tokens(), 1, "full again at 300 ms");
+    let start = Instant::now();
+    svc.oneshot(1).await.unwrap();
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "the next call waits for nothing"
+    );
+}
+
+/// A caller that would wait takes the slot of one who booked before it and
+/// left, when that slot comes sooner than its own.
+#[tokio::test(start_paused = true)]
+async fn a_slot_given_up_goes_to_the_next_caller_that_would_wait() {
+    let layer = RateLimitLayer::builder(1, Duration::from_secs(1))
+        .burst(1)
+        .build()
+        .unwrap();
+    let (mut a, _ha) = mock::spawn_layer::<(), (), _>(layer.clone());
+    let (mut b, _hb) = mock::spawn_layer::<(), (), _>(layer.clone());
+    let (mut c, _hc) = mock::spawn_layer::<(), (), _>(layer.clone());
+    let (mut d, _hd) = mock::spawn_layer::<(), (), _>(layer.clone());
+    assert_ready_ok!(a.poll_ready());
+    assert_pending!(b.poll_ready(), "b's slot at 1 s");
+    assert_pending!(c.poll_ready(), "c's slot at 2 s");
+    drop(b);
+    assert_pending!(d.poll_ready(), "d would book 3 s, and takes b's 1 s");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_ready_ok!(d.poll_ready(), "d goes at 1 s");
+    assert_pending!(c.poll_ready(), "c keeps its 2 s");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_ready_ok!(c.poll_ready());
+}
+
 #[tokio::test(start_paused = true)]
 async fn dropped_ready_service_gives_its_token_back() {
     let layer = RateLimitLayer::builder(1, Duration::from_secs(1))

@@ -82,7 +82,7 @@ struct Wait<S, Req> {
 impl<S, Req> Drop for Wait<S, Req> {
     fn drop(&mut self) {
         if let (Some(end), Some(bucket)) = (self.booking.take(), self.state.bucket.as_ref()) {
-            bucket.give_back(end, 1);
+            bucket.release(end, 1);
         }
         if self.token_at.is_some() && !self.token_done {
             self.state.awaiting_token.fetch_sub(1, Ordering::Relaxed);
@@ -121,6 +121,12 @@ impl<S, Req> Wait<S, Req> {
                 }
             } else {
                 let (end, at) = bucket.take_queued(now, 1);
+                // A slot given up by a caller that left comes sooner, maybe.
+                let (end, at) = if at > now {
+                    bucket.rebook(now, end, at, 1)
+                } else {
+                    (end, at)
+                };
                 // Given back with the wait if the call is refused below.
                 self.booking = Some(end);
                 if at > now {

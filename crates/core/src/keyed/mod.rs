@@ -35,7 +35,9 @@
 //! holds its permit (the handle counts it as waiting, not in flight); that
 //! costs no throughput, as any call that could take the permit would need a
 //! token of the same bucket first. A limit placed inside can still hold
-//! admitted calls back, and those go out together when it frees.
+//! admitted calls back, and those go out together when it frees. A call
+//! that gives up while it waits for its token leaves the token as the rate
+//! limit's callers do (see [`rate`](crate::rate), "Callers that give up").
 //!
 //! # Refusals
 //! Waiting is the default. With [`fail_fast`](KeyedLimitBuilder::fail_fast)

@@ -9,8 +9,20 @@
 //!
 //! Times are nanoseconds since the bucket's epoch. The interval is rounded
 //! up to a whole nanosecond so rounding can only make the bucket stricter.
+//!
+//! A caller that leaves before its call gives its booking up
+//! ([`TokenBucket::release`]). Only the latest booking can be pulled back
+//! out of the TAT; one with later bookings behind it is kept aside, goes
+//! back once those have gone back, and meanwhile its slot goes to the next
+//! caller that would otherwise wait longer ([`TokenBucket::rebook`]). Taking
+//! a slot somebody booked and left, at the time it was booked for, admits
+//! nothing the GCRA schedule had not already admitted, so the bound holds;
+//! without this, callers that time out while queued spent the budget of
+//! every slot they had booked.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 /// The longest a full bucket may take to refill (`interval × burst`), in
@@ -50,6 +62,12 @@ pub(crate) struct TokenBucket {
     /// `interval × burst`, computed once: how far ahead of now TAT may go.
     tolerance: u64,
     burst: u32,
+    /// Bookings given up while later ones stood behind them: the end of
+    /// each (its TAT) and its tokens. Touched only by callers that leave
+    /// or would wait, never on the path of a call admitted at once.
+    forfeits: Mutex<BTreeMap<u64, u32>>,
+    /// Entries in `forfeits`, read without its lock by a caller about to wait.
+    forfeited: AtomicUsize,
 }
 
 impl TokenBucket {
@@ -68,6 +86,8 @@ impl TokenBucket {
             interval,
             tolerance: interval.saturating_mul(u64::from(burst)),
             burst,
+            forfeits: Mutex::new(BTreeMap::new()),
+            forfeited: AtomicUsize::new(0),
         }
     }
 
@@ -142,16 +162,124 @@ impl TokenBucket {
         }
     }
 
-    /// Gives back `cost` tokens taken by the booking that ended at `end`.
+    /// Gives back `cost` tokens taken by the booking that ended at `end`,
+    /// if it is the latest.
     ///
     /// Only the latest booking can be undone exactly: a later one was placed
     /// behind it, so pulling the TAT back would let two bookings share one
     /// slot. Anything else is left booked, which only errs on the strict side.
-    pub(crate) fn give_back(&self, end: u64, cost: u32) -> bool {
+    fn give_back(&self, end: u64, cost: u32) -> bool {
         let start = end.saturating_sub(self.weight(cost));
         self.tat
             .compare_exchange(end, start, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
+    }
+
+    /// Gives up the booking of `cost` tokens that ended at `end`, made by a
+    /// caller that leaves without calling: given back at once if it is the
+    /// latest (with any given-up bookings right behind it), kept aside for
+    /// [`rebook`](Self::rebook) otherwise.
+    pub(crate) fn release(&self, end: u64, cost: u32) {
+        if cost == 0 {
+            return;
+        }
+        let mut forfeits = self.lock_forfeits();
+        self.release_locked(&mut forfeits, end, cost);
+        self.forfeited.store(forfeits.len(), Ordering::Relaxed);
+    }
+
+    fn release_locked(&self, forfeits: &mut BTreeMap<u64, u32>, end: u64, cost: u32) {
+        if !self.give_back(end, cost) {
+            // Ends are unique among live bookings: the TAT passes over a
+            // stretch once, and again only after it was given back.
+            forfeits.insert(end, cost);
+            return;
+        }
+        // The TAT is back at this booking's start: a booking given up that
+        // ended there is now the latest, and goes back too, and so on.
+        let mut tat = end.saturating_sub(self.weight(cost));
+        while let Some(&tokens) = forfeits.get(&tat) {
+            if !self.give_back(tat, tokens) {
+                // A new booking came in behind it meanwhile.
+                break;
+            }
+            forfeits.remove(&tat);
+            tat = tat.saturating_sub(self.weight(tokens));
+        }
+    }
+
+    /// A caller about to wait for the `cost` tokens it booked (ending at
+    /// `end`, there at `at`, later than `now`) takes instead the earliest
+    /// slot of `cost` tokens given up by a caller that left, if that slot
+    /// is there sooner and not before `now`, and gives its own booking up.
+    /// Returns the booking to wait for: `(end, at)` as before, or the slot's.
+    ///
+    /// The slot is used at the time it was booked for, so the schedule of
+    /// admissions is one the bucket had already allowed; a slot whose time
+    /// has passed is not taken (used late, it could bunch up with later
+    /// ones beyond the burst).
+    pub(crate) fn rebook(&self, now: u64, end: u64, at: u64, cost: u32) -> (u64, u64) {
+        if cost == 0 || self.forfeited.load(Ordering::Relaxed) == 0 {
+            return (end, at);
+        }
+        let mut forfeits = self.lock_forfeits();
+        // A booking that ended by now can no longer matter: pulled back, the
+        // TAT would still be behind now.
+        *forfeits = forfeits.split_off(&now.saturating_add(1));
+        let booking = match self.take_forfeit(&mut forfeits, now, cost, at) {
+            Some(slot) => {
+                self.release_locked(&mut forfeits, end, cost);
+                slot
+            }
+            None => (end, at),
+        };
+        self.forfeited.store(forfeits.len(), Ordering::Relaxed);
+        booking
+    }
+
+    /// Takes `cost` tokens out of the earliest given-up booking that has
+    /// them with the last of them there at or after `now`, if they are
+    /// there before `by`: the end of those tokens' booking and when they are
+    /// there. What is left of the booking before and after them stays
+    /// given up.
+    fn take_forfeit(
+        &self,
+        forfeits: &mut BTreeMap<u64, u32>,
+        now: u64,
+        cost: u32,
+        by: u64,
+    ) -> Option<(u64, u64)> {
+        let (interval, tolerance) = (self.interval, self.tolerance());
+        // A booking's last token is there at `end - tolerance`.
+        let from = now.saturating_add(tolerance);
+        let (&end, &tokens) = forfeits.range(from..).find(|&(_, &k)| k >= cost)?;
+        // Token `i` of `tokens` ends at `end - (tokens - 1 - i) × interval`:
+        // the first there at or after now is `tokens - 1 - behind`; take the
+        // `cost` tokens that end with it, or the first `cost`.
+        let behind = u32::try_from((end - from) / interval).unwrap_or(u32::MAX);
+        let first_due = (tokens - 1).saturating_sub(behind);
+        let skip = first_due.saturating_sub(cost - 1);
+        let after = tokens - skip - cost;
+        let slot_end = end.saturating_sub(self.weight(after));
+        let slot_at = slot_end.saturating_sub(tolerance);
+        if slot_at >= by {
+            return None;
+        }
+        forfeits.remove(&end);
+        if skip > 0 {
+            // Tokens whose time has passed: kept only so that pulling the
+            // TAT back can go on past them.
+            forfeits.insert(slot_end.saturating_sub(self.weight(cost)), skip);
+        }
+        if after > 0 {
+            forfeits.insert(end, after);
+        }
+        Some((slot_end, slot_at))
+    }
+
+    fn lock_forfeits(&self) -> MutexGuard<'_, BTreeMap<u64, u32>> {
+        // Each critical section leaves the map whole between its steps.
+        self.forfeits.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -244,6 +372,90 @@ mod tests {
         assert!(!b.give_back(first, 1));
     }
 
+    /// Twenty callers queued one behind the other, as a batch with one
+    /// timeout gives them: they leave in the order they booked, so only the
+    /// last is the latest booking when it leaves. Every token comes back,
+    /// the last one's pulling the others' back behind it. Before, the
+    /// nineteen left booked and the bucket was empty for two seconds.
+    #[test]
+    fn callers_leaving_in_booking_order_give_every_token_back() {
+        let b = TokenBucket::new(10, Duration::from_secs(1), 1);
+        assert_eq!(b.take_queued(0, 1).1, 0, "the one call admitted");
+        let bookings: Vec<(u64, u64)> = (0..20).map(|_| b.take_queued(0, 1)).collect();
+        assert_eq!(bookings[19].1, 2 * SEC);
+        for &(end, _) in &bookings {
+            b.release(end, 1);
+        }
+        assert_eq!(b.forfeited.load(Ordering::Relaxed), 0, "nothing left aside");
+        assert_eq!(
+            b.tokens(SEC / 10),
+            1,
+            "full again one interval after the call"
+        );
+        assert_eq!(b.take_queued(SEC / 10, 1).1, SEC / 10);
+    }
+
+    /// A slot given up behind later bookings goes to the next caller that
+    /// would wait longer; its own booking goes back. A slot whose time has
+    /// passed is not taken, and one not sooner than the caller's own is not
+    /// either.
+    #[test]
+    fn a_waiting_caller_takes_the_earliest_slot_given_up() {
+        let b = TokenBucket::new(10, Duration::from_secs(1), 1);
+        b.take_queued(0, 1);
+        let a = b.take_queued(0, 1);
+        let later = b.take_queued(0, 1);
+        assert_eq!((a.1, later.1), (SEC / 10, 2 * SEC / 10));
+        b.release(a.0, 1);
+        // At 50 ms a newcomer books for 300 ms and takes a's 100 ms instead.
+        let (end, at) = b.take_queued(SEC / 20, 1);
+        assert_eq!(at, 3 * SEC / 10);
+        assert_eq!(b.rebook(SEC / 20, end, at, 1), a);
+        // Its own booking went back: the next one is for 300 ms again.
+        let (end, at) = b.take_queued(SEC / 20, 1);
+        assert_eq!(at, 3 * SEC / 10);
+        assert_eq!(
+            b.rebook(SEC / 20, end, at, 1),
+            (end, at),
+            "nothing left aside"
+        );
+        b.release(end, 1);
+
+        // Given up, then past: at 150 ms the 100 ms slot is not taken.
+        let b = TokenBucket::new(10, Duration::from_secs(1), 1);
+        b.take_queued(0, 1);
+        let a = b.take_queued(0, 1);
+        b.take_queued(0, 1);
+        b.release(a.0, 1);
+        let now = 3 * SEC / 20;
+        let (end, at) = b.take_queued(now, 1);
+        assert_eq!(b.rebook(now, end, at, 1), (end, at));
+    }
+
+    /// A booking of several tokens given up serves smaller ones: the first
+    /// `cost` of its tokens that are not past, the rest kept aside.
+    #[test]
+    fn a_slot_of_several_tokens_is_shared_out() {
+        let b = TokenBucket::new(10, Duration::from_secs(1), 4);
+        let full = b.take_queued(0, 4);
+        assert_eq!(full.1, 0);
+        let big = b.take_queued(0, 3);
+        let behind = b.take_queued(0, 1);
+        assert_eq!((big.1, behind.1), (3 * SEC / 10, 4 * SEC / 10));
+        b.release(big.0, 3);
+        // Its tokens are there at 100, 200 and 300 ms.
+        let (end, at) = b.take_queued(0, 2);
+        assert_eq!(at, 6 * SEC / 10);
+        let (end, at) = b.rebook(0, end, at, 2);
+        assert_eq!(at, 2 * SEC / 10, "the first two of the three");
+        // At 250 ms the one left (300 ms) goes to a caller of cost 1; the
+        // 100 ms one, past, to nobody.
+        let now = 25 * SEC / 100;
+        let (own_end, own_at) = b.take_queued(now, 1);
+        assert_eq!(b.rebook(now, own_end, own_at, 1).1, 3 * SEC / 10);
+        b.release(end, 2);
+    }
+
     #[test]
     fn at_the_refill_bound_saturated_bookings_admit_nothing() {
         // The longest refill `check_refill` lets through, one token of it.
@@ -301,21 +513,22 @@ mod tests {
             }
 
             /// Waiting bookings, give-backs (of the latest booking, or of
-            /// an older one, which is refused) and fail-fast takes mixed:
-            /// over every window between two admissions, the tokens admitted
-            /// (a booking's at its slot, a take's at once; given back: none)
-            /// stay within burst + window / interval.
+            /// an older one, which is refused), callers leaving in any order
+            /// and callers taking the slots they gave up, and fail-fast
+            /// takes mixed: over every window between two admissions, the
+            /// tokens admitted (a booking's at its slot, a take's at once;
+            /// given back or up: none) stay within burst + window / interval.
             #[test]
             fn give_backs_keep_every_window_within_the_bound(
                 rate in 1u32..50,
                 burst in 1u32..8,
-                steps in proptest::collection::vec((0u64..300_000_000, 0u8..4, 1u32..4), 1..120),
+                steps in proptest::collection::vec((0u64..300_000_000, 0u8..7, 1u32..4, 0usize..64), 1..160),
             ) {
                 let b = TokenBucket::new(rate, Duration::from_secs(1), burst);
                 let mut now = 0u64;
                 // (admitted at, tokens, booking end while it can be given back)
                 let mut admitted: Vec<(u64, u32, Option<u64>)> = Vec::new();
-                for (dt, op, cost) in steps {
+                for (dt, op, cost, pick) in steps {
                     now += dt;
                     let cost = cost.min(burst);
                     match op {
@@ -328,10 +541,31 @@ mod tests {
                             // (op 2) the oldest: only the latest can be.
                             let mut held = admitted.iter().enumerate().filter(|(_, a)| a.2.is_some());
                             let pick = if op == 1 { held.next_back() } else { held.min_by_key(|(_, a)| a.0) };
-                            if let Some((i, &(_, _, Some(end)))) = pick
-                                && b.give_back(end, 1)
+                            if let Some((i, &(_, n, Some(end)))) = pick
+                                && b.give_back(end, n)
                             {
                                 admitted.remove(i);
+                            }
+                        }
+                        3 => {
+                            // A caller that would wait, taking a slot given
+                            // up if one comes sooner.
+                            let (end, at) = b.take_queued(now, cost);
+                            if at > now {
+                                let (slot_end, slot_at) = b.rebook(now, end, at, cost);
+                                prop_assert!((now..=at).contains(&slot_at), "slot at {} for a wait from {} to {}", slot_at, now, at);
+                                admitted.push((slot_at, cost, Some(slot_end)));
+                            } else {
+                                admitted.push((now, cost, Some(end)));
+                            }
+                        }
+                        4 | 5 => {
+                            // A caller leaving: the booking made last, or a
+                            // random one still to come or ready.
+                            let held: Vec<usize> = admitted.iter().enumerate().filter(|(_, a)| a.2.is_some()).map(|(i, _)| i).collect();
+                            if let Some(&i) = if op == 4 { held.last() } else { held.get(pick % held.len().max(1)) } {
+                                let (_, n, end) = admitted.remove(i);
+                                b.release(end.unwrap_or_default(), n);
                             }
                         }
                         _ => {

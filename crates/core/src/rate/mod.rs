@@ -21,10 +21,19 @@
 //! services were ready together. For that wait the ready inner service goes
 //! into the response future and a clone takes its place, which is why the
 //! rate limit's inner service must be `Clone` (tower's hyper clients and
-//! stacks of tower layers are). A caller that drops the response future
-//! while it waits gives its tokens back when nobody booked after it. A
-//! fail-fast limiter checks the full cost in `call` and refuses with the
-//! exact wait instead.
+//! stacks of tower layers are). A fail-fast limiter checks the full cost in
+//! `call` and refuses with the exact wait instead.
+//!
+//! # Callers that give up
+//! A caller that leaves before its call (a timeout above the limit, a
+//! dropped future or service) gives up the tokens it booked. The latest
+//! booking goes straight back to the bucket. One with later bookings
+//! behind it cannot (they were placed after it), so its slot goes to the
+//! next caller that would otherwise wait longer, and its tokens go back
+//! once the bookings behind it are gone too. So a batch of callers that
+//! time out while queued does not leave the bucket spent for the time their
+//! slots would have taken. A slot whose time has passed is taken by nobody:
+//! used late it could bunch with later calls past the burst.
 //!
 //! # Sharing
 //! The bucket is held in an `Arc` inside the layer: every service the layer
@@ -47,13 +56,15 @@
 //!
 //! # Refusals
 //! By default `poll_ready` waits for a token, and waiting callers are served
-//! in the order they arrived (each books its slot). With
+//! in the order they arrived (each books its slot; a slot given up goes to
+//! the next caller that would wait, ahead of those already waiting for
+//! later ones). With
 //! [`fail_fast`](RateLimitBuilder::fail_fast), a request that finds the
 //! bucket short fails with [`RateLimited`](crate::error::RateLimited), which
 //! carries the wait after which it would have been admitted.
 //!
-//! A service whose inner `poll_ready` fails gives its booked token back with
-//! the error (when nobody booked behind it), and is no longer ready.
+//! A service whose inner `poll_ready` fails gives its booked token up with
+//! the error, as a caller that leaves does, and is no longer ready.
 //!
 //! # Example
 //! ```

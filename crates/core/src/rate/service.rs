@@ -46,7 +46,7 @@ impl Booking {
         if let State::Waiting { end, .. } | State::Ready { booked: Some(end) } =
             std::mem::replace(&mut self.state, State::Idle)
         {
-            self.shared.bucket.give_back(end, 1);
+            self.shared.bucket.release(end, 1);
         }
     }
 }
@@ -247,13 +247,12 @@ struct Waiting<S, Req> {
 
 impl<S, Req> Drop for Waiting<S, Req> {
     fn drop(&mut self) {
-        // Left before the call: the tokens go back if nothing was booked
-        // behind them (otherwise they stay booked, the strict side).
+        // Left before the call: the tokens go back, or to the next caller
+        // that would wait for later ones.
         if let Some(later) = self.later.take() {
             let bucket = &self.shared.bucket;
-            if bucket.give_back(later.end, later.tokens) {
-                bucket.give_back(later.first, 1);
-            }
+            bucket.release(later.end, later.tokens);
+            bucket.release(later.first, 1);
         }
     }
 }
@@ -325,6 +324,12 @@ impl<S, C> RateLimit<S, C> {
     #[cold]
     #[inline(never)]
     fn start_waiting(&mut self, end: u64, at: u64, now: u64) {
+        // A slot given up by a caller that left comes sooner, maybe.
+        let (end, at) = self.booking.shared.bucket.rebook(now, end, at, 1);
+        if at <= now {
+            self.booking.state = State::Ready { booked: Some(end) };
+            return;
+        }
         tracing::debug!(
             tokens = 0,
             wait_ms = Duration::from_nanos(at - now).as_millis() as u64,
@@ -361,7 +366,7 @@ impl<S, C> RateLimit<S, C> {
         let bucket = &shared.bucket;
         if cost > bucket.burst() {
             if let Some(end) = booked {
-                bucket.give_back(end, 1);
+                bucket.release(end, 1);
             }
             tracing::debug!(
                 cost,
@@ -373,7 +378,7 @@ impl<S, C> RateLimit<S, C> {
         match booked {
             Some(first) => match cost {
                 0 => {
-                    bucket.give_back(first, 1);
+                    bucket.release(first, 1);
                 }
                 1 => {}
                 // The rest of the cost is booked now; if it is not there
@@ -383,6 +388,11 @@ impl<S, C> RateLimit<S, C> {
                 more => {
                     let now = shared.clock.now();
                     let (end, at) = bucket.take_queued(now, more - 1);
+                    let (end, at) = if at > now {
+                        bucket.rebook(now, end, at, more - 1)
+                    } else {
+                        (end, at)
+                    };
                     if at > now {
                         return Settled::Later(Later {
                             at,
