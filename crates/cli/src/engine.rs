@@ -512,11 +512,23 @@ fn failed(item: Item, error: String) -> Record {
 }
 
 /// An item's error as one line, in the CLI's terms: the body cap is the
-/// `--max-body` flag here, not the library setting the error names, and a
-/// `Retry-After` past the retry layer's wait cap says when to come back.
+/// `--max-body` flag here, not the library setting the error names, the
+/// address guard is turned off by `--allow-private`, and a `Retry-After`
+/// past the retry layer's wait cap says when to come back.
 fn describe(error: &(dyn std::error::Error + 'static)) -> String {
     let mut next = Some(error);
     while let Some(e) = next {
+        if let Some(refused) = e.downcast_ref::<tower_fanout_http::guard::RefusedAddress>() {
+            let ip = refused
+                .ip()
+                .map(|ip| format!(" ({ip})"))
+                .unwrap_or_default();
+            return format!(
+                "address guard refused {}{ip}: private, loopback, link-local or metadata \
+                 address; fanout refuses those unless started with --allow-private",
+                refused.host()
+            );
+        }
         if let Some(cap) = e.downcast_ref::<tower_fanout_http::BodyTooLarge>() {
             return format!(
                 "response body too large: over the --max-body cap of {} bytes",
@@ -602,6 +614,14 @@ mod tests {
                 .unwrap();
             let err = stack.clone().oneshot(req).await.unwrap_err();
             assert!(chain(&*err).contains("address guard refused"), "{err}");
+            // Said in the CLI's terms: its flag, not the library's setting.
+            let text = describe(&*err);
+            assert!(
+                text.contains("address guard refused localhost (")
+                    && text.contains("--allow-private")
+                    && !text.contains("address_guard"),
+                "{text}"
+            );
         }
         assert!(
             handle.limit() >= 3,

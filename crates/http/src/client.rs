@@ -333,7 +333,12 @@ impl ClientBuilder {
         self
     }
 
-    /// Send each request once, never retrying.
+    /// Send each request once, never retrying. A host held by an earlier
+    /// answer ([`learn_rate_limits`](Self::learn_rate_limits)) is still
+    /// waited for up to the retry defaults' `max_wait` (60 s); for another
+    /// bound, pass [`retry`](Self::retry) a layer of
+    /// [`max_retries(0)`](crate::retry::RetryBuilder::max_retries) and the
+    /// [`max_wait`](crate::retry::RetryBuilder::max_wait) you want instead.
     #[must_use]
     pub fn no_retry(mut self) -> Self {
         self.retry = None;
@@ -342,6 +347,19 @@ impl ClientBuilder {
 
     /// Learn each host's budget from its rate-limit headers and hold its
     /// requests while nothing remains (default on). See [`headers`](crate::headers).
+    ///
+    /// The hold is per host (its authority, host and port, as
+    /// [`host_limit`](Self::host_limit) names it), not per path: once a 429
+    /// or 503 answers with `Retry-After`, or an answer's rate-limit headers
+    /// say nothing remains until a reset, every request to that host waits
+    /// until the time given, whatever its path. A wait up to the retry
+    /// layer's [`max_wait`](crate::retry::RetryBuilder::max_wait) (60 s by
+    /// default, and with [`no_retry`](Self::no_retry)) is slept; a longer
+    /// one, or one ending at or past the call's [`deadline`](Self::deadline),
+    /// fails the call at once, unsent, with [`Error::is_rate_limited`] and
+    /// the wait as [`Error::retry_after`]. With `false`, every request is
+    /// sent and the server answers for itself (a `Retry-After` is then
+    /// honoured only by the retry of the request it answered).
     #[must_use]
     pub fn learn_rate_limits(mut self, on: bool) -> Self {
         self.learn_rate_limits = on;
@@ -575,8 +593,15 @@ impl ClientBuilder {
         let retry = self.retry.clone().unwrap_or_else(RetryLayer::never);
         let learned = Learn::new(
             limited,
-            self.learn_rate_limits
-                .then(|| Arc::new(Learned::new(self.max_hosts, retry.max_wait()))),
+            self.learn_rate_limits.then(|| {
+                let learned = Learned::new(self.max_hosts, retry.max_wait());
+                // Without retries the cap is the defaults', not the user's:
+                // the refusal of a held host says so.
+                Arc::new(match self.retry {
+                    Some(_) => learned,
+                    None => learned.without_retries(),
+                })
+            }),
         );
         let stack: Stack = match self.max_redirects {
             0 => Either::Right(learned),

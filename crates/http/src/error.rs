@@ -10,6 +10,7 @@ use tower_fanout_core::keyed::TooManyKeys;
 use crate::BoxError;
 use crate::body::{BodyTooLarge, ReadBody, RequestBodyTooLarge};
 use crate::guard::{PortOutOfRange, RefusedAddress};
+use crate::learn::HostHeld;
 use crate::redirect::TooManyRedirects;
 use crate::timeout::TimedOut;
 
@@ -28,6 +29,8 @@ use crate::timeout::TimedOut;
 pub struct Error {
     kind: Kind,
     source: BoxError,
+    /// The hold of the call's host by an earlier answer, when that refused it.
+    held: Option<Box<HostHeld>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +54,7 @@ impl Error {
         Self {
             kind: Kind::InvalidRequest,
             source: source.into(),
+            held: None,
         }
     }
 
@@ -58,13 +62,20 @@ impl Error {
         Self {
             kind: Kind::Config,
             source: message.into().into(),
+            held: None,
         }
     }
 
     /// Classifies an error from the stack by the first known error in its chain.
     pub(crate) fn from_box(source: BoxError) -> Self {
+        // A held host's refusal keeps core's `RateLimited` as the source,
+        // which callers downcast; the hold is told in the message.
+        let (source, held) = match source.downcast::<HostHeld>() {
+            Ok(held) => (Box::new(held.limited) as BoxError, Some(held)),
+            Err(source) => (source, None),
+        };
         let kind = classify(&*source);
-        Self { kind, source }
+        Self { kind, source, held }
     }
 
     /// The attempt (connect, request, response body), or reading a streamed
@@ -93,7 +104,9 @@ impl Error {
     /// The server (or a local limit) asked for a wait longer than the retry
     /// cap, or one that would end past the call's deadline (then
     /// [`RateLimited::is_past_deadline`] in the source chain);
-    /// [`retry_after`](Self::retry_after) says how long.
+    /// [`retry_after`](Self::retry_after) says how long. That includes a
+    /// call never sent because an earlier answer holds its host (see
+    /// [`ClientBuilder::learn_rate_limits`](crate::ClientBuilder::learn_rate_limits)).
     pub fn is_rate_limited(&self) -> bool {
         matches!(self.kind, Kind::RateLimited(_))
     }
@@ -289,13 +302,20 @@ fn classify(err: &(dyn std::error::Error + 'static)) -> Kind {
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_tuple("tower_fanout_http::Error");
-        d.field(&self.kind).field(&self.source).finish()
+        d.field(&self.kind).field(&self.source);
+        if let Some(held) = &self.held {
+            d.field(held);
+        }
+        d.finish()
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let source = &self.source;
+        if let Some(held) = &self.held {
+            return write!(f, "{held}");
+        }
         match self.kind {
             // Milliseconds with their fraction, as core's `RateLimited`
             // says them: whole ones read 0 for a wait under a millisecond.

@@ -197,9 +197,11 @@ impl RefusedAddress {
 impl fmt::Display for RefusedAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.ip {
+            // The way past it too: reaching such an address is sometimes
+            // meant (a proxy, an internal service, a test server).
             Some(ip) => write!(
                 f,
-                "address guard refused {} ({ip}): private, loopback, link-local or metadata address",
+                "address guard refused {} ({ip}): private, loopback, link-local or metadata address; if it is meant to be reached, let it through with the client's `address_guard_allow({ip})`, or turn the guard off with `address_guard(false)`",
                 self.host
             ),
             None => write!(

@@ -25,13 +25,16 @@
 //! tokens), the tightest holds, and the next tightest that outlasts it binds
 //! once it resets.
 //!
-//! Entries are kept per host in a map bounded by `max_hosts`; when it is
-//! full, hosts with nothing in flight and no wait ahead are forgotten first,
-//! and a host that finds no room is simply not tracked.
+//! Entries are kept per host (core's `AuthorityKey`: host and port, not the
+//! path) in a map bounded by `max_hosts`; when it is full, hosts with nothing
+//! in flight and no wait ahead are forgotten first, and a host that finds no
+//! room is simply not tracked.
 //!
-//! A wait longer than the retry layer's cap (`max_wait`), or one ending at or past
-//! the call's deadline (the client's `deadline`), is not slept: the request
-//! fails at once with `RateLimited`, as a long `Retry-After` does.
+//! A wait longer than the retry layer's cap (`max_wait`; with `no_retry`,
+//! the retry defaults' 60 s), or one ending at or past the call's deadline
+//! (the client's `deadline`), is not slept: the request fails at once with
+//! `RateLimited`, as a long `Retry-After` does, wrapped in [`HostHeld`] so
+//! the client's message can say the host was held by an earlier answer.
 //!
 //! A hold is not noted as a [`DeliberateWait`](tower_fanout_core::DeliberateWait):
 //! it is the host's own word on its capacity, which an adaptive limit above
@@ -125,6 +128,9 @@ pub(crate) struct Learned {
     /// A wait for a host's reset longer than this fails with `RateLimited`
     /// instead (the retry layer's cap, so both waits are bounded alike).
     max_wait: Duration,
+    /// Whether the client retries: without, `max_wait` is no setting of the
+    /// user's, and the refusal must not name a retry layer.
+    retries: bool,
 }
 
 impl Learned {
@@ -135,7 +141,15 @@ impl Learned {
             holding: AtomicUsize::new(0),
             max_hosts,
             max_wait,
+            retries: true,
         }
+    }
+
+    /// For a client built with `no_retry`: `max_wait` is then the retry
+    /// defaults', which the refusal names as such.
+    pub(crate) fn without_retries(mut self) -> Self {
+        self.retries = false;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Box<str>, Arc<Entry>>> {
@@ -303,6 +317,66 @@ impl Learned {
 /// when it already is.
 fn host_of<B>(req: &Request<B>) -> Cow<'_, str> {
     AuthorityKey.key(req)
+}
+
+/// A call refused because its host is held by an earlier answer: core's
+/// [`RateLimited`] (its source), with what the client's message names. The
+/// client's [`Error`](crate::Error) takes the `RateLimited` out as its own
+/// source, which callers downcast.
+#[derive(Debug)]
+pub(crate) struct HostHeld {
+    pub(crate) limited: RateLimited,
+    host: Box<str>,
+    max_wait: Duration,
+    retries: bool,
+}
+
+impl fmt::Display for HostHeld {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The call itself drew no answer: name the host and the earlier
+        // answer as the cause, then the limit that chose not to wait.
+        write!(
+            f,
+            "rate limited: {} is held for another {} by an earlier answer's Retry-After or rate-limit headers",
+            self.host,
+            seconds(self.limited.retry_after())
+        )?;
+        let max_wait = seconds(self.max_wait);
+        if self.limited.is_past_deadline() {
+            f.write_str(
+                ", which would end past the call's deadline (a later deadline would let it wait it out, or turn learn_rate_limits off)",
+            )
+        } else if self.retries {
+            write!(
+                f,
+                " (longer than the retry layer's max_wait of {max_wait}; raise max_wait to wait it out, or turn learn_rate_limits off)"
+            )
+        } else {
+            // `no_retry` leaves the retry defaults' cap on the hold, which
+            // only a retry layer of no retries can change.
+            write!(
+                f,
+                " (longer than the {max_wait} a held host is waited for with no_retry; to wait longer, pass `retry(RetryLayer::builder().max_retries(0).max_wait(..))` instead, or turn learn_rate_limits off)"
+            )
+        }
+    }
+}
+
+impl std::error::Error for HostHeld {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.limited)
+    }
+}
+
+/// A wait in seconds to the millisecond (a hold is seconds long; the exact
+/// figure is in `retry_after`), or in milliseconds with their fraction
+/// below a second, as core's `RateLimited` says them.
+fn seconds(wait: Duration) -> String {
+    if wait < Duration::from_secs(1) {
+        return format!("{} ms", wait.as_nanos() as f64 / 1e6);
+    }
+    let text = format!("{:.3}", wait.as_secs_f64());
+    format!("{} s", text.trim_end_matches('0').trim_end_matches('.'))
 }
 
 /// Counts a request in flight until dropped.
@@ -508,10 +582,16 @@ where
                     retry_after_ms = wait.as_millis() as u64,
                     "host budget resets after the wait cap or the call's deadline; returning rate limited"
                 );
-                return Err(if wait > learned.max_wait {
+                let limited = if wait > learned.max_wait {
                     RateLimited::new(wait)
                 } else {
                     RateLimited::past_deadline(wait)
+                };
+                return Err(HostHeld {
+                    limited,
+                    host: host.into(),
+                    max_wait: learned.max_wait,
+                    retries: learned.retries,
                 }
                 .into());
             }

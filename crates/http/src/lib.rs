@@ -45,6 +45,19 @@
 //! # }
 //! ```
 //!
+//! # A held host
+//! With [`learn_rate_limits`](ClientBuilder::learn_rate_limits) on (the
+//! default), a 429 or 503 with `Retry-After`, or rate-limit headers that say
+//! no budget remains, hold every request to that host (its authority: host
+//! and port), not only to the path answered, until the time they give. A
+//! hold up to the retry layer's [`max_wait`](retry::RetryBuilder::max_wait)
+//! (60 s by default, with [`no_retry`](ClientBuilder::no_retry) too) is
+//! waited out; a longer one, or one ending past the call's
+//! [`deadline`](ClientBuilder::deadline), fails the call at once, unsent:
+//! [`Error::is_rate_limited`], with the wait as [`Error::retry_after`] and a
+//! message naming the held host and the earlier answer.
+//! `.learn_rate_limits(false)` turns holding off.
+//!
 //! # Under an adaptive limit
 //! A call's wait at its host's gate (the permit or token of a
 //! [`host_limit`](ClientBuilder::host_limit) you configured) is your

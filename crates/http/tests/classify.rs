@@ -51,6 +51,11 @@ async fn guard_refusals_and_bad_ports_are_the_callers_mistake() {
         "{text}"
     );
     assert_eq!(text.matches("refused").count(), 1, "{text}");
+    // And how to get past it when reaching the address is meant.
+    assert!(
+        text.contains("address_guard_allow(127.0.0.1)") && text.contains("address_guard(false)"),
+        "{text}"
+    );
 
     let err = client.get("http://inside.test:99999/").await.unwrap_err();
     assert!(err.is_invalid_request(), "{err}");
