@@ -36,6 +36,38 @@
 //! concurrency + lookahead requests. Use it whenever the service limits
 //! each key; results come out as without it.
 //!
+//! # HTTP answers are results, whatever their status
+//! An HTTP client's service answers `Ok(response)` for a 404 or a 500 as for
+//! a 200 (tower-fanout-http's client first retries what its retry layer
+//! does: 429s, and 502/503/504 of idempotent methods), so a batch counts
+//! them as succeeded and [`Batch::retry_failed`] leaves them. To count a status as a failure, turn it into an error before the
+//! fan-out, with tower's `ServiceExt::map_result`:
+//!
+//! ```
+//! use tower::{ServiceExt, service_fn};
+//! use tower_fanout_core::{BoxError, fan_out::fan_out};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! // Stands in for an HTTP client: item 7 draws a 503.
+//! let client = service_fn(|n: u16| async move {
+//!     let status = if n == 7 { 503 } else { 200 };
+//!     Ok::<_, BoxError>(http::Response::builder().status(status).body(()).unwrap())
+//! });
+//! let counted = client.map_result(|answer: Result<http::Response<()>, BoxError>| {
+//!     let response = answer?;
+//!     if response.status().is_success() {
+//!         Ok(response)
+//!     } else {
+//!         Err(BoxError::from(format!("answered {}", response.status())))
+//!     }
+//! });
+//! let batch = fan_out(counted, 0..10u16).collect().await;
+//! assert_eq!(batch.summary().failed, 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Cancellation
 //! Each request runs in its own Tokio task. Dropping the stream (or the
 //! `collect` future) aborts the tasks in flight, which drops their response
