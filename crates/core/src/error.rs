@@ -168,12 +168,24 @@ impl RateLimited {
 
 impl fmt::Display for RateLimited {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // In milliseconds with their fraction: above 1000 calls a second a
-        // wait is under a millisecond, which whole milliseconds showed as 0.
-        let ms = self.retry_after.as_nanos() as f64 / 1e6;
-        write!(f, "rate limited: retry after {ms} ms")?;
+        // Under a second in milliseconds with their fraction (above 1000
+        // calls a second a wait is under a millisecond, which whole
+        // milliseconds showed as 0); from a second on in seconds to the
+        // millisecond ("10 s", not "9999.988884 ms").
+        let wait = self.retry_after;
+        if wait < Duration::from_secs(1) {
+            write!(
+                f,
+                "rate limited: retry after {} ms",
+                wait.as_nanos() as f64 / 1e6
+            )?;
+        } else {
+            let secs = format!("{:.3}", wait.as_secs_f64());
+            let secs = secs.trim_end_matches('0').trim_end_matches('.');
+            write!(f, "rate limited: retry after {secs} s")?;
+        }
         if self.past_deadline {
-            f.write_str(", which would end past the request's deadline")?;
+            f.write_str(", which would end past the call's deadline")?;
         }
         Ok(())
     }

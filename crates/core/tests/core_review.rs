@@ -296,6 +296,35 @@ fn a_sub_millisecond_retry_after_is_not_shown_as_zero() {
     assert_eq!(msg, "rate limited: retry after 100 ms");
 }
 
+/// From a second on the wait is said in seconds to the millisecond: a user
+/// read "retry after 9999.988884 ms" for a ten-second wait.
+#[test]
+fn a_wait_of_seconds_is_said_in_seconds() {
+    use tower_fanout_core::error::RateLimited;
+
+    let said = |wait: Duration| RateLimited::new(wait).to_string();
+    assert_eq!(
+        said(Duration::from_nanos(9_999_988_884)),
+        "rate limited: retry after 10 s"
+    );
+    assert_eq!(
+        said(Duration::from_millis(1500)),
+        "rate limited: retry after 1.5 s"
+    );
+    assert_eq!(
+        said(Duration::from_millis(61_234)),
+        "rate limited: retry after 61.234 s"
+    );
+    assert_eq!(
+        said(Duration::from_millis(999)),
+        "rate limited: retry after 999 ms"
+    );
+    assert_eq!(
+        RateLimited::past_deadline(Duration::from_secs(2)).to_string(),
+        "rate limited: retry after 2 s, which would end past the call's deadline"
+    );
+}
+
 /// A downstream whose quota is spent: every call answers 429 with a 30 s
 /// `Retry-After`, a wait long enough for an adaptive limit to hold.
 #[cfg(feature = "adaptive")]

@@ -459,7 +459,7 @@ async fn a_token_due_past_the_requests_deadline_is_refused_at_once() {
         assert_eq!(limited.retry_after(), Duration::from_secs(10), "{secs} s");
         assert!(limited.is_past_deadline(), "{secs} s");
         assert!(
-            err.to_string().contains("past the request's deadline"),
+            err.to_string().contains("past the call's deadline"),
             "{err}"
         );
         assert_eq!(handle.in_flight(&key), 0);

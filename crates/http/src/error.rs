@@ -317,17 +317,13 @@ impl fmt::Display for Error {
             return write!(f, "{held}");
         }
         match self.kind {
-            // Milliseconds with their fraction, as core's `RateLimited`
-            // says them: whole ones read 0 for a wait under a millisecond.
-            Kind::RateLimited(r) if r.is_past_deadline() => write!(
-                f,
-                "rate limited: retry after {} ms, which would end past the call's deadline (a later deadline would let it wait)",
-                r.retry_after().as_nanos() as f64 / 1e6
-            ),
+            // Core's text says the wait (and a deadline it would pass).
+            Kind::RateLimited(r) if r.is_past_deadline() => {
+                write!(f, "{r} (a later deadline would let it wait)")
+            }
             Kind::RateLimited(r) => write!(
                 f,
-                "rate limited: retry after {} ms (longer than the retry layer's max_wait; raise it to wait that long)",
-                r.retry_after().as_nanos() as f64 / 1e6
+                "{r} (longer than the retry layer's max_wait; raise it to wait that long)"
             ),
             // The client's map of hosts is core's keyed map: its refusal
             // names the client's setting, `max_hosts`, not core's `max_keys`.
