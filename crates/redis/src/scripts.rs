@@ -10,8 +10,9 @@
 //! replicating their effects (the default from Redis 5; a no-op there), so
 //! the clock is read once, on the primary.
 //!
-//! Each script touches one key, whose name carries the limit's hash tag, so
-//! the scripts run unchanged on Redis Cluster.
+//! Each script touches one limit's keys (a rate limit's bucket and its
+//! given-up bookings), whose names carry the limit's hash tag, so the
+//! scripts run unchanged on Redis Cluster.
 
 /// GCRA, the same arithmetic as `tower_fanout_core`'s `TokenBucket`, in
 /// microseconds of the server's clock.
@@ -22,27 +23,73 @@
 /// intervals ahead of now. The key expires at the TAT, when a missing key
 /// and the stored state mean the same thing (a full bucket).
 ///
-/// `KEYS[1]`: the bucket. `ARGV`: interval (µs per token), burst (tokens),
-/// cost (tokens, at least 1), the longest wait booked (µs: a caller short
-/// of tokens books them and is told how long to wait when that wait is at
-/// most this; past it, or with `0` (fail fast), nothing is taken).
+/// A caller that would wait first looks among the bookings given up by
+/// callers that left ([`GCRA_GIVE_BACK`]) for one whose slot comes sooner
+/// and not before now, as core's bucket does: it takes that slot (its
+/// tokens at their own time, so the bound holds) and books nothing new.
+///
+/// `KEYS[1]`: the bucket; `KEYS[2]`: its given-up bookings, a sorted set
+/// scored by each booking's end (its TAT), members `"<end>:<tokens>"`.
+/// `ARGV`: interval (µs per token), burst (tokens), cost (tokens, at least
+/// 1), the longest wait booked (µs: a caller short of tokens books them and
+/// is told how long to wait when that wait is at most this; past it, or
+/// with `0` (fail fast), nothing is taken).
 ///
 /// Returns `{admitted, wait_us, tat}`: admitted `1` with the wait before the
-/// tokens are there (0: now) and the new TAT (to undo the booking), or `0`
-/// with the wait after which they would have been there.
+/// tokens are there (0: now) and the TAT that ends the booking (to give it
+/// up), or `0` with the wait after which they would have been there.
 pub(crate) const GCRA: &str = r"
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local tolerance = interval * tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local max_wait = tonumber(ARGV[4])
 local tat = tonumber(redis.call('GET', KEYS[1]))
 if tat == nil or tat < now then
   tat = now
 end
-local new_tat = tat + interval * tonumber(ARGV[3])
+local new_tat = tat + interval * cost
 local ahead = new_tat - now
-if ahead - tolerance > tonumber(ARGV[4]) then
+if ahead > tolerance and max_wait > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
+  -- Bookings that ended by now can matter no more.
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  local from = now + tolerance
+  local given = redis.call('ZRANGEBYSCORE', KEYS[2], from, '+inf', 'WITHSCORES', 'LIMIT', 0, 64)
+  for i = 1, #given, 2 do
+    local e = tonumber(given[i + 1])
+    local k = tonumber(string.match(given[i], ':(%d+)$'))
+    if k >= cost then
+      -- Token j of k ends at e - (k - 1 - j) intervals: take the cost
+      -- tokens ending with the first one not past, or the first cost.
+      local behind = math.floor((e - from) / interval)
+      local first_due = math.max(k - 1 - behind, 0)
+      local skip = math.max(first_due - (cost - 1), 0)
+      local after = k - skip - cost
+      local slot_end = e - after * interval
+      local slot_at = slot_end - tolerance
+      if slot_at < new_tat - tolerance and slot_at - now <= max_wait then
+        redis.call('ZREM', KEYS[2], given[i])
+        if skip > 0 then
+          local prefix = slot_end - cost * interval
+          redis.call('ZADD', KEYS[2], prefix, string.format('%.0f:%d', prefix, skip))
+        end
+        if after > 0 then
+          redis.call('ZADD', KEYS[2], e, string.format('%.0f:%d', e, after))
+        end
+        local wait = slot_at - now
+        if wait < 0 then
+          wait = 0
+        end
+        return {1, wait, string.format('%.0f', slot_end)}
+      end
+      -- The earliest with the tokens is not sooner: no later one is.
+      break
+    end
+  end
+end
+if ahead - tolerance > max_wait then
   return {0, ahead - tolerance, ''}
 end
 local stored = string.format('%.0f', new_tat)
@@ -54,25 +101,49 @@ end
 return {1, wait, stored}
 ";
 
-/// Undoes the latest booking: if the bucket's TAT is still the one a booking
-/// set, pulls it back by the booking's weight. A later booking was placed
-/// behind it, so any other TAT is left alone (which errs on the strict side).
+/// Gives up a booking whose caller left before its call. The latest
+/// booking (the bucket's TAT is still the one it set) is pulled back out
+/// of the TAT, and with it any given-up bookings right behind it. One with
+/// later bookings behind it cannot be (they were placed after it): it is
+/// kept aside in the given-up set, for a caller that would wait longer
+/// ([`GCRA`]), while its time is still to come.
 ///
-/// `KEYS[1]`: the bucket. `ARGV`: the TAT the booking set, its weight (µs).
-/// Returns 1 when given back.
+/// `KEYS[1]`: the bucket; `KEYS[2]`: its given-up bookings. `ARGV`: the TAT
+/// the booking set, its weight (µs), the interval (µs per token).
+/// Returns 1 when pulled back, 0 when kept aside or past.
 pub(crate) const GCRA_GIVE_BACK: &str = r"
 if redis.replicate_commands then redis.replicate_commands() end
 local tat = redis.call('GET', KEYS[1])
-if tat ~= ARGV[1] then
-  return 0
-end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[3])
+if tat ~= ARGV[1] then
+  local e = tonumber(ARGV[1])
+  local ttl = redis.call('PTTL', KEYS[1])
+  if tat and e and e > now and ttl > 0 then
+    local k = math.floor(tonumber(ARGV[2]) / interval + 0.5)
+    redis.call('ZADD', KEYS[2], e, string.format('%.0f:%d', e, k))
+    redis.call('PEXPIRE', KEYS[2], ttl)
+  end
+  return 0
+end
 local back = tonumber(tat) - tonumber(ARGV[2])
+while true do
+  local given = redis.call('ZRANGEBYSCORE', KEYS[2], back, back)
+  if #given == 0 then
+    break
+  end
+  redis.call('ZREM', KEYS[2], given[1])
+  back = back - interval * tonumber(string.match(given[1], ':(%d+)$'))
+end
 if back <= now then
-  redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[1], KEYS[2])
 else
-  redis.call('SET', KEYS[1], string.format('%.0f', back), 'PX', string.format('%.0f', math.ceil((back - now) / 1000)))
+  local ttl = string.format('%.0f', math.ceil((back - now) / 1000))
+  redis.call('SET', KEYS[1], string.format('%.0f', back), 'PX', ttl)
+  if redis.call('EXISTS', KEYS[2]) == 1 then
+    redis.call('PEXPIRE', KEYS[2], ttl)
+  end
 end
 return 1
 ";

@@ -446,6 +446,7 @@ impl RedisStore {
             .invoke(
                 true,
                 GCRA.key(key)
+                    .key(given_up_key(key))
                     .arg(interval_us)
                     .arg(burst)
                     .arg(cost)
@@ -462,17 +463,27 @@ impl RedisStore {
         }
     }
 
-    /// Undoes a booking whose TAT is still `tat`; declines (no error) when
-    /// someone booked after it, which only errs strict.
+    /// Gives up the booking that ended the bucket at `tat` (see
+    /// `scripts::GCRA_GIVE_BACK`): pulled back if it is the latest, kept
+    /// aside for a caller that would wait longer if not.
     pub(crate) async fn gcra_give_back(
         &self,
         key: &str,
         tat: &str,
         weight_us: u64,
+        interval_us: u64,
     ) -> Result<(), Error> {
-        self.invoke::<i64>(false, GCRA_GIVE_BACK.key(key).arg(tat).arg(weight_us))
-            .await
-            .map(drop)
+        self.invoke::<i64>(
+            false,
+            GCRA_GIVE_BACK
+                .key(key)
+                .key(given_up_key(key))
+                .arg(tat)
+                .arg(weight_us)
+                .arg(interval_us),
+        )
+        .await
+        .map(drop)
     }
 
     /// Tries to add `holder` to the semaphore at `key`; returns whether it
@@ -574,6 +585,12 @@ static RENEW: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(scri
 static TOKENS: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(scripts::TOKENS));
 static IN_FLIGHT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(scripts::IN_FLIGHT));
+
+/// The key of a rate limit bucket's given-up bookings: the bucket's name
+/// and so its hash tag (the same Cluster slot), and a suffix of its own.
+fn given_up_key(bucket: &str) -> String {
+    format!("{bucket}:given-up")
+}
 
 #[cfg(test)]
 mod tests {

@@ -266,6 +266,94 @@ async fn a_dropped_waiting_call_gives_its_tokens_back() {
     }
 }
 
+/// Waits, at most 5 s, until `done` holds of the bucket `name`'s time to
+/// live (ms; -2: no key) and the number of its given-up bookings.
+async fn until_bucket(
+    redis: &RedisServer,
+    name: &str,
+    what: &str,
+    done: impl Fn(i64, u64) -> bool,
+) {
+    let mut conn = redis.connection().await;
+    let key = format!("tower-fanout:{{{name}}}:gcra");
+    let given_up = format!("{key}:given-up");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let ttl: i64 = conn.pttl(&key).await.unwrap();
+        let aside: u64 = conn.zcard(&given_up).await.unwrap();
+        if done(ttl, aside) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: {what} not seen in 5 s (time to live {ttl} ms, {aside} given up)"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Four callers queue one behind the other (one token each 10 s) and leave
+/// in the order they booked, as a batch with one timeout does: each but
+/// the last has later bookings behind it when it leaves. All their tokens
+/// come back: the bucket is booked ~10 s ahead again (by the one call
+/// made), with nothing left aside. Before, only the last came back and the
+/// bucket stayed booked ~40 s ahead.
+#[tokio::test]
+async fn callers_leaving_in_booking_order_give_every_token_back() {
+    let redis = RedisServer::start();
+    let waiting = RedisRateLimitLayer::builder(store(&redis), "queue", 1, Duration::from_secs(10))
+        .burst(1)
+        .fail_closed()
+        .build()
+        .unwrap()
+        .layer(echo());
+    waiting.clone().oneshot(0).await.unwrap();
+    let mut calls = Vec::new();
+    for n in 1..=4i64 {
+        calls.push(tokio::spawn(waiting.clone().oneshot(n as u32)));
+        let booked = 10_000 * (n + 1) - 2_000;
+        until_bucket(&redis, "queue", "a booking", |ttl, _| ttl > booked).await;
+    }
+    for call in calls {
+        call.abort();
+        assert!(call.await.unwrap_err().is_cancelled());
+    }
+    until_bucket(&redis, "queue", "every token back", |ttl, aside| {
+        ttl <= 10_000 && aside == 0
+    })
+    .await;
+}
+
+/// A caller that would wait takes the slot of one who booked before it and
+/// left, when that slot comes sooner, and books nothing of its own.
+#[tokio::test]
+async fn a_slot_given_up_goes_to_the_next_caller_that_would_wait() {
+    let redis = RedisServer::start();
+    let waiting = RedisRateLimitLayer::builder(store(&redis), "slot", 1, Duration::from_secs(10))
+        .burst(1)
+        .fail_closed()
+        .build()
+        .unwrap()
+        .layer(echo());
+    waiting.clone().oneshot(0).await.unwrap();
+    let first = tokio::spawn(waiting.clone().oneshot(1));
+    until_bucket(&redis, "slot", "the 10 s booking", |ttl, _| ttl > 18_000).await;
+    let second = tokio::spawn(waiting.clone().oneshot(2));
+    until_bucket(&redis, "slot", "the 20 s booking", |ttl, _| ttl > 28_000).await;
+    // The first leaves with the second behind it: its slot is set aside.
+    first.abort();
+    until_bucket(&redis, "slot", "the slot set aside", |_, aside| aside == 1).await;
+    // A newcomer would book 30 s ahead; it takes the 10 s slot instead.
+    let newcomer = tokio::spawn(waiting.clone().oneshot(3));
+    until_bucket(&redis, "slot", "the slot taken", |ttl, aside| {
+        aside == 0 && ttl <= 30_000
+    })
+    .await;
+    assert!(!newcomer.is_finished(), "it waits for the slot's time");
+    newcomer.abort();
+    second.abort();
+}
+
 /// A caller that would wait past `max_wait` is refused at once with the
 /// wait and books nothing: the next caller's wait is the same ~10 s, not
 /// ~20. (Without it, callers that book and then give up, as a timeout above

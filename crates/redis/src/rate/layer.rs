@@ -109,12 +109,12 @@ impl<C, K> RedisRateLimitBuilder<C, K> {
     /// The longest a caller waits for its tokens on Redis (default: as
     /// long as it takes). One that would wait longer is refused at once with
     /// `tower_fanout_core::error::RateLimited` and the wait, and books
-    /// nothing. Set it no longer than the timeout above the limiter: a
-    /// caller that books tokens and then gives up leaves them booked when
-    /// others booked after it, so under a sustained overload of callers
-    /// that give up, each books further ahead and the bucket runs ahead of
-    /// the clock, admitting nothing until the overload ends and the
-    /// bookings have run out. `Duration::ZERO` is [`fail_fast`](Self::fail_fast).
+    /// nothing. Set it no longer than the timeout above the limiter, so a
+    /// caller that would not see its wait through is told at once, with the
+    /// wait, instead of timing out. (One that books and then gives up gives
+    /// its booking up: back to the bucket, or to the next caller that would
+    /// wait longer; see the [module docs](super).) `Duration::ZERO` is
+    /// [`fail_fast`](Self::fail_fast).
     #[must_use]
     pub fn max_wait(mut self, max_wait: Duration) -> Self {
         self.max_wait = Some(max_wait);
@@ -407,6 +407,7 @@ impl Shared {
                     key: redis_key.into_owned(),
                     tat,
                     weight_us: self.interval_us.saturating_mul(u64::from(cost)),
+                    interval_us: self.interval_us,
                     armed: true,
                 };
                 if !wait.is_zero() {
@@ -416,7 +417,7 @@ impl Shared {
                         wait_ms = wait.as_millis() as u64,
                         "rate limited; waiting for tokens"
                     );
-                    // Dropped while waiting: the tokens are given back.
+                    // Dropped while waiting: the tokens are given up.
                     tokio::time::sleep(wait).await;
                 }
                 Ok(Some(booking))
@@ -445,13 +446,15 @@ impl Shared {
 
 /// Tokens booked on Redis for one request; if the request is never made
 /// (its caller goes away while it waits for them or for the inner service,
-/// or the inner service fails first), they are given back (when nobody
-/// booked after it).
+/// or the inner service fails first), they are given up: back to the bucket
+/// if nobody booked after them, else to the next caller that would wait
+/// longer (see `scripts::GCRA_GIVE_BACK`).
 pub(super) struct Booking {
     store: RedisStore,
     key: String,
     tat: String,
     weight_us: u64,
+    interval_us: u64,
     armed: bool,
 }
 
@@ -472,9 +475,12 @@ impl Drop for Booking {
             let store = self.store.clone();
             let key = std::mem::take(&mut self.key);
             let tat = std::mem::take(&mut self.tat);
-            let weight_us = self.weight_us;
+            let (weight_us, interval_us) = (self.weight_us, self.interval_us);
             runtime.spawn(async move {
-                if let Err(error) = store.gcra_give_back(&key, &tat, weight_us).await {
+                if let Err(error) = store
+                    .gcra_give_back(&key, &tat, weight_us, interval_us)
+                    .await
+                {
                     tracing::debug!(%error, "could not give back a dropped booking");
                 }
             });

@@ -20,10 +20,14 @@
 //!
 //! # Refusals
 //! By default a caller waits: the script books its tokens and says when
-//! they are there, and the response future sleeps until then (dropping it
-//! gives the booking back when nobody booked after it; otherwise the
-//! booking stays, the strict side, which
-//! [`max_wait`](RedisRateLimitBuilder::max_wait) bounds). With [`fail_fast`](RedisRateLimitBuilder::fail_fast)
+//! they are there, and the response future sleeps until then. Dropping it
+//! gives the booking up, as core's rate limit does: back to the bucket when
+//! nobody booked after it; otherwise its slot is set aside on Redis for the
+//! next caller, of any process, that would wait longer, and its tokens go
+//! back once the bookings behind it have gone. So callers that time out in
+//! a queue do not leave the shared bucket booked ahead for the time their
+//! slots would have taken. [`max_wait`](RedisRateLimitBuilder::max_wait)
+//! refuses at once, with the wait, a caller that would wait longer. With [`fail_fast`](RedisRateLimitBuilder::fail_fast)
 //! a request that finds the bucket short fails with
 //! `tower_fanout_core::error::RateLimited`, which carries the wait after
 //! which it would have been admitted.
