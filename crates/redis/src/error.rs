@@ -11,7 +11,8 @@ use tower_fanout_core::BoxError;
 /// `CostExceedsBurst`, `Overloaded`), and a failure to reach a decision
 /// at all is this `Error`. Ask what happened with the `is_*` predicates;
 /// [`source`](std::error::Error::source) gives the underlying Redis or
-/// timeout error untouched.
+/// timeout error untouched. A configuration error has no source: its
+/// `Display` says all of it.
 ///
 /// ```
 /// use tower_fanout_redis::Error;
@@ -148,6 +149,20 @@ impl fmt::Display for Error {
         match (&self.kind, &self.source) {
             // A config message is the whole story; print it, not just its kind.
             (Kind::Config, Some(source)) => write!(f, "{}: {source}", self.description()),
+            // redis-rs answers "broken pipe" both for a socket Redis closed
+            // and for a connection whose driver task died with the runtime
+            // it ran on, which looks like an outage of a healthy Redis.
+            (Kind::Redis, Some(source))
+                if source
+                    .downcast_ref::<redis::RedisError>()
+                    .is_some_and(is_broken_pipe) =>
+            {
+                write!(
+                    f,
+                    "{}: connection lost (Redis closed it, or this store outlived the Tokio runtime its connection ran on: build one store per runtime, inside it)",
+                    self.description()
+                )
+            }
             _ => f.write_str(self.description()),
         }
     }
@@ -155,10 +170,31 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        if self.kind == Kind::Config {
+            // Its message is already in `Display` (as core's `ConfigError`
+            // has it, with no source): a chain printer said it twice.
+            return None;
+        }
         self.source
             .as_ref()
             .map(|source| &**source as &(dyn std::error::Error + 'static))
     }
+}
+
+/// Whether `err` is redis-rs's "broken pipe": the socket was closed, or
+/// the connection's driver task is gone. redis-rs keeps the `io::Error`
+/// behind an `Arc`, so both are looked through.
+fn is_broken_pipe(err: &redis::RedisError) -> bool {
+    type Shared = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+    let Some(source) = std::error::Error::source(err) else {
+        return false;
+    };
+    let io = source.downcast_ref::<std::io::Error>().or_else(|| {
+        source
+            .downcast_ref::<Shared>()
+            .and_then(|shared| shared.downcast_ref::<std::io::Error>())
+    });
+    io.is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 /// The code of a Redis error reply, as the command inside a script gave
@@ -196,6 +232,7 @@ mod tests {
             err.to_string(),
             "invalid configuration: burst must be at least 1"
         );
+        assert!(err.source().is_none());
 
         let err = Error::redis(redis::RedisError::from((
             redis::ErrorKind::Io,
@@ -204,6 +241,22 @@ mod tests {
         assert!(err.is_unavailable());
         assert!(!err.is_timeout());
         assert!(err.source().is_some_and(|s| s.is::<redis::RedisError>()));
+        assert_eq!(err.to_string(), "redis limit unavailable");
+    }
+
+    #[test]
+    fn a_lost_connection_names_a_runtime_gone_too() {
+        // What redis-rs answers when the connection's driver task is gone.
+        let lost = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        let err = Error::redis(redis::RedisError::from(lost));
+        assert!(err.is_unavailable());
+        assert!(
+            err.to_string().contains("outlived the Tokio runtime"),
+            "{err}"
+        );
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let err = Error::redis(redis::RedisError::from(refused));
+        assert_eq!(err.to_string(), "redis limit unavailable");
     }
 
     fn reply(bytes: &[u8]) -> redis::RedisError {

@@ -91,17 +91,35 @@ impl Health {
     }
 }
 
-/// Shows an error and its sources on one line, for logs.
+/// Shows an error and its sources on one line, for logs, each text once:
+/// redis-rs's error and the `io::Error` under it both say "broken pipe".
 struct DisplayChain<'a>(&'a Error);
 
 impl std::fmt::Display for DisplayChain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
+        let mut line = self.0.to_string();
         let mut source = std::error::Error::source(self.0);
         while let Some(err) = source {
-            write!(f, ": {err}")?;
+            let text = err.to_string();
+            if !line.contains(&text) {
+                line.push_str(": ");
+                line.push_str(&text);
+            }
             source = err.source();
         }
-        Ok(())
+        f.write_str(&line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_says_each_text_once() {
+        let lost = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        let line = DisplayChain(&Error::redis(redis::RedisError::from(lost))).to_string();
+        assert_eq!(line.matches("broken pipe").count(), 1, "{line}");
+        assert!(line.contains("outlived the Tokio runtime"), "{line}");
     }
 }

@@ -53,6 +53,37 @@
 //! back at their next lease renewal, if there is room; if not, a warning
 //! says the limit is exceeded.) Run Redis with persistence if that matters.
 //!
+//! # Shedding: `fail_fast`, not `LoadShed`
+//! Do not put tower's `LoadShed` above [`RedisConcurrencyLimitLayer`], nor
+//! anything else that reads a `Pending` from `poll_ready` as overload: its
+//! `poll_ready` asks Redis for a permit, a round trip, so its first poll is
+//! always `Pending` and `LoadShed` sheds every request, even with every
+//! permit free (and each shed request still costs Redis an acquire and a
+//! release). To shed, build the layer with `.fail_fast()`: `poll_ready`
+//! waits one round trip, never for a permit to free up, and a request that
+//! finds none gets `Overloaded` from its response future.
+//! [`RedisRateLimitLayer`]'s `poll_ready` is always ready (its decision is
+//! made in the response future), so a `LoadShed` above it never sheds
+//! anything; there too `.fail_fast()` (or `.max_wait(d)`) is the way to
+//! refuse instead of waiting.
+//!
+//! # One store per runtime
+//! A [`RedisStore`]'s connection is driven by a task on the Tokio runtime
+//! of its first call, and a concurrency permit's release is a task spawned
+//! on the runtime that drops it. Build one store, and its layers, per
+//! runtime, inside it, and use them only there. A store used from another
+//! runtime once its first one is gone (a static store shared by
+//! `#[tokio::test]`s, each with a runtime of its own; a sync wrapper that
+//! makes a runtime per call) fails its next call with "redis limit
+//! unavailable" (a lost connection: broken pipe) and logs the outage
+//! warning although Redis is healthy; every call within the next probe
+//! interval then fails too (or, failing open, falls back to the local
+//! share), and the store reconnects on the new runtime. While the first
+//! runtime is alive but not driven (a current-thread runtime between two
+//! `block_on`s), a call from elsewhere times out instead, once. A release spawned
+//! on a runtime that is not driven again never runs, so its permit stays
+//! taken, for every process, until its lease ends.
+//!
 //! # Keys
 //! Keys look like `tower-fanout:{name}:gcra` or `tower-fanout:{name:host}:gcra`:
 //! the braces are a hash tag, so Redis Cluster keeps each limit on one slot.

@@ -205,3 +205,30 @@ fn leases_redis_cannot_hold_are_refused() {
         assert_eq!(built.is_ok(), ok, "{lease:?}");
     }
 }
+
+/// An error and its sources, each read once: a config error's message was
+/// both in its `Display` and its `source()`, so an error-chain printer
+/// (anyhow's `{:#}`, a log's "caused by") said it twice.
+#[test]
+fn a_config_message_appears_once_in_the_error_chain() {
+    let errors = [
+        RedisStore::open("not a url").unwrap_err(),
+        RedisConcurrencyLimitLayer::builder(store(), "a", 0)
+            .fail_closed()
+            .build()
+            .unwrap_err(),
+        RedisRateLimitLayer::builder(store(), "a", 10, Duration::from_secs(1))
+            .build()
+            .unwrap_err(),
+    ];
+    for err in errors {
+        let chain: Vec<String> =
+            std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source())
+                .map(ToString::to_string)
+                .collect();
+        let message = err.to_string();
+        let message = message.trim_start_matches("invalid configuration: ");
+        let said = chain.iter().filter(|text| text.contains(message)).count();
+        assert_eq!(said, 1, "{chain:?}");
+    }
+}

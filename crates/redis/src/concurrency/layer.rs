@@ -60,7 +60,8 @@ impl RedisConcurrencyLimitBuilder {
     }
 
     /// How often a waiting caller asks Redis again. Defaults to
-    /// [`DEFAULT_RETRY_INTERVAL`].
+    /// [`DEFAULT_RETRY_INTERVAL`]. Unused with [`fail_fast`](Self::fail_fast),
+    /// which never waits.
     #[must_use]
     pub fn retry_interval(mut self, interval: Duration) -> Self {
         self.retry_interval = interval;
@@ -69,6 +70,13 @@ impl RedisConcurrencyLimitBuilder {
 
     /// Refuse with `tower_fanout_core::error::Overloaded` instead of
     /// waiting when no permit is free.
+    ///
+    /// `poll_ready` still asks Redis, one round trip during which it is
+    /// `Pending`; it is then ready whatever the answer, and the refusal
+    /// comes from the response future of the next `call`. Failing open
+    /// during an outage, a local permit is taken only if one is free at
+    /// once. This is the way to shed with this limit; tower's `LoadShed`
+    /// above it sheds every request (see [`RedisConcurrencyLimitLayer`]).
     #[must_use]
     pub fn fail_fast(mut self) -> Self {
         self.fail_fast = true;
@@ -77,6 +85,8 @@ impl RedisConcurrencyLimitBuilder {
 
     /// When Redis is unreachable, refuse every request with an [`Error`]
     /// whose [`is_unavailable`](Error::is_unavailable) is true.
+    ///
+    /// Of this and [`fail_open`](Self::fail_open), the last one called wins.
     #[must_use]
     pub fn fail_closed(mut self) -> Self {
         self.fallback = Some(Fallback::Closed);
@@ -87,6 +97,8 @@ impl RedisConcurrencyLimitBuilder {
     /// (0 < share ≤ 1) of this one (at least 1 call in flight). With `n`
     /// processes sharing the limit, `1 / n` keeps the total within it, as
     /// long as the limit is at least `n` (each process keeps at least 1).
+    ///
+    /// Of this and [`fail_closed`](Self::fail_closed), the last one called wins.
     #[must_use]
     pub fn fail_open(mut self, share: f64) -> Self {
         self.fallback = Some(Fallback::Open { share });
@@ -169,6 +181,17 @@ impl RedisConcurrencyLimitBuilder {
 /// Cloning the layer, or calling [`layer`](Layer::layer) more than once,
 /// shares the same permits, as do layers in other processes built with the
 /// same name on the same Redis.
+///
+/// # Not under `LoadShed`
+/// Do not put tower's `LoadShed` above this limit, nor anything else that
+/// reads a `Pending` from `poll_ready` as overload. A permit is taken in
+/// `poll_ready`, and asking Redis for it takes a round trip, so the first
+/// poll is always `Pending`, even with every permit free: `LoadShed` then
+/// sheds the request (with or without [`fail_fast`](RedisConcurrencyLimitBuilder::fail_fast)),
+/// and the acquire it started is still sent, then undone by a release: two
+/// round trips for nothing. To shed, use `fail_fast`: the caller gets
+/// `tower_fanout_core::error::Overloaded` from its response future after
+/// one round trip when no permit is free.
 #[derive(Debug, Clone)]
 pub struct RedisConcurrencyLimitLayer {
     shared: Arc<Shared>,

@@ -31,6 +31,10 @@
 //! spare Redis, at the price of later wake-ups). With
 //! [`fail_fast`](RedisConcurrencyLimitBuilder::fail_fast) it gets
 //! `tower_fanout_core::error::Overloaded` from its response future instead.
+//! Either way `poll_ready` is `Pending` for at least one round trip to
+//! Redis, so do not put tower's `LoadShed` above this limit: it sheds
+//! every request (see [`RedisConcurrencyLimitLayer`]). `fail_fast` is how
+//! to shed.
 //!
 //! # When Redis is unavailable
 //! The builder must be told: [`fail_closed`](RedisConcurrencyLimitBuilder::fail_closed)

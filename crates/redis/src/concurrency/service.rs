@@ -31,8 +31,10 @@ enum State {
     Acquiring(Acquire),
     Ready(Permit),
     /// The permit was refused (or Redis failed, failing closed): `call`
-    /// answers with this error. Kept out of `poll_ready`, as tower's
-    /// `LoadShed` does, since an error there means the service is broken.
+    /// answers with this error. Kept out of `poll_ready`, since tower reads
+    /// an error there as a broken service. (This limit's own `fail_fast`
+    /// is how it sheds: a `LoadShed` above it sheds every request, reading
+    /// the round trip to Redis as overload; see the layer's docs.)
     Refused(BoxError),
 }
 
