@@ -99,7 +99,8 @@ impl<C, K> RedisRateLimitBuilder<C, K> {
     }
 
     /// Refuse with `tower_fanout_core::error::RateLimited` instead of
-    /// waiting when the bucket is short.
+    /// waiting when the bucket is short. Overrides [`max_wait`](Self::max_wait):
+    /// with both set, nothing waits.
     #[must_use]
     pub fn fail_fast(mut self) -> Self {
         self.fail_fast = true;
@@ -122,14 +123,16 @@ impl<C, K> RedisRateLimitBuilder<C, K> {
     }
 
     /// When Redis is unreachable, refuse every request with an [`Error`]
-    /// whose [`is_unavailable`](Error::is_unavailable) is true.
+    /// whose [`is_unavailable`](Error::is_unavailable) is true. Of this and
+    /// [`fail_open`](Self::fail_open), the last one called wins.
     #[must_use]
     pub fn fail_closed(mut self) -> Self {
         self.fallback = Some(Fallback::Closed);
         self
     }
 
-    /// When Redis is unreachable, go on under a local limit of `share`
+    /// When Redis is unreachable (of this and [`fail_closed`](Self::fail_closed),
+    /// the last one called wins), go on under a local limit of `share`
     /// (0 < share ≤ 1) of this one: `rate × share` per period, with a burst
     /// of `burst × share` (at least 1). With `n` processes sharing the
     /// limit, `1 / n` keeps the total near the limit during an outage: each
