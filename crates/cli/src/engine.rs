@@ -512,15 +512,19 @@ fn failed(item: Item, error: String) -> Record {
 }
 
 /// An item's error as one line, in the CLI's terms: the body cap is the
-/// `--max-body` flag here, not the library setting the error names, the
+/// `--max-body` flag here and the attempt timeout `--timeout`, not the
+/// library settings the errors name, the redirect cap has no flag, the
 /// address guard is turned off by `--allow-private`, and a `Retry-After`
 /// past the retry layer's wait cap says when to come back.
 fn describe(error: &(dyn std::error::Error + 'static)) -> String {
     let mut next = Some(error);
     while let Some(e) = next {
         if let Some(refused) = e.downcast_ref::<tower_fanout_http::guard::RefusedAddress>() {
+            // An IP-literal host is its address: named once.
+            let literal = refused.host().trim_start_matches('[').trim_end_matches(']');
             let ip = refused
                 .ip()
+                .filter(|ip| literal.parse().ok() != Some(*ip))
                 .map(|ip| format!(" ({ip})"))
                 .unwrap_or_default();
             return format!(
@@ -533,6 +537,24 @@ fn describe(error: &(dyn std::error::Error + 'static)) -> String {
             return format!(
                 "response body too large: over the --max-body cap of {} bytes",
                 cap.limit()
+            );
+        }
+        // A deadline's timeout is told by `within`, with the flag that set it.
+        if let Some(timed_out) = e.downcast_ref::<tower_fanout_http::TimedOut>()
+            && !timed_out.is_deadline()
+        {
+            return format!(
+                "request timed out: no complete response within --timeout {} ms (connect, \
+                 headers and body of one attempt); raise --timeout if the server is known to \
+                 be slow",
+                timed_out.after().as_millis()
+            );
+        }
+        if let Some(redirects) = e.downcast_ref::<tower_fanout_http::TooManyRedirects>() {
+            return format!(
+                "too many redirects: more than {} (a redirect loop, or a longer chain than \
+                 fanout follows; no flag changes that cap)",
+                redirects.max()
             );
         }
         if let Some(limited) = e.downcast_ref::<tower_fanout_core::error::RateLimited>() {
@@ -628,6 +650,63 @@ mod tests {
             "refusals cut the limit to {}",
             handle.limit()
         );
+    }
+
+    /// A host written as an IP address was named twice: "address guard
+    /// refused 127.0.0.1 (127.0.0.1)".
+    #[tokio::test]
+    async fn a_refused_ip_literal_is_named_once() {
+        let stack = options().stack().unwrap();
+        for (url, host) in [
+            ("http://127.0.0.1:1/", "127.0.0.1"),
+            ("http://[::1]:1/", "[::1]"),
+        ] {
+            let req = Request::get(url).body(Full::new(Bytes::new())).unwrap();
+            let err = stack.clone().oneshot(req).await.unwrap_err();
+            let text = describe(&*err);
+            assert!(
+                text.starts_with(&format!("address guard refused {host}: ")),
+                "{text}"
+            );
+        }
+    }
+
+    /// The attempt timeout and the redirect cap named library settings,
+    /// `timeout` (or `host_timeout`) and `max_redirects`, which no flag of
+    /// the CLI is: the item says --timeout, and that the cap has no flag.
+    #[tokio::test]
+    async fn timeouts_and_redirect_loops_are_told_in_flags() {
+        let (_sim, server) = silent().await;
+        let looping = answering(
+            b"HTTP/1.1 302 Found\r\nlocation: /again\r\n\
+              content-length: 0\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        let opts = FetchOptions {
+            adaptive: false,
+            allow_private: true,
+            timeout: Duration::from_millis(300),
+            ..options()
+        };
+        let items = vec![item("slow", server.addr()), item("loop", looping)];
+        let records = opts.fetcher().unwrap().fetch_all(items, |_| {}).await;
+        let errors: Vec<&str> = records
+            .iter()
+            .map(|r| r.error.as_deref().unwrap_or_default())
+            .collect();
+        assert!(errors[0].contains("within --timeout 300 ms"), "{errors:?}");
+        assert!(
+            errors[1].contains("more than 10") && errors[1].contains("no flag"),
+            "{errors:?}"
+        );
+        for error in errors {
+            assert!(
+                !error.contains("`timeout`")
+                    && !error.contains("host_timeout")
+                    && !error.contains("max_redirects"),
+                "{error}"
+            );
+        }
     }
 
     /// An error and its sources read as one line, each message once: a

@@ -1,11 +1,14 @@
-//! The `fetch` input: one URL a line, or a JSON array of `{"id": "...", "url": "..."}`
-//! (also wrapped as the MCP tool's arguments, `{"items": [...]}`).
+//! The `fetch` input: one URL a line, a JSON array of `{"id": "...", "url": "..."}`
+//! items or URL strings (also wrapped as the MCP tool's arguments,
+//! `{"items": [...]}`), or JSON Lines: one item object a line, as `fetch`
+//! writes its records, so a run's failures can be fed back to it.
 //!
 //! Input is checked whole before anything is fetched, and the first problem
 //! is reported with the line or item it is on. Items are numbered from 1 in
-//! both forms (a line by its line number, a JSON item by its position), and
+//! every form (a line by its line number, a JSON item by its position), and
 //! an item without an id is named by its number; the MCP tool's items follow
-//! the same rules ([`InputItem`], [`name_items`]).
+//! the same rules ([`InputItem`], [`name_items`]). Input echoed in a message
+//! is cut short ([`clip`]).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -34,7 +37,8 @@ impl<'de> Deserialize<'de> for GivenId {
             serde_json::Value::String(s) => Ok(Self(s)),
             serde_json::Value::Number(x) => Ok(Self(x.to_string())),
             other => Err(D::Error::custom(format!(
-                "id must be a string or a number, not {other}"
+                "id must be a string or a number, not {}",
+                clip(&other.to_string())
             ))),
         }
     }
@@ -54,8 +58,13 @@ impl JsonSchema for GivenId {
     }
 }
 
-/// One URL to fetch.
-#[derive(Debug, Deserialize, JsonSchema)]
+/// One URL to fetch: an object, or a bare URL string (`{"url": ...}`).
+///
+/// An object may also carry the other fields of a record `fanout fetch`
+/// wrote (`ok`, `status`, ...), which are ignored, so its output can be fed
+/// back; any other field is refused, so a misspelt `id` or `url` is not
+/// silently dropped. The schema states the object form alone.
+#[derive(Debug, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct InputItem {
     /// Your name for this item (a string or a number), echoed in its result.
@@ -67,19 +76,83 @@ pub(crate) struct InputItem {
     url: String,
 }
 
-/// Parses `text` in either form, accepting at most `max_items`.
+/// What every refusal of an item's shape ends with.
+const ITEM_SHAPE: &str = r#"(each item is {"id": "...", "url": "..."} or a URL string)"#;
+
+/// The fields of a `fanout fetch` record (`engine::Record`) besides `id`
+/// and `url`: an input item may carry them, and they are dropped.
+const RECORD_FIELDS: [&str; 6] = ["ok", "status", "error", "attempts", "latency_ms", "bytes"];
+
+/// [`InputItem`]'s object form.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ItemFields {
+    #[serde(default)]
+    id: Option<GivenId>,
+    url: String,
+}
+
+impl<'de> Deserialize<'de> for InputItem {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde_json::Value;
+        let mut fields = match Value::deserialize(deserializer)? {
+            Value::String(url) => return Ok(Self { id: None, url }),
+            Value::Object(fields) => fields,
+            other => {
+                let kind = match other {
+                    Value::Null => "null",
+                    Value::Bool(_) => "a boolean",
+                    Value::Number(_) => "a number",
+                    _ => "an array",
+                };
+                return Err(D::Error::custom(format!(
+                    "{kind} is not an item {ITEM_SHAPE}"
+                )));
+            }
+        };
+        for field in RECORD_FIELDS {
+            fields.remove(field);
+        }
+        let ItemFields { id, url } = ItemFields::deserialize(Value::Object(fields))
+            .map_err(|e| D::Error::custom(format!("{} {ITEM_SHAPE}", clip(&e.to_string()))))?;
+        Ok(Self { id, url })
+    }
+}
+
+/// Input echoed in a message: whole when short, else its first 200
+/// characters and its size, so a 100 KB line does not come back whole on
+/// stderr (or to an MCP client).
+pub(crate) fn clip(text: &str) -> Cow<'_, str> {
+    const SHOWN: usize = 200;
+    match text.char_indices().nth(SHOWN) {
+        None => Cow::Borrowed(text),
+        Some((end, _)) => Cow::Owned(format!("{}… ({} bytes)", &text[..end], text.len())),
+    }
+}
+
+/// The longest URL `http::Uri` takes; it refuses a longer one as "uri too
+/// long", without the limit.
+const MAX_URL_BYTES: usize = u16::MAX as usize - 1;
+
+/// Parses `text` in any form, accepting at most `max_items`.
 pub(crate) fn parse(text: &str, max_items: usize) -> Result<Vec<Item>, String> {
     // A UTF-8 byte order mark (some editors write one) is not part of the input.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let trimmed = text.trim_start();
+    let invalid = |e: serde_json::Error| format!("invalid JSON input: {}", clip(&e.to_string()));
     let items = if trimmed.starts_with('[') {
-        let raw = serde_json::from_str(trimmed).map_err(|e| format!("invalid JSON input: {e}"))?;
-        parse_json(raw)?
+        parse_json(serde_json::from_str(trimmed).map_err(invalid)?)?
     } else if trimmed.starts_with('{') {
-        // The MCP tool's arguments, `{"items": [...]}` (no URL starts with `{`).
-        let batch: Batch =
-            serde_json::from_str(trimmed).map_err(|e| format!("invalid JSON input: {e}"))?;
-        parse_json(batch.items)?
+        // No URL starts with `{`. One object with `items`, however laid
+        // out, is the MCP tool's arguments; anything else is JSON Lines.
+        let value = serde_json::from_str::<serde_json::Value>(trimmed);
+        if value.is_ok_and(|v| v.get("items").is_some()) {
+            // Read again for the error's position, rare enough.
+            let batch: Batch = serde_json::from_str(trimmed).map_err(invalid)?;
+            parse_json(batch.items)?
+        } else {
+            parse_json_lines(text)?
+        }
     } else {
         parse_lines(text)?
     };
@@ -112,15 +185,40 @@ struct Batch {
 fn parse_json(raw: Vec<serde_json::Value>) -> Result<Vec<Item>, String> {
     let mut items = Vec::with_capacity(raw.len());
     for (n, value) in raw.into_iter().enumerate() {
-        let item: InputItem = serde_json::from_value(value).map_err(|e| {
-            format!(
-                "item {}: {e} (each item is {{\"id\": \"...\", \"url\": \"...\"}})",
-                n + 1
-            )
-        })?;
+        let item: InputItem =
+            serde_json::from_value(value).map_err(|e| format!("item {}: {e}", n + 1))?;
         items.push(item);
     }
     name_items(items)
+}
+
+/// JSON Lines: one item a line (blank lines skipped), numbered and named
+/// by its line as in the line form.
+fn parse_json_lines(text: &str) -> Result<Vec<Item>, String> {
+    let mut items = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        // Parsed in two steps, so an error says nothing of "line 1": the
+        // line is named already.
+        let value: serde_json::Value = serde_json::from_str(line).map_err(|e| {
+            let position = format!(" at line {} column {}", e.line(), e.column());
+            let text = e.to_string();
+            format!(
+                "line {}, column {}: invalid JSON ({}); JSON Lines input is one whole JSON \
+                 object a line (`jq -c` writes them so)",
+                n + 1,
+                e.column(),
+                clip(text.strip_suffix(&position).unwrap_or(&text))
+            )
+        })?;
+        let item: InputItem =
+            serde_json::from_value(value).map_err(|e| format!("line {}: {e}", n + 1))?;
+        items.push((n + 1, item));
+    }
+    name_numbered(items, "line")
 }
 
 /// Names the items of a JSON list (`fetch`'s JSON form, the MCP tool's
@@ -129,20 +227,28 @@ fn parse_json(raw: Vec<serde_json::Value>) -> Result<Vec<Item>, String> {
 /// or, when another item was given that number as its id, by the first of
 /// `N.1`, `N.2`, ... that no item was given.
 pub(crate) fn name_items(items: Vec<InputItem>) -> Result<Vec<Item>, String> {
+    name_numbered(
+        items.into_iter().zip(1..).map(|(i, n)| (n, i)).collect(),
+        "item",
+    )
+}
+
+/// [`name_items`] for items numbered by the caller (JSON Lines, by line),
+/// named in messages as `what` and its number.
+fn name_numbered(items: Vec<(usize, InputItem)>, what: &str) -> Result<Vec<Item>, String> {
     let mut given: HashMap<&str, usize> = HashMap::new();
-    for (n, item) in items.iter().enumerate() {
+    for (number, item) in &items {
         if let Some(GivenId(id)) = &item.id
-            && let Some(first) = given.insert(id, n + 1)
+            && let Some(first) = given.insert(id, *number)
         {
             return Err(format!(
-                "items {first} and {} both have the id `{id}`; ids must be unique",
-                n + 1
+                "{what}s {first} and {number} both have the id `{}`; ids must be unique",
+                clip(id)
             ));
         }
     }
     let mut named = Vec::with_capacity(items.len());
-    for (n, item) in items.iter().enumerate() {
-        let number = n + 1;
+    for &(number, ref item) in &items {
         let id = match &item.id {
             Some(GivenId(id)) => id.clone(),
             None if !given.contains_key(number.to_string().as_str()) => number.to_string(),
@@ -154,7 +260,7 @@ pub(crate) fn name_items(items: Vec<InputItem>) -> Result<Vec<Item>, String> {
                 .find(|id| !given.contains_key(id.as_str()))
                 .unwrap_or_else(|| format!("{number}.0")),
         };
-        check_url(&item.url).map_err(|e| format!("item {number} (id {id}): {e}"))?;
+        check_url(&item.url).map_err(|e| format!("{what} {number} (id {}): {e}", clip(&id)))?;
         named.push(Item {
             id,
             url: item.url.clone(),
@@ -179,7 +285,7 @@ pub(crate) fn check(items: Vec<Item>, max_items: usize) -> Result<Vec<Item>, Str
         if !seen.insert(item.id.as_str()) {
             return Err(format!(
                 "id `{}` appears more than once; ids must be unique",
-                item.id
+                clip(&item.id)
             ));
         }
     }
@@ -188,6 +294,12 @@ pub(crate) fn check(items: Vec<Item>, max_items: usize) -> Result<Vec<Item>, Str
 
 /// An absolute http(s) URL with a host.
 pub(crate) fn check_url(url: &str) -> Result<(), String> {
+    let shown = clip(url);
+    if url.len() > MAX_URL_BYTES {
+        return Err(format!(
+            "`{shown}` is too long: a URL has at most {MAX_URL_BYTES} bytes"
+        ));
+    }
     // The scheme first, so `file:///etc/passwd` is refused for its scheme
     // rather than reported as an odd URL.
     if let Some((scheme, _)) = url.split_once(':')
@@ -200,33 +312,36 @@ pub(crate) fn check_url(url: &str) -> Result<(), String> {
         && !scheme.contains('.')
     {
         return Err(format!(
-            "`{url}`: scheme `{scheme}` is not allowed; use http or https"
+            "`{shown}`: scheme `{}` is not allowed; use http or https",
+            clip(scheme)
         ));
     }
     let uri: http::Uri = url
         .parse()
-        .map_err(|e| format!("`{url}` is not a valid URL ({e})"))?;
+        .map_err(|e| format!("`{shown}` is not a valid URL ({e})"))?;
     match uri.scheme_str() {
         Some("http" | "https") => {}
         Some(other) => {
             return Err(format!(
-                "`{url}`: scheme `{other}` is not allowed; use http or https"
+                "`{shown}`: scheme `{}` is not allowed; use http or https",
+                clip(other)
             ));
         }
         None => {
             return Err(format!(
-                "`{url}` is not an absolute URL; start it with http:// or https://"
+                "`{shown}` is not an absolute URL; start it with http:// or https://"
             ));
         }
     }
     if uri.host().is_none_or(str::is_empty) {
-        return Err(format!("`{url}` has no host"));
+        return Err(format!("`{shown}` has no host"));
     }
     // `http::Uri` takes any digits as the port, and a port past 65535 reads
     // as none: the request would go to the scheme's default port instead.
     if let Some(port) = tower_fanout_http::guard::port_out_of_range(&uri) {
         return Err(format!(
-            "`{url}`: port {port} is out of range (a port is 0 to 65535)"
+            "`{shown}`: port {} is out of range (a port is 0 to 65535)",
+            clip(port)
         ));
     }
     Ok(())
@@ -328,6 +443,112 @@ mod tests {
             "{schema:#}"
         );
         assert!(schema.get("$defs").is_none(), "{schema:#}");
+    }
+
+    /// JSON Lines, the shape `fanout fetch` writes, was refused ("unknown
+    /// field `id`, expected `items`"), so its failures could not be fed
+    /// back. Each line is an item, named by its line; a record's other
+    /// fields are ignored, any other field still refused.
+    #[test]
+    fn json_lines_are_items_and_a_record_fanout_wrote_is_one() {
+        let record = serde_json::to_string(&crate::engine::Record {
+            id: "r".to_string(),
+            url: "https://r.test/".to_string(),
+            ok: false,
+            status: Some(503),
+            error: Some("connection failed".to_string()),
+            attempts: 3,
+            latency_ms: 12,
+            bytes: 0,
+        })
+        .unwrap();
+        let text = format!(
+            "{{\"id\":\"a\",\"url\":\"https://a.test/\"}}\n\n{{\"url\":\"https://b.test/\"}}\n{record}\n"
+        );
+        let items = parse(&text, 10).unwrap();
+        let ids: Vec<_> = items.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["a", "3", "r"]);
+        assert_eq!(items[2].url, "https://r.test/");
+        // One object alone is a line too.
+        assert_eq!(
+            parse(r#"{"url":"https://a.test/"}"#, 10).unwrap()[0].id,
+            "1"
+        );
+
+        for (text, expected) in [
+            (
+                "{\"url\":\"https://a.test/\"}\n{\"url\":\"https://b.test/\",\"extra\":1}",
+                "line 2: unknown field `extra`",
+            ),
+            (
+                "{\"url\":\"https://a.test/\"}\nhttps://b.test/",
+                "line 2, column 1: invalid JSON",
+            ),
+            (
+                "{\"url\":\"https://a.test/\"}\n{\"url\":\"ftp://b.test/\"}",
+                "line 2 (id 2): `ftp://b.test/`",
+            ),
+            (
+                "{\"id\":\"x\",\"url\":\"https://a.test/\"}\n\n{\"id\":\"x\",\"url\":\"https://b.test/\"}",
+                "lines 1 and 3 both have the id `x`",
+            ),
+            (
+                &"{\"url\":\"https://a.test/\"}\n".repeat(11),
+                "more than the maximum of 10",
+            ),
+        ] {
+            let err = parse(text, 10).unwrap_err();
+            assert!(err.contains(expected), "{text}: {err}");
+            assert!(!err.contains("at line"), "{err}");
+        }
+    }
+
+    /// An array of URL strings was refused as "expected struct InputItem",
+    /// a Rust type's name; a string is `{"url": ...}` now, and another
+    /// kind of item is refused saying what an item is.
+    #[test]
+    fn an_array_of_url_strings_is_taken() {
+        let items = parse(
+            r#"["https://a.test/",{"id":"b","url":"https://b.test/"}]"#,
+            10,
+        )
+        .unwrap();
+        let ids: Vec<_> = items.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["1", "b"]);
+        assert_eq!(items[0].url, "https://a.test/");
+        let err = parse(r#"["https://a.test/", 5]"#, 10).unwrap_err();
+        assert!(
+            err.starts_with("item 2: a number is not an item")
+                && err.contains("or a URL string")
+                && !err.contains("InputItem"),
+            "{err}"
+        );
+    }
+
+    /// A refused 100 KB line came back whole (on stderr, and to an MCP
+    /// client); input echoed in a message is cut to its first 200
+    /// characters and its size, and a URL past what `http::Uri` takes says
+    /// so, with the limit ("uri too long" did not).
+    #[test]
+    fn long_input_is_echoed_cut_short() {
+        let long = format!("http://x.test/{}", "a".repeat(100_000));
+        let err = parse(&long, 10).unwrap_err();
+        assert!(err.len() < 400, "{} bytes", err.len());
+        assert!(
+            err.contains("… (100014 bytes)") && err.contains("at most 65534 bytes"),
+            "{err}"
+        );
+        let spaced = format!("http://x.test/ {}", "a".repeat(10_000));
+        assert!(parse(&spaced, 10).unwrap_err().len() < 400);
+        let id = "i".repeat(10_000);
+        let dup = format!(
+            r#"[{{"id":"{id}","url":"https://a.test/"}},{{"id":"{id}","url":"https://a.test/"}}]"#
+        );
+        assert!(parse(&dup, 10).unwrap_err().len() < 400);
+        let key = format!(r#"[{{"url":"https://a.test/","{id}":1}}]"#);
+        assert!(parse(&key, 10).unwrap_err().len() < 400);
+        // Short input is shown whole.
+        assert_eq!(clip("https://a.test/"), "https://a.test/");
     }
 
     #[test]

@@ -52,7 +52,7 @@ enum Command {
         #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=5000))]
         requests: u32,
     },
-    /// Fetch URLs (one per line, or a JSON array of {"id","url"}) with bounded fan-out.
+    /// Fetch URLs (one per line, a JSON array of {"id","url"} or URL strings, or JSON Lines) with bounded fan-out.
     Fetch {
         /// The input file; `-` or nothing reads standard input.
         input: Option<PathBuf>,

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::{Json, Parameters};
-use rmcp::model::{ProgressNotificationParam, ServerCapabilities, ServerConfig};
+use rmcp::model::{Implementation, ProgressNotificationParam, ServerCapabilities, ServerConfig};
 use rmcp::service::RequestContext;
 use rmcp::{RoleServer, ServerHandler, ServiceExt, tool, tool_handler, tool_router};
 use schemars::JsonSchema;
@@ -50,7 +50,9 @@ pub(crate) struct BatchFetchInput {
 pub(crate) struct PageInput {
     /// The `batch_id` returned by `batch_fetch_urls`.
     batch_id: String,
-    /// The first result to return (the `next_offset` of the previous page).
+    /// The first result to return (the `next_offset` of the previous page),
+    /// 0 by default.
+    #[serde(default)]
     offset: usize,
     /// How many results to return: 1 to 100 (a value outside is taken to
     /// the nearest), 10 by default.
@@ -109,7 +111,8 @@ impl FanoutServer {
 
     #[tool(
         description = "Fetch many URLs with bounded concurrency, rate limits and per-host limits. \
-                       Returns counts and the first 10 results; page through the rest with get_batch_results. \
+                       Returns each URL's HTTP status, body size in bytes and latency, not the body. \
+                       Answers with counts and the first 10 results; page through the rest with get_batch_results. \
                        With deadline_seconds, answers by then: items not done are reported as failed."
     )]
     async fn batch_fetch_urls(
@@ -231,10 +234,14 @@ fn page(batch_id: String, records: &[Record], offset: usize, limit: usize) -> Ba
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for FanoutServer {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build()).with_instructions(
-            "Bounded batch fetching: batch_fetch_urls fetches many URLs at once without \
-             overwhelming them; get_batch_results pages through a batch's results.",
-        )
+        let mut config = ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_instructions(
+                "Bounded batch fetching: batch_fetch_urls fetches many URLs at once without \
+                 overwhelming them; get_batch_results pages through a batch's results.",
+            );
+        // rmcp's default names rmcp itself, at its own version.
+        config.server_info = Implementation::new("fanout", env!("CARGO_PKG_VERSION"));
+        config
     }
 }
 
@@ -315,6 +322,22 @@ mod tests {
         let limit = &schema["properties"]["limit"];
         assert_eq!(limit["minimum"], 1, "{limit}");
         assert_eq!(limit["maximum"], 100, "{limit}");
+    }
+
+    /// `get_batch_results` refused a call without `offset`; it starts at the
+    /// first result, and the schema no longer requires it.
+    #[test]
+    fn the_page_offset_defaults_to_the_first_result() {
+        let input: PageInput =
+            serde_json::from_value(serde_json::json!({"batch_id": "b1"})).unwrap();
+        assert_eq!(input.offset, 0);
+        let schema = serde_json::to_value(schemars::schema_for!(PageInput)).unwrap();
+        assert_eq!(
+            schema["required"],
+            serde_json::json!(["batch_id"]),
+            "{schema}"
+        );
+        assert_eq!(schema["properties"]["offset"]["default"], 0, "{schema}");
     }
 
     /// An agent reads the deadline's range from the schema, as the server

@@ -629,6 +629,25 @@ mod mcp {
         client.cancel().await.unwrap();
     }
 
+    /// The server named itself "rmcp" at rmcp's version, and the fetch
+    /// tool did not say that it returns no bodies.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_server_names_itself_and_the_tool_says_what_it_returns() {
+        let client = mcp_client(&["mcp"]).await;
+        let info = client.peer_info().unwrap();
+        let server = info.server_info.clone().unwrap();
+        assert_eq!(server.name, "fanout", "{info:?}");
+        assert_eq!(server.version, env!("CARGO_PKG_VERSION"));
+        let tools = client.list_all_tools().await.unwrap();
+        let fetch = tools.iter().find(|t| t.name == "batch_fetch_urls").unwrap();
+        let description = fetch.description.as_deref().unwrap_or_default();
+        assert!(
+            description.contains("status, body size in bytes and latency, not the body"),
+            "{description}"
+        );
+        client.cancel().await.unwrap();
+    }
+
     /// Paging: an offset at the end is an empty last page, one past it is
     /// refused; the last page has no next offset. The last 16 batches are
     /// kept, all of them: the 17th forgets the first and only it.
@@ -694,6 +713,33 @@ mod mcp {
         assert!(text.contains("offset 4 is past the end"), "{text}");
         client.cancel().await.unwrap();
     }
+}
+
+/// `fanout fetch | grep '"ok":false' | fanout fetch` reruns the failures:
+/// the records were refused as input ("unknown field `id`, expected
+/// `items`"). They are JSON Lines items, their outcome fields ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_failures_of_a_run_can_be_fed_back() {
+    let sim = quick_sim();
+    let server = sim.serve().await.unwrap();
+    let (closed, _bound) = support::closed_port();
+    let input = format!("http://{}/a\nhttp://{closed}/b\n", server.addr());
+    let args = ["fetch", "--allow-private", "--retries", "0"];
+    let first = fanout(&args, &input).await;
+    assert_eq!(first.code, Some(1), "{}", first.stderr);
+    let failures: String = first
+        .stdout
+        .lines()
+        .filter(|l| l.contains(r#""ok":false"#))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let again = fanout(&args, &failures).await;
+    assert_eq!(again.code, Some(1), "{}", again.stderr);
+    let records = lines(&again.stdout);
+    assert_eq!(records.len(), 1, "{}", again.stdout);
+    assert_eq!(records[0]["id"], "2");
+    assert_eq!(records[0]["url"], format!("http://{closed}/b"));
+    assert_eq!(sim.stats().arrivals, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

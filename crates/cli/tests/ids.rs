@@ -226,3 +226,32 @@ async fn fetch_takes_the_mcp_tools_arguments_too() {
     assert_eq!(sim.stats().arrivals, 6);
     client.cancel().await.unwrap();
 }
+
+/// An array of URL strings was refused by both, naming a Rust type
+/// ("expected struct InputItem"); both take a string as `{"url": ...}`,
+/// and a record of `fanout fetch` as an item.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_strings_and_records_are_items_in_every_form() {
+    let sim = quick_sim();
+    let server = sim.serve().await.unwrap();
+    let [a, b, c] = urls(server.addr());
+    let client = mcp_client(&["mcp", "--allow-private"]).await;
+
+    let record = json!({"id": "r", "url": c, "ok": false, "status": 503, "error": null,
+        "attempts": 3, "latency_ms": 9, "bytes": 0});
+    let items = json!([a, {"id": "b", "url": b}, record]);
+    assert_eq!(fetch(&items.to_string()).await.unwrap(), ["1", "b", "r"]);
+    assert_eq!(mcp(&client, &items).await.unwrap(), ["1", "b", "r"]);
+
+    let items = json!([a, 5]);
+    let from_fetch = fetch(&items.to_string()).await.unwrap_err();
+    let from_mcp = mcp(&client, &items).await.unwrap_err();
+    for message in [from_fetch, from_mcp] {
+        assert!(
+            message.contains("a number is not an item") && !message.contains("InputItem"),
+            "{message}"
+        );
+    }
+    assert_eq!(sim.stats().arrivals, 6);
+    client.cancel().await.unwrap();
+}

@@ -199,11 +199,18 @@ impl fmt::Display for RefusedAddress {
         match self.ip {
             // The way past it too: reaching such an address is sometimes
             // meant (a proxy, an internal service, a test server).
-            Some(ip) => write!(
-                f,
-                "address guard refused {} ({ip}): private, loopback, link-local or metadata address; if it is meant to be reached, let it through with the client's `address_guard_allow({ip})`, or turn the guard off with `address_guard(false)`",
-                self.host
-            ),
+            Some(ip) => {
+                write!(f, "address guard refused {}", self.host)?;
+                // An IP-literal host is its address: named once.
+                let literal = self.host.trim_start_matches('[').trim_end_matches(']');
+                if literal.parse().ok() != Some(ip) {
+                    write!(f, " ({ip})")?;
+                }
+                write!(
+                    f,
+                    ": private, loopback, link-local or metadata address; if it is meant to be reached, let it through with the client's `address_guard_allow({ip})`, or turn the guard off with `address_guard(false)`"
+                )
+            }
             None => write!(
                 f,
                 "address guard refused {}: only http and https are allowed",
@@ -650,9 +657,9 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.host(), "169.254.169.254");
         assert_eq!(err.ip(), Some("169.254.169.254".parse().unwrap()));
+        // An IP-literal host is its address: named once.
         assert!(
-            err.to_string()
-                .contains("refused 169.254.169.254 (169.254.169.254)"),
+            err.to_string().contains("refused 169.254.169.254: "),
             "{err}"
         );
         let err = g

@@ -62,6 +62,33 @@ async fn guard_refusals_and_bad_ports_are_the_callers_mistake() {
     assert_eq!(outcomes(&err), (Outcome::Overload, Outcome::CallerError));
 }
 
+/// A host written as an IP address was named twice, "address guard
+/// refused 127.0.0.1 (127.0.0.1)"; it is named once, with the way past.
+#[tokio::test]
+async fn a_refused_ip_literal_is_named_once() {
+    let client = Client::builder()
+        .address_guard(true)
+        .no_retry()
+        .build()
+        .unwrap();
+    for (url, host, ip) in [
+        ("http://127.0.0.1:1/", "127.0.0.1", "127.0.0.1"),
+        ("http://[::1]:1/", "[::1]", "::1"),
+    ] {
+        let err = client.get(url).await.unwrap_err();
+        assert!(err.is_refused_address(), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("address guard refused {host}: ")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("address_guard_allow({ip})")),
+            "{text}"
+        );
+    }
+}
+
 /// An attempt past the client's `timeout` is overload, as a timeout is to
 /// core's classifier: `HttpClassify` does not know this crate's `TimedOut`
 /// and read it as a plain failure, so an adaptive limit over the client
