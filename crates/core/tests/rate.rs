@@ -43,6 +43,14 @@ fn units_by(log: &Mutex<Vec<(Duration, u32)>>, t: Duration) -> u64 {
         .sum()
 }
 
+/// One token a second, a burst of one.
+fn one_a_second() -> RateLimitLayer {
+    RateLimitLayer::builder(1, Duration::from_secs(1))
+        .burst(1)
+        .build()
+        .unwrap()
+}
+
 /// Over 10 simulated seconds a saturating caller gets burst + rate × t.
 #[tokio::test(start_paused = true)]
 async fn admits_burst_plus_rate_times_t_exactly() {
@@ -189,10 +197,7 @@ async fn clones_share_the_bucket() {
 /// next caller does not wait for a token nobody used.
 #[tokio::test(start_paused = true)]
 async fn dropped_waiter_gives_its_token_back() {
-    let layer = RateLimitLayer::builder(1, Duration::from_secs(1))
-        .burst(1)
-        .build()
-        .unwrap();
+    let layer = one_a_second();
     let (mut a, _ha) = mock::spawn_layer::<(), (), _>(layer.clone());
     let (mut b, _hb) = mock::spawn_layer::<(), (), _>(layer.clone());
     let (mut c, _hc) = mock::spawn_layer::<(), (), _>(layer.clone());
@@ -250,10 +255,7 @@ async fn callers_timing_out_in_a_queue_give_their_tokens_back() {
 /// left, when that slot comes sooner than its own.
 #[tokio::test(start_paused = true)]
 async fn a_slot_given_up_goes_to_the_next_caller_that_would_wait() {
-    let layer = RateLimitLayer::builder(1, Duration::from_secs(1))
-        .burst(1)
-        .build()
-        .unwrap();
+    let layer = one_a_second();
     let (mut a, _ha) = mock::spawn_layer::<(), (), _>(layer.clone());
     let (mut b, _hb) = mock::spawn_layer::<(), (), _>(layer.clone());
     let (mut c, _hc) = mock::spawn_layer::<(), (), _>(layer.clone());
@@ -272,10 +274,7 @@ async fn a_slot_given_up_goes_to_the_next_caller_that_would_wait() {
 
 #[tokio::test(start_paused = true)]
 async fn dropped_ready_service_gives_its_token_back() {
-    let layer = RateLimitLayer::builder(1, Duration::from_secs(1))
-        .burst(1)
-        .build()
-        .unwrap();
+    let layer = one_a_second();
     let handle = layer.handle();
     let (mut a, _ha) = mock::spawn_layer::<(), (), _>(layer.clone());
     assert_ready_ok!(a.poll_ready());

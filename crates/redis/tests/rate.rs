@@ -27,6 +27,32 @@ fn store(redis: &RedisServer) -> RedisStore {
         .unwrap()
 }
 
+/// Waits, at most 5 s, until `done` holds of the bucket `name`'s time to
+/// live (ms; -2: no key) and the number of its given-up bookings.
+async fn until_bucket(
+    redis: &RedisServer,
+    name: &str,
+    what: &str,
+    done: impl Fn(i64, u64) -> bool,
+) {
+    let mut conn = redis.connection().await;
+    let key = format!("tower-fanout:{{{name}}}:gcra");
+    let given_up = format!("{key}:given-up");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let ttl: i64 = conn.pttl(&key).await.unwrap();
+        let aside: u64 = conn.zcard(&given_up).await.unwrap();
+        if done(ttl, aside) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: {what} not seen in 5 s (time to live {ttl} ms, {aside} given up)"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Waits, at most 5 s, until the bucket of the limit `name` is booked as
 /// `booked` says of its time to live in ms (-2: no key), while `call` is
 /// still waiting. The bucket's key (`RedisStore::key`: default prefix, the
@@ -39,24 +65,14 @@ async fn drop_once_booked<T: std::fmt::Debug>(
     call: tokio::task::JoinHandle<T>,
     booked: impl Fn(i64) -> bool,
 ) {
-    let mut conn = redis.connection().await;
-    let key = format!("tower-fanout:{{{name}}}:gcra");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    until_bucket(redis, name, "a booking by the waiting call", |ttl, _| {
         assert!(
             !call.is_finished(),
             "{name}: the call ended instead of waiting"
         );
-        let ttl: i64 = conn.pttl(&key).await.unwrap();
-        if booked(ttl) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name}: the call booked nothing in 5 s (time to live {ttl} ms)"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        booked(ttl)
+    })
+    .await;
     call.abort();
     let ended = call.await;
     assert!(
@@ -263,32 +279,6 @@ async fn a_dropped_waiting_call_gives_its_tokens_back() {
             "booking not given back: {retry_after:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Waits, at most 5 s, until `done` holds of the bucket `name`'s time to
-/// live (ms; -2: no key) and the number of its given-up bookings.
-async fn until_bucket(
-    redis: &RedisServer,
-    name: &str,
-    what: &str,
-    done: impl Fn(i64, u64) -> bool,
-) {
-    let mut conn = redis.connection().await;
-    let key = format!("tower-fanout:{{{name}}}:gcra");
-    let given_up = format!("{key}:given-up");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let ttl: i64 = conn.pttl(&key).await.unwrap();
-        let aside: u64 = conn.zcard(&given_up).await.unwrap();
-        if done(ttl, aside) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name}: {what} not seen in 5 s (time to live {ttl} ms, {aside} given up)"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
