@@ -486,12 +486,32 @@ mod tests {
         assert_eq!(at, 6 * SEC / 10);
         let (end, at) = b.rebook(0, end, at, 2);
         assert_eq!(at, 2 * SEC / 10, "the first two of the three");
-        // At 250 ms the one left (300 ms) goes to a caller of cost 1; the
-        // 100 ms one, past, to nobody.
+        // At 250 ms the one left (300 ms) goes to a caller of cost 1.
         let now = 25 * SEC / 100;
         let (own_end, own_at) = b.take_queued(now, 1);
         assert_eq!(b.rebook(now, own_end, own_at, 1).1, 3 * SEC / 10);
         b.release(end, 2);
+    }
+
+    /// A caller of cost 1 at 250 ms takes the third token of a given-up
+    /// booking of three (there at 100, 200 and 300 ms): the two past ones
+    /// go to nobody, but stay aside so that the TAT is pulled back past
+    /// them once everything behind them is given up.
+    #[test]
+    fn the_past_tokens_of_a_slot_taken_still_come_back() {
+        let b = TokenBucket::new(10, Duration::from_secs(1), 4);
+        let (full_end, _) = b.take_queued(0, 4);
+        let big = b.take_queued(0, 3);
+        let behind = b.take_queued(0, 1);
+        b.release(big.0, 3);
+        let now = 25 * SEC / 100;
+        let (own_end, own_at) = b.take_queued(now, 1);
+        let taken = b.rebook(now, own_end, own_at, 1);
+        assert_eq!(taken, (big.0, 3 * SEC / 10), "the third token");
+        b.release(behind.0, 1);
+        b.release(taken.0, 1);
+        assert_eq!(b.tat.load(Ordering::Relaxed), full_end, "all three back");
+        assert_eq!(b.forfeited.load(Ordering::Relaxed), 0);
     }
 
     #[test]
