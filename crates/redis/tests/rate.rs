@@ -344,6 +344,69 @@ async fn a_slot_given_up_goes_to_the_next_caller_that_would_wait() {
     second.abort();
 }
 
+/// A given-up booking of several tokens is shared out: a caller of cost 1
+/// takes its first token, and the two left go, together, to a caller of
+/// cost 2; neither books anything of its own.
+#[tokio::test]
+async fn a_given_up_booking_of_several_tokens_is_shared_out() {
+    let redis = RedisServer::start();
+    let waiting = RedisRateLimitLayer::builder(store(&redis), "share", 1, Duration::from_secs(10))
+        .burst(3)
+        .cost(|n: &u32| *n)
+        .fail_closed()
+        .build()
+        .unwrap()
+        .layer(echo());
+    // The burst, then three tokens (ending 60 s ahead), then one (70 s).
+    waiting.clone().oneshot(3).await.unwrap();
+    let big = tokio::spawn(waiting.clone().oneshot(3));
+    until_bucket(&redis, "share", "the three tokens booked", |ttl, _| {
+        ttl > 58_000
+    })
+    .await;
+    let behind = tokio::spawn(waiting.clone().oneshot(1));
+    until_bucket(&redis, "share", "the one behind booked", |ttl, _| {
+        ttl > 68_000
+    })
+    .await;
+    big.abort();
+    until_bucket(&redis, "share", "the three set aside", |_, aside| {
+        aside == 1
+    })
+    .await;
+    // Cost 1 would book 80 s ahead: it takes the first of the three, and
+    // the other two stay aside (one entry).
+    let one = tokio::spawn(waiting.clone().oneshot(1));
+    let mut conn = redis.connection().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let aside: Vec<String> = conn
+            .zrange("tower-fanout:{share}:gcra:given-up", 0, -1)
+            .await
+            .unwrap();
+        if aside.len() == 1 && aside[0].ends_with(":2") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "one token not taken: {aside:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ttl_before = 70_000;
+    until_bucket(&redis, "share", "nothing booked by it", |ttl, _| {
+        ttl <= ttl_before
+    })
+    .await;
+    // Cost 2 takes the two left.
+    let two = tokio::spawn(waiting.clone().oneshot(2));
+    until_bucket(&redis, "share", "the two taken", |ttl, aside| {
+        aside == 0 && ttl <= ttl_before
+    })
+    .await;
+    for call in [one, two, behind] {
+        assert!(!call.is_finished(), "every call waits for its slot");
+        call.abort();
+    }
+}
+
 /// A caller that would wait past `max_wait` is refused at once with the
 /// wait and books nothing: the next caller's wait is the same ~10 s, not
 /// ~20. (Without it, callers that book and then give up, as a timeout above
