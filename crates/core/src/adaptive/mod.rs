@@ -65,7 +65,14 @@
 //! # Where it goes
 //! Innermost but for a fixed [`ConcurrencyLimitLayer`](crate::concurrency::ConcurrencyLimitLayer)
 //! cap, under the rate limit and the retry layer: a retry sleeping on
-//! `Retry-After` must hold no permit.
+//! `Retry-After` must hold no permit. Under a keyed limit
+//! (`KeyedLimitLayer`) too: the keyed limit readies its inner service only
+//! once a call's key admits it, so a call waiting at its key's gate then
+//! holds no adaptive permit, and its wait is not read as the downstream's
+//! latency. (With the adaptive limit above the keyed one, a gate's waits
+//! count as in flight and as slow answers, unless the responses carry them
+//! as a [`DeliberateWait`](crate::DeliberateWait), as tower-fanout-http's
+//! client does.)
 //!
 //! # Sharing and reservations
 //! One limit and one controller are held in an `Arc` in the layer: every
