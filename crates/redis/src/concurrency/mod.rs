@@ -28,7 +28,13 @@
 //! By default a caller waits, asking Redis again every
 //! [`retry_interval`](RedisConcurrencyLimitBuilder::retry_interval) (Redis
 //! has no blocking semaphore to wait on; with many waiters, raise it to
-//! spare Redis, at the price of later wake-ups). With
+//! spare Redis, at the price of later wake-ups). Waiters are not served in
+//! the order they came, unlike core's concurrency limit: a freed place goes
+//! to whichever caller asks next, so under contention some wait several
+//! retry intervals while others go at once (a user trial with a limit of 2
+//! and 20 callers saw waits from 0 to about 1.1 s, p99 0.86 s, where core's
+//! limit kept every wait near 0.1 s). Where the callers are in one process,
+//! put core's concurrency limit above this one to queue them in order. With
 //! [`fail_fast`](RedisConcurrencyLimitBuilder::fail_fast) it gets
 //! `tower_fanout_core::error::Overloaded` from its response future instead.
 //! Either way `poll_ready` is `Pending` for at least one round trip to
