@@ -17,6 +17,23 @@ fn echo()
     service_fn(|n: u32| async move { Ok::<_, Infallible>(n) })
 }
 
+/// A waiting limit `name` of one token each 10 s, a burst of one, over
+/// [`echo`]: a refill no test here waits for in real time.
+fn one_per_ten_seconds(
+    store: RedisStore,
+    name: &str,
+) -> impl Service<u32, Response = u32, Error = tower_fanout_core::BoxError, Future: Send>
++ Clone
++ Send
++ 'static {
+    RedisRateLimitLayer::builder(store, name, 1, Duration::from_secs(10))
+        .burst(1)
+        .fail_closed()
+        .build()
+        .unwrap()
+        .layer(echo())
+}
+
 /// A store whose timeout (2 s, not the default 250 ms) no call here
 /// reaches: these tests are not about outages, and a loaded machine can keep
 /// an answer from Redis waiting a quarter of a second.
@@ -246,12 +263,7 @@ async fn the_script_is_reloaded_after_a_flush() {
 async fn a_dropped_waiting_call_gives_its_tokens_back() {
     let redis = RedisServer::start();
     let store = store(&redis);
-    let waiting = RedisRateLimitLayer::builder(store.clone(), "drop", 1, Duration::from_secs(10))
-        .burst(1)
-        .fail_closed()
-        .build()
-        .unwrap()
-        .layer(echo());
+    let waiting = one_per_ten_seconds(store.clone(), "drop");
     let probe = RedisRateLimitLayer::builder(store, "drop", 1, Duration::from_secs(10))
         .burst(1)
         .fail_fast()
@@ -291,12 +303,7 @@ async fn a_dropped_waiting_call_gives_its_tokens_back() {
 #[tokio::test]
 async fn callers_leaving_in_booking_order_give_every_token_back() {
     let redis = RedisServer::start();
-    let waiting = RedisRateLimitLayer::builder(store(&redis), "queue", 1, Duration::from_secs(10))
-        .burst(1)
-        .fail_closed()
-        .build()
-        .unwrap()
-        .layer(echo());
+    let waiting = one_per_ten_seconds(store(&redis), "queue");
     waiting.clone().oneshot(0).await.unwrap();
     let mut calls = Vec::new();
     for n in 1..=4i64 {
@@ -319,12 +326,7 @@ async fn callers_leaving_in_booking_order_give_every_token_back() {
 #[tokio::test]
 async fn a_slot_given_up_goes_to_the_next_caller_that_would_wait() {
     let redis = RedisServer::start();
-    let waiting = RedisRateLimitLayer::builder(store(&redis), "slot", 1, Duration::from_secs(10))
-        .burst(1)
-        .fail_closed()
-        .build()
-        .unwrap()
-        .layer(echo());
+    let waiting = one_per_ten_seconds(store(&redis), "slot");
     waiting.clone().oneshot(0).await.unwrap();
     let first = tokio::spawn(waiting.clone().oneshot(1));
     until_bucket(&redis, "slot", "the 10 s booking", |ttl, _| ttl > 18_000).await;
