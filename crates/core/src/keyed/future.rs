@@ -122,11 +122,7 @@ impl<S, Req> Wait<S, Req> {
             } else {
                 let (end, at) = bucket.take_queued(now, 1);
                 // A slot given up by a caller that left comes sooner, maybe.
-                let (end, at) = if at > now {
-                    bucket.rebook(now, end, at, 1)
-                } else {
-                    (end, at)
-                };
+                let (end, at) = bucket.rebook(now, end, at, 1);
                 // Given back with the wait if the call is refused below.
                 self.booking = Some(end);
                 if at > now {

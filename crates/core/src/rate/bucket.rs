@@ -208,20 +208,29 @@ impl TokenBucket {
         }
     }
 
-    /// A caller about to wait for the `cost` tokens it booked (ending at
-    /// `end`, there at `at`, later than `now`) takes instead the earliest
-    /// slot of `cost` tokens given up by a caller that left, if that slot
-    /// is there sooner and not before `now`, and gives its own booking up.
-    /// Returns the booking to wait for: `(end, at)` as before, or the slot's.
+    /// A caller whose `cost` tokens are booked (ending at `end`, there at
+    /// `at`) and who would wait for them (`at` later than `now`) takes
+    /// instead the earliest slot of `cost` tokens given up by a caller that
+    /// left, if that slot is there sooner and not before `now`, and gives
+    /// its own booking up. Returns the booking to wait for: `(end, at)` as
+    /// before, or the slot's.
     ///
     /// The slot is used at the time it was booked for, so the schedule of
     /// admissions is one the bucket had already allowed; a slot whose time
     /// has passed is not taken (used late, it could bunch up with later
     /// ones beyond the burst).
+    #[inline]
     pub(crate) fn rebook(&self, now: u64, end: u64, at: u64, cost: u32) -> (u64, u64) {
-        if cost == 0 || self.forfeited.load(Ordering::Relaxed) == 0 {
+        // A caller admitted at once, or with nothing given up, keeps its own.
+        if at <= now || cost == 0 || self.forfeited.load(Ordering::Relaxed) == 0 {
             return (end, at);
         }
+        self.rebook_from_forfeits(now, end, at, cost)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn rebook_from_forfeits(&self, now: u64, end: u64, at: u64, cost: u32) -> (u64, u64) {
         let mut forfeits = self.lock_forfeits();
         // A booking that ended by now can no longer matter: pulled back, the
         // TAT would still be behind now.

@@ -388,11 +388,7 @@ impl<S, C> RateLimit<S, C> {
                 more => {
                     let now = shared.clock.now();
                     let (end, at) = bucket.take_queued(now, more - 1);
-                    let (end, at) = if at > now {
-                        bucket.rebook(now, end, at, more - 1)
-                    } else {
-                        (end, at)
-                    };
+                    let (end, at) = bucket.rebook(now, end, at, more - 1);
                     if at > now {
                         return Settled::Later(Later {
                             at,
