@@ -285,10 +285,15 @@ impl Fetcher {
         on_progress: impl Fn(&Progress) + Send + Sync + 'static,
     ) -> Vec<Record> {
         let mut records = Vec::with_capacity(items.len());
-        self.fetch_each(items, on_progress, |record| {
-            records.push(record);
-            ControlFlow::Continue(())
-        })
+        self.fetch_each(
+            items,
+            on_progress,
+            |record| {
+                records.push(record);
+                ControlFlow::Continue(())
+            },
+            std::future::pending(),
+        )
         .await;
         records
     }
@@ -297,13 +302,18 @@ impl Fetcher {
     /// hands each record to `on_record` in input order as soon as it and
     /// every record before it are done: a slow item holds back the records
     /// after it, not the whole batch. `on_record` returning `Break` stops
-    /// the batch (the requests in flight are dropped).
+    /// the batch (the requests in flight are dropped). When `interrupt`
+    /// ends first, the requests in flight are dropped too, but the records
+    /// already done and held behind an unfinished one are handed on (in
+    /// input order among themselves, after the gap): an interrupted batch
+    /// keeps everything it fetched. Returns whether `interrupt` ended it.
     pub(crate) async fn fetch_each(
         &self,
         items: Vec<Item>,
         on_progress: impl Fn(&Progress) + Send + Sync + 'static,
         mut on_record: impl FnMut(Record) -> ControlFlow<()>,
-    ) {
+        interrupt: impl Future<Output = ()>,
+    ) -> bool {
         let attempts: Vec<Attempts> = items.iter().map(|_| Attempts::default()).collect();
         let mut requests = Vec::with_capacity(items.len());
         for (item, counter) in items.iter().zip(&attempts) {
@@ -352,10 +362,10 @@ impl Fetcher {
                 let error = e.to_string();
                 for item in items.into_iter().flatten() {
                     if on_record(failed(item, error.clone())).is_break() {
-                        return;
+                        return false;
                     }
                 }
-                return;
+                return false;
             }
         };
         // Records done but waiting for an earlier one. The window slides on
@@ -364,7 +374,21 @@ impl Fetcher {
         // `items`, so memory stays that of the input, and records are small.
         let mut done = BTreeMap::new();
         let mut next = 0;
-        while let Some(outcome) = stream.next().await {
+        let mut interrupt = std::pin::pin!(interrupt);
+        loop {
+            let outcome = tokio::select! {
+                biased;
+                () = &mut interrupt => {
+                    for record in std::mem::take(&mut done).into_values() {
+                        if on_record(record).is_break() {
+                            break;
+                        }
+                    }
+                    return true;
+                }
+                outcome = stream.next() => outcome,
+            };
+            let Some(outcome) = outcome else { break };
             let index = outcome.index;
             let Some(item) = items.get_mut(index).and_then(Option::take) else {
                 continue;
@@ -373,7 +397,7 @@ impl Fetcher {
             while let Some(record) = done.remove(&next) {
                 next += 1;
                 if on_record(record).is_break() {
-                    return;
+                    return false;
                 }
             }
         }
@@ -386,9 +410,10 @@ impl Fetcher {
                 (None, None) => continue,
             };
             if on_record(record).is_break() {
-                return;
+                return false;
             }
         }
+        false
     }
 }
 

@@ -251,48 +251,52 @@ async fn fetch(path: Option<PathBuf>, limits: &Limits) -> anyhow::Result<ExitCod
     // keeps what it fetched.
     let (mut ok, mut failed) = (0usize, 0usize);
     let mut write_error = None;
-    let fetched = fetcher.fetch_each(
-        items,
-        {
-            let bar = bar.clone();
-            move |p| {
-                bar.set_position(p.completed as u64);
-                let mut message = format!("{} ok, {} failed", p.succeeded, p.failed);
-                if p.waiting_for_key > 0 {
-                    // Set aside while their host has --per-host in flight.
-                    message.push_str(&format!(", {} waiting for their host", p.waiting_for_key));
+    let interrupted = fetcher
+        .fetch_each(
+            items,
+            {
+                let bar = bar.clone();
+                move |p| {
+                    bar.set_position(p.completed as u64);
+                    let mut message = format!("{} ok, {} failed", p.succeeded, p.failed);
+                    if p.waiting_for_key > 0 {
+                        // Set aside while their host has --per-host in flight.
+                        message
+                            .push_str(&format!(", {} waiting for their host", p.waiting_for_key));
+                    }
+                    bar.set_message(message);
                 }
-                bar.set_message(message);
-            }
-        },
-        |record| {
-            if record.ok {
-                ok += 1;
-            } else {
-                failed += 1;
-            }
-            let written = bar.suspend(|| {
-                let mut stdout = std::io::stdout().lock();
-                serde_json::to_writer(&mut stdout, &record)?;
-                stdout.write_all(b"\n")?;
-                stdout.flush()
-            });
-            match written {
-                Ok(()) => ControlFlow::Continue(()),
-                // Nobody reads on (a closed pipe, say): stop fetching.
-                Err(e) => {
-                    write_error = Some(e);
-                    ControlFlow::Break(())
+            },
+            |record| {
+                if record.ok {
+                    ok += 1;
+                } else {
+                    failed += 1;
                 }
-            }
-        },
-    );
-    let interrupted = tokio::select! {
-        () = fetched => false,
-        // Only a Ctrl-C: a handler that could not be set up (`Err`) leaves
-        // the batch running, as if there were none.
-        Ok(()) = tokio::signal::ctrl_c() => true,
-    };
+                let written = bar.suspend(|| {
+                    let mut stdout = std::io::stdout().lock();
+                    serde_json::to_writer(&mut stdout, &record)?;
+                    stdout.write_all(b"\n")?;
+                    stdout.flush()
+                });
+                match written {
+                    Ok(()) => ControlFlow::Continue(()),
+                    // Nobody reads on (a closed pipe, say): stop fetching.
+                    Err(e) => {
+                        write_error = Some(e);
+                        ControlFlow::Break(())
+                    }
+                }
+            },
+            async {
+                // Only a Ctrl-C: a handler that could not be set up (`Err`)
+                // leaves the batch running, as if there were none.
+                if tokio::signal::ctrl_c().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            },
+        )
+        .await;
     bar.finish_and_clear();
     if let Some(e) = write_error {
         return Err(anyhow::Error::new(e).context("cannot write the results"));
