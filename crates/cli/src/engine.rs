@@ -515,12 +515,27 @@ fn record(item: Item, outcome: ItemResult<(http::StatusCode, u64)>, counter: &At
             url: item.url,
         },
         Err(error) => Record {
+            // A `Retry-After` past the wait cap ends the item with an error
+            // that keeps the answer's status (429, 503): reported as such.
+            status: find_status(&*error),
             error: Some(describe(&*error)),
             attempts,
             latency_ms,
             ..failed(item, String::new())
         },
     }
+}
+
+/// The status of the answer an error came from, when one did.
+fn find_status(error: &(dyn std::error::Error + 'static)) -> Option<u16> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(limited) = e.downcast_ref::<tower_fanout_core::error::RateLimited>() {
+            return limited.status();
+        }
+        next = e.source();
+    }
+    None
 }
 
 fn failed(item: Item, error: String) -> Record {
@@ -801,6 +816,15 @@ mod tests {
             text.contains("wait 3600 s") && !text.contains("max_wait"),
             "{text}"
         );
+        // The item's record keeps the answer's status: it was a 429, not
+        // a call that got no answer (`status: null` before).
+        let records = opts
+            .fetcher()
+            .unwrap()
+            .fetch_all(vec![item("limited", addr)], |_| {})
+            .await;
+        assert_eq!(records[0].status, Some(429), "{:?}", records[0]);
+        assert!(!records[0].ok, "{:?}", records[0]);
     }
 
     /// A loopback server that reads each request and writes `response`.

@@ -129,10 +129,13 @@ unit_error!(
 /// Returned by a fail-fast [`RateLimitLayer`](crate::rate::RateLimitLayer),
 /// and by a limit that would have waited but for the request's
 /// [`Deadline`](crate::Deadline) ([`is_past_deadline`](Self::is_past_deadline)).
+/// A layer that reads the downstream's answers (a retry layer honouring
+/// `Retry-After`) returns it too, with the answer's [`status`](Self::status).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimited {
     retry_after: Duration,
     past_deadline: bool,
+    status: Option<u16>,
 }
 
 impl RateLimited {
@@ -141,6 +144,7 @@ impl RateLimited {
         Self {
             retry_after,
             past_deadline: false,
+            status: None,
         }
     }
 
@@ -150,7 +154,23 @@ impl RateLimited {
         Self {
             retry_after,
             past_deadline: true,
+            status: None,
         }
+    }
+
+    /// The same error, saying that the downstream asked for the wait in an
+    /// answer with this status code (an HTTP 429 or 503 with `Retry-After`,
+    /// say), rather than a limit of this process.
+    #[must_use]
+    pub const fn with_status(mut self, status: u16) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// The status code of the downstream's answer that asked for the wait,
+    /// when one did; `None` when a limit of this process refused the request.
+    pub const fn status(&self) -> Option<u16> {
+        self.status
     }
 
     /// How long to wait before the request would be admitted.
@@ -173,16 +193,16 @@ impl fmt::Display for RateLimited {
         // milliseconds showed as 0); from a second on in seconds to the
         // millisecond ("10 s", not "9999.988884 ms").
         let wait = self.retry_after;
+        f.write_str("rate limited")?;
+        if let Some(status) = self.status {
+            write!(f, " by the downstream (its answer: status {status})")?;
+        }
         if wait < Duration::from_secs(1) {
-            write!(
-                f,
-                "rate limited: retry after {} ms",
-                wait.as_nanos() as f64 / 1e6
-            )?;
+            write!(f, ": retry after {} ms", wait.as_nanos() as f64 / 1e6)?;
         } else {
             let secs = format!("{:.3}", wait.as_secs_f64());
             let secs = secs.trim_end_matches('0').trim_end_matches('.');
-            write!(f, "rate limited: retry after {secs} s")?;
+            write!(f, ": retry after {secs} s")?;
         }
         if self.past_deadline {
             f.write_str(", which would end past the call's deadline")?;

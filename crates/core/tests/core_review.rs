@@ -323,6 +323,15 @@ fn a_wait_of_seconds_is_said_in_seconds() {
         RateLimited::past_deadline(Duration::from_secs(2)).to_string(),
         "rate limited: retry after 2 s, which would end past the call's deadline"
     );
+    // A wait the downstream asked for says so, with its answer's status.
+    let asked = RateLimited::past_deadline(Duration::from_secs(2)).with_status(503);
+    assert_eq!(asked.status(), Some(503));
+    assert_eq!(RateLimited::new(Duration::from_secs(2)).status(), None);
+    assert_eq!(
+        asked.to_string(),
+        "rate limited by the downstream (its answer: status 503): retry after 2 s, which would \
+         end past the call's deadline"
+    );
 }
 
 /// A downstream whose quota is spent: every call answers 429 with a 30 s

@@ -438,6 +438,15 @@ pub(crate) fn decide<B>(
 }
 
 /// [`decide`], reading the clock only for a `Retry-After` to read.
+/// A `RateLimited` for a wait a server's answer asked for, with its status
+/// (callers that report statuses, such as the CLI's records, keep it).
+fn server_asked<B>(limited: RateLimited, outcome: &Result<Response<B>, BoxError>) -> RateLimited {
+    match outcome {
+        Ok(response) => limited.with_status(response.status().as_u16()),
+        Err(_) => limited,
+    }
+}
+
 fn decide_lazily<B>(
     outcome: &Result<Response<B>, BoxError>,
     idempotent: bool,
@@ -729,7 +738,7 @@ where
                                 max_wait_ms = settings.max_wait.as_millis() as u64,
                                 "retry-after above the cap; returning rate limited"
                             );
-                            finish!(Err(RateLimited::new(d).into()));
+                            finish!(Err(server_asked(RateLimited::new(d), &outcome).into()));
                         }
                         Decision::After(d) => d,
                         Decision::Backoff => this.config.backoff(*this.retries),
@@ -753,7 +762,8 @@ where
                             "the wait would end at or past the call's deadline; not retrying"
                         );
                         if let Decision::After(d) = decision {
-                            finish!(Err(RateLimited::past_deadline(d).into()));
+                            let limited = RateLimited::past_deadline(d);
+                            finish!(Err(server_asked(limited, &outcome).into()));
                         }
                         note(&mut outcome, waited);
                         finish!(outcome);

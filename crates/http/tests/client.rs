@@ -134,6 +134,15 @@ async fn wait_cap_returns_rate_limited_without_sleeping() {
         .unwrap()
         .downcast_ref::<tower_fanout_core::error::RateLimited>();
     assert_eq!(core.unwrap().retry_after(), Duration::from_secs(120));
+    // The server's answer asked for the wait, not a limit of ours: said so,
+    // and its status kept for callers that report statuses.
+    assert_eq!(core.unwrap().status(), Some(429));
+    assert!(
+        err.to_string().starts_with(
+            "rate limited by the downstream (its answer: status 429): retry after 120 s"
+        ),
+        "{err}"
+    );
 }
 
 /// A server that publishes a budget of 5 requests per 300 ms window in the

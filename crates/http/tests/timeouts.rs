@@ -335,6 +335,7 @@ async fn a_retry_layer_on_its_own_does_not_wait_past_the_requests_deadline() {
                     .unwrap_or_else(|| panic!("{err}"));
                 assert_eq!(limited.retry_after(), Duration::from_secs(20));
                 assert!(limited.is_past_deadline(), "{err}");
+                assert_eq!(limited.status(), Some(429), "the answer that asked");
             }
             None => assert_eq!(outcome.unwrap().status(), 503),
         }
