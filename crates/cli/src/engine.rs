@@ -657,7 +657,7 @@ mod tests {
     /// A URL the address guard refuses after DNS (`localhost` resolves to
     /// loopback) was read by `--adaptive` as an overloaded downstream:
     /// hyper-util wraps the refusal in its connect error, which core's
-    /// `HttpClassify` counts as overload. A batch (or an MCP client: the
+    /// `HttpClassify` counted as overload (it reads it as a failure since). A batch (or an MCP client: the
     /// limit is shared by every tool call) with a few such URLs cut the
     /// limit for every host to its minimum: four refusals took it from 5
     /// to 1. A refusal is the caller's mistake, which leaves it alone. (The

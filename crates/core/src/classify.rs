@@ -15,8 +15,16 @@
 //! | 429, 502, 503, 504 | [`Outcome::Overload`] |
 //! | other 4xx | [`Outcome::CallerError`]: neither raises nor lowers the limit |
 //! | other 5xx | [`Outcome::Failure`] |
-//! | a timeout (tokio's or tower's `Elapsed`), a fail-fast limit's refusal below (our [`Overloaded`](crate::error::Overloaded), tower's `LoadShed`), a refused, reset or aborted connection, a connect error | [`Outcome::Overload`] |
-//! | any other error | [`Outcome::Failure`] |
+//! | a timeout (tokio's or tower's `Elapsed`, an I/O `TimedOut`: a connect timeout too), a fail-fast limit's refusal below (our [`Overloaded`](crate::error::Overloaded), tower's `LoadShed`), a reset or aborted connection | [`Outcome::Overload`] |
+//! | any other error: a refused connection, a name that does not resolve, any other connect error | [`Outcome::Failure`] |
+//!
+//! A connection refused (nobody listens on the port) or a name that does
+//! not resolve says the host is down or wrong, not busy: fewer calls in
+//! flight would not help it. Read as overload, a dead host among the hosts
+//! that share one adaptive limit (a batch of URLs, one of them gone) would
+//! cut that limit for every host, to its minimum while the calls to it go
+//! on. A connect that times out still reads as overload: a host too busy to
+//! accept looks like that, and so, unavoidably, does an unreachable one.
 //!
 //! ```
 //! use tower_fanout_core::classify::{Classify, HttpClassify, Outcome};
@@ -40,13 +48,14 @@ use std::time::Duration;
 pub enum Outcome {
     /// The call succeeded: evidence the downstream has room.
     Success,
-    /// The downstream is overloaded (429, 503, a timeout, a refused connection):
+    /// The downstream is overloaded (429, 503, a timeout, a reset connection):
     /// the limit goes down.
     Overload,
     /// The caller's own mistake (a 400, 404, ...): says nothing about load,
     /// so the limit neither rises nor falls.
     CallerError,
-    /// Some other failure (a 500): counted as an error, but not as overload.
+    /// Some other failure (a 500, a refused connection): counted as an
+    /// error, but not as overload.
     Failure,
 }
 
@@ -110,8 +119,9 @@ impl HttpClassify {
         }
     }
 
-    /// What an error means: overload for timeouts and connection failures,
-    /// failure otherwise. The whole `source()` chain is looked at.
+    /// What an error means: overload for timeouts, sheds of a limit below
+    /// and connections reset or aborted, failure otherwise (a refused
+    /// connection too). The whole `source()` chain is looked at.
     pub fn error(error: &(dyn Error + 'static)) -> Outcome {
         let mut next = Some(error);
         while let Some(err) = next {
@@ -132,15 +142,16 @@ fn is_overload_error(err: &(dyn Error + 'static)) -> bool {
         use std::io::ErrorKind as K;
         return matches!(
             io.kind(),
-            K::ConnectionRefused | K::ConnectionReset | K::ConnectionAborted | K::TimedOut
+            K::ConnectionReset | K::ConnectionAborted | K::TimedOut
         );
     }
     // tower's `timeout::error::Elapsed` and `load_shed::error::Overloaded`
-    // (the shed of a limit below, like our own fail-fast `Overloaded`) and
-    // hyper-util's connect errors are recognised by their messages, so that
-    // this crate needs neither as a dependency.
+    // (the shed of a limit below, like our own fail-fast `Overloaded`) are
+    // recognised by their messages, so that this crate needs no tower
+    // features for them. hyper-util's connect error ("client error
+    // (Connect)") is not overload in itself: a timeout under it is found
+    // further down the chain (an I/O `TimedOut`).
     crate::error::tower_error(err).is_some()
-        || err.to_string().starts_with("client error (Connect)")
 }
 
 impl<B> Classify<http::Response<B>> for HttpClassify {
@@ -275,8 +286,11 @@ mod tests {
 
     #[test]
     fn errors() {
+        // A refused connection is a host down, not busy.
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        assert_eq!(HttpClassify::error(&refused), Outcome::Overload);
+        assert_eq!(HttpClassify::error(&refused), Outcome::Failure);
+        let timed_out = Wrapped(Box::new(std::io::Error::from(std::io::ErrorKind::TimedOut)));
+        assert_eq!(HttpClassify::error(&timed_out), Outcome::Overload);
         let nested = Wrapped(Box::new(std::io::Error::from(
             std::io::ErrorKind::ConnectionReset,
         )));

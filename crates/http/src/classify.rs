@@ -11,10 +11,9 @@ use crate::error;
 /// [`AdaptiveLimitLayer`](tower_fanout_core::adaptive::AdaptiveLimitLayer)
 /// stacked over a [`Client`](crate::Client).
 ///
-/// `HttpClassify` reads any connect error as overload, and hyper-util wraps
-/// a refusal the address guard makes after DNS in its connect error; so,
-/// under `HttpClassify`, a few URLs naming private addresses (or a port past
-/// 65535) cut the limit that every host's calls share. Here a refused
+/// hyper-util wraps a refusal the address guard makes after DNS in its
+/// connect error, which `HttpClassify` reads as a failure (as it reads a
+/// refused connection: a host down, not busy). Here a refused
 /// address, an invalid request, a body over a cap, too many redirects and a
 /// configuration error are the caller's mistake
 /// ([`Outcome::CallerError`]): they say nothing of the downstream's load. An

@@ -71,9 +71,10 @@
 //! its capacity, and an adaptive limit above should hear them as latency.
 //!
 //! Give that limit [`ClientClassify`] rather than core's default
-//! `HttpClassify`: a URL the address guard refuses fails inside hyper-util's
-//! connect error, which `HttpClassify` reads as overload, so a few such URLs
-//! would cut the limit every host shares.
+//! `HttpClassify`, which does not know this crate's errors: the attempt
+//! timeout is overload to it only through [`ClientClassify`] (to
+//! `HttpClassify` a plain failure), and the caller's own mistakes (a URL the
+//! address guard refuses, a body over a cap) leave the limit alone.
 //!
 //! # Errors
 //! Every failure is one [`Error`] with predicates (`is_timeout`,

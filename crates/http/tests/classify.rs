@@ -1,7 +1,7 @@
 //! `ClientClassify`: how an adaptive limit over the client reads its errors.
-//! Core's `HttpClassify` reads every connect error as overload, and
-//! hyper-util wraps the address guard's refusal after DNS (and the port
-//! check) in its connect error, so refused URLs cut a shared limit.
+//! Core's `HttpClassify` does not know this crate's errors: the address
+//! guard's refusal after DNS (and the port check), wrapped in hyper-util's
+//! connect error, is a plain failure to it and the caller's mistake here.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -23,8 +23,9 @@ fn outcomes(err: &tower_fanout_http::Error) -> (Outcome, Outcome) {
 }
 
 /// A name resolving to a loopback address is refused by the guard inside
-/// hyper-util's connect error: overload to `HttpClassify`, the caller's
-/// mistake to `ClientClassify`. So is a port past 65535.
+/// hyper-util's connect error: a failure to `HttpClassify` (overload, which
+/// cut a shared limit, before it stopped reading every connect error so),
+/// the caller's mistake to `ClientClassify`. So is a port past 65535.
 #[tokio::test]
 async fn guard_refusals_and_bad_ports_are_the_callers_mistake() {
     let addr = serve(support::handler(|_| async {
@@ -42,7 +43,7 @@ async fn guard_refusals_and_bad_ports_are_the_callers_mistake() {
         .await
         .unwrap_err();
     assert!(err.is_refused_address(), "{err}");
-    assert_eq!(outcomes(&err), (Outcome::Overload, Outcome::CallerError));
+    assert_eq!(outcomes(&err), (Outcome::Failure, Outcome::CallerError));
     // The refusal's own message, once: it read "address refused by the
     // guard: client error (Connect): address guard refused ...".
     let text = err.to_string();
@@ -59,7 +60,7 @@ async fn guard_refusals_and_bad_ports_are_the_callers_mistake() {
 
     let err = client.get("http://inside.test:99999/").await.unwrap_err();
     assert!(err.is_invalid_request(), "{err}");
-    assert_eq!(outcomes(&err), (Outcome::Overload, Outcome::CallerError));
+    assert_eq!(outcomes(&err), (Outcome::Failure, Outcome::CallerError));
 }
 
 /// A host written as an IP address was named twice, "address guard
@@ -111,9 +112,10 @@ async fn an_attempt_timeout_is_overload() {
 }
 
 /// A body over the cap is the caller's cap, not the downstream's load; a
-/// refused connection is still overload, as `HttpClassify` says.
+/// refused connection is a host down, not busy: a failure, as
+/// `HttpClassify` says.
 #[tokio::test]
-async fn caps_are_the_callers_and_refused_connections_are_overload() {
+async fn caps_are_the_callers_and_refused_connections_are_failures() {
     let addr = serve(support::handler(|_| async {
         respond(200)
             .body(Chunks::full(vec![b'x'; 64 * 1024]))
@@ -134,7 +136,107 @@ async fn caps_are_the_callers_and_refused_connections_are_overload() {
     let (closed, _held) = support::closed_port();
     let err = client.get(&format!("http://{closed}/")).await.unwrap_err();
     assert!(err.is_connect(), "{err}");
+    assert_eq!(outcomes(&err), (Outcome::Failure, Outcome::Failure));
+}
+
+/// A name that does not resolve is a failure; a connect that does not
+/// finish within the connect timeout is overload (a host too busy to
+/// accept looks like that), to both classifiers.
+#[tokio::test(start_paused = true)]
+async fn an_unknown_name_is_a_failure_and_a_connect_timeout_overload() {
+    let client = Client::builder()
+        .resolver(table_resolver(&[]))
+        .no_retry()
+        .build()
+        .unwrap();
+    let err = client.get("http://gone.test/").await.unwrap_err();
+    assert!(err.is_connect(), "{err}");
+    assert_eq!(outcomes(&err), (Outcome::Failure, Outcome::Failure));
+
+    // A resolver that never answers: the connect timeout covers DNS too.
+    let client = Client::builder()
+        .resolver(tower::service_fn(
+            |_: hyper_util::client::legacy::connect::dns::Name| {
+                std::future::pending::<
+                    Result<std::vec::IntoIter<std::net::SocketAddr>, std::io::Error>,
+                >()
+            },
+        ))
+        .connect_timeout(Some(Duration::from_secs(2)))
+        .no_retry()
+        .build()
+        .unwrap();
+    let err = client.get("http://slow.test/").await.unwrap_err();
+    assert!(err.is_connect() || err.is_timeout(), "{err}");
     assert_eq!(outcomes(&err), (Outcome::Overload, Outcome::Overload));
+}
+
+/// A user trial's case: one dead host among the hosts that share an
+/// adaptive limit (the keyed limit above it, as the adaptive docs advise).
+/// Its refused connections read as overload and cut the limit every host
+/// shares, to 1-2 from 60 on the real clock; the healthy host's calls fell
+/// from 731 to 52 a second. Now they leave it where it is.
+#[tokio::test]
+async fn a_dead_host_does_not_cut_the_limit_other_hosts_share() {
+    use tower::{ServiceBuilder, ServiceExt};
+    use tower_fanout_core::adaptive::AdaptiveLimitLayer;
+    use tower_fanout_core::keyed::{KeyLimit, KeyedLimitLayer};
+
+    let (closed, _held) = support::closed_port();
+    let client = Client::builder()
+        .address_guard(false)
+        .no_retry()
+        .build()
+        .unwrap();
+    for classify in ["HttpClassify", "ClientClassify"] {
+        let adaptive = AdaptiveLimitLayer::default();
+        let handle = adaptive.handle();
+        let before = handle.limit();
+        let keyed = KeyedLimitLayer::builder(KeyLimit::new().concurrency(40))
+            .build()
+            .unwrap();
+        let stack = match classify {
+            "HttpClassify" => ServiceBuilder::new()
+                .layer(keyed)
+                .layer(adaptive)
+                .service(client.clone())
+                .boxed_clone(),
+            _ => ServiceBuilder::new()
+                .layer(keyed)
+                .layer(adaptive.classify(ClientClassify))
+                .service(client.clone())
+                .boxed_clone(),
+        };
+        // Four callers to the dead host, for 300 ms each.
+        let callers: Vec<_> = (0..4)
+            .map(|_| {
+                let stack = stack.clone();
+                tokio::spawn(async move {
+                    let started = std::time::Instant::now();
+                    let mut refused = 0;
+                    while started.elapsed() < Duration::from_millis(300) && refused < 2_000 {
+                        let req = http::Request::get(format!("http://{closed}/"))
+                            .body(http_body_util::Empty::<bytes::Bytes>::new())
+                            .unwrap();
+                        let err = stack.clone().oneshot(req).await.unwrap_err();
+                        assert!(err.to_string().contains("onnect"), "{err}");
+                        refused += 1;
+                    }
+                    refused
+                })
+            })
+            .collect();
+        let mut refused = 0;
+        for caller in callers {
+            refused += caller.await.unwrap();
+        }
+        assert!(refused >= 8, "{classify}: only {refused} calls made");
+        assert!(
+            handle.limit() >= before,
+            "{classify}: {refused} refused connections cut the shared limit from {before} to {}",
+            handle.limit()
+        );
+    }
 }
 
 /// Responses are read as `HttpClassify` reads them, and `Retry-After` as an
