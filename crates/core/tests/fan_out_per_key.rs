@@ -553,14 +553,13 @@ fn a_zero_per_key_or_lookahead_and_chunks_with_keys_are_refused() {
         .chunked(5)
         .unwrap_err();
     assert!(err.to_string().contains("needs a sliding window"), "{err}");
-    // A window set after chunks replaces them.
-    let _keyed = fan_out(svc, grouped())
+    // A window set after chunks does not replace them: both is refused.
+    let err = fan_out(svc, grouped())
         .chunked(5)
         .unwrap()
         .concurrency(5)
-        .unwrap()
-        .per_key(|r: &Req| r.0, 2)
-        .unwrap();
+        .unwrap_err();
+    assert!(err.to_string().contains("pick one"), "{err}");
 
     let err = fan_out(svc, grouped())
         .per_key(|r: &Req| r.0, 2)

@@ -22,26 +22,38 @@ pub struct ItemResult<T> {
     pub result: Result<T, BoxError>,
     /// From the start of the (last) attempt to its end, waits in the layers included.
     pub latency: Duration,
-    /// How many times the item ran: 1, plus one per [`Batch::retry_failed`] that retried it.
+    /// How many times the item ran: 1, plus one per [`Batch::retry_failed`]
+    /// that re-sent it and saw it finish (not one cut short with it in
+    /// flight).
     pub attempts: u32,
 }
 
 /// Where a fan-out stands. New fields may be added: read them by name.
+///
+/// The counts follow the consumer of the results: a result counts as
+/// completed when [`Completions::next`](super::Completions::next) (or
+/// [`collect`](super::FanOut::collect)) hands it over, and the next
+/// requests start in that call. A request that has finished while the
+/// consumer is busy still counts as in flight, and its slot stays taken;
+/// so a slow consumer sees the counts lag, which is what keeps memory
+/// bounded by the window.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Progress {
-    /// The batch size: from the start when the iterator knows it, else
-    /// once the iterator is exhausted (the last request started).
+    /// The batch size: from the start when the iterator's `size_hint` is
+    /// exact, and once the iterator is exhausted the number of requests it
+    /// yielded (whatever the hint said). `None` until then if the hint was
+    /// not exact, or from when the iterator yields more than it said.
     pub total: Option<usize>,
     /// Requests started so far.
     pub started: usize,
-    /// Requests finished so far.
+    /// Requests finished and handed to the consumer so far.
     pub completed: usize,
     /// Finished with a response.
     pub succeeded: usize,
     /// Finished with an error.
     pub failed: usize,
-    /// Started and not finished.
+    /// Started and not handed to the consumer yet (finished or not).
     pub in_flight: usize,
     /// Read but not started: set aside until their key has room (only with
     /// [`per_key`](super::FanOut::per_key); at most its lookahead).
@@ -152,8 +164,18 @@ impl<T> Batch<T> {
     /// with the first run's other settings (a [`per_key`](FanOut::per_key)
     /// bound, progress), see [`retry_failed_with`](Self::retry_failed_with).
     ///
+    /// # Cancel safety
+    /// Each retried item's result, and its attempt, goes into the batch as
+    /// it finishes. A retry cut short (dropped, as by
+    /// `tokio::time::timeout`) keeps the retries it finished; the ones
+    /// still in flight are cancelled (their requests may have gone out) and
+    /// their items stay as they were: failed, attempts unchanged.
+    ///
     /// # Errors
     /// A concurrency of zero.
+    ///
+    /// # Panics
+    /// Polled outside a Tokio runtime: each request runs in a Tokio task.
     pub async fn retry_failed<S, Req, F>(
         &mut self,
         service: S,
@@ -209,8 +231,16 @@ impl<T> Batch<T> {
     /// # }
     /// ```
     ///
+    /// # Cancel safety
+    /// As [`retry_failed`](Self::retry_failed)'s: a retry cut short keeps
+    /// the retries it finished, and leaves the items still in flight as
+    /// they were.
+    ///
     /// # Errors
     /// What `configure` returns (a bad setting).
+    ///
+    /// # Panics
+    /// Polled outside a Tokio runtime: each request runs in a Tokio task.
     pub async fn retry_failed_with<S, Req, F, C, W>(
         &mut self,
         service: S,
@@ -231,8 +261,11 @@ impl<T> Batch<T> {
     {
         let failed = self.failed_indices();
         let requests: Vec<Req> = failed.iter().copied().map(make_request).collect();
-        let retried = configure(fan_out(service, requests))?.collect().await;
-        for outcome in retried.into_items() {
+        let mut retried = configure(fan_out(service, requests))?.stream();
+        // Each result goes into the batch as it comes, with no await in
+        // between: a retry dropped half-way keeps the requests it re-sent
+        // and saw answered.
+        while let Some(outcome) = retried.next().await {
             // `outcome.index` is the position among the retried items.
             let Some(&index) = failed.get(outcome.index) else {
                 continue;

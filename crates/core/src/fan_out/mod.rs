@@ -12,10 +12,13 @@
 //!
 //! # Progress and retries
 //! Progress is reported through a callback ([`FanOut::on_progress`]) or a
-//! watch channel ([`FanOut::watch_progress`]). The collected [`Batch`] keeps
-//! each item's result, so a caller can run only the failed items again with
-//! [`Batch::retry_failed`], or with [`Batch::retry_failed_with`] through a
-//! fan-out set up as the first run's (a [`per_key`](FanOut::per_key) bound).
+//! watch channel ([`FanOut::watch_progress`]). It counts the results handed
+//! to the consumer of the stream, so a slow consumer sees it lag: the
+//! requests finished meanwhile wait in the window, which is what keeps
+//! memory bounded. The collected [`Batch`] keeps each item's result, so a
+//! caller can run only the failed items again with [`Batch::retry_failed`],
+//! or with [`Batch::retry_failed_with`] through a fan-out set up as the
+//! first run's (a [`per_key`](FanOut::per_key) bound).
 //!
 //! # Chunks
 //! [`FanOut::chunked`] runs the batch in fixed chunks, each finished before
@@ -69,9 +72,11 @@
 //! ```
 //!
 //! # Cancellation
-//! Each request runs in its own Tokio task. Dropping the stream (or the
-//! `collect` future) aborts the tasks in flight, which drops their response
-//! futures and gives back any capacity the layers underneath hold.
+//! Each request runs in its own Tokio task (so a fan-out run outside a Tokio
+//! runtime panics). Dropping the stream (or the `collect` future) aborts the
+//! tasks in flight, which drops their response futures and gives back any
+//! capacity the layers underneath hold. A [`Batch::retry_failed`] cut short
+//! keeps the retries it finished.
 //!
 //! # Example
 //! ```
@@ -129,6 +134,7 @@ where
         total: (Some(lower) == upper).then_some(lower),
         window: 16,
         chunked: false,
+        concurrency_set: false,
         on_progress: None,
         watch: None,
         error_kind,
@@ -148,6 +154,8 @@ pub struct FanOut<S, I, W = Unkeyed> {
     total: Option<usize>,
     window: usize,
     chunked: bool,
+    /// Set by `concurrency`, which a chunked run refuses (and the reverse).
+    concurrency_set: bool,
     on_progress: Option<ProgressFn>,
     watch: Option<watch::Sender<Progress>>,
     error_kind: fn(&crate::BoxError) -> &'static str,
@@ -157,26 +165,34 @@ pub struct FanOut<S, I, W = Unkeyed> {
 }
 
 impl<S, I, W> FanOut<S, I, W> {
-    /// At most `n` requests in flight at once (a sliding window).
+    /// At most `n` requests in flight at once (a sliding window). Called
+    /// again, the last `n` holds.
     ///
     /// # Errors
-    /// Zero: nothing would ever run.
+    /// Zero: nothing would ever run. A [`chunked`](Self::chunked) fan-out:
+    /// both set how many requests run at once, so only one may be called.
     pub fn concurrency(mut self, n: usize) -> Result<Self, ConfigError> {
         if n == 0 {
             return Err(ConfigError::new(
                 "fan-out concurrency must be at least 1 (0 would run nothing)",
             ));
         }
+        if self.chunked {
+            return Err(ConfigError::new(CHUNKED_CONCURRENCY));
+        }
         self.window = n;
-        self.chunked = false;
+        self.concurrency_set = true;
         Ok(self)
     }
 
-    /// Runs the batch in chunks of `size`, each finished before the next starts.
+    /// Runs the batch in chunks of `size`, each finished before the next
+    /// starts: a chunk's `size` requests run at once, so this sets the
+    /// concurrency too. Called again, the last `size` holds.
     ///
     /// # Errors
-    /// A chunk size of zero; a fan-out with [`per_key`](Self::per_key)
-    /// (see there).
+    /// A chunk size of zero; a fan-out with
+    /// [`concurrency`](Self::concurrency) (each sets how many requests run
+    /// at once: pick one) or with [`per_key`](Self::per_key) (see there).
     pub fn chunked(mut self, size: usize) -> Result<Self, ConfigError> {
         if size == 0 {
             return Err(ConfigError::new("fan-out chunk size must be at least 1"));
@@ -184,18 +200,25 @@ impl<S, I, W> FanOut<S, I, W> {
         if self.keyed {
             return Err(ConfigError::new(CHUNKED_PER_KEY));
         }
+        if self.concurrency_set {
+            return Err(ConfigError::new(CHUNKED_CONCURRENCY));
+        }
         self.window = size;
         self.chunked = true;
         Ok(self)
     }
 
-    /// Calls `f` with the progress after every completed request.
+    /// Calls `f` with the progress after every completed request, as the
+    /// consumer is handed its result (see [`Progress`]: a slow consumer
+    /// sees the counts lag). A second call replaces the first `f`.
     pub fn on_progress(mut self, f: impl Fn(&Progress) + Send + Sync + 'static) -> Self {
         self.on_progress = Some(Arc::new(f));
         self
     }
 
-    /// A channel that always holds the latest progress.
+    /// A channel that always holds the latest progress, updated as the
+    /// consumer is handed each result (see [`Progress`]: a slow consumer
+    /// sees the counts lag). Every call subscribes to the same channel.
     pub fn watch_progress(&mut self) -> watch::Receiver<Progress> {
         let sender = self.watch.get_or_insert_with(|| {
             watch::Sender::new(Progress {
@@ -212,6 +235,11 @@ impl<S, I, W> FanOut<S, I, W> {
         self
     }
 }
+
+// Refused in either order: each would quietly undo the other.
+const CHUNKED_CONCURRENCY: &str = "fan-out `chunked(n)` and `concurrency(n)` both set how many \
+     requests run at once: a chunk of n runs whole (n at once, the next chunk after its slowest \
+     item); pick one: `.chunked(n)` for chunks, `.concurrency(n)` for a sliding window";
 
 const CHUNKED_PER_KEY: &str = "fan-out per_key needs a sliding window, not chunks: a chunk \
      waits for its slowest item before the next starts, so a request set aside for a busy key \
@@ -282,6 +310,7 @@ where
             total: self.total,
             window: self.window,
             chunked: false,
+            concurrency_set: self.concurrency_set,
             on_progress: self.on_progress,
             watch: self.watch,
             error_kind: self.error_kind,

@@ -31,6 +31,10 @@ where
     Req: Send + 'static,
 {
     /// Runs the batch and yields each result as it finishes.
+    ///
+    /// # Panics
+    /// Its [`next`](Completions::next) panics outside a Tokio runtime: each
+    /// request runs in a Tokio task.
     pub fn stream(mut self) -> Completions<S, I, S::Response, W> {
         let progress = Progress {
             total: self.total,
@@ -56,6 +60,9 @@ where
     }
 
     /// Runs the batch and returns every result, in input order.
+    ///
+    /// # Panics
+    /// Polled outside a Tokio runtime: each request runs in a Tokio task.
     pub async fn collect(self) -> Batch<S::Response> {
         let error_kind = self.error_kind;
         let mut stream = self.stream();
@@ -110,6 +117,11 @@ where
     Req: Send + 'static,
 {
     /// The next finished request, or `None` when the batch is done.
+    ///
+    /// # Panics
+    /// Polled outside a Tokio runtime: each request runs in a Tokio task,
+    /// spawned here. A panic of the request iterator (or of a
+    /// [`per_key`](FanOut::per_key) key function) comes out of here too.
     pub async fn next(&mut self) -> Option<ItemResult<S::Response>> {
         self.fill();
         let item = match self.tasks.join_next_with_id().await? {
@@ -139,12 +151,19 @@ where
                 }
             }
         };
-        // Nothing left in flight and the size still unknown: this may be the
-        // last item (a window of 1, a chunk that ended the batch). Refill
-        // now, so the iterator is found exhausted before this item's report
-        // and the report shows the end; otherwise that was only seen on the
-        // call after the last item, which reports nothing.
-        if self.tasks.is_empty() && self.progress.total.is_none() {
+        // Nothing left in flight and the size unknown, or all the size said
+        // read: this may be the last item (a window of 1, a chunk that ended
+        // the batch). Refill now, so the iterator is found exhausted before
+        // this item's report and the report shows the end; otherwise that
+        // was only seen on the call after the last item, which reports
+        // nothing.
+        if self.tasks.is_empty()
+            && !self.exhausted
+            && self
+                .progress
+                .total
+                .is_none_or(|total| self.next_index >= total)
+        {
             self.fill();
         }
         self.record(&item);
@@ -175,17 +194,22 @@ where
                 self.exhausted = true;
                 // The size is known now: say it, so that the progress
                 // shows the end (`completed == total`) to a callback or a
-                // watch even when the iterator did not know its size.
-                if self.progress.total.is_none() {
-                    self.progress.total = Some(self.next_index);
-                    if let Some(watch) = &self.watch {
-                        watch.send_modify(|p| p.total = Some(self.next_index));
-                    }
-                }
+                // watch even when the iterator did not know its size, or
+                // said a wrong one (`size_hint` is only a hint).
+                self.set_total(Some(self.next_index));
                 break;
             };
             let index = self.next_index;
             self.next_index += 1;
+            // More than the iterator said: its size is unknown after all,
+            // lest a report show the end (`completed == total`) too soon.
+            if self
+                .progress
+                .total
+                .is_some_and(|total| self.next_index > total)
+            {
+                self.set_total(None);
+            }
             if let Some(request) = self.admission.offer(index, request) {
                 self.spawn(index, request);
             }
@@ -194,6 +218,17 @@ where
         // Only `fill` changes what the window holds (a finished request
         // hands its slot to a held one, which stays held until started here).
         self.progress.waiting_for_key = self.admission.held();
+    }
+
+    /// Sets the batch size in the progress, and in the watch at once: the
+    /// next report may be a while.
+    fn set_total(&mut self, total: Option<usize>) {
+        if self.progress.total != total {
+            self.progress.total = total;
+            if let Some(watch) = &self.watch {
+                watch.send_modify(|p| p.total = total);
+            }
+        }
     }
 
     /// Starts the request read at `index`.
