@@ -23,6 +23,7 @@ pub(super) struct Guard {
     pub(super) started: Instant,
     /// When the permit was taken (before `started` when pacing delayed it).
     pub(super) admitted: Instant,
+    /// Permits in use plus callers queued for one, when the call started.
     pub(super) in_flight: usize,
     pub(super) limit: usize,
     pub(super) _permit: Permit,

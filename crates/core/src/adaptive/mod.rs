@@ -23,8 +23,19 @@
 //! downstream its own adaptive layer.
 //!
 //! Every controller starts with a slow start (except the windowed preset):
-//! it doubles per round trip until the first sign of overload, so a
-//! capacity of 200 is found from 5 in about six round trips.
+//! while callers queue for a permit it doubles per round trip until the
+//! first sign of overload, so a capacity of 200 is found from 5 in about
+//! six round trips.
+//!
+//! And every one but the windowed preset (whose rules grow on fast answers
+//! alone) grows only while the limit is in use, and no further than a third
+//! above the most calls that wanted a permit at once, in flight or queued
+//! for one (and at least one above): under a steady demand of 40 callers
+//! and no overload it stops at 53, so a later burst does not find a limit
+//! far above anything the downstream was shown. Callers queued above this
+//! layer (in a `Buffer`) or shed by
+//! [`fail_fast`](AdaptiveLimitLayer::fail_fast) are demand it cannot see:
+//! a full limit then grows by a third (at least one) per round trip.
 //!
 //! # Rules the layer keeps for every controller
 //! - One congestion episode, one decrease: overloads from calls admitted

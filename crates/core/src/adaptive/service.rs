@@ -168,8 +168,12 @@ where
         match self.permit.take() {
             Some(permit) => {
                 let started = Instant::now();
+                let semaphore = &self.shared.semaphore;
                 let guard = Guard {
-                    in_flight: self.shared.semaphore.in_use(),
+                    // The callers queued for a permit count too: they are the
+                    // demand the limit holds back, which a full limit alone
+                    // does not tell from a demand it just meets.
+                    in_flight: semaphore.in_use().saturating_add(semaphore.waiting()),
                     limit: self.shared.semaphore.limit(),
                     started,
                     admitted: self.admitted.take().unwrap_or(started),

@@ -8,10 +8,12 @@ use crate::error::ConfigError;
 
 /// Loss-based AIMD: +`increase` per round trip while the limit is in use,
 /// ×`backoff` on overload; doubles per round trip (slow start) until the
-/// first overload.
+/// first overload. Either way no further than a third above the calls that
+/// wanted a permit ([`Sample::ceiling`]).
 ///
 /// It reads only overload signals, not latency: behind a server that queues
-/// instead of refusing, it climbs to its max. Prefer
+/// instead of refusing, it climbs until every caller is let in (and a third
+/// above them, or to its max), so they all queue there. Prefer
 /// [`GradientController`](super::GradientController) there.
 #[derive(Debug, Clone)]
 pub struct AimdController {
@@ -115,7 +117,11 @@ impl Controller for AimdController {
                 } else {
                     (self.increase / self.limit.max(1.0), "increase")
                 };
-                self.limit = self.bounds.clamp(self.limit + step);
+                // Slow start's +1 per answer counts answers of calls let in
+                // by a smaller limit: past the demand it would double 40 to
+                // 80 for 40 callers. No further than a third above them.
+                let next = super::capped(self.limit, self.limit + step, sample.in_flight);
+                self.limit = self.bounds.clamp(next);
                 change(old, self.limit, reason)
             }
             _ => None,

@@ -45,7 +45,8 @@ use crate::error::ConfigError;
 ///   few): the answers of earlier calls describe half that limit, and
 ///   doubling on them would overshoot a knee by a factor of two. After a
 ///   refusal with a `Retry-After` (a rate cap, which stays put) the probe's
-///   step stops at 8 %.
+///   step stops at 8 %. No growth goes past a third above the most calls
+///   that wanted a permit in the round ([`Sample::ceiling`](super::Sample::ceiling)).
 /// - **Idle**: in a round where the limit was not in use, it settles towards
 ///   1.5 × the calls in flight it saw (×0.9 per round), so a light load
 ///   leaves no stale high limit behind.
@@ -335,7 +336,8 @@ impl GradientController {
         }
         if !saturated {
             // The limit was not the bottleneck: let it settle to half again
-            // the demand it saw (increases stop at a third above it), so
+            // the demand it saw (increases stop at a third above it: the
+            // gap keeps the two from flapping), so
             // that a light load does not leave behind a limit a later burst
             // would overrun the downstream with.
             let ceiling = (round.max_in_flight as f64 * 1.5).max(self.bounds.min as f64);
@@ -349,8 +351,17 @@ impl GradientController {
             // Nothing but failures (500s): no evidence the limit has room.
             return None;
         }
+        // No further than a third above the demand seen: the round's calls
+        // may have been let in by a limit half this one (on the paused
+        // clock, those sent at the instant of a doubling count as fresh),
+        // and doubling again on them took 40 callers to a limit of 160.
+        // Nor does the probe count a round the demand stopped.
+        let cap = super::capped(self.limit, f64::INFINITY, round.max_in_flight);
+        if self.limit >= cap {
+            return None;
+        }
         if self.slow_start {
-            self.limit = self.bounds.clamp(self.limit * 2.0);
+            self.limit = self.bounds.clamp((self.limit * 2.0).min(cap));
             return change(old, self.limit, "slow start");
         }
         // CUBIC's shape: back quickly towards the limit of the last decrease
@@ -370,7 +381,7 @@ impl GradientController {
                 step.max(0.25)
             }
         };
-        self.limit = self.bounds.clamp(self.limit + step);
+        self.limit = self.bounds.clamp((self.limit + step).min(cap));
         change(old, self.limit, "increase")
     }
 }

@@ -27,7 +27,10 @@
 //!     fn update(&mut self, sample: &Sample, _now: Instant) -> Option<Change> {
 //!         let (limit, reason) = match sample.outcome {
 //!             Outcome::Overload => ((self.limit / 2).max(1), "overload"),
-//!             Outcome::Success if sample.saturated() => ((self.limit + 1).min(100), "increase"),
+//!             // In use, and no further than a third above the demand.
+//!             Outcome::Success if sample.saturated() && self.limit < sample.ceiling() => {
+//!                 ((self.limit + 1).min(100), "increase")
+//!             }
 //!             _ => return None,
 //!         };
 //!         (limit != self.limit).then(|| {
@@ -98,7 +101,11 @@ pub struct Sample {
     /// waiting on purpose, as the response reported it
     /// ([`DeliberateWait`](crate::DeliberateWait)).
     pub rtt: Duration,
-    /// Permits in use when the call started, this one included.
+    /// The calls that wanted a permit when the call started, this one
+    /// included: the permits in use plus the callers queued for one. Above
+    /// `limit`, the limit was holding calls back; at or below it, this is
+    /// all the demand there was (as far as this layer sees: callers queued
+    /// above it, in a `Buffer` or shed by `fail_fast`, are not counted).
     pub in_flight: usize,
     /// The limit when the call started.
     pub limit: usize,
@@ -108,15 +115,46 @@ pub struct Sample {
 }
 
 impl Sample {
-    /// Whether the limit was really being used when this call started.
+    /// Whether the limit was really being used when this call started:
+    /// three quarters of it at least.
     ///
     /// A limit only grows on evidence that it was the bottleneck: without
     /// this, a light load would let it climb without bound (vector's
-    /// "limit reached" rule). Three quarters keeps the limit within a third
-    /// above the demand it has actually seen.
+    /// "limit reached" rule). The rule alone does not bound a step, though:
+    /// a limit of 40 that 40 callers fill is saturated, and doubling it on
+    /// that gives 80. Grow to at most [`ceiling`](Self::ceiling) as well.
     pub fn saturated(&self) -> bool {
         self.in_flight.saturating_mul(4) >= self.limit.saturating_mul(3)
     }
+
+    /// The highest limit this call's demand justifies: a third above the
+    /// calls that wanted a permit (the largest limit they still saturate),
+    /// and at least one above.
+    ///
+    /// Every built-in controller grows only on saturated samples and to at
+    /// most the ceiling of the demand it saw (the most of a round, for the
+    /// round-based ones): under a steady demand of D callers the limit
+    /// stops at 4/3 × D, however fast it grew (40 callers: 53). A demand
+    /// above the limit (callers queued) lifts the ceiling with it, so slow
+    /// start still doubles while they wait.
+    pub fn ceiling(&self) -> usize {
+        ceiling(self.in_flight)
+    }
+}
+
+/// See [`Sample::ceiling`].
+pub(crate) fn ceiling(demand: usize) -> usize {
+    // 4D/3 rounded down (without overflowing for a huge D), and at least
+    // one more: a full limit of 1 or 2 whose queue this layer cannot see
+    // (a `Buffer` above it) must still be able to grow.
+    demand.saturating_add((demand / 3).max(1))
+}
+
+/// The limit after an increase to `next` from `limit`, with the most calls
+/// that wanted a permit at once being `demand`: never past a third above
+/// it, and never lower than `limit` (an increase does not cut).
+pub(crate) fn capped(limit: f64, next: f64, demand: usize) -> f64 {
+    next.min(limit.max(ceiling(demand) as f64))
 }
 
 /// A move of the limit, with a short reason for the `tracing` event.
@@ -247,7 +285,8 @@ pub(crate) struct RoundSummary {
     pub(crate) median: Option<Duration>,
     /// Whether most of the round's calls started with the limit in use.
     pub(crate) saturated: bool,
-    /// The most calls in flight any of the round's calls started with.
+    /// The most calls that wanted a permit (in flight or queued) when any
+    /// of the round's calls started.
     pub(crate) max_in_flight: usize,
     /// How many of the round's calls succeeded (stale ones included).
     pub(crate) successes: usize,
@@ -517,13 +556,18 @@ pub(crate) mod test_support {
         }
     }
 
+    /// Callers in a saturated closed loop: more than any limit in the tests
+    /// reaches, so the demand never caps an increase.
+    pub(crate) const CALLERS: usize = 10_000;
+
     /// A round of `answers` successes all taking `median`, read alike
-    /// whether fresh or not (no spread inside it).
+    /// whether fresh or not (no spread inside it); a saturated one had
+    /// [`CALLERS`] wanting a permit, another at most 20.
     pub(crate) fn summary(median: Duration, saturated: bool, answers: usize) -> RoundSummary {
         RoundSummary {
             median: Some(median),
             saturated,
-            max_in_flight: 20,
+            max_in_flight: if saturated { CALLERS } else { 20 },
             successes: answers,
             rtts: vec![median; answers],
             fresh_median: Some(median),
@@ -539,10 +583,11 @@ pub(crate) mod test_support {
         }
     }
 
-    /// Drives a controller with a saturated closed loop against a model
-    /// downstream, event by event: `capacity(round)` calls at a time
-    /// succeed after `latency(in flight)`, more are refused after 1 ms, and
-    /// every answer admits new calls up to the current limit. Returns the
+    /// Drives a controller with a saturated closed loop of [`CALLERS`]
+    /// against a model downstream, event by event: `capacity(round)` calls
+    /// at a time succeed after `latency(in flight)`, more are refused after
+    /// 1 ms, and every answer admits new calls up to the current limit (the
+    /// other callers queue for a permit). Returns the
     /// limit at the end of each round trip (of `latency(1)`). Like the
     /// layer, it drops overloads from calls started before the last decrease.
     pub(crate) fn drive(
@@ -556,7 +601,7 @@ pub(crate) mod test_support {
         let t0 = Instant::now();
         let rtt = latency(1);
         let mut limit = c.initial_limit();
-        // (finish, is_ok, in_flight at start, limit at start, start)
+        // (finish, is_ok, demand at start, limit at start, start)
         type Call = (Instant, bool, usize, usize, Instant);
         let mut heap: BinaryHeap<Reverse<Call>> = BinaryHeap::new();
         let mut last_decrease = t0;
@@ -568,6 +613,10 @@ pub(crate) mod test_support {
             while heap.len() < limit {
                 let round = (now.duration_since(t0).as_nanos() / rtt.as_nanos()) as usize;
                 let n = heap.len() + 1;
+                // The calls in flight plus the callers queued behind them;
+                // at the start they arrive one by one, and the first ones
+                // find none before them.
+                let demand = if now == t0 { n } else { CALLERS };
                 let accepted = ok_in_flight < capacity(round);
                 let finish = if accepted {
                     ok_in_flight += 1;
@@ -575,7 +624,7 @@ pub(crate) mod test_support {
                 } else {
                     now + ms(1)
                 };
-                heap.push(Reverse((finish, accepted, n, limit, now)));
+                heap.push(Reverse((finish, accepted, demand, limit, now)));
             }
             let Some(Reverse((finish, accepted, n, l, started))) = heap.pop() else {
                 break;
@@ -782,6 +831,25 @@ mod tests {
         };
         assert_eq!((round.successes, round.fresh_successes), (2, 1));
         assert_eq!(round.fresh_median, Some(ms(10)));
+    }
+
+    /// The ceiling is the largest limit the demand still saturates, and at
+    /// least one more than the demand.
+    #[test]
+    fn the_ceiling_is_a_third_above_the_demand() {
+        for (demand, ceiling) in [(1, 2), (2, 3), (3, 4), (40, 53), (100, 133)] {
+            let sample = test_support::ok(10, demand, ceiling);
+            assert_eq!(sample.ceiling(), ceiling, "{demand}");
+            if demand >= 3 {
+                assert!(sample.saturated(), "{demand} saturates {ceiling}");
+                assert!(!test_support::ok(10, demand, ceiling + 1).saturated());
+            }
+        }
+        assert_eq!(super::ceiling(usize::MAX), usize::MAX);
+        // An increase stops there, and never cuts.
+        assert_eq!(capped(40.0, 80.0, 40), 53.0);
+        assert_eq!(capped(40.0, 80.0, 100), 80.0);
+        assert_eq!(capped(60.0, 120.0, 40), 60.0);
     }
 
     #[test]

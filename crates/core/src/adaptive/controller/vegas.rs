@@ -19,7 +19,10 @@ use crate::error::ConfigError;
 /// most a tenth of the limit, when nothing queues), above β it steps back
 /// to the middle of the band (at most halving); overload cuts by ×0.9 and
 /// at least one call (to half, the last limit without overload, when it
-/// ends slow start). Slow start doubles until the first signal.
+/// ends slow start). Slow start doubles until the first signal. No growth
+/// goes past a third above the most calls that wanted a permit in the round
+/// ([`Sample::ceiling`](super::Sample::ceiling)); it has no idle rule, so
+/// the demand it saw bounds it.
 ///
 /// Like TCP Vegas it reacts before the downstream refuses anything, so it
 /// suits servers that queue; its queue estimate is noisy under heavy-tailed
@@ -119,7 +122,12 @@ impl VegasController {
         if queue >= alpha {
             self.slow_start = false;
         }
-        if !round.saturated || queue >= alpha {
+        // No further than a third above the demand seen: a round counts
+        // calls let in by the limit before its last doubling, which still
+        // found it in use, and doubling again on them took 40 callers to a
+        // limit of 160 (and, with no idle rule, it stayed there).
+        let cap = super::capped(self.limit, f64::INFINITY, round.max_in_flight);
+        if !round.saturated || queue >= alpha || self.limit >= cap {
             return None;
         }
         let (next, reason) = if self.slow_start {
@@ -131,7 +139,7 @@ impl VegasController {
         } else {
             (self.limit + log, "increase")
         };
-        self.limit = self.bounds.clamp(next);
+        self.limit = self.bounds.clamp(next.min(cap));
         change(old, self.limit, reason)
     }
 }
