@@ -42,7 +42,10 @@ const DEFAULT_AGENT: &str = concat!("tower-fanout-http/", env!("CARGO_PKG_VERSIO
 
 type Connector = GuardedConnector<hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>>;
 type Raw = HyperClient<Connector, Full<Bytes>>;
-type Limited = Learn<Gated<KeyedLimit<Fetch, AuthorityKey, String>>>;
+/// The learned budgets sit below the per-host gate: a call is checked
+/// against its host's budget once it is let through, so calls that queued
+/// at the gate before the host's first answer still wait for what it says.
+type Limited = Gated<KeyedLimit<Learn<Fetch>, AuthorityKey, String>>;
 /// With redirects off (`max_redirects(0)`) the redirect layer is left out:
 /// it copies every request for a next hop and inserts an extension into
 /// every answer, about 1 700 instructions a request on loopback.
@@ -360,6 +363,15 @@ impl ClientBuilder {
     /// the wait as [`Error::retry_after`]. With `false`, every request is
     /// sent and the server answers for itself (a `Retry-After` is then
     /// honoured only by the retry of the request it answered).
+    ///
+    /// A request is checked against its host's budget once its host's
+    /// [`host_limit`](Self::host_limit) lets it through, not before: a crowd
+    /// queued there before the host's first answer still hears what that
+    /// answer said (checked on arrival, each went out later into a spent
+    /// window). A held request keeps its place at the host's limit while it
+    /// waits (no other request to the host could go anyway), so
+    /// [`Client::host_limits`] counts it in flight; [`Client::held`] counts
+    /// the held ones.
     #[must_use]
     pub fn learn_rate_limits(mut self, on: bool) -> Self {
         self.learn_rate_limits = on;
@@ -587,26 +599,23 @@ impl ClientBuilder {
             cap: self.max_response_body,
         };
 
-        let limited = Gated(limits.layer(fetch));
         // Without retries the layer still runs, with zero retries: one
         // concrete stack type, and nothing boxed but the response future.
         let retry = self.retry.clone().unwrap_or_else(RetryLayer::never);
-        let learned = Learn::new(
-            limited,
-            self.learn_rate_limits.then(|| {
-                let learned = Learned::new(self.max_hosts, retry.max_wait());
-                // Without retries the cap is the defaults', not the user's:
-                // the refusal of a held host says so.
-                Arc::new(match self.retry {
-                    Some(_) => learned,
-                    None => learned.without_retries(),
-                })
-            }),
-        );
+        let budgets = self.learn_rate_limits.then(|| {
+            let learned = Learned::new(self.max_hosts, retry.max_wait());
+            // Without retries the cap is the defaults', not the user's:
+            // the refusal of a held host says so.
+            Arc::new(match self.retry {
+                Some(_) => learned,
+                None => learned.without_retries(),
+            })
+        });
+        let limited = Gated(limits.layer(Learn::new(fetch, budgets.clone())));
         let stack: Stack = match self.max_redirects {
-            0 => Either::Right(learned),
+            0 => Either::Right(limited),
             max => Either::Left(FollowRedirect::with_policy(
-                learned,
+                limited,
                 RedirectPolicy::new(max),
             )),
         };
@@ -620,6 +629,7 @@ impl ClientBuilder {
                 guard,
                 retry,
                 host_limits,
+                learned: budgets,
             }),
         })
     }
@@ -893,6 +903,7 @@ struct Shared {
     guard: Guard,
     retry: RetryLayer,
     host_limits: KeyedLimitHandle<String>,
+    learned: Option<Arc<Learned>>,
 }
 
 impl fmt::Debug for Client {
@@ -949,6 +960,27 @@ impl Client {
     /// A live view of the per-host limits (calls in flight, waiting, tokens per host).
     pub fn host_limits(&self) -> &KeyedLimitHandle<String> {
         &self.shared.host_limits
+    }
+
+    /// Calls to `host` (its authority, written as for
+    /// [`host_limit`](ClientBuilder::host_limit)) held by what its earlier
+    /// answers said of its budget: waiting for its window to reset (see
+    /// [`learn_rate_limits`](ClientBuilder::learn_rate_limits)). They are
+    /// past the host's gate, so [`host_limits`](Self::host_limits) counts
+    /// them in flight too; the rest of its in-flight calls are at the
+    /// server. 0 with learning off, and for a host not tracked.
+    ///
+    /// ```
+    /// # let client = tower_fanout_http::Client::builder().build().unwrap();
+    /// let host = "api.example.com";
+    /// let at_server = client.host_limits().in_flight(host) - client.held(host);
+    /// # assert_eq!(at_server, 0);
+    /// ```
+    pub fn held(&self, host: &str) -> usize {
+        let (Some(learned), Ok(key)) = (&self.shared.learned, AuthorityKey::key_for(host)) else {
+            return 0;
+        };
+        learned.held(&key)
     }
 
     /// Sends a GET to `uri` (a convenience over [`Service::call`]).
@@ -1235,11 +1267,7 @@ where
 impl Client {
     /// The learned budgets, when learning is on (for the cancellation tests).
     pub(crate) fn learned(&self) -> Option<Arc<Learned>> {
-        let learn = match &self.shared.stack {
-            Either::Left(redirects) => redirects.get_ref(),
-            Either::Right(learn) => learn,
-        };
-        learn.learned().cloned()
+        self.shared.learned.clone()
     }
 }
 

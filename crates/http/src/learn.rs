@@ -77,6 +77,8 @@ struct Host {
     /// answer stated a budget that outlasts the tightest one.
     after: Option<(u64, Instant)>,
     in_flight: u32,
+    /// Requests waiting for the host's reset or for news of its window.
+    held: u32,
 }
 
 impl Host {
@@ -175,6 +177,13 @@ impl Learned {
         let entry = Arc::new(Entry::default());
         hosts.insert(host.into(), entry.clone());
         Some(entry)
+    }
+
+    /// Requests to `host` (a key as [`AuthorityKey`] writes it) waiting for
+    /// its budget: 0 for a host not tracked.
+    pub(crate) fn held(&self, host: &str) -> usize {
+        let entry = self.lock().get(host).cloned();
+        entry.map_or(0, |e| e.lock().held as usize)
     }
 
     /// Takes one from the host's budget, or says what to wait for.
@@ -391,6 +400,23 @@ impl Drop for InFlight {
     }
 }
 
+/// Counts a request held by its host's budget, until dropped.
+struct Held<'a>(&'a Entry);
+
+impl<'a> Held<'a> {
+    fn new(entry: &'a Entry) -> Self {
+        entry.lock().held += 1;
+        Self(entry)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let mut host = self.0.lock();
+        host.held = host.held.saturating_sub(1);
+    }
+}
+
 /// Marks a request that may wait for news, until dropped.
 struct Holding<'a>(&'a Learned);
 
@@ -529,14 +555,6 @@ where
 }
 
 #[cfg(test)]
-impl<S> Learn<S> {
-    /// The learned budgets, when learning is on.
-    pub(crate) fn learned(&self) -> Option<&Arc<Learned>> {
-        self.learned.as_ref()
-    }
-}
-
-#[cfg(test)]
 impl Learned {
     /// Requests counted in flight, over every host, and requests marked
     /// as holding for news: both zero at rest.
@@ -564,6 +582,7 @@ where
     S::Error: Into<BoxError>,
 {
     let holding = Holding::new(&learned);
+    let held = Held::new(&entry);
     let deadline = req.extensions().get::<Deadline>().map(|d| d.instant());
     loop {
         // Registered before looking, so news that lands in between is not missed.
@@ -599,6 +618,7 @@ where
             Err(Hold::Answer) => news.await,
         }
     }
+    drop(held);
     drop(holding);
     // From here on, the path of a request admitted at once.
     LearnFuture::Call {

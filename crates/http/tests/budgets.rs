@@ -116,6 +116,29 @@ async fn an_older_answer_arriving_late_does_not_refill_a_spent_budget() {
     assert_eq!(seen.too_many.load(Ordering::SeqCst), 0);
 }
 
+/// A user trial's case: a cold crowd (no answer heard yet) behind a
+/// per-host limit of 2. The budget was checked before the call waited at
+/// the host's gate, never again: all 100 passed it before the first answer
+/// and went out in turn, 90 of them into 429s. It is checked once past
+/// the gate: after the first answers, the rest wait for the resets.
+#[tokio::test(start_paused = true)]
+async fn a_cold_crowd_queued_at_the_hosts_gate_waits_for_what_the_host_said() {
+    let seen = Arc::new(Seen::default());
+    let addr = overtaking_server(10, Duration::from_secs(1), seen.clone()).await;
+    let url = format!("http://{addr}/");
+    let host = addr.to_string();
+    let client = Client::builder()
+        .host_default(tower_fanout_core::keyed::KeyLimit::new().concurrency(2))
+        .no_retry()
+        .build()
+        .unwrap();
+    let statuses = crowd(&client, &url, 100).await;
+    assert_eq!(seen.too_many.load(Ordering::SeqCst), 0, "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(seen.ok.load(Ordering::SeqCst), 100);
+    assert_eq!(client.held(&host), 0, "nobody held at rest");
+}
+
 /// An OpenAI-style host: a requests budget and a tokens budget, each with
 /// its `x-ratelimit-*-requests` / `-tokens` fields (resets as durations).
 /// The first call spends the tokens, which come back after 5 s; the

@@ -71,11 +71,12 @@ fn one_a_second() -> std::net::SocketAddr {
 }
 
 /// Keeps the paused clock still while `host` has calls at the server (its
-/// per-host permits in use), checking every millisecond.
+/// per-host permits in use, but for the calls its learned budget holds,
+/// which sleep), checking every millisecond.
 async fn keep_still(client: Client, host: String) {
     loop {
         time::sleep(ms(1)).await;
-        while client.host_limits().in_flight(&host) > 0 {
+        while client.host_limits().in_flight(&host) > client.held(&host) {
             tokio::task::yield_now().await;
         }
     }
