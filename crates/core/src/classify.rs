@@ -62,7 +62,8 @@ pub enum Outcome {
 /// Decides what a call's result means for the limit.
 ///
 /// Implemented for [`HttpClassify`] and for any
-/// `Fn(Result<&Res, &(dyn Error + 'static)>) -> Outcome + Clone`.
+/// `Fn(Result<&Res, &(dyn Error + 'static)>) -> Outcome` (the layer it is
+/// given to needs it `Clone` as well, as a closure without captures is).
 pub trait Classify<Res> {
     /// The outcome of one call: its response, or its error.
     fn classify(&self, result: Result<&Res, &(dyn Error + 'static)>) -> Outcome;

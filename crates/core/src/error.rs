@@ -200,7 +200,10 @@ impl fmt::Display for RateLimited {
         if wait < Duration::from_secs(1) {
             write!(f, ": retry after {} ms", wait.as_nanos() as f64 / 1e6)?;
         } else {
-            let secs = format!("{:.3}", wait.as_secs_f64());
+            // Rounded to the millisecond in integers: through an `f64`, a
+            // wait of u64::MAX seconds read one second more.
+            let millis = (wait.as_nanos() + 500_000) / 1_000_000;
+            let secs = format!("{}.{:03}", millis / 1000, millis % 1000);
             let secs = secs.trim_end_matches('0').trim_end_matches('.');
             write!(f, ": retry after {secs} s")?;
         }

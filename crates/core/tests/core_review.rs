@@ -323,6 +323,12 @@ fn a_wait_of_seconds_is_said_in_seconds() {
         RateLimited::past_deadline(Duration::from_secs(2)).to_string(),
         "rate limited: retry after 2 s, which would end past the call's deadline"
     );
+    // Exact in whole seconds however long (through an f64, u64::MAX
+    // seconds read 18446744073709551616).
+    assert_eq!(
+        RateLimited::new(Duration::from_secs(u64::MAX)).to_string(),
+        "rate limited: retry after 18446744073709551615 s"
+    );
     // A wait the downstream asked for says so, with its answer's status.
     let asked = RateLimited::past_deadline(Duration::from_secs(2)).with_status(503);
     assert_eq!(asked.status(), Some(503));
@@ -574,4 +580,32 @@ async fn a_panic_in_the_inner_call_gives_the_token_back() {
     assert!(call.unwrap_err().is_panic());
     assert_eq!(keys.tokens(&0), Some(1), "the keyed limit's token is back");
     assert_eq!(keys.in_flight(&0), 0, "and its permit");
+}
+
+/// A handle's `Debug` shows what its accessors read (a user trial found
+/// the concurrency limit's printing the semaphore's packed state word).
+#[cfg(all(feature = "concurrency", feature = "backpressure"))]
+#[tokio::test]
+async fn handles_debug_as_their_accessors_read() {
+    use tower::ServiceExt;
+    let layer = tower_fanout_core::concurrency::ConcurrencyLimitLayer::new(5).unwrap();
+    let handle = layer.handle();
+    let mut svc = tower::Layer::layer(
+        &layer,
+        tower::service_fn(|x: u32| async move { Ok::<_, tower_fanout_core::BoxError>(x) }),
+    );
+    svc.ready().await.unwrap();
+    assert_eq!(
+        format!("{handle:?}"),
+        "ConcurrencyLimitHandle { limit: 5, in_flight: 1, available: 4, waiting: 0 }"
+    );
+    let queued = tower::Layer::layer(
+        &tower_fanout_core::backpressure::BackpressureLayer::<u32>::with_queue(1, 2).unwrap(),
+        tower::service_fn(|x: u32| async move { Ok::<_, tower_fanout_core::BoxError>(x) }),
+    );
+    let text = format!("{:?}", queued.handle());
+    assert!(
+        text.contains("waiting: 0") && text.contains("slots_in_use: 0"),
+        "{text}"
+    );
 }

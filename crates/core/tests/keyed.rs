@@ -744,6 +744,10 @@ async fn overrides_are_keyed_as_requests_are_and_bad_ones_refused() {
         ("api example.com", "not a URI authority"),
         ("user:secret@api.example.com", "user:password@"),
         ("", "is empty"),
+        // A user trial: accepted, and no request's key could match them.
+        ("api.example.com:0", "1 to 65535"),
+        ("api.example.com:99999", "1 to 65535"),
+        ("münchen.de", "punycode"),
     ] {
         let err = KeyedLimitLayer::builder(one_a_second(2))
             .limit_for(written, KeyLimit::new().concurrency(3))
@@ -760,6 +764,24 @@ async fn overrides_are_keyed_as_requests_are_and_bad_ones_refused() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("\"api.example.com\" given twice"), "{err}");
+    // The scheme's default port, which requests' keys leave out: the
+    // override was accepted and never applied (a user trial: "a.com:80"
+    // copied from a URL left http://a.com/ under the default limit).
+    for (written, host) in [
+        ("api.example.com:443", "api.example.com"),
+        ("API.example.com:80", "API.example.com"),
+        ("[::1]:443", "[::1]"),
+    ] {
+        let err = KeyedLimitLayer::builder(one_a_second(2))
+            .limit_for(written, KeyLimit::new().concurrency(3))
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("write \"{host}\"")),
+            "{written}: {err}"
+        );
+    }
     // Keys of a function of your own are taken as given, twice refused too.
     let err = KeyedLimitLayer::<_, u32>::builder_with_key(|r: &u32| *r, one_a_second(2))
         .limit_for(7u32, KeyLimit::new().concurrency(1))

@@ -16,6 +16,12 @@
 //! | [`VegasController`] | estimated queue at the downstream | the downstream queues and latency is not heavy-tailed |
 //! | [`WindowedController::preset`] | error rate and mean latency per 20 answers | you want the simple, predictable rule (max 50) |
 //!
+//! The windowed preset grows only on answers faster than 500 ms on
+//! average: against a downstream slower than that by nature (a model's
+//! completions, 1 s each) it stays at its start of 5. Build it with
+//! [`WindowedController::builder`] and `.latency(fast, slow)` set from the
+//! downstream's normal latency, or use the gradient default, which learns it.
+//!
 //! One limit over several downstreams whose normal latencies differ (a
 //! 20 ms API and a 150 ms one behind one layer) suits [`AimdController`]:
 //! the RTT readers take the slower one's normal latency for queueing

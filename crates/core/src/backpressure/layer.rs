@@ -11,7 +11,9 @@ use crate::error::ConfigError;
 /// Puts a bounded queue and a pool of workers in front of a service.
 ///
 /// Like tower's `BufferLayer`, it is generic over the request type, because
-/// the queue holds requests.
+/// the queue holds requests. Unlike it, it needs a `Clone` inner service:
+/// each worker drives its requests to completion with a clone of its own
+/// (a `BoxService` will not do; a `BoxCloneService` will).
 pub struct BackpressureLayer<Req> {
     workers: usize,
     queue: usize,

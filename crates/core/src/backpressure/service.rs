@@ -243,6 +243,8 @@ impl fmt::Debug for BackpressureHandle {
             .field("queue_capacity", &self.queue_capacity())
             .field("in_flight", &self.in_flight())
             .field("workers", &self.workers())
+            .field("waiting", &self.waiting())
+            .field("slots_in_use", &self.slots_in_use())
             .finish()
     }
 }

@@ -58,7 +58,7 @@ impl<S> Layer<S> for ConcurrencyLimitLayer {
 }
 
 /// Reads a concurrency limit's live state; every read is one atomic load.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConcurrencyLimitHandle {
     pub(super) semaphore: Arc<Semaphore>,
 }
@@ -82,5 +82,17 @@ impl ConcurrencyLimitHandle {
     /// Callers queued for a permit.
     pub fn waiting(&self) -> usize {
         self.semaphore.waiting()
+    }
+}
+
+impl std::fmt::Debug for ConcurrencyLimitHandle {
+    /// The state the accessors read, not the semaphore's packed words.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConcurrencyLimitHandle")
+            .field("limit", &self.limit())
+            .field("in_flight", &self.in_flight())
+            .field("available", &self.available())
+            .field("waiting", &self.waiting())
+            .finish()
     }
 }

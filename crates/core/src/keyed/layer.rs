@@ -239,7 +239,12 @@ impl AuthorityKey {
     /// # Errors
     /// Something that is not a URI authority, or that no request's key can
     /// be: empty, a URL (`"https://api.github.com"`), a path, a query,
-    /// `user:password@` (requests' keys leave it out), a space.
+    /// `user:password@` (requests' keys leave it out), a space, a name
+    /// with non-ASCII letters (URIs carry its punycode, `xn--…`), a port
+    /// of 0 or past 65535. And port 80 or 443: requests' keys leave out
+    /// their scheme's default port, so `"api.github.com:443"` would match
+    /// no https request (only `http://api.github.com:443/`, which no one
+    /// sends); write `"api.github.com"`.
     ///
     /// ```
     /// use tower_fanout_core::keyed::AuthorityKey;
@@ -247,6 +252,7 @@ impl AuthorityKey {
     /// assert_eq!(AuthorityKey::key_for("API.GitHub.com.").unwrap(), "api.github.com");
     /// assert_eq!(AuthorityKey::key_for("[::1]:8080").unwrap(), "[::1]:8080");
     /// assert!(AuthorityKey::key_for("https://api.github.com").is_err());
+    /// assert!(AuthorityKey::key_for("api.github.com:443").is_err());
     /// ```
     pub fn key_for(authority: &str) -> Result<String, ConfigError> {
         let refuse = |why: &str| {
@@ -261,6 +267,12 @@ impl AuthorityKey {
         if authority.contains('@') {
             return refuse("has user:password@, which requests' keys leave out");
         }
+        if !authority.is_ascii() {
+            return refuse(
+                "is not ASCII: URIs carry an internationalized name in its punycode form \
+                 (xn--...), and so do requests' keys",
+            );
+        }
         if authority.parse::<http::uri::Authority>().is_err() || authority.contains(' ') {
             return refuse("is not a URI authority (no scheme, path or query)");
         }
@@ -270,6 +282,21 @@ impl AuthorityKey {
             Some(i) if key.as_bytes()[i] == b':' => i,
             _ => key.len(),
         };
+        if host_end < key.len() {
+            match key[host_end + 1..].parse::<u16>() {
+                Ok(0) | Err(_) => return refuse("has a port no URI can carry (1 to 65535)"),
+                Ok(port @ (80 | 443)) => {
+                    let scheme = if port == 80 { "http" } else { "https" };
+                    let host = &authority[..host_end];
+                    return Err(ConfigError::new(format!(
+                        "keyed limit key {authority:?} names port {port}, the {scheme} default, \
+                         which requests' keys leave out ({scheme}://{host}/ and \
+                         {scheme}://{host}:{port}/ both count as {host:?}): write {host:?}"
+                    )));
+                }
+                Ok(_) => {}
+            }
+        }
         if host_end > 1 && key.as_bytes()[host_end - 1] == b'.' {
             key.remove(host_end - 1);
         }
@@ -493,7 +520,10 @@ impl<K: Hash + Eq + Clone> KeyedLimitHandle<K> {
     /// Calls in flight for `key`: past its gate, holding a permit and their
     /// token (0 for an unknown key or one without a concurrency limit).
     /// A call holding a permit while it waits for its token is counted in
-    /// [`waiting`](Self::waiting) instead.
+    /// [`waiting`](Self::waiting) instead. Past the gate is in the inner
+    /// service's hands, not necessarily at the downstream: under an
+    /// adaptive limit below (as the adaptive docs advise), calls waiting
+    /// there for its permit count here too.
     pub fn in_flight<Q>(&self, key: &Q) -> usize
     where
         K: Borrow<Q>,

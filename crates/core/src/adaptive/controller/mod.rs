@@ -185,7 +185,10 @@ pub trait Controller: Send + 'static {
 
     /// Reads one sample; returns a change when the limit should move.
     ///
-    /// The limit returned must stay within the controller's own bounds.
+    /// The limit returned must stay within the controller's own bounds;
+    /// the layer takes 0 (here or from [`initial_limit`](Self::initial_limit))
+    /// as 1, so that a call can always go, and puts no upper bound of its
+    /// own.
     fn update(&mut self, sample: &Sample, now: Instant) -> Option<Change>;
 
     /// The controller's RTT estimates, if it keeps any.
