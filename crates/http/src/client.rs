@@ -33,7 +33,7 @@ use crate::Deadline;
 use crate::body::{Cap, Collect, collect};
 use crate::guard::{self, Guard, GuardedConnector, GuardedResolver};
 use crate::learn::{Learn, Learned};
-use crate::redirect::{AfterRedirect, Hop, RedirectPolicy};
+use crate::redirect::{API_KEY_HEADERS, AfterRedirect, Hop, RedirectPolicy};
 use crate::retry::{RetryFuture, RetryLayer};
 use crate::timeout::TimedOut;
 use crate::{BoxError, Error};
@@ -88,6 +88,7 @@ pub struct ClientBuilder {
     max_response_body: usize,
     max_request_body: usize,
     max_redirects: usize,
+    redirect_strip: Vec<String>,
     decompression: bool,
     address_guard: bool,
     guard_allow: Vec<std::net::IpAddr>,
@@ -130,6 +131,16 @@ impl ClientBuilder {
     /// after the request that asked for it was served by another, so a
     /// peer that accepts and never completes a handshake holds no socket
     /// for longer.
+    ///
+    /// A connect failure, this timeout included, is retried like any other
+    /// failure to connect (up to [`RetryBuilder::max_retries`](crate::retry::RetryBuilder::max_retries),
+    /// 3 by default, with backoff between attempts), and each attempt has
+    /// the whole timeout: with the defaults, a host that never completes a
+    /// handshake (a plain-HTTP server called with `https://` may wait on
+    /// the TLS hello) fails after 4 attempts, about 40 s, longer than
+    /// [`timeout`](Self::timeout). The error says
+    /// how many attempts were made. Bound the whole call with
+    /// [`deadline`](Self::deadline).
     #[must_use]
     pub fn connect_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.connect_timeout = timeout;
@@ -140,8 +151,13 @@ impl ClientBuilder {
     /// body (default 30 s; `None`: no limit). Waits between retries are not
     /// counted: they are bounded by the retry settings. A streamed request
     /// body is read into memory before the first attempt, within a timeout
-    /// of its own of the same length. For one bound over the whole call,
-    /// retries and their waits included, see [`deadline`](Self::deadline).
+    /// of its own of the same length. An attempt that times out is not
+    /// retried, but one that failed to connect (its
+    /// [`connect_timeout`](Self::connect_timeout) included) is, up to the
+    /// retry layer's `max_retries` with backoff, each with a timeout of its
+    /// own: a call can take several times this. For one bound over the
+    /// whole call, retries and their waits included, see
+    /// [`deadline`](Self::deadline).
     #[must_use]
     pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
         self.timeout = timeout;
@@ -251,8 +267,16 @@ impl ClientBuilder {
     }
 
     /// Redirects followed at most (default 10; 0 returns 3xx responses as they
-    /// are). `Authorization`, `Cookie` and `Proxy-Authorization` are removed
-    /// when a redirect leaves the origin. Redirects are followed by
+    /// are). When a redirect leaves the origin (another scheme, host or
+    /// port), `Authorization`, `Cookie`, `Proxy-Authorization`, `X-Api-Key`,
+    /// `Api-Key` and `X-Goog-Api-Key` are removed from it and every later
+    /// hop, with any header named by
+    /// [`redirect_strip_header`](Self::redirect_strip_header); other headers
+    /// go on, and a redirect from https to http is followed. A hop within
+    /// the origin keeps them all. Only http and https `Location`s are
+    /// followed: a 301, 302, 303, 307 or 308 whose `Location` is another
+    /// scheme (`ftp:`, `file:`, `javascript:`) or no valid URI fails the
+    /// call, naming the scheme or the `Location`. Redirects are followed by
     /// tower-http's `FollowRedirect` (301/302 turn a POST into a GET, 303 a GET,
     /// 307/308 resend as is), and every response carries the URI it came from
     /// as tower-http's `RequestUri` extension. A retry starts again from the
@@ -261,6 +285,17 @@ impl ClientBuilder {
     #[must_use]
     pub fn max_redirects(mut self, max: usize) -> Self {
         self.max_redirects = max;
+        self
+    }
+
+    /// Also remove the header `name` (in any case) when a redirect leaves the
+    /// origin, as the credentials [`max_redirects`](Self::max_redirects)
+    /// lists are: for a key an API takes in a header of its own
+    /// (`"x-auth-token"`). Call it once for each header. A name that is
+    /// not a valid header name makes [`build`](Self::build) fail.
+    #[must_use]
+    pub fn redirect_strip_header(mut self, name: impl Into<String>) -> Self {
+        self.redirect_strip.push(name.into());
         self
     }
 
@@ -282,7 +317,13 @@ impl ClientBuilder {
     }
 
     /// Let `ip` through the address guard anyway (a proxy or an internal
-    /// service the operator means to reach). Exact addresses only.
+    /// service the operator means to reach). Exact addresses only, no
+    /// ranges; but an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is the
+    /// IPv4 address it maps, so allowing `127.0.0.1` also lets
+    /// `http://[::ffff:127.0.0.1]/` (and a name resolving to it) through, and
+    /// allowing `::ffff:127.0.0.1` lets `127.0.0.1` through. The other IPv6
+    /// forms that embed an IPv4 address (`::a.b.c.d`, NAT64, 6to4) are not
+    /// matched: allow each as it is written.
     #[must_use]
     pub fn address_guard_allow(mut self, ip: std::net::IpAddr) -> Self {
         self.guard_allow.push(ip);
@@ -301,10 +342,11 @@ impl ClientBuilder {
     /// default (`https://api.github.com:443/` and `https://api.github.com./`
     /// count against `"api.github.com"`). Written in any case, and with or
     /// without a fully qualified name's trailing dot. Leave the scheme's
-    /// default port out: `"api.github.com:443"` names a host no https URI
-    /// is counted under (the key drops `:443`), so its limit would never
-    /// apply. [`build`](Self::build) refuses what no request's host can
-    /// match (a URL, a path, `user:password@`) and a host named twice.
+    /// default port out: [`build`](Self::build) refuses `"api.github.com:443"`
+    /// (requests' keys drop `:443`, so its limit would never apply), and
+    /// what no request's host can match (a URL, a path, `user:password@`, a
+    /// port of 0 or past 65535, a non-ASCII name: write its punycode), and
+    /// a host named twice.
     #[must_use]
     pub fn host_limit(mut self, authority: impl Into<String>, limit: KeyLimit) -> Self {
         self.host_limits.push((authority.into(), limit));
@@ -322,7 +364,20 @@ impl ClientBuilder {
         self
     }
 
-    /// Hosts tracked at most, for limits and learned budgets (default 1024).
+    /// Hosts tracked at most, for the per-host limits and learned budgets
+    /// (default 1024), each host being an authority (host and port). A
+    /// call to a host not tracked, when the map is full, makes room by
+    /// forgetting the least recently used idle hosts; a host with calls in
+    /// flight or waiting, or with a rate whose tokens are still refilling,
+    /// is never forgotten. When none can be forgotten, the call fails at
+    /// once, unsent and not retried, with [`Error::is_overloaded`] ("too
+    /// many hosts at once ... raise `max_hosts`"): with `max_hosts(8)`, 20
+    /// calls to 20 hosts at once send 8 and refuse 12. Raise it above the
+    /// number of hosts called at once, or bound the calls in flight above
+    /// the client. A host without any limit (a `host_default` of
+    /// `KeyLimit::new()` and no [`host_limit`](Self::host_limit)) takes no
+    /// room and is never refused; a host that finds the learned budgets'
+    /// map full is not refused either, only not learned from.
     #[must_use]
     pub fn max_hosts(mut self, max: usize) -> Self {
         self.max_hosts = max;
@@ -492,6 +547,21 @@ impl ClientBuilder {
                 )));
             }
         }
+        let mut strip = Vec::with_capacity(API_KEY_HEADERS.len() + self.redirect_strip.len());
+        for name in API_KEY_HEADERS
+            .iter()
+            .copied()
+            .chain(self.redirect_strip.iter().map(String::as_str))
+        {
+            let header = http::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                Error::config(format!(
+                    "redirect_strip_header {name:?} is not a valid header name: use a name such as \"x-auth-token\" (letters, digits, `-`), no `:` or value"
+                ))
+            })?;
+            if !strip.contains(&header) {
+                strip.push(header);
+            }
+        }
         let mut host_timeouts = HashMap::with_capacity(self.host_timeouts.len());
         for (authority, timeout) in &self.host_timeouts {
             let host = AuthorityKey::key_for(authority).map_err(|e| {
@@ -616,13 +686,14 @@ impl ClientBuilder {
             0 => Either::Right(limited),
             max => Either::Left(FollowRedirect::with_policy(
                 limited,
-                RedirectPolicy::new(max),
+                RedirectPolicy::new(max, strip.into()),
             )),
         };
         Ok(Client {
             shared: Arc::new(Shared {
                 stack,
                 max_request_body: self.max_request_body,
+                follows_redirects: self.max_redirects > 0,
                 timeout: self.timeout,
                 deadline: self.deadline,
                 user_agent: self.user_agent.clone(),
@@ -896,6 +967,8 @@ pub struct Client {
 struct Shared {
     stack: Stack,
     max_request_body: usize,
+    // A 3xx out of the redirect layer is then one it could not follow.
+    follows_redirects: bool,
     // Bounds reading a streamed request body too (the attempts have their own).
     timeout: Option<Duration>,
     deadline: Option<Duration>,
@@ -939,6 +1012,7 @@ impl Client {
             max_response_body: 10 * 1024 * 1024,
             max_request_body: 10 * 1024 * 1024,
             max_redirects: 10,
+            redirect_strip: Vec::new(),
             decompression: true,
             address_guard: false,
             guard_allow: Vec::new(),
@@ -1023,17 +1097,21 @@ where
         );
         // Refusals that the URI alone decides, made before anything is read.
         let shared = &self.shared;
-        let refused = match shared
-            .guard
-            .check(uri.scheme_str(), host.unwrap_or_default())
-        {
-            Err(refused) => Some(Error::from_box(refused.into())),
-            Ok(()) if !matches!(uri.scheme_str(), Some("http" | "https")) || host.is_none() => {
-                Some(Error::invalid_request(
-                    "the URI must be absolute, with an http or https scheme and a host",
-                ))
-            }
-            Ok(()) => None,
+        // A URI with no scheme or host is the caller's mistake whether the
+        // guard is on or not: the guard has no address to refuse.
+        let refused = match (uri.scheme_str(), host) {
+            (None, _) | (_, None) => Some(Error::invalid_request(
+                "the URI must be absolute, with an http or https scheme and a host",
+            )),
+            (scheme, Some(host)) => match shared.guard.check(scheme, host) {
+                Err(refused) => Some(Error::from_box(refused.into())),
+                Ok(()) if !matches!(scheme, Some("http" | "https")) => {
+                    Some(Error::invalid_request(
+                        "the URI must be absolute, with an http or https scheme and a host",
+                    ))
+                }
+                Ok(()) => None,
+            },
         };
         // The earlier of the client's deadline and the request's own, with
         // its length for the error. Read from the clock only when there is
@@ -1228,7 +1306,17 @@ where
                     let Poll::Ready(outcome) = this.retry.as_mut().poll(cx) else {
                         break 'steps Poll::Pending;
                     };
-                    let outcome = outcome.map_err(Error::from_box);
+                    let attempts = this.retry.attempts();
+                    let outcome = match outcome {
+                        Ok(resp) if this.shared.follows_redirects => {
+                            match crate::redirect::unfollowed(&resp) {
+                                Some(bad) => Err(Error::from_box(bad.into())),
+                                None => Ok(resp),
+                            }
+                        }
+                        outcome => outcome.map_err(Error::from_box),
+                    }
+                    .map_err(|e| e.after_attempts(attempts));
                     if let Ok(resp) = &outcome {
                         this.span.record("status", resp.status().as_u16());
                     }

@@ -31,6 +31,9 @@ pub struct Error {
     source: BoxError,
     /// The hold of the call's host by an earlier answer, when that refused it.
     held: Option<Box<HostHeld>>,
+    /// Attempts the client's retry loop made, when more than one: said in
+    /// the message, since each had its own timeout.
+    attempts: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +58,7 @@ impl Error {
             kind: Kind::InvalidRequest,
             source: source.into(),
             held: None,
+            attempts: 1,
         }
     }
 
@@ -63,6 +67,7 @@ impl Error {
             kind: Kind::Config,
             source: message.into().into(),
             held: None,
+            attempts: 1,
         }
     }
 
@@ -75,7 +80,18 @@ impl Error {
             Err(source) => (source, None),
         };
         let kind = classify(&*source);
-        Self { kind, source, held }
+        Self {
+            kind,
+            source,
+            held,
+            attempts: 1,
+        }
+    }
+
+    /// The error of a call whose retry loop made `attempts` attempts.
+    pub(crate) fn after_attempts(mut self, attempts: u32) -> Self {
+        self.attempts = attempts;
+        self
     }
 
     /// The attempt (connect, request, response body), or reading a streamed
@@ -306,12 +322,28 @@ impl fmt::Debug for Error {
         if let Some(held) = &self.held {
             d.field(held);
         }
+        if self.attempts > 1 {
+            d.field(&self.attempts);
+        }
         d.finish()
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.message(f)?;
+        // A retried failure took each attempt's time (a connect timeout
+        // four times over): the count says why the call took so long.
+        if self.attempts > 1 {
+            write!(f, " (after {} attempts)", self.attempts)?;
+        }
+        Ok(())
+    }
+}
+
+impl Error {
+    /// The message, without the attempts.
+    fn message(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let source = &self.source;
         if let Some(held) = &self.held {
             return write!(f, "{held}");

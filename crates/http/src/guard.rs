@@ -686,6 +686,17 @@ mod tests {
         assert!(check("https://example.com/").is_ok());
         assert!(check("http://8.8.8.8/").is_ok());
         assert!(check("http://10.9.9.9/").is_ok(), "allowed explicitly");
+        // The mapped form is the IPv4 address, either way round; the
+        // other embedding forms are not matched.
+        assert!(check("http://[::ffff:10.9.9.9]/").is_ok());
+        assert!(check("http://[::10.9.9.9]/").is_err());
+        assert!(check("http://[64:ff9b::a09:909]/").is_err());
+        let mapped = Guard::new(true, vec!["::ffff:10.9.9.9".parse().unwrap()]);
+        assert!(
+            mapped
+                .check_uri(&"http://10.9.9.9/".parse().unwrap())
+                .is_ok()
+        );
         assert!(
             Guard::new(false, vec![])
                 .check_uri(&"http://[::1]/".parse().unwrap())

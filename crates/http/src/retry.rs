@@ -658,6 +658,11 @@ where
         }
     }
 
+    /// The attempts sent so far: the first and each retry taken.
+    pub(crate) fn attempts(&self) -> u32 {
+        self.retries.saturating_add(1)
+    }
+
     /// Gives an [`unstarted`](RetryLayer::unstarted) loop its request (and
     /// with it the call's deadline, if it has one).
     pub(crate) fn start(self: Pin<&mut Self>, req: Request<B>) {

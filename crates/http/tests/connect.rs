@@ -132,3 +132,30 @@ async fn a_tls_handshake_that_never_ends_fails_after_the_connect_timeout() {
     assert!(start.elapsed() >= Duration::from_millis(300));
     held.abort();
 }
+
+/// A connect timeout is retried as any failure to connect is (3 retries by
+/// default), each attempt with the whole connect timeout: the call takes
+/// four of them and the backoffs between (50-100, 100-200 and 200-400 ms),
+/// past the attempt `timeout`, which bounds each attempt, not the call. The
+/// error says how many attempts were made.
+#[tokio::test(start_paused = true)]
+async fn a_connect_timeout_is_retried_each_attempt_with_the_whole_timeout() {
+    let Some((_listener, _queued, addr)) = hanging_listener_unless_unsupported() else {
+        return;
+    };
+    let client = Client::builder()
+        .connect_timeout(Some(Duration::from_secs(2)))
+        .timeout(Some(Duration::from_secs(3)))
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let err = client.get(&format!("http://{addr}/")).await.unwrap_err();
+    let waited = start.elapsed();
+    assert!(err.is_connect(), "{err:?}");
+    let text = err.to_string();
+    assert!(text.ends_with(" (after 4 attempts)"), "{text}");
+    assert!(
+        waited >= Duration::from_millis(8_350) && waited <= Duration::from_millis(8_700),
+        "failed after {waited:?} on the paused clock"
+    );
+}
