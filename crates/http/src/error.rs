@@ -165,8 +165,29 @@ impl Error {
         self.kind == Kind::Config
     }
 
-    /// A short snake_case name of the kind (`timeout`, `connect`,
-    /// `body_too_large`, `rate_limited`, ...), for counting failures.
+    /// The exchange failed once the request was, or may have been, sent,
+    /// for none of the reasons above: the connection closed or reset before
+    /// a complete response head ("connection closed before message
+    /// completed" when a server closes an idle pooled connection as a
+    /// request goes out on it), an answer that is not HTTP (a garbage
+    /// status line, HTTP/2 spoken to an HTTP/1 server), or a redirect
+    /// that cannot be followed.
+    ///
+    /// The server may have acted on the request. The retry layer retries
+    /// these for idempotent methods only; a `POST` is returned: send it
+    /// again only if it is safe to repeat (an idempotency key), or keep
+    /// [`pool_idle_timeout`](crate::ClientBuilder::pool_idle_timeout)
+    /// below the server's keep-alive timeout so its connections are not
+    /// closed under a request.
+    pub fn is_request(&self) -> bool {
+        self.kind == Kind::Request
+    }
+
+    /// A short snake_case name of the kind, for counting failures: one per
+    /// predicate (`timeout`, `connect`, `body_too_large`,
+    /// `request_body_too_large`, `rate_limited`, `refused_address`,
+    /// `too_many_redirects`, `overloaded`, `invalid_request`, `body`,
+    /// `config`, `request`).
     pub fn kind_name(&self) -> &'static str {
         match self.kind {
             Kind::Timeout => "timeout",

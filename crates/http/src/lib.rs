@@ -77,9 +77,10 @@
 //! address guard refuses, a body over a cap) leave the limit alone.
 //!
 //! # Errors
-//! Every failure is one [`Error`] with predicates (`is_timeout`,
-//! `is_connect`, `is_body_too_large`, `is_rate_limited`,
-//! `is_refused_address`, ...) and the underlying error as its source.
+//! Every failure is one [`Error`] with a predicate for its kind
+//! (`is_timeout`, `is_connect`, `is_body_too_large`, `is_rate_limited`,
+//! `is_refused_address`, ..., and `is_request` for an exchange that failed
+//! after the request went out) and the underlying error as its source.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod body;

@@ -296,6 +296,30 @@ async fn raw_server(reply: &'static [u8], stall: bool) -> SocketAddr {
     addr
 }
 
+/// A user trial: a server that closes a connection as a POST goes out on
+/// it failed the call with no predicate true ("request failed: client
+/// error (SendRequest): connection closed before message completed").
+/// `is_request` says it, and the POST is not retried (it may have run).
+#[tokio::test]
+async fn a_connection_closed_under_a_request_is_a_request_error() {
+    let addr = raw_server(b"", false).await;
+    let client = Client::builder().build().unwrap();
+    let req = http::Request::post(format!("http://{addr}/"))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+        .unwrap();
+    let err = client.clone().oneshot(req).await.unwrap_err();
+    assert!(err.is_request(), "{err:?}");
+    assert_eq!(err.kind_name(), "request");
+    assert!(
+        !err.is_connect() && !err.is_body() && !err.is_timeout(),
+        "{err:?}"
+    );
+    assert!(
+        !err.to_string().contains("attempts"),
+        "a POST is sent once: {err}"
+    );
+}
+
 #[tokio::test]
 async fn body_cap_fires_with_and_without_a_length() {
     let addr = serve(handler(|req| async move {
