@@ -88,7 +88,9 @@ pub(crate) struct Record {
     pub(crate) ok: bool,
     /// The final HTTP status, when a response arrived.
     pub(crate) status: Option<u16>,
-    /// Why no response arrived.
+    /// Why the item failed without an answer it could keep: no response,
+    /// or one the client could not use (a body over `--max-body`; a 429 or
+    /// 503 whose `Retry-After` was too long to wait, `status` then set).
     pub(crate) error: Option<String>,
     /// Attempts handed to the client (1 + retries; 0 when none was, e.g.
     /// for an item whose deadline passed before its turn or while it waited
@@ -292,7 +294,7 @@ impl Fetcher {
                 records.push(record);
                 ControlFlow::Continue(())
             },
-            std::future::pending(),
+            std::future::pending::<()>(),
         )
         .await;
         records
@@ -306,14 +308,15 @@ impl Fetcher {
     /// ends first, the requests in flight are dropped too, but the records
     /// already done and held behind an unfinished one are handed on (in
     /// input order among themselves, after the gap): an interrupted batch
-    /// keeps everything it fetched. Returns whether `interrupt` ended it.
-    pub(crate) async fn fetch_each(
+    /// keeps everything it fetched. Returns what `interrupt` gave when it
+    /// ended the batch.
+    pub(crate) async fn fetch_each<T>(
         &self,
         items: Vec<Item>,
         on_progress: impl Fn(&Progress) + Send + Sync + 'static,
         mut on_record: impl FnMut(Record) -> ControlFlow<()>,
-        interrupt: impl Future<Output = ()>,
-    ) -> bool {
+        interrupt: impl Future<Output = T>,
+    ) -> Option<T> {
         let attempts: Vec<Attempts> = items.iter().map(|_| Attempts::default()).collect();
         let mut requests = Vec::with_capacity(items.len());
         for (item, counter) in items.iter().zip(&attempts) {
@@ -362,10 +365,10 @@ impl Fetcher {
                 let error = e.to_string();
                 for item in items.into_iter().flatten() {
                     if on_record(failed(item, error.clone())).is_break() {
-                        return false;
+                        return None;
                     }
                 }
-                return false;
+                return None;
             }
         };
         // Records done but waiting for an earlier one. The window slides on
@@ -378,13 +381,13 @@ impl Fetcher {
         loop {
             let outcome = tokio::select! {
                 biased;
-                () = &mut interrupt => {
+                why = &mut interrupt => {
                     for record in std::mem::take(&mut done).into_values() {
                         if on_record(record).is_break() {
                             break;
                         }
                     }
-                    return true;
+                    return Some(why);
                 }
                 outcome = stream.next() => outcome,
             };
@@ -397,7 +400,7 @@ impl Fetcher {
             while let Some(record) = done.remove(&next) {
                 next += 1;
                 if on_record(record).is_break() {
-                    return false;
+                    return None;
                 }
             }
         }
@@ -410,10 +413,10 @@ impl Fetcher {
                 (None, None) => continue,
             };
             if on_record(record).is_break() {
-                return false;
+                return None;
             }
         }
-        false
+        None
     }
 }
 
@@ -595,6 +598,19 @@ fn describe(error: &(dyn std::error::Error + 'static)) -> String {
                 "too many redirects: more than {} (a redirect loop, or a longer chain than \
                  fanout follows; no flag changes that cap)",
                 redirects.max()
+            );
+        }
+        // Never sent: an earlier item's answer holds its host. The server
+        // said nothing about this one, so the wait is not its answer's.
+        if let Some(held) = e
+            .downcast_ref::<tower_fanout_http::Error>()
+            .and_then(|e| Some((e.held_host()?, e.retry_after()?)))
+        {
+            let (host, wait) = (held.0, held.1.as_secs_f64().ceil());
+            return format!(
+                "not sent: {host} is held for another {wait} s by an earlier answer's Retry-After \
+                 or rate-limit headers (longer than fanout waits, or past the item's deadline); \
+                 fetch it again later"
             );
         }
         if let Some(limited) = e.downcast_ref::<tower_fanout_core::error::RateLimited>() {
@@ -825,6 +841,34 @@ mod tests {
             .await;
         assert_eq!(records[0].status, Some(429), "{:?}", records[0]);
         assert!(!records[0].ok, "{:?}", records[0]);
+
+        // The next item to that host is never sent: the first answer holds
+        // the host. It said "the server asked to wait 3599 s" as if that
+        // item had been answered (a user trial).
+        let opts = FetchOptions {
+            concurrency: 1,
+            ..opts
+        };
+        let records = opts
+            .fetcher()
+            .unwrap()
+            .fetch_all(vec![item("first", addr), item("second", addr)], |_| {})
+            .await;
+        assert!(
+            records[0]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("asked to wait 3600 s"),
+            "{:?}",
+            records[0]
+        );
+        let error = records[1].error.as_deref().unwrap();
+        assert!(
+            error.starts_with(&format!("not sent: {addr} is held for another 3600 s")),
+            "{error}"
+        );
+        assert_eq!(records[1].status, None, "{:?}", records[1]);
     }
 
     /// A loopback server that reads each request and writes `response`.

@@ -95,7 +95,7 @@ struct Limits {
     /// Largest response body accepted, e.g. 10MiB.
     #[arg(long, default_value = "10MiB", value_parser = units::parse_size)]
     max_body: u64,
-    /// Retries per item (429/503 honour Retry-After; others back off).
+    /// Retries per item: 429 and 503 wait for their Retry-After, 502/503/504 and connection failures back off; a 500 or a --timeout is not retried. Within a budget (about one retry per five requests over 10 s, plus 10 a second), so a host failing everything is not hammered: past it an item keeps its last answer.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=10))]
     retries: u32,
     /// Items accepted in one batch at most (fetch reads its input, and mcp each message, up to 16 KiB per item).
@@ -193,6 +193,51 @@ async fn demo(json: bool, requests: usize) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The signal that stopped a batch: its exit code, as a shell reports a
+/// process it ended (128 + the signal's number), and its name for the
+/// summary.
+#[derive(Debug, Clone, Copy)]
+struct StopSignal {
+    exit_code: u8,
+    name: &'static str,
+}
+
+/// Ctrl-C (SIGINT), or SIGTERM: how `timeout`, `docker stop`, supervisors
+/// and agent runners stop a process. Either ends the batch the same way,
+/// its answers kept. A handler that cannot be set up (`Err`) leaves the
+/// batch running, as if there were none.
+async fn stop_signal() -> StopSignal {
+    let interrupt = async {
+        match tokio::signal::ctrl_c().await {
+            Ok(()) => StopSignal {
+                exit_code: 130,
+                name: "",
+            },
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                terminate.recv().await;
+                StopSignal {
+                    exit_code: 143,
+                    name: " (SIGTERM)",
+                }
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<StopSignal>();
+    tokio::select! {
+        stop = interrupt => stop,
+        stop = terminate => stop,
+    }
+}
+
 /// Input bytes allowed per item of `--max-items`: room for a long URL, its
 /// id and JSON punctuation, and comment lines between them.
 const INPUT_BYTES_PER_ITEM: u64 = 16 * 1024;
@@ -288,25 +333,20 @@ async fn fetch(path: Option<PathBuf>, limits: &Limits) -> anyhow::Result<ExitCod
                     }
                 }
             },
-            async {
-                // Only a Ctrl-C: a handler that could not be set up (`Err`)
-                // leaves the batch running, as if there were none.
-                if tokio::signal::ctrl_c().await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            },
+            stop_signal(),
         )
         .await;
     bar.finish_and_clear();
     if let Some(e) = write_error {
         return Err(anyhow::Error::new(e).context("cannot write the results"));
     }
-    if interrupted {
+    if let Some(signal) = interrupted {
         note!(
-            "fanout: interrupted: {} of {total} written, {ok} ok, {failed} failed",
+            "fanout: interrupted{}: {} of {total} written, {ok} ok, {failed} failed",
+            signal.name,
             ok + failed
         );
-        return Ok(ExitCode::from(130));
+        return Ok(ExitCode::from(signal.exit_code));
     }
     note!("fanout: {} fetched, {ok} ok, {failed} failed", ok + failed);
     Ok(if failed == 0 {

@@ -273,7 +273,9 @@ fn progress(
                 };
                 let note = ProgressNotificationParam::new(token.clone(), p.completed as f64)
                     .with_total(total as f64)
-                    .with_message(p.to_string());
+                    // Core's text says "waiting for their key"; here the
+                    // key is the host.
+                    .with_message(p.to_string().replace("for their key", "for their host"));
                 if peer.notify_progress(note).await.is_err() {
                     // The client is gone: nobody to tell.
                     return;

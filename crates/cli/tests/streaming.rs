@@ -19,6 +19,21 @@ fn sim(latency: Duration) -> Sim {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_come_out_as_they_finish_and_an_interrupt_keeps_them() {
+    stopped_by("INT", 130, "interrupted: 3 of 4 written").await;
+}
+
+/// SIGTERM is how `timeout`, `docker stop` and agent runners stop a
+/// process: a user trial's run ended with nothing written and no summary
+/// (exit 143 from the default action), both finished answers lost. It
+/// ends the batch as Ctrl-C does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_the_batch_as_an_interrupt_does() {
+    stopped_by("TERM", 143, "interrupted (SIGTERM): 3 of 4 written").await;
+}
+
+/// Runs a batch whose third item hangs, stops it with `signal` once the
+/// fourth is answered, and checks the records and the summary.
+async fn stopped_by(signal: &str, code: i32, says: &str) {
     let (fast, slow) = (sim(Duration::from_millis(5)), sim(Duration::from_secs(600)));
     let (fast_server, slow_server) = (fast.serve().await.unwrap(), slow.serve().await.unwrap());
     // Two quick items, a slow one, a quick one behind it.
@@ -62,18 +77,14 @@ async fn records_come_out_as_they_finish_and_an_interrupt_keeps_them() {
     // The shell's builtin `kill`: `/bin/kill` comes with procps, which a
     // minimal Debian lacks (the redis tests' support signals the same way).
     let killed = std::process::Command::new("sh")
-        .args(["-c", &format!("kill -INT {pid}")])
+        .args(["-c", &format!("kill -{signal} {pid}")])
         .status()
         .unwrap();
     assert!(killed.success());
     // fanout ends at the interrupt.
     let run = finish(child, Duration::from_secs(30)).await;
-    assert_eq!(run.code, Some(130), "{}", run.stderr);
-    assert!(
-        run.stderr.contains("interrupted: 3 of 4 written"),
-        "{}",
-        run.stderr
-    );
+    assert_eq!(run.code, Some(code), "{}", run.stderr);
+    assert!(run.stderr.contains(says), "{}", run.stderr);
     // Item 4 was answered: the interrupt writes it, after the gap, rather
     // than losing it behind item 3.
     let line = lines.next_line().await.unwrap().expect("item 4's record");

@@ -127,6 +127,16 @@ impl Error {
         matches!(self.kind, Kind::RateLimited(_))
     }
 
+    /// The host whose hold refused this call unsent, when that is why it
+    /// failed: an earlier answer's `Retry-After` or rate-limit headers hold
+    /// the host longer than the wait cap or past the call's deadline (see
+    /// [`ClientBuilder::learn_rate_limits`](crate::ClientBuilder::learn_rate_limits)).
+    /// [`is_rate_limited`](Self::is_rate_limited) is true too; the
+    /// server said nothing about this call itself.
+    pub fn held_host(&self) -> Option<&str> {
+        self.held.as_deref().map(HostHeld::host)
+    }
+
     /// How long to wait before trying again, for a rate-limited request.
     pub fn retry_after(&self) -> Option<Duration> {
         match self.kind {

@@ -340,6 +340,12 @@ pub(crate) struct HostHeld {
     retries: bool,
 }
 
+impl HostHeld {
+    pub(crate) fn host(&self) -> &str {
+        &self.host
+    }
+}
+
 impl fmt::Display for HostHeld {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The call itself drew no answer: name the host and the earlier

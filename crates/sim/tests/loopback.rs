@@ -104,8 +104,11 @@ async fn adaptive_limit_over_real_http_finds_a_small_capacity() {
     server.shutdown().await;
 }
 
+/// A refused connection is a host down, not busy: a failure, which leaves
+/// an adaptive limit where it is (read as overload, one dead host cut the
+/// limit every host behind it shared).
 #[tokio::test]
-async fn a_refused_connection_is_classified_as_overload() {
+async fn a_refused_connection_is_classified_as_a_failure() {
     use tower_fanout_core::classify::{HttpClassify, Outcome};
 
     // A port bound, and kept bound until the test ends, but not listening:
@@ -117,7 +120,7 @@ async fn a_refused_connection_is_classified_as_overload() {
     let uri: http::Uri = format!("http://{addr}/").parse().unwrap();
     let err = client.get(uri).await.unwrap_err();
     assert!(err.is_connect(), "{err:?}");
-    assert_eq!(HttpClassify::error(&err), Outcome::Overload);
+    assert_eq!(HttpClassify::error(&err), Outcome::Failure);
 }
 
 /// `shutdown` has stopped the server when it returns: the port refuses a
