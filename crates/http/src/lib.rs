@@ -107,10 +107,13 @@ pub use self::timeout::TimedOut;
 pub use hyper_util::client::legacy::connect::dns::Name;
 /// The rustls version the client uses, for [`ClientBuilder::tls_config`].
 pub use rustls;
-/// The per-host limits the builder takes ([`ClientBuilder::host_limit`]) and
-/// [`Client::host_limits`] reads: tower-fanout-core's keyed limit, named
-/// here so a user of this crate alone can write them.
-pub use tower_fanout_core::keyed::{KeyLimit, KeyedLimitHandle};
+/// A host's limit, as [`ClientBuilder::host_limit`] and
+/// [`ClientBuilder::host_default`] take it (tower-fanout-core's, named here
+/// so a user of this crate alone can write one).
+pub use tower_fanout_core::keyed::KeyLimit;
+/// The live view of the per-host limits that [`Client::host_limits`]
+/// returns (tower-fanout-core's keyed limit's handle).
+pub use tower_fanout_core::keyed::KeyedLimitHandle;
 pub use tower_fanout_core::{BoxError, Deadline};
 
 /// Names a failure for counting, as [`fan_out`'s `error_kind`](tower_fanout_core::fan_out::error_kind)
