@@ -184,9 +184,17 @@ async fn long_retry_after_holds_new_calls_then_resumes() {
     let (svc, mut upstream) = mock::pair::<(), Res>();
     let svc = ServiceBuilder::new().layer(layer).service(svc);
     burst(&svc, &mut upstream, 20, 429, Some(30)).await;
+    let answered = time::Instant::now();
     // A quota spent: a lower limit would not bring it back sooner, so the
     // limit stays where it was (it neither collapses nor moves) ...
     assert_eq!(handle.limit(), 20);
+    // ... and the handle says until when (a user trial read "in flight 0,
+    // waiting 0" while every caller was held, and could not tell a pause
+    // from an idle limit).
+    assert_eq!(
+        handle.held_until(),
+        Some(answered + Duration::from_secs(30))
+    );
     // ... and no call goes out until the wait is over: each would only be
     // refused.
     let mut ready = ready_task(&svc);
@@ -196,6 +204,7 @@ async fn long_retry_after_holds_new_calls_then_resumes() {
     time::advance(Duration::from_secs(1)).await;
     assert!(ready.is_woken());
     assert!(ready.poll().is_ready());
+    assert_eq!(handle.held_until(), None);
     drop(ready);
     // After the wait the controller listens again: not frozen for good.
     burst(&svc, &mut upstream, 20, 429, None).await;

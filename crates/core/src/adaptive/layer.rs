@@ -152,6 +152,16 @@ impl AdaptiveLimitHandle {
     pub fn controller(&self) -> &'static str {
         self.shared.name
     }
+
+    /// Until when new calls are held after a long `Retry-After` (a spent
+    /// quota: see [`max_hold`](AdaptiveLimitLayer::max_hold)), or `None`
+    /// when they may go. Callers held wait before they take a permit, so
+    /// [`in_flight`](Self::in_flight) and [`waiting`](Self::waiting) do not
+    /// count them: this is how a runtime can tell "paused until T" from
+    /// "idle".
+    pub fn held_until(&self) -> Option<tokio::time::Instant> {
+        self.shared.held_until()
+    }
 }
 
 /// What every service of one layer shares.
