@@ -631,7 +631,12 @@ fn describe(error: &(dyn std::error::Error + 'static)) -> String {
         }
         next = e.source();
     }
-    chain(error)
+    // A redirect the client cannot follow names the library's way to have
+    // the 3xx back instead, `max_redirects(0)`, which no flag sets.
+    chain(error).replace(
+        " (with `max_redirects(0)` the 3xx is returned as it is)",
+        "",
+    )
 }
 
 /// An error and its sources, as one line.
@@ -754,6 +759,23 @@ mod tests {
         assert!(
             errors[1].contains("more than 10") && errors[1].contains("no flag"),
             "{errors:?}"
+        );
+        // A Location the client cannot follow said to set max_redirects(0),
+        // a library setting (a user trial).
+        let ftp = answering(
+            b"HTTP/1.1 302 Found\r\nlocation: ftp://files.test/x\r\n\
+              content-length: 0\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        let records = opts
+            .fetcher()
+            .unwrap()
+            .fetch_all(vec![item("ftp", ftp)], |_| {})
+            .await;
+        let error = records[0].error.as_deref().unwrap();
+        assert!(
+            error.contains("unsupported scheme \"ftp\"") && !error.contains("max_redirects"),
+            "{error}"
         );
         for error in errors {
             assert!(
