@@ -89,8 +89,8 @@ pub(crate) struct Record {
     /// The final HTTP status, when a response arrived.
     pub(crate) status: Option<u16>,
     /// Why the item failed without an answer it could keep: no response,
-    /// or one the client could not use (a body over `--max-body`; a 429 or
-    /// 503 whose `Retry-After` was too long to wait, `status` then set).
+    /// or one the client could not use (a body over `--max-body`, a 429 or
+    /// 503 whose `Retry-After` was too long to wait: `status` then set).
     pub(crate) error: Option<String>,
     /// Attempts handed to the client (1 + retries; 0 when none was, e.g.
     /// for an item whose deadline passed before its turn or while it waited
@@ -535,6 +535,9 @@ fn find_status(error: &(dyn std::error::Error + 'static)) -> Option<u16> {
     while let Some(e) = next {
         if let Some(limited) = e.downcast_ref::<tower_fanout_core::error::RateLimited>() {
             return limited.status();
+        }
+        if let Some(cap) = e.downcast_ref::<tower_fanout_http::BodyTooLarge>() {
+            return cap.status().map(|s| s.as_u16());
         }
         next = e.source();
     }

@@ -757,6 +757,10 @@ async fn a_body_over_max_body_names_the_flag() {
         "{error}"
     );
     assert!(error.contains("50 bytes"), "{error}");
+    // A 200 arrived, only its body was refused: the record keeps the
+    // status (it said null, as for no answer at all).
+    assert_eq!(records[0]["status"], 200, "{}", run.stdout);
+    assert_eq!(records[0]["ok"], false, "{}", run.stdout);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,12 +16,26 @@ use crate::BoxError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BodyTooLarge {
     limit: usize,
+    status: Option<http::StatusCode>,
 }
 
 impl BodyTooLarge {
     /// The cap, in bytes.
     pub fn limit(&self) -> usize {
         self.limit
+    }
+
+    /// The status of the response whose body passed the cap (the head
+    /// arrived; only its body was refused), when the client's attempt
+    /// read it.
+    pub fn status(&self) -> Option<http::StatusCode> {
+        self.status
+    }
+
+    /// The same error, for a response with `status`.
+    pub(crate) fn with_status(mut self, status: http::StatusCode) -> Self {
+        self.status = Some(status);
+        self
     }
 }
 
@@ -94,7 +108,11 @@ impl Cap {
 
     fn exceeded(self) -> BoxError {
         match self {
-            Cap::Response(limit) => BodyTooLarge { limit }.into(),
+            Cap::Response(limit) => BodyTooLarge {
+                limit,
+                status: None,
+            }
+            .into(),
             Cap::Request(limit) => RequestBodyTooLarge { limit }.into(),
         }
     }

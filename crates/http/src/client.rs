@@ -30,7 +30,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::Deadline;
-use crate::body::{Cap, Collect, collect};
+use crate::body::{BodyTooLarge, Cap, Collect, collect};
 use crate::guard::{self, Guard, GuardedConnector, GuardedResolver};
 use crate::learn::{Learn, Learned};
 use crate::redirect::{API_KEY_HEADERS, AfterRedirect, Hop, RedirectPolicy};
@@ -785,7 +785,17 @@ impl FetchFuture {
                         };
                         return Poll::Ready(Ok(Response::from_parts(parts, body)));
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Err(e)) => {
+                        // A body over the cap came with a head: its status
+                        // goes with the error (a caller reporting statuses
+                        // saw none for a 200 it could not keep).
+                        let e = match (e.downcast::<BodyTooLarge>(), parts.as_ref()) {
+                            (Ok(cap), Some(parts)) => cap.with_status(parts.status).into(),
+                            (Ok(cap), None) => cap,
+                            (Err(e), _) => e,
+                        };
+                        return Poll::Ready(Err(e));
+                    }
                     Poll::Pending => Poll::Pending,
                 },
             };

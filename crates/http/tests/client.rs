@@ -350,6 +350,8 @@ async fn body_cap_fires_with_and_without_a_length() {
             .downcast_ref::<BodyTooLarge>()
             .unwrap();
         assert_eq!(cap.limit(), 100_000);
+        // The head came: a caller reporting statuses keeps the 200.
+        assert_eq!(cap.status(), Some(http::StatusCode::OK), "{path}");
     }
     let ok = client.get(&format!("http://{addr}/small")).await.unwrap();
     assert_eq!(ok.body().len(), 50_000);
