@@ -566,11 +566,8 @@ fn describe(error: &(dyn std::error::Error + 'static)) -> String {
     let mut next = Some(error);
     while let Some(e) = next {
         if let Some(refused) = e.downcast_ref::<tower_fanout_http::guard::RefusedAddress>() {
-            // An IP-literal host is its address: named once.
-            let literal = refused.host().trim_start_matches('[').trim_end_matches(']');
             let ip = refused
-                .ip()
-                .filter(|ip| literal.parse().ok() != Some(*ip))
+                .resolved_ip()
                 .map(|ip| format!(" ({ip})"))
                 .unwrap_or_default();
             return format!(

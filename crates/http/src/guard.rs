@@ -192,6 +192,14 @@ impl RefusedAddress {
     pub fn ip(&self) -> Option<IpAddr> {
         self.ip
     }
+
+    /// The forbidden address when the host is a name that resolved to it:
+    /// `None` for an IP-literal host, which is its address (a message names
+    /// it once), and for a refused scheme.
+    pub fn resolved_ip(&self) -> Option<IpAddr> {
+        let literal = self.host.trim_start_matches('[').trim_end_matches(']');
+        self.ip.filter(|ip| literal.parse().ok() != Some(*ip))
+    }
 }
 
 impl fmt::Display for RefusedAddress {
@@ -201,10 +209,8 @@ impl fmt::Display for RefusedAddress {
             // meant (a proxy, an internal service, a test server).
             Some(ip) => {
                 write!(f, "address guard refused {}", self.host)?;
-                // An IP-literal host is its address: named once.
-                let literal = self.host.trim_start_matches('[').trim_end_matches(']');
-                if literal.parse().ok() != Some(ip) {
-                    write!(f, " ({ip})")?;
+                if let Some(resolved) = self.resolved_ip() {
+                    write!(f, " ({resolved})")?;
                 }
                 write!(
                     f,
