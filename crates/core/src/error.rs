@@ -186,27 +186,43 @@ impl RateLimited {
     }
 }
 
+/// A wait as this crate's errors say it, for messages of your own that
+/// should read alike: under a second in milliseconds with their fraction
+/// (above 1000 calls a second a wait is under a millisecond, which whole
+/// milliseconds showed as 0), from a second on in seconds to the
+/// millisecond ("10 s", not "9999.988884 ms").
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_fanout_core::error::WaitDisplay;
+///
+/// assert_eq!(WaitDisplay(Duration::from_micros(200)).to_string(), "0.2 ms");
+/// assert_eq!(WaitDisplay(Duration::from_millis(61_234)).to_string(), "61.234 s");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitDisplay(pub Duration);
+
+impl fmt::Display for WaitDisplay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let wait = self.0;
+        if wait < Duration::from_secs(1) {
+            return write!(f, "{} ms", wait.as_nanos() as f64 / 1e6);
+        }
+        // Rounded to the millisecond in integers: through an `f64`, a wait
+        // of u64::MAX seconds read one second more.
+        let millis = (wait.as_nanos() + 500_000) / 1_000_000;
+        let secs = format!("{}.{:03}", millis / 1000, millis % 1000);
+        write!(f, "{} s", secs.trim_end_matches('0').trim_end_matches('.'))
+    }
+}
+
 impl fmt::Display for RateLimited {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Under a second in milliseconds with their fraction (above 1000
-        // calls a second a wait is under a millisecond, which whole
-        // milliseconds showed as 0); from a second on in seconds to the
-        // millisecond ("10 s", not "9999.988884 ms").
-        let wait = self.retry_after;
         f.write_str("rate limited")?;
         if let Some(status) = self.status {
             write!(f, " by the downstream (its answer: status {status})")?;
         }
-        if wait < Duration::from_secs(1) {
-            write!(f, ": retry after {} ms", wait.as_nanos() as f64 / 1e6)?;
-        } else {
-            // Rounded to the millisecond in integers: through an `f64`, a
-            // wait of u64::MAX seconds read one second more.
-            let millis = (wait.as_nanos() + 500_000) / 1_000_000;
-            let secs = format!("{}.{:03}", millis / 1000, millis % 1000);
-            let secs = secs.trim_end_matches('0').trim_end_matches('.');
-            write!(f, ": retry after {secs} s")?;
-        }
+        write!(f, ": retry after {}", WaitDisplay(self.retry_after))?;
         if self.past_deadline {
             f.write_str(", which would end past the call's deadline")?;
         }

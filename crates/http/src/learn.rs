@@ -56,7 +56,7 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 use tower_service::Service;
 
-use tower_fanout_core::error::RateLimited;
+use tower_fanout_core::error::{RateLimited, WaitDisplay};
 use tower_fanout_core::keyed::{AuthorityKey, KeyFn};
 
 use crate::{BoxError, Deadline, headers};
@@ -354,9 +354,9 @@ impl fmt::Display for HostHeld {
             f,
             "rate limited: {} is held for another {} by an earlier answer's Retry-After or rate-limit headers",
             self.host,
-            seconds(self.limited.retry_after())
+            WaitDisplay(self.limited.retry_after())
         )?;
-        let max_wait = seconds(self.max_wait);
+        let max_wait = WaitDisplay(self.max_wait);
         if self.limited.is_past_deadline() {
             f.write_str(
                 ", which would end past the call's deadline (a later deadline would let it wait it out, or turn learn_rate_limits off)",
@@ -381,17 +381,6 @@ impl std::error::Error for HostHeld {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         Some(&self.limited)
     }
-}
-
-/// A wait in seconds to the millisecond (a hold is seconds long; the exact
-/// figure is in `retry_after`), or in milliseconds with their fraction
-/// below a second, as core's `RateLimited` says them.
-fn seconds(wait: Duration) -> String {
-    if wait < Duration::from_secs(1) {
-        return format!("{} ms", wait.as_nanos() as f64 / 1e6);
-    }
-    let text = format!("{:.3}", wait.as_secs_f64());
-    format!("{} s", text.trim_end_matches('0').trim_end_matches('.'))
 }
 
 /// Counts a request in flight until dropped.
