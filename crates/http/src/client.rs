@@ -693,7 +693,6 @@ impl ClientBuilder {
             shared: Arc::new(Shared {
                 stack,
                 max_request_body: self.max_request_body,
-                follows_redirects: self.max_redirects > 0,
                 timeout: self.timeout,
                 deadline: self.deadline,
                 user_agent: self.user_agent.clone(),
@@ -977,8 +976,6 @@ pub struct Client {
 struct Shared {
     stack: Stack,
     max_request_body: usize,
-    // A 3xx out of the redirect layer is then one it could not follow.
-    follows_redirects: bool,
     // Bounds reading a streamed request body too (the attempts have their own).
     timeout: Option<Duration>,
     deadline: Option<Duration>,
@@ -1109,19 +1106,18 @@ where
         let shared = &self.shared;
         // A URI with no scheme or host is the caller's mistake whether the
         // guard is on or not: the guard has no address to refuse.
-        let refused = match (uri.scheme_str(), host) {
-            (None, _) | (_, None) => Some(Error::invalid_request(
+        let not_absolute = || {
+            Error::invalid_request(
                 "the URI must be absolute, with an http or https scheme and a host",
-            )),
-            (scheme, Some(host)) => match shared.guard.check(scheme, host) {
+            )
+        };
+        let refused = match (uri.scheme_str(), host) {
+            (scheme @ Some(_), Some(host)) => match shared.guard.check(scheme, host) {
                 Err(refused) => Some(Error::from_box(refused.into())),
-                Ok(()) if !matches!(scheme, Some("http" | "https")) => {
-                    Some(Error::invalid_request(
-                        "the URI must be absolute, with an http or https scheme and a host",
-                    ))
-                }
-                Ok(()) => None,
+                Ok(()) if matches!(scheme, Some("http" | "https")) => None,
+                Ok(()) => Some(not_absolute()),
             },
+            _ => Some(not_absolute()),
         };
         // The earlier of the client's deadline and the request's own, with
         // its length for the error. Read from the clock only when there is
@@ -1318,7 +1314,9 @@ where
                     };
                     let attempts = this.retry.attempts();
                     let outcome = match outcome {
-                        Ok(resp) if this.shared.follows_redirects => {
+                        // With the redirect layer in the stack, a 3xx out of
+                        // it is one it could not follow.
+                        Ok(resp) if matches!(this.shared.stack, Either::Left(_)) => {
                             match crate::redirect::unfollowed(&resp) {
                                 Some(bad) => Err(Error::from_box(bad.into())),
                                 None => Ok(resp),
