@@ -145,13 +145,16 @@ pub(crate) fn parse(text: &str, max_items: usize) -> Result<Vec<Item>, String> {
     } else if trimmed.starts_with('{') {
         // No URL starts with `{`. One object with `items`, however laid
         // out, is the MCP tool's arguments; anything else is JSON Lines.
-        let value = serde_json::from_str::<serde_json::Value>(trimmed);
-        if value.is_ok_and(|v| v.get("items").is_some()) {
-            // Read again for the error's position, rare enough.
-            let batch: Batch = serde_json::from_str(trimmed).map_err(invalid)?;
-            parse_json(batch.items)?
-        } else {
-            parse_json_lines(text)?
+        match serde_json::from_str::<serde_json::Value>(trimmed) {
+            Ok(value) if value.get("items").is_some() => {
+                // Read again from the text only on an error, for its
+                // position (an error from the parsed value has none).
+                let batch = serde_json::from_value::<Batch>(value)
+                    .or_else(|_| serde_json::from_str::<Batch>(trimmed))
+                    .map_err(invalid)?;
+                parse_json(batch.items)?
+            }
+            _ => parse_json_lines(text)?,
         }
     } else {
         parse_lines(text)?
