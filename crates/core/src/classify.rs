@@ -7,7 +7,8 @@
 //! about HTTP, and a user can plug in their own rules with a type that
 //! implements [`Classify`] or with a closure.
 //!
-//! The default, [`HttpClassify`], reads:
+//! The default, [`HttpClassify`], reads (for gRPC, whose answers are mostly
+//! HTTP 200s, use [`GrpcClassify`]):
 //!
 //! | result | outcome |
 //! |---|---|
@@ -243,6 +244,96 @@ where
     }
 }
 
+/// The classifier for gRPC over HTTP/2 (a tonic `Channel`, say): reads the
+/// `grpc-status` a server sends in the response headers, which are all a
+/// limit sees when the response future completes.
+///
+/// gRPC answers HTTP 200 to most calls and says how the call went in
+/// `grpc-status`: [`HttpClassify`] would read a server refusing every call
+/// with `RESOURCE_EXHAUSTED` as 200s, successes, and raise the limit.
+///
+/// | `grpc-status` | outcome |
+/// |---|---|
+/// | 0 `OK` | [`Outcome::Success`] |
+/// | 8 `RESOURCE_EXHAUSTED`, 14 `UNAVAILABLE`, 4 `DEADLINE_EXCEEDED` | [`Outcome::Overload`] |
+/// | 1 `CANCELLED`, 3 `INVALID_ARGUMENT`, 5 `NOT_FOUND`, 6 `ALREADY_EXISTS`, 7 `PERMISSION_DENIED`, 9 `FAILED_PRECONDITION`, 11 `OUT_OF_RANGE`, 12 `UNIMPLEMENTED`, 16 `UNAUTHENTICATED` | [`Outcome::CallerError`] |
+/// | 2 `UNKNOWN`, 10 `ABORTED`, 13 `INTERNAL`, 15 `DATA_LOSS`, any other number or a malformed value | [`Outcome::Failure`] |
+/// | no `grpc-status` in the headers | the HTTP status, as [`HttpClassify::status`] reads it (a proxy's 429 or 503 is an overload) |
+/// | an error | as [`HttpClassify::error`] reads it |
+///
+/// A server that fails a call at once sends a "trailers-only" response,
+/// whose `grpc-status` is in the headers: that is how overload usually
+/// arrives. A status sent in trailers after a response has begun (a stream
+/// that ends in `RESOURCE_EXHAUSTED`) comes after the limit has counted the
+/// call, when the headers arrived, and is not seen.
+///
+/// A server's pushback (`grpc-retry-pushback-ms`, gRFC A6), or failing that
+/// a proxy's `Retry-After`, is read as the wait an overload asks for; a
+/// [`DeliberateWait`](crate::DeliberateWait) as [`HttpClassify`] reads it.
+///
+/// ```
+/// use tower_fanout_core::adaptive::AdaptiveLimitLayer;
+/// use tower_fanout_core::classify::{Classify, GrpcClassify, Outcome};
+///
+/// let refused = http::Response::builder()
+///     .status(200)
+///     .header("content-type", "application/grpc")
+///     .header("grpc-status", "8") // RESOURCE_EXHAUSTED
+///     .body(())
+///     .unwrap();
+/// assert_eq!(GrpcClassify.classify(Ok(&refused)), Outcome::Overload);
+///
+/// // Over a tonic `Channel`: `ServiceBuilder::new().layer(layer).service(channel)`.
+/// let layer = AdaptiveLimitLayer::default().classify(GrpcClassify);
+/// # let _ = layer;
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GrpcClassify;
+
+impl GrpcClassify {
+    /// What a gRPC status code means (the table above).
+    pub fn code(code: u32) -> Outcome {
+        match code {
+            0 => Outcome::Success,
+            4 | 8 | 14 => Outcome::Overload,
+            1 | 3 | 5 | 6 | 7 | 9 | 11 | 12 | 16 => Outcome::CallerError,
+            _ => Outcome::Failure,
+        }
+    }
+}
+
+impl<B> Classify<http::Response<B>> for GrpcClassify {
+    fn classify(&self, result: Result<&http::Response<B>, &(dyn Error + 'static)>) -> Outcome {
+        match result {
+            Ok(response) => match response.headers().get("grpc-status") {
+                Some(value) => value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u32>().ok())
+                    .map_or(Outcome::Failure, Self::code),
+                None => HttpClassify::status(response.status()),
+            },
+            Err(error) => HttpClassify::error(error),
+        }
+    }
+
+    /// `grpc-retry-pushback-ms` (a negative one means "do not retry" and
+    /// says no wait), else `Retry-After` as [`HttpClassify`] reads it.
+    fn retry_after(&self, response: &http::Response<B>) -> Option<Duration> {
+        match response.headers().get("grpc-retry-pushback-ms") {
+            Some(value) => {
+                let ms: u64 = value.to_str().ok()?.trim().parse().ok()?;
+                Some(Duration::from_millis(ms.min(86_400_000)))
+            }
+            None => HttpClassify.retry_after(response),
+        }
+    }
+
+    fn waited(&self, response: &http::Response<B>) -> Duration {
+        HttpClassify.waited(response)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -385,5 +476,90 @@ mod tests {
             .unwrap();
         let day = Some(Duration::from_secs(86_400));
         assert_eq!(HttpClassify.retry_after(&huge), day, "capped at a day");
+    }
+
+    fn grpc(code: &str) -> http::Response<()> {
+        http::Response::builder()
+            .status(200)
+            .header("grpc-status", code)
+            .body(())
+            .unwrap()
+    }
+
+    #[test]
+    fn grpc_statuses() {
+        let c = GrpcClassify;
+        for (code, outcome) in [
+            ("0", Outcome::Success),
+            ("4", Outcome::Overload),
+            ("8", Outcome::Overload),
+            ("14", Outcome::Overload),
+            ("1", Outcome::CallerError),
+            ("3", Outcome::CallerError),
+            ("5", Outcome::CallerError),
+            ("7", Outcome::CallerError),
+            ("12", Outcome::CallerError),
+            ("16", Outcome::CallerError),
+            ("2", Outcome::Failure),
+            ("10", Outcome::Failure),
+            ("13", Outcome::Failure),
+            ("15", Outcome::Failure),
+            ("17", Outcome::Failure),
+            ("eight", Outcome::Failure),
+            ("-8", Outcome::Failure),
+            (" 8 ", Outcome::Overload),
+        ] {
+            assert_eq!(c.classify(Ok(&grpc(code))), outcome, "grpc-status {code:?}");
+        }
+        // No grpc-status in the headers: the HTTP status decides (a proxy's 503).
+        assert_eq!(c.classify(Ok(&resp(503))), Outcome::Overload);
+        assert_eq!(c.classify(Ok(&resp(200))), Outcome::Success);
+        assert_eq!(c.classify(Ok(&resp(404))), Outcome::CallerError);
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(
+            Classify::<http::Response<()>>::classify(&c, Err(&reset)),
+            Outcome::Overload
+        );
+        assert_eq!(
+            Classify::<http::Response<()>>::classify(&c, Err(&refused)),
+            Outcome::Failure
+        );
+    }
+
+    #[test]
+    fn grpc_pushback_is_the_wait() {
+        let with = |name: &str, value: &str| {
+            http::Response::builder()
+                .status(200)
+                .header("grpc-status", "8")
+                .header(name, value)
+                .body(())
+                .unwrap()
+        };
+        let c = GrpcClassify;
+        let ms = Duration::from_millis;
+        assert_eq!(
+            c.retry_after(&with("grpc-retry-pushback-ms", "1500")),
+            Some(ms(1500))
+        );
+        assert_eq!(
+            c.retry_after(&with("grpc-retry-pushback-ms", "-1")),
+            None,
+            "do not retry"
+        );
+        assert_eq!(c.retry_after(&with("grpc-retry-pushback-ms", "soon")), None);
+        let huge = with("grpc-retry-pushback-ms", "99999999999");
+        assert_eq!(
+            c.retry_after(&huge),
+            Some(Duration::from_secs(86_400)),
+            "capped at a day"
+        );
+        // A proxy's Retry-After, when the server gave no pushback.
+        assert_eq!(
+            c.retry_after(&with("retry-after", "3")),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(c.retry_after(&grpc("8")), None);
     }
 }

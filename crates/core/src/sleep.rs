@@ -14,22 +14,23 @@ pub(crate) struct ReusableSleep(Option<Pin<Box<Sleep>>>);
 impl ReusableSleep {
     /// Ready once `deadline` has passed; otherwise registers for the wake-up.
     pub(crate) fn poll_until(&mut self, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
-        let sleep = match &mut self.0 {
-            Some(sleep) => {
-                if sleep.deadline() != deadline {
-                    // A new wait gets a new timer, in the box of the old one:
-                    // a timer belongs to the runtime it was made on, and
-                    // `reset` kept the first one's. A service that waited
-                    // on a runtime since shut down (a test's, a start-up
-                    // one) panicked at its next wait on another runtime
-                    // ("A Tokio 1.x context was found, but it is being
-                    // shutdown").
-                    sleep.set(tokio::time::sleep_until(deadline));
-                }
-                sleep
+        // Each poll makes its timer on the runtime polling it, in the box of
+        // the last one: a timer belongs to the runtime it was made on, and a
+        // service can wait on one runtime, then on another (a test's, a
+        // start-up one). Reusing the timer while the deadline stayed the same
+        // panicked ("A Tokio 1.x context was found, but it is being
+        // shutdown") or never woke (the first runtime alive but no longer
+        // driven) when a wait cut short came back with the same booking.
+        // A fresh timer registers as `reset` would: a wait is polled once,
+        // then once more when woken.
+        let sleep = tokio::time::sleep_until(deadline);
+        let slot = match &mut self.0 {
+            Some(slot) => {
+                slot.set(sleep);
+                slot
             }
-            None => self.0.insert(Box::pin(tokio::time::sleep_until(deadline))),
+            None => self.0.insert(Box::pin(sleep)),
         };
-        sleep.as_mut().poll(cx)
+        slot.as_mut().poll(cx)
     }
 }

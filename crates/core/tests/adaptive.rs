@@ -16,7 +16,7 @@ use tower_fanout_core::adaptive::controller::{Change, Controller, RttEstimate, S
 use tower_fanout_core::adaptive::{
     AdaptiveLimitLayer, AimdController, GradientController, VegasController, WindowedController,
 };
-use tower_fanout_core::classify::Outcome;
+use tower_fanout_core::classify::{GrpcClassify, Outcome};
 use tower_fanout_core::error::Overloaded;
 use tower_test::mock;
 
@@ -530,6 +530,42 @@ async fn custom_classifier_is_used() {
         }));
     svc.oneshot(()).await.unwrap();
     assert_eq!(handle.limit(), 9);
+}
+
+/// gRPC says "overloaded" in an HTTP 200: `grpc-status: 8` in a
+/// trailers-only answer. `GrpcClassify` reads it as overload; the default
+/// reads the 200 (a gRPC user's limit rose on refusals before it existed).
+#[tokio::test(start_paused = true)]
+async fn grpc_classify_reads_resource_exhausted_in_a_200_as_overload() {
+    fn grpc(code: &'static str) -> Res {
+        http::Response::builder()
+            .status(200)
+            .header("content-type", "application/grpc")
+            .header("grpc-status", code)
+            .body(())
+            .unwrap()
+    }
+    let server = |code: &'static str| {
+        service_fn(move |()| async move { Ok::<_, std::convert::Infallible>(grpc(code)) })
+    };
+
+    let layer = AdaptiveLimitLayer::new(aimd(10)).classify(GrpcClassify);
+    let handle = layer.handle();
+    let svc = ServiceBuilder::new().layer(layer).service(server("8"));
+    svc.oneshot(()).await.unwrap();
+    assert_eq!(handle.limit(), 9, "RESOURCE_EXHAUSTED is an overload");
+
+    let layer = AdaptiveLimitLayer::new(aimd(10)).classify(GrpcClassify);
+    let handle = layer.handle();
+    let svc = ServiceBuilder::new().layer(layer).service(server("0"));
+    svc.oneshot(()).await.unwrap();
+    assert_eq!(handle.limit(), 10, "OK is no overload");
+
+    let layer = AdaptiveLimitLayer::new(aimd(10));
+    let handle = layer.handle();
+    let svc = ServiceBuilder::new().layer(layer).service(server("8"));
+    svc.oneshot(()).await.unwrap();
+    assert_eq!(handle.limit(), 10, "the HTTP classifier sees only the 200");
 }
 
 #[tokio::test(start_paused = true)]

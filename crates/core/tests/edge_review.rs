@@ -168,6 +168,92 @@ fn a_rate_limit_used_on_a_second_runtime_waits_there() {
     }
 }
 
+/// The same, for a wait cut short: a caller gave up waiting for its token
+/// on the first runtime (a timeout), so the service kept its booking and
+/// came back on the second runtime with the same deadline. The timer was
+/// made anew only when the deadline changed, so it stayed the first
+/// runtime's: a panic ("... being shutdown") once that runtime was gone,
+/// a wait without end while it lived but was no longer driven. Found by a
+/// user trial. The adaptive limit's holds and pacing share the timer.
+#[test]
+fn a_wait_cut_short_on_one_runtime_ends_on_the_next() {
+    let paused = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    };
+    for keep_first_alive in [false, true] {
+        let layer = RateLimitLayer::builder(1, Duration::from_millis(500))
+            .burst(1)
+            .build()
+            .unwrap();
+        let mut svc = ServiceBuilder::new().layer(layer).service(echo());
+        let first = paused();
+        first.block_on(async {
+            assert_eq!(svc.ready().await.unwrap().call(1).await.unwrap(), 1);
+            let gave_up = tokio::time::timeout(Duration::from_millis(50), svc.ready()).await;
+            assert!(gave_up.is_err(), "the second token is 500 ms away");
+        });
+        // Gone, or alive and never driven again.
+        let kept = keep_first_alive.then_some(first);
+        let second = paused();
+        let answer = second.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), async {
+                svc.ready().await.unwrap().call(2).await.unwrap()
+            })
+            .await
+        });
+        assert_eq!(
+            answer.ok(),
+            Some(2),
+            "first runtime kept: {keep_first_alive}"
+        );
+        drop(kept);
+    }
+
+    // The adaptive limit's hold (a 429 with a long `Retry-After`).
+    for keep_first_alive in [false, true] {
+        let layer = tower_fanout_core::adaptive::AdaptiveLimitLayer::default();
+        let handle = layer.handle();
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let server = {
+            let answered = answered.clone();
+            service_fn(move |()| {
+                let first = answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0;
+                let status = if first { 429 } else { 200 };
+                let response = http::Response::builder()
+                    .status(status)
+                    .header("retry-after", "2")
+                    .body(())
+                    .unwrap();
+                std::future::ready(Ok::<_, std::convert::Infallible>(response))
+            })
+        };
+        let mut svc = ServiceBuilder::new().layer(layer).service(server);
+        let first = paused();
+        first.block_on(async {
+            let refused = svc.ready().await.unwrap().call(()).await.unwrap();
+            assert_eq!(refused.status(), 429);
+            assert!(handle.held_until().is_some(), "a 2 s Retry-After holds");
+            let gave_up = tokio::time::timeout(Duration::from_millis(50), svc.ready()).await;
+            assert!(gave_up.is_err(), "held for 2 s");
+        });
+        let kept = keep_first_alive.then_some(first);
+        let second = paused();
+        let answer = second.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), async {
+                svc.ready().await.unwrap().call(()).await.unwrap()
+            })
+            .await
+        });
+        let status = answer.ok().map(|r| r.status().as_u16());
+        assert_eq!(status, Some(200), "first runtime kept: {keep_first_alive}");
+        drop(kept);
+    }
+}
+
 /// Polls `future` until it is ready, then once more: the second answer.
 async fn poll_after_completion<F>(future: F) -> F::Output
 where

@@ -53,7 +53,9 @@ impl Default for AdaptiveLimitLayer {
 }
 
 impl<K> AdaptiveLimitLayer<K> {
-    /// Reads responses with your own classifier instead. For
+    /// Reads responses with another classifier: [`GrpcClassify`](crate::classify::GrpcClassify)
+    /// over a gRPC client (tonic's `Channel`), whose refusals are HTTP 200s,
+    /// or your own. For
     /// `http::Response`s, wrap a closure in [`HttpClassify::with_outcome`]:
     /// a bare closure reads no `Retry-After` (a spent quota then cuts the
     /// limit instead of holding new calls) and no

@@ -4,7 +4,12 @@
 //! The number of requests between `call` and the moment their response
 //! future completes (or is dropped). It is the first bound an agent runtime
 //! needs: it keeps sockets, file descriptors and buffered responses in
-//! proportion to N, whatever the batch size.
+//! proportion to N, whatever the batch size, as long as a response is read
+//! inside the limit. An HTTP client's response future completes when the
+//! headers arrive: a body (a gRPC stream, a download) read after that holds
+//! no permit, and its connection stays busy meanwhile. Read the body under
+//! the limit (collect it in an `and_then` between this layer and the
+//! client, as `tower-fanout-http`'s client does) to bound those too.
 //!
 //! # Sharing
 //! One limit is held in an `Arc` inside the layer: every service the layer

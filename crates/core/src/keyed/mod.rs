@@ -9,7 +9,11 @@
 //!
 //! # Keys
 //! A key comes from the request through a [`KeyFn`]: [`AuthorityKey`] by
-//! default, or any closure `Fn(&Req) -> K`. Keys without an override get the
+//! default, or any closure `Fn(&Req) -> K`. A request whose URI has no
+//! authority (a tonic client built without `with_origin` sends
+//! `/pkg.Service/Method`) has the key `""` under [`AuthorityKey`]: all such
+//! requests share one key's limit and no host override applies; key them
+//! with a closure, on `uri().path()` say. Keys without an override get the
 //! default [`KeyLimit`]. The per-key state lives in a map bounded by
 //! [`max_keys`](KeyedLimitBuilder::max_keys): when it is full, the least
 //! recently used *idle* keys are forgotten (no call waiting or in flight,

@@ -39,6 +39,14 @@
 //! The bucket is held in an `Arc` inside the layer: every service the layer
 //! wraps, and every clone, draws on the same tokens.
 //!
+//! # Runtime
+//! A wait for a token sleeps on a tokio timer, made on the runtime that
+//! polls the wait, so a service can move from one runtime to another. A
+//! limit that has to wait outside a Tokio runtime (or in one built without
+//! `enable_time`) panics there, as tokio's timers do; one that never waits
+//! (a fail-fast limit) needs no runtime. The bucket reads tokio's clock,
+//! so on a paused clock time is the paused clock's.
+//!
 //! # Where it goes
 //! Outside the concurrency limit, so that a caller waiting for a token holds
 //! no concurrency permit.
