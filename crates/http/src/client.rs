@@ -140,7 +140,11 @@ impl ClientBuilder {
     /// the TLS hello) fails after 4 attempts, about 40 s, longer than
     /// [`timeout`](Self::timeout). The error says
     /// how many attempts were made. Bound the whole call with
-    /// [`deadline`](Self::deadline).
+    /// [`deadline`](Self::deadline). A handshake that fails (a certificate
+    /// not trusted) is not retried: it would fail the same way. The error
+    /// of a connect timeout is [`is_connect`](crate::Error::is_connect),
+    /// not [`is_timeout`](crate::Error::is_timeout), which is the attempt's
+    /// [`timeout`](Self::timeout) or the call's deadline.
     #[must_use]
     pub fn connect_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.connect_timeout = timeout;

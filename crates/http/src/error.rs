@@ -97,6 +97,9 @@ impl Error {
     /// The attempt (connect, request, response body), or reading a streamed
     /// request body before it, took longer than the timeout; or the whole
     /// call ran past its deadline ([`TimedOut::is_deadline`] tells which).
+    /// A connection not made within the connect timeout is
+    /// [`is_connect`](Self::is_connect) instead (its message names
+    /// `connect_timeout`).
     pub fn is_timeout(&self) -> bool {
         self.kind == Kind::Timeout
     }
@@ -287,6 +290,57 @@ pub(crate) fn outcome(err: &(dyn std::error::Error + 'static)) -> Option<Outcome
 }
 
 /// The first error of type `T` in `err`'s source chain, `err` included.
+/// Whether `err` is a TLS failure, the same on every attempt: rustls's
+/// error in the chain (a certificate not trusted or not for the host, no
+/// common protocol), or an I/O error of kind `InvalidData`, which is how a
+/// TLS stream reports a fatal alert from the peer (a missing client
+/// certificate) or a record it cannot read, as text. Looked for inside I/O
+/// errors too: tokio-rustls hands rustls's error on in an `io::Error`
+/// (which hyper-rustls wraps in another), and an `io::Error`'s `source()`
+/// skips the error it wraps.
+pub(crate) fn is_tls_failure(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut found = false;
+    each_wrapped(err, |e| {
+        found = e.is::<rustls::Error>()
+            || e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData);
+        found
+    });
+    found
+}
+
+/// rustls's error in `err`'s chain, looked for as [`is_tls_failure`] does.
+fn find_tls<'e>(err: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
+    let mut found = None;
+    each_wrapped(err, |e| {
+        found = e.downcast_ref::<rustls::Error>();
+        found.is_some()
+    });
+    found
+}
+
+/// Calls `stop` on each error of `err`'s chain and on each error an
+/// `io::Error` of it wraps, until `stop` says so.
+fn each_wrapped<'e>(
+    err: &'e (dyn std::error::Error + 'static),
+    mut stop: impl FnMut(&'e (dyn std::error::Error + 'static)) -> bool,
+) {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let mut inner = Some(e);
+        while let Some(i) = inner {
+            if stop(i) {
+                return;
+            }
+            inner = i
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+                .map(|wrapped| wrapped as &(dyn std::error::Error + 'static));
+        }
+        next = e.source();
+    }
+}
+
 pub(crate) fn find_in_chain<'e, T: std::error::Error + 'static>(
     err: &'e (dyn std::error::Error + 'static),
 ) -> Option<&'e T> {
@@ -425,6 +479,14 @@ impl Error {
                 let root = root.to_string();
                 if !text.contains(&root) {
                     write!(f, ": {root}")?;
+                }
+                if let Some(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::UnknownIssuer,
+                )) = find_tls(&**source)
+                {
+                    f.write_str(
+                        "; the server's certificate is signed by no root this client trusts: trust a private CA with `ClientBuilder::tls_config` (or the system's store with `native_roots`, feature `native-roots`)",
+                    )?;
                 }
                 Ok(())
             }

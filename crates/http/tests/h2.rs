@@ -1054,6 +1054,110 @@ async fn prior_knowledge_opens_one_connection_to_a_cold_tls_host() {
     }
 }
 
+/// Accepts TLS connections with `acceptor` on 127.0.0.1, counting the TCP
+/// connections; whatever the handshake's fate, serves `ok` over HTTP/2 on
+/// the ones that complete it.
+async fn counting_tls_server(
+    acceptor: tokio_rustls::TlsAcceptor,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            stream.set_nodelay(true).unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, Infallible>(respond(200).body(Chunks::full("ok")).unwrap())
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// A certificate the client does not trust fails the same way on every
+/// attempt: it is not retried (it was, 4 handshakes and three backoffs
+/// from the shared retry budget), and the message names the setting that
+/// trusts a private CA. Found by a user trial.
+#[tokio::test(start_paused = true)]
+async fn an_untrusted_certificate_is_not_retried_and_says_how_to_trust_it() {
+    let (addr, accepted) = counting_tls_server(acceptor()).await;
+    // The default roots (Mozilla's), which do not hold the test CA.
+    let untrusting = Client::builder()
+        .resolver(table_resolver(&[("localhost", addr)]))
+        .build()
+        .unwrap();
+    let err = untrusting.get(&url(addr, "/")).await.unwrap_err();
+    let text = err.to_string();
+    assert!(err.is_connect(), "{text}");
+    assert!(text.contains("UnknownIssuer"), "{text}");
+    assert!(text.contains("`ClientBuilder::tls_config`"), "{text}");
+    assert!(!text.contains("attempts"), "{text}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "one handshake");
+
+    // Trusted, the same server answers.
+    let trusting = client(addr).build().unwrap();
+    assert_eq!(trusting.get(&url(addr, "/")).await.unwrap().status(), 200);
+}
+
+/// Under TLS 1.3 a server that requires a client certificate says so with
+/// a fatal alert after the client's handshake is done, so the missing
+/// certificate surfaces on the request, not the connect: it was retried as
+/// a lost connection (a GET, 4 handshakes). Found by a user trial.
+#[tokio::test(start_paused = true)]
+async fn a_fatal_tls_alert_on_the_request_is_not_retried() {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(support::TEST_CA.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(include_bytes!("fixtures/server.pem"))
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key =
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(include_bytes!("fixtures/server.key"))
+            .unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let (addr, accepted) =
+        counting_tls_server(tokio_rustls::TlsAcceptor::from(Arc::new(config))).await;
+
+    let err = client(addr)
+        .build()
+        .unwrap()
+        .get(&url(addr, "/"))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("CertificateRequired"), "{text}");
+    assert!(!text.contains("attempts"), "{text}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "one handshake");
+}
+
 /// With prior knowledge the client offers only `h2` over TLS: a server
 /// without HTTP/2 fails the handshake (a connect error, at once) rather
 /// than being sent frames it cannot read.
