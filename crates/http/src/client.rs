@@ -456,8 +456,36 @@ impl ClientBuilder {
     }
 
     /// Use this rustls configuration (custom roots, client certificates)
-    /// instead of the default one; ALPN is still set for HTTP/2 and HTTP/1.1.
-    /// The [`rustls`](crate::rustls) re-export names the matching version.
+    /// instead of the default one; ALPN is still set for HTTP/2 and HTTP/1.1
+    /// (the config's own list is replaced). The [`rustls`](crate::rustls)
+    /// re-export names the matching version. Its roots replace the default
+    /// ones: to call public hosts too, add the public roots to the store
+    /// (`webpki_roots::TLS_SERVER_ROOTS`, or the system's).
+    ///
+    /// An internal service whose certificate a private CA signed:
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tower_fanout_http::{Client, rustls};
+    /// use rustls::pki_types::{CertificateDer, pem::PemObject};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let ca_pem: &[u8] = include_bytes!("../tests/fixtures/ca.pem");
+    /// // let ca_pem = std::fs::read("internal-ca.pem")?;
+    /// let mut roots = rustls::RootCertStore::empty();
+    /// for cert in CertificateDer::pem_slice_iter(&ca_pem) {
+    ///     roots.add(cert?)?;
+    /// }
+    /// let provider = Arc::new(rustls::crypto::ring::default_provider());
+    /// let config = rustls::ClientConfig::builder_with_provider(provider)
+    ///     .with_safe_default_protocol_versions()?
+    ///     .with_root_certificates(roots)
+    ///     .with_no_client_auth();
+    /// let client = Client::builder().tls_config(config).build()?;
+    /// # let _ = client;
+    /// # Ok(())
+    /// # }
+    /// ```
     #[must_use]
     pub fn tls_config(mut self, config: rustls::ClientConfig) -> Self {
         self.tls_config = Some(config);

@@ -22,6 +22,11 @@
 //! `http::Request`, the header parsers in [`headers`], and the address
 //! checks in [`guard`].
 //!
+//! What it does not do: it connects to every host directly (no proxy;
+//! `HTTP_PROXY` and `HTTPS_PROXY` are not read), and it collects each
+//! response body whole and drops its trailers, so it is no gRPC client
+//! (tonic over tower-fanout-core's layers, with `GrpcClassify`, is).
+//!
 //! # Example
 //! ```no_run
 //! use std::time::Duration;
