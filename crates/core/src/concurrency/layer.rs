@@ -74,7 +74,9 @@ impl ConcurrencyLimitHandle {
         self.semaphore.in_use()
     }
 
-    /// Permits free now.
+    /// Permits free now. At most `i64::MAX / 4`: a larger limit (`usize::MAX`
+    /// for "no limit") is counted as that many, so `available() +
+    /// in_flight()` falls short of [`limit`](Self::limit) there.
     pub fn available(&self) -> usize {
         self.semaphore.available()
     }
