@@ -74,15 +74,42 @@
 //! runtime, inside it, and use them only there. A store used from another
 //! runtime once its first one is gone (a static store shared by
 //! `#[tokio::test]`s, each with a runtime of its own; a sync wrapper that
-//! makes a runtime per call) fails its next call with "redis limit
-//! unavailable" (a lost connection: broken pipe) and logs the outage
-//! warning although Redis is healthy; every call within the next probe
-//! interval then fails too (or, failing open, falls back to the local
-//! share), and the store reconnects on the new runtime. While the first
-//! runtime is alive but not driven (a current-thread runtime between two
-//! `block_on`s), a call from elsewhere times out instead, once. A release spawned
-//! on a runtime that is not driven again never runs, so its permit stays
-//! taken, for every process, until its lease ends.
+//! makes a runtime per call) finds its connection closed at its next call,
+//! which asks again on a new connection, driven by the new runtime. While
+//! the first runtime is alive but not driven (a current-thread runtime
+//! between two `block_on`s), a call from elsewhere times out instead, once.
+//! A release spawned on a runtime that is not driven again (one dropped
+//! right after its `block_on`) never runs, so its permit stays taken, for
+//! every process, until its lease ends.
+//!
+//! # Running Redis for limits
+//! - **Eviction**: run it with `maxmemory-policy noeviction` (the default),
+//!   or without `maxmemory`. Every key a limit writes has a TTL, so under a
+//!   `volatile-*` policy they are the only keys Redis may evict when full:
+//!   a semaphore evicted as soon as it is written lets every caller in
+//!   (a trial measured 24 in flight against a limit of 2), and says
+//!   nothing. Under `allkeys-*` an idle limit's keys can go, with the same
+//!   effect for the calls in flight.
+//! - **A process that dies** holding concurrency permits gives them back
+//!   when their leases end: at most the layer's
+//!   [`lease`](concurrency::RedisConcurrencyLimitBuilder::lease) later (10 s
+//!   by default).
+//! - **Idle connections**: a `timeout` in Redis's config (or a proxy's)
+//!   closes the store's connection when it is idle; the next decision finds
+//!   it closed and is asked again, once, on a new connection.
+//! - **Authentication**: `redis://user:password@host/` (or `:password@`).
+//!   An ACL user needs, on the keys under the store's
+//!   [`key_prefix`](RedisStoreBuilder::key_prefix), `EVALSHA` and `SCRIPT
+//!   LOAD` (scripts are loaded on first use and after Redis loses them) and
+//!   the commands the scripts call: `+evalsha +script|load +time +get +set
+//!   +exists +del +pttl +pexpire +zadd +zrem +zcard +zcount +zscore
+//!   +zrangebyscore +zremrangebyscore`. Errors and `Debug` print a URL
+//!   without its password.
+//! - **Not supported**: TLS (`rediss://` is refused when the store is
+//!   built), Redis Cluster redirects (below), renamed `EVALSHA`. A store
+//!   that cannot log in or run scripts reports it as "redis limit
+//!   unavailable", the reply (`NOAUTH`, `NOPERM`, ...) in its `source()`;
+//!   failing open, it runs on the local share with one warning.
 //!
 //! # Keys
 //! Keys look like `tower-fanout:{name}:gcra` or `tower-fanout:{name:host}:gcra`:

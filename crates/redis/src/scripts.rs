@@ -150,7 +150,8 @@ return 1
 
 /// A semaphore with leases: a sorted set of holder ids scored by the
 /// moment (ms, server clock) their lease ends. Drops the expired holders,
-/// then adds this one if fewer than the limit remain.
+/// then adds this one if fewer than the limit remain. A holder already
+/// there (its acquire asked again after a lost connection) has its permit.
 ///
 /// `KEYS[1]`: the holders. `ARGV`: limit, lease (ms), holder id.
 /// Returns `{acquired, holders}`.
@@ -160,6 +161,9 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
 local held = redis.call('ZCARD', KEYS[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) then
+  return {1, held}
+end
 if held >= tonumber(ARGV[1]) then
   return {0, held}
 end

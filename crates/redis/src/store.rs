@@ -74,6 +74,15 @@ struct Inner {
     skip_until: AtomicU64,
 }
 
+/// Whether a request to Redis is asked again, once, on a new connection
+/// when its connection turns out closed: only those that are safe to run
+/// twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Again {
+    IfDropped,
+    Never,
+}
+
 /// One connection (a lazy, self-reconnecting manager) and its generation:
 /// 0 for the first, one more for each replacement.
 struct Connection {
@@ -92,12 +101,77 @@ impl fmt::Debug for RedisStore {
 }
 
 /// Configures a [`RedisStore`]; made by [`RedisStore::builder`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisStoreBuilder {
     url: String,
     timeout: Duration,
     probe_interval: Duration,
     prefix: String,
+}
+
+impl fmt::Debug for RedisStoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStoreBuilder")
+            .field("url", &redacted(&self.url))
+            .field("timeout", &self.timeout)
+            .field("probe_interval", &self.probe_interval)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+/// `url` with its password replaced by `***`: the one after `user:` in the
+/// userinfo, and a `pass=` or `password=` query value (redis-rs reads one
+/// there for Unix sockets). Errors and `Debug` print URLs, which end up in
+/// logs.
+fn redacted(url: &str) -> String {
+    let mut out = String::with_capacity(url.len());
+    let (before_query, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    match before_query.split_once("://") {
+        Some((scheme, rest)) => {
+            let end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(end);
+            out.push_str(scheme);
+            out.push_str("://");
+            match authority.rsplit_once('@') {
+                Some((userinfo, host)) => {
+                    match userinfo.split_once(':') {
+                        Some((user, _password)) => {
+                            out.push_str(user);
+                            out.push_str(":***");
+                        }
+                        None => out.push_str(userinfo),
+                    }
+                    out.push('@');
+                    out.push_str(host);
+                }
+                None => out.push_str(authority),
+            }
+            out.push_str(path);
+        }
+        None => out.push_str(before_query),
+    }
+    if let Some(query) = query {
+        out.push('?');
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            match pair.split_once('=') {
+                Some((name, _))
+                    if name.eq_ignore_ascii_case("pass")
+                        || name.eq_ignore_ascii_case("password") =>
+                {
+                    out.push_str(name);
+                    out.push_str("=***");
+                }
+                _ => out.push_str(pair),
+            }
+        }
+    }
+    out
 }
 
 impl RedisStoreBuilder {
@@ -136,7 +210,19 @@ impl RedisStoreBuilder {
     /// limit on one Redis Cluster slot).
     pub fn build(self) -> Result<RedisStore, Error> {
         let client = redis::Client::open(self.url.as_str()).map_err(|err| {
-            Error::config(format!("redis url {:?} is not valid: {err}", self.url))
+            // Without the password: configuration errors end up in logs.
+            let message = err.to_string();
+            let message = match self.url.split_once("://").and_then(|(_, rest)| {
+                let userinfo = rest.split(['/', '?']).next()?.rsplit_once('@')?.0;
+                userinfo.split_once(':').map(|(_, password)| password)
+            }) {
+                Some(password) if !password.is_empty() => message.replace(password, "***"),
+                _ => message,
+            };
+            Error::config(format!(
+                "redis url {:?} is not valid: {message}",
+                redacted(&self.url)
+            ))
         })?;
         if self.timeout.is_zero() {
             return Err(Error::config(
@@ -367,9 +453,9 @@ impl RedisStore {
     /// Runs one request against Redis within the timeout. `probe` requests
     /// respect the skip window after a failure; background clean-ups
     /// (releases) do not, since nobody waits for them.
-    async fn run<T, F, Fut>(&self, probe: bool, request: F) -> Result<T, Error>
+    async fn run<T, F, Fut>(&self, probe: bool, again: Again, request: F) -> Result<T, Error>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         // Checked before the probe is claimed: a call that cannot run would
@@ -383,29 +469,43 @@ impl RedisStore {
             return Err(Error::skipped());
         }
         let (generation, connection) = self.connection()?;
+        let ask = async {
+            match request(connection.clone()).await {
+                // Redis (or a proxy before it) closes connections left idle
+                // past its `timeout`, a routine close that the manager meets
+                // at its next command and then dials again for: no outage
+                // to fail the calls behind this one for. The command went
+                // nowhere, or its answer went with the connection: asked
+                // again, once.
+                Err(err) if again == Again::IfDropped && err.is_connection_dropped() => {
+                    tracing::debug!(error = %err, "redis connection closed; asking again");
+                    request(connection).await
+                }
+                answer => answer,
+            }
+        };
         // Whether Redis answered in a way that says it can decide for other
         // keys: a success, or an error about this call's own key.
-        let (result, answered) =
-            match tokio::time::timeout(self.inner.timeout, request(connection)).await {
-                Ok(Ok(value)) => (Ok(value), true),
-                Ok(Err(err)) => {
-                    let code = crate::error::reply_code(&err);
-                    if code == Some("READONLY") {
-                        // A primary demoted to replica keeps its clients'
-                        // connections, and redis-rs reconnects only after
-                        // an I/O error: dial again, to whatever node the
-                        // address leads to now (the new primary, after a
-                        // failover behind a DNS name or an endpoint).
-                        self.replace(generation, "redis answered READONLY (a replica)");
-                    }
-                    let about_the_key = code == Some("WRONGTYPE");
-                    (Err(Error::redis(err)), about_the_key)
+        let (result, answered) = match tokio::time::timeout(self.inner.timeout, ask).await {
+            Ok(Ok(value)) => (Ok(value), true),
+            Ok(Err(err)) => {
+                let code = crate::error::reply_code(&err);
+                if code == Some("READONLY") {
+                    // A primary demoted to replica keeps its clients'
+                    // connections, and redis-rs reconnects only after
+                    // an I/O error: dial again, to whatever node the
+                    // address leads to now (the new primary, after a
+                    // failover behind a DNS name or an endpoint).
+                    self.replace(generation, "redis answered READONLY (a replica)");
                 }
-                Err(elapsed) => {
-                    self.replace(generation, "redis call timed out");
-                    (Err(Error::timeout(elapsed)), false)
-                }
-            };
+                let about_the_key = code == Some("WRONGTYPE");
+                (Err(Error::redis(err)), about_the_key)
+            }
+            Err(elapsed) => {
+                self.replace(generation, "redis call timed out");
+                (Err(Error::timeout(elapsed)), false)
+            }
+        };
         if answered {
             // An error about one key (another program's value there) says
             // nothing about the other limits on this store: they keep asking.
@@ -425,9 +525,10 @@ impl RedisStore {
     async fn invoke<T: redis::FromRedisValue>(
         &self,
         probe: bool,
+        again: Again,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, Error> {
-        self.run(probe, |mut connection| async move {
+        self.run(probe, again, |mut connection| async move {
             invocation.invoke_async(&mut connection).await
         })
         .await
@@ -445,6 +546,8 @@ impl RedisStore {
         let (admitted, wait_us, tat): (i64, i64, String) = self
             .invoke(
                 true,
+                // A decision made twice books twice: fewer admissions, never more.
+                Again::IfDropped,
                 GCRA.key(key)
                     .key(given_up_key(key))
                     .arg(interval_us)
@@ -475,6 +578,8 @@ impl RedisStore {
     ) -> Result<(), Error> {
         self.invoke::<i64>(
             false,
+            // Given back twice, the tokens would be twice: more admissions.
+            Again::Never,
             GCRA_GIVE_BACK
                 .key(key)
                 .key(given_up_key(key))
@@ -496,7 +601,11 @@ impl RedisStore {
         holder: &str,
     ) -> Result<(bool, u64), Error> {
         let (acquired, held): (i64, i64) = self
-            .invoke(true, ACQUIRE.key(key).arg(limit).arg(lease_ms).arg(holder))
+            .invoke(
+                true,
+                Again::IfDropped,
+                ACQUIRE.key(key).arg(limit).arg(lease_ms).arg(holder),
+            )
             .await?;
         Ok((acquired == 1, u64::try_from(held).unwrap_or(0)))
     }
@@ -509,7 +618,11 @@ impl RedisStore {
         holder: &str,
     ) -> Result<bool, Error> {
         let renewed: i64 = self
-            .invoke(false, RENEW.key(key).arg(lease_ms).arg(holder))
+            .invoke(
+                false,
+                Again::IfDropped,
+                RENEW.key(key).arg(lease_ms).arg(holder),
+            )
             .await?;
         Ok(renewed == 1)
     }
@@ -522,20 +635,26 @@ impl RedisStore {
         burst: u32,
     ) -> Result<u64, Error> {
         let tokens: i64 = self
-            .invoke(true, TOKENS.key(key).arg(interval_us).arg(burst))
+            .invoke(
+                true,
+                Again::IfDropped,
+                TOKENS.key(key).arg(interval_us).arg(burst),
+            )
             .await?;
         Ok(u64::try_from(tokens).unwrap_or(0))
     }
 
     /// Holders of the semaphore at `key` whose lease has not ended.
     pub(crate) async fn in_flight(&self, key: &str) -> Result<u64, Error> {
-        let held: i64 = self.invoke(true, &IN_FLIGHT.key(key)).await?;
+        let held: i64 = self
+            .invoke(true, Again::IfDropped, &IN_FLIGHT.key(key))
+            .await?;
         Ok(u64::try_from(held).unwrap_or(0))
     }
 
     /// Removes `holder` from the semaphore at `key`.
     pub(crate) async fn release(&self, key: &str, holder: &str) -> Result<(), Error> {
-        self.run(false, |mut connection| async move {
+        self.run(false, Again::IfDropped, |mut connection| async move {
             redis::cmd("ZREM")
                 .arg(key)
                 .arg(holder)
@@ -624,7 +743,9 @@ mod tests {
             .unwrap();
         let stall = |store: RedisStore| async move {
             store
-                .run(false, |_| std::future::pending::<redis::RedisResult<()>>())
+                .run(false, Again::Never, |_| {
+                    std::future::pending::<redis::RedisResult<()>>()
+                })
                 .await
         };
         assert_eq!(store.generation(), None);
@@ -655,7 +776,9 @@ mod tests {
             .build()
             .unwrap();
         let failed = store
-            .run(true, |_| std::future::pending::<redis::RedisResult<()>>())
+            .run(true, Again::Never, |_| {
+                std::future::pending::<redis::RedisResult<()>>()
+            })
             .await;
         assert!(failed.unwrap_err().is_timeout());
         tokio::time::advance(interval - Duration::from_nanos(1)).await;
@@ -673,6 +796,35 @@ mod tests {
             store.claim_probe(),
             "the claim lapsed: the probe's caller was dropped"
         );
+    }
+
+    /// A URL's password stayed in the build error's message and in the
+    /// builder's `Debug`, which end up in logs. Found by a user trial.
+    #[test]
+    fn a_bad_urls_password_is_not_printed() {
+        for url in [
+            "redis://:hunter2@127.0.0.1:99999/",
+            "redis://app:hunter2@127.0.0.1:6379/notadb",
+            "rediss://app:hunter2@127.0.0.1:6379/",
+            "redis+unix:///tmp/redis.sock?db=x&pass=hunter2",
+        ] {
+            let builder = RedisStore::builder(url);
+            let debug = format!("{builder:?}");
+            assert!(!debug.contains("hunter2"), "{debug}");
+            if let Err(err) = builder.build() {
+                let (display, debug) = (err.to_string(), format!("{err:?}"));
+                assert!(err.is_config(), "{display}");
+                assert!(!display.contains("hunter2"), "{display}");
+                assert!(!debug.contains("hunter2"), "{debug}");
+                assert!(display.contains("***"), "{display}");
+            }
+        }
+        assert_eq!(
+            redacted("redis://user:pw@host:1/0?pass=x&db=2"),
+            "redis://user:***@host:1/0?pass=***&db=2"
+        );
+        assert_eq!(redacted("redis://host/"), "redis://host/");
+        assert_eq!(redacted("redis://user@host/"), "redis://user@host/");
     }
 
     #[test]

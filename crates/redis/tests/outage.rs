@@ -442,3 +442,74 @@ async fn a_blackholed_connection_is_replaced_after_a_timeout() {
     assert!(proxy.accepted() >= 2, "{} connections", proxy.accepted());
     concurrency.clone().oneshot(()).await.unwrap();
 }
+
+/// Redis (or a proxy before it) closes connections idle past its `timeout`:
+/// a routine close, not an outage. The first call after it failed ("broken
+/// pipe") and opened the skip window, so a fail-closed limit refused the
+/// calls right behind it too: 0 of 20 went through after each idle gap in
+/// a user trial (`CONFIG SET timeout 2`). A decision that finds its
+/// connection closed is asked again, once, on a new one. `CLIENT KILL`
+/// closes the store's connection from the server's side at once, as the
+/// idle timeout does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_server_closed_is_dialled_again_not_an_outage() {
+    let redis = RedisServer::start();
+    let store = outage_store(&redis);
+    let rate =
+        RedisRateLimitLayer::builder(store.clone(), "idle-rate", 1000, Duration::from_secs(1))
+            .fail_fast()
+            .fail_closed()
+            .build()
+            .unwrap()
+            .layer(echo_unit());
+    let permits = RedisConcurrencyLimitLayer::builder(store.clone(), "idle-conc", 5)
+        .fail_closed()
+        .build()
+        .unwrap()
+        .layer(echo_unit());
+    let mut admin = redis.connection().await;
+    for round in 0..3 {
+        rate.clone().oneshot(()).await.unwrap();
+        permits.clone().oneshot(()).await.unwrap();
+        let killed: u64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("normal")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        assert!(
+            killed >= 1,
+            "round {round}: the store's connection was closed"
+        );
+        let calls: Vec<_> = (0..20)
+            .map(|_| tokio::spawn(rate.clone().oneshot(())))
+            .collect();
+        for (i, call) in calls.into_iter().enumerate() {
+            let answer = call.await.unwrap();
+            assert!(
+                answer.is_ok(),
+                "round {round}, rate call {i}: {}",
+                answer.unwrap_err()
+            );
+        }
+        redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("normal")
+            .query_async::<u64>(&mut admin)
+            .await
+            .unwrap();
+        let calls: Vec<_> = (0..5)
+            .map(|_| tokio::spawn(permits.clone().oneshot(())))
+            .collect();
+        for (i, call) in calls.into_iter().enumerate() {
+            let answer = call.await.unwrap();
+            assert!(
+                answer.is_ok(),
+                "round {round}, permit {i}: {}",
+                answer.unwrap_err()
+            );
+        }
+    }
+}
