@@ -13,6 +13,7 @@
 //! | an HTTP/2 stream refused (`REFUSED_STREAM`) or past the server's graceful `GOAWAY` | any | backoff, retry |
 //! | a connection lost mid-request (response body included) | idempotent | backoff, retry |
 //! | a TLS failure (a certificate not trusted or not for the host, no common protocol, a fatal alert) | | return it |
+//! | a response head that cannot be read (too many or too large headers, a malformed status line) | | return it |
 //! | refused address, body cap, timeout, anything else | | return it |
 //! | any outcome after the client preset followed a redirect | not idempotent | return it |
 //! | a wait that would end at or past the request's [`Deadline`] (the client preset sets it from its [`deadline`](crate::ClientBuilder::deadline)) | any | `Retry-After`: fail at once with [`RateLimited`]; backoff: return the outcome |
@@ -486,6 +487,11 @@ fn decide_lazily<B>(
             // host; no common protocol; a fatal alert such as a missing
             // client certificate) comes back the same on every attempt.
             if error::is_final(&**err) || error::is_tls_failure(&**err) {
+                return Decision::Done;
+            }
+            // A response head hyper cannot read (too large, malformed) is the
+            // server's answer: it would send it again.
+            if error::find_in_chain::<hyper::Error>(&**err).is_some_and(hyper::Error::is_parse) {
                 return Decision::Done;
             }
             let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&**err);

@@ -224,3 +224,35 @@ async fn the_retry_future_polled_after_its_answer_answers_an_error() {
         }
     }
 }
+
+/// A response head hyper cannot read (too many headers, a malformed status
+/// line) is the server's answer, the same on every attempt: not retried. A
+/// GET to a server sending 10 000 headers was sent 3 times (a user trial of
+/// the CLI against a hostile server).
+#[tokio::test]
+async fn a_response_head_that_cannot_be_read_is_not_retried() {
+    for head in [
+        format!(
+            "HTTP/1.1 200 OK\r\n{}content-length: 0\r\n\r\n",
+            (0..200)
+                .map(|i| format!("x-h{i}: v\r\n"))
+                .collect::<String>()
+        ),
+        "HTTP/1.1 2000 Fine\r\ncontent-length: 0\r\n\r\n".to_owned(),
+    ] {
+        let (addr, hits) = raw_server(move |_| head.clone().into_bytes());
+        let client = tower_fanout_http::Client::builder()
+            .retry(
+                RetryLayer::builder()
+                    .backoff(Duration::from_millis(1), Duration::from_millis(2))
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let err = client.get(&format!("http://{addr}/")).await.unwrap_err();
+        assert!(err.is_request(), "{err}");
+        assert!(!err.to_string().contains("attempts"), "{err}");
+        assert_eq!(hits.load(Ordering::SeqCst), 1, "{err}");
+    }
+}
