@@ -216,15 +216,20 @@ async fn services_ready_together_keep_the_bound_with_costs() {
     for call in futures_util_join(calls).await {
         call.unwrap();
     }
-    // 4 tokens at 0 s, then 3 more a call as the bucket refills: at most
-    // burst + rate x t, to the token.
+    // Each call gives up the token it booked in `poll_ready` and books its
+    // whole cost in one stretch: 4 tokens every 4 s, after the 4 tokens
+    // booked for 0-3 s (given up behind later bookings) went unused,
+    // at most burst + rate x t between any two arrivals, to the token. (It
+    // was 3, 6, 9 and 12 s: each call spent its first token, booked for
+    // 0 s, seconds later beside three new ones, 16 tokens in 9 s where 13
+    // were allowed.)
     let secs = |n| Duration::from_secs(n);
     assert_eq!(
         *arrivals.lock().unwrap(),
-        [(secs(3), 4), (secs(6), 4), (secs(9), 4), (secs(12), 4)]
+        [(secs(4), 4), (secs(8), 4), (secs(12), 4), (secs(16), 4)]
     );
     svc.clone().oneshot(1).await.unwrap();
-    assert_eq!(start.elapsed(), secs(13));
+    assert_eq!(start.elapsed(), secs(17));
 }
 
 /// Polls every future to completion, together.

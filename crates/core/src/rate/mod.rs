@@ -15,10 +15,13 @@
 //! with [`CostExceedsBurst`](crate::error::CostExceedsBurst).
 //!
 //! Waiting callers book one token in `poll_ready` (the request is not known
-//! yet) and the rest of the cost in `call`. When the rest is not there yet,
-//! the call waits for it in its response future before the inner service
-//! sees the request, so the bound holds for any cost and however many
-//! services were ready together. For that wait the ready inner service goes
+//! yet). A call of another cost gives that token up in `call` and books its
+//! whole cost in one stretch; when the tokens are not there yet, the call
+//! waits for them in its response future before the inner service sees the
+//! request, so the bound holds for any cost and however many services were
+//! ready together. (The token given up goes back to the bucket when
+//! nothing was booked behind it, as for a lone caller; under contention its
+//! slot may go unused, which errs on the strict side.) For that wait the ready inner service goes
 //! into the response future and a clone takes its place, which is why the
 //! rate limit's inner service must be `Clone` (tower's hyper clients and
 //! stacks of tower layers are). A fail-fast limiter checks the full cost in
