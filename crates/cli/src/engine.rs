@@ -374,7 +374,10 @@ impl Fetcher {
         // Records done but waiting for an earlier one. The window slides on
         // past a slow item (the downstream stays busy), so up to the rest of
         // the batch can wait here; each record takes its item's place in
-        // `items`, so memory stays that of the input, and records are small.
+        // `items`, so what waits here adds little to what the batch holds
+        // from its start: each item with its request (parsed URI, headers,
+        // extensions), attempt counter and place in the window, about 1 KB
+        // an item in all (a million items, about 1 GB).
         let mut done = BTreeMap::new();
         let mut next = 0;
         let mut interrupt = std::pin::pin!(interrupt);
@@ -558,9 +561,9 @@ fn failed(item: Item, error: String) -> Record {
 }
 
 /// An item's error as one line, in the CLI's terms: the body cap is the
-/// `--max-body` flag here and the attempt timeout `--timeout`, not the
-/// library settings the errors name, the redirect cap has no flag, the
-/// address guard is turned off by `--allow-private`, and a `Retry-After`
+/// `--max-body` flag here and the attempt and connect timeouts `--timeout`,
+/// not the library settings the errors name, the redirect cap has no flag,
+/// the address guard is turned off by `--allow-private`, and a `Retry-After`
 /// past the retry layer's wait cap says when to come back.
 fn describe(error: &(dyn std::error::Error + 'static)) -> String {
     let mut next = Some(error);
@@ -632,11 +635,16 @@ fn describe(error: &(dyn std::error::Error + 'static)) -> String {
         next = e.source();
     }
     // A redirect the client cannot follow names the library's way to have
-    // the 3xx back instead, `max_redirects(0)`, which no flag sets.
-    chain(error).replace(
-        " (with `max_redirects(0)` the 3xx is returned as it is)",
-        "",
-    )
+    // the 3xx back instead, `max_redirects(0)`, which no flag sets; a
+    // connect timeout names the library's `connect_timeout`, which
+    // `--timeout` sets here (`FetchOptions::client`).
+    chain(error)
+        .replace(
+            " (with `max_redirects(0)` the 3xx is returned as it is)",
+            "",
+        )
+        .replace("within the connect timeout of ", "within --timeout ")
+        .replace("raise `connect_timeout`", "raise --timeout")
 }
 
 /// An error and its sources, as one line.

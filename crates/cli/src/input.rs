@@ -8,7 +8,7 @@
 //! every form (a line by its line number, a JSON item by its position), and
 //! an item without an id is named by its number; the MCP tool's items follow
 //! the same rules ([`InputItem`], [`name_items`]). Input echoed in a message
-//! is cut short ([`clip`]).
+//! is cut short and its control characters escaped ([`clip`]).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -26,8 +26,10 @@ pub(crate) struct Item {
     pub(crate) url: String,
 }
 
-/// An id as the caller gave it: a string, or a number (an integer kept as
-/// written; another number as JSON prints it, so `1.50` is `"1.5"`).
+/// An id as the caller gave it: a string, or an integer of up to 64 bits,
+/// kept as written. Any other number is refused: serde_json reads it as a
+/// float, which is not what was written (`1e2` read as `100.0`) and can
+/// make two ids one (12345678901234567890123 and ...124).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct GivenId(String);
 
@@ -35,9 +37,15 @@ impl<'de> Deserialize<'de> for GivenId {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         match serde_json::Value::deserialize(deserializer)? {
             serde_json::Value::String(s) => Ok(Self(s)),
-            serde_json::Value::Number(x) => Ok(Self(x.to_string())),
+            serde_json::Value::Number(x) if x.is_i64() || x.is_u64() => Ok(Self(x.to_string())),
+            serde_json::Value::Number(x) => Err(D::Error::custom(format!(
+                "a numeric id must be an integer from {} to {} to be kept as written (this one \
+                 reads as {x}); send it as a string",
+                i64::MIN,
+                u64::MAX
+            ))),
             other => Err(D::Error::custom(format!(
-                "id must be a string or a number, not {}",
+                "id must be a string or an integer, not {}",
                 clip(&other.to_string())
             ))),
         }
@@ -54,7 +62,7 @@ impl JsonSchema for GivenId {
     }
 
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({ "type": ["string", "number"] })
+        json_schema!({ "type": ["string", "integer"] })
     }
 }
 
@@ -67,7 +75,8 @@ impl JsonSchema for GivenId {
 #[derive(Debug, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct InputItem {
-    /// Your name for this item (a string or a number), echoed in its result.
+    /// Your name for this item (a string, or an integer of up to 64 bits:
+    /// send a larger number as a string), echoed in its result.
     /// When absent, the item's number counting from 1 (`N.1`, `N.2`, ... if
     /// another item was given `N` as its id).
     #[serde(default)]
@@ -121,13 +130,36 @@ impl<'de> Deserialize<'de> for InputItem {
 
 /// Input echoed in a message: whole when short, else its first 200
 /// characters and its size, so a 100 KB line does not come back whole on
-/// stderr (or to an MCP client).
+/// stderr (or to an MCP client); its control characters escaped as Rust
+/// writes them (`\u{1b}`, `\0`), so an ESC sequence in a URL cannot retitle
+/// or clear the terminal that shows the message.
 pub(crate) fn clip(text: &str) -> Cow<'_, str> {
     const SHOWN: usize = 200;
     match text.char_indices().nth(SHOWN) {
-        None => Cow::Borrowed(text),
-        Some((end, _)) => Cow::Owned(format!("{}… ({} bytes)", &text[..end], text.len())),
+        None => escape_controls(text),
+        Some((end, _)) => Cow::Owned(format!(
+            "{}… ({} bytes)",
+            escape_controls(&text[..end]),
+            text.len()
+        )),
     }
+}
+
+/// `text` with each control character escaped (`char::escape_debug`); the
+/// rest, backslashes included, as it is.
+pub(crate) fn escape_controls(text: &str) -> Cow<'_, str> {
+    if !text.contains(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if c.is_control() {
+            escaped.extend(c.escape_debug());
+        } else {
+            escaped.push(c);
+        }
+    }
+    Cow::Owned(escaped)
 }
 
 /// The longest URL `http::Uri` takes; it refuses a longer one as "uri too
@@ -140,26 +172,46 @@ pub(crate) fn parse(text: &str, max_items: usize) -> Result<Vec<Item>, String> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let trimmed = text.trim_start();
     let invalid = |e: serde_json::Error| format!("invalid JSON input: {}", clip(&e.to_string()));
+    // JSON is parsed from `text`, not `trimmed`, so an error's line counts
+    // the blank lines before it.
     let items = if trimmed.starts_with('[') {
-        parse_json(serde_json::from_str(trimmed).map_err(invalid)?)?
+        parse_json(serde_json::from_str(text).map_err(invalid)?)?
     } else if trimmed.starts_with('{') {
         // No URL starts with `{`. One object with `items`, however laid
         // out, is the MCP tool's arguments; anything else is JSON Lines.
-        match serde_json::from_str::<serde_json::Value>(trimmed) {
+        match serde_json::from_str::<serde_json::Value>(text) {
             Ok(value) if value.get("items").is_some() => {
                 // Read again from the text only on an error, for its
                 // position (an error from the parsed value has none).
                 let batch = serde_json::from_value::<Batch>(value)
-                    .or_else(|_| serde_json::from_str::<Batch>(trimmed))
+                    .or_else(|_| serde_json::from_str::<Batch>(text))
                     .map_err(invalid)?;
                 parse_json(batch.items)?
             }
-            _ => parse_json_lines(text)?,
+            Ok(_) => parse_json_lines(text)?,
+            // A broken document that starts as the tool's arguments is one
+            // JSON value, most likely pretty-printed: its own error names
+            // the fault, where JSON Lines would blame its first line.
+            Err(e) => parse_json_lines(text).map_err(|lines| {
+                if starts_as_batch(trimmed) {
+                    invalid(e)
+                } else {
+                    lines
+                }
+            })?,
         }
     } else {
         parse_lines(text)?
     };
     check(items, max_items)
+}
+
+/// Whether `text` opens as `{"items":`, the MCP tool's arguments.
+fn starts_as_batch(text: &str) -> bool {
+    text.strip_prefix('{')
+        .map(str::trim_start)
+        .and_then(|rest| rest.strip_prefix(r#""items""#))
+        .is_some_and(|rest| rest.trim_start().starts_with(':'))
 }
 
 fn parse_lines(text: &str) -> Result<Vec<Item>, String> {
@@ -435,14 +487,14 @@ mod tests {
         assert!(!err.contains("scheme"), "{err}");
     }
 
-    /// The tool's schema takes an id as a string or a number, inline (no
+    /// The tool's schema takes an id as a string or an integer, inline (no
     /// `$ref` an MCP client would have to resolve).
     #[test]
-    fn the_schema_takes_a_string_or_number_id_inline() {
+    fn the_schema_takes_a_string_or_integer_id_inline() {
         let schema = serde_json::to_value(schemars::schema_for!(InputItem)).unwrap();
         assert_eq!(
             schema["properties"]["id"]["type"],
-            serde_json::json!(["string", "number", "null"]),
+            serde_json::json!(["string", "integer", "null"]),
             "{schema:#}"
         );
         assert!(schema.get("$defs").is_none(), "{schema:#}");

@@ -86,7 +86,7 @@ struct Limits {
     /// Time allowed for each attempt, e.g. 8s, 500ms.
     #[arg(long, default_value = "8s", value_parser = units::parse_duration)]
     timeout: Duration,
-    /// Time allowed for each item from its start, every attempt and wait included, e.g. 30s (default: no bound but --timeout and --retries).
+    /// Time allowed for each item from its start, every attempt and wait included, e.g. 30s (default: none: an item takes up to --timeout an attempt, plus its waits for a slot under the limits and between its --retries, a Retry-After of up to 60 s each).
     #[arg(long, value_parser = units::parse_duration)]
     deadline: Option<Duration>,
     /// Time allowed for the whole batch (with mcp, for each tool call), e.g. 60s: items not done by then fail, those not started are never sent.

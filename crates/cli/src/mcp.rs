@@ -60,6 +60,39 @@ pub(crate) struct PageInput {
     limit: Option<usize>,
 }
 
+/// A tool's arguments, refused with serde's message escaped: it names an
+/// unknown argument as it was sent, control characters and all. (Only
+/// escaped: an item's own refusal is cut short already, see `input::clip`.)
+#[derive(Debug)]
+pub(crate) struct Args<T>(T);
+
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for Args<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        T::deserialize(serde_json::Value::deserialize(deserializer)?)
+            .map(Self)
+            .map_err(|e| serde::de::Error::custom(input::escape_controls(&e.to_string())))
+    }
+}
+
+/// `T`'s schema, as if there were no wrapper.
+impl<T: JsonSchema> JsonSchema for Args<T> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        T::schema_name()
+    }
+
+    fn schema_id() -> std::borrow::Cow<'static, str> {
+        T::schema_id()
+    }
+
+    fn inline_schema() -> bool {
+        T::inline_schema()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        T::json_schema(generator)
+    }
+}
+
 /// A batch's counts and one page of its results.
 #[derive(Debug, Serialize, JsonSchema)]
 pub(crate) struct BatchPage {
@@ -117,7 +150,7 @@ impl FanoutServer {
     )]
     async fn batch_fetch_urls(
         &self,
-        Parameters(input): Parameters<BatchFetchInput>,
+        Parameters(Args(input)): Parameters<Args<BatchFetchInput>>,
         context: RequestContext<RoleServer>,
     ) -> Result<Json<BatchPage>, String> {
         let fetcher = match input.deadline_seconds {
@@ -161,7 +194,7 @@ impl FanoutServer {
     #[tool(description = "Read a page of results of an earlier batch_fetch_urls call.")]
     async fn get_batch_results(
         &self,
-        Parameters(input): Parameters<PageInput>,
+        Parameters(Args(input)): Parameters<Args<PageInput>>,
     ) -> Result<Json<BatchPage>, String> {
         let records = {
             let batches = self.state.batches.lock().unwrap_or_else(|e| e.into_inner());
@@ -170,10 +203,11 @@ impl FanoutServer {
                 .find(|(id, _)| *id == input.batch_id)
                 .map(|(_, r)| r.clone())
         };
+        // The id is echoed as other input is: cut short, controls escaped.
         let records = records.ok_or_else(|| {
             format!(
                 "unknown batch_id `{}`: it never existed or was forgotten (the last {KEPT_BATCHES} batches are kept)",
-                input.batch_id
+                input::clip(&input.batch_id)
             )
         })?;
         if input.offset > records.len() {
@@ -210,8 +244,9 @@ fn deadline(seconds: f64) -> Result<std::time::Duration, String> {
     if (0.001..=86_400.0).contains(&seconds) {
         Ok(std::time::Duration::from_secs_f64(seconds))
     } else {
+        // `{:?}` writes 1e308 so, where `{}` writes all its 309 digits.
         Err(format!(
-            "deadline_seconds must be from 0.001 to 86400 (a day); got {seconds}"
+            "deadline_seconds must be from 0.001 to 86400 (a day); got {seconds:?}"
         ))
     }
 }

@@ -1,6 +1,6 @@
 //! `fanout fetch` and the MCP tool `batch_fetch_urls` take the same items.
 //! Their ids follow one rule in `fanout fetch` (both input forms) and in the
-//! MCP tool `batch_fetch_urls`: an id given as a string or a number is kept,
+//! MCP tool `batch_fetch_urls`: an id given as a string or an integer is kept,
 //! an item without one is named by its number counting from 1 (its line
 //! number in the line form), never clashing with an id given to another
 //! item, and messages number items the same way.
@@ -98,7 +98,7 @@ async fn the_mcp_tool_takes_numeric_ids_as_fetch_does() {
     let from_fetch = fetch(&items.to_string()).await.unwrap_err();
     let from_mcp = mcp(&client, &items).await.unwrap_err();
     for message in [from_fetch, from_mcp] {
-        assert!(message.contains("string or a number"), "{message}");
+        assert!(message.contains("string or an integer"), "{message}");
     }
     assert_eq!(sim.stats().arrivals, 4);
     client.cancel().await.unwrap();
@@ -253,5 +253,57 @@ async fn url_strings_and_records_are_items_in_every_form() {
         );
     }
     assert_eq!(sim.stats().arrivals, 6);
+    client.cancel().await.unwrap();
+}
+
+/// A numeric id serde_json cannot hold exactly was read as a float and
+/// printed as one: 12345678901234567890123 and ...124 both became
+/// `1.2345678901234568e+22` and were refused as one id given twice, `1e2`
+/// became "100.0" and `-0` "-0.0". An integer of up to 64 bits is kept as
+/// written; any other number is refused, saying to send it as a string.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_numeric_id_is_kept_as_written_or_refused() {
+    let sim = quick_sim();
+    let server = sim.serve().await.unwrap();
+    let [a, b, _] = urls(server.addr());
+    let client = mcp_client(&["mcp", "--allow-private"]).await;
+
+    let text = format!(
+        r#"[{{"id":18446744073709551615,"url":"{a}"}},{{"id":-9223372036854775808,"url":"{b}"}}]"#
+    );
+    let items: Value = serde_json::from_str(&text).unwrap();
+    let ids = ["18446744073709551615", "-9223372036854775808"];
+    assert_eq!(fetch(&text).await.unwrap(), ids);
+    assert_eq!(mcp(&client, &items).await.unwrap(), ids);
+
+    let refused = [
+        "12345678901234567890123",
+        "18446744073709551616",
+        "-9223372036854775809",
+        "1e2",
+        "-0",
+        "1.0",
+        "1.5",
+    ]
+    .map(|id| format!(r#"[{{"id":{id},"url":"{a}"}},{{"url":"{b}"}}]"#));
+    // The trial's: two ids that read as one float.
+    let twins = format!(
+        r#"[{{"id":12345678901234567890123,"url":"{a}"}},{{"id":12345678901234567890124,"url":"{b}"}}]"#
+    );
+    for text in refused.iter().chain([&twins]) {
+        let from_fetch = fetch(text).await.unwrap_err();
+        assert!(from_fetch.contains("item 1: a numeric id"), "{from_fetch}");
+        // The client sends the number as serde_json holds it, a float.
+        let items: Value = serde_json::from_str(text).unwrap();
+        let from_mcp = mcp(&client, &items).await.unwrap_err();
+        for message in [from_fetch, from_mcp] {
+            assert!(
+                message.contains("a numeric id must be an integer")
+                    && message.contains("send it as a string"),
+                "{text}: {message}"
+            );
+        }
+    }
+    assert_eq!(sim.stats().arrivals, 4);
     client.cancel().await.unwrap();
 }
