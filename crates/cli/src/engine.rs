@@ -740,6 +740,39 @@ mod tests {
         }
     }
 
+    /// A connect timeout named the library's `connect_timeout`, which no
+    /// flag is (`--timeout` sets it). The client here has a connect timeout
+    /// shorter than its attempt timeout, so the connect timeout is the one
+    /// that ends the call (under the CLI's settings both are `--timeout`,
+    /// and either can end it first).
+    #[tokio::test]
+    async fn a_connect_timeout_is_told_as_the_timeout_flag() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Accepts and never answers the TLS hello.
+        let server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let client = tower_fanout_http::Client::builder()
+            .connect_timeout(Some(Duration::from_millis(100)))
+            .timeout(Some(Duration::from_secs(10)))
+            .no_retry()
+            .build()
+            .unwrap();
+        let err = client.get(&format!("https://{addr}/")).await.unwrap_err();
+        server.abort();
+        let text = describe(&err);
+        assert!(
+            text.contains("no connection within --timeout 100 ms")
+                && text.contains("raise --timeout")
+                && !text.contains("connect_timeout"),
+            "{text}"
+        );
+    }
+
     /// The attempt timeout and the redirect cap named library settings,
     /// `timeout` (or `host_timeout`) and `max_redirects`, which no flag of
     /// the CLI is: the item says --timeout, and that the cap has no flag.

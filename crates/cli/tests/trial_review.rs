@@ -140,8 +140,10 @@ async fn a_connect_timeout_names_the_timeout_flag() {
         }
     });
     // The attempt's timeout is `--timeout` too, started a moment before
-    // the connection's: now and then it ends an attempt first, with its
-    // own message. Of 8 items at once, some end at the connect timeout.
+    // the connection's: either can end an attempt first, each with its own
+    // message; both must name the flag. (That the connect timeout's does is
+    // checked where it surely fires first: `engine`'s
+    // `a_connect_timeout_is_told_as_the_timeout_flag`.)
     let args = [
         "fetch",
         "--allow-private",
@@ -173,12 +175,6 @@ async fn a_connect_timeout_names_the_timeout_flag() {
             "{error}"
         );
     }
-    assert!(
-        errors
-            .iter()
-            .any(|e| e.contains("no connection within --timeout 500 ms")),
-        "{errors:?}"
-    );
 }
 
 /// A pretty-printed `{"items": [...]}` with a syntax error (a trailing
