@@ -16,7 +16,7 @@
 //! | 429, 502, 503, 504 | [`Outcome::Overload`] |
 //! | other 4xx | [`Outcome::CallerError`]: neither raises nor lowers the limit |
 //! | other 5xx | [`Outcome::Failure`] |
-//! | a timeout (tokio's or tower's `Elapsed`, an I/O `TimedOut`: a connect timeout too), a fail-fast limit's refusal below (our [`Overloaded`](crate::error::Overloaded), tower's `LoadShed`), a reset or aborted connection | [`Outcome::Overload`] |
+//! | a timeout (tokio's or tower's `Elapsed`, tonic's `TimeoutExpired`, an I/O `TimedOut`: a connect timeout too), a fail-fast limit's refusal below (our [`Overloaded`](crate::error::Overloaded), tower's `LoadShed`), a reset or aborted connection | [`Outcome::Overload`] |
 //! | any other error: a refused connection, a name that does not resolve, any other connect error | [`Outcome::Failure`] |
 //!
 //! A connection refused (nobody listens on the port) or a name that does
@@ -267,6 +267,12 @@ where
 /// that ends in `RESOURCE_EXHAUSTED`) comes after the limit has counted the
 /// call, when the headers arrived, and is not seen.
 ///
+/// tonic reports timeouts its own way: a channel's timeout
+/// (`Endpoint::timeout`) is an error, tonic's `TimeoutExpired`, which reads
+/// as overload; but a server past its own timeout, or past a request's
+/// `grpc-timeout`, answers `CANCELLED`, which reads as the caller's doing.
+/// Give the channel a timeout for slow answers to lower the limit.
+///
 /// A server's pushback (`grpc-retry-pushback-ms`, gRFC A6), or failing that
 /// a proxy's `Retry-After`, is read as the wait an overload asks for; a
 /// [`DeliberateWait`](crate::DeliberateWait) as [`HttpClassify`] reads it.
@@ -402,6 +408,29 @@ mod tests {
         }
     }
     impl Error for TowerElapsed {}
+
+    /// Stands in for tonic's `TimeoutExpired` (a channel's timeout), under
+    /// tonic's transport error as a client meets it.
+    #[derive(Debug)]
+    struct TonicTimeoutExpired;
+    impl std::fmt::Display for TonicTimeoutExpired {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Timeout expired")
+        }
+    }
+    impl Error for TonicTimeoutExpired {}
+
+    /// It read as a failure: over tonic a slow downstream never lowered the
+    /// limit (a trial with a real tonic channel).
+    #[test]
+    fn tonic_timeout_is_overload() {
+        let transport = Wrapped(Box::new(TonicTimeoutExpired));
+        assert_eq!(HttpClassify::error(&transport), Outcome::Overload);
+        assert_eq!(
+            Classify::<http::Response<()>>::classify(&GrpcClassify, Err(&transport)),
+            Outcome::Overload
+        );
+    }
 
     #[test]
     fn tower_timeout_is_overload() {

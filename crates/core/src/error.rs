@@ -354,7 +354,8 @@ pub(crate) fn polled_after_completion() -> crate::BoxError {
 #[cfg(any(feature = "adaptive", feature = "fan-out"))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TowerError {
-    /// `tower::timeout::error::Elapsed`.
+    /// `tower::timeout::error::Elapsed`, or tonic's `TimeoutExpired` (its
+    /// channel's own timeout, `Endpoint::timeout`).
     Elapsed,
     /// `tower::load_shed::error::Overloaded`: a limit below shed the call.
     Overloaded,
@@ -373,6 +374,9 @@ pub(crate) fn tower_error(err: &(dyn std::error::Error + 'static)) -> Option<Tow
     }
     match err.to_string().as_str() {
         "request timed out" => Some(TowerError::Elapsed),
+        // tonic's `TimeoutExpired`: a gRPC channel's timeout, which a
+        // tonic client reports as `Cancelled`, not `DEADLINE_EXCEEDED`.
+        "Timeout expired" => Some(TowerError::Elapsed),
         "service overloaded" => Some(TowerError::Overloaded),
         _ => None,
     }
