@@ -285,7 +285,7 @@ impl<T> Batch<T> {
 
 /// Names an error for counting: the refusals of this crate's layers by
 /// their kind (`overloaded`, `rate_limited`, `queue_full`, `too_many_keys`,
-/// ...), a timeout (tokio's or tower's `Elapsed`) as `timeout`, tower's
+/// ...), a timeout (tokio's or tower's `Elapsed`, tonic's `TimeoutExpired`) as `timeout`, tower's
 /// `LoadShed` refusal as `overloaded`, an I/O error as `io`, anything else
 /// as `other`. The error's `source()` chain is searched too.
 pub fn error_kind(error: &BoxError) -> &'static str {
