@@ -41,6 +41,12 @@ impl<Req> Cost<Req> for UnitCost {
 pub(super) struct Shared {
     pub(super) bucket: TokenBucket,
     pub(super) clock: Clock,
+    /// The tokens a waiting caller books in `poll_ready`, before its
+    /// request's cost is known: the cost the last two calls whose bookings
+    /// did not match them agreed on, else 1 (always 1 with [`UnitCost`]).
+    pub(super) estimate: std::sync::atomic::AtomicU32,
+    /// The cost of the last call whose booking did not match it.
+    pub(super) last_cost: std::sync::atomic::AtomicU32,
 }
 
 /// Configures a [`RateLimitLayer`]; made by [`RateLimitLayer::builder`].
@@ -122,6 +128,8 @@ impl<C> RateLimitBuilder<C> {
             shared: Arc::new(Shared {
                 bucket: TokenBucket::new(self.rate, self.period, burst),
                 clock: Clock::start(),
+                estimate: std::sync::atomic::AtomicU32::new(1),
+                last_cost: std::sync::atomic::AtomicU32::new(1),
             }),
             cost: self.cost,
             fail_fast: self.fail_fast,

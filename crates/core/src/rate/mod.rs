@@ -14,14 +14,18 @@
 //! cost is larger than the burst can never be admitted and fails at once
 //! with [`CostExceedsBurst`](crate::error::CostExceedsBurst).
 //!
-//! Waiting callers book one token in `poll_ready` (the request is not known
-//! yet). A call of another cost gives that token up in `call` and books its
-//! whole cost in one stretch; when the tokens are not there yet, the call
+//! Callers book tokens in `poll_ready`, before the request is known: one,
+//! or, for a caller that has to wait, the cost the layer's calls repeat
+//! (while their costs vary, one). A call whose cost is not what it booked
+//! gives back what it does not use, or gives its booking up and books its
+//! whole cost in one stretch; when those tokens are not there yet, the call
 //! waits for them in its response future before the inner service sees the
 //! request, so the bound holds for any cost and however many services were
-//! ready together. (The token given up goes back to the bucket when
-//! nothing was booked behind it, as for a lone caller; under contention its
-//! slot may go unused, which errs on the strict side.) For that wait the ready inner service goes
+//! ready together. A booking given up goes back to the bucket when nothing
+//! was booked behind it (a lone caller's); under contention its slots may
+//! go unused, which errs on the strict side: 20 callers of cost 2 get the
+//! whole rate once the cost has shown, callers of costs 1 to 4 in turn
+//! about 0.7 of it. For that wait the ready inner service goes
 //! into the response future and a clone takes its place, which is why the
 //! rate limit's inner service must be `Clone` (tower's hyper clients and
 //! stacks of tower layers are). A fail-fast limiter checks the full cost in
