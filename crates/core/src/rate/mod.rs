@@ -21,14 +21,15 @@
 //! whole cost in one stretch; when those tokens are not there yet, the call
 //! waits for them in its response future before the inner service sees the
 //! request, so the bound holds for any cost and however many services were
-//! ready together. A booking given up goes back to the bucket when nothing
+//! ready together; it holds nothing below meanwhile (the inner service
+//! readied for it is dropped, and a clone readied once the tokens are
+//! there). A booking given up goes back to the bucket when nothing
 //! was booked behind it (a lone caller's); under contention its slots may
 //! go unused, which errs on the strict side: 20 callers of cost 2 get the
 //! whole rate once the cost has shown, callers of costs 1 to 4 in turn
-//! about 0.7 of it. For that wait the ready inner service goes
-//! into the response future and a clone takes its place, which is why the
-//! rate limit's inner service must be `Clone` (tower's hyper clients and
-//! stacks of tower layers are). A fail-fast limiter checks the full cost in
+//! about 0.7 of it. For that wait the response future takes a clone of the
+//! inner service, which is why the rate limit's inner service must be
+//! `Clone` (tower's hyper clients and stacks of tower layers are). A fail-fast limiter checks the full cost in
 //! `call` and refuses with the exact wait instead.
 //!
 //! # Callers that give up

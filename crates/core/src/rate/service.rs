@@ -221,16 +221,23 @@ impl<S, C> RateLimit<S, C> {
         }
     }
 
-    /// Hands the call, with the ready inner service, to the response future,
-    /// which makes it once the rest of its cost is there; a clone takes the
-    /// inner service's place here.
+    /// Hands the call to the response future, which makes it once its cost
+    /// is there, on a clone of the inner service that it readies then. The
+    /// inner service readied for this call is dropped now, a clone in its
+    /// place: what its readiness took below (a token of another rate limit,
+    /// a concurrency permit) would be held through the wait, and spent late:
+    /// a rate limit below, its token booked at the readiness and spent at
+    /// the deferred call, let two calls through 67 ms apart where its bound
+    /// allowed one (a randomised trial).
     #[cold]
     fn defer<Req>(&mut self, req: Req, later: Later) -> Box<Cold<DeferredCall<S, Req>>>
     where
         S: Service<Req> + Clone,
     {
         let fresh = self.inner.clone();
-        let ready = std::mem::replace(&mut self.inner, fresh);
+        let readied = std::mem::replace(&mut self.inner, fresh);
+        let unready = readied.clone();
+        drop(readied);
         let now = self.booking.shared.clock.now();
         tracing::debug!(
             tokens = later.tokens,
@@ -238,18 +245,20 @@ impl<S, C> RateLimit<S, C> {
             "rate limited; the call waits for the rest of its cost"
         );
         Box::new(Cold::Deferred(DeferredCall(Waiting {
-            svc: Some(ready),
+            svc: Some(unready),
             req: Some(req),
             shared: self.booking.shared.clone(),
             later: Some(later),
+            slept: false,
             sleep: ReusableSleep::default(),
         })))
     }
 }
 
 /// A call whose cost is not all there yet, held by its response future until
-/// it is: the ready inner service and the request (in the future's box for
-/// rare states, so the response future of every other call stays small).
+/// it is: a clone of the inner service, readied once the tokens are there,
+/// and the request (in the future's box for rare states, so the response
+/// future of every other call stays small).
 pub struct DeferredCall<S, Req>(Waiting<S, Req>);
 
 struct Waiting<S, Req> {
@@ -258,6 +267,8 @@ struct Waiting<S, Req> {
     shared: Arc<Shared>,
     /// `None` once the call is made (nothing to give back then).
     later: Option<Later>,
+    /// The tokens are there: the inner service is being readied.
+    slept: bool,
     sleep: ReusableSleep,
 }
 
@@ -274,14 +285,27 @@ impl<S, Req> Drop for Waiting<S, Req> {
 impl<S, Req> crate::future::Deferred<S::Future, ()> for DeferredCall<S, Req>
 where
     S: Service<Req>,
+    S::Error: Into<BoxError>,
 {
     fn poll_call(&mut self, cx: &mut Context<'_>) -> Poll<Result<(S::Future, ()), BoxError>> {
         let waiting = &mut self.0;
         let Some(later) = waiting.later else {
             return Poll::Ready(Err(crate::error::polled_after_completion()));
         };
-        let deadline = waiting.shared.clock.instant(later.at);
-        ready!(waiting.sleep.poll_until(deadline, cx));
+        if !waiting.slept {
+            let deadline = waiting.shared.clock.instant(later.at);
+            ready!(waiting.sleep.poll_until(deadline, cx));
+            waiting.slept = true;
+        }
+        let Some(svc) = waiting.svc.as_mut() else {
+            waiting.later = None;
+            return Poll::Ready(Err(crate::error::polled_after_completion()));
+        };
+        if let Err(err) = ready!(svc.poll_ready(cx)) {
+            // No call: the tokens go back when this is dropped.
+            waiting.svc = None;
+            return Poll::Ready(Err(err.into()));
+        }
         match (waiting.svc.take(), waiting.req.take()) {
             (Some(mut svc), Some(req)) => {
                 // The tokens are spent once the call is made: a panic in
