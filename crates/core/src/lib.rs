@@ -37,6 +37,13 @@
 //! response future, which `Timeout` does time. A caller that gives up
 //! leaves the queue of waiters either way.
 //!
+//! tower's `Buffer` above a limit readies its one inner service ahead of
+//! the next request, and keeps it ready: a permit it took for a caller that
+//! then left its queue stays taken, with nothing in flight, until another
+//! request comes through that `Buffer`, and callers of the same limit from
+//! elsewhere wait for it. (tower's own concurrency limit does the same.)
+//! Put the `Buffer` below the limits, or use [`backpressure`]'s queue.
+//!
 //! # Recommended order
 //! Outermost first: backpressure (bounded memory), rate limit (waits hold
 //! nothing downstream), concurrency limit (a permit only while the call
