@@ -43,6 +43,16 @@
 //! slots would have taken. A slot whose time has passed is taken by nobody:
 //! used late it could bunch with later calls past the burst.
 //!
+//! A booking is the service's, not the caller's: a service that outlives
+//! the caller that made it wait keeps it, and spends it on its next call,
+//! however late. tower's `Buffer` above the limit keeps its one service for
+//! good (its callers leave its queue, not the service), and tower's
+//! `LoadShed` above it sheds when `poll_ready` says wait, after the booking
+//! is made: over a window, such a late booking can let one call more
+//! through than the bound (a randomised trial: 2 calls 243 ms apart at one
+//! per 250 ms). Put those layers below the limit, or shed with
+//! [`fail_fast`](RateLimitBuilder::fail_fast).
+//!
 //! # Sharing
 //! The bucket is held in an `Arc` inside the layer: every service the layer
 //! wraps, and every clone, draws on the same tokens.
