@@ -32,8 +32,10 @@
 //! `poll_ready`, as tower's own limits do, and tower's `Timeout` times only
 //! the response future: to bound a wait for capacity, put the timeout
 //! around the whole call (`tokio::time::timeout` over `oneshot`), or a
-//! `Buffer` between the `Timeout` and the limit, or shed with tower's
-//! `LoadShed` (or the layer's own `fail_fast`). The keyed limit waits in its
+//! `Buffer` between the `Timeout` and the limit, or shed with the layer's
+//! own `fail_fast` (tower's `LoadShed` sheds too, but over a rate limit the
+//! token booked for the shed call stays with the service: see
+//! the rate module's "Callers that give up"). The keyed limit waits in its
 //! response future, which `Timeout` does time. A caller that gives up
 //! leaves the queue of waiters either way.
 //!
