@@ -120,57 +120,49 @@ impl fmt::Debug for RedisStoreBuilder {
     }
 }
 
-/// `url` with its password replaced by `***`: the one after `user:` in the
+/// Where `url`'s passwords are (byte ranges): the one after `user:` in the
 /// userinfo, and a `pass=` or `password=` query value (redis-rs reads one
 /// there for Unix sockets). Errors and `Debug` print URLs, which end up in
-/// logs.
-fn redacted(url: &str) -> String {
-    let mut out = String::with_capacity(url.len());
+/// logs: [`redacted`] leaves these out, and so does the build error's copy
+/// of redis-rs's message.
+fn passwords(url: &str) -> Vec<std::ops::Range<usize>> {
+    let mut found = Vec::new();
     let (before_query, query) = url
         .split_once('?')
         .map_or((url, None), |(b, q)| (b, Some(q)));
-    match before_query.split_once("://") {
-        Some((scheme, rest)) => {
-            let end = rest.find('/').unwrap_or(rest.len());
-            let (authority, path) = rest.split_at(end);
-            out.push_str(scheme);
-            out.push_str("://");
-            match authority.rsplit_once('@') {
-                Some((userinfo, host)) => {
-                    match userinfo.split_once(':') {
-                        Some((user, _password)) => {
-                            out.push_str(user);
-                            out.push_str(":***");
-                        }
-                        None => out.push_str(userinfo),
-                    }
-                    out.push('@');
-                    out.push_str(host);
-                }
-                None => out.push_str(authority),
-            }
-            out.push_str(path);
+    if let Some(start) = before_query.find("://").map(|i| i + 3) {
+        let rest = &before_query[start..];
+        let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+        if let Some((userinfo, _)) = authority.rsplit_once('@')
+            && let Some(colon) = userinfo.find(':')
+        {
+            found.push(start + colon + 1..start + userinfo.len());
         }
-        None => out.push_str(before_query),
     }
     if let Some(query) = query {
-        out.push('?');
-        for (i, pair) in query.split('&').enumerate() {
-            if i > 0 {
-                out.push('&');
+        let mut at = before_query.len() + 1;
+        for pair in query.split('&') {
+            if let Some((name, _)) = pair.split_once('=')
+                && (name.eq_ignore_ascii_case("pass") || name.eq_ignore_ascii_case("password"))
+            {
+                found.push(at + name.len() + 1..at + pair.len());
             }
-            match pair.split_once('=') {
-                Some((name, _))
-                    if name.eq_ignore_ascii_case("pass")
-                        || name.eq_ignore_ascii_case("password") =>
-                {
-                    out.push_str(name);
-                    out.push_str("=***");
-                }
-                _ => out.push_str(pair),
-            }
+            at += pair.len() + 1;
         }
     }
+    found
+}
+
+/// `url` with each of its [`passwords`] replaced by `***`.
+fn redacted(url: &str) -> String {
+    let mut out = String::with_capacity(url.len());
+    let mut copied = 0;
+    for password in passwords(url) {
+        out.push_str(&url[copied..password.start]);
+        out.push_str("***");
+        copied = password.end;
+    }
+    out.push_str(&url[copied..]);
     out
 }
 
@@ -210,15 +202,14 @@ impl RedisStoreBuilder {
     /// limit on one Redis Cluster slot).
     pub fn build(self) -> Result<RedisStore, Error> {
         let client = redis::Client::open(self.url.as_str()).map_err(|err| {
-            // Without the password: configuration errors end up in logs.
-            let message = err.to_string();
-            let message = match self.url.split_once("://").and_then(|(_, rest)| {
-                let userinfo = rest.split(['/', '?']).next()?.rsplit_once('@')?.0;
-                userinfo.split_once(':').map(|(_, password)| password)
-            }) {
-                Some(password) if !password.is_empty() => message.replace(password, "***"),
-                _ => message,
-            };
+            // Without the passwords: configuration errors end up in logs.
+            let mut message = err.to_string();
+            for password in passwords(&self.url) {
+                let password = &self.url[password];
+                if !password.is_empty() {
+                    message = message.replace(password, "***");
+                }
+            }
             Error::config(format!(
                 "redis url {:?} is not valid: {message}",
                 redacted(&self.url)
