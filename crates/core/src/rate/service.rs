@@ -206,19 +206,28 @@ impl<S, C> RateLimit<S, C> {
         match self.settle_cost(booked, cost) {
             Settled::Now => Ok(req),
             Settled::Refused(refusal) => {
-                // The inner service was readied for this call, and holds
-                // what its readiness took (a concurrency permit, a queue
-                // slot below) until it is called or dropped: dropped now,
-                // a clone in its place. Kept, a refused service that its
-                // caller kept (or tower's `Buffer`, which keeps one for
-                // good) held a permit of a limit below with nothing in
-                // flight, and other callers waited on it without end.
-                let fresh = self.inner.clone();
-                drop(std::mem::replace(&mut self.inner, fresh));
+                // Kept, a refused service that its caller kept (or tower's
+                // `Buffer`, which keeps one for good) held a permit of a
+                // limit below with nothing in flight, and other callers
+                // waited on it without end.
+                self.drop_readiness();
                 Err(Box::new(Cold::Refused(refusal)))
             }
             Settled::Later(later) => Err(self.defer(req, later)),
         }
+    }
+
+    /// Drops the inner service readied for a call that will not be made on
+    /// it, a clone in its place: the readied one holds what its readiness
+    /// took below (a concurrency permit, a queue slot, another rate limit's
+    /// token) until it is called or dropped.
+    #[cold]
+    fn drop_readiness(&mut self)
+    where
+        S: Clone,
+    {
+        let fresh = self.inner.clone();
+        drop(std::mem::replace(&mut self.inner, fresh));
     }
 
     /// Hands the call to the response future, which makes it once its cost
@@ -234,10 +243,8 @@ impl<S, C> RateLimit<S, C> {
     where
         S: Service<Req> + Clone,
     {
-        let fresh = self.inner.clone();
-        let readied = std::mem::replace(&mut self.inner, fresh);
-        let unready = readied.clone();
-        drop(readied);
+        self.drop_readiness();
+        let unready = self.inner.clone();
         let now = self.booking.shared.clock.now();
         tracing::debug!(
             tokens = later.tokens,
